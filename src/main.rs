@@ -1,0 +1,6 @@
+//! The `dujiang` command: see `dujiang --help`.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    dujiang::cli::main()
+}
