@@ -1,9 +1,11 @@
 //! Chip and model catalogues and the roofline [`PerfModel`] built from them: everything the
 //! rest of dujiang knows about how fast a given accelerator serves a given model.
 
+mod catalogue;
 mod perf;
 mod spec;
 
+pub use catalogue::Catalogue;
 pub use perf::{floor_sum, PerfModel, ProfileError, StepShape};
 pub use spec::{ChipSpec, ModelSpec};
 

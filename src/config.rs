@@ -1,0 +1,184 @@
+//! TOML loading with errors people can act on: every failure names the file, the line and
+//! column, and the offending key, so a typo in a 300-line fleet file is found at once.
+
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::Path;
+
+/// A configuration file that could not be read, parsed or validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File name as given (or `<embedded …>` for built-in defaults).
+    pub file: String,
+    /// 1-based line, when the problem has a place.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Dotted key path of the offending field, when known (e.g. `chips.h20.memory_gb`).
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn new(file: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error about `field` (a dotted path), placed at the line where its key is written
+    /// in `src` if it can be found there.
+    pub fn at_field(file: &str, src: &str, field: &str, message: impl Into<String>) -> Self {
+        let (line, column) = match locate_key(src, field) {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => (None, None),
+        };
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+/// Finds where the last segment of a dotted key is assigned inside the table named by the
+/// rest, e.g. `chips.h20.memory_gb` → the `memory_gb =` line after `[chips.h20]` or
+/// `[h20]`. Best effort: falls back to the table header, then to nothing.
+pub fn locate_key(src: &str, field: &str) -> Option<(usize, usize)> {
+    let mut parts: Vec<&str> = field.split('.').collect();
+    let key = parts.pop()?;
+    let mut table_line: Option<usize> = None;
+    let mut in_table = parts.is_empty();
+    for (i, raw) in src.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            let name = line.trim_matches(|c| c == '[' || c == ']').trim();
+            in_table = !parts.is_empty()
+                && (name == parts.join(".")
+                    || parts.ends_with(&name.split('.').collect::<Vec<_>>()));
+            if in_table {
+                table_line = Some(i + 1);
+            }
+            continue;
+        }
+        if in_table {
+            if let Some(rest) = line.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    let col = raw.len() - raw.trim_start().len() + 1;
+                    return Some((i + 1, col));
+                }
+            }
+        }
+    }
+    table_line.map(|l| (l, 1))
+}
+
+/// Parses TOML into `T`, turning a parse or schema error into a [`ConfigError`] with the
+/// line, column and key that toml reports.
+pub fn parse_toml<T: DeserializeOwned>(src: &str, file: &str) -> Result<T, ConfigError> {
+    toml::from_str(src).map_err(|e| {
+        let (line, column) = match e.span() {
+            Some(span) => {
+                let (l, c) = line_col(src, span.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            field: None,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+/// Reads and parses a TOML file.
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let name = path.display().to_string();
+    let src = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+    parse_toml(&src, &name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Pool {
+        chip: String,
+        count: u32,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Fleet {
+        pools: std::collections::BTreeMap<String, Pool>,
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let src = "[pools.a]\nchip = \"h20\"\ncount = 2\n\n[pools.b]\nchip = \"h20\"\ncuont = 3\n";
+        let err = parse_toml::<Fleet>(src, "fleet.toml").unwrap_err();
+        assert_eq!(err.file, "fleet.toml");
+        assert_eq!(err.line, Some(7), "{err}");
+        assert!(err.to_string().contains("cuont"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_placed() {
+        let src = "[pools.a]\nchip = \"h20\"\ncount = -2\n";
+        let err = parse_toml::<Fleet>(src, "f.toml").unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+    }
+
+    #[test]
+    fn locate_key_finds_nested_assignment() {
+        let src = "[pools.a]\ncount = 1\n[pools.b]\n  count = 2\n";
+        assert_eq!(locate_key(src, "pools.b.count"), Some((4, 3)));
+        assert_eq!(locate_key(src, "pools.b.missing"), Some((3, 1)));
+        let err = ConfigError::at_field("f.toml", src, "pools.b.count", "must be positive");
+        assert_eq!(
+            err.to_string(),
+            "f.toml:4:3: field `pools.b.count`: must be positive"
+        );
+    }
+}
