@@ -4,6 +4,12 @@
 //! recompute when KV runs out. Pure: the driver passes `now` in and learns when the next
 //! thing happens from `next_event_at`.
 
+mod instance;
 mod load;
+mod prefix;
 
+pub use instance::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
 pub use load::LoadSnapshot;
+
+#[cfg(test)]
+mod tests;

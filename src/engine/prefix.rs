@@ -1,0 +1,80 @@
+//! The prefix cache: KV blocks of prompt prefixes kept after their request ends, keyed by
+//! the prompt's block hashes, so a later request with the same prefix skips that prefill.
+//! Entries used by a running sequence are pinned; unpinned ones are evicted least recently
+//! used first, and only when a fresh allocation needs their blocks.
+
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    refs: u32,
+    /// Position in the LRU order while unpinned.
+    stamp: u64,
+}
+
+/// Prefix-cache entries, each holding `blocks_per_entry` KV blocks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PrefixCache {
+    entries: HashMap<u64, Entry>,
+    lru: BTreeMap<u64, u64>,
+    next_stamp: u64,
+    pub(crate) blocks_per_entry: u32,
+}
+
+impl PrefixCache {
+    pub(crate) fn new(blocks_per_entry: u32) -> Self {
+        PrefixCache {
+            blocks_per_entry,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn contains(&self, hash: u64) -> bool {
+        self.entries.contains_key(&hash)
+    }
+
+    /// Blocks held by all entries, pinned or not.
+    pub(crate) fn blocks(&self) -> u64 {
+        self.entries.len() as u64 * u64::from(self.blocks_per_entry)
+    }
+
+    /// Blocks that could be freed by eviction.
+    pub(crate) fn evictable_blocks(&self) -> u64 {
+        self.lru.len() as u64 * u64::from(self.blocks_per_entry)
+    }
+
+    /// Takes a reference on an existing entry, taking it out of the eviction order.
+    pub(crate) fn pin(&mut self, hash: u64) {
+        let e = self.entries.get_mut(&hash).expect("pin of a cached hash");
+        e.refs += 1;
+        if e.refs == 1 {
+            self.lru.remove(&e.stamp);
+        }
+    }
+
+    /// Adds a new entry pinned once by its creator.
+    pub(crate) fn insert_pinned(&mut self, hash: u64) {
+        self.entries.insert(hash, Entry { refs: 1, stamp: 0 });
+    }
+
+    pub(crate) fn unpin(&mut self, hash: u64) {
+        let e = self.entries.get_mut(&hash).expect("unpin of a cached hash");
+        e.refs -= 1;
+        if e.refs == 0 {
+            e.stamp = self.next_stamp;
+            self.next_stamp += 1;
+            self.lru.insert(e.stamp, hash);
+        }
+    }
+
+    /// Evicts the least recently used unpinned entry; returns the blocks freed.
+    pub(crate) fn evict_one(&mut self) -> u64 {
+        match self.lru.pop_first() {
+            Some((_, hash)) => {
+                self.entries.remove(&hash);
+                u64::from(self.blocks_per_entry)
+            }
+            None => 0,
+        }
+    }
+}
