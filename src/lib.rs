@@ -8,8 +8,14 @@
 //! predicts what the daemon does.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fleet;
+pub mod metrics;
+pub mod policy;
 pub mod profile;
 pub mod request;
+pub mod serve;
+pub mod trace;

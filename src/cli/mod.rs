@@ -4,7 +4,10 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod policies;
 mod profile;
+mod serve;
+mod trace;
 
 #[derive(Parser, Debug)]
 #[command(name = "dujiang", version, about = "Heterogeneous-accelerator LLM inference scheduler", long_about = None)]
@@ -17,6 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// Print a chip × model performance profile (prefill and decode sweeps, KV capacity).
     Profile(profile::Args),
+    /// List the routing policies, one line each (`--params` for their parameters).
+    Policies(policies::Args),
+    /// Run the daemon: gRPC Inference/Admin, health, reflection, Prometheus /metrics.
+    Serve(serve::Args),
+    /// Trace tools: generate a synthetic trace, summarise a trace file.
+    Trace(trace::Args),
 }
 
 /// Parses arguments, runs the subcommand, and turns an error into a message and exit code 1.
@@ -24,6 +33,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Profile(args) => profile::run(args),
+        Command::Policies(args) => policies::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Trace(args) => trace::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

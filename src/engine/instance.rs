@@ -20,8 +20,9 @@ use super::load::LoadSnapshot;
 use super::prefix::PrefixCache;
 use crate::profile::{PerfModel, StepShape};
 use crate::request::{Nanos, Priority, Request, RequestId};
+use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 /// How finely the engine reports progress.
@@ -70,10 +71,20 @@ impl EngineConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
     /// First put into a step: its queue time ends here.
-    Scheduled { id: RequestId, at: Nanos },
-    FirstToken { id: RequestId, at: Nanos },
+    Scheduled {
+        id: RequestId,
+        at: Nanos,
+    },
+    FirstToken {
+        id: RequestId,
+        at: Nanos,
+    },
     /// Output token `index` (1-based) is ready. Per-token granularity only.
-    Token { id: RequestId, at: Nanos, index: u32 },
+    Token {
+        id: RequestId,
+        at: Nanos,
+        index: u32,
+    },
     Finished {
         id: RequestId,
         at: Nanos,
@@ -81,7 +92,10 @@ pub enum EngineEvent {
     },
     /// KV ran out and the sequence was evicted; it will be recomputed from its prompt and
     /// the tokens already produced, which are not produced again.
-    Preempted { id: RequestId, at: Nanos },
+    Preempted {
+        id: RequestId,
+        at: Nanos,
+    },
 }
 
 impl EngineEvent {
@@ -181,13 +195,11 @@ pub struct Engine {
     slots: Vec<Option<Seq>>,
     epochs: Vec<u32>,
     free_slots: Vec<u32>,
-    by_id: HashMap<RequestId, u32>,
+    by_id: FxHashMap<RequestId, u32>,
     waiting: [VecDeque<SlotRef>; 2],
     waiting_live: u32,
     prefilling: VecDeque<SlotRef>,
     prefilling_live: u32,
-    /// Running sequences keyed for victim choice: (priority, order); last = first victim.
-    running_order: BTreeSet<(Priority, u64, u32)>,
     next_order: u64,
     decoding: Vec<u32>,
     finish_heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
@@ -230,12 +242,11 @@ impl Engine {
             slots: Vec::new(),
             epochs: Vec::new(),
             free_slots: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: FxHashMap::default(),
             waiting: [VecDeque::new(), VecDeque::new()],
             waiting_live: 0,
             prefilling: VecDeque::new(),
             prefilling_live: 0,
-            running_order: BTreeSet::new(),
             next_order: 0,
             decoding: Vec::new(),
             finish_heap: BinaryHeap::new(),
@@ -293,7 +304,10 @@ impl Engine {
     /// KV blocks the instance has, and blocks in use (private plus pinned prefix entries).
     pub fn kv_blocks(&self) -> (u64, u64) {
         let pinned = self.cache.blocks() - self.cache.evictable_blocks();
-        (self.kv_total_blocks, self.dec_blocks + self.other_blocks + pinned)
+        (
+            self.kv_total_blocks,
+            self.dec_blocks + self.other_blocks + pinned,
+        )
     }
 
     /// Largest request (prompt + output tokens) that can ever fit.
@@ -463,7 +477,10 @@ impl Engine {
         let done = self
             .perf
             .decode_steps_within(n, ctx0, now.saturating_sub(start), steps);
-        debug_assert!(done < steps, "advance(now) must run before admit/abort at now");
+        debug_assert!(
+            done < steps,
+            "advance(now) must run before admit/abort at now"
+        );
         if done == 0 {
             let run = self.run.as_mut().expect("run");
             run.steps = 1;
@@ -483,14 +500,25 @@ impl Engine {
     fn kv_growth(&self, k: u64) -> u64 {
         let b = u64::from(self.cfg.block_size);
         let shift = self.step % b;
+        if k == 1 {
+            // Only sequences whose context fills its last block exactly need a new one.
+            return self.residue[((b - shift) % b) as usize];
+        }
+        // A sequence with context ≡ r (mod b) crosses ⌈(r+k)/b⌉ − [r>0] block boundaries
+        // in k steps; with k = q·b + rem and r + rem < 2b that is q plus two comparisons,
+        // which keeps divisions out of this loop.
+        let (q, rem) = (k / b, k % b);
         let mut total = 0;
         for (key, &count) in self.residue.iter().enumerate() {
             if count == 0 {
                 continue;
             }
-            // Context mod b now is (key + step) mod b.
-            let r = (key as u64 + shift) % b;
-            let crossings = (r + k).div_ceil(b) - u64::from(r > 0);
+            let mut r = key as u64 + shift;
+            if r >= b {
+                r -= b;
+            }
+            let x = r + rem;
+            let crossings = q + u64::from(x > 0) + u64::from(x > b) - u64::from(r > 0);
             total += count * crossings;
         }
         total
@@ -499,7 +527,10 @@ impl Engine {
     /// Largest number of decode steps whose KV growth fits in what is available.
     fn kv_horizon(&self, max: u64) -> u64 {
         let avail = self.available_blocks();
-        if self.kv_growth(max) <= avail {
+        // Each sequence crosses at most ⌈k/b⌉ + 1 boundaries: usually KV is plentiful and
+        // this settles it without the exact count.
+        let bound = self.decoding.len() as u64 * (max.div_ceil(u64::from(self.cfg.block_size)) + 1);
+        if bound <= avail || self.kv_growth(max) <= avail {
             return max;
         }
         let (mut lo, mut hi) = (0, max);
@@ -530,7 +561,11 @@ impl Engine {
             for &slot in &self.decoding {
                 let s = self.slots[slot as usize].as_ref().expect("decoding slot");
                 let index = s.generated + (self.step - s.join_step) as u32;
-                out.push(EngineEvent::Token { id: s.id, at, index });
+                out.push(EngineEvent::Token {
+                    id: s.id,
+                    at,
+                    index,
+                });
             }
         }
         while let Some(&Reverse((finish, slot, epoch))) = self.finish_heap.peek() {
@@ -538,7 +573,10 @@ impl Engine {
                 break;
             }
             self.finish_heap.pop();
-            if self.seq(SlotRef { slot, epoch }).is_some_and(|s| s.phase == Phase::Decoding) {
+            if self
+                .seq(SlotRef { slot, epoch })
+                .is_some_and(|s| s.phase == Phase::Decoding)
+            {
                 let s = self.slots[slot as usize].as_ref().expect("slot");
                 out.push(EngineEvent::Finished {
                     id: s.id,
@@ -661,13 +699,11 @@ impl Engine {
             }
             Phase::Prefilling => {
                 self.prefilling_live -= 1;
-                self.running_order.remove(&(s.priority, s.order, slot));
                 self.queued_prefill_tokens -= u64::from(s.prefill_target - s.prefilled);
                 self.other_remaining_tokens -= u64::from(s.max_tokens - s.generated);
                 self.other_blocks -= s.private_blocks;
             }
             Phase::Decoding => {
-                self.running_order.remove(&(s.priority, s.order, slot));
                 let ctx_join = u64::from(s.prompt) + u64::from(s.generated);
                 let ctx_now = ctx_join + (self.step - s.join_step);
                 let remaining = u64::from(s.max_tokens - s.generated);
@@ -691,10 +727,29 @@ impl Engine {
     /// Evicts the latest-admitted, lowest-priority running sequence back to the front of
     /// its waiting queue, to be recomputed (vLLM's preemption by recompute).
     fn preempt_one(&mut self, at: Nanos, out: &mut Vec<EngineEvent>) -> bool {
-        let Some(&(_, _, slot)) = self.running_order.last() else {
+        // Preemption is rare, so the victim is found by a scan rather than kept in an
+        // ordered index that every admission and finish would pay for.
+        let prefilling = self.prefilling.iter().filter_map(|&r| {
+            self.seq(r)
+                .filter(|s| s.phase == Phase::Prefilling)
+                .map(|_| r.slot)
+        });
+        let victim = self
+            .decoding
+            .iter()
+            .copied()
+            .chain(prefilling)
+            .max_by_key(|&slot| {
+                let s = self.slots[slot as usize].as_ref().expect("running slot");
+                (s.priority, s.order)
+            });
+        let Some(slot) = victim else {
             return false;
         };
-        let mut s = self.slots[slot as usize].as_ref().expect("running slot").clone();
+        let mut s = self.slots[slot as usize]
+            .as_ref()
+            .expect("running slot")
+            .clone();
         // Take it out as if it ended, then put it back as waiting.
         self.remove(slot);
         if s.phase == Phase::Decoding {
@@ -729,7 +784,8 @@ impl Engine {
         let after = s.prefilled + chunk;
         let tokens = u64::from(after) + u64::from(after == s.prefill_target);
         let cached = s.cached_tokens(self.cfg.prefix_block_tokens);
-        self.block_of(tokens - cached).saturating_sub(s.private_blocks)
+        self.block_of(tokens - cached)
+            .saturating_sub(s.private_blocks)
     }
 
     fn front_waiting(&mut self) -> Option<(usize, SlotRef)> {
@@ -789,7 +845,9 @@ impl Engine {
                 if running >= self.cfg.max_num_seqs {
                     break;
                 }
-                let Some((class, r)) = self.front_waiting() else { break };
+                let Some((class, r)) = self.front_waiting() else {
+                    break;
+                };
                 if !self.try_start(r, t, decode_need, &mut budget, &mut shape, &mut run, out) {
                     break;
                 }
@@ -883,16 +941,18 @@ impl Engine {
         s.phase = Phase::Prefilling;
         s.order = order;
         s.scheduled_once = true;
-        let (id, priority, prefilled_before) = (s.id, s.priority, s.prefilled);
+        let (id, prefilled_before) = (s.id, s.prefilled);
         self.waiting_live -= 1;
         self.prefilling_live += 1;
         self.queued_prefill_tokens -= u64::from(cached);
-        self.running_order.insert((priority, order, r.slot));
         self.prefilling.push_back(r);
         if first_time {
             out.push(EngineEvent::Scheduled { id, at: t });
         }
-        shape.add(StepShape::prefill(u64::from(chunk), u64::from(prefilled_before)));
+        shape.add(StepShape::prefill(
+            u64::from(chunk),
+            u64::from(prefilled_before),
+        ));
         run.prefill.push((r, chunk));
         *budget -= u64::from(chunk);
         true

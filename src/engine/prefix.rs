@@ -3,7 +3,8 @@
 //! Entries used by a running sequence are pinned; unpinned ones are evicted least recently
 //! used first, and only when a fresh allocation needs their blocks.
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -15,7 +16,7 @@ struct Entry {
 /// Prefix-cache entries, each holding `blocks_per_entry` KV blocks.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PrefixCache {
-    entries: HashMap<u64, Entry>,
+    entries: FxHashMap<u64, Entry>,
     lru: BTreeMap<u64, u64>,
     next_stamp: u64,
     pub(crate) blocks_per_entry: u32,

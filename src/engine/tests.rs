@@ -63,11 +63,18 @@ fn drive(
         let (total, used) = engine.kv_blocks();
         assert!(used <= total, "KV over capacity: {used} > {total}");
     }
-    assert!(engine.is_empty(), "engine still holds {} requests", engine.len());
+    assert!(
+        engine.is_empty(),
+        "engine still holds {} requests",
+        engine.len()
+    );
     assert_eq!(engine.kv_blocks().1, 0, "KV not returned");
     let load = engine.load();
     assert_eq!((load.waiting, load.running), (0, 0));
-    assert_eq!((load.queued_prefill_tokens, load.remaining_decode_tokens), (0, 0));
+    assert_eq!(
+        (load.queued_prefill_tokens, load.remaining_decode_tokens),
+        (0, 0)
+    );
     out
 }
 
@@ -119,7 +126,9 @@ fn long_prompt_is_chunked_by_the_token_budget() {
 fn per_token_mode_streams_every_token_once_in_order() {
     let p = perf();
     let cfg = EngineConfig::for_perf(&p).with_granularity(Granularity::PerToken);
-    let reqs = (0..20).map(|i| req(i, i * 3_000_000, 100 + i as u32 * 37, 1 + i as u32 * 5)).collect();
+    let reqs = (0..20)
+        .map(|i| req(i, i * 3_000_000, 100 + i as u32 * 37, 1 + i as u32 * 5))
+        .collect();
     let ev = drive(p, cfg, reqs, &[]);
     let mut next: HashMap<u64, u32> = HashMap::new();
     for e in &ev {
@@ -183,9 +192,15 @@ fn oversized_request_is_refused() {
     let mut e = Engine::new(p.clone(), EngineConfig::for_perf(&p));
     let err = e.admit(req(1, 0, 6000, 500), 0).unwrap_err();
     assert!(matches!(err, AdmitError::TooLarge { .. }), "{err}");
-    assert!(matches!(e.admit(req(2, 0, 0, 5), 0), Err(AdmitError::Empty)));
+    assert!(matches!(
+        e.admit(req(2, 0, 0, 5), 0),
+        Err(AdmitError::Empty)
+    ));
     e.admit(req(3, 0, 10, 5), 0).unwrap();
-    assert!(matches!(e.admit(req(3, 0, 10, 5), 0), Err(AdmitError::DuplicateId(3))));
+    assert!(matches!(
+        e.admit(req(3, 0, 10, 5), 0),
+        Err(AdmitError::DuplicateId(3))
+    ));
 }
 
 #[test]
@@ -194,8 +209,13 @@ fn kv_pressure_preempts_and_still_finishes_everything() {
     let cfg = EngineConfig::for_perf(&p);
     let reqs = (0..12).map(|i| req(i, i, 800, 300)).collect();
     let ev = drive(p, cfg, reqs, &[]);
-    assert!(ev.iter().any(|e| matches!(e, EngineEvent::Preempted { .. })));
-    let finished = ev.iter().filter(|e| matches!(e, EngineEvent::Finished { .. })).count();
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Preempted { .. })));
+    let finished = ev
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Finished { .. }))
+        .count();
     assert_eq!(finished, 12);
 }
 
@@ -211,7 +231,9 @@ fn abort_frees_kv_immediately() {
     assert_eq!(e.kv_blocks().1, 0);
     assert!(!e.abort(1, 50_000_000));
     e.advance(u64::MAX / 2, &mut out);
-    assert!(!out.iter().any(|e| matches!(e, EngineEvent::Finished { .. })));
+    assert!(!out
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Finished { .. })));
     assert_eq!(e.next_event_at(), None);
 }
 
@@ -248,7 +270,11 @@ fn case() -> impl Strategy<Value = Case> {
                     arrival,
                     prompt_tokens: prompt,
                     max_tokens: out,
-                    priority: if batch { Priority::Batch } else { Priority::Interactive },
+                    priority: if batch {
+                        Priority::Batch
+                    } else {
+                        Priority::Interactive
+                    },
                     prefix_hashes: hashes,
                     ..Default::default()
                 })

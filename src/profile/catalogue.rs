@@ -1,9 +1,11 @@
 //! The chip and model catalogues: `config/chips.toml` and `config/models.toml`, embedded
-//! in the binary as defaults and replaceable by files.
+//! in the binary as defaults and replaceable by files. Loading checks every entry for
+//! values no real chip or model has, and names the file, line and field of the first one.
 
 use super::spec::{ChipSpec, ModelSpec};
 use crate::config::{parse_toml, ConfigError};
 use std::collections::BTreeMap;
+use std::path::Path;
 
 pub const EMBEDDED_CHIPS: &str = include_str!("../../config/chips.toml");
 pub const EMBEDDED_MODELS: &str = include_str!("../../config/models.toml");
@@ -38,12 +40,45 @@ impl Catalogue {
         let mut chips: BTreeMap<String, ChipSpec> = parse_toml(chips_src, chips_file)?;
         for (id, chip) in &mut chips {
             chip.id = id.clone();
+            chip.validate().map_err(|(field, message)| {
+                entry_field_error(chips_file, chips_src, id, field, message)
+            })?;
+        }
+        if chips.is_empty() {
+            return Err(ConfigError::new(chips_file, "no chips defined"));
         }
         let mut models: BTreeMap<String, ModelSpec> = parse_toml(models_src, models_file)?;
         for (id, model) in &mut models {
             model.id = id.clone();
+            model.validate().map_err(|(field, message)| {
+                entry_field_error(models_file, models_src, id, field, message)
+            })?;
+        }
+        if models.is_empty() {
+            return Err(ConfigError::new(models_file, "no models defined"));
         }
         Ok(Catalogue { chips, models })
+    }
+
+    /// Reads the catalogue from the given files, falling back to the embedded file for
+    /// whichever path is `None`.
+    pub fn load(
+        chips_path: Option<&Path>,
+        models_path: Option<&Path>,
+    ) -> Result<Catalogue, ConfigError> {
+        let (chips_src, chips_file) = read_or_embedded(chips_path, EMBEDDED_CHIPS, "chips")?;
+        let (models_src, models_file) = read_or_embedded(models_path, EMBEDDED_MODELS, "models")?;
+        Catalogue::parse(&chips_src, &chips_file, &models_src, &models_file)
+    }
+
+    /// Chip ids, comma-separated, for "unknown chip" messages.
+    pub fn chip_ids(&self) -> String {
+        self.chips.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// Model ids, comma-separated, for "unknown model" messages.
+    pub fn model_ids(&self) -> String {
+        self.models.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 
     pub fn chip(&self, id: &str) -> Option<&ChipSpec> {
@@ -52,5 +87,261 @@ impl Catalogue {
 
     pub fn model(&self, id: &str) -> Option<&ModelSpec> {
         self.models.get(id)
+    }
+}
+
+/// An error about `key` of the top-level table `id`, placed at the line that assigns it.
+/// Ids may contain dots (`["qwen2.5-72b"]`), which a dotted-path search would split, so the
+/// table header is matched bare or quoted.
+pub(crate) fn entry_field_error(
+    file: &str,
+    src: &str,
+    id: &str,
+    key: &str,
+    message: impl Into<String>,
+) -> ConfigError {
+    let field = format!("{id}.{key}");
+    if !id.contains('.') {
+        return ConfigError::at_field(file, src, &field, message);
+    }
+    let headers = [
+        format!("[{id}]"),
+        format!("[\"{id}\"]"),
+        format!("['{id}']"),
+    ];
+    let mut err = ConfigError::at_field(file, "", &field, message);
+    let mut in_table = false;
+    for (i, raw) in src.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            in_table = headers.iter().any(|h| h == line);
+            if in_table {
+                err.line = Some(i + 1);
+                err.column = Some(1);
+            }
+            continue;
+        }
+        if in_table {
+            if let Some(rest) = line.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    err.line = Some(i + 1);
+                    err.column = Some(raw.len() - raw.trim_start().len() + 1);
+                    break;
+                }
+            }
+        }
+    }
+    err
+}
+
+fn read_or_embedded(
+    path: Option<&Path>,
+    embedded: &str,
+    what: &str,
+) -> Result<(String, String), ConfigError> {
+    match path {
+        Some(p) => {
+            let name = p.display().to_string();
+            let src = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+            Ok((src, name))
+        }
+        None => Ok((
+            embedded.to_string(),
+            format!("<embedded config/{what}.toml>"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replaces `key = …` inside `[table]` of `src` with `key = value`.
+    fn with_value(src: &str, table: &str, key: &str, value: &str) -> String {
+        let mut out = Vec::new();
+        let mut in_table = false;
+        let mut replaced = false;
+        for line in src.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_table = t == format!("[{table}]") || t == format!("[\"{table}\"]");
+            }
+            if in_table && !replaced && t.starts_with(&format!("{key} ")) {
+                out.push(format!("{key} = {value}"));
+                replaced = true;
+            } else {
+                out.push(line.to_string());
+            }
+        }
+        assert!(replaced, "{table}.{key} not in source");
+        out.join("\n")
+    }
+
+    fn line_of(src: &str, table: &str, key: &str) -> usize {
+        let needle = format!("{key} = ");
+        let header = src
+            .lines()
+            .position(|l| l == format!("[{table}]") || l == format!("[\"{table}\"]"))
+            .expect("table header");
+        header
+            + 1
+            + src
+                .lines()
+                .skip(header)
+                .position(|l| l.starts_with(&needle))
+                .expect("key in table")
+    }
+
+    fn chip_error(table: &str, key: &str, value: &str) -> ConfigError {
+        let src = with_value(EMBEDDED_CHIPS, table, key, value);
+        let err = Catalogue::parse(&src, "chips.toml", EMBEDDED_MODELS, "models.toml")
+            .expect_err("invalid chip accepted");
+        assert_eq!(err.file, "chips.toml");
+        assert_eq!(err.line, Some(line_of(&src, table, key)), "{err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some(&*format!("{table}.{key}")),
+            "{err}"
+        );
+        err
+    }
+
+    fn model_error(table: &str, key: &str, value: &str) -> ConfigError {
+        let src = with_value(EMBEDDED_MODELS, table, key, value);
+        let err = Catalogue::parse(EMBEDDED_CHIPS, "chips.toml", &src, "models.toml")
+            .expect_err("invalid model accepted");
+        assert_eq!(err.file, "models.toml");
+        assert_eq!(err.line, Some(line_of(&src, table, key)), "{err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some(&*format!("{table}.{key}")),
+            "{err}"
+        );
+        err
+    }
+
+    #[test]
+    fn embedded_catalogue_has_the_required_ids() {
+        let cat = Catalogue::embedded();
+        for id in [
+            "h20",
+            "ascend-910b",
+            "ascend-910c",
+            "mlu370-x8",
+            "mlu590",
+            "h100",
+        ] {
+            assert_eq!(cat.chip(id).map(|c| c.id.as_str()), Some(id));
+        }
+        for id in [
+            "llama-3-8b",
+            "llama-3-70b",
+            "qwen2.5-72b",
+            "qwen3-8b",
+            "deepseek-v3",
+            "deepseek-r1",
+        ] {
+            assert_eq!(cat.model(id).map(|m| m.id.as_str()), Some(id));
+        }
+        assert!(cat.chip("ascend-910b").unwrap().domestic);
+        assert!(!cat.chip("h20").unwrap().domestic);
+    }
+
+    #[test]
+    fn derived_kv_bytes_per_token_match_published_figures() {
+        let cat = Catalogue::embedded();
+        let kib = |id: &str| cat.model(id).unwrap().kv_bytes_per_token() / 1024.0;
+        assert_eq!(kib("llama-3-8b"), 128.0);
+        assert_eq!(kib("llama-3-70b"), 320.0);
+        assert_eq!(kib("qwen2.5-72b"), 320.0);
+        // MLA: (512 + 64) · 61 layers · 2 bytes = 70,272 bytes.
+        assert!(
+            (kib("deepseek-v3") - 68.625).abs() < 1e-9,
+            "{}",
+            kib("deepseek-v3")
+        );
+        let v3 = cat.model("deepseek-v3").unwrap();
+        assert!(v3.is_moe());
+        assert_eq!((v3.experts, v3.experts_per_token), (256, 8));
+    }
+
+    #[test]
+    fn negative_and_zero_physical_values_are_rejected() {
+        let err = chip_error("h20", "memory_gb", "-96.0");
+        assert!(err.to_string().contains("positive"), "{err}");
+        chip_error("ascend-910b", "bandwidth_tbps", "0.0");
+        chip_error("mlu590", "bf16_tflops", "nan");
+        chip_error("h100", "step_overhead_us", "-1.0");
+        chip_error("h100", "max_batch", "0");
+    }
+
+    #[test]
+    fn efficiencies_outside_zero_one_are_rejected() {
+        let err = chip_error("h20", "compute_efficiency", "1.2");
+        assert!(err.to_string().contains("(0, 1]"), "{err}");
+        chip_error("ascend-910c", "memory_efficiency", "0.0");
+        chip_error("mlu370-x8", "memory_utilization", "1.5");
+    }
+
+    #[test]
+    fn reserve_larger_than_usable_memory_is_rejected() {
+        chip_error("mlu370-x8", "reserve_gb", "60.0");
+    }
+
+    #[test]
+    fn impossible_attention_shapes_are_rejected() {
+        let err = model_error("llama-3-8b", "kv_heads", "64");
+        assert!(err.to_string().contains("divide"), "{err}");
+        model_error("llama-3-70b", "kv_heads", "7");
+        model_error("qwen3-8b", "layers", "0");
+        // A dotted id, quoted in the file, is still placed at its line.
+        model_error("qwen2.5-72b", "head_dim", "0");
+        model_error("deepseek-v3", "mla_rope_head_dim", "0");
+    }
+
+    #[test]
+    fn impossible_parameter_counts_are_rejected() {
+        let err = model_error("deepseek-v3", "params_active_b", "700.0");
+        assert!(err.to_string().contains("exceeds"), "{err}");
+        model_error("llama-3-8b", "params_active_b", "4.0");
+        model_error("deepseek-v3", "experts_per_token", "300");
+        model_error("deepseek-r1", "experts_per_token", "0");
+        model_error("qwen3-8b", "weight_bytes", "0.0");
+        model_error("qwen3-8b", "kv_bytes", "-2.0");
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_placed() {
+        let src = EMBEDDED_CHIPS.replace("watts = 250.0", "wats = 250.0");
+        let err = Catalogue::parse(&src, "chips.toml", EMBEDDED_MODELS, "models.toml").unwrap_err();
+        assert!(err.to_string().contains("wats"), "{err}");
+        assert_eq!(err.line, Some(line_of(&src, "mlu370-x8", "wats")), "{err}");
+
+        let src = with_value(EMBEDDED_MODELS, "qwen3-8b", "max_context", "1")
+            .replace("\nmax_context = 1\n", "\n");
+        let err = Catalogue::parse(EMBEDDED_CHIPS, "chips.toml", &src, "models.toml").unwrap_err();
+        assert!(err.to_string().contains("max_context"), "{err}");
+        assert!(err.line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn load_uses_files_when_given_and_embedded_otherwise() {
+        let dir = std::env::temp_dir().join(format!("dujiang-cat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let chips = dir.join("chips.toml");
+        let only_h20 = &EMBEDDED_CHIPS[..EMBEDDED_CHIPS.find("[ascend-910b]").unwrap()];
+        let only_h20 = only_h20.replace("[h100]", "[h100-copy]");
+        std::fs::write(&chips, &only_h20).unwrap();
+        let cat = Catalogue::load(Some(&chips), None).unwrap();
+        assert_eq!(cat.chip_ids(), "h100-copy, h20");
+        assert_eq!(cat.models, Catalogue::embedded().models);
+
+        std::fs::write(&chips, "[h20]\nname = \"x\"\n").unwrap();
+        let err = Catalogue::load(Some(&chips), None).unwrap_err();
+        assert_eq!(err.file, chips.display().to_string());
+        let missing = Catalogue::load(Some(&dir.join("nope.toml")), None).unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

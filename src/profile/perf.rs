@@ -9,6 +9,15 @@
 //!   MoE models read only the experts a batch touches: with E experts and k per token, T
 //!   tokens touch E·(1 − (1 − k/E)^T) of them in expectation.
 //!
+//! Multi-head latent attention (DeepSeek-V2/V3) is modelled as served in practice: decode
+//! attention runs in the absorbed form, each head scoring the 512-wide latent plus the
+//! 64-wide RoPE key and mixing the latent values, and with tp > 1 the attention is data
+//! parallel (SGLang `--enable-dp-attention`, DeepSeek's own deployment), so each chip holds
+//! and reads the latent cache of its own sequences only.
+//!
+//! A [`MeasuredTable`] replaces the roofline for the chip × model × tp it was measured on
+//! ([`PerfModel::with_table`]).
+//!
 //! Coefficients are kept as integer picoseconds and a step is rounded up to whole
 //! nanoseconds. That makes a run of pure decode steps (context growing by the batch size
 //! each step) an arithmetic progression whose rounded sum has a closed form
@@ -16,6 +25,7 @@
 //! same nanosecond as stepping one at a time.
 
 use super::spec::{ChipSpec, ModelSpec};
+use super::table::MeasuredTable;
 use crate::request::Nanos;
 
 const PS_PER_NS: u64 = 1_000;
@@ -79,6 +89,12 @@ pub enum ProfileError {
     },
     #[error("tensor parallelism must be at least 1")]
     ZeroTp,
+    #[error("measured table `{table}` is for {table_for}, not {serving}")]
+    TableMismatch {
+        table: String,
+        table_for: String,
+        serving: String,
+    },
 }
 
 /// MoE weight traffic: the shared part is always read, routed experts as touched.
@@ -105,6 +121,7 @@ pub struct PerfModel {
     comm_ps_per_token: u64,
     overhead_ps: u64,
     kv_capacity_tokens: u64,
+    table: Option<Box<MeasuredTable>>,
 }
 
 fn to_ps(seconds: f64) -> u64 {
@@ -126,15 +143,21 @@ impl PerfModel {
         let bytes_per_s_per_chip = chip.bandwidth_tbps * 1e12 * chip.memory_efficiency;
 
         let dense_flops = 2.0 * model.params_active_b * 1e9;
-        let attn_flops_per_pair = 4.0
-            * f64::from(model.layers)
-            * f64::from(model.attention_heads)
-            * f64::from(model.head_dim);
+        // Per (token, context token) pair and layer, each head computes a score and mixes a
+        // value: 2 FLOPs per multiply-add over the key width plus the value width.
+        let per_head_pair_flops = if model.mla_kv_lora_rank > 0 {
+            2.0 * f64::from(2 * model.mla_kv_lora_rank + model.mla_rope_head_dim)
+        } else {
+            4.0 * f64::from(model.head_dim)
+        };
+        let attn_flops_per_pair =
+            f64::from(model.layers) * f64::from(model.attention_heads) * per_head_pair_flops;
 
-        // KV is split across ranks by KV head; MLA's latent cache and GQA heads fewer than
-        // tp are replicated, so each chip holds (and reads) more than 1/tp of it.
+        // GQA KV is split across ranks by KV head; with fewer KV heads than tp the heads are
+        // replicated, so each chip holds (and reads) more than 1/tp of it. MLA runs data
+        // parallel attention: sequences, and their latent cache, are spread over the ranks.
         let kv_shards = if model.mla_kv_lora_rank > 0 {
-            1.0
+            tpf
         } else {
             f64::from(tp.min(model.kv_heads.max(1)))
         };
@@ -199,9 +222,31 @@ impl PerfModel {
             moe,
             comm_fixed_ps,
             comm_ps_per_token,
-            overhead_ps: to_ps(chip.step_overhead_us * 1e-6),
+            overhead_ps: to_ps(
+                (chip.step_overhead_us + chip.layer_overhead_us * f64::from(model.layers)) * 1e-6,
+            ),
             kv_capacity_tokens,
+            table: None,
         })
+    }
+
+    /// Uses measured step times in place of the roofline wherever `table` has points. The
+    /// table must be for this chip, model and tp.
+    pub fn with_table(mut self, table: MeasuredTable) -> Result<Self, ProfileError> {
+        if table.chip != self.chip.id || table.model != self.model.id || table.tp != self.tp {
+            return Err(ProfileError::TableMismatch {
+                table: table.name.clone(),
+                table_for: format!("{} on {} x{}", table.model, table.chip, table.tp),
+                serving: format!("{} on {} x{}", self.model.id, self.chip.id, self.tp),
+            });
+        }
+        self.table = Some(Box::new(table));
+        Ok(self)
+    }
+
+    /// The measured table overriding the roofline, if any.
+    pub fn table(&self) -> Option<&MeasuredTable> {
+        self.table.as_deref()
     }
 
     /// KV-cache capacity of the instance, in tokens.
@@ -243,8 +288,38 @@ impl PerfModel {
         if s.tokens == 0 {
             return 0;
         }
+        match self.table.as_deref() {
+            None => self.roofline_step_ns(s),
+            Some(t) => self.measured_step_ns(t, s),
+        }
+    }
+
+    /// The roofline's step time, ignoring any measured table.
+    pub fn roofline_step_ns(&self, s: &StepShape) -> Nanos {
+        if s.tokens == 0 {
+            return 0;
+        }
         let (c, m, r) = self.step_parts_ps(s);
         (c.max(m) + r).div_ceil(PS_PER_NS)
+    }
+
+    /// A step priced from the measured table. Pure decode steps (every token attends to
+    /// exactly its own sequence's cache) read the decode grid at the mean context. A step
+    /// with prompt tokens reads the prefill curve at its token count and adds what the
+    /// roofline says its cached context costs beyond a fresh prefill of that size.
+    fn measured_step_ns(&self, t: &MeasuredTable, s: &StepShape) -> Nanos {
+        let decode_like = s.attn_pairs == s.kv_read_tokens;
+        let ns = if decode_like && t.has_decode() {
+            t.decode_step_ns(s.tokens as f64, s.kv_read_tokens as f64 / s.tokens as f64)
+        } else if t.has_prefill() {
+            let extra = self
+                .roofline_step_ns(s)
+                .saturating_sub(self.roofline_step_ns(&StepShape::prefill(s.tokens, 0)));
+            t.prefill_ns(s.tokens as f64) + extra as f64
+        } else {
+            return self.roofline_step_ns(s);
+        };
+        (ns.ceil() as Nanos).max(1)
     }
 
     /// Time to prefill `n` new tokens after `cached` ones in a single step.
@@ -263,6 +338,12 @@ impl PerfModel {
     pub fn decode_run_ns(&self, seqs: u64, ctx0: u64, steps: u64) -> Nanos {
         if seqs == 0 || steps == 0 {
             return 0;
+        }
+        if self.table.is_some() {
+            // Interpolated tables have no closed form; sum step by step.
+            return (0..steps)
+                .map(|i| self.decode_step_ns(seqs, ctx0 + i * seqs))
+                .sum();
         }
         // step i: compute = pc + qc·i, memory = pm + qm·i, plus a constant rest.
         let (pc, pm, rest) = self.step_parts_ps(&StepShape::decode(seqs, ctx0));
@@ -292,6 +373,10 @@ impl PerfModel {
         if n == 0 {
             return 0;
         }
+        let b = p.saturating_add(PS_PER_NS - 1);
+        if let Some(total) = floor_sum_u64(n, PS_PER_NS, q, b) {
+            return total;
+        }
         let total = floor_sum(
             u128::from(n),
             u128::from(PS_PER_NS),
@@ -315,6 +400,17 @@ impl PerfModel {
         if seqs == 0 || max_steps == 0 {
             return 0;
         }
+        if self.table.is_some() {
+            // Table step times need not grow monotonically, so count forward.
+            let mut spent: Nanos = 0;
+            for k in 0..max_steps {
+                spent = spent.saturating_add(self.decode_step_ns(seqs, ctx0 + k * seqs));
+                if spent > budget {
+                    return k;
+                }
+            }
+            return max_steps;
+        }
         let first = self.decode_step_ns(seqs, ctx0).max(1);
         // Steps only get longer, so budget/first bounds k from above.
         let mut hi = (budget / first).min(max_steps);
@@ -333,6 +429,37 @@ impl PerfModel {
             }
         }
         lo
+    }
+}
+
+/// [`floor_sum`] in 64-bit arithmetic, `None` if anything would overflow. Replay calls
+/// this on every decode stretch, and 128-bit division is several times slower.
+fn floor_sum_u64(mut n: u64, mut m: u64, mut a: u64, mut b: u64) -> Option<u64> {
+    let mut ans = 0u64;
+    if n == 0 {
+        return Some(0);
+    }
+    loop {
+        if a >= m {
+            let pairs = if n % 2 == 0 {
+                (n / 2).checked_mul(n - 1)?
+            } else {
+                n.checked_mul((n - 1) / 2)?
+            };
+            ans = ans.checked_add(pairs.checked_mul(a / m)?)?;
+            a %= m;
+        }
+        if b >= m {
+            ans = ans.checked_add(n.checked_mul(b / m)?)?;
+            b %= m;
+        }
+        let y_max = a.checked_mul(n)?.checked_add(b)?;
+        if y_max < m {
+            return Some(ans);
+        }
+        n = y_max / m;
+        b = y_max % m;
+        std::mem::swap(&mut m, &mut a);
     }
 }
 

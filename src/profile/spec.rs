@@ -31,6 +31,10 @@ pub struct ChipSpec {
     /// Fixed time per engine step: kernel launches, scheduling, sampling. Eager-mode stacks
     /// pay more than CUDA-graph ones.
     pub step_overhead_us: f64,
+    /// Host time per model layer per step. Eager-mode stacks (torch_npu, Cambricon's
+    /// torch_mlu) dispatch every layer's kernels from Python, so their overhead grows with
+    /// depth; CUDA-graph stacks replay a captured graph and pay almost nothing per layer.
+    pub layer_overhead_us: f64,
     /// Latency of one tensor-parallel all-reduce, on top of its bandwidth term.
     pub allreduce_latency_us: f64,
     /// Fraction of device memory the serving engine may use (vLLM's
@@ -78,7 +82,156 @@ pub struct ModelSpec {
     pub max_context: u32,
 }
 
+/// A value that cannot describe real hardware or a real model: the field (relative to the
+/// catalogue entry) and why.
+pub type SpecViolation = (&'static str, String);
+
+fn positive(field: &'static str, v: f64) -> Result<(), SpecViolation> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err((field, format!("must be a positive number, got {v}")))
+    }
+}
+
+fn non_negative(field: &'static str, v: f64) -> Result<(), SpecViolation> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err((field, format!("must be zero or more, got {v}")))
+    }
+}
+
+fn fraction(field: &'static str, v: f64) -> Result<(), SpecViolation> {
+    if v.is_finite() && v > 0.0 && v <= 1.0 {
+        Ok(())
+    } else {
+        Err((field, format!("must be in (0, 1], got {v}")))
+    }
+}
+
+fn at_least_one(field: &'static str, v: u32) -> Result<(), SpecViolation> {
+    if v >= 1 {
+        Ok(())
+    } else {
+        Err((field, "must be at least 1".to_string()))
+    }
+}
+
+fn not_blank(field: &'static str, v: &str) -> Result<(), SpecViolation> {
+    if v.trim().is_empty() {
+        Err((field, "must not be empty".to_string()))
+    } else {
+        Ok(())
+    }
+}
+
+impl ChipSpec {
+    /// Rejects values no real chip has: the first problem found, by field.
+    pub fn validate(&self) -> Result<(), SpecViolation> {
+        not_blank("name", &self.name)?;
+        not_blank("vendor", &self.vendor)?;
+        positive("bf16_tflops", self.bf16_tflops)?;
+        positive("int8_tops", self.int8_tops)?;
+        positive("memory_gb", self.memory_gb)?;
+        positive("bandwidth_tbps", self.bandwidth_tbps)?;
+        positive("link_gbps", self.link_gbps)?;
+        positive("watts", self.watts)?;
+        non_negative("price_per_hour_usd", self.price_per_hour_usd)?;
+        fraction("compute_efficiency", self.compute_efficiency)?;
+        fraction("memory_efficiency", self.memory_efficiency)?;
+        non_negative("step_overhead_us", self.step_overhead_us)?;
+        non_negative("layer_overhead_us", self.layer_overhead_us)?;
+        non_negative("allreduce_latency_us", self.allreduce_latency_us)?;
+        fraction("memory_utilization", self.memory_utilization)?;
+        non_negative("reserve_gb", self.reserve_gb)?;
+        if self.reserve_gb >= self.memory_gb * self.memory_utilization {
+            return Err((
+                "reserve_gb",
+                format!(
+                    "{} GB leaves nothing of the {} GB × {} the engine may use",
+                    self.reserve_gb, self.memory_gb, self.memory_utilization
+                ),
+            ));
+        }
+        at_least_one("max_batch", self.max_batch)
+    }
+}
+
 impl ModelSpec {
+    /// Rejects architectures that cannot exist: the first problem found, by field.
+    pub fn validate(&self) -> Result<(), SpecViolation> {
+        not_blank("name", &self.name)?;
+        at_least_one("layers", self.layers)?;
+        at_least_one("hidden_size", self.hidden_size)?;
+        at_least_one("attention_heads", self.attention_heads)?;
+        at_least_one("kv_heads", self.kv_heads)?;
+        at_least_one("head_dim", self.head_dim)?;
+        if self.kv_heads > self.attention_heads
+            || !self.attention_heads.is_multiple_of(self.kv_heads)
+        {
+            return Err((
+                "kv_heads",
+                format!(
+                    "{} KV heads must divide the {} attention heads (grouped-query attention)",
+                    self.kv_heads, self.attention_heads
+                ),
+            ));
+        }
+        positive("params_total_b", self.params_total_b)?;
+        positive("params_active_b", self.params_active_b)?;
+        if self.params_active_b > self.params_total_b {
+            return Err((
+                "params_active_b",
+                format!(
+                    "{}B active exceeds {}B total",
+                    self.params_active_b, self.params_total_b
+                ),
+            ));
+        }
+        if self.experts_per_token > self.experts {
+            return Err((
+                "experts_per_token",
+                format!(
+                    "{} experts per token but only {} experts",
+                    self.experts_per_token, self.experts
+                ),
+            ));
+        }
+        if self.experts > 0 && self.experts_per_token == 0 {
+            return Err((
+                "experts_per_token",
+                "an MoE model (experts > 0) must route each token to at least 1 expert".into(),
+            ));
+        }
+        if self.experts == 0 && self.params_active_b != self.params_total_b {
+            return Err((
+                "params_active_b",
+                "a dense model (no experts) uses every parameter per token: must equal params_total_b"
+                    .into(),
+            ));
+        }
+        for (field, bytes) in [
+            ("weight_bytes", self.weight_bytes),
+            ("kv_bytes", self.kv_bytes),
+        ] {
+            if !(bytes.is_finite() && bytes > 0.0 && bytes <= 4.0) {
+                return Err((
+                    field,
+                    format!("must be in (0, 4] bytes per element, got {bytes}"),
+                ));
+            }
+        }
+        if (self.mla_kv_lora_rank == 0) != (self.mla_rope_head_dim == 0) {
+            return Err((
+                "mla_rope_head_dim",
+                "multi-head latent attention needs both mla_kv_lora_rank and mla_rope_head_dim (or neither)"
+                    .into(),
+            ));
+        }
+        at_least_one("max_context", self.max_context)
+    }
+
     /// KV-cache bytes one token occupies across all layers.
     pub fn kv_bytes_per_token(&self) -> f64 {
         let per_layer_elems = if self.mla_kv_lora_rank > 0 {

@@ -1,0 +1,81 @@
+//! `dujiang serve`: run the daemon until SIGTERM or SIGINT. With no arguments it serves
+//! the embedded demo fleet on gRPC 127.0.0.1:50051 and HTTP 127.0.0.1:9464.
+
+use crate::serve::{ServeConfig, DEFAULT_CONFIG_TOML};
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML config file (see --print-default-config); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, value_name = "ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address for /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Run simulated time this many times faster than wall time.
+    #[arg(long, value_name = "X")]
+    time_scale: Option<f64>,
+    /// Fleet file (default: the embedded demo fleet).
+    #[arg(long, value_name = "FILE")]
+    fleet: Option<PathBuf>,
+    /// Routing policy (default: the fleet's).
+    #[arg(long, value_name = "NAME")]
+    policy: Option<String>,
+    /// Grace period for in-flight streams on shutdown, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    grace_period_ms: Option<u64>,
+    /// Print the default config file and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return Ok(());
+    }
+    let mut config = match &args.config {
+        Some(path) => ServeConfig::load(path)?,
+        None => ServeConfig::default(),
+    };
+    if let Some(a) = args.grpc_addr {
+        config.grpc_addr = a;
+    }
+    if let Some(a) = args.http_addr {
+        config.http_addr = a;
+    }
+    if let Some(x) = args.time_scale {
+        config.time_scale = x;
+    }
+    if let Some(f) = args.fleet {
+        config.fleet = f;
+    }
+    if let Some(p) = args.policy {
+        config.policy = p;
+    }
+    if let Some(g) = args.grace_period_ms {
+        config.grace_period_ms = g;
+    }
+    config
+        .validate("--time-scale", "")
+        .map_err(|e| anyhow::anyhow!("{}", e.message))
+        .context("invalid command-line value")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(crate::serve::run_until_signal(config, args.config))
+}

@@ -1,0 +1,515 @@
+//! Fleet membership: which backends exist, which pool each belongs to and what state it is
+//! in. A [`Membership`] is immutable; every change returns a new one, which the owner then
+//! publishes whole. Readers therefore always see a consistent fleet, and the per-pool
+//! serving lists, the speed tables and the prefix hash ring are computed once per change
+//! instead of once per routing decision.
+
+use crate::profile::PerfModel;
+use std::sync::Arc;
+
+/// Dense index of a backend. Ids are never reused, so a stale id can never name a newer
+/// backend; a removed backend's id simply stops resolving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub u32);
+
+impl BackendId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for BackendId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "b{}", self.0)
+    }
+}
+
+/// Dense index of a pool slot. Slots of removed pools are reused (at most [`MAX_POOLS`]
+/// live at once, so a pool set fits a 64-bit mask).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolId(pub u32);
+
+impl PoolId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// At most this many pools at once: pool sets are 64-bit masks.
+pub const MAX_POOLS: usize = 64;
+
+/// Per-sequence context the speed tables assume. Decode step time grows with context, but
+/// a routing decision only needs to rank backends, and reading each backend's real context
+/// distribution would cost more than the decision is worth.
+pub const NOMINAL_CONTEXT_TOKENS: u64 = 1024;
+
+/// Prompt length at which prefill speed is measured for the speed tables.
+const PREFILL_PROBE_TOKENS: u64 = 1024;
+
+/// Lifecycle of one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    /// Takes new requests.
+    Serving,
+    /// Finishes what it holds but takes nothing new (operator drain, shutdown).
+    Draining,
+    /// Out of service (fault injected or detected); takes nothing new.
+    Failed,
+}
+
+impl BackendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Serving => "serving",
+            BackendState::Draining => "draining",
+            BackendState::Failed => "failed",
+        }
+    }
+}
+
+/// What it takes to create a pool: `count` identical backends of one performance model
+/// and engine settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub perf: Arc<PerfModel>,
+    pub count: u32,
+    /// Largest running batch (vLLM `max_num_seqs`).
+    pub max_num_seqs: u32,
+    /// Token budget of one engine step (vLLM `max_num_batched_tokens`).
+    pub max_batched_tokens: u32,
+    /// KV block size in tokens.
+    pub block_size: u32,
+}
+
+impl PoolConfig {
+    /// Default engine settings for `perf`: the chip's largest batch, an 8192-token step
+    /// budget (vLLM's chunked-prefill default) and 16-token KV blocks.
+    pub fn new(name: impl Into<String>, perf: Arc<PerfModel>, count: u32) -> Self {
+        let max_num_seqs = perf.chip.max_batch.max(1);
+        PoolConfig {
+            name: name.into(),
+            perf,
+            count,
+            max_num_seqs,
+            max_batched_tokens: 8192,
+            block_size: 16,
+        }
+    }
+
+    /// Price of the whole pool per hour.
+    pub fn cost_per_hour_usd(&self) -> f64 {
+        self.perf.price_per_hour_usd() * f64::from(self.count)
+    }
+
+    /// Whether the pool's chips count towards a domestic-share target.
+    pub fn domestic(&self) -> bool {
+        self.perf.chip.domestic
+    }
+}
+
+/// One pool as policies see it: its configuration plus speed figures precomputed from the
+/// performance model, so a routing decision does table lookups instead of roofline maths.
+#[derive(Debug)]
+pub struct PoolInfo {
+    pub id: PoolId,
+    pub config: PoolConfig,
+    pub domestic: bool,
+    /// Price of one backend (all its chips) per hour.
+    pub price_per_hour_usd: f64,
+    /// Prefill cost per prompt token, picoseconds, at a 1024-token prompt.
+    pub prefill_ps_per_token: u64,
+    /// Decode step time by running batch size (index 0..=max_num_seqs) at
+    /// [`NOMINAL_CONTEXT_TOKENS`] per sequence.
+    decode_step_ns: Vec<u64>,
+    /// Output tokens per second one backend produces at its full batch.
+    pub decode_tokens_per_s: f64,
+    /// Dollars per million output tokens at full batch: the pool's unit cost.
+    pub usd_per_mtok: f64,
+}
+
+impl PoolInfo {
+    fn new(id: PoolId, config: PoolConfig) -> PoolInfo {
+        let perf = &config.perf;
+        let probe = PREFILL_PROBE_TOKENS.min(u64::from(config.max_batched_tokens.max(1)));
+        let prefill_ps_per_token = perf.prefill_ns(probe, 0) * 1000 / probe;
+        let max = u64::from(config.max_num_seqs.max(1));
+        let decode_step_ns: Vec<u64> = (0..=max)
+            .map(|b| perf.decode_step_ns(b, b * NOMINAL_CONTEXT_TOKENS))
+            .collect();
+        let full_step = decode_step_ns[max as usize].max(1) as f64;
+        let decode_tokens_per_s = max as f64 * 1e9 / full_step;
+        let price = perf.price_per_hour_usd();
+        PoolInfo {
+            id,
+            domestic: perf.chip.domestic,
+            price_per_hour_usd: price,
+            prefill_ps_per_token,
+            decode_step_ns,
+            decode_tokens_per_s,
+            usd_per_mtok: price / (decode_tokens_per_s * 3600.0) * 1e6,
+            config,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Decode step time with `batch` running sequences (clamped to the pool's batch limit).
+    pub fn decode_step_ns(&self, batch: u32) -> u64 {
+        let i = (batch as usize).min(self.decode_step_ns.len() - 1);
+        self.decode_step_ns[i]
+    }
+
+    /// Time to prefill `tokens` prompt tokens, ignoring interleaved decode.
+    pub fn prefill_ns(&self, tokens: u64) -> u64 {
+        tokens.saturating_mul(self.prefill_ps_per_token) / 1000
+    }
+}
+
+/// Where a backend lives and what state it is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub pool: PoolId,
+    pub state: BackendState,
+}
+
+/// A membership change that does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetError {
+    #[error("no pool {0:?}")]
+    UnknownPool(PoolId),
+    #[error("no backend {0}")]
+    UnknownBackend(BackendId),
+    #[error("a fleet holds at most {MAX_POOLS} pools")]
+    TooManyPools,
+    #[error("a pool named `{0}` already exists")]
+    DuplicatePoolName(String),
+    #[error("pool `{0}` must have at least one backend")]
+    EmptyPool(String),
+}
+
+/// Virtual nodes per serving backend on the prefix hash ring: enough to spread keys evenly,
+/// few enough that rebuilding the ring for 4096 backends stays a millisecond-scale job.
+const RING_VNODES: u64 = 8;
+
+/// An immutable snapshot of the fleet.
+#[derive(Clone, Debug, Default)]
+pub struct Membership {
+    epoch: u64,
+    pools: Vec<Option<Arc<PoolInfo>>>,
+    serving: Vec<Vec<BackendId>>,
+    all_serving: Vec<BackendId>,
+    backends: Vec<Option<BackendEntry>>,
+    ring: Vec<(u64, BackendId)>,
+}
+
+/// splitmix64's finaliser: a fast, well-mixed 64-bit hash of an integer.
+pub fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl Membership {
+    /// An empty fleet.
+    pub fn new() -> Membership {
+        Membership::default()
+    }
+
+    /// A fleet made of `pools`, in order (pool ids 0, 1, …; backend ids allocated pool by
+    /// pool).
+    pub fn from_pools(
+        pools: impl IntoIterator<Item = PoolConfig>,
+    ) -> Result<Membership, FleetError> {
+        let mut m = Membership::new();
+        for p in pools {
+            m = m.with_pool(p)?.0;
+        }
+        Ok(m)
+    }
+
+    /// Increases by one with every change; lets readers tell snapshots apart.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Live pools, in id order.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<PoolInfo>> + '_ {
+        self.pools.iter().flatten()
+    }
+
+    pub fn pool(&self, id: PoolId) -> Option<&Arc<PoolInfo>> {
+        self.pools.get(id.index()).and_then(Option::as_ref)
+    }
+
+    pub fn pool_by_name(&self, name: &str) -> Option<&Arc<PoolInfo>> {
+        self.pools().find(|p| p.config.name == name)
+    }
+
+    /// Number of pool slots (live or free); pool ids are below this.
+    pub fn pool_slots(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// Serving backends of a pool (empty for an unknown pool).
+    pub fn serving(&self, pool: PoolId) -> &[BackendId] {
+        self.serving.get(pool.index()).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every serving backend, pool by pool.
+    pub fn all_serving(&self) -> &[BackendId] {
+        &self.all_serving
+    }
+
+    /// A backend's pool and state; `None` once it has been removed.
+    pub fn backend(&self, id: BackendId) -> Option<BackendEntry> {
+        self.backends.get(id.index()).copied().flatten()
+    }
+
+    /// One past the highest backend id ever allocated.
+    pub fn backend_id_bound(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Live backends (any state), in id order.
+    pub fn backends(&self) -> impl Iterator<Item = (BackendId, BackendEntry)> + '_ {
+        self.backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.map(|e| (BackendId(i as u32), e)))
+    }
+
+    /// Backends of a pool in any state, in id order.
+    pub fn pool_backends(
+        &self,
+        pool: PoolId,
+    ) -> impl Iterator<Item = (BackendId, BackendState)> + '_ {
+        self.backends()
+            .filter(move |(_, e)| e.pool == pool)
+            .map(|(id, e)| (id, e.state))
+    }
+
+    /// The prefix hash ring: (point, backend) sorted by point, serving backends only.
+    pub fn ring(&self) -> &[(u64, BackendId)] {
+        &self.ring
+    }
+
+    /// Adds a pool of `config.count` serving backends. Returns the new snapshot, the pool's
+    /// id and its backends' ids.
+    pub fn with_pool(
+        &self,
+        config: PoolConfig,
+    ) -> Result<(Membership, PoolId, Vec<BackendId>), FleetError> {
+        if config.count == 0 {
+            return Err(FleetError::EmptyPool(config.name));
+        }
+        if self.pool_by_name(&config.name).is_some() {
+            return Err(FleetError::DuplicatePoolName(config.name));
+        }
+        let slot = match self.pools.iter().position(Option::is_none) {
+            Some(free) => free,
+            None if self.pools.len() < MAX_POOLS => self.pools.len(),
+            None => return Err(FleetError::TooManyPools),
+        };
+        let id = PoolId(slot as u32);
+        let mut next = self.clone();
+        let info = Arc::new(PoolInfo::new(id, config));
+        if slot == next.pools.len() {
+            next.pools.push(Some(info.clone()));
+        } else {
+            next.pools[slot] = Some(info.clone());
+        }
+        let first = next.backends.len() as u32;
+        let ids: Vec<BackendId> = (first..first + info.config.count).map(BackendId).collect();
+        next.backends.extend(ids.iter().map(|_| {
+            Some(BackendEntry {
+                pool: id,
+                state: BackendState::Serving,
+            })
+        }));
+        next.rebuild();
+        Ok((next, id, ids))
+    }
+
+    /// Removes a pool and all its backends, whatever their state.
+    pub fn without_pool(&self, pool: PoolId) -> Result<Membership, FleetError> {
+        if self.pool(pool).is_none() {
+            return Err(FleetError::UnknownPool(pool));
+        }
+        let mut next = self.clone();
+        next.pools[pool.index()] = None;
+        for e in &mut next.backends {
+            if e.is_some_and(|e| e.pool == pool) {
+                *e = None;
+            }
+        }
+        while next.pools.last().is_some_and(Option::is_none) {
+            next.pools.pop();
+        }
+        next.rebuild();
+        Ok(next)
+    }
+
+    /// Sets one backend's state (drain, resume, fail).
+    pub fn with_state(
+        &self,
+        backend: BackendId,
+        state: BackendState,
+    ) -> Result<Membership, FleetError> {
+        if self.backend(backend).is_none() {
+            return Err(FleetError::UnknownBackend(backend));
+        }
+        let mut next = self.clone();
+        if let Some(Some(e)) = next.backends.get_mut(backend.index()) {
+            e.state = state;
+        }
+        next.rebuild();
+        Ok(next)
+    }
+
+    /// Recomputes everything derived from pools and backends.
+    fn rebuild(&mut self) {
+        self.epoch += 1;
+        let mut serving = vec![Vec::new(); self.pools.len()];
+        for (id, e) in self.backends() {
+            if e.state == BackendState::Serving {
+                serving[e.pool.index()].push(id);
+            }
+        }
+        self.serving = serving;
+        self.all_serving = self.serving.iter().flatten().copied().collect();
+        let mut ring: Vec<(u64, BackendId)> = self
+            .all_serving
+            .iter()
+            .flat_map(|&b| {
+                (0..RING_VNODES).map(move |v| (mix64(u64::from(b.0) * RING_VNODES + v), b))
+            })
+            .collect();
+        ring.sort_unstable();
+        self.ring = ring;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Hand-built pools for tests: a fast and a slow chip that differ only in speed and
+    //! price, so the policies' behaviour can be predicted without the catalogue.
+    use super::*;
+    use crate::profile::{ChipSpec, ModelSpec};
+
+    pub fn chip(id: &str, tflops: f64, tbps: f64, price: f64, domestic: bool) -> ChipSpec {
+        // Built from the profile fixture so new spec fields need no edit here.
+        let mut c = crate::profile::fixtures::h20();
+        c.id = id.into();
+        c.name = id.into();
+        c.domestic = domestic;
+        c.bf16_tflops = tflops;
+        c.int8_tops = tflops * 2.0;
+        c.bandwidth_tbps = tbps;
+        c.price_per_hour_usd = price;
+        c.max_batch = 64;
+        c
+    }
+
+    pub fn model() -> ModelSpec {
+        crate::profile::fixtures::llama3_8b()
+    }
+
+    /// A pool of `count` backends; `speed` scales compute and bandwidth (1.0 ≈ an H20).
+    pub fn pool(name: &str, count: u32, speed: f64, price: f64, domestic: bool) -> PoolConfig {
+        let c = chip(name, 148.0 * speed, 4.0 * speed, price, domestic);
+        PoolConfig::new(
+            name,
+            Arc::new(PerfModel::new(&c, &model(), 1).unwrap()),
+            count,
+        )
+    }
+
+    /// A fast foreign pool and a slow, cheap domestic one, `n` backends each.
+    pub fn fast_and_slow(n: u32) -> Membership {
+        Membership::from_pools([
+            pool("fast", n, 1.0, 2.0, false),
+            pool("slow", n, 0.25, 0.8, true),
+        ])
+        .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn pools_get_dense_ids_and_serving_lists() {
+        let m = fast_and_slow(3);
+        assert_eq!(m.pools().count(), 2);
+        assert_eq!(
+            m.serving(PoolId(0)),
+            &[BackendId(0), BackendId(1), BackendId(2)]
+        );
+        assert_eq!(
+            m.serving(PoolId(1)),
+            &[BackendId(3), BackendId(4), BackendId(5)]
+        );
+        assert_eq!(m.all_serving().len(), 6);
+        assert_eq!(m.ring().len(), 6 * RING_VNODES as usize);
+        assert!(m.ring().windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    #[test]
+    fn drain_fail_resume_and_remove() {
+        let m = fast_and_slow(2);
+        let m = m.with_state(BackendId(1), BackendState::Draining).unwrap();
+        let m = m.with_state(BackendId(2), BackendState::Failed).unwrap();
+        assert_eq!(m.serving(PoolId(0)), &[BackendId(0)]);
+        assert_eq!(m.serving(PoolId(1)), &[BackendId(3)]);
+        assert!(m
+            .ring()
+            .iter()
+            .all(|(_, b)| *b == BackendId(0) || *b == BackendId(3)));
+        let m = m.with_state(BackendId(1), BackendState::Serving).unwrap();
+        assert_eq!(m.serving(PoolId(0)), &[BackendId(0), BackendId(1)]);
+
+        let m = m.without_pool(PoolId(0)).unwrap();
+        assert!(m.backend(BackendId(0)).is_none());
+        assert_eq!(m.all_serving(), &[BackendId(3)]);
+        assert_eq!(
+            m.with_state(BackendId(0), BackendState::Serving)
+                .unwrap_err(),
+            FleetError::UnknownBackend(BackendId(0))
+        );
+        // The freed slot is reused; backend ids are not.
+        let (m, id, ids) = m.with_pool(pool("again", 2, 1.0, 1.0, false)).unwrap();
+        assert_eq!(id, PoolId(0));
+        assert_eq!(ids, vec![BackendId(4), BackendId(5)]);
+        assert_eq!(m.backend_id_bound(), 6);
+    }
+
+    #[test]
+    fn duplicate_and_empty_pools_are_refused() {
+        let m = fast_and_slow(1);
+        assert!(matches!(
+            m.with_pool(pool("fast", 1, 1.0, 1.0, false)),
+            Err(FleetError::DuplicatePoolName(_))
+        ));
+        assert!(matches!(
+            m.with_pool(pool("none", 0, 1.0, 1.0, false)),
+            Err(FleetError::EmptyPool(_))
+        ));
+    }
+
+    #[test]
+    fn speed_tables_rank_the_fast_pool_first() {
+        let m = fast_and_slow(1);
+        let fast = m.pool(PoolId(0)).unwrap();
+        let slow = m.pool(PoolId(1)).unwrap();
+        assert!(fast.prefill_ps_per_token * 3 < slow.prefill_ps_per_token);
+        assert!(fast.decode_step_ns(32) < slow.decode_step_ns(32));
+        assert!(fast.decode_tokens_per_s > 3.0 * slow.decode_tokens_per_s);
+        assert!(fast.decode_step_ns(1000) == fast.decode_step_ns(64));
+    }
+}

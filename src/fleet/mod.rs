@@ -1,0 +1,31 @@
+//! Fleets: sets of pools of identical backends, and the load view routing policies read.
+//!
+//! A fleet file ([`FleetSpec`]) names pools (chip × model × tensor parallelism × count)
+//! and is resolved against the chip and model catalogue into [`PoolConfig`]s. At run time
+//! the fleet is a [`Membership`]: an immutable snapshot of which backends exist, which pool
+//! each belongs to and whether it is serving, draining or failed. Changes (add or remove a
+//! pool, drain, resume, fail) build a new snapshot and publish it whole, so a policy picking
+//! a backend never waits for an operator and never sees half a change.
+//!
+//! Policies read per-backend load through one trait, [`LoadView`]. The daemon backs it with
+//! [`AtomicLoadBoard`] (per-backend atomics written by each backend's driver, membership
+//! behind an `ArcSwap`); virtual time backs it with [`PlainLoadView`] (plain fields the
+//! simulator updates). The same policy code runs on both.
+
+mod board;
+mod membership;
+mod plain;
+mod spec;
+mod view;
+
+pub use board::{AtomicLoadBoard, BoardView, LoadSlot};
+pub use membership::{
+    mix64, BackendEntry, BackendId, BackendState, FleetError, Membership, PoolConfig, PoolId,
+    PoolInfo, MAX_POOLS, NOMINAL_CONTEXT_TOKENS,
+};
+pub use plain::PlainLoadView;
+pub use spec::{FleetSpec, PolicySpec, PoolSpec, SpendSplit, EMBEDDED_DEMO};
+pub use view::{LoadView, MaskedView, PoolMask};
+
+#[cfg(test)]
+pub(crate) use membership::fixtures as test_fleets;

@@ -1,0 +1,350 @@
+//! Fleet files (`config/fleets/*.toml`): the pools a fleet is made of and the routing
+//! policy it starts with. Parsing checks the schema (unknown keys are errors); resolving
+//! against the catalogue checks the meaning (chip and model ids exist, weights fit) and
+//! names the file, line and field of any problem.
+//!
+//! ```toml
+//! name = "demo"
+//! model = "llama-3-8b"          # default model for pools that do not name one
+//!
+//! [policy]
+//! name = "predicted-latency"
+//! [policy.params]               # parameters of that policy (see `dujiang policies`)
+//!
+//! [pools.h20]
+//! chip = "h20"
+//! tp = 1                        # default 1
+//! count = 2
+//! max_num_seqs = 128            # optional engine settings
+//! max_batched_tokens = 8192
+//! ```
+
+use super::membership::{PoolConfig, MAX_POOLS};
+use crate::config::{locate_key, parse_toml, ConfigError};
+use crate::profile::{Catalogue, PerfModel};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The demo fleet, built into the binary: the daemon's and replay's default.
+pub const EMBEDDED_DEMO: &str = include_str!("../../config/fleets/demo.toml");
+
+/// The routing policy a fleet starts with.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub name: String,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+impl Default for PolicySpec {
+    fn default() -> Self {
+        PolicySpec {
+            name: "predicted-latency".into(),
+            params: toml::Table::new(),
+        }
+    }
+}
+
+/// One pool as written in a fleet file.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    pub chip: String,
+    /// Model id; the fleet's `model` when absent.
+    pub model: Option<String>,
+    #[serde(default = "one")]
+    pub tp: u32,
+    pub count: u32,
+    pub max_num_seqs: Option<u32>,
+    pub max_batched_tokens: Option<u32>,
+    pub block_size: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    name: String,
+    model: String,
+    #[serde(default)]
+    policy: PolicySpec,
+    pools: BTreeMap<String, PoolSpec>,
+}
+
+/// A parsed fleet file. Pools keep the order they are written in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetSpec {
+    pub name: String,
+    pub model: String,
+    pub policy: PolicySpec,
+    pub pools: Vec<(String, PoolSpec)>,
+    /// File name for errors.
+    pub file: String,
+    /// Source text, kept so later (semantic) errors can point at a line.
+    pub source: String,
+}
+
+/// How a fleet's hourly spend divides between domestic and other chips.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpendSplit {
+    pub domestic_usd_per_hour: f64,
+    pub total_usd_per_hour: f64,
+}
+
+impl SpendSplit {
+    pub fn of(pools: &[PoolConfig]) -> SpendSplit {
+        let total = pools.iter().map(PoolConfig::cost_per_hour_usd).sum();
+        let domestic = pools
+            .iter()
+            .filter(|p| p.domestic())
+            .map(PoolConfig::cost_per_hour_usd)
+            .sum();
+        SpendSplit {
+            domestic_usd_per_hour: domestic,
+            total_usd_per_hour: total,
+        }
+    }
+
+    /// Domestic share of spend in [0, 1].
+    pub fn domestic_share(&self) -> f64 {
+        if self.total_usd_per_hour > 0.0 {
+            self.domestic_usd_per_hour / self.total_usd_per_hour
+        } else {
+            0.0
+        }
+    }
+}
+
+impl FleetSpec {
+    /// Parses a fleet file; `file` names it in errors.
+    pub fn parse(src: &str, file: &str) -> Result<FleetSpec, ConfigError> {
+        let raw: FleetFile = parse_toml(src, file)?;
+        if raw.pools.is_empty() {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "pools",
+                "a fleet needs at least one pool",
+            ));
+        }
+        if raw.pools.len() > MAX_POOLS {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "pools",
+                format!(
+                    "{} pools; a fleet holds at most {MAX_POOLS}",
+                    raw.pools.len()
+                ),
+            ));
+        }
+        let mut pools: Vec<(String, PoolSpec)> = raw.pools.into_iter().collect();
+        // Written order, so pool ids follow the file (BTreeMap sorted them by name).
+        pools.sort_by_key(|(name, _)| {
+            locate_key(src, &format!("pools.{name}.chip")).map_or(usize::MAX, |(line, _)| line)
+        });
+        let spec = FleetSpec {
+            name: raw.name,
+            model: raw.model,
+            policy: raw.policy,
+            pools,
+            file: file.to_string(),
+            source: src.to_string(),
+        };
+        for (name, pool) in &spec.pools {
+            for (field, value) in [
+                ("count", Some(pool.count)),
+                ("tp", Some(pool.tp)),
+                ("max_num_seqs", pool.max_num_seqs),
+                ("max_batched_tokens", pool.max_batched_tokens),
+                ("block_size", pool.block_size),
+            ] {
+                if value == Some(0) {
+                    return Err(spec.error(&format!("pools.{name}.{field}"), "must be at least 1"));
+                }
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Reads and parses a fleet file.
+    pub fn load(path: &Path) -> Result<FleetSpec, ConfigError> {
+        let name = path.display().to_string();
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+        FleetSpec::parse(&src, &name)
+    }
+
+    /// The built-in demo fleet.
+    pub fn embedded_demo() -> FleetSpec {
+        FleetSpec::parse(EMBEDDED_DEMO, "<embedded config/fleets/demo.toml>")
+            .expect("embedded demo fleet is valid (checked by tests)")
+    }
+
+    /// An error about `field`, placed at its line in this file.
+    pub fn error(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::at_field(&self.file, &self.source, field, message)
+    }
+
+    /// Builds each pool's performance model from the catalogue.
+    pub fn resolve(&self, catalogue: &Catalogue) -> Result<Vec<PoolConfig>, ConfigError> {
+        self.pools
+            .iter()
+            .map(|(name, pool)| self.resolve_pool(catalogue, name, pool))
+            .collect()
+    }
+
+    fn resolve_pool(
+        &self,
+        catalogue: &Catalogue,
+        name: &str,
+        pool: &PoolSpec,
+    ) -> Result<PoolConfig, ConfigError> {
+        let chip = catalogue.chip(&pool.chip).ok_or_else(|| {
+            self.error(
+                &format!("pools.{name}.chip"),
+                format!(
+                    "unknown chip `{}`; known chips: {}",
+                    pool.chip,
+                    known(catalogue.chips.keys())
+                ),
+            )
+        })?;
+        let (model_id, model_field) = match &pool.model {
+            Some(m) => (m.as_str(), format!("pools.{name}.model")),
+            None => (self.model.as_str(), "model".to_string()),
+        };
+        let model = catalogue.model(model_id).ok_or_else(|| {
+            self.error(
+                &model_field,
+                format!(
+                    "unknown model `{model_id}`; known models: {}",
+                    known(catalogue.models.keys())
+                ),
+            )
+        })?;
+        let perf = PerfModel::new(chip, model, pool.tp)
+            .map_err(|e| self.error(&format!("pools.{name}.tp"), e.to_string()))?;
+        let mut config = PoolConfig::new(name, Arc::new(perf), pool.count);
+        if let Some(n) = pool.max_num_seqs {
+            config.max_num_seqs = n;
+        }
+        if let Some(n) = pool.max_batched_tokens {
+            config.max_batched_tokens = n;
+        }
+        if let Some(n) = pool.block_size {
+            config.block_size = n;
+        }
+        Ok(config)
+    }
+}
+
+fn known<'a>(ids: impl Iterator<Item = &'a String>) -> String {
+    ids.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::fixtures::{h20, llama3_8b};
+
+    fn catalogue() -> Catalogue {
+        let mut c = Catalogue::default();
+        c.chips.insert("h20".into(), h20());
+        c.models.insert("llama-3-8b".into(), llama3_8b());
+        c
+    }
+
+    const SMALL: &str = r#"name = "t"
+model = "llama-3-8b"
+
+[pools.zeta]
+chip = "h20"
+count = 2
+
+[pools.alpha]
+chip = "h20"
+tp = 2
+count = 1
+max_num_seqs = 32
+"#;
+
+    #[test]
+    fn pools_keep_file_order_and_engine_settings() {
+        let spec = FleetSpec::parse(SMALL, "t.toml").unwrap();
+        assert_eq!(spec.policy.name, "predicted-latency");
+        let names: Vec<_> = spec.pools.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+        let pools = spec.resolve(&catalogue()).unwrap();
+        assert_eq!(pools[1].perf.tp, 2);
+        assert_eq!(pools[1].max_num_seqs, 32);
+        assert_eq!(pools[0].max_num_seqs, h20().max_batch);
+        let split = SpendSplit::of(&pools);
+        assert!((split.total_usd_per_hour - 4.0 * h20().price_per_hour_usd).abs() < 1e-9);
+        assert_eq!(split.domestic_share(), 0.0);
+    }
+
+    #[test]
+    fn unknown_chip_names_line_field_and_known_ids() {
+        let src = SMALL
+            .replace("tp = 2\n", "")
+            .replace("chip = \"h20\"\ncount = 1", "chip = \"h2O\"\ncount = 1");
+        let spec = FleetSpec::parse(&src, "t.toml").unwrap();
+        let err = spec.resolve(&catalogue()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("pools.alpha.chip"));
+        assert_eq!(err.line, Some(9), "{err}");
+        assert!(err.message.contains("known chips: h20"), "{err}");
+    }
+
+    #[test]
+    fn weights_that_do_not_fit_point_at_tp() {
+        let mut cat = catalogue();
+        cat.models.get_mut("llama-3-8b").unwrap().params_total_b = 80.0;
+        let spec = FleetSpec::parse(SMALL, "t.toml").unwrap();
+        let err = spec.resolve(&cat).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("pools.zeta.tp"));
+        assert!(err.message.contains("larger tp"), "{err}");
+    }
+
+    #[test]
+    fn schema_errors_are_placed() {
+        let err = FleetSpec::parse(&SMALL.replace("count = 2", "cuont = 2"), "t.toml").unwrap_err();
+        assert_eq!(err.line, Some(6), "{err}");
+        let err = FleetSpec::parse(&SMALL.replace("count = 2", "count = 0"), "t.toml").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("pools.zeta.count"));
+        assert_eq!(err.line, Some(6), "{err}");
+    }
+
+    #[test]
+    fn shipped_fleets_resolve_against_the_catalogue() {
+        let cat = Catalogue::embedded();
+        let demo = FleetSpec::embedded_demo();
+        let pools = demo.resolve(&cat).unwrap();
+        assert!(pools.iter().any(|p| p.domestic()) && pools.iter().any(|p| !p.domestic()));
+
+        let src = include_str!("../../config/fleets/doubao-2025.toml");
+        let doubao = FleetSpec::parse(src, "doubao-2025.toml").unwrap();
+        let pools = doubao.resolve(&cat).unwrap();
+        let share = SpendSplit::of(&pools).domestic_share();
+        assert!(
+            (0.55..=0.65).contains(&share),
+            "domestic spend share {share:.3}"
+        );
+        let h20_spend: f64 = pools
+            .iter()
+            .filter(|p| p.perf.chip.id == "h20")
+            .map(PoolConfig::cost_per_hour_usd)
+            .sum::<f64>()
+            / SpendSplit::of(&pools).total_usd_per_hour;
+        assert!(
+            (0.35..=0.45).contains(&h20_spend),
+            "H20 spend share {h20_spend:.3}"
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! How policies find candidates without scanning the fleet: a deterministic per-request
+//! random stream, uniform sampling over the serving backends of the allowed pools, and a
+//! bounded scan-or-sample helper. A decision touches a few dozen backends at most, so it
+//! costs the same for 8 backends as for 4096.
+
+use crate::fleet::{BackendId, LoadView, Membership, PoolId, PoolInfo, MAX_POOLS};
+use crate::request::Request;
+
+/// splitmix64: a tiny counter-based generator. Seeded from the policy's seed and the
+/// request, so the same trace replayed with the same seed routes identically no matter how
+/// many threads pick at once (no shared generator state to race on).
+#[derive(Clone, Debug)]
+pub struct PickRng {
+    state: u64,
+}
+
+impl PickRng {
+    pub fn new(seed: u64) -> PickRng {
+        PickRng { state: seed }
+    }
+
+    /// The stream for one routing decision.
+    pub fn for_request(seed: u64, req: &Request) -> PickRng {
+        let s =
+            crate::fleet::mix64(seed ^ crate::fleet::mix64(req.id)) ^ req.arrival.rotate_left(29);
+        PickRng { state: s }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-32 for any fleet).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// The serving backends of a view's allowed pools, indexed `0..total` pool by pool. Built
+/// once per decision (one pass over at most [`MAX_POOLS`] pools, on the stack), after
+/// which drawing a random candidate is a multiply and a short search: no per-backend
+/// table lookups, no allocation.
+pub struct Eligible<'v> {
+    membership: &'v Membership,
+    /// (cumulative end index, pool slot) of each allowed pool with serving backends.
+    ends: [(u32, u32); MAX_POOLS],
+    len: usize,
+    total: usize,
+}
+
+impl<'v> Eligible<'v> {
+    pub fn of(view: &'v dyn LoadView) -> Eligible<'v> {
+        let membership = view.membership();
+        let mut e = Eligible {
+            membership,
+            ends: [(0, 0); MAX_POOLS],
+            len: 0,
+            total: 0,
+        };
+        for p in view.eligible_pools() {
+            e.total += membership.serving(p.id).len();
+            e.ends[e.len] = (e.total as u32, p.id.0);
+            e.len += 1;
+        }
+        e
+    }
+
+    /// Number of eligible backends.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// The `i`-th eligible backend and its pool.
+    pub fn nth(&self, i: usize) -> Option<(&'v PoolInfo, BackendId)> {
+        let k = self.ends[..self.len].iter().position(|(end, _)| i < *end as usize)?;
+        let start = if k == 0 { 0 } else { self.ends[k - 1].0 as usize };
+        let id = PoolId(self.ends[k].1);
+        let pool = self.membership.pool(id)?;
+        let b = *self.membership.serving(id).get(i - start)?;
+        Some((pool, b))
+    }
+
+    /// A uniformly random eligible backend and its pool.
+    pub fn random(&self, rng: &mut PickRng) -> Option<(&'v PoolInfo, BackendId)> {
+        if self.total == 0 {
+            None
+        } else {
+            self.nth(rng.below(self.total))
+        }
+    }
+}
+
+/// One uniformly random serving backend of the allowed pools.
+pub fn random_eligible<'v>(
+    view: &'v dyn LoadView,
+    rng: &mut PickRng,
+) -> Option<(&'v PoolInfo, BackendId)> {
+    Eligible::of(view).random(rng)
+}
+
+/// One uniformly random serving backend of `pool`.
+pub fn random_in_pool(
+    view: &dyn LoadView,
+    pool: &PoolInfo,
+    rng: &mut PickRng,
+) -> Option<BackendId> {
+    let serving = view.membership().serving(pool.id);
+    if serving.is_empty() {
+        None
+    } else {
+        Some(serving[rng.below(serving.len())])
+    }
+}
+
+/// Scan-or-sample bounds shared by the "least X" policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reach {
+    /// Scan every eligible backend when there are at most this many.
+    pub scan_limit: usize,
+    /// Otherwise look at this many, drawn at random (with replacement).
+    pub sample: usize,
+}
+
+impl Default for Reach {
+    /// Eight random choices: with d choices the heaviest queue shrinks like
+    /// log log n / log d (Mitzenmacher), so eight is already close to a full scan.
+    fn default() -> Self {
+        Reach {
+            scan_limit: 32,
+            sample: 8,
+        }
+    }
+}
+
+/// Calls `key` on the candidates of one decision: every eligible backend (starting at a
+/// random one, so ties do not always favour the lowest id) when there are few, otherwise a
+/// random sample. Returns the candidate with the smallest key.
+pub fn min_by_key<K: PartialOrd>(
+    view: &dyn LoadView,
+    rng: &mut PickRng,
+    reach: Reach,
+    mut key: impl FnMut(&PoolInfo, BackendId) -> K,
+) -> Option<BackendId> {
+    let eligible = Eligible::of(view);
+    let n = eligible.total();
+    if n == 0 {
+        return None;
+    }
+    let mut best: Option<(K, BackendId)> = None;
+    let mut consider = |pool: &PoolInfo, b: BackendId| {
+        let k = key(pool, b);
+        if best.as_ref().is_none_or(|(bk, _)| k < *bk) {
+            best = Some((k, b));
+        }
+    };
+    if n <= reach.scan_limit {
+        let start = rng.below(n);
+        for j in 0..n {
+            if let Some((p, b)) = eligible.nth((start + j) % n) {
+                consider(p, b);
+            }
+        }
+    } else {
+        for _ in 0..reach.sample.max(1) {
+            if let Some((p, b)) = eligible.random(rng) {
+                consider(p, b);
+            }
+        }
+    }
+    best.map(|(_, b)| b)
+}

@@ -1,0 +1,165 @@
+//! `predicted-latency`: predicts this request's time to first token and time per output
+//! token on every allowed pool (from the queue state of a few sampled backends and the
+//! pool's PerfModel) and sends it where its end-to-end latency is predicted lowest.
+//! Predictions within `tie_tolerance` of the best count as ties, settled by the pool's
+//! cost per token, so equal-speed capacity is used cheapest first.
+
+use super::candidates::{random_in_pool, PickRng};
+use super::predict::{predict, Prediction};
+use super::{bad, params, Policy, PolicyError};
+use crate::fleet::{BackendId, LoadView, PoolInfo};
+use crate::request::{Nanos, Request};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Params {
+    per_pool: usize,
+    tie_tolerance: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            per_pool: 2,
+            tie_tolerance: 0.05,
+        }
+    }
+}
+
+/// Calls `visit` with each allowed pool's best sampled backend (lowest predicted
+/// end-to-end latency among `per_pool` draws) and its prediction.
+pub(crate) fn best_per_pool<'v>(
+    view: &'v dyn LoadView,
+    req: &Request,
+    rng: &mut PickRng,
+    per_pool: usize,
+    mut visit: impl FnMut(&'v PoolInfo, BackendId, Prediction),
+) {
+    for pool in view.eligible_pools() {
+        let mut best: Option<(Prediction, BackendId)> = None;
+        for _ in 0..per_pool.max(1) {
+            let Some(b) = random_in_pool(view, pool, rng) else {
+                break;
+            };
+            let p = predict(pool, &view.load(b), req);
+            if best.is_none_or(|(bp, _)| p.e2e_ns < bp.e2e_ns) {
+                best = Some((p, b));
+            }
+        }
+        if let Some((p, b)) = best {
+            visit(pool, b, p);
+        }
+    }
+}
+
+/// Lowest predicted latency, ties by cost.
+#[derive(Debug)]
+pub struct PredictedLatency {
+    per_pool: usize,
+    tie_tolerance: f64,
+    seed: u64,
+}
+
+impl PredictedLatency {
+    pub fn new(per_pool: usize, tie_tolerance: f64, seed: u64) -> Self {
+        PredictedLatency {
+            per_pool: per_pool.max(1),
+            tie_tolerance,
+            seed,
+        }
+    }
+
+    pub fn from_params(table: &toml::Table, seed: u64) -> Result<Self, PolicyError> {
+        let p: Params = params("predicted-latency", table)?;
+        if p.per_pool == 0 || p.per_pool > 64 {
+            return Err(bad(
+                "predicted-latency",
+                "per_pool must be between 1 and 64",
+            ));
+        }
+        if !(0.0..1.0).contains(&p.tie_tolerance) {
+            return Err(bad("predicted-latency", "tie_tolerance must be in [0, 1)"));
+        }
+        Ok(PredictedLatency::new(p.per_pool, p.tie_tolerance, seed))
+    }
+}
+
+impl Policy for PredictedLatency {
+    fn name(&self) -> &'static str {
+        "predicted-latency"
+    }
+
+    fn pick(&self, req: &Request, view: &dyn LoadView, _now: Nanos) -> Option<BackendId> {
+        let mut rng = PickRng::for_request(self.seed, req);
+        // At most MAX_POOLS candidates; kept on the stack.
+        let mut cands: [(u64, f64, BackendId); crate::fleet::MAX_POOLS] =
+            [(0, 0.0, BackendId(0)); crate::fleet::MAX_POOLS];
+        let mut n = 0;
+        let mut fastest = u64::MAX;
+        best_per_pool(view, req, &mut rng, self.per_pool, |pool, b, p| {
+            cands[n] = (p.e2e_ns, pool.usd_per_mtok, b);
+            n += 1;
+            fastest = fastest.min(p.e2e_ns);
+        });
+        let limit = fastest as f64 * (1.0 + self.tie_tolerance);
+        cands[..n]
+            .iter()
+            .filter(|(e2e, _, _)| (*e2e as f64) <= limit)
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+            .map(|c| c.2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::LoadSnapshot;
+    use crate::fleet::{test_fleets::*, Membership, PlainLoadView};
+    use crate::policy::testing::{req, run_fluid};
+
+    #[test]
+    fn idle_fleet_goes_fast_then_spills_as_the_fast_pool_queues() {
+        let mut view = PlainLoadView::new(fast_and_slow(1));
+        let p = PredictedLatency::new(2, 0.05, 0);
+        assert_eq!(p.pick(&req(0, 1000, 100), &view, 0), Some(BackendId(0)));
+        view.set_load(
+            BackendId(0),
+            LoadSnapshot {
+                waiting: 40,
+                running: 64,
+                queued_prefill_tokens: 400_000,
+                remaining_decode_tokens: 30_000,
+                ..Default::default()
+            },
+        );
+        assert_eq!(p.pick(&req(1, 1000, 100), &view, 0), Some(BackendId(1)));
+    }
+
+    #[test]
+    fn equal_speed_ties_go_to_the_cheaper_pool() {
+        let m = Membership::from_pools([
+            pool("dear", 2, 1.0, 3.0, false),
+            pool("cheap", 2, 1.0, 1.0, true),
+        ])
+        .unwrap();
+        let view = PlainLoadView::new(m);
+        let p = PredictedLatency::new(2, 0.05, 0);
+        for i in 0..20 {
+            let b = p.pick(&req(i, 500, 50), &view, 0).unwrap();
+            assert!(b.0 >= 2, "{b}");
+        }
+    }
+
+    #[test]
+    fn sends_proportionally_more_to_the_fast_pool() {
+        let n = 2000;
+        let per_pool = run_fluid(
+            &PredictedLatency::new(2, 0.05, 1),
+            fast_and_slow(4),
+            n,
+            20_000_000,
+        );
+        let fast = per_pool[0] as f64 / n as f64;
+        assert!(fast > 0.7, "fast share {fast}");
+    }
+}

@@ -1,0 +1,264 @@
+//! The `dujiang.v1.Admin` service: a thin translation between proto messages and the
+//! daemon's fleet operations, which do the work and classify the errors.
+
+use super::backend::BackendHandle;
+use super::daemon::Daemon;
+use super::proto::{self, admin_server::Admin};
+use crate::engine::LoadSnapshot;
+use crate::fleet::{BackendState, LoadView};
+use crate::metrics::Percentiles;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct AdminService {
+    pub daemon: Arc<Daemon>,
+}
+
+fn load(l: &LoadSnapshot) -> proto::Load {
+    proto::Load {
+        waiting: l.waiting,
+        running: l.running,
+        queued_prefill_tokens: l.queued_prefill_tokens,
+        remaining_decode_tokens: l.remaining_decode_tokens,
+        kv_used_blocks: l.kv_used_blocks,
+        kv_total_blocks: l.kv_total_blocks,
+        kv_usage: l.kv_usage(),
+        predicted_drain_seconds: l.predicted_drain_ns as f64 / 1e9,
+    }
+}
+
+fn state(s: BackendState) -> proto::BackendState {
+    match s {
+        BackendState::Serving => proto::BackendState::Serving,
+        BackendState::Draining => proto::BackendState::Draining,
+        BackendState::Failed => proto::BackendState::Failed,
+    }
+}
+
+fn percentiles(p: &Percentiles) -> proto::Percentiles {
+    proto::Percentiles {
+        count: p.count,
+        p50: p.p50,
+        p90: p.p90,
+        p99: p.p99,
+        p999: p.p999,
+        max: p.max,
+        mean: p.mean,
+    }
+}
+
+impl AdminService {
+    fn backend_info(&self, b: &BackendHandle) -> proto::BackendInfo {
+        let view = self.daemon.board.view();
+        let st = view
+            .membership()
+            .backend(b.id)
+            .map_or(proto::BackendState::Unspecified, |e| state(e.state));
+        proto::BackendInfo {
+            backend: b.name.to_string(),
+            pool: b.pool.to_string(),
+            chip: b.chip.to_string(),
+            model: b.model.to_string(),
+            tp: b.tp,
+            state: st as i32,
+            slowdown: b.slowdown(),
+            load: Some(load(&view.load(b.id))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_pools(
+        &self,
+        _: Request<proto::ListPoolsRequest>,
+    ) -> Result<Response<proto::ListPoolsResponse>, Status> {
+        let view = self.daemon.board.view();
+        let m = view.membership();
+        let pools = m
+            .pools()
+            .map(|p| {
+                let mut total = LoadSnapshot::default();
+                let mut n = 0;
+                for (id, _) in m.pool_backends(p.id) {
+                    let l = view.load(id);
+                    n += 1;
+                    total.waiting += l.waiting;
+                    total.running += l.running;
+                    total.queued_prefill_tokens += l.queued_prefill_tokens;
+                    total.remaining_decode_tokens += l.remaining_decode_tokens;
+                    total.kv_used_blocks += l.kv_used_blocks;
+                    total.kv_total_blocks += l.kv_total_blocks;
+                    total.predicted_drain_ns = total.predicted_drain_ns.max(l.predicted_drain_ns);
+                }
+                proto::PoolInfo {
+                    pool: p.name().to_string(),
+                    chip: p.config.perf.chip.id.clone(),
+                    model: p.config.perf.model.id.clone(),
+                    tp: p.config.perf.tp,
+                    backends: n,
+                    price_per_hour_usd: p.price_per_hour_usd,
+                    domestic: p.domestic,
+                    load: Some(load(&total)),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListPoolsResponse {
+            pools,
+            policy: self.daemon.policy_name().to_string(),
+        }))
+    }
+
+    async fn list_backends(
+        &self,
+        request: Request<proto::ListBackendsRequest>,
+    ) -> Result<Response<proto::ListBackendsResponse>, Status> {
+        let pool = request.into_inner().pool;
+        let backends = self
+            .daemon
+            .backends()
+            .iter()
+            .filter(|b| pool.is_empty() || *b.pool == *pool)
+            .map(|b| self.backend_info(b))
+            .collect();
+        Ok(Response::new(proto::ListBackendsResponse { backends }))
+    }
+
+    async fn get_stats(
+        &self,
+        _: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::GetStatsResponse>, Status> {
+        let m = &self.daemon.metrics;
+        let pools = m
+            .summaries()
+            .into_iter()
+            .map(|(pool, s)| {
+                let s = s.snapshot();
+                proto::PoolStats {
+                    pool: pool.to_string(),
+                    ttft_seconds: Some(percentiles(&s.ttft)),
+                    inter_token_seconds: Some(percentiles(&s.inter_token)),
+                    e2e_seconds: Some(percentiles(&s.e2e)),
+                    queue_seconds: Some(percentiles(&s.queue)),
+                    completed: s.completed,
+                    slo_violations: s.slo_violations,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::GetStatsResponse {
+            pools,
+            outcomes: m
+                .outcome_counts()
+                .into_iter()
+                .map(|(o, n)| (o.as_str().to_string(), n))
+                .collect(),
+            accepted: m.accepted_count(),
+            shed: m
+                .shed_counts()
+                .into_iter()
+                .map(|(r, n)| (r.to_string(), n))
+                .collect(),
+            in_flight: m.in_flight(),
+            policy: self.daemon.policy_name().to_string(),
+        }))
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<proto::SetPolicyRequest>,
+    ) -> Result<Response<proto::SetPolicyResponse>, Status> {
+        let (previous, policy) = self.daemon.set_policy(&request.into_inner().policy)?;
+        Ok(Response::new(proto::SetPolicyResponse {
+            previous: previous.to_string(),
+            policy: policy.to_string(),
+        }))
+    }
+
+    async fn drain_backend(
+        &self,
+        request: Request<proto::BackendRef>,
+    ) -> Result<Response<proto::BackendInfo>, Status> {
+        let b = self
+            .daemon
+            .set_backend_state(&request.into_inner().backend, BackendState::Draining)?;
+        Ok(Response::new(self.backend_info(&b)))
+    }
+
+    async fn resume_backend(
+        &self,
+        request: Request<proto::BackendRef>,
+    ) -> Result<Response<proto::BackendInfo>, Status> {
+        let b = self
+            .daemon
+            .set_backend_state(&request.into_inner().backend, BackendState::Serving)?;
+        Ok(Response::new(self.backend_info(&b)))
+    }
+
+    async fn add_pool(
+        &self,
+        request: Request<proto::AddPoolRequest>,
+    ) -> Result<Response<proto::PoolInfo>, Status> {
+        let req = request.into_inner();
+        self.daemon.add_pool(&req)?;
+        let pools = self
+            .list_pools(Request::new(proto::ListPoolsRequest {}))
+            .await?
+            .into_inner()
+            .pools;
+        let info = pools
+            .into_iter()
+            .find(|p| p.pool == req.pool)
+            .ok_or_else(|| Status::internal("pool vanished right after it was added"))?;
+        Ok(Response::new(info))
+    }
+
+    async fn remove_pool(
+        &self,
+        request: Request<proto::RemovePoolRequest>,
+    ) -> Result<Response<proto::RemovePoolResponse>, Status> {
+        let n = self.daemon.remove_pool(&request.into_inner().pool)?;
+        Ok(Response::new(proto::RemovePoolResponse {
+            backends_removed: n,
+        }))
+    }
+
+    async fn inject_fault(
+        &self,
+        request: Request<proto::InjectFaultRequest>,
+    ) -> Result<Response<proto::BackendInfo>, Status> {
+        let req = request.into_inner();
+        let b = match req.fault {
+            Some(proto::inject_fault_request::Fault::Fail(true)) => {
+                self.daemon.inject_fail(&req.backend)?
+            }
+            Some(proto::inject_fault_request::Fault::Slowdown(f)) => {
+                self.daemon.inject_slowdown(&req.backend, f)?
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "fault: set `fail = true` or `slowdown`",
+                ))
+            }
+        };
+        Ok(Response::new(self.backend_info(&b)))
+    }
+
+    async fn clear_fault(
+        &self,
+        request: Request<proto::BackendRef>,
+    ) -> Result<Response<proto::BackendInfo>, Status> {
+        let b = self.daemon.clear_fault(&request.into_inner().backend)?;
+        Ok(Response::new(self.backend_info(&b)))
+    }
+
+    async fn reload_config(
+        &self,
+        _: Request<proto::ReloadConfigRequest>,
+    ) -> Result<Response<proto::ReloadConfigResponse>, Status> {
+        let policy = self.daemon.reload_config()?;
+        Ok(Response::new(proto::ReloadConfigResponse {
+            policy: policy.to_string(),
+            message: "policy and admission limits reloaded".into(),
+        }))
+    }
+}

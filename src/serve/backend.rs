@@ -1,0 +1,470 @@
+//! Backend drivers: each simulated backend is one tokio task that owns an [`Engine`] at
+//! per-token granularity and paces it in wall-clock time. The task sleeps until the wall
+//! instant of the engine's next event only while the engine holds work; an idle backend
+//! just waits on its command channel, so thousands of idle backends cost no timers and no
+//! CPU.
+//!
+//! Every accepted request has a delivery channel to the gRPC handler that streams it. The
+//! driver turns engine events into deliveries (Started, token chunks, Finished), records
+//! latency metrics, and after every change writes the engine's load into the fleet's
+//! atomic load board so routing policies read it without locks.
+//!
+//! Outcome accounting lives here and only here: a request is counted as accepted when its
+//! engine admits it and counted as ended when it leaves the driver's request table, which
+//! happens exactly once whatever ends it (finish, cancel, deadline, fault, shutdown).
+
+use super::clock::{BackendClock, SimClock};
+use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
+use crate::fleet::{AtomicLoadBoard, BackendId, LoadSlot, PoolConfig};
+use crate::metrics::{
+    BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms,
+};
+use crate::request::{Nanos, Request, RequestId, Slo};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// What a driver tells the handler of one request, in order: `Admitted` or `Refused`
+/// first, then `Started`, `Tokens`…, and `Finished` or `Ended`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    Admitted,
+    Refused(Refusal),
+    /// Scheduled into its first step after `queue_ns` simulated ns in the queue.
+    Started {
+        queue_ns: Nanos,
+    },
+    Tokens {
+        count: u32,
+    },
+    Finished(FinishReport),
+    /// Ended by the daemon before finishing (backend failed, removed, or shutdown).
+    Ended(Outcome),
+}
+
+/// Why a backend did not take a request it was sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The request can never fit this backend (KV capacity).
+    Engine(AdmitError),
+    /// The backend failed, is retired, or the daemon is shutting down.
+    Unavailable,
+}
+
+/// Latencies of a finished request, in simulated ns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FinishReport {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub queue_ns: Nanos,
+    pub ttft_ns: Nanos,
+    /// Mean gap between tokens after the first; 0 for a one-token answer.
+    pub mean_inter_token_ns: Nanos,
+    pub e2e_ns: Nanos,
+}
+
+/// Instructions to a driver. Unbounded: a handler never waits on a backend, and the
+/// number of commands in flight is bounded by admission.
+#[derive(Debug)]
+pub enum Command {
+    /// `req.arrival` is on the fleet clock; the driver re-bases it on its own.
+    Admit {
+        req: Request,
+        deliver: UnboundedSender<Delivery>,
+    },
+    /// The handler gave up on the request (client gone, deadline).
+    Abort {
+        id: RequestId,
+        outcome: Outcome,
+    },
+    /// Fault: end every request with `Failed` and refuse work until cleared.
+    Fail,
+    /// Fault: multiply step times by this factor from now on.
+    Slowdown(f64),
+    ClearFault,
+    /// Ends everything it holds with `outcome` and exits (shutdown grace ran out).
+    Retire(Outcome),
+    /// Takes no new work and exits once what it holds has finished (pool removed).
+    RetireWhenIdle,
+}
+
+/// What the rest of the daemon knows about a backend: its identity and its channel.
+#[derive(Debug)]
+pub struct BackendHandle {
+    pub id: BackendId,
+    /// Server-assigned name, `<pool>-<index>`.
+    pub name: Arc<str>,
+    pub pool: Arc<str>,
+    pub chip: Arc<str>,
+    pub model: Arc<str>,
+    pub tp: u32,
+    commands: UnboundedSender<Command>,
+    /// Current slowdown factor, for listings (the driver owns the real clock).
+    slowdown: parking_lot::Mutex<f64>,
+}
+
+impl BackendHandle {
+    /// Sends a command; false when the driver has exited.
+    pub fn send(&self, cmd: Command) -> bool {
+        if let Command::Slowdown(f) = cmd {
+            *self.slowdown.lock() = f;
+        } else if matches!(cmd, Command::ClearFault) {
+            *self.slowdown.lock() = 1.0;
+        }
+        self.commands.send(cmd).is_ok()
+    }
+
+    pub fn slowdown(&self) -> f64 {
+        *self.slowdown.lock()
+    }
+}
+
+/// Shared context every driver reads.
+pub struct DriverContext {
+    pub clock: SimClock,
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<AtomicLoadBoard>,
+    /// Name of the routing policy in force, for metric labels.
+    pub policy_name: ArcSwap<Arc<str>>,
+}
+
+/// Starts the driver task of one backend and returns its handle.
+pub fn spawn_backend(
+    ctx: &Arc<DriverContext>,
+    id: BackendId,
+    name: String,
+    pool: &PoolConfig,
+) -> Arc<BackendHandle> {
+    let (tx, rx) = unbounded_channel();
+    let perf = pool.perf.clone();
+    let cfg = EngineConfig {
+        block_size: pool.block_size,
+        max_num_seqs: pool.max_num_seqs,
+        max_batched_tokens: pool.max_batched_tokens,
+        ..EngineConfig::for_perf(&perf)
+    }
+    .with_granularity(Granularity::PerToken);
+    let handle = Arc::new(BackendHandle {
+        id,
+        name: name.into(),
+        pool: pool.name.as_str().into(),
+        chip: perf.chip.id.as_str().into(),
+        model: perf.model.id.as_str().into(),
+        tp: perf.tp,
+        commands: tx,
+        slowdown: parking_lot::Mutex::new(1.0),
+    });
+    let slot = ctx.board.slot(id).unwrap_or_default();
+    let driver = Driver {
+        engine: Engine::new(perf, cfg),
+        clock: BackendClock::default(),
+        ctx: ctx.clone(),
+        gauges: ctx.metrics.backend(&handle.name, &handle.pool),
+        summary: ctx.metrics.summary(&handle.pool),
+        histograms: None,
+        handle: handle.clone(),
+        slot,
+        requests: HashMap::new(),
+        events: Vec::new(),
+        touched: Vec::new(),
+        gaps: Vec::new(),
+        failed: false,
+        retiring: false,
+        rx,
+    };
+    tokio::spawn(driver.run());
+    handle
+}
+
+/// One request inside a driver.
+struct InFlight {
+    deliver: UnboundedSender<Delivery>,
+    arrival: Nanos,
+    prompt_tokens: u32,
+    slo: Slo,
+    started: bool,
+    queue_ns: Nanos,
+    first_token: Option<Nanos>,
+    last_token: Nanos,
+    delivered: u32,
+    pending: u32,
+}
+
+struct Driver {
+    engine: Engine,
+    clock: BackendClock,
+    ctx: Arc<DriverContext>,
+    handle: Arc<BackendHandle>,
+    gauges: BackendGauges,
+    summary: Arc<LatencySummary>,
+    /// Histograms for the policy name they were resolved under.
+    histograms: Option<(Arc<str>, PoolHistograms)>,
+    slot: Arc<LoadSlot>,
+    requests: HashMap<RequestId, InFlight>,
+    events: Vec<EngineEvent>,
+    touched: Vec<RequestId>,
+    gaps: Vec<u64>,
+    failed: bool,
+    retiring: bool,
+    rx: UnboundedReceiver<Command>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            let wake = self
+                .engine
+                .next_event_at()
+                .map(|local| self.ctx.clock.instant_at(self.clock.fleet(local)));
+            let cmd = match wake {
+                Some(at) => tokio::select! {
+                    biased;
+                    cmd = self.rx.recv() => Some(cmd),
+                    () = tokio::time::sleep_until(at.into()) => None,
+                },
+                None => Some(self.rx.recv().await),
+            };
+            let now_fleet = self.ctx.clock.now();
+            self.advance(now_fleet);
+            let mut exit = None;
+            match cmd {
+                Some(None) => exit = Some(Outcome::Shutdown),
+                Some(Some(cmd)) => exit = self.handle_command(cmd, now_fleet),
+                None => {}
+            }
+            // Take whatever else is queued now, so a burst is one wake-up, not many.
+            while exit.is_none() {
+                match self.rx.try_recv() {
+                    Ok(cmd) => exit = self.handle_command(cmd, now_fleet),
+                    Err(_) => break,
+                }
+            }
+            if let Some(outcome) = exit {
+                self.end_all(outcome, now_fleet);
+                self.publish();
+                return;
+            }
+            self.publish();
+            if self.retiring && self.requests.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, now_fleet: Nanos) {
+        let now = self.clock.local(now_fleet);
+        self.engine.advance(now, &mut self.events);
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
+            self.on_event(ev);
+        }
+        self.events = events;
+        for id in std::mem::take(&mut self.touched) {
+            if let Some(r) = self.requests.get_mut(&id) {
+                flush(r, &mut self.histograms);
+            }
+        }
+        if !self.gaps.is_empty() {
+            self.summary.record_inter_token(&self.gaps);
+            self.gaps.clear();
+        }
+    }
+
+    fn histograms(&mut self) -> PoolHistograms {
+        let policy: Arc<str> = Arc::clone(&self.ctx.policy_name.load());
+        match &self.histograms {
+            Some((p, h)) if Arc::ptr_eq(p, &policy) => h.clone(),
+            _ => {
+                let h = self
+                    .ctx
+                    .metrics
+                    .pool(&self.handle.pool, &self.handle.chip, &policy);
+                self.histograms = Some((policy, h.clone()));
+                h
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: EngineEvent) {
+        let at = self.clock.fleet(ev.at());
+        let id = ev.id();
+        if !self.requests.contains_key(&id) {
+            return;
+        }
+        let h = self.histograms();
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        match ev {
+            EngineEvent::Scheduled { .. } => {
+                if !r.started {
+                    r.started = true;
+                    let queue_ns = at.saturating_sub(r.arrival);
+                    r.queue_ns = queue_ns;
+                    h.queue.record(secs(queue_ns));
+                    let _ = r.deliver.send(Delivery::Started { queue_ns });
+                }
+            }
+            EngineEvent::FirstToken { .. } => {
+                if r.first_token.is_none() {
+                    r.first_token = Some(at);
+                    h.ttft.record(secs(at.saturating_sub(r.arrival)));
+                }
+            }
+            EngineEvent::Token { .. } => {
+                if r.delivered + r.pending > 0 {
+                    let gap = at.saturating_sub(r.last_token);
+                    h.inter_token.record(secs(gap));
+                    self.gaps.push(gap);
+                }
+                r.last_token = at;
+                r.pending += 1;
+                if r.pending == 1 {
+                    self.touched.push(id);
+                }
+            }
+            EngineEvent::Finished { output_tokens, .. } => {
+                let mut r = self.requests.remove(&id).expect("checked above");
+                // Per-token granularity reports every token; make sure the count the client
+                // sees is the engine's even if a token event was coalesced away.
+                let seen = r.delivered + r.pending;
+                if output_tokens > seen {
+                    r.pending += output_tokens - seen;
+                }
+                flush(&mut r, &mut self.histograms);
+                let first = r.first_token.unwrap_or(at);
+                let report = FinishReport {
+                    prompt_tokens: r.prompt_tokens,
+                    completion_tokens: output_tokens,
+                    queue_ns: r.queue_ns,
+                    ttft_ns: first.saturating_sub(r.arrival),
+                    mean_inter_token_ns: if output_tokens > 1 {
+                        at.saturating_sub(first) / u64::from(output_tokens - 1)
+                    } else {
+                        0
+                    },
+                    e2e_ns: at.saturating_sub(r.arrival),
+                };
+                let tpot = (output_tokens > 1).then_some(report.mean_inter_token_ns);
+                let ttft_missed = report.ttft_ns > r.slo.ttft_ns;
+                let tpot_missed = tpot.is_some_and(|t| t > r.slo.tpot_ns);
+                if ttft_missed {
+                    h.slo_ttft_violations.increment(1);
+                }
+                if tpot_missed {
+                    h.slo_tpot_violations.increment(1);
+                }
+                h.e2e.record(secs(report.e2e_ns));
+                self.summary.record(&FinishedLatencies {
+                    queue_ns: report.queue_ns,
+                    ttft_ns: report.ttft_ns,
+                    e2e_ns: report.e2e_ns,
+                    slo_violated: ttft_missed || tpot_missed,
+                });
+                let _ = r.deliver.send(Delivery::Finished(report));
+                self.ctx.metrics.ended(Outcome::Ok);
+            }
+            EngineEvent::Preempted { .. } => {
+                tracing::debug!(backend = %self.handle.name, id, "preempted: KV cache ran out");
+            }
+        }
+    }
+
+    /// Returns the outcome to end everything with when the driver must exit.
+    fn handle_command(&mut self, cmd: Command, now_fleet: Nanos) -> Option<Outcome> {
+        let now = self.clock.local(now_fleet);
+        match cmd {
+            Command::Admit { mut req, deliver } => {
+                if self.failed || self.retiring {
+                    let _ = deliver.send(Delivery::Refused(Refusal::Unavailable));
+                    return None;
+                }
+                let id = req.id;
+                let arrival = req.arrival.min(now_fleet);
+                let prompt_tokens = req.prompt_tokens;
+                let slo = req.slo.unwrap_or_default();
+                req.arrival = now;
+                match self.engine.admit(req, now) {
+                    Ok(()) => {
+                        self.ctx.metrics.accepted();
+                        self.histograms()
+                            .prompt_tokens
+                            .increment(u64::from(prompt_tokens));
+                        let _ = deliver.send(Delivery::Admitted);
+                        self.requests.insert(
+                            id,
+                            InFlight {
+                                deliver,
+                                arrival,
+                                prompt_tokens,
+                                slo,
+                                started: false,
+                                queue_ns: 0,
+                                first_token: None,
+                                last_token: arrival,
+                                delivered: 0,
+                                pending: 0,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = deliver.send(Delivery::Refused(Refusal::Engine(e)));
+                    }
+                }
+            }
+            Command::Abort { id, outcome } => {
+                if self.requests.remove(&id).is_some() {
+                    self.engine.abort(id, now);
+                    self.ctx.metrics.ended(outcome);
+                }
+            }
+            Command::Fail => {
+                self.failed = true;
+                self.end_all(Outcome::Failed, now_fleet);
+            }
+            Command::Slowdown(f) => self.clock.set_factor(now_fleet, f),
+            Command::ClearFault => {
+                self.failed = false;
+                self.clock.set_factor(now_fleet, 1.0);
+            }
+            Command::Retire(outcome) => return Some(outcome),
+            Command::RetireWhenIdle => self.retiring = true,
+        }
+        None
+    }
+
+    fn end_all(&mut self, outcome: Outcome, now_fleet: Nanos) {
+        let now = self.clock.local(now_fleet);
+        for (id, r) in self.requests.drain() {
+            self.engine.abort(id, now);
+            let _ = r.deliver.send(Delivery::Ended(outcome));
+            self.ctx.metrics.ended(outcome);
+        }
+    }
+
+    fn publish(&self) {
+        let load = self.engine.load();
+        self.slot.store(&load);
+        self.gauges.running.set(f64::from(load.running));
+        self.gauges.waiting.set(f64::from(load.waiting));
+        self.gauges.kv_usage.set(load.kv_usage());
+    }
+}
+
+/// Sends a request's coalesced tokens as one chunk.
+fn flush(r: &mut InFlight, histograms: &mut Option<(Arc<str>, PoolHistograms)>) {
+    if r.pending == 0 {
+        return;
+    }
+    if let Some((_, h)) = histograms {
+        h.generated_tokens.increment(u64::from(r.pending));
+    }
+    let _ = r.deliver.send(Delivery::Tokens { count: r.pending });
+    r.delivered += r.pending;
+    r.pending = 0;
+}
+
+fn secs(ns: Nanos) -> f64 {
+    ns as f64 / 1e9
+}

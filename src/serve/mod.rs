@@ -1,0 +1,229 @@
+//! The daemon (`dujiang serve`): gRPC `dujiang.v1.Inference` and `dujiang.v1.Admin`, the
+//! standard `grpc.health.v1` and server reflection, an HTTP port with `/metrics`,
+//! `/healthz` and `/readyz`, and one wall-clock driver per simulated backend.
+//!
+//! gRPC is served by hyper through axum's server (tonic's `Routes`), not tonic's own
+//! transport: tonic's transport applies `grpc-timeout` itself and answers CANCELLED, while
+//! the daemon must answer DEADLINE_EXCEEDED and abort the sequence, so the request stream
+//! enforces deadlines instead ([`inference`]).
+//!
+//! Shutdown is phased: the trigger (SIGTERM/SIGINT, or [`RunningDaemon::shutdown`]) turns
+//! readiness and health NOT_SERVING and refuses new work with UNAVAILABLE; in-flight
+//! streams get the configured grace period to finish; whatever is left then ends with
+//! UNAVAILABLE; finally the listeners close.
+
+mod admin;
+mod backend;
+mod clock;
+pub mod config;
+mod daemon;
+pub mod error;
+mod http;
+mod inference;
+pub mod proto;
+mod routing;
+
+pub use backend::{Delivery, FinishReport};
+pub use clock::SimClock;
+pub use config::{AdmissionLimits, ServeConfig, DEFAULT_CONFIG_TOML};
+pub use daemon::{estimate_tokens, Daemon, FleetInput};
+pub use error::{ServeError, RETRY_AFTER_MS};
+pub use inference::grpc_timeout;
+
+use crate::metrics::Outcome;
+use anyhow::Context as _;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+
+/// Service names health is reported for, besides the overall `""`.
+const SERVICES: [&str; 2] = ["dujiang.v1.Inference", "dujiang.v1.Admin"];
+
+/// How long after the grace period the remaining streams get to receive their final status
+/// before the listeners close.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// A started daemon: its bound addresses and the means to stop it.
+pub struct RunningDaemon {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub daemon: Arc<Daemon>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningDaemon {
+    /// Begins graceful shutdown (idempotent).
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Waits until the daemon has shut down.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("daemon task panicked")?
+    }
+}
+
+/// Binds the listeners, builds the fleet and starts serving. Returns once both ports
+/// accept connections (so tests can pass port 0 and read the bound addresses).
+pub async fn start(
+    config: ServeConfig,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<RunningDaemon> {
+    start_with(config, config_path, None).await
+}
+
+/// [`start`] with the fleet given directly (see [`FleetInput`]) instead of by file.
+pub async fn start_with(
+    config: ServeConfig,
+    config_path: Option<PathBuf>,
+    fleet: Option<FleetInput>,
+) -> anyhow::Result<RunningDaemon> {
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http.local_addr()?;
+    let daemon = Daemon::start(&config, config_path, fleet)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in std::iter::once("").chain(SERVICES) {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let routes = tonic::service::Routes::new(proto::inference_server::InferenceServer::new(
+        inference::InferenceService {
+            daemon: daemon.clone(),
+        },
+    ))
+    .add_service(proto::admin_server::AdminServer::new(admin::AdminService {
+        daemon: daemon.clone(),
+    }))
+    .add_service(health_service)
+    .add_service(reflection);
+
+    let (stop, stop_rx) = watch::channel(false);
+    let (close, close_rx) = watch::channel(false);
+    let closed = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let grpc_server = tokio::spawn(
+        axum::serve(grpc, routes.into_axum_router())
+            .with_graceful_shutdown(closed(close_rx.clone()))
+            .into_future(),
+    );
+    let http_server = tokio::spawn(
+        axum::serve(http, http::router(daemon.clone()))
+            .with_graceful_shutdown(closed(close_rx))
+            .into_future(),
+    );
+    let upkeep = {
+        let metrics = daemon.metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        })
+    };
+    daemon.set_ready(true);
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        fleet = %daemon.fleet_name,
+        policy = %daemon.policy_name(),
+        backends = daemon.backends().len(),
+        time_scale = config.time_scale,
+        "serving"
+    );
+
+    let grace = Duration::from_millis(config.grace_period_ms);
+    let d = daemon.clone();
+    let task = tokio::spawn(async move {
+        closed(stop_rx).await;
+        let started = Instant::now();
+        d.stop_accepting();
+        for name in std::iter::once("").chain(SERVICES) {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!(
+            in_flight = d.in_flight(),
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: draining"
+        );
+        wait_idle(&d, grace).await;
+        let left = d.in_flight();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "grace period over; ending the remaining requests"
+            );
+        }
+        d.retire_all(Outcome::Shutdown);
+        wait_idle(&d, FINAL_FLUSH).await;
+        close.send_replace(true);
+        upkeep.abort();
+        for server in [grpc_server, http_server] {
+            match tokio::time::timeout(FINAL_FLUSH, server).await {
+                Ok(joined) => joined
+                    .context("server task panicked")?
+                    .context("server failed")?,
+                Err(_) => tracing::warn!("a connection did not close in time; exiting anyway"),
+            }
+        }
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "shut down");
+        Ok(())
+    });
+    Ok(RunningDaemon {
+        grpc_addr,
+        http_addr,
+        daemon,
+        stop,
+        task,
+    })
+}
+
+/// Waits until nothing is in flight or `limit` has passed.
+async fn wait_idle(d: &Daemon, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while d.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then shuts it down gracefully.
+pub async fn run_until_signal(
+    config: ServeConfig,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let running = start(config, config_path).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => {
+            r.context("installing the SIGINT handler")?;
+            tracing::info!("SIGINT received");
+        }
+    }
+    running.shutdown();
+    running.wait().await
+}

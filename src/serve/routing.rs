@@ -1,0 +1,35 @@
+//! The routing policy in force, swappable at run time (Admin `SetPolicy`, config reload):
+//! a policy from the registry in `crate::policy` paired with its name as a shared string
+//! for metric labels.
+
+use crate::fleet::{BackendId, LoadView};
+use crate::policy::{self, Policy, PolicyError};
+use crate::request::{Nanos, Request};
+use std::sync::Arc;
+
+/// Seed for the randomised policies; fixed so a daemon run is reproducible given the same
+/// arrival order.
+const POLICY_SEED: u64 = 0x6475_6a69_616e_6721;
+
+pub struct ActivePolicy {
+    pub name: Arc<str>,
+    policy: Box<dyn Policy>,
+}
+
+impl ActivePolicy {
+    pub fn by_name(name: &str, params: &toml::Table) -> Result<ActivePolicy, PolicyError> {
+        let policy = policy::build(name, params, POLICY_SEED)?;
+        Ok(ActivePolicy {
+            name: policy.name().into(),
+            policy,
+        })
+    }
+
+    pub fn pick(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId> {
+        self.policy.pick(req, view, now)
+    }
+
+    pub fn on_routed(&self, req: &Request, backend: BackendId, view: &dyn LoadView, now: Nanos) {
+        self.policy.on_routed(req, backend, view, now);
+    }
+}

@@ -1,0 +1,176 @@
+//! Shared helpers for the daemon tests: start a daemon in-process on free ports, connect
+//! tonic clients, and fetch HTTP endpoints with a minimal HTTP/1.1 client.
+#![allow(dead_code)]
+
+use dujiang::serve::proto::admin_client::AdminClient;
+use dujiang::serve::proto::inference_client::InferenceClient;
+use dujiang::serve::proto::{self, generate_response::Event};
+use dujiang::serve::{RunningDaemon, ServeConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+
+pub fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// A config on free loopback ports.
+pub fn config() -> ServeConfig {
+    ServeConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grace_period_ms: 5_000,
+        ..ServeConfig::default()
+    }
+}
+
+pub async fn start(config: ServeConfig) -> RunningDaemon {
+    dujiang::serve::start(config, None)
+        .await
+        .expect("daemon starts")
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+pub async fn inference(addr: SocketAddr) -> InferenceClient<Channel> {
+    InferenceClient::new(channel(addr).await)
+}
+
+pub async fn admin(addr: SocketAddr) -> AdminClient<Channel> {
+    AdminClient::new(channel(addr).await)
+}
+
+pub fn request(prompt_tokens: u32, max_tokens: u32) -> proto::GenerateRequest {
+    proto::GenerateRequest {
+        prompt: "Explain how the Dujiangyan weir divides the Min river.".into(),
+        prompt_tokens: Some(prompt_tokens),
+        max_tokens,
+        ..Default::default()
+    }
+}
+
+/// What a client saw of one stream.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub started: Option<proto::Started>,
+    pub tokens: u32,
+    /// Wall time from sending to each token chunk, with its token count.
+    pub chunks: Vec<(Duration, u32)>,
+    pub finished: Option<proto::Finished>,
+    pub finished_count: u32,
+    pub status: Option<tonic::Status>,
+}
+
+/// Runs one Generate stream to its end.
+pub async fn generate(
+    client: &mut InferenceClient<Channel>,
+    req: tonic::Request<proto::GenerateRequest>,
+) -> Seen {
+    let sent = Instant::now();
+    let mut seen = Seen::default();
+    let mut stream = match client.generate(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            seen.status = Some(status);
+            return seen;
+        }
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(msg)) => match msg.event.expect("event set") {
+                Event::Started(s) => seen.started = Some(s),
+                Event::Tokens(t) => {
+                    seen.tokens += t.count;
+                    seen.chunks.push((sent.elapsed(), t.count));
+                }
+                Event::Finished(f) => {
+                    seen.finished = Some(f);
+                    seen.finished_count += 1;
+                }
+            },
+            Ok(None) => return seen,
+            Err(status) => {
+                seen.status = Some(status);
+                return seen;
+            }
+        }
+    }
+}
+
+/// GET over HTTP/1.1; returns (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, dechunk(&body))
+}
+
+/// Undoes `Transfer-Encoding: chunked` when present (heuristically: hex length lines).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((len_line, after)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(len) = usize::from_str_radix(len_line.trim(), 16) else {
+            return body.to_string();
+        };
+        if len == 0 {
+            return out;
+        }
+        if after.len() < len {
+            return body.to_string();
+        }
+        out.push_str(&after[..len]);
+        rest = after[len..].trim_start_matches("\r\n");
+    }
+}
+
+/// Sum of a metric's samples in a Prometheus text scrape (all label sets).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
