@@ -63,8 +63,16 @@ fn zero_latency_fleet() -> FleetInput {
     chip.link_gbps = 1e12;
     chip.step_overhead_us = 0.0;
     chip.allreduce_latency_us = 0.0;
+    chip.layer_overhead_us = 0.0;
     let model = cat.model("llama-3-8b").unwrap();
     let perf = Arc::new(PerfModel::new(&chip, model, 1).unwrap());
+    let step = perf
+        .decode_step_ns(32, 32 * 256)
+        .max(perf.prefill_ns(32 * 128, 0));
+    assert!(
+        step < 1_000,
+        "the zero-latency chip takes {step} ns per step"
+    );
     FleetInput {
         name: "zero".into(),
         model: model.id.clone(),
@@ -73,7 +81,11 @@ fn zero_latency_fleet() -> FleetInput {
 }
 
 async fn connect(addr: std::net::SocketAddr) -> InferenceClient<Channel> {
-    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     InferenceClient::new(ch)
 }
 
@@ -99,17 +111,28 @@ async fn run(client: &InferenceClient<Channel>, n: u64) -> Duration {
 }
 
 fn frontend(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (dujiang, echo) = rt.block_on(async {
         let cfg = ServeConfig {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ..ServeConfig::default()
         };
-        let d = dujiang::serve::start_with(cfg, None, Some(zero_latency_fleet())).await.unwrap();
+        let d = dujiang::serve::start_with(cfg, None, Some(zero_latency_fleet()))
+            .await
+            .unwrap();
         let client = connect(d.grpc_addr).await;
         // One real answer gives the echo service exactly the daemon's response size.
-        let reply = client.clone().complete(request()).await.unwrap().into_inner();
+        let reply = client
+            .clone()
+            .complete(request())
+            .await
+            .unwrap()
+            .into_inner();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
@@ -123,8 +146,12 @@ fn frontend(c: &mut Criterion) {
     });
     let mut g = c.benchmark_group("complete");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("dujiang_zero_latency", |b| b.iter_custom(|n| rt.block_on(run(&dujiang, n))));
-    g.bench_function("bare_tonic_echo", |b| b.iter_custom(|n| rt.block_on(run(&echo, n))));
+    g.bench_function("dujiang_zero_latency", |b| {
+        b.iter_custom(|n| rt.block_on(run(&dujiang, n)))
+    });
+    g.bench_function("bare_tonic_echo", |b| {
+        b.iter_custom(|n| rt.block_on(run(&echo, n)))
+    });
     g.finish();
 }
 

@@ -23,7 +23,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn main() {
@@ -50,7 +54,11 @@ fn main() {
         .spawn()
         .expect("spawn dujiang serve");
     let pid = child.id();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let result = rt.block_on(async {
         let url = format!("http://{grpc}");
         let start = Instant::now();
@@ -98,7 +106,9 @@ fn main() {
         open_time.as_secs_f64()
     );
     drop(opened);
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,4 +18,5 @@ pub mod policy;
 pub mod profile;
 pub mod request;
 pub mod serve;
+pub mod sim;
 pub mod trace;

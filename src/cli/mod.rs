@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod policies;
 mod profile;
+mod replay;
 mod serve;
 mod trace;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Policies(policies::Args),
     /// Run the daemon: gRPC Inference/Admin, health, reflection, Prometheus /metrics.
     Serve(serve::Args),
+    /// Replay a trace in virtual time through the scheduler; compare policies.
+    Replay(replay::Args),
     /// Trace tools: generate a synthetic trace, summarise a trace file.
     Trace(trace::Args),
 }
@@ -35,6 +38,7 @@ pub fn main() -> ExitCode {
         Command::Profile(args) => profile::run(args),
         Command::Policies(args) => policies::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::Trace(args) => trace::run(args),
     };
     match result {

@@ -46,6 +46,7 @@ pub struct GenArgs {
     /// Inter-arrival coefficient of variation for --process gamma (> 1 is bursty).
     #[arg(long, default_value_t = 2.0)]
     pub cv: f64,
+    /// Seed of the random generator: the same seed gives byte-identical output.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Share of requests with batch priority (0 … 1).

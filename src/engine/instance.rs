@@ -177,6 +177,15 @@ struct SlotRef {
     epoch: u32,
 }
 
+/// A step being put together at a boundary.
+struct StepDraft {
+    /// Tokens of the step's budget still free.
+    budget: u64,
+    shape: StepShape,
+    /// Blocks held back for the decoding sequences' growth in this step.
+    reserved_blocks: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 struct Run {
     start: Nanos,
@@ -814,33 +823,38 @@ impl Engine {
             // Blocks the decoding sequences will take at the end of this step are held
             // back from the prefills scheduled beside them.
             let decode_need = self.kv_growth(1);
-            let mut budget = u64::from(self.cfg.max_batched_tokens) - self.decoding.len() as u64;
-            let mut shape = StepShape::decode(self.decoding.len() as u64, self.decode_ctx_total());
+            let mut draft = StepDraft {
+                budget: u64::from(self.cfg.max_batched_tokens) - self.decoding.len() as u64,
+                shape: StepShape::decode(self.decoding.len() as u64, self.decode_ctx_total()),
+                reserved_blocks: decode_need,
+            };
             let mut blocked = false;
             // Running prefills continue first, in arrival order.
             let mut i = 0;
-            while i < self.prefilling.len() && budget > 0 {
+            while i < self.prefilling.len() && draft.budget > 0 {
                 let r = self.prefilling[i];
                 let Some(s) = self.seq(r).filter(|s| s.phase == Phase::Prefilling) else {
                     self.prefilling.remove(i);
                     continue;
                 };
-                let chunk = (s.prefill_target - s.prefilled).min(budget as u32);
+                let chunk = (s.prefill_target - s.prefilled).min(draft.budget as u32);
                 let need = self.chunk_blocks(s, chunk);
                 if need + decode_need > self.available_blocks() {
                     blocked = true;
                     break;
                 }
-                shape.add(StepShape::prefill(u64::from(chunk), u64::from(s.prefilled)));
+                draft
+                    .shape
+                    .add(StepShape::prefill(u64::from(chunk), u64::from(s.prefilled)));
                 self.make_room(need);
                 self.other_blocks += need;
                 self.seq_mut(r.slot).private_blocks += need;
                 run.prefill.push((r, chunk));
-                budget -= u64::from(chunk);
+                draft.budget -= u64::from(chunk);
                 i += 1;
             }
             // Then new work from the waiting queues, interactive first, head of line.
-            while !blocked && budget > 0 {
+            while !blocked && draft.budget > 0 {
                 let running = self.prefilling_live + self.decoding.len() as u32;
                 if running >= self.cfg.max_num_seqs {
                     break;
@@ -848,7 +862,7 @@ impl Engine {
                 let Some((class, r)) = self.front_waiting() else {
                     break;
                 };
-                if !self.try_start(r, t, decode_need, &mut budget, &mut shape, &mut run, out) {
+                if !self.try_start(r, t, &mut draft, &mut run, out) {
                     break;
                 }
                 self.waiting[class].pop_front();
@@ -856,7 +870,7 @@ impl Engine {
             if !run.prefill.is_empty() {
                 run.start = t;
                 run.steps = 1;
-                run.end = t + self.perf.step_ns(&shape);
+                run.end = t + self.perf.step_ns(&draft.shape);
                 self.run = Some(run);
                 return;
             }
@@ -894,9 +908,7 @@ impl Engine {
         &mut self,
         r: SlotRef,
         t: Nanos,
-        reserved_blocks: u64,
-        budget: &mut u64,
-        shape: &mut StepShape,
+        draft: &mut StepDraft,
         run: &mut Run,
         out: &mut Vec<EngineEvent>,
     ) -> bool {
@@ -918,12 +930,12 @@ impl Engine {
         };
         let cached = matched.len() as u32 * prefix_tokens;
         let s = self.seq(r).expect("waiting slot");
-        let chunk = (s.prefill_target - cached).min(*budget as u32);
+        let chunk = (s.prefill_target - cached).min(draft.budget as u32);
         let mut probe = s.clone();
         probe.prefilled = cached;
         probe.pinned = matched;
         let need = self.chunk_blocks(&probe, chunk);
-        if need + reserved_blocks > self.available_blocks() {
+        if need + draft.reserved_blocks > self.available_blocks() {
             for h in &probe.pinned {
                 self.cache.unpin(*h);
             }
@@ -949,12 +961,12 @@ impl Engine {
         if first_time {
             out.push(EngineEvent::Scheduled { id, at: t });
         }
-        shape.add(StepShape::prefill(
+        draft.shape.add(StepShape::prefill(
             u64::from(chunk),
             u64::from(prefilled_before),
         ));
         run.prefill.push((r, chunk));
-        *budget -= u64::from(chunk);
+        draft.budget -= u64::from(chunk);
         true
     }
 }

@@ -203,6 +203,10 @@ pub struct Membership {
     all_serving: Vec<BackendId>,
     backends: Vec<Option<BackendEntry>>,
     ring: Vec<(u64, BackendId)>,
+    /// (cumulative end in `all_serving`, pool slot) of each pool with serving backends.
+    serving_ends: Vec<(u32, u32)>,
+    /// Bits of the live pools.
+    live: u64,
 }
 
 /// splitmix64's finaliser: a fast, well-mixed 64-bit hash of an integer.
@@ -290,6 +294,18 @@ impl Membership {
         self.backends()
             .filter(move |(_, e)| e.pool == pool)
             .map(|(id, e)| (id, e.state))
+    }
+
+    /// For each pool with serving backends, in id order: the end of its run in
+    /// [`Self::all_serving`] and its pool slot. Lets a policy map an index into the flat
+    /// serving list to a pool without a per-backend lookup.
+    pub fn serving_ends(&self) -> &[(u32, u32)] {
+        &self.serving_ends
+    }
+
+    /// Bit mask of the live pools' ids.
+    pub fn live_mask(&self) -> u64 {
+        self.live
     }
 
     /// The prefix hash ring: (point, backend) sorted by point, serving backends only.
@@ -381,6 +397,23 @@ impl Membership {
         }
         self.serving = serving;
         self.all_serving = self.serving.iter().flatten().copied().collect();
+        let mut end = 0u32;
+        self.serving_ends = self
+            .serving
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(slot, s)| {
+                end += s.len() as u32;
+                (end, slot as u32)
+            })
+            .collect();
+        self.live = self
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_some())
+            .fold(0, |m, (slot, _)| m | (1u64 << slot));
         let mut ring: Vec<(u64, BackendId)> = self
             .all_serving
             .iter()

@@ -51,27 +51,40 @@ impl PickRng {
 /// table lookups, no allocation.
 pub struct Eligible<'v> {
     membership: &'v Membership,
-    /// (cumulative end index, pool slot) of each allowed pool with serving backends.
-    ends: [(u32, u32); MAX_POOLS],
-    len: usize,
+    ends: Ends<'v>,
     total: usize,
+}
+
+/// (cumulative end index, pool slot) of each allowed pool with serving backends: the
+/// membership's own table when every pool is allowed, else a copy filtered by the mask.
+enum Ends<'v> {
+    All(&'v [(u32, u32)]),
+    Masked([(u32, u32); MAX_POOLS], usize),
 }
 
 impl<'v> Eligible<'v> {
     pub fn of(view: &'v dyn LoadView) -> Eligible<'v> {
         let membership = view.membership();
-        let mut e = Eligible {
-            membership,
-            ends: [(0, 0); MAX_POOLS],
-            len: 0,
-            total: 0,
-        };
-        for p in view.eligible_pools() {
-            e.total += membership.serving(p.id).len();
-            e.ends[e.len] = (e.total as u32, p.id.0);
-            e.len += 1;
+        let allowed = view.allowed().0;
+        if allowed & membership.live_mask() == membership.live_mask() {
+            return Eligible {
+                membership,
+                ends: Ends::All(membership.serving_ends()),
+                total: membership.all_serving().len(),
+            };
         }
-        e
+        let mut ends = [(0, 0); MAX_POOLS];
+        let (mut len, mut total) = (0, 0);
+        for p in view.eligible_pools() {
+            total += membership.serving(p.id).len();
+            ends[len] = (total as u32, p.id.0);
+            len += 1;
+        }
+        Eligible {
+            membership,
+            ends: Ends::Masked(ends, len),
+            total,
+        }
     }
 
     /// Number of eligible backends.
@@ -81,9 +94,13 @@ impl<'v> Eligible<'v> {
 
     /// The `i`-th eligible backend and its pool.
     pub fn nth(&self, i: usize) -> Option<(&'v PoolInfo, BackendId)> {
-        let k = self.ends[..self.len].iter().position(|(end, _)| i < *end as usize)?;
-        let start = if k == 0 { 0 } else { self.ends[k - 1].0 as usize };
-        let id = PoolId(self.ends[k].1);
+        let ends: &[(u32, u32)] = match &self.ends {
+            Ends::All(e) => e,
+            Ends::Masked(e, len) => &e[..*len],
+        };
+        let k = ends.iter().position(|(end, _)| i < *end as usize)?;
+        let start = if k == 0 { 0 } else { ends[k - 1].0 as usize };
+        let id = PoolId(ends[k].1);
         let pool = self.membership.pool(id)?;
         let b = *self.membership.serving(id).get(i - start)?;
         Some((pool, b))

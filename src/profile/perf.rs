@@ -441,7 +441,7 @@ fn floor_sum_u64(mut n: u64, mut m: u64, mut a: u64, mut b: u64) -> Option<u64> 
     }
     loop {
         if a >= m {
-            let pairs = if n % 2 == 0 {
+            let pairs = if n.is_multiple_of(2) {
                 (n / 2).checked_mul(n - 1)?
             } else {
                 n.checked_mul((n - 1) / 2)?

@@ -1,0 +1,186 @@
+//! `dujiang replay`: streams a trace through the scheduler and engines in virtual time,
+//! once per `--policy`, and prints (or writes) the comparison.
+
+use crate::fleet::{FleetSpec, PolicySpec, PoolConfig};
+use crate::profile::Catalogue;
+use crate::request::{Slo, NANOS_PER_MS};
+use crate::sim::{html, PolicyReport, Replay, ReplayConfig, Report};
+use crate::trace::{self, Format, ReadOptions, TraceExt};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Trace file (Azure CSV, BurstGPT CSV, Mooncake JSONL or dujiang JSONL).
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// Trace format: auto, azure, burstgpt, mooncake, jsonl.
+    #[arg(long, default_value = "auto")]
+    pub format: Format,
+    /// Fleet file (default: the embedded demo fleet the daemon uses).
+    #[arg(long)]
+    pub fleet: Option<PathBuf>,
+    /// Routing policy; repeat to compare several on the same trace (default: the fleet's).
+    #[arg(long = "policy")]
+    pub policies: Vec<String>,
+    /// Seed for every random choice (policies that sample).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Multiply the trace's request rate (2 = twice as many requests per second).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate_scale: f64,
+    /// SLO on time to first token, ms (requests without their own SLO).
+    #[arg(long, default_value_t = 2000.0)]
+    pub slo_ttft_ms: f64,
+    /// SLO on mean time per output token, ms.
+    #[arg(long, default_value_t = 100.0)]
+    pub slo_tpot_ms: f64,
+    /// Skip broken trace lines (counted) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with plots.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Record wall_seconds as 0 so the JSON is byte-identical across runs.
+    #[arg(long)]
+    pub reproducible: bool,
+    /// Chip catalogue file (default: embedded).
+    #[arg(long)]
+    pub chips: Option<PathBuf>,
+    /// Model catalogue file (default: embedded).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+}
+
+/// The fleet and its pools, from a file or the embedded demo.
+pub fn load_fleet(
+    path: Option<&Path>,
+    chips: Option<&Path>,
+    models: Option<&Path>,
+) -> Result<(FleetSpec, Vec<PoolConfig>)> {
+    let catalogue = Catalogue::load(chips, models)?;
+    let spec = match path {
+        Some(p) => FleetSpec::load(p)?,
+        None => FleetSpec::embedded_demo(),
+    };
+    let pools = spec.resolve(&catalogue)?;
+    Ok((spec, pools))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if !(args.rate_scale.is_finite() && args.rate_scale > 0.0) {
+        bail!(
+            "--rate-scale must be a positive number, got {}",
+            args.rate_scale
+        );
+    }
+    for (name, v) in [
+        ("--slo-ttft-ms", args.slo_ttft_ms),
+        ("--slo-tpot-ms", args.slo_tpot_ms),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("{name} must be a positive number of milliseconds, got {v}");
+        }
+    }
+    let (spec, pools) = load_fleet(
+        args.fleet.as_deref(),
+        args.chips.as_deref(),
+        args.models.as_deref(),
+    )?;
+    let policies: Vec<PolicySpec> = if args.policies.is_empty() {
+        vec![spec.policy.clone()]
+    } else {
+        args.policies
+            .iter()
+            .map(|name| PolicySpec {
+                name: name.clone(),
+                // The fleet file's parameters apply when it names the same policy.
+                params: if *name == spec.policy.name {
+                    spec.policy.params.clone()
+                } else {
+                    toml::Table::new()
+                },
+            })
+            .collect()
+    };
+    // Build every policy up front so a typo fails before any replay starts.
+    for p in &policies {
+        crate::policy::build(&p.name, &p.params, args.seed)?;
+    }
+    let cfg = ReplayConfig {
+        slo: Slo {
+            ttft_ns: (args.slo_ttft_ms * NANOS_PER_MS as f64) as u64,
+            tpot_ns: (args.slo_tpot_ms * NANOS_PER_MS as f64) as u64,
+        },
+        ..ReplayConfig::default()
+    };
+    let opts = ReadOptions {
+        on_error: if args.skip_bad_lines {
+            trace::OnError::Skip
+        } else {
+            trace::OnError::Fail
+        },
+        ..ReadOptions::default()
+    };
+    // Check the trace opens and its format is known before fanning out.
+    trace::open(&args.trace, args.format, opts)?;
+
+    let started = Instant::now();
+    let results: Vec<Result<PolicyReport>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = policies
+            .iter()
+            .map(|p| {
+                let (pools, cfg, args) = (pools.clone(), cfg.clone(), &args);
+                scope.spawn(move || -> Result<PolicyReport> {
+                    let policy = crate::policy::build(&p.name, &p.params, args.seed)?;
+                    let replay = Replay::new(pools, policy, cfg).map_err(anyhow::Error::msg)?;
+                    let reader = trace::open(&args.trace, args.format, opts)?;
+                    let records = reader.scale_rate(args.rate_scale);
+                    replay
+                        .run(records)
+                        .with_context(|| format!("replaying {}", args.trace.display()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a replay thread panicked")))
+            })
+            .collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let policies = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let simulated = policies
+        .iter()
+        .map(|p| p.simulated_seconds)
+        .fold(0.0, f64::max);
+    let report = Report {
+        source: "replay".into(),
+        trace: args.trace.display().to_string(),
+        fleet: spec.name.clone(),
+        seed: args.seed,
+        simulated_seconds: simulated,
+        wall_seconds: if args.reproducible {
+            0.0
+        } else {
+            (wall * 1000.0).round() / 1000.0
+        },
+        policies,
+    };
+    print!("{}", report.to_table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.to_json() + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, html::render(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

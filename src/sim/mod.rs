@@ -1,0 +1,14 @@
+//! Virtual-time simulation: the same engines, policies and admission control as the
+//! daemon, driven by an event queue instead of a clock, so a day of traffic replays in
+//! seconds and the result predicts what the daemon would do.
+
+pub mod html;
+mod replay;
+pub mod report;
+mod wake;
+
+pub use replay::{Replay, ReplayConfig};
+pub use report::{PolicyReport, PoolReport, Report, Stats};
+
+#[cfg(test)]
+mod tests;

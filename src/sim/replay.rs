@@ -1,0 +1,458 @@
+//! The virtual-time driver: streams a trace through admission, a routing policy and one
+//! engine per backend, jumping the clock from one event to the next. Nothing sleeps and
+//! nothing reads a clock, so a replay is as fast as the CPU allows and the same inputs and
+//! seed give the same report, bit for bit.
+//!
+//! Engines are woken through a min-heap of their next event times, with lazy deletion: a
+//! backend's entry is pushed whenever its next event time changes and stale entries are
+//! skipped when popped. Only requests in flight are held, so memory stays flat however
+//! long the trace.
+
+use super::report::{PolicyReport, PoolReport, SloReport, Tally, TimelineBucket};
+use super::wake::WakeQueue;
+use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
+use crate::engine::{Engine, EngineConfig, EngineEvent, Granularity};
+use crate::fleet::{BackendId, LoadView, PlainLoadView, PoolConfig};
+use crate::policy::{predict, Policy};
+use crate::request::{Nanos, Request, RequestId, Slo, NANOS_PER_SEC};
+use crate::trace::TraceRecord;
+use rustc_hash::FxHashMap;
+
+/// How a replay runs.
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    /// SLO for requests that carry none.
+    pub slo: Slo,
+    pub admission: AdmissionConfig,
+    /// Most timeline buckets kept; the bucket width doubles to stay under it.
+    pub max_timeline_buckets: usize,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            slo: Slo::default(),
+            // A replay measures the fleet, not the queue limits of one daemon: the bounds
+            // are wide so that overload shows up as latency unless configured otherwise.
+            admission: AdmissionConfig {
+                max_outstanding: u32::MAX / 2,
+                batch_watermark: 1.0,
+                max_waiting_per_backend: u32::MAX,
+                batch_waiting_per_backend: u32::MAX,
+            },
+            max_timeline_buckets: 240,
+        }
+    }
+}
+
+struct InFlight {
+    req: Request,
+    backend: BackendId,
+    pool: usize,
+    first_token_at: Option<Nanos>,
+    permit: Permit,
+}
+
+struct Timeline {
+    bucket_ns: Nanos,
+    buckets: Vec<TimelineAcc>,
+    max: usize,
+    pools: usize,
+}
+
+#[derive(Clone, Default)]
+struct TimelineAcc {
+    arrivals: u64,
+    completed: u64,
+    ttft_sum_ns: u128,
+    e2e_sum_ns: u128,
+    routed: Vec<u64>,
+}
+
+impl TimelineAcc {
+    fn absorb(&mut self, o: &TimelineAcc) {
+        self.arrivals += o.arrivals;
+        self.completed += o.completed;
+        self.ttft_sum_ns += o.ttft_sum_ns;
+        self.e2e_sum_ns += o.e2e_sum_ns;
+        for (a, b) in self.routed.iter_mut().zip(&o.routed) {
+            *a += b;
+        }
+    }
+}
+
+impl Timeline {
+    fn at(&mut self, t: Nanos) -> &mut TimelineAcc {
+        let mut i = (t / self.bucket_ns) as usize;
+        while i >= self.max {
+            // Halve the resolution: merge neighbours and double the width.
+            let merged: Vec<TimelineAcc> = self
+                .buckets
+                .chunks(2)
+                .map(|pair| {
+                    let mut acc = pair[0].clone();
+                    if let Some(b) = pair.get(1) {
+                        acc.absorb(b);
+                    }
+                    acc
+                })
+                .collect();
+            self.buckets = merged;
+            self.bucket_ns *= 2;
+            i = (t / self.bucket_ns) as usize;
+        }
+        if self.buckets.len() <= i {
+            let pools = self.pools;
+            self.buckets.resize_with(i + 1, || TimelineAcc {
+                routed: vec![0; pools],
+                ..Default::default()
+            });
+        }
+        &mut self.buckets[i]
+    }
+
+    fn report(&self) -> Vec<TimelineBucket> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mean = |sum: u128| {
+                    if b.completed > 0 {
+                        super::report::round3(sum as f64 / b.completed as f64 / 1e6)
+                    } else {
+                        0.0
+                    }
+                };
+                TimelineBucket {
+                    start_s: super::report::round3((i as u64 * self.bucket_ns) as f64 / 1e9),
+                    arrivals: b.arrivals,
+                    completed: b.completed,
+                    mean_ttft_ms: mean(b.ttft_sum_ns),
+                    mean_e2e_ms: mean(b.e2e_sum_ns),
+                    routed_by_pool: b.routed.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A virtual-time replay of one policy over one fleet.
+pub struct Replay {
+    view: PlainLoadView,
+    engines: Vec<Engine>,
+    backend_pool: Vec<usize>,
+    pools: Vec<PoolConfig>,
+    policy: Box<dyn Policy>,
+    admission: Admission,
+    cfg: ReplayConfig,
+    wake: WakeQueue,
+    busy_since: Vec<Option<Nanos>>,
+    busy_ns: Vec<u128>,
+    in_flight: FxHashMap<RequestId, InFlight>,
+    /// Arrivals and rejections over the whole fleet; completions live in `per_pool`.
+    fleet: Tally,
+    per_pool: Vec<Tally>,
+    timeline: Timeline,
+    events: Vec<EngineEvent>,
+    now: Nanos,
+    next_id: RequestId,
+}
+
+impl Replay {
+    pub fn new(
+        pools: Vec<PoolConfig>,
+        policy: Box<dyn Policy>,
+        cfg: ReplayConfig,
+    ) -> Result<Replay, String> {
+        let view = PlainLoadView::from_pools(pools.clone()).map_err(|e| e.to_string())?;
+        let membership = view.membership_arc().clone();
+        let mut engines = Vec::new();
+        let mut backend_pool = Vec::new();
+        for (id, entry) in membership.backends() {
+            debug_assert_eq!(id.index(), engines.len(), "backend ids are dense");
+            let pool = membership
+                .pool(entry.pool)
+                .ok_or_else(|| format!("backend {} has no pool", id.0))?;
+            let pc = &pool.config;
+            let ecfg = EngineConfig {
+                block_size: pc.block_size,
+                max_num_seqs: pc.max_num_seqs,
+                max_batched_tokens: pc.max_batched_tokens,
+                ..EngineConfig::for_perf(&pc.perf)
+            }
+            .with_granularity(Granularity::PerEvent);
+            engines.push(Engine::new(pc.perf.clone(), ecfg));
+            backend_pool.push(entry.pool.index());
+        }
+        let n = engines.len();
+        if n == 0 {
+            return Err("the fleet has no backends".into());
+        }
+        let npools = pools.len();
+        Ok(Replay {
+            view,
+            engines,
+            backend_pool,
+            policy,
+            admission: Admission::new(cfg.admission),
+            wake: WakeQueue::new(n),
+            busy_since: vec![None; n],
+            busy_ns: vec![0; n],
+            in_flight: FxHashMap::default(),
+            fleet: Tally::default(),
+            per_pool: vec![Tally::default(); npools],
+            timeline: Timeline {
+                bucket_ns: NANOS_PER_SEC,
+                buckets: Vec::new(),
+                max: cfg.max_timeline_buckets.max(2),
+                pools: npools,
+            },
+            events: Vec::with_capacity(256),
+            now: 0,
+            next_id: 0,
+            pools,
+            cfg,
+        })
+    }
+
+    /// Replays every record of `trace` (in arrival order) and returns the report.
+    pub fn run<E, I>(mut self, trace: I) -> Result<PolicyReport, E>
+    where
+        I: IntoIterator<Item = Result<TraceRecord, E>>,
+    {
+        let mut trace = trace.into_iter();
+        let mut pending = trace.next().transpose()?;
+        loop {
+            let engine_t = self.peek_wake();
+            match (&pending, engine_t) {
+                (None, None) => break,
+                // Engines first at equal times: a step that ends as a request arrives has
+                // ended before the arrival is routed.
+                (Some(rec), Some(t)) if t <= rec.arrival_ns => self.wake_one(),
+                (None, Some(_)) => self.wake_one(),
+                (Some(_), _) => {
+                    let rec = pending.take().expect("pending record");
+                    self.arrive(&rec);
+                    pending = trace.next().transpose()?;
+                }
+            }
+        }
+        Ok(self.finish())
+    }
+
+    fn peek_wake(&mut self) -> Option<Nanos> {
+        self.wake.peek().map(|(t, _)| t)
+    }
+
+    fn wake_one(&mut self) {
+        let (t, b) = self.wake.peek().expect("peeked");
+        self.now = self.now.max(t);
+        self.step_backend(b, t);
+    }
+
+    fn reschedule(&mut self, b: usize) {
+        self.wake.set(b, self.engines[b].next_event_at());
+    }
+
+    fn publish_load(&mut self, b: usize, t: Nanos) {
+        let engine = &self.engines[b];
+        self.view.set_load(BackendId(b as u32), engine.load());
+        let busy = !engine.is_empty();
+        match (busy, self.busy_since[b]) {
+            (true, None) => self.busy_since[b] = Some(t),
+            (false, Some(since)) => {
+                self.busy_ns[b] += u128::from(t - since);
+                self.busy_since[b] = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn step_backend(&mut self, b: usize, t: Nanos) {
+        let mut events = std::mem::take(&mut self.events);
+        self.engines[b].advance(t, &mut events);
+        for ev in events.drain(..) {
+            self.on_event(ev);
+        }
+        self.events = events;
+        self.publish_load(b, t);
+        self.reschedule(b);
+    }
+
+    fn on_event(&mut self, ev: EngineEvent) {
+        match ev {
+            EngineEvent::Scheduled { id, at } => {
+                if let Some(f) = self.in_flight.get(&id) {
+                    let wait = at - f.req.arrival;
+                    self.per_pool[f.pool].queue.record_ns(wait);
+                }
+            }
+            EngineEvent::FirstToken { id, at } => {
+                if let Some(f) = self.in_flight.get_mut(&id) {
+                    f.first_token_at = Some(at);
+                }
+            }
+            EngineEvent::Token { .. } => {}
+            EngineEvent::Preempted { id, .. } => {
+                if let Some(f) = self.in_flight.get(&id) {
+                    self.per_pool[f.pool].preempted += 1;
+                }
+            }
+            EngineEvent::Finished {
+                id,
+                at,
+                output_tokens,
+            } => {
+                let Some(f) = self.in_flight.remove(&id) else {
+                    return;
+                };
+                let ttft = f.first_token_at.unwrap_or(at) - f.req.arrival;
+                let e2e = at - f.req.arrival;
+                let slo = f.req.slo.unwrap_or(self.cfg.slo);
+                let domestic = self.pools[f.pool].domestic();
+                self.per_pool[f.pool].complete(ttft, e2e, output_tokens, &slo, domestic);
+                let bucket = self.timeline.at(at);
+                bucket.completed += 1;
+                bucket.ttft_sum_ns += u128::from(ttft);
+                bucket.e2e_sum_ns += u128::from(e2e);
+                self.policy
+                    .on_finished(&f.req, f.backend, output_tokens, at);
+                f.permit.finish(Outcome::Completed);
+            }
+        }
+    }
+
+    fn arrive(&mut self, rec: &TraceRecord) {
+        let t = rec.arrival_ns.max(self.now);
+        self.now = t;
+        let req = Request {
+            arrival: t,
+            ..rec.to_request(self.next_id)
+        };
+        self.next_id += 1;
+        self.fleet.requests += 1;
+        self.timeline.at(t).arrivals += 1;
+        let picked = self.policy.pick(&req, &self.view, t);
+        let target = match picked {
+            None => Target::NoBackend,
+            Some(id) => {
+                let membership = self.view.membership();
+                let load = self.view.load(id);
+                let predicted_ttft_ns = membership
+                    .backend(id)
+                    .and_then(|e| membership.pool(e.pool))
+                    .map_or(0, |pool| predict(pool, &load, &req).ttft_ns);
+                Target::Backend {
+                    id,
+                    load,
+                    predicted_ttft_ns,
+                }
+            }
+        };
+        let pool = picked.map(|b| self.backend_pool[b.index()]);
+        if let Some(p) = pool {
+            self.per_pool[p].requests += 1;
+            self.timeline.at(t).routed[p] += 1;
+        }
+        let permit = match self.admission.admit(&req, target, None, t) {
+            Ok(permit) => permit,
+            Err(reason) => {
+                self.fleet.reject(reason.as_str());
+                if let Some(p) = pool {
+                    self.per_pool[p].reject(reason.as_str());
+                }
+                return;
+            }
+        };
+        let b = picked.expect("admitted requests have a backend").index();
+        // The engine must reach `t` before it takes the request.
+        let mut events = std::mem::take(&mut self.events);
+        self.engines[b].advance(t, &mut events);
+        for ev in events.drain(..) {
+            self.on_event(ev);
+        }
+        self.events = events;
+        let id = req.id;
+        match self.engines[b].admit(req.clone(), t) {
+            Ok(()) => {
+                self.policy
+                    .on_routed(&req, BackendId(b as u32), &self.view, t);
+                self.in_flight.insert(
+                    id,
+                    InFlight {
+                        req,
+                        backend: BackendId(b as u32),
+                        pool: self.backend_pool[b],
+                        first_token_at: None,
+                        permit,
+                    },
+                );
+            }
+            Err(_) => {
+                // Larger than the backend's whole KV cache: it can never run there.
+                self.fleet.reject("too_large");
+                self.per_pool[self.backend_pool[b]].reject("too_large");
+                permit.finish(Outcome::Failed);
+            }
+        }
+        self.publish_load(b, t);
+        self.reschedule(b);
+    }
+
+    fn finish(mut self) -> PolicyReport {
+        let end = self.now;
+        for b in 0..self.engines.len() {
+            if let Some(since) = self.busy_since[b].take() {
+                self.busy_ns[b] += u128::from(end - since);
+            }
+        }
+        debug_assert!(
+            self.in_flight.is_empty(),
+            "replay ended with requests in flight"
+        );
+        let seconds = end as f64 / 1e9;
+        let hours = seconds / 3600.0;
+        let mut pools = Vec::new();
+        let mut total_cost = 0.0;
+        for (p, pc) in self.pools.iter().enumerate() {
+            let cost = pc.cost_per_hour_usd() * hours;
+            total_cost += cost;
+            let busy: u128 = (0..self.engines.len())
+                .filter(|&b| self.backend_pool[b] == p)
+                .map(|b| self.busy_ns[b])
+                .sum();
+            let capacity = f64::from(pc.count) * end as f64;
+            pools.push(PoolReport {
+                pool: pc.name.clone(),
+                chip: pc.perf.chip.id.clone(),
+                backends: pc.count,
+                domestic: pc.domestic(),
+                busy_fraction: if capacity > 0.0 {
+                    super::report::round3(busy as f64 / capacity)
+                } else {
+                    0.0
+                },
+                stats: self.per_pool[p].stats(seconds, cost),
+            });
+        }
+        // Completions are recorded per pool only (half the histogram work on the hot
+        // path); the fleet-wide figures are their merge, plus what never reached a pool.
+        let mut overall = Tally::default();
+        for t in &self.per_pool {
+            overall.merge(t);
+        }
+        overall.requests = self.fleet.requests;
+        overall.rejected = std::mem::take(&mut self.fleet.rejected);
+        PolicyReport {
+            policy: self.policy.name().to_string(),
+            simulated_seconds: super::report::round3(seconds),
+            stats: overall.stats(seconds, total_cost),
+            slo: SloReport::from(self.cfg.slo),
+            pools,
+            ttft_cdf: overall.ttft.cdf_ms(),
+            e2e_cdf: overall.e2e.cdf_ms(),
+            timeline_bucket_s: self.timeline.bucket_ns as f64 / 1e9,
+            timeline: self.timeline.report(),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The queue of engine wake-up times: an indexed binary min-heap with one slot per
+//! backend, so a backend whose next event moves (every arrival can split a decode
+//! stretch) is re-keyed in place instead of leaving stale entries behind. Ties break by
+//! backend id, which keeps replays deterministic.
+
+use crate::request::Nanos;
+
+const ABSENT: u32 = u32::MAX;
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WakeQueue {
+    heap: Vec<u32>,
+    pos: Vec<u32>,
+    key: Vec<Nanos>,
+}
+
+impl WakeQueue {
+    pub(crate) fn new(backends: usize) -> Self {
+        WakeQueue {
+            heap: Vec::with_capacity(backends),
+            pos: vec![ABSENT; backends],
+            key: vec![0; backends],
+        }
+    }
+
+    fn less(&self, a: u32, b: u32) -> bool {
+        (self.key[a as usize], a) < (self.key[b as usize], b)
+    }
+
+    /// The earliest (time, backend), if any.
+    pub(crate) fn peek(&self) -> Option<(Nanos, usize)> {
+        self.heap
+            .first()
+            .map(|&b| (self.key[b as usize], b as usize))
+    }
+
+    /// Sets or clears a backend's wake-up time.
+    pub(crate) fn set(&mut self, backend: usize, at: Option<Nanos>) {
+        let p = self.pos[backend];
+        match (at, p) {
+            (None, ABSENT) => {}
+            (None, p) => self.remove_at(p as usize),
+            (Some(t), ABSENT) => {
+                self.key[backend] = t;
+                self.heap.push(backend as u32);
+                let i = self.heap.len() - 1;
+                self.pos[backend] = i as u32;
+                self.up(i);
+            }
+            (Some(t), p) => {
+                let old = self.key[backend];
+                self.key[backend] = t;
+                if t < old {
+                    self.up(p as usize);
+                } else {
+                    self.down(p as usize);
+                }
+            }
+        }
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        let last = self.heap.len() - 1;
+        self.swap(i, last);
+        let b = self.heap.pop().expect("non-empty");
+        self.pos[b as usize] = ABSENT;
+        if i < self.heap.len() {
+            self.down(i);
+            self.up(i);
+        }
+    }
+
+    fn swap(&mut self, i: usize, j: usize) {
+        self.heap.swap(i, j);
+        self.pos[self.heap[i] as usize] = i as u32;
+        self.pos[self.heap[j] as usize] = j as u32;
+    }
+
+    fn up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.less(self.heap[i], self.heap[parent]) {
+                self.swap(i, parent);
+                i = parent;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn down(&mut self, mut i: usize) {
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let mut m = i;
+            if l < self.heap.len() && self.less(self.heap[l], self.heap[m]) {
+                m = l;
+            }
+            if r < self.heap.len() && self.less(self.heap[r], self.heap[m]) {
+                m = r;
+            }
+            if m == i {
+                break;
+            }
+            self.swap(i, m);
+            i = m;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn behaves_like_a_sorted_map(ops in proptest::collection::vec((0usize..16, proptest::option::of(0u64..50)), 0..200)) {
+            let mut q = WakeQueue::new(16);
+            let mut model: std::collections::BTreeMap<usize, u64> = Default::default();
+            for (b, at) in ops {
+                q.set(b, at);
+                match at {
+                    Some(t) => { model.insert(b, t); }
+                    None => { model.remove(&b); }
+                }
+                let expect = model.iter().map(|(&b, &t)| (t, b)).min();
+                prop_assert_eq!(q.peek(), expect);
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The Kubernetes manifests and the Dockerfile agree with the daemon: each kustomization's
+//! serve.toml and fleet.toml parse, resolve against the embedded catalogue and actually
+//! start a daemon that serves a request; the pods' termination grace period covers the
+//! drain budget; container ports and probes match the configured listeners; and the
+//! Dockerfile's config rewrite, exposed ports and HEALTHCHECK work against a real daemon.
+
+mod deploy_support;
+
+use deploy_support::*;
+use dujiang::serve::{ServeConfig, DEFAULT_CONFIG_TOML};
+use std::time::Duration;
+
+/// After the grace period the daemon ends what is left, flushes it (2 s) and closes its
+/// listeners (up to 2 s more): see `src/serve/mod.rs`.
+const AFTER_GRACE_S: u64 = 4;
+
+/// `key: value` on a line of a manifest, as a number.
+fn yaml_number(text: &str, key: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.trim_start().strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{key}: {v}")))
+        .collect()
+}
+
+fn config(dir: &str) -> ServeConfig {
+    let file = format!("deploy/k8s/{dir}/serve.toml");
+    ServeConfig::parse(&read(&file), &file).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn fleets_resolve_against_the_catalogue() {
+    let catalogue = dujiang::profile::Catalogue::embedded();
+    for dir in ["gateway", "sidecar"] {
+        let file = format!("deploy/k8s/{dir}/fleet.toml");
+        let spec =
+            dujiang::fleet::FleetSpec::parse(&read(&file), &file).unwrap_or_else(|e| panic!("{e}"));
+        let pools = spec.resolve(&catalogue).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!pools.is_empty(), "{file}");
+        // The ConfigMap mounts at /etc/dujiang, and serve.toml must point there.
+        assert_eq!(
+            config(dir).fleet.to_str(),
+            Some("/etc/dujiang/fleet.toml"),
+            "{dir}"
+        );
+    }
+}
+
+#[test]
+fn termination_grace_covers_the_drain() {
+    for (dir, before_sigterm_s) in [
+        // preStop sleep before SIGTERM reaches the gateway.
+        ("gateway", 5),
+        // A native sidecar gets SIGTERM after the app's own drain (30 s in the example).
+        ("sidecar", 30),
+    ] {
+        let file = format!("deploy/k8s/{dir}/deployment.yaml");
+        let manifest = read(&file);
+        let grace = yaml_number(&manifest, "terminationGracePeriodSeconds");
+        assert_eq!(grace.len(), 1, "{file}: one terminationGracePeriodSeconds");
+        let drain_s = config(dir).grace_period_ms.div_ceil(1000);
+        let needed = before_sigterm_s + drain_s + AFTER_GRACE_S;
+        assert!(
+            grace[0] > needed,
+            "{file}: terminationGracePeriodSeconds {} must exceed {before_sigterm_s} + {drain_s} + {AFTER_GRACE_S} = {needed}",
+            grace[0]
+        );
+        if dir == "gateway" {
+            assert!(
+                manifest.contains(&format!("command: [\"sleep\", \"{before_sigterm_s}\"]")),
+                "{file}: preStop sleep of {before_sigterm_s} s"
+            );
+        }
+    }
+}
+
+#[test]
+fn container_ports_match_the_listeners() {
+    for dir in ["gateway", "sidecar"] {
+        let file = format!("deploy/k8s/{dir}/deployment.yaml");
+        let ports = yaml_number(&read(&file), "containerPort");
+        let c = config(dir);
+        assert!(
+            ports.contains(&u64::from(c.http_addr.port())),
+            "{file}: {ports:?}"
+        );
+        // The HTTP side must be reachable by the kubelet's probes and by Prometheus.
+        assert!(
+            c.http_addr.ip().is_unspecified(),
+            "{dir}: http_addr {}",
+            c.http_addr
+        );
+        if dir == "gateway" {
+            assert!(
+                ports.contains(&u64::from(c.grpc_addr.port())),
+                "{file}: {ports:?}"
+            );
+            assert!(
+                c.grpc_addr.ip().is_unspecified(),
+                "gateway grpc_addr {}",
+                c.grpc_addr
+            );
+        } else {
+            // Only the app in the same pod calls the sidecar.
+            assert!(
+                c.grpc_addr.ip().is_loopback(),
+                "sidecar grpc_addr {}",
+                c.grpc_addr
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_configs_start_a_daemon_that_serves() {
+    for dir in ["gateway", "sidecar"] {
+        let mut c = config(dir);
+        c.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        c.http_addr = "127.0.0.1:0".parse().unwrap();
+        c.fleet = repo(&format!("deploy/k8s/{dir}/fleet.toml"));
+        c.time_scale = 20.0;
+        let d = dujiang::serve::start(c, None)
+            .await
+            .unwrap_or_else(|e| panic!("{dir}: {e:#}"));
+        assert_eq!(http_get(d.http_addr, "/readyz").await.0, 200, "{dir}");
+        let mut client = inference(d.grpc_addr).await;
+        let seen = generate(&mut client, tonic::Request::new(request(200, 8))).await;
+        assert_eq!(seen.tokens, 8, "{dir}: {seen:?}");
+        d.shutdown();
+        d.wait().await.unwrap();
+    }
+}
+
+/// The Dockerfile's `RUN ... | sed ...` rewrite of the default config, applied here the same
+/// way: its output must parse and listen on all interfaces on the default ports.
+#[test]
+fn dockerfile_config_rewrite_opens_the_default_listeners() {
+    let dockerfile = read("deploy/Dockerfile");
+    let mut rewritten = DEFAULT_CONFIG_TOML.to_string();
+    for key in ["grpc_addr", "http_addr"] {
+        let from = format!("{key} = \"127.0.0.1:");
+        assert!(
+            dockerfile.contains(&format!(
+                "s/^{key} = \"127\\.0\\.0\\.1:/{key} = \"0.0.0.0:/"
+            )),
+            "Dockerfile rewrites {key}"
+        );
+        assert!(rewritten.contains(&from), "default config has {from}");
+        rewritten = rewritten.replace(&from, &format!("{key} = \"0.0.0.0:"));
+    }
+    let c = ServeConfig::parse(&rewritten, "image serve.toml").unwrap();
+    let default = ServeConfig::default();
+    assert_eq!(
+        c.grpc_addr.to_string(),
+        format!("0.0.0.0:{}", default.grpc_addr.port())
+    );
+    assert_eq!(
+        c.http_addr.to_string(),
+        format!("0.0.0.0:{}", default.http_addr.port())
+    );
+    let expose = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .expect("EXPOSE line");
+    assert_eq!(
+        expose.trim(),
+        format!("{} {}", default.grpc_addr.port(), default.http_addr.port())
+    );
+}
+
+/// Runs the Dockerfile's HEALTHCHECK command (with the port pointed at a test daemon): it
+/// must pass against a live daemon and fail against a closed port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerfile_healthcheck_command_works() {
+    let dockerfile = read("deploy/Dockerfile");
+    let line = dockerfile
+        .lines()
+        .find(|l| l.trim_start().starts_with("CMD [\"bash\", \"-c\""))
+        .expect("HEALTHCHECK CMD line");
+    let json = line.trim_start().strip_prefix("CMD ").unwrap();
+    let argv: Vec<String> = serde_json::from_str(json).expect("exec-form JSON array");
+    let script = &argv[2];
+    let port = ServeConfig::default().http_addr.port().to_string();
+    assert!(
+        script.contains(&format!("/dev/tcp/127.0.0.1/{port}")),
+        "{script}"
+    );
+
+    let d = dujiang::serve::start(
+        ServeConfig {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            ..ServeConfig::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let run = |p: u16| {
+        let s = script.replace(&format!("/{port} "), &format!("/{p} "));
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.arg(&argv[1]).arg(s).stderr(std::process::Stdio::null());
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), cmd.status())
+                .await
+                .expect("healthcheck finishes")
+                .expect("bash runs")
+                .success()
+        }
+    };
+    assert!(run(d.http_addr.port()).await, "healthy daemon passes");
+    assert!(!run(free_port()).await, "closed port fails");
+    d.shutdown();
+    d.wait().await.unwrap();
+}
