@@ -9,9 +9,9 @@ const ABSENT: u32 = u32::MAX;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WakeQueue {
-    heap: Vec<u32>,
+    /// (time, backend), keys stored inline so sifting touches one array.
+    heap: Vec<(Nanos, u32)>,
     pos: Vec<u32>,
-    key: Vec<Nanos>,
 }
 
 impl WakeQueue {
@@ -19,19 +19,12 @@ impl WakeQueue {
         WakeQueue {
             heap: Vec::with_capacity(backends),
             pos: vec![ABSENT; backends],
-            key: vec![0; backends],
         }
-    }
-
-    fn less(&self, a: u32, b: u32) -> bool {
-        (self.key[a as usize], a) < (self.key[b as usize], b)
     }
 
     /// The earliest (time, backend), if any.
     pub(crate) fn peek(&self) -> Option<(Nanos, usize)> {
-        self.heap
-            .first()
-            .map(|&b| (self.key[b as usize], b as usize))
+        self.heap.first().map(|&(t, b)| (t, b as usize))
     }
 
     /// Sets or clears a backend's wake-up time.
@@ -41,15 +34,14 @@ impl WakeQueue {
             (None, ABSENT) => {}
             (None, p) => self.remove_at(p as usize),
             (Some(t), ABSENT) => {
-                self.key[backend] = t;
-                self.heap.push(backend as u32);
+                self.heap.push((t, backend as u32));
                 let i = self.heap.len() - 1;
                 self.pos[backend] = i as u32;
                 self.up(i);
             }
             (Some(t), p) => {
-                let old = self.key[backend];
-                self.key[backend] = t;
+                let old = self.heap[p as usize].0;
+                self.heap[p as usize].0 = t;
                 if t < old {
                     self.up(p as usize);
                 } else {
@@ -62,7 +54,7 @@ impl WakeQueue {
     fn remove_at(&mut self, i: usize) {
         let last = self.heap.len() - 1;
         self.swap(i, last);
-        let b = self.heap.pop().expect("non-empty");
+        let (_, b) = self.heap.pop().expect("non-empty");
         self.pos[b as usize] = ABSENT;
         if i < self.heap.len() {
             self.down(i);
@@ -72,14 +64,14 @@ impl WakeQueue {
 
     fn swap(&mut self, i: usize, j: usize) {
         self.heap.swap(i, j);
-        self.pos[self.heap[i] as usize] = i as u32;
-        self.pos[self.heap[j] as usize] = j as u32;
+        self.pos[self.heap[i].1 as usize] = i as u32;
+        self.pos[self.heap[j].1 as usize] = j as u32;
     }
 
     fn up(&mut self, mut i: usize) {
         while i > 0 {
             let parent = (i - 1) / 2;
-            if self.less(self.heap[i], self.heap[parent]) {
+            if self.heap[i] < self.heap[parent] {
                 self.swap(i, parent);
                 i = parent;
             } else {
@@ -92,10 +84,10 @@ impl WakeQueue {
         loop {
             let (l, r) = (2 * i + 1, 2 * i + 2);
             let mut m = i;
-            if l < self.heap.len() && self.less(self.heap[l], self.heap[m]) {
+            if l < self.heap.len() && self.heap[l] < self.heap[m] {
                 m = l;
             }
-            if r < self.heap.len() && self.less(self.heap[r], self.heap[m]) {
+            if r < self.heap.len() && self.heap[r] < self.heap[m] {
                 m = r;
             }
             if m == i {

@@ -1,0 +1,197 @@
+//! `dujiang replay` as a user runs it: the real binary on trace excerpts shipped in
+//! tests/data, checking the report's JSON contract, determinism, the HTML file and the
+//! errors for bad input.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dujiang"))
+}
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dujiang-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run dujiang");
+    assert!(
+        out.status.success(),
+        "dujiang failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn replay_compares_policies_and_writes_the_json_contract() {
+    let json = tmp("compare.json");
+    let html = tmp("compare.html");
+    let stdout = run_ok(
+        bin()
+            .args(["replay", "--trace"])
+            .arg(data("azure-llm-2023-conv-head300.csv"))
+            .args([
+                "--policy",
+                "round-robin",
+                "--policy",
+                "least-work",
+                "--json",
+            ])
+            .arg(&json)
+            .arg("--html")
+            .arg(&html),
+    );
+    assert!(
+        stdout.contains("round-robin") && stdout.contains("least-work"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in ["policies", "simulated_seconds", "wall_seconds"] {
+        assert!(v.get(key).is_some(), "top-level key {key} missing");
+    }
+    let policies = v["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 2);
+    for p in policies {
+        for key in [
+            "policy",
+            "requests",
+            "completed",
+            "rejected",
+            "ttft_ms",
+            "tpot_ms",
+            "e2e_ms",
+            "queue_ms",
+            "slo_attainment",
+            "goodput_rps",
+            "output_tokens_per_s",
+            "cost_usd",
+            "domestic_token_share",
+            "pools",
+            "preempted",
+        ] {
+            assert!(p.get(key).is_some(), "policy key {key} missing");
+        }
+        for h in ["ttft_ms", "tpot_ms", "e2e_ms", "queue_ms"] {
+            for q in ["p50", "p90", "p99", "p999"] {
+                assert!(p[h][q].as_f64().is_some(), "{h}.{q}");
+            }
+        }
+        assert_eq!(p["requests"], 300);
+        assert_eq!(
+            p["completed"].as_u64().unwrap() + p["rejected"].as_u64().unwrap(),
+            300
+        );
+        for pool in p["pools"].as_array().unwrap() {
+            for key in [
+                "pool",
+                "chip",
+                "requests",
+                "ttft_ms",
+                "busy_fraction",
+                "cost_usd",
+            ] {
+                assert!(pool.get(key).is_some(), "pool key {key} missing");
+            }
+        }
+        assert!(p["ttft_ms"]["p50"].as_f64().unwrap() > 0.0);
+    }
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("TTFT CDF") && !page.contains("<script"));
+}
+
+#[test]
+fn replay_defaults_to_the_demo_fleet_and_is_byte_reproducible() {
+    let (a, b) = (tmp("a.json"), tmp("b.json"));
+    for out in [&a, &b] {
+        run_ok(
+            bin()
+                .args(["replay", "--reproducible", "--seed", "9", "--trace"])
+                .arg(data("mooncake-synthetic-head200.jsonl"))
+                .arg("--json")
+                .arg(out),
+        );
+    }
+    let (ja, jb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(ja, jb, "same inputs and seed must give byte-identical JSON");
+    let v: serde_json::Value = serde_json::from_slice(&ja).unwrap();
+    assert_eq!(v["fleet"], "demo");
+    assert_eq!(
+        v["policies"][0]["policy"], "predicted-latency",
+        "the demo fleet's policy"
+    );
+}
+
+#[test]
+fn rate_scale_raises_load() {
+    let (slow, fast) = (tmp("slow.json"), tmp("fast.json"));
+    for (out, scale) in [(&slow, "1"), (&fast, "8")] {
+        run_ok(
+            bin()
+                .args([
+                    "replay",
+                    "--policy",
+                    "round-robin",
+                    "--rate-scale",
+                    scale,
+                    "--trace",
+                ])
+                .arg(data("azure-llm-2023-conv-head300.csv"))
+                .arg("--json")
+                .arg(out),
+        );
+    }
+    let read = |p: &PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (s, f) = (read(&slow), read(&fast));
+    assert!(f["simulated_seconds"].as_f64().unwrap() < s["simulated_seconds"].as_f64().unwrap());
+    assert!(
+        f["policies"][0]["queue_ms"]["p99"].as_f64().unwrap()
+            >= s["policies"][0]["queue_ms"]["p99"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn bad_input_is_named() {
+    let out = bin()
+        .args(["replay", "--trace"])
+        .arg(data("azure-broken.csv"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("azure-broken.csv:"),
+        "error names the file and line: {err}"
+    );
+
+    let out = bin()
+        .args(["replay", "--policy", "fastest-please", "--trace"])
+        .arg(data("azure-llm-2023-conv-head300.csv"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fastest-please") && err.contains("least-work"),
+        "{err}"
+    );
+
+    let out = bin()
+        .args(["replay", "--trace", "/nonexistent/trace.csv"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/trace.csv"));
+}
