@@ -57,6 +57,8 @@ pub struct Eligible<'v> {
 
 /// (cumulative end index, pool slot) of each allowed pool with serving backends: the
 /// membership's own table when every pool is allowed, else a copy filtered by the mask.
+// Deliberately unboxed: a decision must not allocate, and the array lives on the stack.
+#[allow(clippy::large_enum_variant)]
 enum Ends<'v> {
     All(&'v [(u32, u32)]),
     Masked([(u32, u32); MAX_POOLS], usize),

@@ -59,7 +59,7 @@ impl PrefixAffinity {
 
     pub fn from_params(table: &toml::Table, seed: u64) -> Result<Self, PolicyError> {
         let p: Params = params("prefix-affinity", table)?;
-        if !(p.bound >= 1.0) {
+        if p.bound.is_nan() || p.bound < 1.0 {
             return Err(bad("prefix-affinity", "bound must be at least 1.0"));
         }
         if p.max_walk == 0 || p.probes == 0 || p.max_walk > 1024 || p.probes > 64 {

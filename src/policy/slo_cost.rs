@@ -100,8 +100,7 @@ mod tests {
 
     #[test]
     fn cheap_while_it_meets_the_slo_then_fast_then_fastest() {
-        // The slow pool is cheaper per token (a quarter of the speed at 40% of the price
-        // is not cheaper... so make it much cheaper).
+        // Half the speed at 15% of the price: the slow pool is the cheaper one per token.
         let m = crate::fleet::Membership::from_pools([
             pool("fast", 1, 1.0, 2.0, false),
             pool("slow", 1, 0.5, 0.3, true),

@@ -1,0 +1,86 @@
+//! The sending schedule: one thread walks the trace, sleeps until each request's due time
+//! and spawns the request's task on the runtime. It never waits on a response, so a slow
+//! server cannot slow the schedule down; it only consults the in-flight count, to refuse
+//! (and count) a send over the concurrency limit rather than wait for a free slot.
+//!
+//! The schedule runs on its own thread with the OS sleep rather than as a tokio task: the
+//! tokio timer wheel has a resolution of one millisecond, which at a time scale of 20 is
+//! 20 ms of simulated time on every send, while a thread sleep is accurate to tens of
+//! microseconds.
+
+use super::stream::{self, Outcome};
+use crate::request::{Nanos, Slo};
+use crate::serve::proto::inference_client::InferenceClient;
+use crate::trace::TraceRecord;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::transport::Channel;
+
+/// What the schedule tells the collector.
+pub(super) enum Event {
+    /// Due while the concurrency limit was reached: never sent.
+    NotSent { scheduled_ns: Nanos },
+    /// A sent request has ended, one way or another.
+    Done(Box<Outcome>),
+}
+
+pub(super) struct Plan {
+    pub start: Instant,
+    pub time_scale: f64,
+    pub concurrency_limit: Option<usize>,
+    pub slo: Slo,
+    pub clients: Vec<InferenceClient<Channel>>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Plan {
+    /// The wall instant a record is due: its arrival compressed by the time scale.
+    fn due(&self, arrival_ns: Nanos) -> Instant {
+        self.start + Duration::from_secs_f64(arrival_ns as f64 / 1e9 / self.time_scale)
+    }
+
+    /// Sends every record on time; returns the first trace error, if any (records before
+    /// it have been sent and are reported).
+    pub fn run<I, E>(self, records: I, events: UnboundedSender<Event>) -> anyhow::Result<()>
+    where
+        I: Iterator<Item = Result<TraceRecord, E>>,
+        E: Into<anyhow::Error>,
+    {
+        for (index, item) in records.enumerate() {
+            let rec = item.map_err(Into::into)?;
+            let due = self.due(rec.arrival_ns);
+            sleep_until(due);
+            if let Some(limit) = self.concurrency_limit {
+                if self.in_flight.load(Ordering::Acquire) >= limit {
+                    let _ = events.send(Event::NotSent {
+                        scheduled_ns: rec.arrival_ns,
+                    });
+                    continue;
+                }
+            }
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            let client = self.clients[index % self.clients.len()].clone();
+            let (events, in_flight, slo) = (events.clone(), self.in_flight.clone(), self.slo);
+            self.runtime.spawn(async move {
+                let outcome = stream::send(client, index as u64, rec, due, slo).await;
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                let _ = events.send(Event::Done(Box::new(outcome)));
+            });
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // a driver owns time; see the module doc for why not tokio's
+fn sleep_until(due: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return;
+        }
+        std::thread::sleep(due - now);
+    }
+}
