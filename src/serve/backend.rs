@@ -218,6 +218,10 @@ impl Driver {
                 .next_event_at()
                 .map(|local| self.ctx.clock.instant_at(self.clock.fleet(local)));
             let cmd = match wake {
+                // Already due (a request just admitted to an idle engine, or a step of a
+                // zero-latency profile): tokio's timer works in whole milliseconds, so
+                // sleeping would add up to a millisecond per event for nothing.
+                Some(at) if at <= std::time::Instant::now() => None,
                 Some(at) => tokio::select! {
                     biased;
                     cmd = self.rx.recv() => Some(cmd),
@@ -256,8 +260,12 @@ impl Driver {
         let now = self.clock.local(now_fleet);
         self.engine.advance(now, &mut self.events);
         let mut events = std::mem::take(&mut self.events);
-        for ev in events.drain(..) {
-            self.on_event(ev);
+        if !events.is_empty() {
+            // One handle lookup per wake-up, not per event.
+            let h = self.histograms();
+            for ev in events.drain(..) {
+                self.on_event(ev, &h);
+            }
         }
         self.events = events;
         for id in std::mem::take(&mut self.touched) {
@@ -286,13 +294,12 @@ impl Driver {
         }
     }
 
-    fn on_event(&mut self, ev: EngineEvent) {
+    fn on_event(&mut self, ev: EngineEvent, h: &PoolHistograms) {
         let at = self.clock.fleet(ev.at());
         let id = ev.id();
         if !self.requests.contains_key(&id) {
             return;
         }
-        let h = self.histograms();
         let Some(r) = self.requests.get_mut(&id) else {
             return;
         };
