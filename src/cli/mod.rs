@@ -4,9 +4,13 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod compare;
+mod load;
+mod plan;
 mod policies;
 mod profile;
 mod replay;
+mod request;
 mod serve;
 mod trace;
 
@@ -25,10 +29,18 @@ pub enum Command {
     Policies(policies::Args),
     /// Run the daemon: gRPC Inference/Admin, health, reflection, Prometheus /metrics.
     Serve(serve::Args),
+    /// Send one chat request to a running daemon and print its token stream.
+    Request(request::Args),
     /// Replay a trace in virtual time through the scheduler; compare policies.
     Replay(replay::Args),
+    /// Plan the cheapest fleet that serves a trace within an SLO at a domestic-share floor.
+    Plan(plan::Args),
     /// Trace tools: generate a synthetic trace, summarise a trace file.
     Trace(trace::Args),
+    /// Open-loop load test of a running daemon from a trace or synthetic traffic.
+    Load(load::Args),
+    /// Two reports (replay or load JSON) side by side with relative differences.
+    Compare(compare::Args),
 }
 
 /// Parses arguments, runs the subcommand, and turns an error into a message and exit code 1.
@@ -39,7 +51,11 @@ pub fn main() -> ExitCode {
         Command::Policies(args) => policies::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Request(args) => request::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Load(args) => load::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
