@@ -314,6 +314,15 @@ mod tests {
     }
 
     #[test]
+    fn shipped_fleets_name_policies_that_build() {
+        let demo = FleetSpec::embedded_demo();
+        assert_eq!(from_fleet(&demo, 1).unwrap().name(), "predicted-latency");
+        let src = include_str!("../../config/fleets/doubao-2025.toml");
+        let doubao = FleetSpec::parse(src, "doubao-2025.toml").unwrap();
+        assert_eq!(from_fleet(&doubao, 1).unwrap().name(), "domestic-share");
+    }
+
+    #[test]
     fn unknown_names_and_params_are_errors() {
         let err = build("fastest", &toml::Table::new(), 0).err().unwrap();
         assert!(err.to_string().contains("least-work"), "{err}");

@@ -54,7 +54,11 @@ pub fn predict(pool: &PoolInfo, load: &LoadSnapshot, req: &Request) -> Predictio
         0
     };
     let ttft_ns = in_flight_step + prefill + slot_wait;
-    let tpot_ns = pool.decode_step_ns((outstanding + 1).min(max_seqs));
+    // Chunked prefill shares steps with decoding, so prefill work queued ahead of this
+    // request stretches its decode steps too: spread that prefill time over the tokens it
+    // will generate. (Prefills that arrive later add more; this is the part known now.)
+    let interference = prefill / u64::from(req.max_tokens.max(1));
+    let tpot_ns = pool.decode_step_ns((outstanding + 1).min(max_seqs)) + interference;
     let e2e_ns = ttft_ns + tpot_ns * u64::from(req.max_tokens.saturating_sub(1));
     Prediction {
         ttft_ns,

@@ -1,8 +1,17 @@
 //! `predicted-latency`: predicts this request's time to first token and time per output
 //! token on every allowed pool (from the queue state of a few sampled backends and the
-//! pool's PerfModel) and sends it where its end-to-end latency is predicted lowest.
-//! Predictions within `tie_tolerance` of the best count as ties, settled by the pool's
-//! cost per token, so equal-speed capacity is used cheapest first.
+//! pool's PerfModel) and sends it where it will see its first token soonest, as long as
+//! the decode pace there keeps within its TPOT objective. Predictions within
+//! `tie_tolerance` of the best count as ties, settled by the pool's cost per token, so
+//! equal-speed capacity is used cheapest first.
+//!
+//! Why TTFT first and TPOT as a bound, rather than lowest end-to-end time: on a mixed
+//! fleet the chips that decode fastest (H20: 4 TB/s) are often the slowest to prefill
+//! (148 TFLOPS). Chasing end-to-end time herds long-answer requests onto them, their
+//! prefill queues grow, and every sequence decoding there stalls behind the prefills
+//! (chunked prefill shares each step). Scoring TTFT plus only the part of the decode time
+//! that breaks the TPOT objective spreads prefill work by prefill speed and still keeps
+//! requests off backends too slow to stream within their SLO.
 
 use super::candidates::{random_in_pool, PickRng};
 use super::predict::{predict, Prediction};
@@ -33,6 +42,18 @@ pub(crate) fn best_per_pool<'v>(
     req: &Request,
     rng: &mut PickRng,
     per_pool: usize,
+    visit: impl FnMut(&'v PoolInfo, BackendId, Prediction),
+) {
+    best_per_pool_by(view, req, rng, per_pool, |p| p.e2e_ns, visit)
+}
+
+/// As [`best_per_pool`], ranking a pool's sampled backends by `key` (lower is better).
+pub(crate) fn best_per_pool_by<'v>(
+    view: &'v dyn LoadView,
+    req: &Request,
+    rng: &mut PickRng,
+    per_pool: usize,
+    key: impl Fn(&Prediction) -> u64,
     mut visit: impl FnMut(&'v PoolInfo, BackendId, Prediction),
 ) {
     for pool in view.eligible_pools() {
@@ -42,7 +63,7 @@ pub(crate) fn best_per_pool<'v>(
                 break;
             };
             let p = predict(pool, &view.load(b), req);
-            if best.is_none_or(|(bp, _)| p.e2e_ns < bp.e2e_ns) {
+            if best.is_none_or(|(bp, _)| key(&p) < key(&bp)) {
                 best = Some((p, b));
             }
         }
@@ -96,10 +117,13 @@ impl Policy for PredictedLatency {
             [(0, 0.0, BackendId(0)); crate::fleet::MAX_POOLS];
         let mut n = 0;
         let mut fastest = u64::MAX;
-        best_per_pool(view, req, &mut rng, self.per_pool, |pool, b, p| {
-            cands[n] = (p.e2e_ns, pool.usd_per_mtok, b);
+        let slo = req.slo.unwrap_or_default();
+        let score = |p: &Prediction| slo_score(p, &slo, req.max_tokens);
+        best_per_pool_by(view, req, &mut rng, self.per_pool, score, |pool, b, p| {
+            let s = score(&p);
+            cands[n] = (s, pool.usd_per_mtok, b);
             n += 1;
-            fastest = fastest.min(p.e2e_ns);
+            fastest = fastest.min(s);
         });
         let limit = fastest as f64 * (1.0 + self.tie_tolerance);
         cands[..n]
@@ -108,6 +132,18 @@ impl Policy for PredictedLatency {
             .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
             .map(|c| c.2)
     }
+}
+
+/// Fraction of the TPOT objective a prediction may use before it counts against a pool:
+/// predictions are estimates, and interference from later prefills comes on top.
+const TPOT_HEADROOM: f64 = 0.8;
+
+/// Predicted TTFT plus the decode time this request would spend beyond its TPOT bound.
+fn slo_score(p: &Prediction, slo: &crate::request::Slo, max_tokens: u32) -> u64 {
+    let bound = (slo.tpot_ns as f64 * TPOT_HEADROOM) as u64;
+    let excess = p.tpot_ns.saturating_sub(bound);
+    p.ttft_ns
+        .saturating_add(excess.saturating_mul(u64::from(max_tokens.saturating_sub(1))))
 }
 
 #[cfg(test)]

@@ -148,3 +148,154 @@ fn timeline_and_cdfs_cover_the_run() {
     assert!(html.contains("<svg") && html.contains("TTFT CDF"));
     assert!(!html.contains("<script"), "self-contained, no scripts");
 }
+
+#[test]
+fn predicted_latency_beats_round_robin_on_the_demo_fleet() {
+    // The daemon's own default fleet (H20, Ascend 910B, MLU590) under Azure-like chat
+    // traffic: the default policy must earn its place against load-blind routing.
+    let spec = crate::fleet::FleetSpec::embedded_demo();
+    let pools = spec
+        .resolve(&crate::profile::Catalogue::embedded())
+        .unwrap();
+    let trace = synthetic(7.0, 4_000, 21);
+    let rr = replay(pools.clone(), "round-robin", trace.clone());
+    let pl = replay(pools, "predicted-latency", trace);
+    assert!(
+        pl.stats.ttft_ms.p99 < rr.stats.ttft_ms.p99,
+        "p99 TTFT {} vs round-robin {}",
+        pl.stats.ttft_ms.p99,
+        rr.stats.ttft_ms.p99
+    );
+    assert!(pl.stats.slo_attainment >= rr.stats.slo_attainment);
+}
+
+fn replay_with_faults(
+    pools: Vec<PoolConfig>,
+    policy: &str,
+    trace: Vec<TraceRecord>,
+    plan: &str,
+) -> (PolicyReport, FaultSummary) {
+    let policy = crate::policy::build(policy, &toml::Table::new(), 7).unwrap();
+    let plan = FaultPlan::parse(plan, "faults.toml").unwrap();
+    Replay::new(pools, policy, ReplayConfig::default())
+        .unwrap()
+        .with_faults(&plan)
+        .unwrap()
+        .run_with_faults(trace.into_iter().map(Ok::<_, Infallible>))
+        .unwrap()
+}
+
+const FAIL_A_AT_PEAK: &str = r#"
+[[fault]]
+at_s = 100
+pool = "a"
+kind = "fail"
+
+[[fault]]
+at_s = 160
+pool = "a"
+kind = "recover"
+"#;
+
+#[test]
+fn a_pool_failure_moves_its_requests_and_loses_none() {
+    let pools = vec![pool("a", 2, 1.0), pool("b", 2, 1.0)];
+    let trace = synthetic(4.0, 1_200, 21);
+    let healthy = replay(pools.clone(), "least-work", trace.clone());
+    let (r, s) = replay_with_faults(pools, "least-work", trace.clone(), FAIL_A_AT_PEAK);
+    assert_eq!(s.faults, 2);
+    assert!(s.migrated > 0 && s.rerouted + s.migrated >= 2, "{s:?}");
+    assert_eq!(s.failed, 0, "pool b takes everything: {s:?}");
+    assert_eq!(r.stats.requests, 1_200);
+    assert_eq!(r.stats.completed, 1_200);
+    let tokens: u64 = trace.iter().map(|t| u64::from(t.output_tokens)).sum();
+    assert_eq!(
+        r.stats.output_tokens, tokens,
+        "every token once, moved or not"
+    );
+    assert!(
+        r.stats.ttft_ms.p99 > healthy.stats.ttft_ms.p99,
+        "losing half the fleet for a minute hurts p99 TTFT: {} vs {}",
+        r.stats.ttft_ms.p99,
+        healthy.stats.ttft_ms.p99
+    );
+    // Nothing is routed to the failed pool while it is down.
+    let routed_a_during: u64 = r
+        .timeline
+        .iter()
+        .filter(|b| b.start_s >= 101.0 && b.start_s + r.timeline_bucket_s <= 160.0)
+        .map(|b| b.routed_by_pool[0])
+        .sum();
+    assert_eq!(routed_a_during, 0);
+}
+
+#[test]
+fn failing_the_only_pool_loses_its_work_and_refuses_until_recovery() {
+    let pools = vec![pool("a", 1, 1.0)];
+    let trace = synthetic(2.0, 400, 4);
+    let (r, s) = replay_with_faults(pools, "round-robin", trace, FAIL_A_AT_PEAK);
+    assert!(s.failed > 0, "{s:?}");
+    assert_eq!(s.migrated + s.rerouted, 0, "nowhere to go");
+    let by_reason = &r.stats.rejected_by_reason;
+    assert_eq!(by_reason["backend_failed"], s.failed);
+    assert!(by_reason["no_healthy_backend"] > 0, "{by_reason:?}");
+    assert_eq!(r.stats.completed + r.stats.rejected, 400);
+    let after: u64 = r
+        .timeline
+        .iter()
+        .filter(|b| b.start_s >= 161.0)
+        .map(|b| b.completed)
+        .sum();
+    assert!(after > 0, "service resumes after recovery");
+}
+
+#[test]
+fn a_slowdown_stretches_steps_by_its_factor() {
+    let rec = TraceRecord {
+        arrival_ns: 10_000_000_000,
+        prompt_tokens: 1000,
+        output_tokens: 50,
+        ..Default::default()
+    };
+    let plan = "[[fault]]\nat_s = 1\nbackend = \"a-0\"\nkind = \"slowdown\"\nfactor = 3.0\n";
+    let base = replay(vec![pool("a", 1, 1.0)], "round-robin", vec![rec.clone()]);
+    let (slow, _) = replay_with_faults(vec![pool("a", 1, 1.0)], "round-robin", vec![rec], plan);
+    let ratio = slow.stats.e2e_ms.p50 / base.stats.e2e_ms.p50;
+    assert!((ratio - 3.0).abs() < 0.01, "{ratio}");
+}
+
+#[test]
+fn fault_replays_are_deterministic_and_a_plan_at_factor_one_changes_nothing() {
+    let pools = vec![pool("a", 2, 1.0), pool("b", 2, 0.5)];
+    let trace = synthetic(5.0, 800, 8);
+    let run = || {
+        serde_json::to_string(
+            &replay_with_faults(pools.clone(), "power-of-two", trace.clone(), FAIL_A_AT_PEAK).0,
+        )
+        .unwrap()
+    };
+    assert_eq!(run(), run());
+    let noop = "[[fault]]\nat_s = 50\npool = \"b\"\nkind = \"slowdown\"\nfactor = 1.0\n";
+    let plain = serde_json::to_string(&replay(pools.clone(), "least-work", trace.clone())).unwrap();
+    let with = serde_json::to_string(
+        &replay_with_faults(pools.clone(), "least-work", trace.clone(), noop).0,
+    )
+    .unwrap();
+    assert_eq!(plain, with);
+}
+
+#[test]
+fn unknown_fault_targets_are_named() {
+    let policy = crate::policy::build("round-robin", &toml::Table::new(), 7).unwrap();
+    let plan = FaultPlan::parse(
+        "[[fault]]\nat_s = 1\nbackend = \"a-9\"\nkind = \"fail\"\n",
+        "f.toml",
+    )
+    .unwrap();
+    let err = Replay::new(vec![pool("a", 2, 1.0)], policy, ReplayConfig::default())
+        .unwrap()
+        .with_faults(&plan)
+        .err()
+        .unwrap();
+    assert!(err.contains("a-9") && err.contains("a-0, a-1"), "{err}");
+}
