@@ -284,6 +284,15 @@ impl Admission {
         &self.config
     }
 
+    /// The same counters under new bounds (a config reload): permits already issued keep
+    /// counting against the new limits, so a reload never lets the bound be overrun.
+    pub fn reconfigured(&self, config: AdmissionConfig) -> Admission {
+        Admission {
+            config,
+            counters: self.counters.clone(),
+        }
+    }
+
     /// Decides whether `req` is taken on, given where the router would send it and its
     /// absolute `deadline` (if the client set one). On success the request counts as
     /// outstanding until its permit is finished.

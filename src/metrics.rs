@@ -53,6 +53,18 @@ pub const BACKEND_WAITING_REQUESTS: &str = "dujiang_backend_waiting_requests";
 /// Per backend: KV-cache blocks in use over blocks available, in [0, 1].
 pub const BACKEND_KV_USAGE_RATIO: &str = "dujiang_backend_kv_usage_ratio";
 
+/// Accepted requests moved off a failed backend, by kind: `rerouted` (not yet producing
+/// tokens) or `migrated` (streaming; prompt plus tokens sent are prefilled elsewhere).
+pub const REQUEST_MIGRATIONS_TOTAL: &str = "dujiang_request_migrations_total";
+/// Backends ejected from routing as stragglers, by pool.
+pub const BACKEND_EJECTIONS_TOTAL: &str = "dujiang_backend_ejections_total";
+/// Ejected backends re-admitted after probes showed recovery, by pool.
+pub const BACKEND_READMISSIONS_TOTAL: &str = "dujiang_backend_readmissions_total";
+/// Per backend: 1 while ejected as a straggler, else 0.
+pub const BACKEND_EJECTED: &str = "dujiang_backend_ejected";
+/// Per backend: EWMA of observed over predicted step time (1 = as modelled).
+pub const BACKEND_STEP_TIME_RATIO: &str = "dujiang_backend_step_time_ratio";
+
 /// Request latency buckets in seconds: sub-millisecond (zero-latency test profiles, fast
 /// decode steps) up to five minutes (long generations on a saturated pool).
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -133,6 +145,8 @@ pub struct BackendGauges {
     pub running: Gauge,
     pub waiting: Gauge,
     pub kv_usage: Gauge,
+    pub ejected: Gauge,
+    pub step_time_ratio: Gauge,
 }
 
 /// One daemon's metrics: a private Prometheus recorder, cached handles, and exact per-pool
@@ -317,6 +331,36 @@ impl Metrics {
             "Fraction of a backend's KV-cache blocks in use.",
             1,
         );
+        d(
+            REQUEST_MIGRATIONS_TOTAL,
+            None,
+            "Accepted requests moved off a failed backend, by kind.",
+            0,
+        );
+        d(
+            BACKEND_EJECTIONS_TOTAL,
+            None,
+            "Backends ejected from routing as stragglers.",
+            0,
+        );
+        d(
+            BACKEND_READMISSIONS_TOTAL,
+            None,
+            "Ejected backends re-admitted after recovering.",
+            0,
+        );
+        d(
+            BACKEND_EJECTED,
+            None,
+            "1 while a backend is ejected as a straggler.",
+            1,
+        );
+        d(
+            BACKEND_STEP_TIME_RATIO,
+            None,
+            "EWMA of observed over predicted step time.",
+            1,
+        );
     }
 
     /// The Prometheus text exposition of everything recorded so far.
@@ -392,11 +436,42 @@ impl Metrics {
             self.recorder
                 .register_gauge(&Key::from_parts(name, labels.clone()), &meta())
         };
-        BackendGauges {
+        let gauges = BackendGauges {
             running: g(BACKEND_RUNNING_REQUESTS),
             waiting: g(BACKEND_WAITING_REQUESTS),
             kv_usage: g(BACKEND_KV_USAGE_RATIO),
-        }
+            ejected: g(BACKEND_EJECTED),
+            step_time_ratio: g(BACKEND_STEP_TIME_RATIO),
+        };
+        gauges.ejected.set(0.0);
+        gauges.step_time_ratio.set(1.0);
+        gauges
+    }
+
+    /// Counts an accepted request moved off a failed backend.
+    pub fn migration(&self, streaming: bool) {
+        let kind = if streaming { "migrated" } else { "rerouted" };
+        self.recorder
+            .register_counter(
+                &Key::from_parts(REQUEST_MIGRATIONS_TOTAL, vec![Label::new("kind", kind)]),
+                &meta(),
+            )
+            .increment(1);
+    }
+
+    /// Counts a straggler ejection (`ejected`) or a re-admission of `pool`'s backend.
+    pub fn ejection(&self, pool: &str, ejected: bool) {
+        let name = if ejected {
+            BACKEND_EJECTIONS_TOTAL
+        } else {
+            BACKEND_READMISSIONS_TOTAL
+        };
+        self.recorder
+            .register_counter(
+                &Key::from_parts(name, vec![Label::new("pool", pool.to_string())]),
+                &meta(),
+            )
+            .increment(1);
     }
 
     /// Counts a request refused before acceptance. `reason` comes from a fixed enum.

@@ -239,7 +239,7 @@ async fn admission_limits_shed_with_a_retry_hint() {
     assert_eq!(status.metadata().get("retry-after-ms").unwrap(), "750");
     let scrape = http_get(d.http_addr, "/metrics").await.1;
     assert!(
-        scrape.contains("dujiang_requests_shed_total{reason=\"in_flight_limit\"} 1"),
+        scrape.contains("dujiang_requests_shed_total{reason=\"queue_full\"} 1"),
         "{scrape}"
     );
     d.shutdown();

@@ -4,7 +4,7 @@
 use crate::fleet::{FleetSpec, PolicySpec, PoolConfig};
 use crate::profile::Catalogue;
 use crate::request::{Slo, NANOS_PER_MS};
-use crate::sim::{html, PolicyReport, Replay, ReplayConfig, Report};
+use crate::sim::{html, FaultPlan, FaultSummary, PolicyReport, Replay, ReplayConfig, Report};
 use crate::trace::{self, Format, ReadOptions, TraceExt};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -36,6 +36,13 @@ pub struct Args {
     /// SLO on mean time per output token, ms.
     #[arg(long, default_value_t = 100.0)]
     pub slo_tpot_ms: f64,
+    /// Fault plan (TOML): fail, recover or slow down backends or pools at given simulated
+    /// times, e.g. to see what a chip failure at peak does to p99 TTFT.
+    #[arg(long)]
+    pub faults: Option<PathBuf>,
+    /// Times a request may be moved off a failed backend before it counts as failed.
+    #[arg(long, default_value_t = 2)]
+    pub migration_retries: u32,
     /// Skip broken trace lines (counted) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
@@ -111,7 +118,18 @@ pub fn run(args: Args) -> Result<()> {
     for p in &policies {
         crate::policy::build(&p.name, &p.params, args.seed)?;
     }
+    let faults = args.faults.as_deref().map(FaultPlan::load).transpose()?;
+    if let Some(plan) = &faults {
+        // Check the plan's targets before any replay starts.
+        let policy = crate::policy::build(&policies[0].name, &policies[0].params, args.seed)?;
+        Replay::new(pools.clone(), policy, ReplayConfig::default())
+            .and_then(|r| r.with_faults(plan))
+            .map_err(|e| {
+                anyhow::anyhow!("{}: {e}", args.faults.as_ref().expect("set").display())
+            })?;
+    }
     let cfg = ReplayConfig {
+        migration_retries: args.migration_retries,
         slo: Slo {
             ttft_ns: (args.slo_ttft_ms * NANOS_PER_MS as f64) as u64,
             tpot_ns: (args.slo_tpot_ms * NANOS_PER_MS as f64) as u64,
@@ -130,18 +148,21 @@ pub fn run(args: Args) -> Result<()> {
     trace::open(&args.trace, args.format, opts)?;
 
     let started = Instant::now();
-    let results: Vec<Result<PolicyReport>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(PolicyReport, FaultSummary)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = policies
             .iter()
             .map(|p| {
-                let (pools, cfg, args) = (pools.clone(), cfg.clone(), &args);
-                scope.spawn(move || -> Result<PolicyReport> {
+                let (pools, cfg, args, faults) = (pools.clone(), cfg.clone(), &args, &faults);
+                scope.spawn(move || -> Result<(PolicyReport, FaultSummary)> {
                     let policy = crate::policy::build(&p.name, &p.params, args.seed)?;
-                    let replay = Replay::new(pools, policy, cfg).map_err(anyhow::Error::msg)?;
+                    let mut replay = Replay::new(pools, policy, cfg).map_err(anyhow::Error::msg)?;
+                    if let Some(plan) = faults {
+                        replay = replay.with_faults(plan).map_err(anyhow::Error::msg)?;
+                    }
                     let reader = trace::open(&args.trace, args.format, opts)?;
                     let records = reader.scale_rate(args.rate_scale);
                     replay
-                        .run(records)
+                        .run_with_faults(records)
                         .with_context(|| format!("replaying {}", args.trace.display()))
                 })
             })
@@ -155,7 +176,11 @@ pub fn run(args: Args) -> Result<()> {
             .collect()
     });
     let wall = started.elapsed().as_secs_f64();
-    let policies = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let (policies, summaries): (Vec<PolicyReport>, Vec<FaultSummary>) = results
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     let simulated = policies
         .iter()
         .map(|p| p.simulated_seconds)
@@ -174,6 +199,14 @@ pub fn run(args: Args) -> Result<()> {
         policies,
     };
     print!("{}", report.to_table());
+    if faults.is_some() {
+        for (p, s) in report.policies.iter().zip(&summaries) {
+            println!(
+                "faults [{}]: {} applied; {} requests re-routed, {} migrated mid-stream, {} lost",
+                p.policy, s.faults, s.rerouted, s.migrated, s.failed
+            );
+        }
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json() + "\n")
             .with_context(|| format!("writing {}", path.display()))?;

@@ -122,11 +122,10 @@ where
         clients.push(InferenceClient::new(channel));
     }
     let (policy, pools) = fleet_info(&cfg.target).await;
-    let mut collector = Collector::new(&cfg, pools);
-
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    let mut collector = Collector::new(&cfg, pools, start);
     let dispatcher = {
         let plan = dispatch::Plan {
             start,

@@ -108,8 +108,7 @@ pub(super) async fn send(
                         }
                         Some(prev) => {
                             let gap = (at - prev) / t.count;
-                            out.gaps
-                                .extend(std::iter::repeat_n(gap, t.count as usize));
+                            out.gaps.extend(std::iter::repeat_n(gap, t.count as usize));
                         }
                     }
                     last = Some(at);

@@ -240,7 +240,10 @@ mod tests {
             panic!("{out:?}");
         };
         assert!((objective - 9.0).abs() < 1e-9, "{objective}");
-        assert!((x[0] - 3.0).abs() < 1e-9 && (x[1] - 1.0).abs() < 1e-9, "{x:?}");
+        assert!(
+            (x[0] - 3.0).abs() < 1e-9 && (x[1] - 1.0).abs() < 1e-9,
+            "{x:?}"
+        );
     }
 
     #[test]
@@ -266,10 +269,7 @@ mod tests {
         let inf = minimize(
             1,
             &[1.0],
-            &[
-                c(&[(0, 1.0)], Cmp::Ge, 2.0),
-                c(&[(0, 1.0)], Cmp::Le, 1.0),
-            ],
+            &[c(&[(0, 1.0)], Cmp::Ge, 2.0), c(&[(0, 1.0)], Cmp::Le, 1.0)],
         );
         assert_eq!(inf, LpOutcome::Infeasible);
         let unb = minimize(1, &[-1.0], &[c(&[(0, 1.0)], Cmp::Ge, 0.0)]);

@@ -9,19 +9,26 @@
 //! latency metrics, and after every change writes the engine's load into the fleet's
 //! atomic load board so routing policies read it without locks.
 //!
-//! Outcome accounting lives here and only here: a request is counted as accepted when its
-//! engine admits it and counted as ended when it leaves the driver's request table, which
-//! happens exactly once whatever ends it (finish, cancel, deadline, fault, shutdown).
+//! Outcome accounting does not live here: a request may outlive its backend (it is moved
+//! to another one when its backend fails), so the handler that streams it owns its
+//! admission permit and records its one terminal outcome. A driver only reports what
+//! happened: finished, displaced by a failure, or ended by shutdown.
+//!
+//! Drivers also measure themselves for straggler detection: every step's time on the
+//! fleet clock (what clients observe) over its time in the engine's model (what the
+//! performance model predicts) feeds an EWMA that the daemon's outlier check reads.
 
 use super::clock::{BackendClock, SimClock};
+use super::outlier::StepRatio;
 use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
 use crate::fleet::{AtomicLoadBoard, BackendId, LoadSlot, PoolConfig};
 use crate::metrics::{
     BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms,
 };
-use crate::request::{Nanos, Request, RequestId, Slo};
+use crate::request::{Nanos, Priority, Request, RequestId, Slo};
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -39,7 +46,10 @@ pub enum Delivery {
         count: u32,
     },
     Finished(FinishReport),
-    /// Ended by the daemon before finishing (backend failed, removed, or shutdown).
+    /// The backend failed: the request is no longer on it, and every token it produced
+    /// was delivered before this. The handler moves it elsewhere or ends it.
+    Displaced,
+    /// Ended by the daemon before finishing (backend removed, or shutdown).
     Ended(Outcome),
 }
 
@@ -72,12 +82,15 @@ pub enum Command {
     Admit {
         req: Request,
         deliver: UnboundedSender<Delivery>,
+        /// Set when the request was moved here from a failed backend.
+        resume: Option<Resume>,
     },
     /// The handler gave up on the request (client gone, deadline).
     Abort {
         id: RequestId,
-        outcome: Outcome,
     },
+    /// Runs a small synthetic request so an ejected straggler produces step samples.
+    Probe,
     /// Fault: end every request with `Failed` and refuse work until cleared.
     Fail,
     /// Fault: multiply step times by this factor from now on.
@@ -87,6 +100,21 @@ pub enum Command {
     Retire(Outcome),
     /// Takes no new work and exits once what it holds has finished (pool removed).
     RetireWhenIdle,
+}
+
+/// A request continued on this backend after its first one failed. Its `req` already
+/// carries the prompt plus the tokens delivered (to prefill again) and only the tokens
+/// still owed; this says what the client has already seen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resume {
+    /// Tokens the client already has; the report counts them, and the driver records no
+    /// second time to first token.
+    pub delivered: u32,
+    /// Original prompt length, for the report.
+    pub prompt_tokens: u32,
+    /// Fleet time of the first token on the earlier backend, if there was one.
+    pub first_token_at: Option<Nanos>,
+    pub queue_ns: Nanos,
 }
 
 /// What the rest of the daemon knows about a backend: its identity and its channel.
@@ -102,6 +130,29 @@ pub struct BackendHandle {
     commands: UnboundedSender<Command>,
     /// Current slowdown factor, for listings (the driver owns the real clock).
     slowdown: parking_lot::Mutex<f64>,
+    /// The driver's step-time EWMA (f64 bits) and sample count, for the outlier check.
+    step_ratio: AtomicU64,
+    step_samples: AtomicU64,
+    /// Whether the engine holds nothing (probes are sent only then).
+    idle: AtomicBool,
+    pub(super) gauges: GaugesHandle,
+}
+
+/// A backend's gauges, shared by its driver and the straggler check.
+#[derive(Clone)]
+pub(super) struct GaugesHandle(pub BackendGauges);
+
+impl std::fmt::Debug for GaugesHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendGauges")
+    }
+}
+
+impl std::ops::Deref for GaugesHandle {
+    type Target = BackendGauges;
+    fn deref(&self) -> &BackendGauges {
+        &self.0
+    }
 }
 
 impl BackendHandle {
@@ -118,6 +169,18 @@ impl BackendHandle {
     pub fn slowdown(&self) -> f64 {
         *self.slowdown.lock()
     }
+
+    /// Observed over predicted step time (EWMA) and how many steps it covers.
+    pub fn step_ratio(&self) -> (f64, u64) {
+        (
+            f64::from_bits(self.step_ratio.load(Relaxed)),
+            self.step_samples.load(Relaxed),
+        )
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.idle.load(Relaxed)
+    }
 }
 
 /// Shared context every driver reads.
@@ -127,6 +190,8 @@ pub struct DriverContext {
     pub board: Arc<AtomicLoadBoard>,
     /// Name of the routing policy in force, for metric labels.
     pub policy_name: ArcSwap<Arc<str>>,
+    /// Weight of each step sample in the step-time EWMA.
+    pub ewma_alpha: f64,
 }
 
 /// Starts the driver task of one backend and returns its handle.
@@ -145,6 +210,7 @@ pub fn spawn_backend(
         ..EngineConfig::for_perf(&perf)
     }
     .with_granularity(Granularity::PerToken);
+    let gauges = ctx.metrics.backend(&name, &pool.name);
     let handle = Arc::new(BackendHandle {
         id,
         name: name.into(),
@@ -154,13 +220,21 @@ pub fn spawn_backend(
         tp: perf.tp,
         commands: tx,
         slowdown: parking_lot::Mutex::new(1.0),
+        step_ratio: AtomicU64::new(1f64.to_bits()),
+        step_samples: AtomicU64::new(0),
+        idle: AtomicBool::new(true),
+        gauges: GaugesHandle(gauges.clone()),
     });
     let slot = ctx.board.slot(id).unwrap_or_default();
     let driver = Driver {
         engine: Engine::new(perf, cfg),
         clock: BackendClock::default(),
         ctx: ctx.clone(),
-        gauges: ctx.metrics.backend(&handle.name, &handle.pool),
+        gauges,
+        ratio: StepRatio::new(ctx.ewma_alpha),
+        last_step: None,
+        probes: HashSet::new(),
+        next_probe: PROBE_ID_BASE,
         summary: ctx.metrics.summary(&handle.pool),
         histograms: None,
         handle: handle.clone(),
@@ -177,6 +251,13 @@ pub fn spawn_backend(
     handle
 }
 
+/// Probe requests take ids from the top half of the id space, which the daemon's counter
+/// never reaches.
+const PROBE_ID_BASE: RequestId = 1 << 63;
+/// A probe is short: enough decode steps to move the EWMA, little enough KV to matter.
+const PROBE_PROMPT_TOKENS: u32 = 32;
+const PROBE_MAX_TOKENS: u32 = 12;
+
 /// One request inside a driver.
 struct InFlight {
     deliver: UnboundedSender<Delivery>,
@@ -189,6 +270,8 @@ struct InFlight {
     last_token: Nanos,
     delivered: u32,
     pending: u32,
+    /// Tokens the client had before this backend took over (0 unless moved here).
+    resumed: u32,
 }
 
 struct Driver {
@@ -197,6 +280,11 @@ struct Driver {
     ctx: Arc<DriverContext>,
     handle: Arc<BackendHandle>,
     gauges: BackendGauges,
+    ratio: StepRatio,
+    /// (local, fleet) time of the last step end seen while busy.
+    last_step: Option<(Nanos, Nanos)>,
+    probes: HashSet<RequestId>,
+    next_probe: RequestId,
     summary: Arc<LatencySummary>,
     /// Histograms for the policy name they were resolved under.
     histograms: Option<(Arc<str>, PoolHistograms)>,
@@ -296,7 +384,14 @@ impl Driver {
 
     fn on_event(&mut self, ev: EngineEvent, h: &PoolHistograms) {
         let at = self.clock.fleet(ev.at());
+        self.sample_step(ev.at(), at);
         let id = ev.id();
+        if self.probes.contains(&id) {
+            if let EngineEvent::Finished { .. } = ev {
+                self.probes.remove(&id);
+            }
+            return;
+        }
         if !self.requests.contains_key(&id) {
             return;
         }
@@ -305,7 +400,10 @@ impl Driver {
         };
         match ev {
             EngineEvent::Scheduled { .. } => {
-                if !r.started {
+                if !r.started && r.resumed > 0 {
+                    // The client saw its Started on the first backend.
+                    r.started = true;
+                } else if !r.started {
                     r.started = true;
                     let queue_ns = at.saturating_sub(r.arrival);
                     r.queue_ns = queue_ns;
@@ -314,7 +412,10 @@ impl Driver {
                 }
             }
             EngineEvent::FirstToken { .. } => {
-                if r.first_token.is_none() {
+                if r.first_token.is_none() && r.resumed > 0 {
+                    // Re-prefilled after a move: not a first token for the client.
+                    r.first_token = Some(at);
+                } else if r.first_token.is_none() {
                     r.first_token = Some(at);
                     h.ttft.record(secs(at.saturating_sub(r.arrival)));
                 }
@@ -341,6 +442,7 @@ impl Driver {
                 }
                 flush(&mut r, &mut self.histograms);
                 let first = r.first_token.unwrap_or(at);
+                let output_tokens = output_tokens + r.resumed;
                 let report = FinishReport {
                     prompt_tokens: r.prompt_tokens,
                     completion_tokens: output_tokens,
@@ -370,7 +472,6 @@ impl Driver {
                     slo_violated: ttft_missed || tpot_missed,
                 });
                 let _ = r.deliver.send(Delivery::Finished(report));
-                self.ctx.metrics.ended(Outcome::Ok);
             }
             EngineEvent::Preempted { .. } => {
                 tracing::debug!(backend = %self.handle.name, id, "preempted: KV cache ran out");
@@ -382,23 +483,29 @@ impl Driver {
     fn handle_command(&mut self, cmd: Command, now_fleet: Nanos) -> Option<Outcome> {
         let now = self.clock.local(now_fleet);
         match cmd {
-            Command::Admit { mut req, deliver } => {
+            Command::Admit {
+                mut req,
+                deliver,
+                resume,
+            } => {
                 if self.failed || self.retiring {
                     let _ = deliver.send(Delivery::Refused(Refusal::Unavailable));
                     return None;
                 }
                 let id = req.id;
                 let arrival = req.arrival.min(now_fleet);
-                let prompt_tokens = req.prompt_tokens;
+                let prompt_tokens = resume.map_or(req.prompt_tokens, |r| r.prompt_tokens);
                 let slo = req.slo.unwrap_or_default();
                 req.arrival = now;
                 match self.engine.admit(req, now) {
                     Ok(()) => {
-                        self.ctx.metrics.accepted();
-                        self.histograms()
-                            .prompt_tokens
-                            .increment(u64::from(prompt_tokens));
+                        if resume.is_none() {
+                            self.histograms()
+                                .prompt_tokens
+                                .increment(u64::from(prompt_tokens));
+                        }
                         let _ = deliver.send(Delivery::Admitted);
+                        let first_token = resume.and_then(|r| r.first_token_at);
                         self.requests.insert(
                             id,
                             InFlight {
@@ -407,11 +514,12 @@ impl Driver {
                                 prompt_tokens,
                                 slo,
                                 started: false,
-                                queue_ns: 0,
-                                first_token: None,
-                                last_token: arrival,
+                                queue_ns: resume.map_or(0, |r| r.queue_ns),
+                                first_token,
+                                last_token: now_fleet,
                                 delivered: 0,
                                 pending: 0,
+                                resumed: resume.map_or(0, |r| r.delivered),
                             },
                         );
                     }
@@ -420,15 +528,31 @@ impl Driver {
                     }
                 }
             }
-            Command::Abort { id, outcome } => {
+            Command::Abort { id } => {
                 if self.requests.remove(&id).is_some() {
                     self.engine.abort(id, now);
-                    self.ctx.metrics.ended(outcome);
+                }
+            }
+            Command::Probe => {
+                if !self.failed && !self.retiring {
+                    let id = self.next_probe;
+                    self.next_probe += 1;
+                    let probe = Request {
+                        id,
+                        arrival: now,
+                        prompt_tokens: PROBE_PROMPT_TOKENS,
+                        max_tokens: PROBE_MAX_TOKENS,
+                        priority: Priority::Batch,
+                        ..Request::default()
+                    };
+                    if self.engine.admit(probe, now).is_ok() {
+                        self.probes.insert(id);
+                    }
                 }
             }
             Command::Fail => {
                 self.failed = true;
-                self.end_all(Outcome::Failed, now_fleet);
+                self.displace_all(now_fleet);
             }
             Command::Slowdown(f) => self.clock.set_factor(now_fleet, f),
             Command::ClearFault => {
@@ -446,16 +570,61 @@ impl Driver {
         for (id, r) in self.requests.drain() {
             self.engine.abort(id, now);
             let _ = r.deliver.send(Delivery::Ended(outcome));
-            self.ctx.metrics.ended(outcome);
+        }
+        self.abort_probes(now);
+    }
+
+    /// The backend failed: every request leaves it, with its produced tokens flushed
+    /// first so the handler knows exactly where to continue.
+    fn displace_all(&mut self, now_fleet: Nanos) {
+        let now = self.clock.local(now_fleet);
+        for (id, mut r) in self.requests.drain() {
+            self.engine.abort(id, now);
+            flush(&mut r, &mut self.histograms);
+            let _ = r.deliver.send(Delivery::Displaced);
+        }
+        self.abort_probes(now);
+    }
+
+    fn abort_probes(&mut self, now: Nanos) {
+        for id in self.probes.drain() {
+            self.engine.abort(id, now);
+        }
+        self.last_step = None;
+    }
+
+    /// One step sample: the fleet-clock time since the previous step end over the
+    /// modelled time, while the engine stays busy.
+    fn sample_step(&mut self, local: Nanos, fleet: Nanos) {
+        match self.last_step {
+            Some((l, f)) if local > l => {
+                self.ratio.record(fleet.saturating_sub(f), local - l);
+                self.last_step = Some((local, fleet));
+            }
+            Some(_) => {}
+            None => self.last_step = Some((local, fleet)),
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let load = self.engine.load();
         self.slot.store(&load);
         self.gauges.running.set(f64::from(load.running));
         self.gauges.waiting.set(f64::from(load.waiting));
         self.gauges.kv_usage.set(load.kv_usage());
+        let idle = self.engine.is_empty();
+        if idle {
+            // An idle gap is not a step: sampling restarts with the next work.
+            self.last_step = None;
+        }
+        self.handle.idle.store(idle, Relaxed);
+        self.handle
+            .step_ratio
+            .store(self.ratio.value().to_bits(), Relaxed);
+        self.handle
+            .step_samples
+            .store(self.ratio.samples(), Relaxed);
+        self.gauges.step_time_ratio.set(self.ratio.value());
     }
 }
 

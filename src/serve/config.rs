@@ -31,6 +31,29 @@ max_in_flight = 100000
 max_waiting_per_backend = 1024
 # Retry hint sent with a shed request (metadata `retry-after-ms`).
 retry_after_ms = 1000
+# Batch requests are admitted only while in-flight requests are below this fraction of
+# max_in_flight, so batch is shed before interactive.
+batch_watermark = 0.75
+# The per-backend waiting bound for batch requests (lower, so batch backs off first).
+batch_waiting_per_backend = 256
+
+[reliability]
+# A request whose backend fails is re-routed (not started) or migrated (streaming: the
+# prompt plus the tokens already sent are prefilled again elsewhere) at most this often.
+migration_retries = 2
+# A backend whose observed/predicted step-time ratio (an EWMA) reaches this is ejected
+# from routing as a straggler.
+straggler_ratio = 2.0
+# An ejected backend is re-admitted once probes bring its ratio down to this.
+recover_ratio = 1.3
+# Weight of each new step-time sample in the EWMA.
+ewma_alpha = 0.2
+# Step samples a backend needs before it can be judged.
+min_samples = 16
+# Never eject more than this fraction of a pool (rounded down).
+max_ejection_fraction = 0.5
+# How often stragglers are checked and ejected backends probed, wall milliseconds.
+check_interval_ms = 100
 "#;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,15 +68,57 @@ pub struct ServeConfig {
     pub policy: String,
     pub grace_period_ms: u64,
     pub admission: AdmissionLimits,
+    pub reliability: ReliabilityConfig,
+}
+
+/// Backend failure handling and straggler ejection.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReliabilityConfig {
+    pub migration_retries: u32,
+    pub straggler_ratio: f64,
+    pub recover_ratio: f64,
+    pub ewma_alpha: f64,
+    pub min_samples: u32,
+    pub max_ejection_fraction: f64,
+    pub check_interval_ms: u64,
+}
+
+impl Default for ReliabilityConfig {
+    fn default() -> Self {
+        ReliabilityConfig {
+            migration_retries: 2,
+            straggler_ratio: 2.0,
+            recover_ratio: 1.3,
+            ewma_alpha: 0.2,
+            min_samples: 16,
+            max_ejection_fraction: 0.5,
+            check_interval_ms: 100,
+        }
+    }
 }
 
 /// Limits the daemon sheds load by, before any backend sees the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdmissionLimits {
     pub max_in_flight: u64,
     pub max_waiting_per_backend: u32,
     pub retry_after_ms: u64,
+    pub batch_watermark: f64,
+    pub batch_waiting_per_backend: u32,
+}
+
+impl AdmissionLimits {
+    /// The shared admission module's configuration for these limits.
+    pub fn admission_config(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            max_outstanding: self.max_in_flight.min(u64::from(u32::MAX)) as u32,
+            batch_watermark: self.batch_watermark,
+            max_waiting_per_backend: self.max_waiting_per_backend,
+            batch_waiting_per_backend: self.batch_waiting_per_backend,
+        }
+    }
 }
 
 impl Default for AdmissionLimits {
@@ -62,6 +127,8 @@ impl Default for AdmissionLimits {
             max_in_flight: 100_000,
             max_waiting_per_backend: 1024,
             retry_after_ms: 1000,
+            batch_watermark: 0.75,
+            batch_waiting_per_backend: 256,
         }
     }
 }
@@ -76,6 +143,7 @@ impl Default for ServeConfig {
             policy: String::new(),
             grace_period_ms: 30_000,
             admission: AdmissionLimits::default(),
+            reliability: ReliabilityConfig::default(),
         }
     }
 }
@@ -110,6 +178,61 @@ impl ServeConfig {
                 file,
                 src,
                 "admission.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        let w = self.admission.batch_watermark;
+        if !(w.is_finite() && w > 0.0 && w <= 1.0) {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "admission.batch_watermark",
+                format!("must be in (0, 1], got {w}"),
+            ));
+        }
+        let r = &self.reliability;
+        for (field, v) in [
+            ("reliability.straggler_ratio", r.straggler_ratio),
+            ("reliability.recover_ratio", r.recover_ratio),
+        ] {
+            if !(v.is_finite() && v >= 1.0) {
+                return Err(ConfigError::at_field(
+                    file,
+                    src,
+                    field,
+                    format!("must be a ratio of at least 1, got {v}"),
+                ));
+            }
+        }
+        if r.recover_ratio > r.straggler_ratio {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "reliability.recover_ratio",
+                format!(
+                    "must not exceed straggler_ratio ({}), got {}",
+                    r.straggler_ratio, r.recover_ratio
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("reliability.ewma_alpha", r.ewma_alpha),
+            ("reliability.max_ejection_fraction", r.max_ejection_fraction),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return Err(ConfigError::at_field(
+                    file,
+                    src,
+                    field,
+                    format!("must be in [0, 1], got {v}"),
+                ));
+            }
+        }
+        if r.check_interval_ms == 0 {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "reliability.check_interval_ms",
                 "must be at least 1",
             ));
         }

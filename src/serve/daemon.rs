@@ -1,21 +1,28 @@
 //! The daemon's shared state and the request path every front end goes through: validate
-//! the request, apply admission limits, ask the routing policy for a backend (reading the
-//! lock-free load board), and hand the request to that backend's driver. Also the fleet
-//! operations the Admin service exposes (drain, faults, pools, policy, reload).
+//! the request, ask the routing policy for a backend (reading the lock-free load board),
+//! let the shared admission controller ([`crate::admission`]) accept or shed it (batch
+//! before interactive, per-backend waiting bounds, deadlines that cannot be met), and hand
+//! it to that backend's driver. Also the fleet operations the Admin service exposes
+//! (drain, faults, pools, policy, reload), moving requests off failed backends, and the
+//! periodic straggler check.
 
-use super::backend::{spawn_backend, BackendHandle, Command, Delivery, DriverContext, Refusal};
+use super::backend::{
+    spawn_backend, BackendHandle, Command, Delivery, DriverContext, Refusal, Resume,
+};
 use super::clock::SimClock;
-use super::config::{AdmissionLimits, ServeConfig};
+use super::config::{AdmissionLimits, ReliabilityConfig, ServeConfig};
 use super::error::ServeError;
+use super::outlier::{BackendSample, OutlierAction, OutlierConfig, OutlierDetector};
 use super::proto;
 use super::routing::ActivePolicy;
+use crate::admission::{self, Permit, RejectReason, Target};
 use crate::engine::AdmitError;
 use crate::fleet::{
     AtomicLoadBoard, BackendId, BackendState, LoadView, MaskedView, PoolConfig, PoolMask,
 };
 use crate::metrics::Metrics;
 use crate::profile::{Catalogue, PerfModel};
-use crate::request::{Nanos, Priority, Request, RequestId, Slo, NANOS_PER_MS};
+use crate::request::{Nanos, Priority, Request, Slo, NANOS_PER_MS};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -36,6 +43,9 @@ pub struct Daemon {
     pub fleet_name: String,
     default_model: String,
     limits: ArcSwap<AdmissionLimits>,
+    admission: ArcSwap<admission::Admission>,
+    pub reliability: ReliabilityConfig,
+    outliers: parking_lot::Mutex<OutlierDetector>,
     ready: AtomicBool,
     accepting: AtomicBool,
     next_id: AtomicU64,
@@ -53,14 +63,25 @@ pub struct FleetInput {
     pub pools: Vec<PoolConfig>,
 }
 
-/// A request a backend has accepted: the stream of what happens to it.
-pub struct Admission {
-    pub id: RequestId,
+/// A request a backend has accepted: the stream of what happens to it, and what it takes
+/// to move it if that backend fails.
+pub struct Accepted {
     pub client_id: String,
     pub backend: Arc<BackendHandle>,
     pub deliveries: UnboundedReceiver<Delivery>,
     pub deadline: Option<Instant>,
     pub received: Instant,
+    /// The request as first placed (arrival on the fleet clock).
+    pub request: Request,
+    pub model: String,
+    /// Held until the request's one terminal outcome is recorded.
+    pub permit: Permit,
+}
+
+/// Where the router would place a request.
+struct Placement {
+    handle: Arc<BackendHandle>,
+    target: Target,
 }
 
 /// A validated request: what the core needs plus what the reply echoes.
@@ -115,11 +136,22 @@ impl Daemon {
         };
         let policy = ActivePolicy::by_name(&policy_name, &params)?;
         let metrics = Arc::new(Metrics::new());
+        let rel = config.reliability;
         let ctx = Arc::new(DriverContext {
             clock: SimClock::new(config.time_scale),
             metrics: metrics.clone(),
             board: board.clone(),
             policy_name: ArcSwap::from_pointee(policy.name.clone()),
+            ewma_alpha: rel.ewma_alpha,
+        });
+        let outliers = OutlierDetector::new(OutlierConfig {
+            straggler_ratio: rel.straggler_ratio,
+            recover_ratio: rel.recover_ratio,
+            min_samples: u64::from(rel.min_samples),
+            max_ejection_fraction: rel.max_ejection_fraction,
+            // Two checks apart, in simulated time.
+            probe_interval_ns: (2.0 * rel.check_interval_ms as f64 * 1e6 * config.time_scale)
+                as Nanos,
         });
         let daemon = Daemon {
             clock: ctx.clock,
@@ -132,6 +164,11 @@ impl Daemon {
             fleet_name: spec.name.clone(),
             default_model: spec.model.clone(),
             limits: ArcSwap::from_pointee(config.admission),
+            admission: ArcSwap::from_pointee(admission::Admission::new(
+                config.admission.admission_config(),
+            )),
+            reliability: rel,
+            outliers: parking_lot::Mutex::new(outliers),
             ready: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
@@ -204,13 +241,13 @@ impl Daemon {
             .ok_or_else(|| ServeError::NotFound(format!("backend: no backend named `{name}`")))
     }
 
-    /// Validates, admits, routes and hands over one request.
+    /// Validates, routes, admits and hands over one request.
     pub async fn submit(
         &self,
         req: proto::GenerateRequest,
         received: Instant,
         deadline: Option<Instant>,
-    ) -> Result<Admission, ServeError> {
+    ) -> Result<Accepted, ServeError> {
         if !self.accepting.load(Relaxed) {
             return Err(ServeError::Unavailable(
                 "the daemon is shutting down".into(),
@@ -218,14 +255,6 @@ impl Daemon {
         }
         let v = self.validate(req)?;
         let limits = **self.limits.load();
-        if self.metrics.in_flight() >= limits.max_in_flight {
-            self.metrics.shed("in_flight_limit");
-            return Err(ServeError::Shed {
-                reason: "in_flight_limit",
-                message: format!("{} requests already in flight", limits.max_in_flight),
-                retry_after_ms: limits.retry_after_ms,
-            });
-        }
         let id = self.next_id.fetch_add(1, Relaxed);
         let request = Request {
             id,
@@ -237,43 +266,102 @@ impl Daemon {
             prefix_hashes: v.prefix_hashes,
             session: v.session,
         };
-        let backend = self.route(&request, &v.model, &limits)?;
+        let placement = self.place(&request, &v.model)?;
+        let deadline_sim = deadline.map(|d| self.clock.sim_at(d));
+        let permit = match self.admission.load().admit(
+            &request,
+            placement.target,
+            deadline_sim,
+            request.arrival,
+        ) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.metrics.shed(reason.as_str());
+                return Err(rejection(reason, &limits, &placement.handle));
+            }
+        };
+        let backend = placement.handle;
+        self.policy
+            .load()
+            .on_routed(&request, backend.id, &self.board.view(), request.arrival);
         let (tx, mut deliveries) = unbounded_channel();
         if !backend.send(Command::Admit {
-            req: request,
+            req: request.clone(),
             deliver: tx,
+            resume: None,
+        }) {
+            permit.finish(admission::Outcome::Failed);
+            return Err(ServeError::Unavailable(format!(
+                "backend {} has stopped",
+                backend.name
+            )));
+        }
+        let refused = match deliveries.recv().await {
+            Some(Delivery::Admitted) => {
+                self.metrics.accepted();
+                return Ok(Accepted {
+                    client_id: v.client_id,
+                    backend,
+                    deliveries,
+                    deadline,
+                    received,
+                    request,
+                    model: v.model,
+                    permit,
+                });
+            }
+            Some(Delivery::Refused(Refusal::Engine(AdmitError::TooLarge { needed, capacity }))) => {
+                ServeError::invalid(
+                    "prompt_tokens",
+                    format!("prompt plus max_tokens need {needed} tokens of KV cache; a {} backend holds {capacity}", backend.chip),
+                )
+            }
+            Some(Delivery::Refused(Refusal::Engine(e))) => ServeError::invalid("max_tokens", e.to_string()),
+            _ => ServeError::Unavailable(format!("backend {} is not taking work", backend.name)),
+        };
+        // Never counted as accepted by the daemon's metrics; the admission controller
+        // sees its slot given back as a failure.
+        permit.finish(admission::Outcome::Failed);
+        Err(refused)
+    }
+
+    /// Moves an accepted request whose backend failed: routed by the policy like a new
+    /// request, but not subject to admission (it holds its slot already). `req` carries
+    /// the prompt to prefill again and the tokens still owed.
+    pub(super) fn relocate(
+        &self,
+        req: Request,
+        model: &str,
+        resume: Option<Resume>,
+    ) -> Result<(Arc<BackendHandle>, UnboundedReceiver<Delivery>), ServeError> {
+        if !self.accepting.load(Relaxed) {
+            return Err(ServeError::Unavailable(
+                "the daemon is shutting down".into(),
+            ));
+        }
+        let placement = self.place(&req, model)?;
+        let backend = placement.handle;
+        self.policy
+            .load()
+            .on_routed(&req, backend.id, &self.board.view(), self.now());
+        let (tx, rx) = unbounded_channel();
+        if !backend.send(Command::Admit {
+            req,
+            deliver: tx,
+            resume,
         }) {
             return Err(ServeError::Unavailable(format!(
                 "backend {} has stopped",
                 backend.name
             )));
         }
-        match deliveries.recv().await {
-            Some(Delivery::Admitted) => Ok(Admission {
-                id,
-                client_id: v.client_id,
-                backend,
-                deliveries,
-                deadline,
-                received,
-            }),
-            Some(Delivery::Refused(Refusal::Engine(AdmitError::TooLarge { needed, capacity }))) => {
-                Err(ServeError::invalid(
-                    "prompt_tokens",
-                    format!("prompt plus max_tokens need {needed} tokens of KV cache; a {} backend holds {capacity}", backend.chip),
-                ))
-            }
-            Some(Delivery::Refused(Refusal::Engine(e))) => Err(ServeError::invalid("max_tokens", e.to_string())),
-            _ => Err(ServeError::Unavailable(format!("backend {} is not taking work", backend.name))),
-        }
+        self.metrics.migration(resume.is_some());
+        Ok((backend, rx))
     }
 
-    fn route(
-        &self,
-        request: &Request,
-        model: &str,
-        limits: &AdmissionLimits,
-    ) -> Result<Arc<BackendHandle>, ServeError> {
+    /// Asks the policy for a serving backend for `request` and predicts its time to first
+    /// token there.
+    fn place(&self, request: &Request, model: &str) -> Result<Placement, ServeError> {
         let view = self.board.view();
         let mut mask = PoolMask::NONE;
         for p in view.membership().pools() {
@@ -304,28 +392,15 @@ impl Daemon {
                 "no healthy backend serves model `{model}`"
             )));
         };
-        if view
-            .membership()
+        let membership = view.membership();
+        let Some(entry) = membership
             .backend(id)
-            .is_none_or(|e| e.state != BackendState::Serving)
-        {
+            .filter(|e| e.state == BackendState::Serving)
+        else {
             return Err(ServeError::Unavailable(format!(
                 "policy chose backend {id:?}, which is not serving"
             )));
-        }
-        if masked.load(id).waiting >= limits.max_waiting_per_backend {
-            // Shed here rather than in the engine: the client gets a retry hint at once
-            // and the backend's queue stays bounded.
-            self.metrics.shed("queue_full");
-            return Err(ServeError::Shed {
-                reason: "queue_full",
-                message: format!(
-                    "the chosen backend already has {} requests waiting",
-                    limits.max_waiting_per_backend
-                ),
-                retry_after_ms: limits.retry_after_ms,
-            });
-        }
+        };
         let handle = self
             .backends
             .load()
@@ -333,8 +408,83 @@ impl Daemon {
             .cloned()
             .flatten()
             .ok_or_else(|| ServeError::Unavailable(format!("backend {id:?} has no driver")))?;
-        policy.on_routed(request, id, &masked, request.arrival);
-        Ok(handle)
+        let load = masked.load(id);
+        let predicted_ttft_ns = membership.pool(entry.pool).map_or(0, |pool| {
+            crate::policy::predict(pool, &load, request).ttft_ns
+        });
+        Ok(Placement {
+            handle,
+            target: Target::Backend {
+                id,
+                load,
+                predicted_ttft_ns,
+            },
+        })
+    }
+
+    /// Admission counters (accepted, rejected by reason, outstanding).
+    pub fn admission_stats(&self) -> admission::AdmissionStats {
+        self.admission.load().stats()
+    }
+
+    /// One round of straggler detection: ejects backends whose steps run much slower
+    /// than modelled, probes ejected ones, and re-admits those that recovered.
+    pub fn check_outliers(&self) {
+        let _serial = self.admin.lock();
+        let membership = self.board.membership();
+        let handles = self.backends();
+        let mut samples = Vec::with_capacity(handles.len());
+        let mut det = self.outliers.lock();
+        for b in &handles {
+            let Some(entry) = membership.backend(b.id) else {
+                det.forget(b.id.0);
+                continue;
+            };
+            if det.is_ejected(b.id.0) && entry.state != BackendState::Draining {
+                // An operator resumed or failed it: no longer ours to manage.
+                det.forget(b.id.0);
+                b.gauges.ejected.set(0.0);
+            }
+            let (ratio, n) = b.step_ratio();
+            samples.push(BackendSample {
+                backend: b.id.0,
+                pool: entry.pool.0,
+                pool_size: membership.pool_backends(entry.pool).count() as u32,
+                serving: entry.state == BackendState::Serving,
+                ratio,
+                samples: n,
+                idle: b.is_idle(),
+            });
+        }
+        let actions = det.evaluate(&samples, self.now());
+        drop(det);
+        for action in actions {
+            let (id, state) = match action {
+                OutlierAction::Probe(id) => {
+                    if let Some(b) = handles.iter().find(|b| b.id.0 == id) {
+                        b.send(Command::Probe);
+                    }
+                    continue;
+                }
+                OutlierAction::Eject(id) => (id, BackendState::Draining),
+                OutlierAction::Readmit(id) => (id, BackendState::Serving),
+            };
+            let Some(b) = handles.iter().find(|b| b.id.0 == id) else {
+                continue;
+            };
+            let ejected = state == BackendState::Draining;
+            if self.board.set_state(b.id, state).is_ok() {
+                b.gauges.ejected.set(if ejected { 1.0 } else { 0.0 });
+                self.metrics.ejection(&b.pool, ejected);
+                let (ratio, _) = b.step_ratio();
+                tracing::warn!(
+                    backend = %b.name,
+                    ratio,
+                    action = if ejected { "ejected" } else { "readmitted" },
+                    "straggler check"
+                );
+            }
+        }
     }
 
     fn validate(&self, req: proto::GenerateRequest) -> Result<Validated, ServeError> {
@@ -574,6 +724,11 @@ impl Daemon {
             self.set_policy(&cfg.policy)?;
         }
         self.limits.store(Arc::new(cfg.admission));
+        let admission = self
+            .admission
+            .load()
+            .reconfigured(cfg.admission.admission_config());
+        self.admission.store(Arc::new(admission));
         tracing::info!(file = %path.display(), "config reloaded");
         Ok(self.policy_name())
     }
@@ -589,6 +744,40 @@ impl Daemon {
     /// Simulated time now.
     pub fn now(&self) -> Nanos {
         self.clock.now()
+    }
+}
+
+/// The status a refusal by the admission controller becomes, per [`RejectReason`]'s
+/// documented mapping.
+fn rejection(
+    reason: RejectReason,
+    limits: &AdmissionLimits,
+    backend: &BackendHandle,
+) -> ServeError {
+    match reason {
+        RejectReason::QueueFull | RejectReason::BatchShed => ServeError::Shed {
+            reason: reason.as_str(),
+            message: format!(
+                "{} ({} in flight at most)",
+                reason.message(),
+                limits.max_in_flight
+            ),
+            retry_after_ms: limits.retry_after_ms,
+        },
+        RejectReason::BackendQueueFull => ServeError::Shed {
+            reason: reason.as_str(),
+            message: format!("{} (backend {})", reason.message(), backend.name),
+            retry_after_ms: limits.retry_after_ms,
+        },
+        RejectReason::DeadlineUnmeetable => ServeError::DeadlineUnmeetable(format!(
+            "{} (backend {})",
+            reason.message(),
+            backend.name
+        )),
+        RejectReason::InvalidRequest => ServeError::invalid("max_tokens", reason.message()),
+        RejectReason::NoHealthyBackend | RejectReason::Draining => {
+            ServeError::Unavailable(reason.message().into())
+        }
     }
 }
 

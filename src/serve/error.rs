@@ -28,6 +28,10 @@ pub enum ServeError {
     /// The client's deadline ran out. → DEADLINE_EXCEEDED
     #[error("deadline exceeded after {elapsed_ms} ms")]
     DeadlineExceeded { elapsed_ms: u64 },
+    /// Admission predicted the first token after the client's deadline and refused the
+    /// request up front. → DEADLINE_EXCEEDED
+    #[error("{0}")]
+    DeadlineUnmeetable(String),
     /// An admin call named something that does not exist. → NOT_FOUND
     #[error("{0}")]
     NotFound(String),
@@ -52,7 +56,9 @@ impl ServeError {
             ServeError::InvalidArgument { .. } => Code::InvalidArgument,
             ServeError::Shed { .. } => Code::ResourceExhausted,
             ServeError::Unavailable(_) => Code::Unavailable,
-            ServeError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            ServeError::DeadlineExceeded { .. } | ServeError::DeadlineUnmeetable(_) => {
+                Code::DeadlineExceeded
+            }
             ServeError::NotFound(_) => Code::NotFound,
             ServeError::AlreadyExists(_) => Code::AlreadyExists,
             ServeError::FailedPrecondition(_) => Code::FailedPrecondition,

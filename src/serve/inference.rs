@@ -5,13 +5,21 @@
 //! tonic's transport timeout layer, which would report CANCELLED) and, when dropped before
 //! the request ended (client gone), tells the backend to abort the sequence so its KV
 //! cache is freed at once.
+//!
+//! The stream owns the request's life: its admission permit, and the one terminal outcome
+//! recorded when it ends, whatever ends it. When its backend fails the stream moves it:
+//! a request that produced nothing yet is routed again; one already streaming continues on
+//! another backend, which prefills the prompt plus the tokens already sent and produces
+//! only the tokens still owed, so the client sees each token index exactly once. After
+//! `migration_retries` moves it ends with UNAVAILABLE.
 
-use super::backend::{BackendHandle, Command, Delivery, FinishReport};
-use super::daemon::{Admission, Daemon};
+use super::backend::{BackendHandle, Command, Delivery, FinishReport, Resume};
+use super::daemon::{Accepted, Daemon};
 use super::error::ServeError;
 use super::proto::{self, generate_response::Event, inference_server::Inference};
+use crate::admission::{self, Permit};
 use crate::metrics::Outcome;
-use crate::request::RequestId;
+use crate::request::{self, Nanos};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,15 +41,18 @@ impl Inference for InferenceService {
         &self,
         request: Request<proto::GenerateRequest>,
     ) -> Result<Response<RequestStream>, Status> {
-        let admission = self.admit(request).await?;
-        Ok(Response::new(RequestStream::new(admission)))
+        let accepted = self.admit(request).await?;
+        Ok(Response::new(RequestStream::new(
+            self.daemon.clone(),
+            accepted,
+        )))
     }
 
     async fn complete(
         &self,
         request: Request<proto::GenerateRequest>,
     ) -> Result<Response<proto::CompleteResponse>, Status> {
-        let mut stream = RequestStream::new(self.admit(request).await?);
+        let mut stream = RequestStream::new(self.daemon.clone(), self.admit(request).await?);
         let mut out = proto::CompleteResponse::default();
         while let Some(item) = stream.next().await {
             match item?.event {
@@ -59,7 +70,7 @@ impl InferenceService {
     async fn admit(
         &self,
         request: Request<proto::GenerateRequest>,
-    ) -> Result<Admission, ServeError> {
+    ) -> Result<Accepted, ServeError> {
         let received = Instant::now();
         let deadline = grpc_timeout(request.metadata()).map(|t| received + t);
         self.daemon
@@ -89,23 +100,33 @@ pub fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
 
 /// One request's response stream.
 pub struct RequestStream {
-    id: RequestId,
+    daemon: Arc<Daemon>,
+    /// The request as first placed.
+    request: request::Request,
+    model: String,
     client_id: String,
     backend: Arc<BackendHandle>,
     deliveries: UnboundedReceiver<Delivery>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     received: Instant,
-    /// Set once the request has ended as far as the driver is concerned, so dropping the
-    /// stream sends no abort.
-    ended: bool,
-    /// Tokens delivered so far, to pick their text.
+    /// Taken when the request ends; its outcome is recorded exactly then.
+    permit: Option<Permit>,
+    /// Tokens delivered so far, to pick their text and to resume after a move.
     tokens: u32,
+    started_sent: bool,
+    queue_ns: Nanos,
+    /// Fleet time the client got its first token.
+    first_token_at: Option<Nanos>,
+    /// Times the request was moved off a failed backend.
+    moves: u32,
 }
 
 impl RequestStream {
-    fn new(a: Admission) -> RequestStream {
+    fn new(daemon: Arc<Daemon>, a: Accepted) -> RequestStream {
         RequestStream {
-            id: a.id,
+            daemon,
+            request: a.request,
+            model: a.model,
             client_id: a.client_id,
             backend: a.backend,
             deliveries: a.deliveries,
@@ -113,19 +134,85 @@ impl RequestStream {
                 .deadline
                 .map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
             received: a.received,
-            ended: false,
+            permit: Some(a.permit),
             tokens: 0,
+            started_sent: false,
+            queue_ns: 0,
+            first_token_at: None,
+            moves: 0,
         }
     }
 
-    fn abort(&mut self, outcome: Outcome) {
-        if !self.ended {
-            self.ended = true;
-            self.backend.send(Command::Abort {
-                id: self.id,
-                outcome,
+    fn ended(&self) -> bool {
+        self.permit.is_none()
+    }
+
+    /// Records the request's terminal outcome (once; later calls do nothing).
+    fn end(&mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            self.deadline = None;
+            self.daemon.metrics.ended(outcome);
+            permit.finish(match outcome {
+                Outcome::Ok => admission::Outcome::Completed,
+                Outcome::Cancelled => admission::Outcome::Cancelled,
+                Outcome::DeadlineExceeded => admission::Outcome::DeadlineExceeded,
+                Outcome::Failed | Outcome::Shutdown => admission::Outcome::Failed,
             });
         }
+    }
+
+    /// Ends the request from this side and tells its backend to drop it.
+    fn abort(&mut self, outcome: Outcome) {
+        if !self.ended() {
+            self.backend.send(Command::Abort {
+                id: self.request.id,
+            });
+            self.end(outcome);
+        }
+    }
+
+    /// Moves the request off its failed backend, or says why it cannot be.
+    fn relocate(&mut self) -> Result<(), ServeError> {
+        let budget = self.daemon.reliability.migration_retries;
+        if self.moves >= budget {
+            return Err(ServeError::Unavailable(format!(
+                "backend {} failed and the request was already moved {} times",
+                self.backend.name, self.moves
+            )));
+        }
+        let delivered = self.tokens;
+        if delivered >= self.request.max_tokens {
+            return Err(ServeError::Unavailable(format!(
+                "backend {} failed after the last token",
+                self.backend.name
+            )));
+        }
+        let mut req = self.request.clone();
+        let resume = (delivered > 0).then(|| {
+            req.prompt_tokens += delivered;
+            req.max_tokens -= delivered;
+            Resume {
+                delivered,
+                prompt_tokens: self.request.prompt_tokens,
+                first_token_at: self.first_token_at,
+                queue_ns: self.queue_ns,
+            }
+        });
+        let (backend, deliveries) =
+            self.daemon
+                .relocate(req, &self.model, resume)
+                .map_err(|e| match e {
+                    ServeError::Unavailable(why) => ServeError::Unavailable(format!(
+                        "backend {} failed and the request could not be moved: {why}",
+                        self.backend.name
+                    )),
+                    other => other,
+                })?;
+        tracing::debug!(from = %self.backend.name, to = %backend.name, delivered, "request moved");
+        self.backend = backend;
+        self.deliveries = deliveries;
+        self.moves += 1;
+        Ok(())
     }
 
     fn started(&self, queue_ns: u64) -> proto::Started {
@@ -161,60 +248,75 @@ impl Stream for RequestStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        if let Some(sleep) = this.deadline.as_mut() {
-            if sleep.as_mut().poll(cx).is_ready() {
-                this.deadline = None;
-                this.abort(Outcome::DeadlineExceeded);
-                let elapsed_ms = this.received.elapsed().as_millis() as u64;
-                return Poll::Ready(Some(
-                    Err(ServeError::DeadlineExceeded { elapsed_ms }.into()),
-                ));
+        loop {
+            if this.ended() {
+                return Poll::Ready(None);
             }
-        }
-        let Poll::Ready(delivery) = this.deliveries.poll_recv(cx) else {
-            return Poll::Pending;
-        };
-        let event = match delivery {
-            Some(Delivery::Started { queue_ns }) => Event::Started(this.started(queue_ns)),
-            Some(Delivery::Tokens { count }) => {
-                let text = token_text(this.tokens, count);
-                this.tokens += count;
-                Event::Tokens(proto::TokenChunk { text, count })
+            if let Some(sleep) = this.deadline.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.abort(Outcome::DeadlineExceeded);
+                    let elapsed_ms = this.received.elapsed().as_millis() as u64;
+                    return Poll::Ready(Some(Err(
+                        ServeError::DeadlineExceeded { elapsed_ms }.into()
+                    )));
+                }
             }
-            Some(Delivery::Finished(report)) => {
-                this.ended = true;
-                this.deadline = None;
-                Event::Finished(finished(&report))
-            }
-            Some(Delivery::Ended(outcome)) => {
-                this.ended = true;
-                this.deadline = None;
-                let why = match outcome {
-                    Outcome::Shutdown => {
-                        "the daemon shut down before the request finished".to_string()
+            let Poll::Ready(delivery) = this.deliveries.poll_recv(cx) else {
+                return Poll::Pending;
+            };
+            let event = match delivery {
+                // The backend a moved request went to took it.
+                Some(Delivery::Admitted) => continue,
+                // Its backend failed, or the one it was moved to could not take it.
+                Some(Delivery::Displaced | Delivery::Refused(_)) => match this.relocate() {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        this.end(Outcome::Failed);
+                        return Poll::Ready(Some(Err(e.into())));
                     }
-                    _ => format!("backend {} failed", this.backend.name),
-                };
-                return Poll::Ready(Some(Err(ServeError::Unavailable(why).into())));
-            }
-            Some(Delivery::Admitted | Delivery::Refused(_)) => {
-                return Poll::Ready(Some(Err(Status::internal("admission delivered twice"))));
-            }
-            None => {
-                // The driver exited without ending the request (only if it panicked).
-                this.ended = true;
-                this.deadline = None;
-                return Poll::Ready(Some(Err(ServeError::Unavailable(format!(
-                    "backend {} stopped",
-                    this.backend.name
-                ))
-                .into())));
-            }
-        };
-        Poll::Ready(Some(Ok(proto::GenerateResponse { event: Some(event) })))
+                },
+                Some(Delivery::Started { queue_ns }) => {
+                    if this.started_sent {
+                        continue;
+                    }
+                    this.started_sent = true;
+                    this.queue_ns = queue_ns;
+                    Event::Started(this.started(queue_ns))
+                }
+                Some(Delivery::Tokens { count }) => {
+                    if this.first_token_at.is_none() {
+                        this.first_token_at = Some(this.daemon.now());
+                    }
+                    let text = token_text(this.tokens, count);
+                    this.tokens += count;
+                    Event::Tokens(proto::TokenChunk { text, count })
+                }
+                Some(Delivery::Finished(report)) => {
+                    this.end(Outcome::Ok);
+                    Event::Finished(finished(&report))
+                }
+                Some(Delivery::Ended(outcome)) => {
+                    this.end(outcome);
+                    let why = match outcome {
+                        Outcome::Shutdown => {
+                            "the daemon shut down before the request finished".to_string()
+                        }
+                        _ => format!("backend {} was removed", this.backend.name),
+                    };
+                    return Poll::Ready(Some(Err(ServeError::Unavailable(why).into())));
+                }
+                None => {
+                    // The driver exited without ending the request (only if it panicked).
+                    this.end(Outcome::Failed);
+                    return Poll::Ready(Some(Err(ServeError::Unavailable(format!(
+                        "backend {} stopped",
+                        this.backend.name
+                    ))
+                    .into())));
+                }
+            };
+            return Poll::Ready(Some(Ok(proto::GenerateResponse { event: Some(event) })));
+        }
     }
 }
 

@@ -20,12 +20,13 @@ mod daemon;
 pub mod error;
 mod http;
 mod inference;
+pub mod outlier;
 pub mod proto;
 mod routing;
 
 pub use backend::{Delivery, FinishReport};
 pub use clock::SimClock;
-pub use config::{AdmissionLimits, ServeConfig, DEFAULT_CONFIG_TOML};
+pub use config::{AdmissionLimits, ReliabilityConfig, ServeConfig, DEFAULT_CONFIG_TOML};
 pub use daemon::{estimate_tokens, Daemon, FleetInput};
 pub use error::{ServeError, RETRY_AFTER_MS};
 pub use inference::grpc_timeout;
@@ -122,6 +123,11 @@ pub async fn start_with(
     let closed = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    // Token chunks are small writes; without TCP_NODELAY, Nagle's algorithm holds them
+    // until the client's delayed ACK, adding up to ~40 ms to a first token.
+    let grpc = axum::serve::ListenerExt::tap_io(grpc, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let grpc_server = tokio::spawn(
         axum::serve(grpc, routes.into_axum_router())
             .with_graceful_shutdown(closed(close_rx.clone()))
@@ -139,6 +145,18 @@ pub async fn start_with(
             loop {
                 tick.tick().await;
                 metrics.run_upkeep();
+            }
+        })
+    };
+    let outliers = {
+        let d = daemon.clone();
+        let every = Duration::from_millis(config.reliability.check_interval_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                d.check_outliers();
             }
         })
     };
@@ -181,6 +199,7 @@ pub async fn start_with(
         wait_idle(&d, FINAL_FLUSH).await;
         close.send_replace(true);
         upkeep.abort();
+        outliers.abort();
         for server in [grpc_server, http_server] {
             match tokio::time::timeout(FINAL_FLUSH, server).await {
                 Ok(joined) => joined

@@ -2,12 +2,14 @@
 //! daemon, driven by an event queue instead of a clock, so a day of traffic replays in
 //! seconds and the result predicts what the daemon would do.
 
+pub mod faults;
 pub mod html;
 mod replay;
 pub mod report;
 mod wake;
 
-pub use replay::{Replay, ReplayConfig};
+pub use faults::{FaultAction, FaultEvent, FaultPlan, FaultTarget};
+pub use replay::{FaultSummary, Replay, ReplayConfig};
 pub use report::{PolicyReport, PoolReport, Report, Stats};
 
 #[cfg(test)]

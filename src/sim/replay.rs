@@ -3,16 +3,23 @@
 //! nothing reads a clock, so a replay is as fast as the CPU allows and the same inputs and
 //! seed give the same report, bit for bit.
 //!
+//! A [`FaultPlan`] fails, recovers and slows backends at given simulated times, as the
+//! daemon's fault injection does: requests on a failed backend that produced no token
+//! yet are routed again; streaming ones continue elsewhere, prefilling the prompt plus
+//! the tokens already produced, up to the retry budget, after which they count as
+//! `backend_failed`. A slowed backend's engine runs on a stretched local clock.
+//!
 //! Engines are woken through a min-heap of their next event times, with lazy deletion: a
 //! backend's entry is pushed whenever its next event time changes and stale entries are
 //! skipped when popped. Only requests in flight are held, so memory stays flat however
 //! long the trace.
 
+use super::faults::{FaultAction, FaultPlan, FaultTarget, StretchClock};
 use super::report::{PolicyReport, PoolReport, SloReport, Tally, TimelineBucket};
 use super::wake::WakeQueue;
 use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
 use crate::engine::{Engine, EngineConfig, EngineEvent, Granularity};
-use crate::fleet::{BackendId, LoadView, PlainLoadView, PoolConfig};
+use crate::fleet::{BackendId, BackendState, LoadView, PlainLoadView, PoolConfig};
 use crate::policy::{predict, Policy};
 use crate::request::{Nanos, Request, RequestId, Slo, NANOS_PER_SEC};
 use crate::trace::TraceRecord;
@@ -26,6 +33,8 @@ pub struct ReplayConfig {
     pub admission: AdmissionConfig,
     /// Most timeline buckets kept; the bucket width doubles to stay under it.
     pub max_timeline_buckets: usize,
+    /// Times a request may be moved off a failed backend before it counts as failed.
+    pub migration_retries: u32,
 }
 
 impl Default for ReplayConfig {
@@ -41,6 +50,7 @@ impl Default for ReplayConfig {
                 batch_waiting_per_backend: u32::MAX,
             },
             max_timeline_buckets: 240,
+            migration_retries: 2,
         }
     }
 }
@@ -51,6 +61,22 @@ struct InFlight {
     pool: usize,
     first_token_at: Option<Nanos>,
     permit: Permit,
+    /// Tokens produced on earlier backends before a move (0 unless moved mid-stream).
+    resumed: u32,
+    moves: u32,
+}
+
+/// What a fault plan did to one replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultSummary {
+    /// Fault events applied.
+    pub faults: u64,
+    /// Requests routed again because their backend failed before their first token.
+    pub rerouted: u64,
+    /// Streaming requests continued on another backend.
+    pub migrated: u64,
+    /// Requests lost to failures (retry budget spent, or nowhere to go).
+    pub failed: u64,
 }
 
 struct Timeline {
@@ -156,6 +182,11 @@ pub struct Replay {
     events: Vec<EngineEvent>,
     now: Nanos,
     next_id: RequestId,
+    clocks: Vec<StretchClock>,
+    /// Resolved fault events: (time, backends, action), in time order.
+    faults: Vec<(Nanos, Vec<usize>, FaultAction)>,
+    next_fault: usize,
+    summary: FaultSummary,
 }
 
 impl Replay {
@@ -210,13 +241,59 @@ impl Replay {
             events: Vec::with_capacity(256),
             now: 0,
             next_id: 0,
+            clocks: vec![StretchClock::default(); n],
+            faults: Vec::new(),
+            next_fault: 0,
+            summary: FaultSummary::default(),
             pools,
             cfg,
         })
     }
 
+    /// Applies `plan` during the replay. Its targets must name pools or backends of this
+    /// fleet (`<pool>-<index>`).
+    pub fn with_faults(mut self, plan: &FaultPlan) -> Result<Replay, String> {
+        let membership = self.view.membership_arc().clone();
+        let mut names = Vec::new();
+        for pool in membership.pools() {
+            for (k, (id, _)) in membership.pool_backends(pool.id).enumerate() {
+                names.push((
+                    pool.name().to_string(),
+                    format!("{}-{k}", pool.name()),
+                    id.index(),
+                ));
+            }
+        }
+        for (i, ev) in plan.events.iter().enumerate() {
+            let backends: Vec<usize> = match &ev.target {
+                FaultTarget::Pool(p) => names.iter().filter(|n| n.0 == *p).map(|n| n.2).collect(),
+                FaultTarget::Backend(b) => {
+                    names.iter().filter(|n| n.1 == *b).map(|n| n.2).collect()
+                }
+            };
+            if backends.is_empty() {
+                let known: Vec<&str> = names.iter().map(|n| n.1.as_str()).collect();
+                return Err(format!(
+                    "fault {i}: {:?} names no pool or backend of this fleet (backends: {})",
+                    ev.target,
+                    known.join(", ")
+                ));
+            }
+            self.faults.push((ev.at_ns, backends, ev.action));
+        }
+        Ok(self)
+    }
+
     /// Replays every record of `trace` (in arrival order) and returns the report.
-    pub fn run<E, I>(mut self, trace: I) -> Result<PolicyReport, E>
+    pub fn run<E, I>(self, trace: I) -> Result<PolicyReport, E>
+    where
+        I: IntoIterator<Item = Result<TraceRecord, E>>,
+    {
+        self.run_with_faults(trace).map(|(report, _)| report)
+    }
+
+    /// [`Replay::run`], also returning what the fault plan did.
+    pub fn run_with_faults<E, I>(mut self, trace: I) -> Result<(PolicyReport, FaultSummary), E>
     where
         I: IntoIterator<Item = Result<TraceRecord, E>>,
     {
@@ -224,6 +301,19 @@ impl Replay {
         let mut pending = trace.next().transpose()?;
         loop {
             let engine_t = self.peek_wake();
+            let fault_t = self.faults.get(self.next_fault).map(|f| f.0);
+            let arrival_t = pending.as_ref().map(|r| r.arrival_ns);
+            if engine_t.is_none() && arrival_t.is_none() {
+                // Faults after the last event would only stretch the report.
+                break;
+            }
+            // At equal times: engine steps, then faults, then arrivals.
+            if fault_t
+                .is_some_and(|f| engine_t.is_none_or(|t| f < t) && arrival_t.is_none_or(|a| f <= a))
+            {
+                self.apply_fault();
+                continue;
+            }
             match (&pending, engine_t) {
                 (None, None) => break,
                 // Engines first at equal times: a step that ends as a request arrives has
@@ -237,7 +327,113 @@ impl Replay {
                 }
             }
         }
-        Ok(self.finish())
+        let summary = self.summary.clone();
+        Ok((self.finish(), summary))
+    }
+
+    fn apply_fault(&mut self) {
+        let (t, backends, action) = self.faults[self.next_fault].clone();
+        self.next_fault += 1;
+        self.now = self.now.max(t);
+        let t = self.now;
+        self.summary.faults += 1;
+        for &b in &backends {
+            self.step_backend(b, t);
+            let id = BackendId(b as u32);
+            match action {
+                FaultAction::Slowdown(f) => self.clocks[b].set_factor(t, f),
+                FaultAction::Recover => {
+                    self.clocks[b].set_factor(t, 1.0);
+                    let _ = self.view.set_state(id, BackendState::Serving);
+                }
+                FaultAction::Fail => {
+                    let _ = self.view.set_state(id, BackendState::Failed);
+                }
+            }
+            self.reschedule(b);
+        }
+        if action == FaultAction::Fail {
+            for &b in &backends {
+                self.evacuate(b, t);
+            }
+        }
+    }
+
+    /// Moves every request off failed backend `b` at fleet time `t`.
+    fn evacuate(&mut self, b: usize, t: Nanos) {
+        let mut victims: Vec<RequestId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.backend.index() == b)
+            .map(|(&id, _)| id)
+            .collect();
+        // Hash order is not stable across runs; ids are.
+        victims.sort_unstable();
+        let local = self.clocks[b].local(t);
+        let load = self.engines[b].load();
+        // Per-event engines do not report each token, so tokens produced so far are
+        // estimated from the time since the first token at the backend's current decode
+        // step time; only how much is prefilled again versus decoded again depends on it.
+        let step_ns = {
+            let perf = self.engines[b].perf();
+            let seqs = u64::from(load.running.max(1));
+            let ctx = (load.remaining_decode_tokens + load.queued_prefill_tokens).max(seqs);
+            ((perf.decode_step_ns(seqs, ctx) as f64) * self.clocks[b].factor()).max(1.0) as Nanos
+        };
+        for id in victims {
+            self.engines[b].abort(id, local);
+            let mut f = self.in_flight.remove(&id).expect("victim in flight");
+            let owed_before = f.req.max_tokens;
+            let produced = f.first_token_at.map_or(0, |ft| {
+                let n = 1 + t.saturating_sub(ft) / step_ns;
+                n.min(u64::from(owed_before.saturating_sub(1))) as u32
+            });
+            let target = if f.moves < self.cfg.migration_retries {
+                self.policy.pick(&f.req, &self.view, t)
+            } else {
+                None
+            };
+            let Some(nb) = target else {
+                self.lose(f);
+                continue;
+            };
+            let nb = nb.index();
+            let mut moved = f.req.clone();
+            moved.prompt_tokens += produced;
+            moved.max_tokens -= produced;
+            moved.arrival = self.clocks[nb].local(t);
+            self.step_backend(nb, t);
+            match self.engines[nb].admit(moved, self.clocks[nb].local(t)) {
+                Ok(()) => {
+                    if f.first_token_at.is_some() {
+                        self.summary.migrated += 1;
+                    } else {
+                        self.summary.rerouted += 1;
+                    }
+                    self.policy
+                        .on_routed(&f.req, BackendId(nb as u32), &self.view, t);
+                    f.req.prompt_tokens += produced;
+                    f.req.max_tokens -= produced;
+                    f.resumed += produced;
+                    f.moves += 1;
+                    f.backend = BackendId(nb as u32);
+                    f.pool = self.backend_pool[nb];
+                    self.in_flight.insert(id, f);
+                }
+                Err(_) => self.lose(f),
+            }
+            self.publish_load(nb, t);
+            self.reschedule(nb);
+        }
+        self.publish_load(b, t);
+        self.reschedule(b);
+    }
+
+    fn lose(&mut self, f: InFlight) {
+        self.summary.failed += 1;
+        self.fleet.reject("backend_failed");
+        self.per_pool[f.pool].reject("backend_failed");
+        f.permit.finish(Outcome::Failed);
     }
 
     fn peek_wake(&mut self) -> Option<Nanos> {
@@ -251,7 +447,9 @@ impl Replay {
     }
 
     fn reschedule(&mut self, b: usize) {
-        self.wake.set(b, self.engines[b].next_event_at());
+        let clock = self.clocks[b];
+        self.wake
+            .set(b, self.engines[b].next_event_at().map(|l| clock.fleet(l)));
     }
 
     fn publish_load(&mut self, b: usize, t: Nanos) {
@@ -270,26 +468,32 @@ impl Replay {
 
     fn step_backend(&mut self, b: usize, t: Nanos) {
         let mut events = std::mem::take(&mut self.events);
-        self.engines[b].advance(t, &mut events);
+        self.engines[b].advance(self.clocks[b].local(t), &mut events);
         for ev in events.drain(..) {
-            self.on_event(ev);
+            self.on_event(ev, b);
         }
         self.events = events;
         self.publish_load(b, t);
         self.reschedule(b);
     }
 
-    fn on_event(&mut self, ev: EngineEvent) {
+    fn on_event(&mut self, ev: EngineEvent, b: usize) {
+        let clock = self.clocks[b];
         match ev {
             EngineEvent::Scheduled { id, at } => {
+                let at = clock.fleet(at);
                 if let Some(f) = self.in_flight.get(&id) {
+                    if f.moves > 0 {
+                        return;
+                    }
                     let wait = at - f.req.arrival;
                     self.per_pool[f.pool].queue.record_ns(wait);
                 }
             }
             EngineEvent::FirstToken { id, at } => {
                 if let Some(f) = self.in_flight.get_mut(&id) {
-                    f.first_token_at = Some(at);
+                    // After a mid-stream move the client's first token came earlier.
+                    f.first_token_at.get_or_insert(clock.fleet(at));
                 }
             }
             EngineEvent::Token { .. } => {}
@@ -303,9 +507,13 @@ impl Replay {
                 at,
                 output_tokens,
             } => {
-                let Some(f) = self.in_flight.remove(&id) else {
+                let Some(mut f) = self.in_flight.remove(&id) else {
                     return;
                 };
+                let at = clock.fleet(at);
+                let output_tokens = output_tokens + f.resumed;
+                f.req.prompt_tokens -= f.resumed;
+                f.req.max_tokens += f.resumed;
                 let ttft = f.first_token_at.unwrap_or(at) - f.req.arrival;
                 let e2e = at - f.req.arrival;
                 let slo = f.req.slo.unwrap_or(self.cfg.slo);
@@ -367,13 +575,18 @@ impl Replay {
         let b = picked.expect("admitted requests have a backend").index();
         // The engine must reach `t` before it takes the request.
         let mut events = std::mem::take(&mut self.events);
-        self.engines[b].advance(t, &mut events);
+        let local = self.clocks[b].local(t);
+        self.engines[b].advance(local, &mut events);
         for ev in events.drain(..) {
-            self.on_event(ev);
+            self.on_event(ev, b);
         }
         self.events = events;
         let id = req.id;
-        match self.engines[b].admit(req.clone(), t) {
+        let engine_req = Request {
+            arrival: local,
+            ..req.clone()
+        };
+        match self.engines[b].admit(engine_req, local) {
             Ok(()) => {
                 self.policy
                     .on_routed(&req, BackendId(b as u32), &self.view, t);
@@ -385,6 +598,8 @@ impl Replay {
                         pool: self.backend_pool[b],
                         first_token_at: None,
                         permit,
+                        resumed: 0,
+                        moves: 0,
                     },
                 );
             }

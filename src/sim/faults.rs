@@ -1,0 +1,290 @@
+//! Fault plans for virtual-time replay (`dujiang replay --faults FILE`): at a simulated
+//! time, fail a backend or a whole pool, recover it, or slow it down by a factor, so a
+//! planner can ask what a chip failure at peak does to p99 TTFT.
+//!
+//! ```toml
+//! [[fault]]
+//! at_s = 600.0        # simulated seconds from the trace's start
+//! pool = "h20"        # or: backend = "h20-3" (the daemon's `<pool>-<index>` names)
+//! kind = "fail"       # "fail" | "recover" | "slowdown"
+//!
+//! [[fault]]
+//! at_s = 900.0
+//! backend = "ascend-0"
+//! kind = "slowdown"
+//! factor = 3.0        # step times ×3 from then on; "recover" ends it
+//! ```
+//!
+//! Also the per-backend [`StretchClock`]: a slowed backend's engine lives on a local clock
+//! that runs `factor` times slower than the fleet's, the same model the daemon uses, so
+//! the engine itself never knows about faults.
+
+use crate::config::{parse_toml, ConfigError};
+use crate::request::{Nanos, NANOS_PER_SEC};
+use std::path::Path;
+
+/// What happens to the targeted backends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FaultAction {
+    /// Requests on it are moved elsewhere (or fail); it takes no work until recovered.
+    Fail,
+    /// Clears a failure and any slowdown.
+    Recover,
+    /// Step times are multiplied by this factor from now on.
+    Slowdown(f64),
+}
+
+/// Which backends a fault hits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultTarget {
+    Pool(String),
+    /// `<pool>-<index>`, as the daemon names backends.
+    Backend(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultEvent {
+    pub at_ns: Nanos,
+    pub target: FaultTarget,
+    pub action: FaultAction,
+}
+
+/// Fault events in time order (ties keep file order).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultPlan {
+    pub events: Vec<FaultEvent>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    #[serde(default)]
+    fault: Vec<FaultSpec>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultSpec {
+    at_s: f64,
+    pool: Option<String>,
+    backend: Option<String>,
+    kind: String,
+    factor: Option<f64>,
+}
+
+/// The line of the `n`-th (0-based) `[[fault]]` header, to place an error.
+fn fault_line(src: &str, n: usize) -> Option<usize> {
+    src.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim().starts_with("[[fault]]"))
+        .nth(n)
+        .map(|(i, _)| i + 1)
+}
+
+impl FaultPlan {
+    pub fn parse(src: &str, file: &str) -> Result<FaultPlan, ConfigError> {
+        let raw: PlanFile = parse_toml(src, file)?;
+        let mut events = Vec::with_capacity(raw.fault.len());
+        for (i, f) in raw.fault.into_iter().enumerate() {
+            let err = |field: &str, message: String| {
+                let mut e = ConfigError::new(file, message);
+                e.line = fault_line(src, i);
+                e.field = Some(format!("fault[{i}].{field}"));
+                e
+            };
+            if !(f.at_s.is_finite() && f.at_s >= 0.0 && f.at_s < 1e9) {
+                return Err(err(
+                    "at_s",
+                    format!("must be a time in seconds ≥ 0, got {}", f.at_s),
+                ));
+            }
+            let target = match (f.pool, f.backend) {
+                (Some(p), None) => FaultTarget::Pool(p),
+                (None, Some(b)) => FaultTarget::Backend(b),
+                _ => return Err(err("pool", "set exactly one of `pool` or `backend`".into())),
+            };
+            let action = match (f.kind.as_str(), f.factor) {
+                ("fail", None) => FaultAction::Fail,
+                ("recover", None) => FaultAction::Recover,
+                ("slowdown", Some(x)) if x.is_finite() && x > 0.0 && x <= 1e6 => {
+                    FaultAction::Slowdown(x)
+                }
+                ("slowdown", Some(x)) => {
+                    return Err(err("factor", format!("must be a positive factor, got {x}")))
+                }
+                ("slowdown", None) => {
+                    return Err(err("factor", "a slowdown needs a `factor`".into()))
+                }
+                ("fail" | "recover", Some(_)) => {
+                    return Err(err(
+                        "factor",
+                        format!(
+                            "`factor` applies only to kind = \"slowdown\", not {:?}",
+                            f.kind
+                        ),
+                    ))
+                }
+                (other, _) => {
+                    return Err(err(
+                        "kind",
+                        format!(
+                        "unknown kind {other:?}; expected \"fail\", \"recover\" or \"slowdown\""
+                    ),
+                    ))
+                }
+            };
+            events.push(FaultEvent {
+                at_ns: (f.at_s * NANOS_PER_SEC as f64).round() as Nanos,
+                target,
+                action,
+            });
+        }
+        events.sort_by_key(|e| e.at_ns);
+        Ok(FaultPlan { events })
+    }
+
+    pub fn load(path: &Path) -> Result<FaultPlan, ConfigError> {
+        let name = path.display().to_string();
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+        FaultPlan::parse(&src, &name)
+    }
+}
+
+/// One backend's local time: fleet time slowed down by a factor, piecewise linear.
+#[derive(Clone, Copy, Debug)]
+pub struct StretchClock {
+    anchor_fleet: Nanos,
+    anchor_local: Nanos,
+    factor: f64,
+}
+
+impl Default for StretchClock {
+    fn default() -> Self {
+        StretchClock {
+            anchor_fleet: 0,
+            anchor_local: 0,
+            factor: 1.0,
+        }
+    }
+}
+
+impl StretchClock {
+    pub fn local(&self, fleet: Nanos) -> Nanos {
+        let d = fleet.saturating_sub(self.anchor_fleet);
+        // Exact integer arithmetic at factor 1, so a replay without slowdowns is the
+        // same to the nanosecond as one without a fault plan.
+        if self.factor == 1.0 {
+            return self.anchor_local + d;
+        }
+        self.anchor_local + (d as f64 / self.factor) as Nanos
+    }
+
+    /// The fleet time of a local instant at or after the last re-anchoring; rounded up so
+    /// a backend is never woken before its event.
+    pub fn fleet(&self, local: Nanos) -> Nanos {
+        let d = local.saturating_sub(self.anchor_local);
+        if self.factor == 1.0 {
+            return self.anchor_fleet + d;
+        }
+        self.anchor_fleet + (d as f64 * self.factor).ceil() as Nanos
+    }
+
+    pub fn factor(&self) -> f64 {
+        self.factor
+    }
+
+    /// Changes the slowdown from fleet time `now` on; time already passed keeps its rate.
+    pub fn set_factor(&mut self, now_fleet: Nanos, factor: f64) {
+        self.anchor_local = self.local(now_fleet);
+        self.anchor_fleet = now_fleet;
+        self.factor = factor;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_parses_and_sorts() {
+        let src = r#"
+[[fault]]
+at_s = 900
+backend = "h20-1"
+kind = "slowdown"
+factor = 3.0
+
+[[fault]]
+at_s = 60.5
+pool = "h20"
+kind = "fail"
+
+[[fault]]
+at_s = 120
+pool = "h20"
+kind = "recover"
+"#;
+        let plan = FaultPlan::parse(src, "faults.toml").unwrap();
+        assert_eq!(
+            plan.events,
+            [
+                FaultEvent {
+                    at_ns: 60_500_000_000,
+                    target: FaultTarget::Pool("h20".into()),
+                    action: FaultAction::Fail
+                },
+                FaultEvent {
+                    at_ns: 120_000_000_000,
+                    target: FaultTarget::Pool("h20".into()),
+                    action: FaultAction::Recover
+                },
+                FaultEvent {
+                    at_ns: 900_000_000_000,
+                    target: FaultTarget::Backend("h20-1".into()),
+                    action: FaultAction::Slowdown(3.0)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_fault_and_field() {
+        let src = "[[fault]]\nat_s = 1\npool = \"a\"\nkind = \"fail\"\n\n[[fault]]\nat_s = 2\npool = \"a\"\nkind = \"explode\"\n";
+        let e = FaultPlan::parse(src, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("f.toml:6: field `fault[1].kind`: unknown kind \"explode\""),
+            "{e}"
+        );
+        let e = FaultPlan::parse("[[fault]]\nat_s = 1\nkind = \"fail\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exactly one of `pool` or `backend`"), "{e}");
+        let e = FaultPlan::parse(
+            "[[fault]]\nat_s = 1\npool = \"a\"\nkind = \"slowdown\"\nfactor = -2\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("fault[0].factor"), "{e}");
+        let e = FaultPlan::parse(
+            "[[fault]]\nat_s = 1\npool = \"a\"\nkind = \"fail\"\nwhen = 3\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("when"), "{e}");
+    }
+
+    #[test]
+    fn the_stretch_clock_is_exact_at_factor_one_and_stretches_later_time() {
+        let mut c = StretchClock::default();
+        assert_eq!(c.local(123_456_789_012_345), 123_456_789_012_345);
+        c.set_factor(1000, 4.0);
+        assert_eq!(c.local(5000), 2000);
+        assert_eq!(c.fleet(2000), 5000);
+        c.set_factor(5000, 1.0);
+        assert_eq!(c.local(6000), 3000);
+        assert_eq!(c.fleet(3000), 6000);
+    }
+}
