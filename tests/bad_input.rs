@@ -229,7 +229,7 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
     .await;
     let mut c = inference(d.grpc_addr).await;
     let refuse = async |c: &mut InferenceClient<_>, req: proto::GenerateRequest| {
-        c.generate(req).await.err().expect("refused")
+        c.generate(req).await.expect_err("refused")
     };
 
     // Over the 4 MiB message limit: refused by the transport, before validation.
@@ -277,8 +277,7 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
     // Non-UTF-8 where the schema says string: a decode error naming the field.
     let s = raw_generate(d.grpc_addr, vec![0xff, 0xfe, b'a', 0xc3])
         .await
-        .err()
-        .expect("non-UTF-8 refused");
+        .expect_err("non-UTF-8 refused");
     assert!(
         matches!(s.code(), Code::Internal | Code::InvalidArgument),
         "{s:?}"

@@ -115,7 +115,7 @@ fn plan_writes_a_fleet_that_replay_loads_and_shards_merge_to_the_same_plan() {
         "--rate-scale",
         "4",
     ]));
-    assert!(replay.contains("least-work"), "{replay}");
+    assert!(replay.contains("predicted-latency"), "{replay}");
 
     // The same sweep in two shards, merged.
     let parts: Vec<PathBuf> = (0..2).map(|i| tmp(&format!("part-{i}.json"))).collect();

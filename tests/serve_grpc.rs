@@ -233,8 +233,7 @@ async fn admission_limits_shed_with_a_retry_hint() {
     let status = c
         .generate(request(100, 10))
         .await
-        .err()
-        .expect("third is shed");
+        .expect_err("third is shed");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(status.metadata().get("retry-after-ms").unwrap(), "750");
     let scrape = http_get(d.http_addr, "/metrics").await.1;
@@ -277,11 +276,7 @@ async fn failed_backends_make_requests_unavailable() {
         }
     };
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let status = c
-        .generate(request(100, 10))
-        .await
-        .err()
-        .expect("no backend");
+    let status = c.generate(request(100, 10)).await.expect_err("no backend");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     // Clearing one fault brings service back.
     a.clear_fault(proto::BackendRef {
@@ -668,8 +663,7 @@ async fn shutdown_refuses_new_work_and_lets_streams_finish() {
     let refused = c
         .generate(request(10, 10))
         .await
-        .err()
-        .expect("refused while draining");
+        .expect_err("refused while draining");
     assert_eq!(refused.code(), Code::Unavailable);
     let seen = in_flight.await.unwrap();
     assert!(seen.status.is_none(), "{:?}", seen.status);

@@ -360,7 +360,7 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_up_front() {
     // A long prompt whose prefill alone takes longer than a 1 ms deadline.
     let mut req = tonic::Request::new(request(7000, 10));
     req.set_timeout(Duration::from_millis(200));
-    let status = c.generate(req).await.err().expect("refused");
+    let status = c.generate(req).await.expect_err("refused");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("predicted"), "{status:?}");
     let scrape = http_get(d.http_addr, "/metrics").await.1;

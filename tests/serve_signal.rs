@@ -79,8 +79,7 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
     let refused = c
         .generate(request(10, 10))
         .await
-        .err()
-        .expect("new work refused while draining");
+        .expect_err("new work refused while draining");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
 
     let mut finished = false;

@@ -34,7 +34,7 @@ pub enum Command {
     /// Replay a trace in virtual time through the scheduler; compare policies.
     Replay(replay::Args),
     /// Plan the cheapest fleet that serves a trace within an SLO at a domestic-share floor.
-    Plan(plan::Args),
+    Plan(Box<plan::Args>),
     /// Trace tools: generate a synthetic trace, summarise a trace file.
     Trace(trace::Args),
     /// Open-loop load test of a running daemon from a trace or synthetic traffic.
@@ -52,7 +52,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Request(args) => request::run(args),
-        Command::Plan(args) => plan::run(args),
+        Command::Plan(args) => plan::run(*args),
         Command::Trace(args) => trace::run(args),
         Command::Load(args) => load::run(args),
         Command::Compare(args) => compare::run(args),

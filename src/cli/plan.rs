@@ -62,7 +62,7 @@ pub struct SweepArgs {
     #[arg(long, default_value = "chips")]
     pub share_by: String,
     /// Routing policy of the planned fleet (and of its verification replays).
-    #[arg(long, default_value = "least-work")]
+    #[arg(long, default_value = "predicted-latency")]
     pub policy: String,
     /// Multiply the trace's request rate (2 = plan for twice the traffic).
     #[arg(long, default_value_t = 1.0)]
@@ -152,13 +152,10 @@ impl ReplayRunner for ThreadPool {
                 })
                 .collect();
             for h in handles {
-                match h.join() {
-                    Ok(done) => {
-                        for (i, r) in done {
-                            slots[i] = Some(r);
-                        }
+                if let Ok(done) = h.join() {
+                    for (i, r) in done {
+                        slots[i] = Some(r);
                     }
-                    Err(_) => {}
                 }
             }
         });

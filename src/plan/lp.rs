@@ -29,6 +29,9 @@ pub enum LpOutcome {
 }
 
 const EPS: f64 = 1e-9;
+
+/// A constraint with a non-negative right side: coefficients, comparison, right side.
+type Row = (Vec<(usize, f64)>, Cmp, f64);
 /// Bland's rule cannot cycle, so this only guards against numerical trouble.
 const MAX_PIVOTS: usize = 50_000;
 
@@ -113,7 +116,7 @@ pub fn minimize(n_vars: usize, cost: &[f64], constraints: &[Constraint]) -> LpOu
     assert_eq!(cost.len(), n_vars, "one cost per variable");
     let m = constraints.len();
     // Make every right side non-negative, flipping the comparison with the sign.
-    let rows: Vec<(Vec<(usize, f64)>, Cmp, f64)> = constraints
+    let rows: Vec<Row> = constraints
         .iter()
         .map(|c| {
             if c.rhs < 0.0 {

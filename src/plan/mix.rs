@@ -48,8 +48,9 @@ impl MixProblem {
         cost[..nc].copy_from_slice(&self.cost);
         let mut rows = Vec::new();
         for b in 0..nb {
-            let coeffs: Vec<(usize, f64)> = (0..nc)
-                .filter_map(|c| share_var[c][b].map(|v| (v, 1.0)))
+            let coeffs: Vec<(usize, f64)> = share_var
+                .iter()
+                .filter_map(|row| row[b].map(|v| (v, 1.0)))
                 .collect();
             if coeffs.is_empty() {
                 return None;

@@ -111,7 +111,7 @@ pub const POLICIES: &[PolicyInfo] = &[
     },
     PolicyInfo {
         name: "predicted-latency",
-        summary: "lowest predicted TTFT + TPOT·tokens per pool from queue state and PerfModel; ties by cost",
+        summary: "lowest predicted TTFT per pool (queue state + PerfModel) among pools that keep TPOT within the SLO; ties by cost",
         params: "per_pool = 2, tie_tolerance = 0.05",
     },
     PolicyInfo {

@@ -1,12 +1,16 @@
-//! `slo-cost`: the cheapest pool (by dollars per million output tokens) whose predicted
-//! TTFT and TPOT meet the request's SLO with some headroom; if none does, the pool with
-//! the lowest predicted latency. Fills cheap domestic capacity first and pays for fast
-//! chips only when the SLO needs them.
+//! `slo-cost`: the cheapest pool whose predicted TTFT and TPOT meet the request's SLO
+//! with some headroom; if none does, the pool with the lowest predicted latency. Fills
+//! cheap capacity first and pays for fast chips only when the SLO needs them.
+//!
+//! "Cheapest" is the price of serving *this* request on the pool: its prefill time plus
+//! its share of a full decode batch, times the pool's price per hour. A pool's price per
+//! output token alone would call a chip that decodes fast but prefills slowly (H20)
+//! cheap for every request, when for a long prompt it is the expensive choice.
 
 use super::candidates::PickRng;
 use super::predicted_latency::best_per_pool;
 use super::{bad, params, Policy, PolicyError};
-use crate::fleet::{BackendId, LoadView};
+use crate::fleet::{BackendId, LoadView, PoolInfo};
 use crate::request::{Nanos, Request, Slo, NANOS_PER_MS};
 
 #[derive(Debug, serde::Deserialize)]
@@ -78,7 +82,7 @@ impl Policy for SloCost {
         let mut fastest: Option<(u64, BackendId)> = None;
         best_per_pool(view, req, &mut rng, self.per_pool, |pool, b, p| {
             if p.meets(&slo, self.headroom) {
-                let key = (pool.usd_per_mtok, p.e2e_ns);
+                let key = (request_cost(pool, req), p.e2e_ns);
                 if cheapest_ok.is_none_or(|(c, e, _)| key.0 < c || (key.0 == c && key.1 < e)) {
                     cheapest_ok = Some((key.0, key.1, b));
                 }
@@ -89,6 +93,16 @@ impl Policy for SloCost {
         });
         cheapest_ok.map(|c| c.2).or(fastest.map(|f| f.1))
     }
+}
+
+/// Dollars (scaled: price per hour × nanoseconds) one backend of `pool` spends on `req`:
+/// its prefill, plus its output tokens at the pool's full-batch decode rate.
+fn request_cost(pool: &PoolInfo, req: &Request) -> f64 {
+    let batch = pool.config.max_num_seqs.max(1);
+    let decode_ns =
+        u64::from(req.max_tokens) as f64 * pool.decode_step_ns(batch) as f64 / f64::from(batch);
+    let busy_ns = pool.prefill_ns(u64::from(req.prompt_tokens)) as f64 + decode_ns;
+    busy_ns * pool.price_per_hour_usd
 }
 
 #[cfg(test)]

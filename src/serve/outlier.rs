@@ -133,7 +133,7 @@ impl OutlierDetector {
                 continue;
             };
             let fresh = b.samples.saturating_sub(e.samples_at_ejection);
-            if fresh >= self.cfg.min_samples.min(4).max(1) && b.ratio <= self.cfg.recover_ratio {
+            if fresh >= self.cfg.min_samples.clamp(1, 4) && b.ratio <= self.cfg.recover_ratio {
                 self.ejected.remove(&b.backend);
                 actions.push(OutlierAction::Readmit(b.backend));
             } else if b.idle

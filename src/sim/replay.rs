@@ -417,7 +417,10 @@ impl Replay {
                     f.resumed += produced;
                     f.moves += 1;
                     f.backend = BackendId(nb as u32);
+                    // The request now belongs to the pool that will complete it.
+                    self.per_pool[f.pool].requests -= 1;
                     f.pool = self.backend_pool[nb];
+                    self.per_pool[f.pool].requests += 1;
                     self.in_flight.insert(id, f);
                 }
                 Err(_) => self.lose(f),

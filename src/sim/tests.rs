@@ -299,3 +299,23 @@ fn unknown_fault_targets_are_named() {
         .unwrap();
     assert!(err.contains("a-9") && err.contains("a-0, a-1"), "{err}");
 }
+
+#[test]
+fn moved_requests_are_counted_in_the_pool_that_completes_them() {
+    let pools = vec![pool("a", 2, 1.0), pool("b", 2, 1.0)];
+    let (r, s) = replay_with_faults(
+        pools,
+        "least-work",
+        synthetic(4.0, 1_200, 21),
+        FAIL_A_AT_PEAK,
+    );
+    assert!(s.migrated + s.rerouted > 0);
+    for p in &r.pools {
+        assert_eq!(
+            p.stats.requests,
+            p.stats.completed + p.stats.rejected,
+            "{}",
+            p.pool
+        );
+    }
+}
