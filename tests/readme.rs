@@ -1,0 +1,227 @@
+//! The README is a contract: every command in its `sh` blocks is run here, in order, against
+//! the real binary (a daemon line ending in `&` runs in the background until the end), and
+//! the tables and configuration it documents are checked against the code, so the README
+//! cannot drift from what dujiang does. `cargo test` itself is what runs this file.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+/// Code blocks of one language, in order.
+fn blocks(text: &str, lang: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(c) = current.as_mut() {
+            if line.trim_start().starts_with("```") {
+                out.push(current.take().unwrap());
+            } else {
+                c.push_str(line);
+                c.push('\n');
+            }
+        } else if line.trim_start() == format!("```{lang}") {
+            current = Some(String::new());
+        }
+    }
+    out
+}
+
+fn http_get(path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", 9464)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let code = body.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body))
+}
+
+struct Background(Vec<Child>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn every_readme_command_runs() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let work = std::env::temp_dir().join(format!("dujiang-readme-{}", std::process::id()));
+    let bin_dir = work.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let link = |from: &Path, to: &Path| {
+        let _ = std::fs::remove_file(to);
+        std::os::unix::fs::symlink(from, to).unwrap();
+    };
+    link(
+        Path::new(env!("CARGO_BIN_EXE_dujiang")),
+        &bin_dir.join("dujiang"),
+    );
+    link(&repo.join("tests"), &work.join("tests"));
+    link(&repo.join("config"), &work.join("config"));
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let mut background = Background(Vec::new());
+    let mut ran = 0;
+    let text = readme();
+    for block in blocks(&text, "sh") {
+        for raw in block.lines() {
+            // Strip a trailing comment; skip blank lines.
+            let line = raw.split("  #").next().unwrap().trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line == "cargo test" {
+                continue; // this very test run
+            }
+            let line = line.replace("cargo run --release -- ", "dujiang ");
+            if let Some(cmd) = line.strip_suffix('&') {
+                if line.contains(" serve") && !background.0.is_empty() {
+                    continue;
+                }
+                let log = std::fs::File::create(work.join(format!("bg-{ran}.log"))).unwrap();
+                let child = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("exec {}", cmd.trim()))
+                    .current_dir(&work)
+                    .env("PATH", &path)
+                    .stdout(Stdio::from(log.try_clone().unwrap()))
+                    .stderr(Stdio::from(log))
+                    .spawn()
+                    .unwrap();
+                background.0.push(child);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while http_get("/readyz").is_none_or(|(code, _)| code != 200) {
+                    assert!(Instant::now() < deadline, "`{cmd}` never became ready");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                ran += 1;
+                continue;
+            }
+            if line.starts_with("dujiang serve") {
+                // The set-up line: the tour's background daemon already proved it serves.
+                continue;
+            }
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(&line)
+                .current_dir(&work)
+                .env("PATH", &path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "README command failed: {line}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !line.contains("--out ") {
+                assert!(!out.stdout.is_empty(), "`{line}` printed nothing");
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 12, "only {ran} README commands found");
+    // What the tour promised to leave behind.
+    for f in [
+        "load.json",
+        "replay.json",
+        "report.html",
+        "day.jsonl",
+        "planned.toml",
+    ] {
+        assert!(work.join(f).exists(), "{f} was not written");
+    }
+    let planned = dujiang::fleet::FleetSpec::load(&work.join("planned.toml")).unwrap();
+    assert!(planned
+        .resolve(&dujiang::profile::Catalogue::embedded())
+        .is_ok());
+}
+
+#[test]
+fn policies_table_lists_every_policy_as_the_code_describes_it() {
+    let text = readme();
+    for p in dujiang::policy::POLICIES {
+        let row = format!("| `{}` | {} |", p.name, p.summary);
+        assert!(text.contains(&row), "README policies table lacks: {row}");
+    }
+}
+
+#[test]
+fn metrics_table_names_every_metric_the_daemon_exports() {
+    let text = readme();
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs"))
+        .unwrap();
+    let names: Vec<&str> = src
+        .lines()
+        .filter(|l| l.trim_start().starts_with("pub const") && l.contains("\"dujiang_"))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(names.len() >= 15, "{names:?}");
+    for n in names {
+        assert!(
+            text.contains(&format!("| `{n}` |")),
+            "README metrics table lacks {n}"
+        );
+    }
+}
+
+#[test]
+fn configuration_reference_matches_the_code() {
+    let text = readme();
+    let tomls = blocks(&text, "toml");
+    assert!(
+        tomls
+            .iter()
+            .any(|b| b.trim() == dujiang::serve::DEFAULT_CONFIG_TOML.trim()),
+        "the README's default configuration differs from `dujiang serve --print-default-config`"
+    );
+    let fleet = tomls
+        .iter()
+        .find(|b| b.contains("[pools."))
+        .expect("a fleet example");
+    let spec =
+        dujiang::fleet::FleetSpec::parse(fleet, "README.md").unwrap_or_else(|e| panic!("{e}"));
+    let pools = spec
+        .resolve(&dujiang::profile::Catalogue::embedded())
+        .unwrap();
+    let by_name = |n: &str| pools.iter().find(|p| p.name == n).unwrap();
+    let h20 = by_name("h20");
+    // The documented defaults are the ones the code applies.
+    assert_eq!(
+        (h20.max_num_seqs, h20.max_batched_tokens, h20.block_size),
+        (128, 8192, 16)
+    );
+    let plain = by_name("ascend-910b");
+    assert_eq!(plain.max_num_seqs, plain.perf.chip.max_batch);
+    assert_eq!(
+        (plain.max_batched_tokens, plain.block_size, plain.perf.tp),
+        (8192, 16, 1)
+    );
+}
