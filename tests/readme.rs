@@ -3,6 +3,9 @@
 //! the tables and configuration it documents are checked against the code, so the README
 //! cannot drift from what dujiang does. `cargo test` itself is what runs this file.
 
+// Polling child processes from a plain test thread: there is no runtime to sleep on.
+#![allow(clippy::disallowed_methods)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
