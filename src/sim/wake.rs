@@ -1,11 +1,12 @@
-//! The queue of engine wake-up times: an indexed binary min-heap with one slot per
-//! backend, so a backend whose next event moves (every arrival can split a decode
+//! The queue of engine wake-up times: an indexed 4-ary min-heap (half the depth of a
+//! binary one, and four children share a cache line) with one slot per backend, so a backend whose next event moves (every arrival can split a decode
 //! stretch) is re-keyed in place instead of leaving stale entries behind. Ties break by
 //! backend id, which keeps replays deterministic.
 
 use crate::request::Nanos;
 
 const ABSENT: u32 = u32::MAX;
+const ARITY: usize = 4;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WakeQueue {
@@ -70,7 +71,7 @@ impl WakeQueue {
 
     fn up(&mut self, mut i: usize) {
         while i > 0 {
-            let parent = (i - 1) / 2;
+            let parent = (i - 1) / ARITY;
             if self.heap[i] < self.heap[parent] {
                 self.swap(i, parent);
                 i = parent;
@@ -82,13 +83,13 @@ impl WakeQueue {
 
     fn down(&mut self, mut i: usize) {
         loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let first = ARITY * i + 1;
+            let last = (first + ARITY).min(self.heap.len());
             let mut m = i;
-            if l < self.heap.len() && self.heap[l] < self.heap[m] {
-                m = l;
-            }
-            if r < self.heap.len() && self.heap[r] < self.heap[m] {
-                m = r;
+            for c in first..last {
+                if self.heap[c] < self.heap[m] {
+                    m = c;
+                }
             }
             if m == i {
                 break;
