@@ -138,7 +138,17 @@ fn frontend(c: &mut Criterion) {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(InferenceServer::new(Echo { reply }))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                // TCP_NODELAY as the daemon sets it, so both sides pay the same for small
+                // writes and the comparison is of the servers, not of Nagle's algorithm.
+                .serve_with_incoming(tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |conn| {
+                        if let Ok(tcp) = &conn {
+                            let _ = tcp.set_nodelay(true);
+                        }
+                        conn
+                    },
+                )),
         );
         let echo = connect(addr).await;
         std::mem::forget(d);
