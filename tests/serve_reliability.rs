@@ -324,6 +324,7 @@ async fn ten_times_overload_sheds_batch_first_and_serves_what_it_accepted() {
             Some(s) => panic!("accepted work must finish within its deadline: {s:?}"),
         }
     }
+    eprintln!("overload: served [interactive, batch] = {ok:?}, shed = {shed:?}");
     assert_eq!(ok[0] + ok[1] + shed[0] + shed[1], 320);
     assert!(ok[0] + ok[1] >= 32, "the admitted share is served: {ok:?}");
     assert!(
