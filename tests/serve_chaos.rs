@@ -23,30 +23,8 @@ const CLIENTS: u64 = 48;
 const LOAD: Duration = Duration::from_secs(10);
 const BACKENDS: [&str; 4] = ["h20-0", "h20-1", "h20-2", "h20-3"];
 
-/// The daemon's placeholder token text, one word per token index (see `serve::inference`).
-const WORDS: [&str; 16] = [
-    " the",
-    " river",
-    " splits",
-    " into",
-    " two",
-    " channels",
-    " at",
-    " the",
-    " weir",
-    ",",
-    " and",
-    " water",
-    " flows",
-    " on",
-    " evenly",
-    ".",
-];
-
 fn expected_text(tokens: u32) -> String {
-    (0..tokens as usize)
-        .map(|i| WORDS[i % WORDS.len()])
-        .collect()
+    dujiang::serve::token_text(0, tokens)
 }
 
 /// What one client saw, summed.

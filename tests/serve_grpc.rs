@@ -670,3 +670,16 @@ async fn shutdown_refuses_new_work_and_lets_streams_finish() {
     assert_eq!(seen.tokens, 100);
     d.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn started_names_the_request_whether_or_not_the_client_gave_an_id() {
+    let d = start(two_h20()).await;
+    let mut c = inference(d.grpc_addr).await;
+    let anonymous = generate(&mut c, tonic::Request::new(request(100, 2))).await;
+    let id = anonymous.started.unwrap().request_id;
+    assert!(id.starts_with("dj-"), "generated id {id:?}");
+    let mut named = request(100, 2);
+    named.request_id = "chat-42".into();
+    let seen = generate(&mut c, tonic::Request::new(named)).await;
+    assert_eq!(seen.started.unwrap().request_id, "chat-42");
+}

@@ -299,8 +299,15 @@ impl Daemon {
         let refused = match deliveries.recv().await {
             Some(Delivery::Admitted) => {
                 self.metrics.accepted();
+                // The request id is optional on the wire: one the client left empty is
+                // generated here, so every Started names its request.
+                let client_id = if v.client_id.is_empty() {
+                    format!("dj-{}", request.id)
+                } else {
+                    v.client_id
+                };
                 return Ok(Accepted {
-                    client_id: v.client_id,
+                    client_id,
                     backend,
                     deliveries,
                     deadline,

@@ -347,7 +347,9 @@ const WORDS: [&str; 16] = [
     ".",
 ];
 
-fn token_text(first: u32, count: u32) -> String {
+/// The text of tokens `first .. first + count` of any stream: the same for every request,
+/// so a client (or a test) can check that a migrated stream repeated or skipped nothing.
+pub fn token_text(first: u32, count: u32) -> String {
     let mut s = String::with_capacity(count as usize * 6);
     for i in first..first + count {
         s.push_str(WORDS[i as usize % WORDS.len()]);

@@ -29,7 +29,7 @@ pub use clock::SimClock;
 pub use config::{AdmissionLimits, ReliabilityConfig, ServeConfig, DEFAULT_CONFIG_TOML};
 pub use daemon::{estimate_tokens, Daemon, FleetInput};
 pub use error::{ServeError, RETRY_AFTER_MS};
-pub use inference::grpc_timeout;
+pub use inference::{grpc_timeout, token_text};
 
 use crate::metrics::Outcome;
 use anyhow::Context as _;
