@@ -62,6 +62,9 @@ pub const BACKEND_EJECTIONS_TOTAL: &str = "dujiang_backend_ejections_total";
 pub const BACKEND_READMISSIONS_TOTAL: &str = "dujiang_backend_readmissions_total";
 /// Per backend: 1 while ejected as a straggler, else 0.
 pub const BACKEND_EJECTED: &str = "dujiang_backend_ejected";
+/// Per backend: 1 while it takes new requests (serving), 0 while draining, failed,
+/// ejected or removed. `sum(dujiang_backend_serving) == 0` means nothing can be routed.
+pub const BACKEND_SERVING: &str = "dujiang_backend_serving";
 /// Per backend: EWMA of observed over predicted step time (1 = as modelled).
 pub const BACKEND_STEP_TIME_RATIO: &str = "dujiang_backend_step_time_ratio";
 
@@ -147,6 +150,7 @@ pub struct BackendGauges {
     pub kv_usage: Gauge,
     pub ejected: Gauge,
     pub step_time_ratio: Gauge,
+    pub serving: Gauge,
 }
 
 /// One daemon's metrics: a private Prometheus recorder, cached handles, and exact per-pool
@@ -314,6 +318,12 @@ impl Metrics {
             1,
         );
         d(
+            BACKEND_SERVING,
+            None,
+            "1 while a backend takes new requests; 0 while draining, failed, ejected or removed.",
+            1,
+        );
+        d(
             BACKEND_RUNNING_REQUESTS,
             None,
             "Requests in a backend's running batch.",
@@ -442,7 +452,9 @@ impl Metrics {
             kv_usage: g(BACKEND_KV_USAGE_RATIO),
             ejected: g(BACKEND_EJECTED),
             step_time_ratio: g(BACKEND_STEP_TIME_RATIO),
+            serving: g(BACKEND_SERVING),
         };
+        gauges.serving.set(1.0);
         gauges.ejected.set(0.0);
         gauges.step_time_ratio.set(1.0);
         gauges

@@ -278,6 +278,20 @@ async fn failed_backends_make_requests_unavailable() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = c.generate(request(100, 10)).await.expect_err("no backend");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The serving gauges (what the no-healthy-backend alert reads) drop to zero.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = http_get(d.http_addr, "/metrics").await;
+        let serving: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("dujiang_backend_serving{"))
+            .collect();
+        if serving.len() == 2 && serving.iter().all(|l| l.ends_with(" 0")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{serving:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Clearing one fault brings service back.
     a.clear_fault(proto::BackendRef {
         backend: "h20-1".into(),

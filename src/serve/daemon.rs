@@ -445,8 +445,13 @@ impl Daemon {
         for b in &handles {
             let Some(entry) = membership.backend(b.id) else {
                 det.forget(b.id.0);
+                b.gauges.serving.set(0.0);
                 continue;
             };
+            // Kept current here, on the outlier tick, so operator drains, failures and
+            // ejections all show within one check interval.
+            let serving = entry.state == BackendState::Serving;
+            b.gauges.serving.set(if serving { 1.0 } else { 0.0 });
             if det.is_ejected(b.id.0) && entry.state != BackendState::Draining {
                 // An operator resumed or failed it: no longer ours to manage.
                 det.forget(b.id.0);
