@@ -281,10 +281,6 @@ impl Engine {
         &self.perf
     }
 
-    pub fn perf_arc(&self) -> &Arc<PerfModel> {
-        &self.perf
-    }
-
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }
