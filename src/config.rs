@@ -18,15 +18,27 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Writes `file[:line[:column]]`, the place prefix every input error in dujiang starts with
+/// (config files here, trace lines in `trace`), so editors and terminals can jump to it.
+pub fn write_place(
+    f: &mut fmt::Formatter<'_>,
+    file: &str,
+    line: Option<impl fmt::Display>,
+    column: Option<usize>,
+) -> fmt::Result {
+    write!(f, "{file}")?;
+    if let Some(line) = line {
+        write!(f, ":{line}")?;
+        if let Some(col) = column {
+            write!(f, ":{col}")?;
+        }
+    }
+    Ok(())
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(col) = self.column {
-                write!(f, ":{col}")?;
-            }
-        }
+        write_place(f, &self.file, self.line, self.column)?;
         if let Some(field) = &self.field {
             write!(f, ": field `{field}`")?;
         }

@@ -62,13 +62,7 @@ impl TraceError {
 
 impl fmt::Display for TraceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(col) = self.column {
-                write!(f, ":{col}")?;
-            }
-        }
+        crate::config::write_place(f, &self.file, self.line, self.column)?;
         if let Some(field) = &self.field {
             write!(f, ": {field}")?;
         }
