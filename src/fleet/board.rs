@@ -43,6 +43,18 @@ impl LoadSlot {
         self.predicted_drain_ns.store(s.predicted_drain_ns, Relaxed);
     }
 
+    /// Counts a request the router has just sent here, before the backend's driver has
+    /// taken it in. Without this, requests arriving together all see the backend as it was
+    /// and herd onto it; the driver's next [`Self::store`] replaces the estimate with the
+    /// engine's own figures, which include the request by then.
+    pub fn add_routed(&self, prompt_tokens: u32, max_tokens: u32) {
+        self.waiting.fetch_add(1, Relaxed);
+        self.queued_prefill_tokens
+            .fetch_add(u64::from(prompt_tokens), Relaxed);
+        self.remaining_decode_tokens
+            .fetch_add(u64::from(max_tokens), Relaxed);
+    }
+
     pub fn snapshot(&self) -> LoadSnapshot {
         LoadSnapshot {
             waiting: self.waiting.load(Relaxed),
@@ -118,6 +130,13 @@ impl AtomicLoadBoard {
     pub fn store(&self, backend: BackendId, load: &LoadSnapshot) {
         if let Some(slot) = self.current.load().slots.get(backend.index()) {
             slot.store(load);
+        }
+    }
+
+    /// See [`LoadSlot::add_routed`].
+    pub fn add_routed(&self, backend: BackendId, prompt_tokens: u32, max_tokens: u32) {
+        if let Some(slot) = self.current.load().slots.get(backend.index()) {
+            slot.add_routed(prompt_tokens, max_tokens);
         }
     }
 
@@ -201,6 +220,31 @@ mod tests {
         assert_eq!(view.load(BackendId(2)), load);
         assert_eq!(board.view().load(BackendId(2)).outstanding(), 10);
         assert_eq!(view.load(BackendId(99)), LoadSnapshot::default());
+    }
+
+    #[test]
+    fn routed_requests_count_until_the_driver_reports() {
+        let board = AtomicLoadBoard::new(fast_and_slow(1));
+        board.add_routed(BackendId(1), 500, 40);
+        board.add_routed(BackendId(1), 300, 10);
+        let seen = board.view().load(BackendId(1));
+        assert_eq!(
+            (
+                seen.waiting,
+                seen.queued_prefill_tokens,
+                seen.remaining_decode_tokens
+            ),
+            (2, 800, 50)
+        );
+        // The driver's own figures replace the router's estimate.
+        let truth = LoadSnapshot {
+            running: 2,
+            remaining_decode_tokens: 48,
+            ..Default::default()
+        };
+        board.store(BackendId(1), &truth);
+        assert_eq!(board.view().load(BackendId(1)), truth);
+        assert_eq!(board.view().load(BackendId(0)), LoadSnapshot::default());
     }
 
     #[test]

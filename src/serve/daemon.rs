@@ -285,6 +285,8 @@ impl Daemon {
             .load()
             .on_routed(&request, backend.id, &self.board.view(), request.arrival);
         let (tx, mut deliveries) = unbounded_channel();
+        self.board
+            .add_routed(backend.id, request.prompt_tokens, request.max_tokens);
         if !backend.send(Command::Admit {
             req: request.clone(),
             deliver: tx,
