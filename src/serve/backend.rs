@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// What a driver tells the handler of one request, in order: `Admitted` or `Refused`
@@ -227,6 +228,7 @@ pub fn spawn_backend(
     });
     let slot = ctx.board.slot(id).unwrap_or_default();
     let driver = Driver {
+        last_fleet: 0,
         engine: Engine::new(perf, cfg),
         clock: BackendClock::default(),
         ctx: ctx.clone(),
@@ -274,7 +276,15 @@ struct InFlight {
     resumed: u32,
 }
 
+/// tokio's timer fires on whole-millisecond ticks, so a sleep ends up to 1 ms after its
+/// deadline: 0.5 ms late on average, which `--time-scale` multiplies into simulated time.
+/// Aiming half a tick early, and treating an event that close as due, centres deliveries
+/// on their modelled times instead (±0.5 ms).
+const TIMER_SLACK: Duration = Duration::from_micros(500);
+
 struct Driver {
+    /// The latest fleet time this driver has advanced its engine to.
+    last_fleet: Nanos,
     engine: Engine,
     clock: BackendClock,
     ctx: Arc<DriverContext>,
@@ -301,23 +311,29 @@ struct Driver {
 impl Driver {
     async fn run(mut self) {
         loop {
-            let wake = self
+            let due = self
                 .engine
                 .next_event_at()
-                .map(|local| self.ctx.clock.instant_at(self.clock.fleet(local)));
+                .map(|local| self.clock.fleet(local));
+            let wake = due.map(|fleet| self.ctx.clock.instant_at(fleet));
             let cmd = match wake {
-                // Already due (a request just admitted to an idle engine, or a step of a
-                // zero-latency profile): tokio's timer works in whole milliseconds, so
-                // sleeping would add up to a millisecond per event for nothing.
-                Some(at) if at <= std::time::Instant::now() => None,
+                // Due, or due within the timer's slack (a request just admitted to an idle
+                // engine, a step of a zero-latency profile): no sleep at all.
+                Some(at) if at <= Instant::now() + TIMER_SLACK => None,
                 Some(at) => tokio::select! {
                     biased;
                     cmd = self.rx.recv() => Some(cmd),
-                    () = tokio::time::sleep_until(at.into()) => None,
+                    () = tokio::time::sleep_until(at.checked_sub(TIMER_SLACK).unwrap_or(at).into()) => None,
                 },
                 None => Some(self.rx.recv().await),
             };
-            let now_fleet = self.ctx.clock.now();
+            // Engine time never runs backwards, and a timer wake-up counts as the event
+            // it was set for even if it fired up to TIMER_SLACK early.
+            let mut now_fleet = self.ctx.clock.now().max(self.last_fleet);
+            if cmd.is_none() {
+                now_fleet = now_fleet.max(due.unwrap_or(0));
+            }
+            self.last_fleet = now_fleet;
             self.advance(now_fleet);
             let mut exit = None;
             match cmd {
