@@ -74,12 +74,17 @@ pub fn drain_ns(pool: &PoolInfo, load: &LoadSnapshot) -> Nanos {
     pool.prefill_ns(load.queued_prefill_tokens) + decode_steps * pool.decode_step_ns(batch)
 }
 
-/// Outstanding work after adding `req`, in nanoseconds of the backend's time: its drain
-/// time plus the request's prefill and its share of the decode batch it joins.
+/// Outstanding work after adding `req`, in nanoseconds of the backend's time: every
+/// prompt token it holds (and this request's) at its prefill speed, plus every output token
+/// still to generate at its full-batch decode throughput. Speeds, not single-request
+/// latencies: a chip with a large fixed step cost (eager-mode Ascend) decodes slowly for
+/// one sequence but shares each step across a whole batch, and judging it by one
+/// sequence's pace would herd every request onto the chip with the fastest single stream.
 pub fn work_ns(pool: &PoolInfo, load: &LoadSnapshot, req: &Request) -> Nanos {
-    let batch = (load.outstanding() + 1).min(pool.config.max_num_seqs.max(1));
-    let own_decode = u64::from(req.max_tokens) * pool.decode_step_ns(batch) / u64::from(batch);
-    drain_ns(pool, load) + pool.prefill_ns(u64::from(req.prompt_tokens)) + own_decode
+    let prefill = pool.prefill_ns(load.queued_prefill_tokens + u64::from(req.prompt_tokens));
+    let decode_tokens = (load.remaining_decode_tokens + u64::from(req.max_tokens)) as f64;
+    let decode = decode_tokens / pool.decode_tokens_per_s.max(1e-9) * 1e9;
+    prefill.saturating_add(decode as Nanos)
 }
 
 #[cfg(test)]

@@ -150,23 +150,30 @@ fn timeline_and_cdfs_cover_the_run() {
 }
 
 #[test]
-fn predicted_latency_beats_round_robin_on_the_demo_fleet() {
+fn chip_aware_policies_beat_round_robin_on_the_demo_fleet() {
     // The daemon's own default fleet (H20, Ascend 910B, MLU590) under Azure-like chat
-    // traffic: the default policy must earn its place against load-blind routing.
+    // traffic: the chip-aware policies must earn their place against load-blind routing.
     let spec = crate::fleet::FleetSpec::embedded_demo();
     let pools = spec
         .resolve(&crate::profile::Catalogue::embedded())
         .unwrap();
     let trace = synthetic(7.0, 4_000, 21);
     let rr = replay(pools.clone(), "round-robin", trace.clone());
-    let pl = replay(pools, "predicted-latency", trace);
-    assert!(
-        pl.stats.ttft_ms.p99 < rr.stats.ttft_ms.p99,
-        "p99 TTFT {} vs round-robin {}",
-        pl.stats.ttft_ms.p99,
-        rr.stats.ttft_ms.p99
-    );
-    assert!(pl.stats.slo_attainment >= rr.stats.slo_attainment);
+    for policy in ["predicted-latency", "least-work", "slo-cost"] {
+        let smart = replay(pools.clone(), policy, trace.clone());
+        assert!(
+            smart.stats.ttft_ms.p99 < rr.stats.ttft_ms.p99,
+            "{policy}: p99 TTFT {} vs round-robin {}",
+            smart.stats.ttft_ms.p99,
+            rr.stats.ttft_ms.p99
+        );
+        assert!(
+            smart.stats.slo_attainment >= rr.stats.slo_attainment,
+            "{policy}: SLO {} vs round-robin {}",
+            smart.stats.slo_attainment,
+            rr.stats.slo_attainment
+        );
+    }
 }
 
 fn replay_with_faults(
