@@ -29,7 +29,7 @@ pub use least_kv::LeastKv;
 pub use least_outstanding::LeastOutstanding;
 pub use least_work::LeastWork;
 pub use power_of_two::PowerOfTwo;
-pub use predict::{drain_ns, predict, work_ns, Prediction};
+pub use predict::{predict, work_ns, Prediction};
 pub use predicted_latency::PredictedLatency;
 pub use prefix_affinity::PrefixAffinity;
 pub use random::Random;

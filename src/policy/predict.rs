@@ -67,13 +67,6 @@ pub fn predict(pool: &PoolInfo, load: &LoadSnapshot, req: &Request) -> Predictio
     }
 }
 
-/// Time for a backend of `pool` to finish what it holds, if nothing else arrived.
-pub fn drain_ns(pool: &PoolInfo, load: &LoadSnapshot) -> Nanos {
-    let batch = load.outstanding().clamp(1, pool.config.max_num_seqs.max(1));
-    let decode_steps = load.remaining_decode_tokens / u64::from(batch);
-    pool.prefill_ns(load.queued_prefill_tokens) + decode_steps * pool.decode_step_ns(batch)
-}
-
 /// Outstanding work after adding `req`, in nanoseconds of the backend's time: every
 /// prompt token it holds (and this request's) at its prefill speed, plus every output token
 /// still to generate at its full-batch decode throughput. Speeds, not single-request
@@ -121,7 +114,11 @@ mod tests {
         assert_eq!(fi.e2e_ns, fi.ttft_ns + 199 * fi.tpot_ns);
         assert!(work_ns(fast, &idle, &r) < work_ns(fast, &busy, &r));
         assert!(work_ns(fast, &busy, &r) < work_ns(slow, &busy, &r));
-        assert_eq!(drain_ns(fast, &idle), 0);
+        assert_eq!(
+            work_ns(fast, &idle, &req(0, 0)),
+            0,
+            "an idle backend holds no work"
+        );
     }
 
     #[test]
