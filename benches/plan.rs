@@ -9,50 +9,18 @@
 //! `cargo bench --bench plan -- --measurement-time 2 --warm-up-time 1`
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use dujiang::cli::ThreadPool;
 use dujiang::fleet::PolicySpec;
 use dujiang::plan::{
-    self, candidates, measure, PlanInputs, PlanReport, PlanSettings, ReplayJob, ReplayRunner,
-    Shard, ShareBy, SloSpec, Workload, DEFAULT_SLO,
+    self, candidates, measure, PlanInputs, PlanReport, PlanSettings, ReplayRunner, Shard, ShareBy,
+    SloSpec, Workload, DEFAULT_SLO,
 };
 use dujiang::profile::Catalogue;
-use dujiang::sim::PolicyReport;
 use dujiang::trace::{self, Format, ReadOptions, TraceExt, TraceRecord};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const TRACE: &str = "../shared/traces/azure-llm-2023-conv.csv";
-
-/// Every core, each taking the next job.
-struct Threads(usize);
-
-impl ReplayRunner for Threads {
-    fn run_all(&self, jobs: &[ReplayJob]) -> Vec<Result<PolicyReport, String>> {
-        let next = AtomicUsize::new(0);
-        let mut out: Vec<Option<Result<PolicyReport, String>>> = vec![None; jobs.len()];
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..self.0)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(job) = jobs.get(i) else { break };
-                            done.push((i, job.run()));
-                        }
-                        done
-                    })
-                })
-                .collect();
-            for w in workers {
-                for (i, r) in w.join().expect("replay thread") {
-                    out[i] = Some(r);
-                }
-            }
-        });
-        out.into_iter().map(|r| r.expect("every job ran")).collect()
-    }
-}
 
 fn inputs(rate_scale: f64) -> PlanInputs {
     PlanInputs {
@@ -109,7 +77,7 @@ fn bench(c: &mut Criterion) {
         return;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runner = Threads(threads);
+    let runner = ThreadPool { threads };
     let mut group = c.benchmark_group("plan/azure-conv-4-chips");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(30));

@@ -14,6 +14,8 @@ mod request;
 mod serve;
 mod trace;
 
+pub use plan::ThreadPool;
+
 #[derive(Parser, Debug)]
 #[command(name = "dujiang", version, about = "Heterogeneous-accelerator LLM inference scheduler", long_about = None)]
 pub struct Cli {

@@ -125,8 +125,9 @@ pub struct MergeArgs {
 }
 
 /// Runs each batch of replays on up to `threads` scoped threads, results in job order.
-struct ThreadPool {
-    threads: usize,
+/// Threads belong to this layer, not to the pure planner; the plan bench uses it too.
+pub struct ThreadPool {
+    pub threads: usize,
 }
 
 impl ReplayRunner for ThreadPool {
