@@ -786,11 +786,16 @@ impl Engine {
     /// Blocks needed to prefill `chunk` more tokens of `s` (plus room for the token the
     /// last chunk produces).
     fn chunk_blocks(&self, s: &Seq, chunk: u32) -> u64 {
-        let after = s.prefilled + chunk;
-        let tokens = u64::from(after) + u64::from(after == s.prefill_target);
         let cached = s.cached_tokens(self.cfg.prefix_block_tokens);
-        self.block_of(tokens - cached)
+        self.blocks_after(s.prefilled + chunk, s.prefill_target, cached)
             .saturating_sub(s.private_blocks)
+    }
+
+    /// Private blocks a sequence holds once `after` of its `target` prefill tokens are in
+    /// KV (the last chunk also makes room for the token it produces).
+    fn blocks_after(&self, after: u32, target: u32, cached_tokens: u64) -> u64 {
+        let tokens = u64::from(after) + u64::from(after == target);
+        self.block_of(tokens - cached_tokens)
     }
 
     fn front_waiting(&mut self) -> Option<(usize, SlotRef)> {
@@ -927,23 +932,21 @@ impl Engine {
         let cached = matched.len() as u32 * prefix_tokens;
         let s = self.seq(r).expect("waiting slot");
         let chunk = (s.prefill_target - cached).min(draft.budget as u32);
-        let mut probe = s.clone();
-        probe.prefilled = cached;
-        probe.pinned = matched;
-        let need = self.chunk_blocks(&probe, chunk);
+        // A waiting sequence holds no private blocks, so everything is new.
+        let need = self.blocks_after(cached + chunk, s.prefill_target, u64::from(cached));
         if need + draft.reserved_blocks > self.available_blocks() {
-            for h in &probe.pinned {
+            for h in &matched {
                 self.cache.unpin(*h);
             }
             return false;
         }
+        let first_time = !s.scheduled_once;
         self.make_room(need);
         self.other_blocks += need;
         let order = self.next_order;
         self.next_order += 1;
-        let first_time = !probe.scheduled_once;
         let s = self.seq_mut(r.slot);
-        s.pinned = probe.pinned;
+        s.pinned = matched;
         s.prefilled = cached;
         s.private_blocks = need;
         s.phase = Phase::Prefilling;
