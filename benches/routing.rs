@@ -5,13 +5,19 @@
 //! concurrent picker slowing each decision by no more than 1.5×: policies must sample or
 //! index by pool instead of scanning the fleet, and must not share contended state.
 //!
-//! A decision here is what the daemon does per request: take a view of the atomic load
-//! board (one `ArcSwap` load), then `Policy::pick`. Loads are random but fixed; requests
-//! cycle through 4096 pre-built ones with prefix hashes drawn from 64 hot prefixes.
+//! A decision here is take a view of the atomic load board (one `ArcSwap` load), then
+//! `Policy::pick`. Loads are random but fixed; requests cycle through 4096 pre-built ones
+//! with prefix hashes drawn from 64 hot prefixes.
+//!
+//! The daemon also commits each load-aware decision against the board's routing epoch
+//! (so parallel decisions do not herd) and counts the request on its backend until the
+//! driver takes it in. `routing-claimed/*` times that whole path, claim and release
+//! included, for two load-aware policies; with two threads deciding back to back every
+//! decision races the other thread's, which is the worst case for the retries.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dujiang::engine::LoadSnapshot;
-use dujiang::fleet::{AtomicLoadBoard, BackendId, LoadView, PoolConfig};
+use dujiang::fleet::{AtomicLoadBoard, BackendId, Claim, LoadView, PoolConfig};
 use dujiang::policy::{build, Policy, POLICIES};
 use dujiang::profile::{Catalogue, PerfModel};
 use dujiang::request::Request;
@@ -93,6 +99,21 @@ fn decide(p: &dyn Policy, board: &AtomicLoadBoard, req: &Request) -> Option<Back
     p.pick(req, &view as &dyn LoadView, req.arrival)
 }
 
+/// As the daemon routes: up to four optimistic attempts, the last one forced; then the
+/// driver's release, so the board's loads stay as built.
+fn decide_claimed(p: &dyn Policy, board: &AtomicLoadBoard, req: &Request) -> Option<BackendId> {
+    let claim = Claim::of(req);
+    for attempt in 1..=4 {
+        let seen = (attempt < 4).then(|| board.epoch());
+        let b = decide(p, board, req)?;
+        if board.claim(b, claim, seen) {
+            board.release(b, claim);
+            return Some(b);
+        }
+    }
+    unreachable!("the last attempt always commits")
+}
+
 fn routing(c: &mut Criterion) {
     let reqs = requests(1);
     for threads in [1usize, 2] {
@@ -118,9 +139,48 @@ fn routing(c: &mut Criterion) {
     }
 }
 
+fn routing_claimed(c: &mut Criterion) {
+    let reqs = requests(1);
+    for threads in [1usize, 2] {
+        let mut group = c.benchmark_group(format!("routing-claimed/{threads}thread"));
+        for n in [64, 4096] {
+            let board = board(n, 2);
+            for name in ["least-work", "power-of-two"] {
+                let p = policy(name);
+                group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                    if threads == 1 {
+                        let mut i = 0usize;
+                        b.iter(|| {
+                            i = (i + 1) & 4095;
+                            black_box(decide_claimed(p.as_ref(), &board, &reqs[i]))
+                        });
+                    } else {
+                        b.iter_custom(|iters| {
+                            two_threads_with(decide_claimed, p.as_ref(), &board, &reqs, iters)
+                        });
+                    }
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+fn two_threads(p: &dyn Policy, board: &AtomicLoadBoard, reqs: &[Request], iters: u64) -> Duration {
+    two_threads_with(decide, p, board, reqs, iters)
+}
+
+type Decide = fn(&dyn Policy, &AtomicLoadBoard, &Request) -> Option<BackendId>;
+
 /// Times `iters` decisions on this thread while a second thread makes decisions with the
 /// same policy and board for the whole measured span.
-fn two_threads(p: &dyn Policy, board: &AtomicLoadBoard, reqs: &[Request], iters: u64) -> Duration {
+fn two_threads_with(
+    decide: Decide,
+    p: &dyn Policy,
+    board: &AtomicLoadBoard,
+    reqs: &[Request],
+    iters: u64,
+) -> Duration {
     let started = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -147,5 +207,5 @@ fn two_threads(p: &dyn Policy, board: &AtomicLoadBoard, reqs: &[Request], iters:
     })
 }
 
-criterion_group!(benches, routing);
+criterion_group!(benches, routing, routing_claimed);
 criterion_main!(benches);

@@ -5,7 +5,9 @@
 //! and every thread must finish its bounded loop (no deadlock, no livelock).
 
 use dujiang::engine::LoadSnapshot;
-use dujiang::fleet::{AtomicLoadBoard, BackendId, BackendState, LoadView, PoolConfig, PoolId};
+use dujiang::fleet::{
+    AtomicLoadBoard, BackendId, BackendState, Claim, LoadView, PoolConfig, PoolId,
+};
 use dujiang::policy::{build, Policy, POLICIES};
 use dujiang::profile::{Catalogue, PerfModel};
 use dujiang::request::Request;
@@ -179,4 +181,77 @@ fn picks_stay_on_serving_backends_while_the_fleet_changes() {
     let total = picks.load(Ordering::Relaxed) + nones.load(Ordering::Relaxed);
     assert_eq!(total as u64, 3 * PICKS_PER_THREAD);
     assert!(picks.load(Ordering::Relaxed) > 0);
+}
+
+/// Requests routed at the same instant on several threads must not herd. The epoch a
+/// committed claim was decided at orders all decisions, and each must have been taken on a view holding
+/// every claim committed before it: replayed in that order, every least-outstanding pick
+/// is one of the least-loaded backends of its moment, exactly as if routed one at a time.
+/// Without the epoch check, threads reading the same loads pick the same backend.
+#[test]
+fn parallel_decisions_see_each_other_like_sequential_ones() {
+    let cat = Catalogue::embedded();
+    let board = AtomicLoadBoard::from_pools([
+        pool(&cat, "h20", "h20".into(), 3),
+        pool(&cat, "ascend-910b", "ascend".into(), 4),
+    ])
+    .unwrap();
+    let policy = build("least-outstanding", &toml::Table::new(), 3).unwrap();
+    const THREADS: u64 = 3;
+    const PER_THREAD: u64 = 5_000;
+    let start = std::sync::Barrier::new(THREADS as usize);
+    let retries = AtomicU64::new(0);
+    let logs: Vec<Vec<(u64, BackendId)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (board, policy, retries, start) = (&board, &policy, &retries, &start);
+                s.spawn(move || {
+                    let mut log = Vec::with_capacity(PER_THREAD as usize);
+                    start.wait();
+                    for i in 0..PER_THREAD {
+                        let req = Request {
+                            id: t * PER_THREAD + i,
+                            prompt_tokens: 100,
+                            max_tokens: 10,
+                            ..Default::default()
+                        };
+                        loop {
+                            let seen = board.epoch();
+                            let b = policy.pick(&req, &board.view(), 0).expect("a backend");
+                            if board.claim(b, Claim::of(&req), Some(seen)) {
+                                log.push((seen, b));
+                                break;
+                            }
+                            retries.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    log
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut order: Vec<(u64, BackendId)> = logs.into_iter().flatten().collect();
+    order.sort_unstable();
+    let epochs: Vec<u64> = order.iter().map(|&(e, _)| e).collect();
+    // Each winner moved the epoch on by two.
+    assert_eq!(
+        epochs,
+        (0..THREADS * PER_THREAD).map(|k| 2 * k).collect::<Vec<_>>()
+    );
+    let serving = board.view().membership().all_serving().to_vec();
+    let mut counts = vec![0u32; serving.len()];
+    for (k, &(_, b)) in order.iter().enumerate() {
+        let i = serving.iter().position(|&x| x == b).unwrap();
+        let least = *counts.iter().min().unwrap();
+        assert_eq!(
+            counts[i],
+            least,
+            "decision {k} chose a backend holding {} while another held {least} \
+             ({} decisions were retried)",
+            counts[i],
+            retries.load(Ordering::Relaxed)
+        );
+        counts[i] += 1;
+    }
 }

@@ -6,13 +6,23 @@
 //! A reader may see a slot's fields from two consecutive stores (say `waiting` from the
 //! newer one and `running` from the older). Routing only ranks backends by rough load, and
 //! the next decision sees the settled values, so this costs nothing worth a lock.
+//!
+//! Two requests routed at the same instant on two threads would otherwise both see the
+//! same loads and herd onto the same backend, where virtual time (which routes one request
+//! after another) would have split them. So a decision [`claims`](AtomicLoadBoard::claim)
+//! its backend optimistically, against a routing epoch read before it looked: if another
+//! decision committed in between, it decides again on a view that includes that one.
 
 use super::membership::{BackendId, BackendState, FleetError, Membership, PoolConfig, PoolId};
 use super::view::LoadView;
 use crate::engine::LoadSnapshot;
 use arc_swap::{ArcSwap, Guard};
+use crossbeam::utils::CachePadded;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 use std::sync::Arc;
 
 /// One backend's load, as atomics. Cache-line aligned so two drivers writing neighbouring
@@ -27,6 +37,28 @@ pub struct LoadSlot {
     queued_prefill_tokens: AtomicU64,
     remaining_decode_tokens: AtomicU64,
     predicted_drain_ns: AtomicU64,
+    /// Requests routed here that the driver has not yet published as its own: added by
+    /// the router, taken back by the driver after the store that includes them. Kept
+    /// apart from the stored fields so a store cannot wipe out a claim made meanwhile.
+    claimed_requests: AtomicU32,
+    claimed_prompt_tokens: AtomicU64,
+    claimed_decode_tokens: AtomicU64,
+}
+
+/// What a routed request adds to its backend's load until the driver reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    pub prompt_tokens: u32,
+    pub max_tokens: u32,
+}
+
+impl Claim {
+    pub fn of(req: &crate::request::Request) -> Claim {
+        Claim {
+            prompt_tokens: req.prompt_tokens,
+            max_tokens: req.max_tokens,
+        }
+    }
 }
 
 impl LoadSlot {
@@ -43,24 +75,43 @@ impl LoadSlot {
         self.predicted_drain_ns.store(s.predicted_drain_ns, Relaxed);
     }
 
-    /// Counts a request the router has just sent here, before the backend's driver has
-    /// taken it in. Without this, requests arriving together all see the backend as it was
-    /// and herd onto it; the driver's next [`Self::store`] replaces the estimate with the
-    /// engine's own figures, which include the request by then.
-    pub fn add_routed(&self, prompt_tokens: u32, max_tokens: u32) {
-        self.waiting.fetch_add(1, Relaxed);
-        self.queued_prefill_tokens
-            .fetch_add(u64::from(prompt_tokens), Relaxed);
-        self.remaining_decode_tokens
-            .fetch_add(u64::from(max_tokens), Relaxed);
+    /// Counts a request routed here before the driver has taken it in. Without this,
+    /// requests arriving together all see the backend as it was and herd onto it.
+    pub fn claim(&self, c: Claim) {
+        self.claimed_requests.fetch_add(1, Relaxed);
+        self.claimed_prompt_tokens
+            .fetch_add(u64::from(c.prompt_tokens), Relaxed);
+        self.claimed_decode_tokens
+            .fetch_add(u64::from(c.max_tokens), Relaxed);
+    }
+
+    /// Takes back a claim: the request was refused, or the driver has stored a load that
+    /// includes it.
+    pub fn release(&self, c: Claim) {
+        self.claimed_requests.fetch_sub(1, Relaxed);
+        self.claimed_prompt_tokens
+            .fetch_sub(u64::from(c.prompt_tokens), Relaxed);
+        self.claimed_decode_tokens
+            .fetch_sub(u64::from(c.max_tokens), Relaxed);
     }
 
     pub fn snapshot(&self) -> LoadSnapshot {
+        // A store and the release after it may be seen half done, counting a request
+        // twice or not at all for that instant; the next read sees the settled sum.
         LoadSnapshot {
-            waiting: self.waiting.load(Relaxed),
+            waiting: self
+                .waiting
+                .load(Relaxed)
+                .saturating_add(self.claimed_requests.load(Relaxed)),
             running: self.running.load(Relaxed),
-            queued_prefill_tokens: self.queued_prefill_tokens.load(Relaxed),
-            remaining_decode_tokens: self.remaining_decode_tokens.load(Relaxed),
+            queued_prefill_tokens: self
+                .queued_prefill_tokens
+                .load(Relaxed)
+                .saturating_add(self.claimed_prompt_tokens.load(Relaxed)),
+            remaining_decode_tokens: self
+                .remaining_decode_tokens
+                .load(Relaxed)
+                .saturating_add(self.claimed_decode_tokens.load(Relaxed)),
             kv_used_blocks: self.kv_used_blocks.load(Relaxed),
             kv_total_blocks: self.kv_total_blocks.load(Relaxed),
             predicted_drain_ns: self.predicted_drain_ns.load(Relaxed),
@@ -83,6 +134,8 @@ pub struct AtomicLoadBoard {
     /// Serialises membership changes (rare, operator-driven) so two of them cannot both
     /// build from the same old snapshot and lose one. Readers never take it.
     changes: Mutex<()>,
+    /// Committed routing decisions; see [`Self::claim`]. Padded: every router writes it.
+    epoch: CachePadded<AtomicU64>,
 }
 
 /// A consistent view of the board for one or more routing decisions. Holding it keeps its
@@ -102,6 +155,7 @@ impl AtomicLoadBoard {
                 slots,
             }),
             changes: Mutex::new(()),
+            epoch: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -133,10 +187,55 @@ impl AtomicLoadBoard {
         }
     }
 
-    /// See [`LoadSlot::add_routed`].
-    pub fn add_routed(&self, backend: BackendId, prompt_tokens: u32, max_tokens: u32) {
-        if let Some(slot) = self.current.load().slots.get(backend.index()) {
-            slot.add_routed(prompt_tokens, max_tokens);
+    /// The routing epoch. Read it before taking the view a decision looks at, and pass
+    /// it to [`Self::claim`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Acquire)
+    }
+
+    /// Counts a request on the backend chosen for it. With `seen: Some(epoch)` the claim
+    /// commits only if no other claim has committed or begun since `epoch` was read, and
+    /// otherwise returns false having counted nothing: the caller decides again on a
+    /// fresh view, which will include the decision it raced. Of racing decisions exactly
+    /// one wins, so routing as a whole always progresses. `seen: None` commits whatever
+    /// happens: for a last attempt, or a policy that does not look at load.
+    ///
+    /// The epoch is odd while a claim is being counted. A winner moves it from even to
+    /// odd before counting, so a decision reading the epoch cannot see the winner's
+    /// claim half-made, and only to the next even value after counting, so a decision
+    /// reading that value sees the claim. A loser never counts anything, so no decision
+    /// is swayed by a claim that is then withdrawn.
+    pub fn claim(&self, backend: BackendId, claim: Claim, seen: Option<u64>) -> bool {
+        let Some(slot) = self.slot(backend) else {
+            return true;
+        };
+        match seen {
+            None => {
+                slot.claim(claim);
+                // Adding 2 keeps a concurrent winner's parity; both increments land.
+                self.epoch.fetch_add(2, AcqRel);
+                true
+            }
+            Some(e) => {
+                if e % 2 == 1
+                    || self
+                        .epoch
+                        .compare_exchange(e, e + 1, AcqRel, Relaxed)
+                        .is_err()
+                {
+                    return false;
+                }
+                slot.claim(claim);
+                self.epoch.fetch_add(1, AcqRel);
+                true
+            }
+        }
+    }
+
+    /// See [`LoadSlot::release`].
+    pub fn release(&self, backend: BackendId, claim: Claim) {
+        if let Some(slot) = self.slot(backend) {
+            slot.release(claim);
         }
     }
 
@@ -223,10 +322,20 @@ mod tests {
     }
 
     #[test]
-    fn routed_requests_count_until_the_driver_reports() {
+    fn claims_count_until_released_and_survive_stores() {
         let board = AtomicLoadBoard::new(fast_and_slow(1));
-        board.add_routed(BackendId(1), 500, 40);
-        board.add_routed(BackendId(1), 300, 10);
+        let (a, b) = (
+            Claim {
+                prompt_tokens: 500,
+                max_tokens: 40,
+            },
+            Claim {
+                prompt_tokens: 300,
+                max_tokens: 10,
+            },
+        );
+        assert!(board.claim(BackendId(1), a, None));
+        assert!(board.claim(BackendId(1), b, None));
         let seen = board.view().load(BackendId(1));
         assert_eq!(
             (
@@ -236,15 +345,45 @@ mod tests {
             ),
             (2, 800, 50)
         );
-        // The driver's own figures replace the router's estimate.
-        let truth = LoadSnapshot {
-            running: 2,
-            remaining_decode_tokens: 48,
+        // The driver stores a load that includes `a` but not yet `b`, then releases `a`:
+        // `b` is still counted.
+        let stored = LoadSnapshot {
+            running: 1,
+            remaining_decode_tokens: 39,
             ..Default::default()
         };
-        board.store(BackendId(1), &truth);
-        assert_eq!(board.view().load(BackendId(1)), truth);
+        board.store(BackendId(1), &stored);
+        board.release(BackendId(1), a);
+        let seen = board.view().load(BackendId(1));
+        assert_eq!(
+            (
+                seen.waiting,
+                seen.running,
+                seen.queued_prefill_tokens,
+                seen.remaining_decode_tokens
+            ),
+            (1, 1, 300, 49)
+        );
+        board.release(BackendId(1), b);
+        assert_eq!(board.view().load(BackendId(1)), stored);
         assert_eq!(board.view().load(BackendId(0)), LoadSnapshot::default());
+    }
+
+    #[test]
+    fn a_claim_on_a_stale_epoch_is_taken_back() {
+        let board = AtomicLoadBoard::new(fast_and_slow(1));
+        let c = Claim {
+            prompt_tokens: 100,
+            max_tokens: 10,
+        };
+        let (first, second) = (board.epoch(), board.epoch());
+        assert!(board.claim(BackendId(0), c, Some(first)));
+        // The second decision was taken on a view without the first: refused, and its
+        // claim leaves no trace.
+        assert!(!board.claim(BackendId(0), c, Some(second)));
+        assert_eq!(board.view().load(BackendId(0)).waiting, 1);
+        assert!(board.claim(BackendId(0), c, Some(board.epoch())));
+        assert_eq!(board.view().load(BackendId(0)).waiting, 2);
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod plain;
 mod spec;
 mod view;
 
-pub use board::{AtomicLoadBoard, BoardView, LoadSlot};
+pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
 pub use membership::{
     mix64, BackendEntry, BackendId, BackendState, FleetError, Membership, PoolConfig, PoolId,
     PoolInfo, MAX_POOLS, NOMINAL_CONTEXT_TOKENS,

@@ -51,6 +51,13 @@ pub trait Policy: Send + Sync {
     /// Must not block, allocate per backend, or scan the whole fleet.
     fn pick(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId>;
 
+    /// Whether picks depend on backends' load. A router running decisions in parallel
+    /// re-decides a pick that raced another one only when this is true; a policy that
+    /// ignores load (or counts its own turns, like round robin) is never asked twice.
+    fn reads_load(&self) -> bool {
+        true
+    }
+
     /// Called once the request has been handed to `backend` (after admission). Policies
     /// that steer by what they have routed (the domestic-share window) learn here.
     fn on_routed(&self, _req: &Request, _backend: BackendId, _view: &dyn LoadView, _now: Nanos) {}

@@ -32,6 +32,10 @@ impl Policy for Random {
         "random"
     }
 
+    fn reads_load(&self) -> bool {
+        false
+    }
+
     fn pick(&self, req: &Request, view: &dyn LoadView, _now: Nanos) -> Option<BackendId> {
         let mut rng = PickRng::for_request(self.seed, req);
         random_eligible(view, &mut rng).map(|(_, b)| b)

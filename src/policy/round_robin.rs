@@ -38,6 +38,10 @@ impl Policy for RoundRobin {
         "round-robin"
     }
 
+    fn reads_load(&self) -> bool {
+        false
+    }
+
     fn pick(&self, _req: &Request, view: &dyn LoadView, _now: Nanos) -> Option<BackendId> {
         let eligible = Eligible::of(view);
         let n = eligible.total();

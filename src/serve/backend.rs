@@ -21,7 +21,7 @@
 use super::clock::{BackendClock, SimClock};
 use super::outlier::StepRatio;
 use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
-use crate::fleet::{AtomicLoadBoard, BackendId, LoadSlot, PoolConfig};
+use crate::fleet::{AtomicLoadBoard, BackendId, Claim, LoadSlot, PoolConfig};
 use crate::metrics::{
     BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms,
 };
@@ -82,6 +82,9 @@ pub enum Command {
     /// `req.arrival` is on the fleet clock; the driver re-bases it on its own.
     Admit {
         req: Request,
+        /// What the router counted on this backend for the request; given back once
+        /// the driver has published a load that includes it (or has refused it).
+        claim: Claim,
         deliver: UnboundedSender<Delivery>,
         /// Set when the request was moved here from a failed backend.
         resume: Option<Resume>,
@@ -241,6 +244,7 @@ pub fn spawn_backend(
         histograms: None,
         handle: handle.clone(),
         slot,
+        claims: Vec::new(),
         requests: HashMap::new(),
         events: Vec::new(),
         touched: Vec::new(),
@@ -299,6 +303,8 @@ struct Driver {
     /// Histograms for the policy name they were resolved under.
     histograms: Option<(Arc<str>, PoolHistograms)>,
     slot: Arc<LoadSlot>,
+    /// Claims of requests taken in since the last publish.
+    claims: Vec<Claim>,
     requests: HashMap<RequestId, InFlight>,
     events: Vec<EngineEvent>,
     touched: Vec<RequestId>,
@@ -501,9 +507,11 @@ impl Driver {
         match cmd {
             Command::Admit {
                 mut req,
+                claim,
                 deliver,
                 resume,
             } => {
+                self.claims.push(claim);
                 if self.failed || self.retiring {
                     let _ = deliver.send(Delivery::Refused(Refusal::Unavailable));
                     return None;
@@ -625,6 +633,9 @@ impl Driver {
     fn publish(&mut self) {
         let load = self.engine.load();
         self.slot.store(&load);
+        for claim in self.claims.drain(..) {
+            self.slot.release(claim);
+        }
         self.gauges.running.set(f64::from(load.running));
         self.gauges.waiting.set(f64::from(load.waiting));
         self.gauges.kv_usage.set(load.kv_usage());

@@ -18,7 +18,7 @@ use super::routing::ActivePolicy;
 use crate::admission::{self, Permit, RejectReason, Target};
 use crate::engine::AdmitError;
 use crate::fleet::{
-    AtomicLoadBoard, BackendId, BackendState, LoadView, MaskedView, PoolConfig, PoolMask,
+    AtomicLoadBoard, BackendId, BackendState, Claim, LoadView, MaskedView, PoolConfig, PoolMask,
 };
 use crate::metrics::Metrics;
 use crate::profile::{Catalogue, PerfModel};
@@ -29,6 +29,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// Decisions a request's routing may take when it keeps racing others; the last one
+/// commits whatever it picked. Each retry means another decision committed meanwhile,
+/// so routing as a whole never stalls; the bound only caps one request's extra work.
+const ROUTE_ATTEMPTS: u32 = 4;
 
 /// Everything the services share.
 pub struct Daemon {
@@ -276,6 +281,7 @@ impl Daemon {
         ) {
             Ok(p) => p,
             Err(reason) => {
+                self.board.release(placement.handle.id, Claim::of(&request));
                 self.metrics.shed(reason.as_str());
                 return Err(rejection(reason, &limits, &placement.handle));
             }
@@ -285,13 +291,13 @@ impl Daemon {
             .load()
             .on_routed(&request, backend.id, &self.board.view(), request.arrival);
         let (tx, mut deliveries) = unbounded_channel();
-        self.board
-            .add_routed(backend.id, request.prompt_tokens, request.max_tokens);
         if !backend.send(Command::Admit {
             req: request.clone(),
+            claim: Claim::of(&request),
             deliver: tx,
             resume: None,
         }) {
+            self.board.release(backend.id, Claim::of(&request));
             permit.finish(admission::Outcome::Failed);
             return Err(ServeError::Unavailable(format!(
                 "backend {} has stopped",
@@ -354,11 +360,14 @@ impl Daemon {
             .load()
             .on_routed(&req, backend.id, &self.board.view(), self.now());
         let (tx, rx) = unbounded_channel();
+        let claim = Claim::of(&req);
         if !backend.send(Command::Admit {
             req,
+            claim,
             deliver: tx,
             resume,
         }) {
+            self.board.release(backend.id, claim);
             return Err(ServeError::Unavailable(format!(
                 "backend {} has stopped",
                 backend.name
@@ -368,9 +377,28 @@ impl Daemon {
         Ok((backend, rx))
     }
 
-    /// Asks the policy for a serving backend for `request` and predicts its time to first
-    /// token there.
+    /// Asks the policy for a serving backend for `request`, claims it there (see
+    /// [`AtomicLoadBoard::claim`]) and predicts its time to first token. A decision that
+    /// raced another is taken again, up to [`ROUTE_ATTEMPTS`] times.
     fn place(&self, request: &Request, model: &str) -> Result<Placement, ServeError> {
+        let policy = self.policy.load();
+        for attempt in 1.. {
+            let last = attempt == ROUTE_ATTEMPTS || !policy.reads_load();
+            let seen = (!last).then(|| self.board.epoch());
+            if let Some(p) = self.try_place(&policy, request, model, seen)? {
+                return Ok(p);
+            }
+        }
+        unreachable!("the last attempt always commits")
+    }
+
+    fn try_place(
+        &self,
+        policy: &ActivePolicy,
+        request: &Request,
+        model: &str,
+        seen: Option<u64>,
+    ) -> Result<Option<Placement>, ServeError> {
         let view = self.board.view();
         let mut mask = PoolMask::NONE;
         for p in view.membership().pools() {
@@ -390,7 +418,6 @@ impl Daemon {
                 "no healthy backend serves model `{model}`"
             )));
         }
-        let policy = self.policy.load();
         let t0 = Instant::now();
         let picked = policy.pick(request, &masked, request.arrival);
         self.metrics
@@ -417,18 +444,22 @@ impl Daemon {
             .cloned()
             .flatten()
             .ok_or_else(|| ServeError::Unavailable(format!("backend {id:?} has no driver")))?;
+        // Read before the claim: the prediction adds this request itself.
         let load = masked.load(id);
+        if !self.board.claim(id, Claim::of(request), seen) {
+            return Ok(None);
+        }
         let predicted_ttft_ns = membership.pool(entry.pool).map_or(0, |pool| {
             crate::policy::predict(pool, &load, request).ttft_ns
         });
-        Ok(Placement {
+        Ok(Some(Placement {
             handle,
             target: Target::Backend {
                 id,
                 load,
                 predicted_ttft_ns,
             },
-        })
+        }))
     }
 
     /// Admission counters (accepted, rejected by reason, outstanding).

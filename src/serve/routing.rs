@@ -29,6 +29,10 @@ impl ActivePolicy {
         self.policy.pick(req, view, now)
     }
 
+    pub fn reads_load(&self) -> bool {
+        self.policy.reads_load()
+    }
+
     pub fn on_routed(&self, req: &Request, backend: BackendId, view: &dyn LoadView, now: Nanos) {
         self.policy.on_routed(req, backend, view, now);
     }
