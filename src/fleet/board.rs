@@ -206,7 +206,8 @@ impl AtomicLoadBoard {
     /// reading that value sees the claim. A loser never counts anything, so no decision
     /// is swayed by a claim that is then withdrawn.
     pub fn claim(&self, backend: BackendId, claim: Claim, seen: Option<u64>) -> bool {
-        let Some(slot) = self.slot(backend) else {
+        let snap = self.current.load();
+        let Some(slot) = snap.slots.get(backend.index()) else {
             return true;
         };
         match seen {
@@ -234,7 +235,7 @@ impl AtomicLoadBoard {
 
     /// See [`LoadSlot::release`].
     pub fn release(&self, backend: BackendId, claim: Claim) {
-        if let Some(slot) = self.slot(backend) {
+        if let Some(slot) = self.current.load().slots.get(backend.index()) {
             slot.release(claim);
         }
     }
