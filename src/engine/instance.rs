@@ -196,6 +196,40 @@ struct Run {
     prefill: Vec<(SlotRef, u32)>,
 }
 
+/// A stretch of pure decode steps in flight: `seqs` sequences each gain a token per step,
+/// `steps` steps from `start` to `end` (times on the engine's clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeStretch {
+    pub start: Nanos,
+    pub end: Nanos,
+    pub steps: u64,
+    pub seqs: u64,
+}
+
+impl DecodeStretch {
+    /// Steps ended by `at`, taking them as evenly spaced. Steps lengthen slightly through
+    /// a stretch as contexts grow, so this can fall a step or two behind the exact count
+    /// ([`crate::profile::PerfModel::decode_steps_within`]), never ahead; it is a few
+    /// integer operations where the exact count is a search, and a router reads it for
+    /// every backend it weighs.
+    pub fn steps_by(&self, at: Nanos) -> u64 {
+        if at <= self.start {
+            return 0;
+        }
+        if at >= self.end {
+            return self.steps;
+        }
+        let done = u128::from(at - self.start) * u128::from(self.steps)
+            / u128::from(self.end - self.start);
+        done as u64
+    }
+
+    /// Decode tokens produced by `at`.
+    pub fn tokens_by(&self, at: Nanos) -> u64 {
+        self.steps_by(at) * self.seqs
+    }
+}
+
 /// One simulated serving instance.
 pub struct Engine {
     perf: Arc<PerfModel>,
@@ -336,6 +370,21 @@ impl Engine {
             kv_total_blocks: total.min(u64::from(u32::MAX)) as u32,
             predicted_drain_ns: (self.queued_prefill_tokens as f64 * self.prefill_ns_per_token
                 + decode_ns) as Nanos,
+        }
+    }
+
+    /// The multi-step decode stretch in flight, if any. [`Self::load`] counts it as not
+    /// yet begun until it ends (a per-event engine settles it only then), so a router
+    /// reading load between events should take off the steps done since its start.
+    pub fn decode_stretch(&self) -> Option<DecodeStretch> {
+        match &self.run {
+            Some(run) if run.steps > 1 => Some(DecodeStretch {
+                start: run.start,
+                end: run.end,
+                steps: run.steps,
+                seqs: self.decoding.len() as u64,
+            }),
+            _ => None,
         }
     }
 

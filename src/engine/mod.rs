@@ -8,7 +8,7 @@ mod instance;
 mod load;
 mod prefix;
 
-pub use instance::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
+pub use instance::{AdmitError, DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity};
 pub use load::LoadSnapshot;
 
 #[cfg(test)]

@@ -336,3 +336,60 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A per-event engine's load with its decode stretch's progress taken off tracks a
+    /// per-token engine's (the daemon's) at any instant: every other figure is equal, and
+    /// remaining decode tokens are over by at most two steps' worth, never under.
+    #[test]
+    fn a_stretch_in_flight_tracks_stepping_token_by_token(
+        c in case(),
+        probes in proptest::collection::vec(0u64..6_000_000_000, 1..40),
+    ) {
+        let p = if c.small_kv { small_kv_perf() } else { perf() };
+        let cfg = EngineConfig {
+            max_num_seqs: c.max_num_seqs,
+            max_batched_tokens: c.budget,
+            block_size: 16,
+            prefix_block_tokens: 64,
+            granularity: Granularity::PerEvent,
+        };
+        let mut coarse = Engine::new(p.clone(), cfg);
+        let mut fine = Engine::new(p, cfg.with_granularity(Granularity::PerToken));
+        let mut reqs = c.reqs.clone();
+        reqs.sort_by_key(|r| (r.arrival, r.id));
+        let mut probes = probes;
+        probes.sort_unstable();
+        let mut out = Vec::new();
+        let mut ri = 0;
+        for t in probes {
+            while ri < reqs.len() && reqs[ri].arrival <= t {
+                let at = reqs[ri].arrival;
+                coarse.advance(at, &mut out);
+                fine.advance(at, &mut out);
+                coarse.admit(reqs[ri].clone(), at).unwrap();
+                fine.admit(reqs[ri].clone(), at).unwrap();
+                ri += 1;
+            }
+            coarse.advance(t, &mut out);
+            fine.advance(t, &mut out);
+            let (c_load, f_load) = (coarse.load(), fine.load());
+            let (done, seqs) = coarse
+                .decode_stretch()
+                .map_or((0, 0), |s| (s.tokens_by(t), s.seqs));
+            let projected = c_load.remaining_decode_tokens - done;
+            let exact = f_load.remaining_decode_tokens;
+            prop_assert!(
+                exact <= projected && projected - exact <= 2 * seqs,
+                "at {}: projected {} tokens left, stepping left {} ({} sequences)",
+                t, projected, exact, seqs
+            );
+            prop_assert_eq!(
+                (c_load.waiting, c_load.running, c_load.queued_prefill_tokens),
+                (f_load.waiting, f_load.running, f_load.queued_prefill_tokens)
+            );
+        }
+    }
+}

@@ -9,8 +9,9 @@
 //!
 //! Policies read per-backend load through one trait, [`LoadView`]. The daemon backs it with
 //! [`AtomicLoadBoard`] (per-backend atomics written by each backend's driver, membership
-//! behind an `ArcSwap`); virtual time backs it with [`PlainLoadView`] (plain fields the
-//! simulator updates). The same policy code runs on both.
+//! behind an `ArcSwap`); tests back it with [`PlainLoadView`] (plain fields), and virtual
+//! time with the engines themselves, read as of the moment of each decision. The same
+//! policy code runs on all of them.
 
 mod board;
 mod membership;

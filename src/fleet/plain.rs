@@ -1,5 +1,6 @@
-//! The virtual-time load view: a membership snapshot and a vector of load snapshots that
-//! the simulator overwrites as its engines change. Single-threaded, so plain fields do.
+//! A load view over plain fields: a membership snapshot and a vector of load snapshots
+//! that the owner overwrites. Single-threaded, so plain fields do. Policy tests set loads
+//! here directly; the replay keeps its membership here and reads loads from its engines.
 
 use super::membership::{BackendId, BackendState, FleetError, Membership, PoolConfig, PoolId};
 use super::view::LoadView;

@@ -9,6 +9,10 @@
 //! the tokens already produced, up to the retry budget, after which they count as
 //! `backend_failed`. A slowed backend's engine runs on a stretched local clock.
 //!
+//! Policies see each backend's load as of the moment they decide ([`LiveView`]): an
+//! engine jumping over a decode stretch has done part of it by then, as the daemon's
+//! engines, publishing after every step, show.
+//!
 //! Engines are woken through a min-heap of their next event times, with lazy deletion: a
 //! backend's entry is pushed whenever its next event time changes and stale entries are
 //! skipped when popped. Only requests in flight are held, so memory stays flat however
@@ -18,8 +22,8 @@ use super::faults::{FaultAction, FaultPlan, FaultTarget, StretchClock};
 use super::report::{PolicyReport, PoolReport, SloReport, Tally, TimelineBucket};
 use super::wake::WakeQueue;
 use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
-use crate::engine::{Engine, EngineConfig, EngineEvent, Granularity};
-use crate::fleet::{BackendId, BackendState, LoadView, PlainLoadView, PoolConfig};
+use crate::engine::{DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity, LoadSnapshot};
+use crate::fleet::{BackendId, BackendState, LoadView, Membership, PlainLoadView, PoolConfig};
 use crate::policy::{predict, Policy};
 use crate::request::{Nanos, Request, RequestId, Slo, NANOS_PER_SEC};
 use crate::trace::TraceRecord;
@@ -183,6 +187,8 @@ pub struct Replay {
     now: Nanos,
     next_id: RequestId,
     clocks: Vec<StretchClock>,
+    /// Each backend's decode stretch in flight, on the fleet clock (see [`LiveView`]).
+    stretches: Vec<Option<DecodeStretch>>,
     /// Resolved fault events: (time, backends, action), in time order.
     faults: Vec<(Nanos, Vec<usize>, FaultAction)>,
     next_fault: usize,
@@ -242,6 +248,7 @@ impl Replay {
             now: 0,
             next_id: 0,
             clocks: vec![StretchClock::default(); n],
+            stretches: vec![None; n],
             faults: Vec::new(),
             next_fault: 0,
             summary: FaultSummary::default(),
@@ -389,7 +396,7 @@ impl Replay {
                 n.min(u64::from(owed_before.saturating_sub(1))) as u32
             });
             let target = if f.moves < self.cfg.migration_retries {
-                self.policy.pick(&f.req, &self.view, t)
+                self.policy.pick(&f.req, &self.live(t), t)
             } else {
                 None
             };
@@ -411,7 +418,7 @@ impl Replay {
                         self.summary.rerouted += 1;
                     }
                     self.policy
-                        .on_routed(&f.req, BackendId(nb as u32), &self.view, t);
+                        .on_routed(&f.req, BackendId(nb as u32), &self.live(t), t);
                     f.req.prompt_tokens += produced;
                     f.req.max_tokens -= produced;
                     f.resumed += produced;
@@ -455,9 +462,23 @@ impl Replay {
             .set(b, self.engines[b].next_event_at().map(|l| clock.fleet(l)));
     }
 
+    fn live(&self, now: Nanos) -> LiveView<'_> {
+        LiveView {
+            plain: &self.view,
+            stretches: &self.stretches,
+            now,
+        }
+    }
+
     fn publish_load(&mut self, b: usize, t: Nanos) {
         let engine = &self.engines[b];
         self.view.set_load(BackendId(b as u32), engine.load());
+        let clock = self.clocks[b];
+        self.stretches[b] = engine.decode_stretch().map(|s| DecodeStretch {
+            start: clock.fleet(s.start),
+            end: clock.fleet(s.end),
+            ..s
+        });
         let busy = !engine.is_empty();
         match (busy, self.busy_since[b]) {
             (true, None) => self.busy_since[b] = Some(t),
@@ -543,12 +564,12 @@ impl Replay {
         self.next_id += 1;
         self.fleet.requests += 1;
         self.timeline.at(t).arrivals += 1;
-        let picked = self.policy.pick(&req, &self.view, t);
+        let picked = self.policy.pick(&req, &self.live(t), t);
         let target = match picked {
             None => Target::NoBackend,
             Some(id) => {
                 let membership = self.view.membership();
-                let load = self.view.load(id);
+                let load = self.live(t).load(id);
                 let predicted_ttft_ns = membership
                     .backend(id)
                     .and_then(|e| membership.pool(e.pool))
@@ -592,7 +613,7 @@ impl Replay {
         match self.engines[b].admit(engine_req, local) {
             Ok(()) => {
                 self.policy
-                    .on_routed(&req, BackendId(b as u32), &self.view, t);
+                    .on_routed(&req, BackendId(b as u32), &self.live(t), t);
                 self.in_flight.insert(
                     id,
                     InFlight {
@@ -672,5 +693,28 @@ impl Replay {
             timeline_bucket_s: self.timeline.bucket_ns as f64 / 1e9,
             timeline: self.timeline.report(),
         }
+    }
+}
+
+/// The load view policies decide on in virtual time: each backend's load as its engine
+/// last published it, less the decode tokens its stretch in flight has produced by `now`.
+struct LiveView<'a> {
+    plain: &'a PlainLoadView,
+    /// Per backend, on the fleet clock.
+    stretches: &'a [Option<DecodeStretch>],
+    now: Nanos,
+}
+
+impl LoadView for LiveView<'_> {
+    fn membership(&self) -> &Membership {
+        self.plain.membership()
+    }
+
+    fn load(&self, backend: BackendId) -> LoadSnapshot {
+        let mut load = self.plain.load(backend);
+        if let Some(Some(s)) = self.stretches.get(backend.index()) {
+            load.remaining_decode_tokens -= s.tokens_by(self.now);
+        }
+        load
     }
 }
