@@ -55,19 +55,28 @@ fn replay(policy: &str, records: &[TraceRecord]) -> PolicyReport {
 }
 
 async fn daemon(policy: &str, records: &[TraceRecord], time_scale: f64) -> PolicyReport {
-    let d = dujiang::serve::start(
-        ServeConfig {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            time_scale,
-            policy: policy.into(),
-            grace_period_ms: 2_000,
-            ..ServeConfig::default()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    // The daemon gets its own runtime and threads, as in its own process, so the load
+    // generator's sends never queue behind the daemon's tasks on shared workers.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = rt
+        .spawn(dujiang::serve::start(
+            ServeConfig {
+                grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                time_scale,
+                policy: policy.into(),
+                grace_period_ms: 2_000,
+                ..ServeConfig::default()
+            },
+            None,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
     let cfg = LoadConfig {
         target: format!("http://{}", d.grpc_addr),
         time_scale,
@@ -77,16 +86,26 @@ async fn daemon(policy: &str, records: &[TraceRecord], time_scale: f64) -> Polic
         .await
         .unwrap();
     d.shutdown();
-    d.wait().await.unwrap();
-    assert_eq!(
-        report.load.late_sent, 0,
-        "the client fell behind: {:?}",
-        report.load
+    rt.spawn(d.wait()).await.unwrap().unwrap();
+    rt.shutdown_background();
+    // Latency is measured from the actual send, so a send more than 10 ms late only
+    // moves that one request's arrival, which moves no percentile here beyond the
+    // tolerance (`the_tolerance_covers_the_daemons_timing_jitter`). This shared 2-core machine delays the odd
+    // send by 10–20 ms; more than 2% late would mean the client could not keep the
+    // schedule at all and the comparison is void.
+    let load = &report.load;
+    eprintln!(
+        "{policy}: send lag p99 {:.1} ms, max {:.1} ms; {} of {} sent late",
+        load.send_lag_ms.p99, load.send_lag_ms.max, load.late_sent, load.scheduled
+    );
+    assert!(
+        load.late_sent * 50 <= load.scheduled,
+        "the client fell behind: {load:?}"
     );
     report.report.policies.into_iter().next().unwrap()
 }
 
-fn check(policy: &str, time_scale: f64, replay: &PolicyReport, load: &PolicyReport) {
+fn check(policy: &str, time_scale: f64, replay: &PolicyReport, load: &PolicyReport, what: &str) {
     assert_eq!(load.policy, policy);
     let n = replay.stats.requests;
     assert_eq!((load.stats.requests, load.stats.completed), (n, n));
@@ -99,7 +118,7 @@ fn check(policy: &str, time_scale: f64, replay: &PolicyReport, load: &PolicyRepo
     ] {
         let allowed = RELATIVE * r + WALL_MS * time_scale;
         let line = format!(
-            "{policy} {name}: replay {r:.1} ms, daemon {l:.1} ms ({:+.1}%), allowed ±{allowed:.1} ms",
+            "{policy} {name}: replay {r:.1} ms, {what} {l:.1} ms ({:+.1}%), allowed ±{allowed:.1} ms",
             (l - r) / r * 100.0
         );
         eprintln!("{line}");
@@ -118,7 +137,7 @@ async fn daemon_and_replay_agree_on_latency_percentiles() {
     let records = trace_records(300);
     let r = replay("round-robin", &records);
     let l = daemon("round-robin", &records, scale).await;
-    check("round-robin", scale, &r, &l);
+    check("round-robin", scale, &r, &l, "daemon");
     let pools = |p: &PolicyReport| -> Vec<(String, u64)> {
         p.pools
             .iter()
@@ -132,5 +151,51 @@ async fn daemon_and_replay_agree_on_latency_percentiles() {
     let records = trace_records(150);
     let r = replay("least-work", &records);
     let l = daemon("least-work", &records, scale).await;
-    check("least-work", scale, &r, &l);
+    check("least-work", scale, &r, &l, "daemon");
+}
+
+/// `records` with every arrival moved later by up to `spread_ns`, and one in 50 by up to
+/// `late_ns` more (a late send), pseudo-randomly by `seed`.
+fn jittered(records: &[TraceRecord], seed: u64, spread_ns: u64, late_ns: u64) -> Vec<TraceRecord> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out: Vec<TraceRecord> = records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.arrival_ns += next() % spread_ns;
+            if next() % 50 == 0 {
+                r.arrival_ns += next() % late_ns;
+            }
+            r
+        })
+        .collect();
+    out.sort_by_key(|r| r.arrival_ns);
+    out
+}
+
+/// The tolerance above must absorb what wall-clock driving does to arrivals and nothing
+/// more: replays whose arrivals are jittered as the daemon's are (a few wall ms on every
+/// request, 10–20 ms on an occasional late send, times the time scale) stay within it.
+#[test]
+fn the_tolerance_covers_the_daemons_timing_jitter() {
+    let scale = 5.0;
+    for (policy, n) in [("round-robin", 300), ("least-work", 150)] {
+        let records = trace_records(n);
+        let exact = replay(policy, &records);
+        for seed in 1..=6 {
+            let moved = jittered(
+                &records,
+                seed,
+                3_000_000 * scale as u64,
+                20_000_000 * scale as u64,
+            );
+            check(policy, scale, &exact, &replay(policy, &moved), "jittered");
+        }
+    }
 }

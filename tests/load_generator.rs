@@ -45,18 +45,28 @@ async fn a_slow_server_does_not_slow_the_schedule() {
         "the last request arrived {:?} after the start, after the first response was due",
         last.duration_since(start)
     );
-    // Each arrival within 20 ms of its due time relative to the first (loopback and
-    // scheduler jitter on a busy two-core machine; the gap itself is 25 ms).
+    // Arrivals keep the schedule's spacing. Sending all at once, or one after another's
+    // response, would put the last ones up to a second off. Loopback and a busy two-core
+    // machine delay the odd send by 10–20 ms, so: every arrival within four gaps of its
+    // due time relative to the first, and nine in ten within 20 ms.
     let mut sorted = arrivals.clone();
     sorted.sort();
-    for (i, at) in sorted.iter().enumerate() {
-        let due = gap * i as u32;
-        let off = at.duration_since(first).as_secs_f64() - due.as_secs_f64();
+    let offsets: Vec<f64> = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, at)| at.duration_since(first).as_secs_f64() - (gap * i as u32).as_secs_f64())
+        .collect();
+    for (i, off) in offsets.iter().enumerate() {
         assert!(
-            off.abs() < 0.020,
+            off.abs() < 4.0 * gap.as_secs_f64(),
             "request {i} arrived {off:+.4} s off schedule"
         );
     }
+    let on_time = offsets.iter().filter(|o| o.abs() < 0.020).count();
+    assert!(
+        on_time >= 36,
+        "only {on_time} of 40 within 20 ms: {offsets:?}"
+    );
     let l = &report.load;
     assert_eq!((l.scheduled, l.sent, l.late_not_sent), (40, 40, 0));
     let p = &report.report.policies[0];
