@@ -31,6 +31,9 @@ pub const E2E_SECONDS: &str = "dujiang_e2e_seconds";
 pub const QUEUE_SECONDS: &str = "dujiang_queue_seconds";
 /// Wall time the routing policy took to pick a backend, by policy.
 pub const ROUTER_DECISION_SECONDS: &str = "dujiang_router_decision_seconds";
+/// Routing decisions taken again because another request's decision committed while
+/// they looked (see `AtomicLoadBoard::claim`), by policy.
+pub const ROUTER_RETRIES_TOTAL: &str = "dujiang_router_retries_total";
 /// Requests accepted (placed on a backend). Equals the sum of `dujiang_requests_total`
 /// once everything in flight has ended.
 pub const REQUESTS_ACCEPTED_TOTAL: &str = "dujiang_requests_accepted_total";
@@ -276,6 +279,12 @@ impl Metrics {
             2,
         );
         d(
+            ROUTER_RETRIES_TOTAL,
+            None,
+            "Routing decisions taken again because another committed meanwhile.",
+            0,
+        );
+        d(
             REQUESTS_ACCEPTED_TOTAL,
             None,
             "Requests placed on a backend.",
@@ -434,6 +443,19 @@ impl Metrics {
         );
         self.router.write().insert(policy.clone(), h.clone());
         h
+    }
+
+    /// Counts a routing decision that raced another and is taken again.
+    pub fn router_retry(&self, policy: &Arc<str>) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    ROUTER_RETRIES_TOTAL,
+                    vec![Label::new("policy", policy.to_string())],
+                ),
+                &meta(),
+            )
+            .increment(1);
     }
 
     /// Gauges for one backend. `backend` must be a server-assigned id.
@@ -726,6 +748,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dujiang_in_flight_requests 0"), "{text}");
+    }
+
+    #[test]
+    fn router_retries_count_per_policy() {
+        let m = Metrics::new();
+        let lw: Arc<str> = "least-work".into();
+        m.router_retry(&lw);
+        m.router_retry(&lw);
+        m.router_retry(&"power-of-two".into());
+        let text = m.render();
+        assert!(
+            text.contains("dujiang_router_retries_total{policy=\"least-work\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dujiang_router_retries_total{policy=\"power-of-two\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -388,6 +388,7 @@ impl Daemon {
             if let Some(p) = self.try_place(&policy, request, model, seen)? {
                 return Ok(p);
             }
+            self.metrics.router_retry(&policy.name);
         }
         unreachable!("the last attempt always commits")
     }
