@@ -134,7 +134,8 @@ pub struct AtomicLoadBoard {
     /// Serialises membership changes (rare, operator-driven) so two of them cannot both
     /// build from the same old snapshot and lose one. Readers never take it.
     changes: Mutex<()>,
-    /// Committed routing decisions; see [`Self::claim`]. Padded: every router writes it.
+    /// Moves on by two for each committed routing decision, and is odd while a winner
+    /// counts its claim; see [`Self::claim`]. Padded: every router writes it.
     epoch: CachePadded<AtomicU64>,
 }
 
