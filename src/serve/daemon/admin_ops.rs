@@ -1,0 +1,159 @@
+//! The fleet operations the Admin service exposes: routing policy, backend states and
+//! injected faults, adding and removing pools, and config reload.
+
+use super::Daemon;
+use crate::fleet::{BackendId, BackendState, PoolConfig};
+use crate::profile::PerfModel;
+use crate::serve::backend::{BackendHandle, Command};
+use crate::serve::config::ServeConfig;
+use crate::serve::error::ServeError;
+use crate::serve::proto;
+use crate::serve::routing::ActivePolicy;
+use std::sync::Arc;
+
+impl Daemon {
+    pub fn set_policy(&self, name: &str) -> Result<(Arc<str>, Arc<str>), ServeError> {
+        let policy = ActivePolicy::by_name(name, &toml::Table::new())
+            .map_err(|e| ServeError::invalid("policy", e.to_string()))?;
+        let new = policy.name.clone();
+        let old = self.policy.swap(Arc::new(policy));
+        self.ctx.policy_name.store(Arc::new(new.clone()));
+        tracing::info!(from = %old.name, to = %new, "routing policy changed");
+        Ok((old.name.clone(), new))
+    }
+
+    pub fn set_backend_state(
+        &self,
+        name: &str,
+        state: BackendState,
+    ) -> Result<Arc<BackendHandle>, ServeError> {
+        let _serial = self.admin.lock();
+        let b = self.backend_by_name(name)?;
+        self.board
+            .set_state(b.id, state)
+            .map_err(|e| ServeError::NotFound(e.to_string()))?;
+        tracing::info!(backend = %b.name, state = state.as_str(), "backend state changed");
+        Ok(b)
+    }
+
+    pub fn inject_fail(&self, name: &str) -> Result<Arc<BackendHandle>, ServeError> {
+        let b = self.set_backend_state(name, BackendState::Failed)?;
+        b.send(Command::Fail);
+        Ok(b)
+    }
+
+    pub fn inject_slowdown(
+        &self,
+        name: &str,
+        factor: f64,
+    ) -> Result<Arc<BackendHandle>, ServeError> {
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(ServeError::invalid(
+                "slowdown",
+                format!("must be a positive factor, got {factor}"),
+            ));
+        }
+        let b = self.backend_by_name(name)?;
+        b.send(Command::Slowdown(factor));
+        tracing::info!(backend = %b.name, factor, "backend slowed down");
+        Ok(b)
+    }
+
+    pub fn clear_fault(&self, name: &str) -> Result<Arc<BackendHandle>, ServeError> {
+        let b = self.backend_by_name(name)?;
+        let failed = self
+            .board
+            .membership()
+            .backend(b.id)
+            .is_some_and(|e| e.state == BackendState::Failed);
+        b.send(Command::ClearFault);
+        if failed {
+            self.set_backend_state(name, BackendState::Serving)?;
+        }
+        Ok(b)
+    }
+
+    pub fn add_pool(&self, req: &proto::AddPoolRequest) -> Result<(), ServeError> {
+        if req.pool.is_empty() {
+            return Err(ServeError::invalid("pool", "must not be empty"));
+        }
+        let chip = self
+            .catalogue
+            .chip(&req.chip)
+            .ok_or_else(|| ServeError::invalid("chip", format!("unknown chip `{}`", req.chip)))?;
+        let model_id = if req.model.is_empty() {
+            &self.default_model
+        } else {
+            &req.model
+        };
+        let model = self
+            .catalogue
+            .model(model_id)
+            .ok_or_else(|| ServeError::invalid("model", format!("unknown model `{model_id}`")))?;
+        let perf = PerfModel::new(chip, model, req.tp.max(1))
+            .map_err(|e| ServeError::invalid("tp", e.to_string()))?;
+        if req.backends == 0 {
+            return Err(ServeError::invalid("backends", "must be at least 1"));
+        }
+        let config = PoolConfig::new(req.pool.clone(), Arc::new(perf), req.backends);
+        let _serial = self.admin.lock();
+        let (_, ids) = self.board.add_pool(config.clone()).map_err(|e| match e {
+            crate::fleet::FleetError::DuplicatePoolName(_) => {
+                ServeError::AlreadyExists(e.to_string())
+            }
+            other => ServeError::FailedPrecondition(other.to_string()),
+        })?;
+        let mut handles: Vec<_> = self.backends.load().as_ref().clone();
+        self.spawn_pool(&config, &ids, &mut handles);
+        self.backends.store(Arc::new(handles));
+        tracing::info!(pool = %req.pool, chip = %req.chip, backends = req.backends, "pool added");
+        Ok(())
+    }
+
+    /// Removes a pool; its backends finish what they hold and exit. Returns how many.
+    pub fn remove_pool(&self, name: &str) -> Result<u32, ServeError> {
+        let _serial = self.admin.lock();
+        let membership = self.board.membership();
+        let pool = membership
+            .pool_by_name(name)
+            .ok_or_else(|| ServeError::NotFound(format!("pool: no pool named `{name}`")))?;
+        let ids: Vec<BackendId> = membership
+            .pool_backends(pool.id)
+            .map(|(id, _)| id)
+            .collect();
+        self.board
+            .remove_pool(pool.id)
+            .map_err(|e| ServeError::NotFound(e.to_string()))?;
+        let mut handles: Vec<_> = self.backends.load().as_ref().clone();
+        for id in &ids {
+            if let Some(h) = handles.get_mut(id.index()).and_then(Option::take) {
+                h.send(Command::RetireWhenIdle);
+            }
+        }
+        self.backends.store(Arc::new(handles));
+        tracing::info!(pool = name, backends = ids.len(), "pool removed");
+        Ok(ids.len() as u32)
+    }
+
+    /// Re-reads the config file: policy and admission limits take effect at once.
+    pub fn reload_config(&self) -> Result<Arc<str>, ServeError> {
+        let Some(path) = &self.config_path else {
+            return Err(ServeError::FailedPrecondition(
+                "the daemon was started without --config; there is nothing to reload".into(),
+            ));
+        };
+        let cfg =
+            ServeConfig::load(path).map_err(|e| ServeError::FailedPrecondition(e.to_string()))?;
+        if !cfg.policy.is_empty() {
+            self.set_policy(&cfg.policy)?;
+        }
+        self.limits.store(Arc::new(cfg.admission));
+        let admission = self
+            .admission
+            .load()
+            .reconfigured(cfg.admission.admission_config());
+        self.admission.store(Arc::new(admission));
+        tracing::info!(file = %path.display(), "config reloaded");
+        Ok(self.policy_name())
+    }
+}

@@ -1,0 +1,262 @@
+//! The daemon's shared state and the request path every front end goes through: validate
+//! the request, ask the routing policy for a backend (reading the lock-free load board),
+//! let the shared admission controller ([`crate::admission`]) accept or shed it (batch
+//! before interactive, per-backend waiting bounds, deadlines that cannot be met), and hand
+//! it to that backend's driver. Also the fleet operations the Admin service exposes
+//! (drain, faults, pools, policy, reload), moving requests off failed backends, and the
+//! periodic straggler check.
+
+mod admin_ops;
+mod stragglers;
+mod submit;
+mod validate;
+
+pub use validate::estimate_tokens;
+
+use super::backend::{spawn_backend, BackendHandle, Command, Delivery, DriverContext};
+use super::clock::SimClock;
+use super::config::{AdmissionLimits, ReliabilityConfig, ServeConfig};
+use super::error::ServeError;
+use super::outlier::{OutlierConfig, OutlierDetector};
+use super::routing::ActivePolicy;
+use crate::admission::{self, Permit, Target};
+use crate::fleet::{AtomicLoadBoard, BackendId, PoolConfig};
+use crate::metrics::Metrics;
+use crate::profile::Catalogue;
+use crate::request::{Nanos, Priority, Request, Slo};
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Decisions a request's routing may take when it keeps racing others; the last one
+/// commits whatever it picked. Each retry means another decision committed meanwhile,
+/// so routing as a whole never stalls; the bound only caps one request's extra work.
+const ROUTE_ATTEMPTS: u32 = 4;
+
+/// Everything the services share.
+pub struct Daemon {
+    pub clock: SimClock,
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<AtomicLoadBoard>,
+    ctx: Arc<DriverContext>,
+    /// Driver handles indexed by backend id (`None` once removed).
+    backends: ArcSwap<Vec<Option<Arc<BackendHandle>>>>,
+    policy: ArcSwap<ActivePolicy>,
+    catalogue: Catalogue,
+    pub fleet_name: String,
+    default_model: String,
+    limits: ArcSwap<AdmissionLimits>,
+    admission: ArcSwap<admission::Admission>,
+    pub reliability: ReliabilityConfig,
+    outliers: parking_lot::Mutex<OutlierDetector>,
+    ready: AtomicBool,
+    accepting: AtomicBool,
+    next_id: AtomicU64,
+    config_path: Option<PathBuf>,
+    /// Serialises admin changes to the fleet (rare; never on the request path).
+    admin: parking_lot::Mutex<()>,
+}
+
+/// A fleet given directly instead of by file, for chips the catalogue does not list
+/// (benchmarks use a zero-latency chip). Starts with the demo fleet's policy.
+pub struct FleetInput {
+    pub name: String,
+    /// Default model id (must be in the embedded catalogue).
+    pub model: String,
+    pub pools: Vec<PoolConfig>,
+}
+
+/// A request a backend has accepted: the stream of what happens to it, and what it takes
+/// to move it if that backend fails.
+pub struct Accepted {
+    pub client_id: String,
+    pub backend: Arc<BackendHandle>,
+    pub deliveries: UnboundedReceiver<Delivery>,
+    pub deadline: Option<Instant>,
+    pub received: Instant,
+    /// The request as first placed (arrival on the fleet clock).
+    pub request: Request,
+    pub model: String,
+    /// Held until the request's one terminal outcome is recorded.
+    pub permit: Permit,
+}
+
+/// Where the router would place a request.
+struct Placement {
+    handle: Arc<BackendHandle>,
+    target: Target,
+}
+
+/// A validated request: what the core needs plus what the reply echoes.
+struct Validated {
+    client_id: String,
+    model: String,
+    prompt_tokens: u32,
+    max_tokens: u32,
+    priority: Priority,
+    slo: Option<Slo>,
+    prefix_hashes: Vec<u64>,
+    session: Option<u64>,
+}
+
+impl Daemon {
+    /// Builds the fleet from `config` and starts one driver per backend. Must run inside a
+    /// tokio runtime.
+    pub fn start(
+        config: &ServeConfig,
+        config_path: Option<PathBuf>,
+        fleet: Option<FleetInput>,
+    ) -> anyhow::Result<Arc<Daemon>> {
+        let catalogue = Catalogue::embedded();
+        let (spec, pools) = match fleet {
+            Some(f) => {
+                let mut spec = crate::fleet::FleetSpec::embedded_demo();
+                spec.name = f.name;
+                spec.model = f.model;
+                (spec, f.pools)
+            }
+            None => {
+                let spec = if config.fleet.as_os_str().is_empty() {
+                    crate::fleet::FleetSpec::embedded_demo()
+                } else {
+                    crate::fleet::FleetSpec::load(&config.fleet)?
+                };
+                let pools = spec.resolve(&catalogue)?;
+                (spec, pools)
+            }
+        };
+        let board = Arc::new(AtomicLoadBoard::from_pools(pools)?);
+        let policy_name = if config.policy.is_empty() {
+            spec.policy.name.clone()
+        } else {
+            config.policy.clone()
+        };
+        // The fleet's policy parameters belong to the fleet's policy only.
+        let params = if policy_name == spec.policy.name {
+            spec.policy.params.clone()
+        } else {
+            toml::Table::new()
+        };
+        let policy = ActivePolicy::by_name(&policy_name, &params)?;
+        let metrics = Arc::new(Metrics::new());
+        let rel = config.reliability;
+        let ctx = Arc::new(DriverContext {
+            clock: SimClock::new(config.time_scale),
+            metrics: metrics.clone(),
+            board: board.clone(),
+            policy_name: ArcSwap::from_pointee(policy.name.clone()),
+            ewma_alpha: rel.ewma_alpha,
+        });
+        let outliers = OutlierDetector::new(OutlierConfig {
+            straggler_ratio: rel.straggler_ratio,
+            recover_ratio: rel.recover_ratio,
+            min_samples: u64::from(rel.min_samples),
+            max_ejection_fraction: rel.max_ejection_fraction,
+            // Two checks apart, in simulated time.
+            probe_interval_ns: (2.0 * rel.check_interval_ms as f64 * 1e6 * config.time_scale)
+                as Nanos,
+        });
+        let daemon = Daemon {
+            clock: ctx.clock,
+            metrics,
+            board: board.clone(),
+            ctx,
+            backends: ArcSwap::default(),
+            policy: ArcSwap::from_pointee(policy),
+            catalogue,
+            fleet_name: spec.name.clone(),
+            default_model: spec.model.clone(),
+            limits: ArcSwap::from_pointee(config.admission),
+            admission: ArcSwap::from_pointee(admission::Admission::new(
+                config.admission.admission_config(),
+            )),
+            reliability: rel,
+            outliers: parking_lot::Mutex::new(outliers),
+            ready: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+            next_id: AtomicU64::new(1),
+            config_path,
+            admin: parking_lot::Mutex::new(()),
+        };
+        let membership = board.membership();
+        let mut handles = Vec::new();
+        for pool in membership.pools() {
+            let ids: Vec<BackendId> = membership
+                .pool_backends(pool.id)
+                .map(|(id, _)| id)
+                .collect();
+            daemon.spawn_pool(&pool.config, &ids, &mut handles);
+        }
+        daemon.backends.store(Arc::new(handles));
+        Ok(Arc::new(daemon))
+    }
+
+    fn spawn_pool(
+        &self,
+        pool: &PoolConfig,
+        ids: &[BackendId],
+        into: &mut Vec<Option<Arc<BackendHandle>>>,
+    ) {
+        for (k, &id) in ids.iter().enumerate() {
+            let name = format!("{}-{k}", pool.name);
+            let handle = spawn_backend(&self.ctx, id, name, pool);
+            if into.len() <= id.index() {
+                into.resize(id.index() + 1, None);
+            }
+            into[id.index()] = Some(handle);
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
+    }
+
+    /// Stops taking new requests (shutdown). In-flight ones continue.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Relaxed);
+        self.ready.store(false, Relaxed);
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.metrics.in_flight()
+    }
+
+    pub fn policy_name(&self) -> Arc<str> {
+        self.policy.load().name.clone()
+    }
+
+    /// Every live backend's handle.
+    pub fn backends(&self) -> Vec<Arc<BackendHandle>> {
+        self.backends.load().iter().flatten().cloned().collect()
+    }
+
+    pub fn backend_by_name(&self, name: &str) -> Result<Arc<BackendHandle>, ServeError> {
+        self.backends
+            .load()
+            .iter()
+            .flatten()
+            .find(|b| &*b.name == name)
+            .cloned()
+            .ok_or_else(|| ServeError::NotFound(format!("backend: no backend named `{name}`")))
+    }
+
+    /// Ends every request still held (the shutdown grace period ran out) and stops all
+    /// drivers.
+    pub fn retire_all(&self, outcome: crate::metrics::Outcome) {
+        for b in self.backends() {
+            b.send(Command::Retire(outcome));
+        }
+    }
+
+    /// Simulated time now.
+    pub fn now(&self) -> Nanos {
+        self.clock.now()
+    }
+}

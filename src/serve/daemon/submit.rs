@@ -1,0 +1,277 @@
+//! The request path: route a validated request (claiming its backend against the routing
+//! epoch so concurrent decisions do not herd), let admission accept or shed it, hand it to
+//! the backend's driver and wait for the driver to admit it; and moving an accepted
+//! request off a failed backend.
+
+use super::{Accepted, Daemon, Placement, ROUTE_ATTEMPTS};
+use crate::admission::{self, RejectReason, Target};
+use crate::engine::AdmitError;
+use crate::fleet::{BackendState, Claim, LoadView, MaskedView, PoolMask};
+use crate::request::Request;
+use crate::serve::backend::{BackendHandle, Command, Delivery, Refusal, Resume};
+use crate::serve::config::AdmissionLimits;
+use crate::serve::error::ServeError;
+use crate::serve::proto;
+use crate::serve::routing::ActivePolicy;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+impl Daemon {
+    /// Validates, routes, admits and hands over one request.
+    pub async fn submit(
+        &self,
+        req: proto::GenerateRequest,
+        received: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted, ServeError> {
+        if !self.accepting.load(Relaxed) {
+            return Err(ServeError::Unavailable(
+                "the daemon is shutting down".into(),
+            ));
+        }
+        let v = self.validate(req)?;
+        let limits = **self.limits.load();
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let request = Request {
+            id,
+            arrival: self.clock.sim_at(received),
+            prompt_tokens: v.prompt_tokens,
+            max_tokens: v.max_tokens,
+            priority: v.priority,
+            slo: v.slo,
+            prefix_hashes: v.prefix_hashes,
+            session: v.session,
+        };
+        let placement = self.place(&request, &v.model)?;
+        let deadline_sim = deadline.map(|d| self.clock.sim_at(d));
+        let permit = match self.admission.load().admit(
+            &request,
+            placement.target,
+            deadline_sim,
+            request.arrival,
+        ) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.board.release(placement.handle.id, Claim::of(&request));
+                self.metrics.shed(reason.as_str());
+                return Err(rejection(reason, &limits, &placement.handle));
+            }
+        };
+        let backend = placement.handle;
+        self.policy
+            .load()
+            .on_routed(&request, backend.id, &self.board.view(), request.arrival);
+        let (tx, mut deliveries) = unbounded_channel();
+        if !backend.send(Command::Admit {
+            req: request.clone(),
+            claim: Claim::of(&request),
+            deliver: tx,
+            resume: None,
+        }) {
+            self.board.release(backend.id, Claim::of(&request));
+            permit.finish(admission::Outcome::Failed);
+            return Err(ServeError::Unavailable(format!(
+                "backend {} has stopped",
+                backend.name
+            )));
+        }
+        let refused = match deliveries.recv().await {
+            Some(Delivery::Admitted) => {
+                self.metrics.accepted();
+                // The request id is optional on the wire: one the client left empty is
+                // generated here, so every Started names its request.
+                let client_id = if v.client_id.is_empty() {
+                    format!("dj-{}", request.id)
+                } else {
+                    v.client_id
+                };
+                return Ok(Accepted {
+                    client_id,
+                    backend,
+                    deliveries,
+                    deadline,
+                    received,
+                    request,
+                    model: v.model,
+                    permit,
+                });
+            }
+            Some(Delivery::Refused(Refusal::Engine(AdmitError::TooLarge { needed, capacity }))) => {
+                ServeError::invalid(
+                    "prompt_tokens",
+                    format!("prompt plus max_tokens need {needed} tokens of KV cache; a {} backend holds {capacity}", backend.chip),
+                )
+            }
+            Some(Delivery::Refused(Refusal::Engine(e))) => ServeError::invalid("max_tokens", e.to_string()),
+            _ => ServeError::Unavailable(format!("backend {} is not taking work", backend.name)),
+        };
+        // Never counted as accepted by the daemon's metrics; the admission controller
+        // sees its slot given back as a failure.
+        permit.finish(admission::Outcome::Failed);
+        Err(refused)
+    }
+
+    /// Moves an accepted request whose backend failed: routed by the policy like a new
+    /// request, but not subject to admission (it holds its slot already). `req` carries
+    /// the prompt to prefill again and the tokens still owed.
+    pub(in crate::serve) fn relocate(
+        &self,
+        req: Request,
+        model: &str,
+        resume: Option<Resume>,
+    ) -> Result<(Arc<BackendHandle>, UnboundedReceiver<Delivery>), ServeError> {
+        if !self.accepting.load(Relaxed) {
+            return Err(ServeError::Unavailable(
+                "the daemon is shutting down".into(),
+            ));
+        }
+        let placement = self.place(&req, model)?;
+        let backend = placement.handle;
+        self.policy
+            .load()
+            .on_routed(&req, backend.id, &self.board.view(), self.now());
+        let (tx, rx) = unbounded_channel();
+        let claim = Claim::of(&req);
+        if !backend.send(Command::Admit {
+            req,
+            claim,
+            deliver: tx,
+            resume,
+        }) {
+            self.board.release(backend.id, claim);
+            return Err(ServeError::Unavailable(format!(
+                "backend {} has stopped",
+                backend.name
+            )));
+        }
+        self.metrics.migration(resume.is_some());
+        Ok((backend, rx))
+    }
+
+    /// Asks the policy for a serving backend for `request`, claims it there (see
+    /// [`AtomicLoadBoard::claim`]) and predicts its time to first token. A decision that
+    /// raced another is taken again, up to [`ROUTE_ATTEMPTS`] times.
+    fn place(&self, request: &Request, model: &str) -> Result<Placement, ServeError> {
+        let policy = self.policy.load();
+        for attempt in 1.. {
+            let last = attempt == ROUTE_ATTEMPTS || !policy.reads_load();
+            let seen = (!last).then(|| self.board.epoch());
+            if let Some(p) = self.try_place(&policy, request, model, seen)? {
+                return Ok(p);
+            }
+            self.metrics.router_retry(&policy.name);
+        }
+        unreachable!("the last attempt always commits")
+    }
+
+    fn try_place(
+        &self,
+        policy: &ActivePolicy,
+        request: &Request,
+        model: &str,
+        seen: Option<u64>,
+    ) -> Result<Option<Placement>, ServeError> {
+        let view = self.board.view();
+        let mut mask = PoolMask::NONE;
+        for p in view.membership().pools() {
+            if p.config.perf.model.id == model {
+                mask = mask.with(p.id);
+            }
+        }
+        if mask == PoolMask::NONE {
+            return Err(ServeError::invalid(
+                "model",
+                format!("no pool serves model `{model}`"),
+            ));
+        }
+        let masked = MaskedView { inner: &view, mask };
+        if masked.eligible_pools().next().is_none() {
+            return Err(ServeError::Unavailable(format!(
+                "no healthy backend serves model `{model}`"
+            )));
+        }
+        let t0 = Instant::now();
+        let picked = policy.pick(request, &masked, request.arrival);
+        self.metrics
+            .router_decision(&policy.name)
+            .record(t0.elapsed().as_secs_f64());
+        let Some(id) = picked else {
+            return Err(ServeError::Unavailable(format!(
+                "no healthy backend serves model `{model}`"
+            )));
+        };
+        let membership = view.membership();
+        let Some(entry) = membership
+            .backend(id)
+            .filter(|e| e.state == BackendState::Serving)
+        else {
+            return Err(ServeError::Unavailable(format!(
+                "policy chose backend {id:?}, which is not serving"
+            )));
+        };
+        let handle = self
+            .backends
+            .load()
+            .get(id.index())
+            .cloned()
+            .flatten()
+            .ok_or_else(|| ServeError::Unavailable(format!("backend {id:?} has no driver")))?;
+        // Read before the claim: the prediction adds this request itself.
+        let load = masked.load(id);
+        if !self.board.claim(id, Claim::of(request), seen) {
+            return Ok(None);
+        }
+        let predicted_ttft_ns = membership.pool(entry.pool).map_or(0, |pool| {
+            crate::policy::predict(pool, &load, request).ttft_ns
+        });
+        Ok(Some(Placement {
+            handle,
+            target: Target::Backend {
+                id,
+                load,
+                predicted_ttft_ns,
+            },
+        }))
+    }
+
+    /// Admission counters (accepted, rejected by reason, outstanding).
+    pub fn admission_stats(&self) -> admission::AdmissionStats {
+        self.admission.load().stats()
+    }
+}
+
+/// The status a refusal by the admission controller becomes, per [`RejectReason`]'s
+/// documented mapping.
+fn rejection(
+    reason: RejectReason,
+    limits: &AdmissionLimits,
+    backend: &BackendHandle,
+) -> ServeError {
+    match reason {
+        RejectReason::QueueFull | RejectReason::BatchShed => ServeError::Shed {
+            reason: reason.as_str(),
+            message: format!(
+                "{} ({} in flight at most)",
+                reason.message(),
+                limits.max_in_flight
+            ),
+            retry_after_ms: limits.retry_after_ms,
+        },
+        RejectReason::BackendQueueFull => ServeError::Shed {
+            reason: reason.as_str(),
+            message: format!("{} (backend {})", reason.message(), backend.name),
+            retry_after_ms: limits.retry_after_ms,
+        },
+        RejectReason::DeadlineUnmeetable => ServeError::DeadlineUnmeetable(format!(
+            "{} (backend {})",
+            reason.message(),
+            backend.name
+        )),
+        RejectReason::InvalidRequest => ServeError::invalid("max_tokens", reason.message()),
+        RejectReason::NoHealthyBackend | RejectReason::Draining => {
+            ServeError::Unavailable(reason.message().into())
+        }
+    }
+}
