@@ -1,7 +1,8 @@
 //! The README is a contract: every command in its `sh` blocks is run here, in order, against
 //! the real binary (a daemon line ending in `&` runs in the background until the end), and
 //! the tables and configuration it documents are checked against the code, so the README
-//! cannot drift from what dujiang does. `cargo test` itself is what runs this file.
+//! cannot drift from what dujiang does. The README's test command (`./test.sh`, which
+//! sets up what the tests need and runs `cargo test`) is what runs this file.
 
 // Polling child processes from a plain test thread: there is no runtime to sleep on.
 #![allow(clippy::disallowed_methods)]
@@ -11,6 +12,13 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The README's test command: the script that sets up and runs the tests.
+const TEST_COMMAND: &str = "./test.sh";
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
 
 fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
@@ -100,7 +108,7 @@ fn every_readme_command_runs() {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            if line == "cargo test" {
+            if line == TEST_COMMAND {
                 continue; // this very test run
             }
             let line = line.replace("cargo run --release -- ", "dujiang ");
@@ -227,4 +235,92 @@ fn configuration_reference_matches_the_code() {
         (plain.max_batched_tokens, plain.block_size, plain.perf.tp),
         (8192, 16, 1)
     );
+}
+
+/// Runs `./test.sh --setup-only` with only `dir` (plus a few basic tools) on PATH, in dry-run
+/// mode: what it prints is what it would install.
+fn setup_dry_run(dir: &Path) -> String {
+    for tool in ["bash", "dirname", "id", "env", "sh"] {
+        let to = dir.join(tool);
+        if !to.exists() {
+            let from = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("no {tool} in /usr/bin or /bin"));
+            std::os::unix::fs::symlink(from, to).unwrap();
+        }
+    }
+    let out = Command::new("bash")
+        .arg(repo_file("test.sh"))
+        .arg("--setup-only")
+        .env("PATH", dir)
+        .env("DUJIANG_SETUP_DRY_RUN", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "test.sh --setup-only failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_readme_test_command_sets_itself_up_and_is_what_ci_runs() {
+    let setup = &blocks(&readme(), "sh")[0];
+    let commands: Vec<&str> = setup
+        .lines()
+        .map(|l| l.split("  #").next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        commands,
+        ["cargo run --release -- serve", TEST_COMMAND],
+        "the README's set-up is two commands: the daemon and the tests"
+    );
+    let ci = std::fs::read_to_string(repo_file(".ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|l| l.trim() == TEST_COMMAND),
+        ".ci/run does not run `{TEST_COMMAND}`:\n{ci}"
+    );
+    assert!(
+        !ci.lines().any(|l| l.trim_start().starts_with("cargo test")),
+        ".ci/run runs the tests some other way than the README's command"
+    );
+    let script = std::fs::read_to_string(repo_file("test.sh")).unwrap();
+    assert!(
+        script.lines().any(|l| l.trim() == "exec cargo test \"$@\""),
+        "test.sh ends by running cargo test"
+    );
+    let mode = std::fs::metadata(repo_file("test.sh"))
+        .unwrap()
+        .permissions();
+    assert!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o111 != 0,
+        "test.sh is executable"
+    );
+
+    // A fresh machine: no Prometheus on PATH, so the script installs Debian's package,
+    // without prompts.
+    let bare = std::env::temp_dir().join(format!("dujiang-setup-bare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&bare);
+    std::fs::create_dir_all(&bare).unwrap();
+    let would = setup_dry_run(&bare);
+    assert!(
+        would.lines().any(|l| l.contains("apt-get install")
+            && l.contains("-y")
+            && l.contains("DEBIAN_FRONTEND=noninteractive")
+            && l.ends_with(" prometheus")),
+        "no Prometheus install on a bare machine:\n{would}"
+    );
+    // Once installed, nothing more is installed.
+    for tool in ["prometheus", "promtool"] {
+        let p = bare.join(tool);
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let would = setup_dry_run(&bare);
+    assert!(would.is_empty(), "installs again:\n{would}");
+    let _ = std::fs::remove_dir_all(&bare);
 }

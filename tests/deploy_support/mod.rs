@@ -44,8 +44,8 @@ pub fn tool(name: &str) -> PathBuf {
     });
     found.unwrap_or_else(|| {
         panic!(
-            "`{name}` is not on PATH: install Debian's `prometheus` package \
-             (apt-get install -y prometheus), as .ci/run does"
+            "`{name}` is not on PATH: run the tests with ./test.sh, which installs \
+             Debian's `prometheus` package on first use"
         )
     })
 }
