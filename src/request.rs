@@ -95,6 +95,168 @@ pub struct Request {
     pub session: Option<u64>,
 }
 
+/// Tokens covered by one prefix hash: Mooncake's `hash_ids` name 512-token blocks (its
+/// public `mooncake_trace.jsonl`, kvcache-ai/Mooncake: a 6,755-token prompt carries 14
+/// ids); the engine's prefix cache (`EngineConfig::prefix_block_tokens`) uses the same.
+pub const PREFIX_BLOCK_TOKENS: u32 = 512;
+
+/// Longest client `request_id` accepted, in bytes: it is echoed back and logged, so it is
+/// bounded like every other field a client controls.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Why a request is refused before routing. Both drivers check requests with
+/// [`check_request`] and count refusals under [`Invalid::as_str`], so a replay refuses
+/// exactly what the daemon refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Invalid {
+    /// Zero prompt tokens.
+    EmptyPrompt,
+    /// The prompt alone fills the model's context.
+    PromptTooLong,
+    /// Zero output tokens asked for.
+    NoOutput,
+    /// Prompt plus output exceed the model's context.
+    OutputTooLong,
+    /// More prefix hashes than prompt blocks, or a hash repeated.
+    PrefixHashes,
+    /// `request_id` longer than [`MAX_REQUEST_ID_BYTES`].
+    RequestId,
+}
+
+impl Invalid {
+    pub const ALL: [Invalid; 6] = [
+        Invalid::EmptyPrompt,
+        Invalid::PromptTooLong,
+        Invalid::NoOutput,
+        Invalid::OutputTooLong,
+        Invalid::PrefixHashes,
+        Invalid::RequestId,
+    ];
+
+    /// Stable label for refusal counts (metrics `reason`, replay `rejected_by_reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalid::EmptyPrompt => "invalid_empty_prompt",
+            Invalid::PromptTooLong => "invalid_prompt_too_long",
+            Invalid::NoOutput => "invalid_no_output",
+            Invalid::OutputTooLong => "invalid_output_too_long",
+            Invalid::PrefixHashes => "invalid_prefix_hashes",
+            Invalid::RequestId => "invalid_request_id",
+        }
+    }
+}
+
+/// A refused request: the reason, the request field at fault and a message naming both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestError {
+    pub reason: Invalid,
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// What a request is checked against: the model it asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits<'a> {
+    pub model: &'a str,
+    /// The model's context window, in tokens.
+    pub max_context: u32,
+}
+
+/// The one request check both drivers run before routing: the prompt and its output fit
+/// the model's context, the prefix hashes are at most one per prompt block and distinct
+/// (a repeated hash would fake prefix-cache hits), and the client's id is bounded.
+/// Returns the prompt length as the core counts it.
+pub fn check_request(
+    prompt_tokens: u64,
+    max_tokens: u32,
+    prefix_hashes: &[u64],
+    request_id: &str,
+    limits: RequestLimits<'_>,
+) -> Result<u32, RequestError> {
+    let err = |reason, field, message: String| RequestError {
+        reason,
+        field,
+        message,
+    };
+    let RequestLimits { model, max_context } = limits;
+    let context = u64::from(max_context);
+    if request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(err(
+            Invalid::RequestId,
+            "request_id",
+            format!(
+                "is {} bytes; at most {MAX_REQUEST_ID_BYTES} are accepted",
+                request_id.len()
+            ),
+        ));
+    }
+    if prompt_tokens == 0 {
+        return Err(err(
+            Invalid::EmptyPrompt,
+            "prompt_tokens",
+            "the prompt has no tokens".into(),
+        ));
+    }
+    if prompt_tokens >= context {
+        return Err(err(
+            Invalid::PromptTooLong,
+            "prompt",
+            format!(
+                "prompt is {prompt_tokens} tokens; model `{model}` has a {context}-token context"
+            ),
+        ));
+    }
+    if max_tokens == 0 {
+        return Err(err(
+            Invalid::NoOutput,
+            "max_tokens",
+            "must be at least 1".into(),
+        ));
+    }
+    if u64::from(max_tokens) + prompt_tokens > context {
+        return Err(err(
+            Invalid::OutputTooLong,
+            "max_tokens",
+            format!(
+                "{max_tokens} tokens after a {prompt_tokens}-token prompt exceed model `{model}`'s {context}-token context"
+            ),
+        ));
+    }
+    // Checked above: the prompt is shorter than a u32 context.
+    let prompt = prompt_tokens as u32;
+    let blocks = prompt.div_ceil(PREFIX_BLOCK_TOKENS) as usize;
+    if prefix_hashes.len() > blocks {
+        return Err(err(
+            Invalid::PrefixHashes,
+            "prefix_hashes",
+            format!(
+                "{} hashes for a {prompt}-token prompt; at most one per {PREFIX_BLOCK_TOKENS}-token block ({blocks})",
+                prefix_hashes.len()
+            ),
+        ));
+    }
+    // At most a context's worth of blocks (256 at 128k tokens): sorting a copy is cheap.
+    let mut sorted = prefix_hashes.to_vec();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        let at = prefix_hashes.iter().position(|&h| h == w[0]).unwrap_or(0);
+        return Err(err(
+            Invalid::PrefixHashes,
+            "prefix_hashes",
+            format!("hash {} (at index {at}) appears more than once", w[0]),
+        ));
+    }
+    Ok(prompt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +275,39 @@ mod tests {
         assert_eq!("batch".parse::<Priority>().unwrap(), Priority::Batch);
         assert!("urgent".parse::<Priority>().is_err());
         assert!(Priority::Interactive < Priority::Batch);
+    }
+
+    fn limits() -> RequestLimits<'static> {
+        RequestLimits {
+            model: "m",
+            max_context: 8192,
+        }
+    }
+
+    #[test]
+    fn the_shared_check_refuses_by_reason() {
+        let ok = check_request(1024, 100, &[1, 2], "a", limits());
+        assert_eq!(ok, Ok(1024));
+        let reason = |p: u64, m: u32, h: &[u64], id: &str| {
+            check_request(p, m, h, id, limits()).unwrap_err().reason
+        };
+        assert_eq!(reason(0, 1, &[], ""), Invalid::EmptyPrompt);
+        assert_eq!(reason(8192, 1, &[], ""), Invalid::PromptTooLong);
+        assert_eq!(reason(u64::MAX, 1, &[], ""), Invalid::PromptTooLong);
+        assert_eq!(reason(10, 0, &[], ""), Invalid::NoOutput);
+        assert_eq!(reason(8000, 193, &[], ""), Invalid::OutputTooLong);
+        assert!(check_request(8000, 192, &[], "", limits()).is_ok());
+        // 513 tokens are two blocks: two hashes pass, three do not.
+        assert!(check_request(513, 1, &[7, 8], "", limits()).is_ok());
+        assert_eq!(reason(513, 1, &[7, 8, 9], ""), Invalid::PrefixHashes);
+        let e = check_request(2048, 1, &[7, 8, 7], "", limits()).unwrap_err();
+        assert_eq!(e.reason, Invalid::PrefixHashes);
+        assert!(e.to_string().contains("hash 7 (at index 0)"), "{e}");
+        let long = "x".repeat(MAX_REQUEST_ID_BYTES + 1);
+        assert_eq!(reason(10, 1, &[], &long), Invalid::RequestId);
+        assert!(check_request(10, 1, &[], &long[1..], limits()).is_ok());
+        let labels: std::collections::BTreeSet<_> =
+            Invalid::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), Invalid::ALL.len());
     }
 }

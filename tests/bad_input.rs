@@ -114,7 +114,7 @@ proptest! {
             Ok(_) => {}
             Err(ServeError::InvalidArgument { field, message }) => {
                 prop_assert!(
-                    ["model", "messages", "prompt", "prompt_tokens", "max_tokens", "priority"].contains(&field),
+                    ["model", "messages", "prompt", "prompt_tokens", "max_tokens", "priority", "prefix_hashes", "request_id"].contains(&field),
                     "{field}"
                 );
                 prop_assert!(!message.is_empty());

@@ -195,3 +195,46 @@ fn bad_input_is_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/trace.csv"));
 }
+
+/// Replay refuses what the daemon refuses, before routing, with the same check: on the
+/// demo fleet (llama-3-8b, 8,192-token context) every Mooncake excerpt request whose
+/// prompt fills the context is refused, not served.
+#[test]
+fn replay_refuses_prompts_past_the_models_context_as_the_daemon_does() {
+    let trace = data("mooncake-synthetic-head200.jsonl");
+    let (mut past, mut output_past) = (0u64, 0u64);
+    for line in std::fs::read_to_string(&trace).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (i, o) = (
+            v["input_length"].as_u64().unwrap(),
+            v["output_length"].as_u64().unwrap(),
+        );
+        if i >= 8192 {
+            past += 1;
+        } else if i + o > 8192 {
+            output_past += 1;
+        }
+    }
+    assert!(past > 50, "the excerpt has long prompts: {past}");
+    let json = tmp("context.json");
+    run_ok(
+        bin()
+            .args(["replay", "--reproducible", "--trace"])
+            .arg(&trace)
+            .arg("--json")
+            .arg(&json),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let p = &v["policies"][0];
+    let reasons = &p["rejected_by_reason"];
+    assert_eq!(
+        reasons["invalid_prompt_too_long"].as_u64().unwrap_or(0),
+        past
+    );
+    assert_eq!(
+        reasons["invalid_output_too_long"].as_u64().unwrap_or(0),
+        output_past
+    );
+    assert_eq!(p["completed"].as_u64().unwrap(), 200 - past - output_past);
+}

@@ -130,6 +130,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let cfg = ReplayConfig {
         migration_retries: args.migration_retries,
+        model: Some(spec.model.clone()),
         slo: Slo {
             ttft_ns: (args.slo_ttft_ms * NANOS_PER_MS as f64) as u64,
             tpot_ns: (args.slo_tpot_ms * NANOS_PER_MS as f64) as u64,

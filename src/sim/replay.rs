@@ -25,7 +25,7 @@ use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
 use crate::engine::{DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity, LoadSnapshot};
 use crate::fleet::{BackendId, BackendState, LoadView, Membership, PlainLoadView, PoolConfig};
 use crate::policy::{predict, Policy};
-use crate::request::{Nanos, Request, RequestId, Slo, NANOS_PER_SEC};
+use crate::request::{check_request, Nanos, Request, RequestId, RequestLimits, Slo, NANOS_PER_SEC};
 use crate::trace::TraceRecord;
 use rustc_hash::FxHashMap;
 
@@ -39,6 +39,9 @@ pub struct ReplayConfig {
     pub max_timeline_buckets: usize,
     /// Times a request may be moved off a failed backend before it counts as failed.
     pub migration_retries: u32,
+    /// The model requests ask for (the fleet's `model`), whose context bounds them as the
+    /// daemon's check does; `None`: the first pool's.
+    pub model: Option<String>,
 }
 
 impl Default for ReplayConfig {
@@ -55,6 +58,7 @@ impl Default for ReplayConfig {
             },
             max_timeline_buckets: 240,
             migration_retries: 2,
+            model: None,
         }
     }
 }
@@ -193,6 +197,8 @@ pub struct Replay {
     faults: Vec<(Nanos, Vec<usize>, FaultAction)>,
     next_fault: usize,
     summary: FaultSummary,
+    /// The model every request is checked against, and its context window.
+    model: (String, u32),
 }
 
 impl Replay {
@@ -226,6 +232,18 @@ impl Replay {
             return Err("the fleet has no backends".into());
         }
         let npools = pools.len();
+        let model = match &cfg.model {
+            None => &pools[0].perf.model,
+            Some(m) => {
+                &pools
+                    .iter()
+                    .find(|p| p.perf.model.id == *m)
+                    .ok_or_else(|| format!("no pool serves model `{m}`"))?
+                    .perf
+                    .model
+            }
+        };
+        let model = (model.id.clone(), model.max_context);
         Ok(Replay {
             view,
             engines,
@@ -252,6 +270,7 @@ impl Replay {
             faults: Vec::new(),
             next_fault: 0,
             summary: FaultSummary::default(),
+            model,
             pools,
             cfg,
         })
@@ -564,6 +583,22 @@ impl Replay {
         self.next_id += 1;
         self.fleet.requests += 1;
         self.timeline.at(t).arrivals += 1;
+        // The daemon's own check, before routing: what it refuses is refused here too.
+        // Trace records carry no client id to bound.
+        let limits = RequestLimits {
+            model: &self.model.0,
+            max_context: self.model.1,
+        };
+        if let Err(e) = check_request(
+            u64::from(req.prompt_tokens),
+            req.max_tokens,
+            &req.prefix_hashes,
+            "",
+            limits,
+        ) {
+            self.fleet.reject(e.reason.as_str());
+            return;
+        }
         let picked = self.policy.pick(&req, &self.live(t), t);
         let target = match picked {
             None => Target::NoBackend,

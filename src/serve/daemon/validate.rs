@@ -1,8 +1,9 @@
 //! Turning a wire request into what the core needs: model, prompt length (from the text or
-//! the client's count), output budget against the model's context, priority and SLO.
+//! the client's count), priority and SLO. The bounds (context, output budget, prefix
+//! hashes, request id) are the core's [`check_request`], the same check replay runs.
 
 use super::{Daemon, Validated};
-use crate::request::{Priority, Slo, NANOS_PER_MS};
+use crate::request::{check_request, Priority, RequestLimits, Slo, NANOS_PER_MS};
 use crate::serve::error::ServeError;
 use crate::serve::proto;
 
@@ -40,35 +41,23 @@ impl Daemon {
                 "either messages or prompt must be non-empty",
             ));
         };
-        let prompt_tokens = match req.prompt_tokens {
-            Some(0) => {
-                return Err(ServeError::invalid(
-                    "prompt_tokens",
-                    "must be at least 1 when set",
-                ))
-            }
-            Some(n) => u64::from(n),
-            None => text_tokens,
-        };
-        let context = u64::from(spec.max_context);
-        if prompt_tokens >= context {
-            return Err(ServeError::invalid(
-                "prompt",
-                format!("prompt is {prompt_tokens} tokens; model `{model}` has a {context}-token context"),
-            ));
-        }
-        if req.max_tokens == 0 {
-            return Err(ServeError::invalid("max_tokens", "must be at least 1"));
-        }
-        if u64::from(req.max_tokens) + prompt_tokens > context {
-            return Err(ServeError::invalid(
-                "max_tokens",
-                format!(
-                    "{} tokens after a {prompt_tokens}-token prompt exceed model `{model}`'s {context}-token context",
-                    req.max_tokens
-                ),
-            ));
-        }
+        // A client's count of 0 is refused by the shared check, under its own reason.
+        let prompt_tokens = req.prompt_tokens.map_or(text_tokens, u64::from);
+        let prompt_tokens = check_request(
+            prompt_tokens,
+            req.max_tokens,
+            &req.prefix_hashes,
+            &req.request_id,
+            RequestLimits {
+                model: &model,
+                max_context: spec.max_context,
+            },
+        )
+        .map_err(|e| {
+            // Counted by the same reasons replay reports, so the two can be compared.
+            self.metrics.shed(e.reason.as_str());
+            ServeError::invalid(e.field, e.message)
+        })?;
         let priority = match proto::Priority::try_from(req.priority) {
             Ok(proto::Priority::Batch) => Priority::Batch,
             Ok(_) => Priority::Interactive,
@@ -97,7 +86,7 @@ impl Daemon {
         Ok(Validated {
             client_id: req.request_id,
             model,
-            prompt_tokens: prompt_tokens as u32,
+            prompt_tokens,
             max_tokens: req.max_tokens,
             priority,
             slo,
