@@ -164,15 +164,94 @@ fn every_readme_command_runs() {
         "load.json",
         "replay.json",
         "report.html",
+        "policies.json",
         "day.jsonl",
         "planned.toml",
     ] {
         assert!(work.join(f).exists(), "{f} was not written");
     }
+    the_headline_figures_are_the_commands_output(&work, &path);
     let planned = dujiang::fleet::FleetSpec::load(&work.join("planned.toml")).unwrap();
     assert!(planned
         .resolve(&dujiang::profile::Catalogue::embedded())
         .is_ok());
+}
+
+/// The README's per-policy figures, (policy, p99 TTFT ms, SLO attainment as a fraction),
+/// from the table headed `| policy | p99 TTFT | SLO attainment |`.
+fn headline_table(text: &str) -> Vec<(String, f64, f64)> {
+    let start = text
+        .find("| policy | p99 TTFT | SLO attainment |")
+        .expect("the README's headline table");
+    text[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let number = |s: &str, unit: &str| -> f64 {
+                s.strip_suffix(unit)
+                    .unwrap_or_else(|| panic!("`{s}` lacks `{unit}` in: {l}"))
+                    .trim()
+                    .replace(',', "")
+                    .parse()
+                    .unwrap_or_else(|e| panic!("`{s}` in `{l}`: {e}"))
+            };
+            (
+                cells[1].trim_matches('`').to_string(),
+                number(cells[2], "ms"),
+                number(cells[3], "%") / 100.0,
+            )
+        })
+        .collect()
+}
+
+/// The README's headline figures against the output of the command it says they come from
+/// (`policies.json`, written by the tour): `dujiang compare --max-diff` with the README's
+/// figures as the baseline, so a change that moves them fails here until the README says so.
+fn the_headline_figures_are_the_commands_output(work: &Path, path: &str) {
+    let text = readme();
+    let claims = headline_table(&text);
+    let real: dujiang::sim::Report =
+        serde_json::from_str(&std::fs::read_to_string(work.join("policies.json")).unwrap())
+            .unwrap();
+    let named: Vec<&str> = claims.iter().map(|c| c.0.as_str()).collect();
+    let ran: Vec<&str> = real.policies.iter().map(|p| p.policy.as_str()).collect();
+    assert_eq!(
+        named, ran,
+        "the headline table lists the command's policies"
+    );
+    let mut claimed = real.clone();
+    for (p, (_, ttft_p99, slo)) in claimed.policies.iter_mut().zip(&claims) {
+        p.stats.ttft_ms.p99 = *ttft_p99;
+        p.stats.slo_attainment = *slo;
+    }
+    std::fs::write(work.join("readme-claims.json"), claimed.to_json()).unwrap();
+    let out = Command::new("dujiang")
+        .args(["compare", "readme-claims.json", "policies.json"])
+        .args(["--max-diff", "5", "--metric", "ttft-p99", "--metric"])
+        .arg("slo-attainment")
+        .current_dir(work)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the README's figures are stale; update its table from the command's output:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let best = real
+        .policies
+        .iter()
+        .min_by(|a, b| a.stats.ttft_ms.p99.total_cmp(&b.stats.ttft_ms.p99))
+        .unwrap();
+    let said = format!("`{}` has the lowest p99 TTFT here", best.policy);
+    assert!(
+        text.contains(&said),
+        "the README should say: {said} (p99 {:.1} ms)",
+        best.stats.ttft_ms.p99
+    );
 }
 
 #[test]
