@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod calibrate;
 pub mod cli;
 pub mod config;
 pub mod engine;

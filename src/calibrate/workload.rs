@@ -1,0 +1,204 @@
+//! What a performance model predicts for a measured point's workload: a prefill step, a
+//! decode step, or a closed-loop served run replayed through the engine in virtual time.
+
+use super::points::{Metric, Point, Workload};
+use crate::engine::{Engine, EngineConfig, EngineEvent};
+use crate::profile::PerfModel;
+use crate::request::{Nanos, Request};
+use std::sync::Arc;
+
+/// Per-request results of a closed-loop run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServedRun {
+    pub ttft_ms: Vec<f64>,
+    /// Mean gap between output tokens after the first, for requests with ≥ 2 tokens.
+    pub tpot_ms: Vec<f64>,
+    pub output_tokens: u64,
+    /// From the first request's arrival to the last one's finish.
+    pub makespan_ns: Nanos,
+}
+
+/// Runs `inputs.len()` requests through one engine, `concurrency` at a time: each client
+/// sends its next request the moment its last one finishes (a benchmark's closed loop,
+/// and with `concurrency ≥ requests` an offline batch submitted at once).
+pub fn closed_loop(
+    perf: Arc<PerfModel>,
+    concurrency: u32,
+    inputs: &[u32],
+    outputs: &[u32],
+) -> Result<ServedRun, String> {
+    let n = inputs.len().min(outputs.len());
+    let cfg = EngineConfig::for_perf(&perf);
+    let mut engine = Engine::new(perf, cfg);
+    let mut sent_at = vec![0 as Nanos; n];
+    let mut first = vec![None::<Nanos>; n];
+    let mut run = ServedRun::default();
+    let mut next = 0usize;
+    let admit = |engine: &mut Engine, k: usize, now: Nanos| -> Result<(), String> {
+        let req = Request {
+            id: k as u64,
+            arrival: now,
+            prompt_tokens: inputs[k],
+            max_tokens: outputs[k],
+            ..Default::default()
+        };
+        engine
+            .admit(req, now)
+            .map_err(|e| format!("request of {} + {} tokens: {e}", inputs[k], outputs[k]))
+    };
+    while next < n && next < concurrency as usize {
+        admit(&mut engine, next, 0)?;
+        next += 1;
+    }
+    let mut events = Vec::new();
+    let mut finished = 0usize;
+    while let Some(now) = engine.next_event_at() {
+        events.clear();
+        engine.advance(now, &mut events);
+        for ev in &events {
+            match *ev {
+                EngineEvent::FirstToken { id, at } => {
+                    let k = id as usize;
+                    if first[k].is_none() {
+                        first[k] = Some(at);
+                        run.ttft_ms.push((at - sent_at[k]) as f64 / 1e6);
+                    }
+                }
+                EngineEvent::Finished {
+                    id,
+                    at,
+                    output_tokens,
+                } => {
+                    let k = id as usize;
+                    finished += 1;
+                    run.output_tokens += u64::from(output_tokens);
+                    run.makespan_ns = run.makespan_ns.max(at);
+                    if let (Some(f), true) = (first[k], output_tokens > 1) {
+                        run.tpot_ms
+                            .push((at - f) as f64 / 1e6 / f64::from(output_tokens - 1));
+                    }
+                    if next < n {
+                        sent_at[next] = now;
+                        admit(&mut engine, next, now)?;
+                        next += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if finished != n {
+        return Err(format!("only {finished} of {n} requests finished"));
+    }
+    Ok(run)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    Some(if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    })
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The value `perf` predicts for `point`'s workload and metric.
+pub fn predict(perf: Arc<PerfModel>, point: &Point) -> Result<f64, String> {
+    let tp = f64::from(perf.tp);
+    match &point.workload {
+        Workload::Prefill { tokens } => {
+            let ns = perf.prefill_ns(*tokens, 0) as f64;
+            match point.metric {
+                Metric::PrefillMs => Ok(ns / 1e6),
+                m => Err(format!("{m} is not measured by a prefill")),
+            }
+        }
+        Workload::Decode { batch, context } => {
+            let ns = perf.decode_step_ns(*batch, batch * context) as f64;
+            match point.metric {
+                Metric::StepMs => Ok(ns / 1e6),
+                Metric::OutputTokensPerS => Ok(*batch as f64 * 1e9 / ns),
+                Metric::OutputTokensPerSPerChip => Ok(*batch as f64 * 1e9 / ns / tp),
+                m => Err(format!("{m} is not measured by a decode step")),
+            }
+        }
+        Workload::Served {
+            concurrency,
+            requests,
+            input,
+            output,
+        } => {
+            let inputs = input.sample(*requests, 0);
+            let outputs = output.sample(*requests, 7);
+            let run = closed_loop(perf, *concurrency, &inputs, &outputs)?;
+            let rate = run.output_tokens as f64 * 1e9 / run.makespan_ns.max(1) as f64;
+            let value = match point.metric {
+                Metric::TtftMsP50 => median(&run.ttft_ms),
+                Metric::TtftMsMean => mean(&run.ttft_ms),
+                Metric::TpotMsP50 => median(&run.tpot_ms),
+                Metric::TpotMsMean | Metric::ItlMsMean => mean(&run.tpot_ms),
+                Metric::OutputTokensPerS => Some(rate),
+                Metric::OutputTokensPerSPerChip => Some(rate / tp),
+                m => return Err(format!("{m} is not measured by a served run")),
+            };
+            value.ok_or_else(|| format!("no request produced a {}", point.metric))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::fixtures::{h20, llama3_8b};
+
+    fn perf() -> Arc<PerfModel> {
+        Arc::new(PerfModel::new(&h20(), &llama3_8b(), 1).unwrap())
+    }
+
+    #[test]
+    fn one_at_a_time_is_prefill_then_decode_steps() {
+        let p = perf();
+        let run = closed_loop(p.clone(), 1, &[300, 300], &[11, 11]).unwrap();
+        // Alone in the engine, TTFT is exactly one prefill step, and each later token one
+        // decode step of a single sequence.
+        let prefill = p.prefill_ns(300, 0) as f64 / 1e6;
+        assert_eq!(run.ttft_ms, vec![prefill, prefill]);
+        let decode_ms = p.decode_run_ns(1, 301, 10) as f64 / 1e6 / 10.0;
+        assert!(
+            (run.tpot_ms[0] - decode_ms).abs() < 1e-6,
+            "{run:?} vs {decode_ms}"
+        );
+        assert_eq!(run.output_tokens, 22);
+        // The second request is sent when the first finishes.
+        let one = p.prefill_ns(300, 0) + p.decode_run_ns(1, 301, 10);
+        assert_eq!(run.makespan_ns, 2 * one);
+    }
+
+    #[test]
+    fn more_clients_raise_throughput_and_tpot() {
+        let p = perf();
+        let inputs = vec![200; 64];
+        let outputs = vec![100; 64];
+        let one = closed_loop(p.clone(), 1, &inputs, &outputs).unwrap();
+        let many = closed_loop(p, 32, &inputs, &outputs).unwrap();
+        let rate = |r: &ServedRun| r.output_tokens as f64 / r.makespan_ns as f64;
+        assert!(rate(&many) > 5.0 * rate(&one));
+        assert!(median(&many.tpot_ms) > median(&one.tpot_ms));
+    }
+
+    #[test]
+    fn median_and_mean() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(mean(&[]), None);
+    }
+}
