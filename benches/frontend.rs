@@ -119,6 +119,7 @@ fn frontend(c: &mut Criterion) {
     let (dujiang, echo) = rt.block_on(async {
         let cfg = ServeConfig {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ..ServeConfig::default()
         };

@@ -114,6 +114,7 @@ async fn soak() {
     let every = Duration::from_secs(env_secs("DUJIANG_SOAK_WINDOW_SECS", 30));
     let cfg = ServeConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         time_scale: TIME_SCALE,
         fleet: concat!(
@@ -132,8 +133,13 @@ async fn soak() {
         .connect()
         .await
         .unwrap();
-    let client = InferenceClient::new(channel.clone());
-    let mut admin = AdminClient::new(channel);
+    let client = InferenceClient::new(channel);
+    let admin_channel = Channel::from_shared(format!("http://{}", d.admin_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = AdminClient::new(admin_channel);
     let window = Arc::new(Mutex::new(Window::default()));
     let sent = Arc::new(AtomicU64::new(0));
 

@@ -295,7 +295,7 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
     }
     assert_eq!(tokens, 5);
     // Nothing was accepted but the valid one, and it finished.
-    let stats = admin(d.grpc_addr)
+    let stats = admin(d.admin_addr)
         .await
         .get_stats(proto::GetStatsRequest {})
         .await
@@ -345,7 +345,7 @@ async fn two_thousand_tiny_streams_opened_and_dropped_leave_nothing_behind() {
         accepted += u64::from(t.await.unwrap());
     }
     assert!(accepted > 0);
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     assert!(
         eventually(Duration::from_secs(10), async || {
             a.get_stats(proto::GetStatsRequest {})

@@ -110,11 +110,46 @@ fn container_ports_match_the_listeners() {
     }
 }
 
+/// Admin can remove pools and inject faults: no shipped config may expose it. It stays on
+/// loopback (or carries a token), no container port or Service port names it, and the
+/// image does not EXPOSE it.
+#[test]
+fn the_admin_port_is_not_exposed() {
+    for dir in ["gateway", "sidecar"] {
+        let c = config(dir);
+        assert!(
+            c.admin_addr.ip().is_loopback() || !c.admin_token_file.as_os_str().is_empty(),
+            "{dir}: admin_addr {} without a token",
+            c.admin_addr
+        );
+        let port = u64::from(c.admin_addr.port());
+        assert_ne!(port, u64::from(c.grpc_addr.port()), "{dir}");
+        let file = format!("deploy/k8s/{dir}/deployment.yaml");
+        let ports = yaml_number(&read(&file), "containerPort");
+        assert!(
+            !ports.contains(&port),
+            "{file} exposes the admin port: {ports:?}"
+        );
+    }
+    let service = read("deploy/k8s/gateway/service.yaml");
+    let gateway = config("gateway");
+    let service_ports: Vec<u64> = yaml_number(&service, "port");
+    assert!(
+        service_ports.contains(&u64::from(gateway.grpc_addr.port())),
+        "{service_ports:?}"
+    );
+    assert!(
+        !service_ports.contains(&u64::from(gateway.admin_addr.port())),
+        "the Service must not carry the admin port: {service_ports:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_configs_start_a_daemon_that_serves() {
     for dir in ["gateway", "sidecar"] {
         let mut c = config(dir);
         c.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        c.admin_addr = "127.0.0.1:0".parse().unwrap();
         c.http_addr = "127.0.0.1:0".parse().unwrap();
         c.fleet = repo(&format!("deploy/k8s/{dir}/fleet.toml"));
         c.time_scale = 20.0;
@@ -149,6 +184,9 @@ fn dockerfile_config_rewrite_opens_the_default_listeners() {
     }
     let c = ServeConfig::parse(&rewritten, "image serve.toml").unwrap();
     let default = ServeConfig::default();
+    // The image opens the data plane, never Admin.
+    assert_eq!(c.admin_addr, default.admin_addr);
+    assert!(c.admin_addr.ip().is_loopback(), "{}", c.admin_addr);
     assert_eq!(
         c.grpc_addr.to_string(),
         format!("0.0.0.0:{}", default.grpc_addr.port())
@@ -188,6 +226,7 @@ async fn dockerfile_healthcheck_command_works() {
     let d = dujiang::serve::start(
         ServeConfig {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ..ServeConfig::default()
         },

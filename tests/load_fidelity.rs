@@ -66,6 +66,7 @@ async fn daemon(policy: &str, records: &[TraceRecord], time_scale: f64) -> Polic
         .spawn(dujiang::serve::start(
             ServeConfig {
                 grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                admin_addr: "127.0.0.1:0".parse().unwrap(),
                 http_addr: "127.0.0.1:0".parse().unwrap(),
                 time_scale,
                 policy: policy.into(),
@@ -79,6 +80,7 @@ async fn daemon(policy: &str, records: &[TraceRecord], time_scale: f64) -> Polic
         .unwrap();
     let cfg = LoadConfig {
         target: format!("http://{}", d.grpc_addr),
+        admin_target: Some(format!("http://{}", d.admin_addr)),
         time_scale,
         ..LoadConfig::default()
     };

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 fn config(addr: std::net::SocketAddr) -> LoadConfig {
     LoadConfig {
         target: format!("http://{addr}"),
+        // The stubs serve no Admin; a daemon's tests set its admin address.
+        admin_target: None,
         connections: 2,
         ..LoadConfig::default()
     }
@@ -177,6 +179,7 @@ async fn the_daemon_answers_invalid_requests_with_invalid_argument() {
     }
     let cfg = LoadConfig {
         time_scale: 20.0,
+        admin_target: Some(format!("http://{}", d.admin_addr)),
         ..config(d.grpc_addr)
     };
     let report = loadgen::run(cfg, ok_records(records)).await.unwrap();

@@ -155,7 +155,7 @@ async fn chaos_loses_nothing_and_counts_add_up() {
         .map(|i| tokio::spawn(client(d.grpc_addr, 1000 + i, stop.clone())))
         .collect();
 
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     let mut rng = StdRng::seed_from_u64(7);
     let (mut fails, mut slowdowns, mut clears) = (0, 0, 0);
     let mut failed = [false; 4];

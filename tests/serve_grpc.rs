@@ -119,7 +119,7 @@ async fn a_thousand_concurrent_streams_finish_exactly_once() {
         assert_eq!(seen.tokens, 8 + i as u32 % 9, "stream {i}");
         assert_eq!(seen.finished_count, 1, "stream {i}");
     }
-    let stats = admin(d.grpc_addr)
+    let stats = admin(d.admin_addr)
         .await
         .get_stats(proto::GetStatsRequest {})
         .await
@@ -206,7 +206,7 @@ async fn deadlines_end_streams_with_deadline_exceeded() {
     let status = seen.status.expect("stream ends with a status");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(seen.tokens > 0 && seen.tokens < 4000);
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     let ok = eventually(Duration::from_secs(2), async || {
         let s = a
             .get_stats(proto::GetStatsRequest {})
@@ -249,7 +249,7 @@ async fn admission_limits_shed_with_a_retry_hint() {
 async fn failed_backends_make_requests_unavailable() {
     let d = start(two_h20()).await;
     let mut c = inference(d.grpc_addr).await;
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     let mut running = c.generate(request(100, 4000)).await.unwrap().into_inner();
     let first = running.message().await.unwrap().unwrap();
     let backend = match first.event.unwrap() {
@@ -319,7 +319,7 @@ async fn drained_backends_finish_their_work_and_take_no_more() {
     })
     .await;
     let mut c = inference(d.grpc_addr).await;
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     let info = a
         .drain_backend(proto::BackendRef {
             backend: "h20-0".into(),
@@ -351,7 +351,7 @@ async fn drained_backends_finish_their_work_and_take_no_more() {
 #[tokio::test]
 async fn admin_lists_switches_policy_and_changes_pools() {
     let d = start(two_h20()).await;
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     let pools = a
         .list_pools(proto::ListPoolsRequest {})
         .await
@@ -457,7 +457,7 @@ async fn slowdown_stretches_step_times() {
         ..two_h20()
     })
     .await;
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     let mut c = inference(d.grpc_addr).await;
     // Keep both requests on h20-0.
     a.drain_backend(proto::BackendRef {
@@ -584,7 +584,7 @@ async fn health_and_reflection_answer_stock_clients() {
     let d = start(two_h20()).await;
     let ch = channel(d.grpc_addr).await;
     let mut h = HealthClient::new(ch.clone());
-    for service in ["", "dujiang.v1.Inference", "dujiang.v1.Admin"] {
+    for service in ["", "dujiang.v1.Inference"] {
         let r = h
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -620,13 +620,11 @@ async fn health_and_reflection_answer_stock_clients() {
         panic!("expected a service list");
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    for want in [
-        "dujiang.v1.Inference",
-        "dujiang.v1.Admin",
-        "grpc.health.v1.Health",
-    ] {
+    for want in ["dujiang.v1.Inference", "grpc.health.v1.Health"] {
         assert!(names.contains(&want), "{names:?}");
     }
+    // Admin lives on its own port (tests/serve_admin_plane.rs).
+    assert!(!names.contains(&"dujiang.v1.Admin"), "{names:?}");
     let mut resp = r
         .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
             "dujiang.v1.Inference".into(),

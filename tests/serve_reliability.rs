@@ -58,7 +58,7 @@ async fn a_stream_whose_backend_fails_continues_elsewhere_without_repeating_a_to
     })
     .await;
     let mut c = inference(d.grpc_addr).await;
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     // The reference: the same request on a healthy fleet.
     let reference = c.complete(request(300, 120)).await.unwrap().into_inner();
 
@@ -112,7 +112,7 @@ async fn moves_are_bounded_by_the_retry_budget() {
     cfg.reliability.migration_retries = 1;
     let d = start(cfg).await;
     let mut c = inference(d.grpc_addr).await;
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     let mut stream = c.generate(request(100, 2000)).await.unwrap().into_inner();
     let (first, _, mut tokens) = read_until(&mut stream, 5).await;
     fail(&mut a, &first).await;
@@ -167,7 +167,7 @@ async fn stragglers_are_ejected_within_the_pool_bound_and_readmitted_after_recov
     };
     cfg.reliability.check_interval_ms = 20;
     let d = start(cfg).await;
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     // Three of four backends slow down fourfold; at most half the pool may be ejected.
     for b in ["h20-0", "h20-1", "h20-2"] {
         a.inject_fault(proto::InjectFaultRequest {

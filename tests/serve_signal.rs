@@ -37,6 +37,8 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
                 &grpc.to_string(),
                 "--http-addr",
                 &http.to_string(),
+                "--admin-addr",
+                "127.0.0.1:0",
             ])
             .args(["--time-scale", "2", "--grace-period-ms", "10000"])
             .env("RUST_LOG", "info")

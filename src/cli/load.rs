@@ -18,6 +18,10 @@ pub struct Args {
     /// The daemon's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub target: String,
+    /// The daemon's Admin address, asked for the policy and the pools' chips and prices
+    /// (`none`: learn pools from the responses only).
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    pub admin_target: String,
     /// Trace file to send (Azure CSV, BurstGPT CSV, Mooncake JSONL or dujiang JSONL).
     #[arg(long, required_unless_present = "rate", conflicts_with = "rate")]
     pub trace: Option<PathBuf>,
@@ -212,6 +216,7 @@ pub fn run(args: Args) -> Result<()> {
     let (records, trace_name, expected) = traffic(&args)?;
     let cfg = LoadConfig {
         target: args.target.clone(),
+        admin_target: Some(args.admin_target.clone()).filter(|t| t != "none"),
         time_scale: args.time_scale,
         concurrency_limit: args.concurrency_limit,
         late_after: Duration::from_secs_f64(args.late_ms / 1e3),

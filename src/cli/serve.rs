@@ -1,5 +1,6 @@
 //! `dujiang serve`: run the daemon until SIGTERM or SIGINT. With no arguments it serves
-//! the embedded demo fleet on gRPC 127.0.0.1:50051 and HTTP 127.0.0.1:9464.
+//! the embedded demo fleet on gRPC 127.0.0.1:50051 (Inference), Admin 127.0.0.1:50052 and
+//! HTTP 127.0.0.1:9464.
 
 use crate::serve::{ServeConfig, DEFAULT_CONFIG_TOML};
 use anyhow::Context as _;
@@ -11,9 +12,15 @@ pub struct Args {
     /// TOML config file (see --print-default-config); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// gRPC listen address.
+    /// gRPC listen address of the data plane (Inference, health, reflection).
     #[arg(long, value_name = "ADDR")]
     grpc_addr: Option<SocketAddr>,
+    /// gRPC listen address of the Admin service; non-loopback needs --admin-token-file.
+    #[arg(long, value_name = "ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// File holding the bearer token Admin calls must present.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// HTTP listen address for /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
@@ -46,6 +53,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(a) = args.grpc_addr {
         config.grpc_addr = a;
     }
+    if let Some(a) = args.admin_addr {
+        config.admin_addr = a;
+    }
+    if let Some(f) = args.admin_token_file {
+        config.admin_token_file = f;
+    }
     if let Some(a) = args.http_addr {
         config.http_addr = a;
     }
@@ -62,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.grace_period_ms = g;
     }
     config
-        .validate("--time-scale", "")
+        .validate("command line", "")
         .map_err(|e| anyhow::anyhow!("{}", e.message))
         .context("invalid command-line value")?;
     tracing_subscriber::fmt()

@@ -43,6 +43,10 @@ use tonic::transport::Channel;
 pub struct LoadConfig {
     /// The daemon's gRPC address, `http://host:port`.
     pub target: String,
+    /// The daemon's Admin address, asked once for the policy and the pools (chip, price,
+    /// domesticity). `None`, or a daemon that does not answer there: pools are learnt
+    /// from `Started` messages instead.
+    pub admin_target: Option<String>,
     /// Arrival times are divided by this; latencies are multiplied by it. Use the daemon's
     /// `--time-scale`.
     pub time_scale: f64,
@@ -72,6 +76,7 @@ impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             target: "http://127.0.0.1:50051".into(),
+            admin_target: Some("http://127.0.0.1:50052".into()),
             time_scale: 1.0,
             concurrency_limit: None,
             late_after: Duration::from_millis(10),
@@ -121,7 +126,10 @@ where
             .with_context(|| format!("cannot connect to {}", cfg.target))?;
         clients.push(InferenceClient::new(channel));
     }
-    let (policy, pools) = fleet_info(&cfg.target).await;
+    let (policy, pools) = match &cfg.admin_target {
+        Some(admin) => fleet_info(admin).await,
+        None => (None, Vec::new()),
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -145,9 +153,9 @@ where
     Ok(collector.finish(&cfg, policy, wall))
 }
 
-/// The daemon's policy and pools from `Admin.ListPools`, so the report names the policy
-/// and carries each pool's chip, size, price and domesticity. A server without the Admin
-/// service still works: pools are then learnt from `Started` messages.
+/// The daemon's policy and pools from `Admin.ListPools` on its admin port, so the report
+/// names the policy and carries each pool's chip, size, price and domesticity. A server
+/// without the Admin service still works: pools are then learnt from `Started` messages.
 async fn fleet_info(target: &str) -> (Option<String>, Vec<PoolMeta>) {
     let Ok(channel) = Channel::from_shared(target.to_string()) else {
         return (None, Vec::new());

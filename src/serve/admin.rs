@@ -1,5 +1,7 @@
 //! The `dujiang.v1.Admin` service: a thin translation between proto messages and the
-//! daemon's fleet operations, which do the work and classify the errors.
+//! daemon's fleet operations, which do the work and classify the errors. It is served on
+//! its own listener (`admin_addr`), never on the data plane, and when a token is
+//! configured every call must carry it ([`AdminAuth`]).
 
 use super::backend::BackendHandle;
 use super::daemon::Daemon;
@@ -8,7 +10,76 @@ use crate::engine::LoadSnapshot;
 use crate::fleet::{BackendState, LoadView};
 use crate::metrics::Percentiles;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
+
+/// Checks `authorization: Bearer <token>` on every Admin call when a token is configured.
+/// The comparison runs in time that depends only on the configured token's length, so
+/// timing does not reveal how much of a guess was right.
+#[derive(Clone)]
+pub struct AdminAuth {
+    /// The whole expected header value, `Bearer <token>`; `None`: no token configured.
+    expected: Option<Arc<[u8]>>,
+}
+
+impl AdminAuth {
+    pub fn new(token: Option<String>) -> AdminAuth {
+        AdminAuth {
+            expected: token.map(|t| format!("Bearer {t}").into_bytes().into()),
+        }
+    }
+
+    /// Reads the token file: its content with surrounding whitespace removed, which must
+    /// not be empty.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<AdminAuth> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("admin_token_file {}: cannot read: {e}", path.display())
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            anyhow::bail!("admin_token_file {}: the file is empty", path.display());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!(
+                "admin_token_file {}: the token must be printable ASCII without spaces \
+                 (it travels in a gRPC header)",
+                path.display()
+            );
+        }
+        Ok(AdminAuth::new(Some(token.to_string())))
+    }
+
+    fn accepts(&self, given: Option<&[u8]>) -> bool {
+        let Some(expected) = &self.expected else {
+            return true;
+        };
+        let given = given.unwrap_or_default();
+        // Byte by byte over the expected length (missing bytes compare as 0, which no
+        // header byte is), then the lengths: no early exit on the first mismatch.
+        let mut same = subtle::Choice::from(1);
+        for (i, e) in expected.iter().enumerate() {
+            same &= given.get(i).copied().unwrap_or(0).ct_eq(e);
+        }
+        same &= (given.len() as u64).ct_eq(&(expected.len() as u64));
+        same.into()
+    }
+}
+
+impl tonic::service::Interceptor for AdminAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let given = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        if self.accepts(given) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "Admin calls need `authorization: Bearer <token>` with the daemon's admin token",
+            ))
+        }
+    }
+}
 
 pub struct AdminService {
     pub daemon: Arc<Daemon>,
@@ -260,5 +331,33 @@ impl Admin for AdminService {
             policy: policy.to_string(),
             message: "policy and admission limits reloaded".into(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let auth = AdminAuth::new(Some("s3cret".into()));
+        assert!(auth.accepts(Some(b"Bearer s3cret")));
+        for wrong in [
+            &b""[..],
+            b"Bearer",
+            b"Bearer s3cre",
+            b"Bearer s3cret2",
+            b"Bearer S3cret",
+            b"bearer s3cret",
+            b"s3cret",
+        ] {
+            assert!(
+                !auth.accepts(Some(wrong)),
+                "{}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
+        assert!(!auth.accepts(None));
+        assert!(AdminAuth::new(None).accepts(None));
     }
 }

@@ -11,8 +11,14 @@ use std::path::{Path, PathBuf};
 /// that it parses to [`ServeConfig::default`].
 pub const DEFAULT_CONFIG_TOML: &str = r#"# dujiang serve configuration. Every key is optional; command-line flags win.
 
-# gRPC (dujiang.v1.Inference, dujiang.v1.Admin, grpc.health.v1, reflection).
+# gRPC data plane: dujiang.v1.Inference, grpc.health.v1 and reflection.
 grpc_addr = "127.0.0.1:50051"
+# gRPC admin plane: dujiang.v1.Admin (pools, policy, drains, faults), on its own listener.
+# Only a loopback address is allowed unless admin_token_file is set.
+admin_addr = "127.0.0.1:50052"
+# File holding the bearer token every Admin call must present (`authorization: Bearer
+# TOKEN`). Empty: no token, and admin_addr must be loopback.
+admin_token_file = ""
 # HTTP: /metrics (Prometheus), /healthz, /readyz.
 http_addr = "127.0.0.1:9464"
 # Simulated time runs this many times faster than wall time (load tests use > 1).
@@ -60,6 +66,10 @@ check_interval_ms = 100
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     pub grpc_addr: SocketAddr,
+    /// The Admin service's own listener (never the data plane's).
+    pub admin_addr: SocketAddr,
+    /// Bearer token file for Admin calls; empty means none (loopback only).
+    pub admin_token_file: PathBuf,
     pub http_addr: SocketAddr,
     pub time_scale: f64,
     /// Fleet file; empty means the embedded demo fleet.
@@ -137,6 +147,8 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            admin_token_file: PathBuf::new(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             time_scale: 1.0,
             fleet: PathBuf::new(),
@@ -171,6 +183,19 @@ impl ServeConfig {
                 src,
                 "time_scale",
                 format!("must be a positive number, got {}", self.time_scale),
+            ));
+        }
+        if !self.admin_addr.ip().is_loopback() && self.admin_token_file.as_os_str().is_empty() {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "admin_addr",
+                format!(
+                    "{} is not a loopback address: the Admin service can remove pools and \
+                     inject faults, so it needs admin_token_file (--admin-token-file) to \
+                     listen beyond loopback",
+                    self.admin_addr
+                ),
             ));
         }
         if self.admission.max_in_flight == 0 {
@@ -256,6 +281,19 @@ mod tests {
         let err = ServeConfig::parse(src, "serve.toml").unwrap_err();
         assert_eq!(err.line, Some(3), "{err}");
         assert!(err.to_string().contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn open_admin_address_needs_a_token() {
+        let src = "admin_addr = \"0.0.0.0:50052\"\n";
+        let err = ServeConfig::parse(src, "s.toml").unwrap_err();
+        assert_eq!(err.line, Some(1), "{err}");
+        assert!(err.to_string().contains("admin_token_file"), "{err}");
+        let with_token = format!("{src}admin_token_file = \"/run/secrets/admin\"\n");
+        let cfg = ServeConfig::parse(&with_token, "s.toml").unwrap();
+        assert!(cfg.admin_addr.ip().is_unspecified());
+        // Loopback needs no token.
+        ServeConfig::parse("admin_addr = \"[::1]:7000\"\n", "s.toml").unwrap();
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The daemon (`dujiang serve`): gRPC `dujiang.v1.Inference` and `dujiang.v1.Admin`, the
-//! standard `grpc.health.v1` and server reflection, an HTTP port with `/metrics`,
-//! `/healthz` and `/readyz`, and one wall-clock driver per simulated backend.
+//! The daemon (`dujiang serve`): gRPC `dujiang.v1.Inference` with the standard
+//! `grpc.health.v1` and server reflection on the data-plane port, `dujiang.v1.Admin` on a
+//! port of its own (loopback unless a bearer token is configured: Admin can remove pools
+//! and inject faults, so whoever can send a prompt must not be able to call it), an HTTP
+//! port with `/metrics`, `/healthz` and `/readyz`, and one wall-clock driver per simulated
+//! backend.
 //!
 //! gRPC is served by hyper through axum's server (tonic's `Routes`), not tonic's own
 //! transport: tonic's transport applies `grpc-timeout` itself and answers CANCELLED, while
@@ -43,8 +46,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
-/// Service names health is reported for, besides the overall `""`.
-const SERVICES: [&str; 2] = ["dujiang.v1.Inference", "dujiang.v1.Admin"];
+/// Service names health is reported for, besides the overall `""`. Each port's health
+/// service answers for the services that port serves.
+const SERVICES: [&str; 1] = ["dujiang.v1.Inference"];
+const ADMIN_SERVICES: [&str; 1] = ["dujiang.v1.Admin"];
 
 /// How long after the grace period the remaining streams get to receive their final status
 /// before the listeners close.
@@ -53,6 +58,7 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// A started daemon: its bound addresses and the means to stop it.
 pub struct RunningDaemon {
     pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub daemon: Arc<Daemon>,
     stop: watch::Sender<bool>,
@@ -86,37 +92,72 @@ pub async fn start_with(
     config_path: Option<PathBuf>,
     fleet: Option<FleetInput>,
 ) -> anyhow::Result<RunningDaemon> {
+    // Checked here too, not only when a config file is parsed: an embedding caller builds
+    // its ServeConfig directly.
+    config
+        .validate("config", "")
+        .map_err(|e| anyhow::anyhow!("{}", e.message))
+        .context("invalid configuration")?;
+    let auth = if config.admin_token_file.as_os_str().is_empty() {
+        admin::AdminAuth::new(None)
+    } else {
+        admin::AdminAuth::from_file(&config.admin_token_file)?
+    };
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen for Admin gRPC on {}", config.admin_addr))?;
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
     let grpc_addr = grpc.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
     let http_addr = http.local_addr()?;
     let daemon = Daemon::start(&config, config_path, fleet)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    let (admin_health, admin_health_service) = tonic_health::server::health_reporter();
     for name in std::iter::once("").chain(SERVICES) {
         health
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
+    for name in std::iter::once("").chain(ADMIN_SERVICES) {
+        admin_health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    // Each port's reflection lists only what that port serves (the proto file holds both
+    // services).
+    let reflection = |services: &[&str]| {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b.build_v1().context("building the reflection service")
+    };
     let routes = tonic::service::Routes::new(proto::inference_server::InferenceServer::new(
         inference::InferenceService {
             daemon: daemon.clone(),
         },
     ))
-    .add_service(proto::admin_server::AdminServer::new(admin::AdminService {
-        daemon: daemon.clone(),
-    }))
     .add_service(health_service)
-    .add_service(reflection);
+    .add_service(reflection(&SERVICES)?);
+    let admin_routes =
+        tonic::service::Routes::new(proto::admin_server::AdminServer::with_interceptor(
+            admin::AdminService {
+                daemon: daemon.clone(),
+            },
+            auth,
+        ))
+        .add_service(admin_health_service)
+        .add_service(reflection(&ADMIN_SERVICES)?);
 
     let (stop, stop_rx) = watch::channel(false);
     let (close, close_rx) = watch::channel(false);
@@ -130,6 +171,11 @@ pub async fn start_with(
     });
     let grpc_server = tokio::spawn(
         axum::serve(grpc, routes.into_axum_router())
+            .with_graceful_shutdown(closed(close_rx.clone()))
+            .into_future(),
+    );
+    let admin_server = tokio::spawn(
+        axum::serve(admin_listener, admin_routes.into_axum_router())
             .with_graceful_shutdown(closed(close_rx.clone()))
             .into_future(),
     );
@@ -163,6 +209,7 @@ pub async fn start_with(
     daemon.set_ready(true);
     tracing::info!(
         grpc = %grpc_addr,
+        admin = %admin_addr,
         http = %http_addr,
         fleet = %daemon.fleet_name,
         policy = %daemon.policy_name(),
@@ -179,6 +226,11 @@ pub async fn start_with(
         d.stop_accepting();
         for name in std::iter::once("").chain(SERVICES) {
             health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        for name in std::iter::once("").chain(ADMIN_SERVICES) {
+            admin_health
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
@@ -200,7 +252,7 @@ pub async fn start_with(
         close.send_replace(true);
         upkeep.abort();
         outliers.abort();
-        for server in [grpc_server, http_server] {
+        for server in [grpc_server, admin_server, http_server] {
             match tokio::time::timeout(FINAL_FLUSH, server).await {
                 Ok(joined) => joined
                     .context("server task panicked")?
@@ -213,6 +265,7 @@ pub async fn start_with(
     });
     Ok(RunningDaemon {
         grpc_addr,
+        admin_addr,
         http_addr,
         daemon,
         stop,

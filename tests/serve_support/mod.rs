@@ -22,6 +22,7 @@ pub fn data(name: &str) -> PathBuf {
 pub fn config() -> ServeConfig {
     ServeConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grace_period_ms: 5_000,
         ..ServeConfig::default()
