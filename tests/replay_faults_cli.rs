@@ -96,3 +96,42 @@ fn a_bad_plan_names_file_line_and_field() {
     assert!(err.contains("h20-7") && err.contains("h20-0"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A slowdown by a factor that divides no step time: every wait is measured on the fleet
+/// clock without wrapping, so queue and latency percentiles stay within the run (before
+/// the shared clock, queue p99 came out as 1.8×10^13 ms, or the debug build panicked).
+#[test]
+fn a_slowdown_gives_sane_queue_times() {
+    let dir = std::env::temp_dir().join(format!("dujiang-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan = dir.join("slow.toml");
+    std::fs::write(
+        &plan,
+        "[[fault]]\nat_s = 10\npool = \"h20\"\nkind = \"slowdown\"\nfactor = 3.3\n",
+    )
+    .unwrap();
+    let json = dir.join("slow.json");
+    let out = replay(&[
+        "--faults",
+        plan.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let p = &report["policies"][0];
+    assert_eq!(p["completed"], 300);
+    let run_ms = p["simulated_seconds"].as_f64().unwrap() * 1000.0;
+    for key in ["queue_ms", "ttft_ms", "e2e_ms"] {
+        let p99 = p[key]["p99"].as_f64().unwrap();
+        assert!(
+            p99 >= 0.0 && p99 <= run_ms,
+            "{key} p99 {p99} ms in a {run_ms} ms run"
+        );
+    }
+}

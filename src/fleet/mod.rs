@@ -17,6 +17,7 @@ mod board;
 mod membership;
 mod plain;
 mod spec;
+mod stretch;
 mod view;
 
 pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
@@ -26,6 +27,7 @@ pub use membership::{
 };
 pub use plain::PlainLoadView;
 pub use spec::{FleetSpec, PolicySpec, PoolSpec, SpendSplit, EMBEDDED_DEMO};
+pub use stretch::StretchClock;
 pub use view::{LoadView, MaskedView, PoolMask};
 
 #[cfg(test)]

@@ -2,9 +2,8 @@
 //! `--time-scale` (simulated ns = wall ns × scale), and back, so a backend driver can sleep
 //! until the wall instant at which its engine's next event happens.
 //!
-//! [`BackendClock`] adds a per-backend slowdown on top: a backend slowed by factor f lives
-//! on a local clock that runs f times slower than the fleet's, so every step it models
-//! takes f times longer as seen by clients, without the engine knowing about faults.
+//! [`BackendClock`] adds a per-backend slowdown on top: the core's
+//! [`crate::fleet::StretchClock`], shared with replay.
 
 use crate::request::Nanos;
 use std::time::{Duration, Instant};
@@ -53,44 +52,8 @@ impl SimClock {
     }
 }
 
-/// One backend's local time: fleet time slowed down by a fault factor, piecewise linear.
-#[derive(Clone, Copy, Debug)]
-pub struct BackendClock {
-    anchor_fleet: Nanos,
-    anchor_local: Nanos,
-    factor: f64,
-}
-
-impl Default for BackendClock {
-    fn default() -> Self {
-        BackendClock {
-            anchor_fleet: 0,
-            anchor_local: 0,
-            factor: 1.0,
-        }
-    }
-}
-
-impl BackendClock {
-    pub fn local(&self, fleet: Nanos) -> Nanos {
-        let d = fleet.saturating_sub(self.anchor_fleet) as f64 / self.factor;
-        self.anchor_local + d as Nanos
-    }
-
-    /// The fleet time of a local instant at or after the last re-anchoring; rounded up so
-    /// the backend is never woken before its event.
-    pub fn fleet(&self, local: Nanos) -> Nanos {
-        let d = local.saturating_sub(self.anchor_local) as f64 * self.factor;
-        self.anchor_fleet + d.ceil() as Nanos
-    }
-
-    /// Changes the slowdown from fleet time `now` on; time already passed keeps its rate.
-    pub fn set_factor(&mut self, now_fleet: Nanos, factor: f64) {
-        self.anchor_local = self.local(now_fleet);
-        self.anchor_fleet = now_fleet;
-        self.factor = factor;
-    }
-}
+/// One backend's local time under a slowdown: the core's clock, the same one replay uses.
+pub use crate::fleet::StretchClock as BackendClock;
 
 #[cfg(test)]
 mod tests {
@@ -102,18 +65,5 @@ mod tests {
         for sim in [0u64, 1, 999, 1_000_003, 123_456_789_012] {
             assert!(c.sim_at(c.instant_at(sim)) >= sim, "{sim}");
         }
-    }
-
-    #[test]
-    fn slowdown_stretches_only_later_time() {
-        let mut b = BackendClock::default();
-        assert_eq!(b.local(1000), 1000);
-        b.set_factor(1000, 4.0);
-        assert_eq!(b.local(1000), 1000);
-        assert_eq!(b.local(5000), 2000);
-        assert_eq!(b.fleet(2000), 5000);
-        b.set_factor(5000, 1.0);
-        assert_eq!(b.local(6000), 3000);
-        assert_eq!(b.fleet(3000), 6000);
     }
 }

@@ -15,9 +15,8 @@
 //! factor = 3.0        # step times ×3 from then on; "recover" ends it
 //! ```
 //!
-//! Also the per-backend [`StretchClock`]: a slowed backend's engine lives on a local clock
-//! that runs `factor` times slower than the fleet's, the same model the daemon uses, so
-//! the engine itself never knows about faults.
+//! A slowed backend's engine lives on a [`crate::fleet::StretchClock`], the same clock the
+//! daemon's drivers use, so the engine itself never knows about faults.
 
 use crate::config::{parse_toml, ConfigError};
 use crate::request::{Nanos, NANOS_PER_SEC};
@@ -151,57 +150,6 @@ impl FaultPlan {
     }
 }
 
-/// One backend's local time: fleet time slowed down by a factor, piecewise linear.
-#[derive(Clone, Copy, Debug)]
-pub struct StretchClock {
-    anchor_fleet: Nanos,
-    anchor_local: Nanos,
-    factor: f64,
-}
-
-impl Default for StretchClock {
-    fn default() -> Self {
-        StretchClock {
-            anchor_fleet: 0,
-            anchor_local: 0,
-            factor: 1.0,
-        }
-    }
-}
-
-impl StretchClock {
-    pub fn local(&self, fleet: Nanos) -> Nanos {
-        let d = fleet.saturating_sub(self.anchor_fleet);
-        // Exact integer arithmetic at factor 1, so a replay without slowdowns is the
-        // same to the nanosecond as one without a fault plan.
-        if self.factor == 1.0 {
-            return self.anchor_local + d;
-        }
-        self.anchor_local + (d as f64 / self.factor) as Nanos
-    }
-
-    /// The fleet time of a local instant at or after the last re-anchoring; rounded up so
-    /// a backend is never woken before its event.
-    pub fn fleet(&self, local: Nanos) -> Nanos {
-        let d = local.saturating_sub(self.anchor_local);
-        if self.factor == 1.0 {
-            return self.anchor_fleet + d;
-        }
-        self.anchor_fleet + (d as f64 * self.factor).ceil() as Nanos
-    }
-
-    pub fn factor(&self) -> f64 {
-        self.factor
-    }
-
-    /// Changes the slowdown from fleet time `now` on; time already passed keeps its rate.
-    pub fn set_factor(&mut self, now_fleet: Nanos, factor: f64) {
-        self.anchor_local = self.local(now_fleet);
-        self.anchor_fleet = now_fleet;
-        self.factor = factor;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,17 +222,5 @@ kind = "recover"
         .unwrap_err()
         .to_string();
         assert!(e.contains("when"), "{e}");
-    }
-
-    #[test]
-    fn the_stretch_clock_is_exact_at_factor_one_and_stretches_later_time() {
-        let mut c = StretchClock::default();
-        assert_eq!(c.local(123_456_789_012_345), 123_456_789_012_345);
-        c.set_factor(1000, 4.0);
-        assert_eq!(c.local(5000), 2000);
-        assert_eq!(c.fleet(2000), 5000);
-        c.set_factor(5000, 1.0);
-        assert_eq!(c.local(6000), 3000);
-        assert_eq!(c.fleet(3000), 6000);
     }
 }

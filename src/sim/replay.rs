@@ -18,12 +18,14 @@
 //! skipped when popped. Only requests in flight are held, so memory stays flat however
 //! long the trace.
 
-use super::faults::{FaultAction, FaultPlan, FaultTarget, StretchClock};
+use super::faults::{FaultAction, FaultPlan, FaultTarget};
 use super::report::{PolicyReport, PoolReport, SloReport, Tally, TimelineBucket};
 use super::wake::WakeQueue;
 use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
 use crate::engine::{DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity, LoadSnapshot};
-use crate::fleet::{BackendId, BackendState, LoadView, Membership, PlainLoadView, PoolConfig};
+use crate::fleet::{
+    BackendId, BackendState, LoadView, Membership, PlainLoadView, PoolConfig, StretchClock,
+};
 use crate::policy::{predict, Policy};
 use crate::request::{check_request, Nanos, Request, RequestId, RequestLimits, Slo, NANOS_PER_SEC};
 use crate::trace::TraceRecord;
@@ -502,7 +504,7 @@ impl Replay {
         match (busy, self.busy_since[b]) {
             (true, None) => self.busy_since[b] = Some(t),
             (false, Some(since)) => {
-                self.busy_ns[b] += u128::from(t - since);
+                self.busy_ns[b] += u128::from(t.saturating_sub(since));
                 self.busy_since[b] = None;
             }
             _ => {}
@@ -529,7 +531,9 @@ impl Replay {
                     if f.moves > 0 {
                         return;
                     }
-                    let wait = at - f.req.arrival;
+                    // A slowed clock maps the arrival's own local instant up to a factor's
+                    // worth of ns before the arrival (see `StretchClock`).
+                    let wait = at.saturating_sub(f.req.arrival);
                     self.per_pool[f.pool].queue.record_ns(wait);
                 }
             }
@@ -557,8 +561,8 @@ impl Replay {
                 let output_tokens = output_tokens + f.resumed;
                 f.req.prompt_tokens -= f.resumed;
                 f.req.max_tokens += f.resumed;
-                let ttft = f.first_token_at.unwrap_or(at) - f.req.arrival;
-                let e2e = at - f.req.arrival;
+                let ttft = f.first_token_at.unwrap_or(at).saturating_sub(f.req.arrival);
+                let e2e = at.saturating_sub(f.req.arrival);
                 let slo = f.req.slo.unwrap_or(self.cfg.slo);
                 let domestic = self.pools[f.pool].domestic();
                 self.per_pool[f.pool].complete(ttft, e2e, output_tokens, &slo, domestic);
@@ -677,7 +681,7 @@ impl Replay {
         let end = self.now;
         for b in 0..self.engines.len() {
             if let Some(since) = self.busy_since[b].take() {
-                self.busy_ns[b] += u128::from(end - since);
+                self.busy_ns[b] += u128::from(end.saturating_sub(since));
             }
         }
         debug_assert!(
