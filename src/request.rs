@@ -257,6 +257,21 @@ pub fn check_request(
     Ok(prompt)
 }
 
+impl Request {
+    /// The request to route and prefill when it moves to another backend after `produced`
+    /// output tokens: the prompt grows by what the client already has and only the rest is
+    /// owed. `None` when nothing is owed. Both drivers move requests through this, and
+    /// route the enlarged request, since that is the prefill the new backend does.
+    pub fn resumed_after(&self, produced: u32) -> Option<Request> {
+        let owed = self.max_tokens.checked_sub(produced).filter(|&n| n > 0)?;
+        Some(Request {
+            prompt_tokens: self.prompt_tokens.checked_add(produced)?,
+            max_tokens: owed,
+            ..self.clone()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +290,19 @@ mod tests {
         assert_eq!("batch".parse::<Priority>().unwrap(), Priority::Batch);
         assert!("urgent".parse::<Priority>().is_err());
         assert!(Priority::Interactive < Priority::Batch);
+    }
+
+    #[test]
+    fn a_moved_request_prefills_what_the_client_has() {
+        let r = Request {
+            prompt_tokens: 100,
+            max_tokens: 10,
+            ..Request::default()
+        };
+        let m = r.resumed_after(4).unwrap();
+        assert_eq!((m.prompt_tokens, m.max_tokens), (104, 6));
+        assert_eq!(r.resumed_after(0).unwrap(), r);
+        assert!(r.resumed_after(10).is_none() && r.resumed_after(11).is_none());
     }
 
     fn limits() -> RequestLimits<'static> {

@@ -64,10 +64,10 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
     /// SLO on time to first token, ms (requests without their own SLO).
-    #[arg(long, default_value_t = 2000.0)]
+    #[arg(long, default_value_t = Slo::default().ttft_ns as f64 / NANOS_PER_MS as f64)]
     pub slo_ttft_ms: f64,
     /// SLO on mean time per output token, ms.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = Slo::default().tpot_ns as f64 / NANOS_PER_MS as f64)]
     pub slo_tpot_ms: f64,
     /// Skip broken trace lines (counted) instead of stopping at the first.
     #[arg(long)]

@@ -30,11 +30,12 @@ pub struct Args {
     /// Multiply the trace's request rate (2 = twice as many requests per second).
     #[arg(long, default_value_t = 1.0)]
     pub rate_scale: f64,
-    /// SLO on time to first token, ms (requests without their own SLO).
-    #[arg(long, default_value_t = 2000.0)]
+    /// SLO on time to first token, ms (requests without their own SLO; default: the
+    /// daemon's).
+    #[arg(long, default_value_t = Slo::default().ttft_ns as f64 / NANOS_PER_MS as f64)]
     pub slo_ttft_ms: f64,
-    /// SLO on mean time per output token, ms.
-    #[arg(long, default_value_t = 100.0)]
+    /// SLO on mean time per output token, ms (default: the daemon's).
+    #[arg(long, default_value_t = Slo::default().tpot_ns as f64 / NANOS_PER_MS as f64)]
     pub slo_tpot_ms: f64,
     /// Fault plan (TOML): fail, recover or slow down backends or pools at given simulated
     /// times, e.g. to see what a chip failure at peak does to p99 TTFT.

@@ -486,6 +486,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Output tokens request `id` has produced by `now` (not before the last `advance`),
+    /// or `None` if the engine does not hold it. Exact inside a decode stretch too: the
+    /// steps ended by `now` are applied first, as `abort` does, so a driver moving a
+    /// request off this engine knows what the client already has.
+    pub fn tokens_produced(&mut self, id: RequestId, now: Nanos) -> Option<u32> {
+        let &slot = self.by_id.get(&id)?;
+        self.split_run_at(now);
+        let s = self.slots[slot as usize].as_ref()?;
+        Some(match s.phase {
+            Phase::Decoding => s.generated + (self.step - s.join_step) as u32,
+            Phase::Waiting | Phase::Prefilling => s.generated,
+        })
+    }
+
     /// Drops a request wherever it is and frees its KV at once. The step in flight keeps
     /// its duration. Returns whether the engine held it.
     pub fn abort(&mut self, id: RequestId, now: Nanos) -> bool {

@@ -189,6 +189,13 @@ impl Policy for DomesticShare {
         "domestic-share"
     }
 
+    /// As load-aware as the inner policy: its own window changes only in `on_routed`,
+    /// never between two tries of one decision, so re-deciding a load-blind inner policy
+    /// (which counts its turns, as round robin does) would only skip backends.
+    fn reads_load(&self) -> bool {
+        self.inner.reads_load()
+    }
+
     fn pick(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId> {
         if !self.window.foreign_allowed(now, tokens(req), self.target) {
             let mask = view
@@ -277,6 +284,14 @@ mod tests {
             }
         }
         assert_eq!(window_ok, 5000 - 201, "share fell below target");
+    }
+
+    #[test]
+    fn over_a_load_blind_policy_it_is_never_re_decided() {
+        let rr = || Box::new(crate::policy::RoundRobin::new());
+        assert!(!DomesticShare::new(rr(), 0.6, NANOS_PER_SEC).reads_load());
+        let lw = Box::new(LeastWork::new(Reach::default(), 1));
+        assert!(DomesticShare::new(lw, 0.6, NANOS_PER_SEC).reads_load());
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub trait Policy: Send + Sync {
     fn on_routed(&self, _req: &Request, _backend: BackendId, _view: &dyn LoadView, _now: Nanos) {}
 
     /// Called when a routed request reaches its terminal outcome, with the output tokens it
-    /// actually produced.
+    /// actually produced. Both drivers call it: the daemon on every outcome (completed,
+    /// cancelled, deadline exceeded, failed), replay on completion and on loss.
     fn on_finished(&self, _req: &Request, _backend: BackendId, _output_tokens: u32, _now: Nanos) {}
 
     /// [`Self::pick`] followed by [`Self::on_routed`], for drivers with no admission step

@@ -152,6 +152,8 @@ impl RequestStream {
         if let Some(permit) = self.permit.take() {
             self.deadline = None;
             self.daemon.metrics.ended(outcome);
+            self.daemon
+                .request_ended(&self.request, self.backend.id, self.tokens);
             permit.finish(match outcome {
                 Outcome::Ok => admission::Outcome::Completed,
                 Outcome::Cancelled => admission::Outcome::Cancelled,
@@ -181,22 +183,18 @@ impl RequestStream {
             )));
         }
         let delivered = self.tokens;
-        if delivered >= self.request.max_tokens {
+        // The core's routine, which replay moves requests with too.
+        let Some(req) = self.request.resumed_after(delivered) else {
             return Err(ServeError::Unavailable(format!(
                 "backend {} failed after the last token",
                 self.backend.name
             )));
-        }
-        let mut req = self.request.clone();
-        let resume = (delivered > 0).then(|| {
-            req.prompt_tokens += delivered;
-            req.max_tokens -= delivered;
-            Resume {
-                delivered,
-                prompt_tokens: self.request.prompt_tokens,
-                first_token_at: self.first_token_at,
-                queue_ns: self.queue_ns,
-            }
+        };
+        let resume = (delivered > 0).then_some(Resume {
+            delivered,
+            prompt_tokens: self.request.prompt_tokens,
+            first_token_at: self.first_token_at,
+            queue_ns: self.queue_ns,
         });
         let (backend, deliveries) =
             self.daemon

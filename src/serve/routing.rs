@@ -36,4 +36,8 @@ impl ActivePolicy {
     pub fn on_routed(&self, req: &Request, backend: BackendId, view: &dyn LoadView, now: Nanos) {
         self.policy.on_routed(req, backend, view, now);
     }
+
+    pub fn on_finished(&self, req: &Request, backend: BackendId, output_tokens: u32, now: Nanos) {
+        self.policy.on_finished(req, backend, output_tokens, now);
+    }
 }

@@ -14,3 +14,5 @@ pub use report::{PolicyReport, PoolReport, Report, Stats};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod truth_tests;

@@ -6,8 +6,9 @@
 //! A [`FaultPlan`] fails, recovers and slows backends at given simulated times, as the
 //! daemon's fault injection does: requests on a failed backend that produced no token
 //! yet are routed again; streaming ones continue elsewhere, prefilling the prompt plus
-//! the tokens already produced, up to the retry budget, after which they count as
-//! `backend_failed`. A slowed backend's engine runs on a stretched local clock.
+//! the tokens already produced (counted by the engine, moved by the core's
+//! [`Request::resumed_after`], as the daemon does), up to the retry budget, after which
+//! they count as `backend_failed`. A slowed backend's engine runs on a stretched local clock.
 //!
 //! Policies see each backend's load as of the moment they decide ([`LiveView`]): an
 //! engine jumping over a decode stretch has done part of it by then, as the daemon's
@@ -34,7 +35,7 @@ use rustc_hash::FxHashMap;
 /// How a replay runs.
 #[derive(Clone, Debug)]
 pub struct ReplayConfig {
-    /// SLO for requests that carry none.
+    /// SLO for requests that carry none (default: the daemon's, [`Slo::default`]).
     pub slo: Slo,
     pub admission: AdmissionConfig,
     /// Most timeline buckets kept; the bucket width doubles to stay under it.
@@ -398,40 +399,32 @@ impl Replay {
         // Hash order is not stable across runs; ids are.
         victims.sort_unstable();
         let local = self.clocks[b].local(t);
-        let load = self.engines[b].load();
-        // Per-event engines do not report each token, so tokens produced so far are
-        // estimated from the time since the first token at the backend's current decode
-        // step time; only how much is prefilled again versus decoded again depends on it.
-        let step_ns = {
-            let perf = self.engines[b].perf();
-            let seqs = u64::from(load.running.max(1));
-            let ctx = (load.remaining_decode_tokens + load.queued_prefill_tokens).max(seqs);
-            ((perf.decode_step_ns(seqs, ctx) as f64) * self.clocks[b].factor()).max(1.0) as Nanos
-        };
         for id in victims {
+            // The engine knows what the request produced by now, as the daemon's driver,
+            // which delivers every token, does.
+            let produced = self.engines[b].tokens_produced(id, local).unwrap_or(0);
             self.engines[b].abort(id, local);
             let mut f = self.in_flight.remove(&id).expect("victim in flight");
-            let owed_before = f.req.max_tokens;
-            let produced = f.first_token_at.map_or(0, |ft| {
-                let n = 1 + t.saturating_sub(ft) / step_ns;
-                n.min(u64::from(owed_before.saturating_sub(1))) as u32
-            });
-            let target = if f.moves < self.cfg.migration_retries {
-                self.policy.pick(&f.req, &self.live(t), t)
-            } else {
-                None
+            // `f.req` already counts earlier moves; the core's routine adds this one, and
+            // the policy routes the enlarged request, as the daemon's does.
+            let moved = match f.req.resumed_after(produced) {
+                Some(m) if f.moves < self.cfg.migration_retries => m,
+                _ => {
+                    self.lose(f);
+                    continue;
+                }
             };
-            let Some(nb) = target else {
+            let Some(nb) = self.policy.pick(&moved, &self.live(t), t) else {
                 self.lose(f);
                 continue;
             };
             let nb = nb.index();
-            let mut moved = f.req.clone();
-            moved.prompt_tokens += produced;
-            moved.max_tokens -= produced;
-            moved.arrival = self.clocks[nb].local(t);
+            let engine_req = Request {
+                arrival: self.clocks[nb].local(t),
+                ..moved.clone()
+            };
             self.step_backend(nb, t);
-            match self.engines[nb].admit(moved, self.clocks[nb].local(t)) {
+            match self.engines[nb].admit(engine_req, self.clocks[nb].local(t)) {
                 Ok(()) => {
                     if f.first_token_at.is_some() {
                         self.summary.migrated += 1;
@@ -439,9 +432,9 @@ impl Replay {
                         self.summary.rerouted += 1;
                     }
                     self.policy
-                        .on_routed(&f.req, BackendId(nb as u32), &self.live(t), t);
-                    f.req.prompt_tokens += produced;
-                    f.req.max_tokens -= produced;
+                        .on_routed(&moved, BackendId(nb as u32), &self.live(t), t);
+                    f.req.prompt_tokens = moved.prompt_tokens;
+                    f.req.max_tokens = moved.max_tokens;
                     f.resumed += produced;
                     f.moves += 1;
                     f.backend = BackendId(nb as u32);
@@ -461,6 +454,9 @@ impl Replay {
     }
 
     fn lose(&mut self, f: InFlight) {
+        // A terminal outcome like any other, as the daemon tells its policy.
+        self.policy
+            .on_finished(&f.req, f.backend, f.resumed, self.now);
         self.summary.failed += 1;
         self.fleet.reject("backend_failed");
         self.per_pool[f.pool].reject("backend_failed");
@@ -580,10 +576,13 @@ impl Replay {
     fn arrive(&mut self, rec: &TraceRecord) {
         let t = rec.arrival_ns.max(self.now);
         self.now = t;
-        let req = Request {
+        let mut req = Request {
             arrival: t,
             ..rec.to_request(self.next_id)
         };
+        // One SLO per request for every decision: policies, admission and the report all
+        // judge by it, as the daemon's do by `Slo::default()` (this replay's default).
+        req.slo.get_or_insert(self.cfg.slo);
         self.next_id += 1;
         self.fleet.requests += 1;
         self.timeline.at(t).arrivals += 1;

@@ -259,4 +259,17 @@ impl Daemon {
     pub fn now(&self) -> Nanos {
         self.clock.now()
     }
+
+    /// Tells the routing policy that `req` reached its terminal outcome on `backend` with
+    /// `output_tokens` delivered, as replay does.
+    pub(in crate::serve) fn request_ended(
+        &self,
+        req: &Request,
+        backend: BackendId,
+        output_tokens: u32,
+    ) {
+        self.policy
+            .load()
+            .on_finished(req, backend, output_tokens, self.now());
+    }
 }
