@@ -3,20 +3,35 @@
 //! name, `_total` only on counters) and label cardinality stays bounded (labels come only
 //! from server-controlled sets: pool, chip, policy, outcome, reason, backend id).
 //!
-//! Each daemon owns its own [`Metrics`] (a Prometheus recorder that is *not* installed
+//! Each daemon owns its own [`Metrics`] (Prometheus recorders that are *not* installed
 //! globally), so several daemons can run in one test process without sharing counters.
-//! Alongside the Prometheus histograms, [`LatencySummary`] keeps exact HdrHistogram
-//! percentiles per pool for the Admin `GetStats` call.
+//! Fleet-wide series live in one recorder; each pool's in a recorder of its own
+//! ([`PoolMetrics`]), so that removing a pool removes every series naming it, and a scrape
+//! merges them ([`exposition`]). Alongside the Prometheus histograms, [`LatencySummary`]
+//! keeps exact HdrHistogram percentiles per pool for the Admin `GetStats` call.
+//!
+//! Every series whose labels are known in advance is registered at 0 when its pool or the
+//! daemon starts (every outcome, refusal reason and migration kind; each pool's counters,
+//! info and cost), so rates and sums see it before its first event. The request path only
+//! touches handles resolved once: no registry look-up per call.
 //!
 //! Latencies are recorded in simulated seconds (engine time), which equal wall seconds at
 //! time scale 1: at `--time-scale 100` a dashboard still shows what the modelled chips do.
 
-use hdrhistogram::Histogram as Hdr;
+mod exposition;
+mod pool;
+mod summary;
+
+pub use pool::{PoolDescription, PoolMetrics};
+pub use summary::{FinishedLatencies, LatencySummary, Percentiles, SummarySnapshot};
+
+use crate::admission::RejectReason;
+use crate::request::Invalid;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -39,7 +54,11 @@ pub const ROUTER_RETRIES_TOTAL: &str = "dujiang_router_retries_total";
 pub const REQUESTS_ACCEPTED_TOTAL: &str = "dujiang_requests_accepted_total";
 /// Accepted requests by terminal outcome ([`Outcome`]).
 pub const REQUESTS_TOTAL: &str = "dujiang_requests_total";
-/// Requests refused before acceptance, by reason.
+/// Accepted requests by the pool they ended on and terminal outcome: what SLO burn rates
+/// count failed, deadline-exceeded and abandoned (cancelled) requests from.
+pub const POOL_REQUESTS_TOTAL: &str = "dujiang_pool_requests_total";
+/// Every request refused before acceptance, by reason ([`RejectReason`]): shed by
+/// admission, invalid, no healthy backend, draining.
 pub const REQUESTS_SHED_TOTAL: &str = "dujiang_requests_shed_total";
 /// Prompt tokens of accepted requests, by pool.
 pub const PROMPT_TOKENS_TOTAL: &str = "dujiang_prompt_tokens_total";
@@ -70,6 +89,12 @@ pub const BACKEND_EJECTED: &str = "dujiang_backend_ejected";
 pub const BACKEND_SERVING: &str = "dujiang_backend_serving";
 /// Per backend: EWMA of observed over predicted step time (1 = as modelled).
 pub const BACKEND_STEP_TIME_RATIO: &str = "dujiang_backend_step_time_ratio";
+/// Per pool, always 1: what it runs (chip, vendor, model, tp, domestic). Cost and domestic
+/// share rules join on it instead of inferring chips from latency series.
+pub const POOL_INFO: &str = "dujiang_pool_info";
+/// Per pool: hourly price of its provisioned backends (catalogue chip price × tp ×
+/// backends), whether they are busy or not.
+pub const POOL_COST_USD_PER_HOUR: &str = "dujiang_pool_cost_usd_per_hour";
 
 /// Request latency buckets in seconds: sub-millisecond (zero-latency test profiles, fast
 /// decode steps) up to five minutes (long generations on a saturated pool).
@@ -129,8 +154,7 @@ impl Outcome {
     }
 }
 
-/// The histograms of one (pool, chip, policy) combination, resolved once and reused.
-#[derive(Clone)]
+/// The handles of one (pool, chip, policy) combination, resolved once and reused.
 pub struct PoolHistograms {
     pub ttft: Histogram,
     pub inter_token: Histogram,
@@ -141,9 +165,6 @@ pub struct PoolHistograms {
     pub slo_ttft_violations: Counter,
     pub slo_tpot_violations: Counter,
 }
-
-/// (pool, chip, policy) label values.
-type PoolLabels = (Arc<str>, Arc<str>, Arc<str>);
 
 /// The gauges of one backend.
 #[derive(Clone)]
@@ -156,14 +177,28 @@ pub struct BackendGauges {
     pub serving: Gauge,
 }
 
-/// One daemon's metrics: a private Prometheus recorder, cached handles, and exact per-pool
-/// latency summaries.
+/// The handles of one routing policy.
+pub struct PolicyMetrics {
+    pub decision: Histogram,
+    pub retries: Counter,
+}
+
+/// Migration kinds, as `dujiang_request_migrations_total{kind}` labels them.
+const MIGRATION_KINDS: [&str; 2] = ["rerouted", "migrated"];
+
+/// One daemon's metrics: the fleet-wide recorder, each pool's, cached handles, and exact
+/// per-pool latency summaries.
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    pools: RwLock<HashMap<PoolLabels, PoolHistograms>>,
-    router: RwLock<HashMap<Arc<str>, Histogram>>,
-    shed: RwLock<HashMap<&'static str, Counter>>,
+    pools: RwLock<BTreeMap<Arc<str>, Arc<PoolMetrics>>>,
+    policies: RwLock<HashMap<Arc<str>, Arc<PolicyMetrics>>>,
+    /// Refusal reasons: [`RejectReason`]s and the shared request check's [`Invalid`]s.
+    refusal_labels: Vec<&'static str>,
+    /// Indexed like `refusal_labels`.
+    refusals: Vec<Counter>,
+    refusal_counts: Vec<AtomicU64>,
+    migrations: [Counter; MIGRATION_KINDS.len()],
     outcomes: [Counter; Outcome::ALL.len()],
     accepted: Counter,
     in_flight: Gauge,
@@ -171,7 +206,6 @@ pub struct Metrics {
     // write-only).
     outcome_counts: [AtomicU64; Outcome::ALL.len()],
     accepted_count: AtomicU64,
-    shed_counts: Mutex<BTreeMap<&'static str, u64>>,
     summaries: RwLock<BTreeMap<Arc<str>, Arc<LatencySummary>>>,
 }
 
@@ -185,36 +219,45 @@ impl Metrics {
     pub fn new() -> Metrics {
         let recorder = Self::builder().build_recorder();
         let handle = recorder.handle();
-        let outcomes = Outcome::ALL.map(|o| {
-            recorder.register_counter(
-                &Key::from_parts(REQUESTS_TOTAL, vec![Label::new("outcome", o.as_str())]),
-                &meta(),
-            )
-        });
-        let accepted = recorder.register_counter(&Key::from_name(REQUESTS_ACCEPTED_TOTAL), &meta());
+        describe(&recorder);
+        // Registered and rendered at 0 from the start.
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            let c = recorder.register_counter(&Key::from_parts(name, labels), &meta());
+            c.increment(0);
+            c
+        };
+        let outcomes =
+            Outcome::ALL.map(|o| counter(REQUESTS_TOTAL, vec![Label::new("outcome", o.as_str())]));
+        let refusal_labels: Vec<&'static str> = RejectReason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(Invalid::ALL.iter().map(|r| r.as_str()))
+            .collect();
+        let refusals = refusal_labels
+            .iter()
+            .map(|r| counter(REQUESTS_SHED_TOTAL, vec![Label::new("reason", *r)]))
+            .collect();
+        let migrations =
+            MIGRATION_KINDS.map(|k| counter(REQUEST_MIGRATIONS_TOTAL, vec![Label::new("kind", k)]));
+        let accepted = counter(REQUESTS_ACCEPTED_TOTAL, Vec::new());
         let in_flight = recorder.register_gauge(&Key::from_name(IN_FLIGHT_REQUESTS), &meta());
-        let m = Metrics {
+        in_flight.set(0.0);
+        Metrics {
             recorder,
             handle,
             pools: RwLock::default(),
-            router: RwLock::default(),
-            shed: RwLock::default(),
+            policies: RwLock::default(),
+            refusals,
+            refusal_counts: refusal_labels.iter().map(|_| AtomicU64::new(0)).collect(),
+            refusal_labels,
+            migrations,
             outcomes,
             accepted,
             in_flight,
             outcome_counts: Default::default(),
             accepted_count: AtomicU64::new(0),
-            shed_counts: Mutex::default(),
             summaries: RwLock::default(),
-        };
-        m.describe();
-        // Render every outcome from the start so `sum(dujiang_requests_total)` never
-        // misses a series that has not happened yet.
-        for c in &m.outcomes {
-            c.increment(0);
         }
-        m.accepted.increment(0);
-        m
     }
 
     fn builder() -> PrometheusBuilder {
@@ -237,290 +280,120 @@ impl Metrics {
         .expect("router buckets are non-empty")
     }
 
-    fn describe(&self) {
-        use metrics::Unit;
-        let d = |name: &'static str, unit: Option<Unit>, help: &'static str, kind: u8| {
-            let key = name.into();
-            match kind {
-                0 => self.recorder.describe_counter(key, unit, help.into()),
-                1 => self.recorder.describe_gauge(key, unit, help.into()),
-                _ => self.recorder.describe_histogram(key, unit, help.into()),
-            }
-        };
-        let s = Some(Unit::Seconds);
-        d(
-            TTFT_SECONDS,
-            s,
-            "Time to first token in simulated seconds.",
-            2,
-        );
-        d(
-            INTER_TOKEN_SECONDS,
-            s,
-            "Gap between consecutive output tokens in simulated seconds.",
-            2,
-        );
-        d(
-            E2E_SECONDS,
-            s,
-            "Arrival to last token in simulated seconds.",
-            2,
-        );
-        d(
-            QUEUE_SECONDS,
-            s,
-            "Time waiting in a backend queue in simulated seconds.",
-            2,
-        );
-        d(
-            ROUTER_DECISION_SECONDS,
-            s,
-            "Wall time the routing policy took to choose a backend.",
-            2,
-        );
-        d(
-            ROUTER_RETRIES_TOTAL,
-            None,
-            "Routing decisions taken again because another committed meanwhile.",
-            0,
-        );
-        d(
-            REQUESTS_ACCEPTED_TOTAL,
-            None,
-            "Requests placed on a backend.",
-            0,
-        );
-        d(
-            REQUESTS_TOTAL,
-            None,
-            "Accepted requests by terminal outcome.",
-            0,
-        );
-        d(
-            REQUESTS_SHED_TOTAL,
-            None,
-            "Requests refused before acceptance, by reason.",
-            0,
-        );
-        d(
-            PROMPT_TOKENS_TOTAL,
-            None,
-            "Prompt tokens of accepted requests.",
-            0,
-        );
-        d(
-            GENERATED_TOKENS_TOTAL,
-            None,
-            "Output tokens delivered to clients.",
-            0,
-        );
-        d(
-            SLO_VIOLATIONS_TOTAL,
-            None,
-            "Finished requests that missed their SLO.",
-            0,
-        );
-        d(
-            IN_FLIGHT_REQUESTS,
-            None,
-            "Requests accepted and not yet ended.",
-            1,
-        );
-        d(
-            BACKEND_SERVING,
-            None,
-            "1 while a backend takes new requests; 0 while draining, failed, ejected or removed.",
-            1,
-        );
-        d(
-            BACKEND_RUNNING_REQUESTS,
-            None,
-            "Requests in a backend's running batch.",
-            1,
-        );
-        d(
-            BACKEND_WAITING_REQUESTS,
-            None,
-            "Requests waiting in a backend's queue.",
-            1,
-        );
-        d(
-            BACKEND_KV_USAGE_RATIO,
-            None,
-            "Fraction of a backend's KV-cache blocks in use.",
-            1,
-        );
-        d(
-            REQUEST_MIGRATIONS_TOTAL,
-            None,
-            "Accepted requests moved off a failed backend, by kind.",
-            0,
-        );
-        d(
-            BACKEND_EJECTIONS_TOTAL,
-            None,
-            "Backends ejected from routing as stragglers.",
-            0,
-        );
-        d(
-            BACKEND_READMISSIONS_TOTAL,
-            None,
-            "Ejected backends re-admitted after recovering.",
-            0,
-        );
-        d(
-            BACKEND_EJECTED,
-            None,
-            "1 while a backend is ejected as a straggler.",
-            1,
-        );
-        d(
-            BACKEND_STEP_TIME_RATIO,
-            None,
-            "EWMA of observed over predicted step time.",
-            1,
-        );
-    }
-
-    /// The Prometheus text exposition of everything recorded so far.
+    /// The Prometheus text exposition of everything recorded so far, every pool included.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let pools: Vec<Arc<PoolMetrics>> = self.pools.read().values().cloned().collect();
+        let renders: Vec<String> = std::iter::once(self.handle.render())
+            .chain(pools.iter().map(|p| p.render()))
+            .collect();
+        exposition::merge(renders.iter().map(String::as_str))
     }
 
     /// Periodic housekeeping the exporter needs when not installed globally.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+        for p in self.pools.read().values() {
+            p.run_upkeep();
+        }
     }
 
-    /// Histograms and counters for requests served by `pool` (on `chip`) under `policy`.
-    pub fn pool(&self, pool: &Arc<str>, chip: &Arc<str>, policy: &Arc<str>) -> PoolHistograms {
-        let key = (pool.clone(), chip.clone(), policy.clone());
-        if let Some(h) = self.pools.read().get(&key) {
-            return h.clone();
+    /// Registers a pool's series (at 0, with its info and cost gauges, and histograms for
+    /// `policy`), replacing any earlier pool of that name.
+    pub fn add_pool(&self, name: &str, d: &PoolDescription, policy: &Arc<str>) -> Arc<PoolMetrics> {
+        let p = Arc::new(PoolMetrics::new(name, &d.chip, Some(d)));
+        p.histograms(policy);
+        self.pools.write().insert(name.into(), p.clone());
+        p
+    }
+
+    /// Removes every series of a pool (its backends' gauges included) and its summary.
+    /// Backends still finishing its requests keep handles that no scrape renders.
+    pub fn remove_pool(&self, name: &str) {
+        self.pools.write().remove(name);
+        self.summaries.write().remove(name);
+    }
+
+    /// A pool's metrics, created (without info or cost) if it was never added.
+    pub fn pool_metrics(&self, pool: &str, chip: &str) -> Arc<PoolMetrics> {
+        if let Some(p) = self.pools.read().get(pool) {
+            return p.clone();
         }
-        let labels = vec![
-            Label::new("pool", pool.to_string()),
-            Label::new("chip", chip.to_string()),
-            Label::new("policy", policy.to_string()),
-        ];
-        let pool_only = vec![Label::new("pool", pool.to_string())];
-        let r = &self.recorder;
-        let hist = |name: &'static str| {
-            r.register_histogram(&Key::from_parts(name, labels.clone()), &meta())
-        };
-        let counter = |name: &'static str, extra: Option<(&'static str, &'static str)>| {
-            let mut l = pool_only.clone();
-            if let Some((k, v)) = extra {
-                l.push(Label::new(k, v));
-            }
-            r.register_counter(&Key::from_parts(name, l), &meta())
-        };
-        let h = PoolHistograms {
-            ttft: hist(TTFT_SECONDS),
-            inter_token: hist(INTER_TOKEN_SECONDS),
-            e2e: hist(E2E_SECONDS),
-            queue: hist(QUEUE_SECONDS),
-            prompt_tokens: counter(PROMPT_TOKENS_TOTAL, None),
-            generated_tokens: counter(GENERATED_TOKENS_TOTAL, None),
-            slo_ttft_violations: counter(SLO_VIOLATIONS_TOTAL, Some(("objective", "ttft"))),
-            slo_tpot_violations: counter(SLO_VIOLATIONS_TOTAL, Some(("objective", "tpot"))),
-        };
-        self.pools.write().insert(key, h.clone());
-        h
+        self.pools
+            .write()
+            .entry(pool.into())
+            .or_insert_with(|| Arc::new(PoolMetrics::new(pool, chip, None)))
+            .clone()
+    }
+
+    /// Histograms and counters for requests served by `pool` (on `chip`) that `policy`
+    /// routed.
+    pub fn pool(&self, pool: &Arc<str>, chip: &Arc<str>, policy: &Arc<str>) -> Arc<PoolHistograms> {
+        self.pool_metrics(pool, chip).histograms(policy)
+    }
+
+    /// A routing policy's decision histogram and retry counter, registered on first use
+    /// (callers keep the handles).
+    pub fn policy(&self, policy: &Arc<str>) -> Arc<PolicyMetrics> {
+        if let Some(p) = self.policies.read().get(policy) {
+            return p.clone();
+        }
+        let labels = vec![Label::new("policy", policy.to_string())];
+        let p = Arc::new(PolicyMetrics {
+            decision: self.recorder.register_histogram(
+                &Key::from_parts(ROUTER_DECISION_SECONDS, labels.clone()),
+                &meta(),
+            ),
+            retries: self
+                .recorder
+                .register_counter(&Key::from_parts(ROUTER_RETRIES_TOTAL, labels), &meta()),
+        });
+        p.retries.increment(0);
+        self.policies
+            .write()
+            .entry(policy.clone())
+            .or_insert(p)
+            .clone()
     }
 
     /// Router decision histogram for `policy`.
     pub fn router_decision(&self, policy: &Arc<str>) -> Histogram {
-        if let Some(h) = self.router.read().get(policy) {
-            return h.clone();
-        }
-        let h = self.recorder.register_histogram(
-            &Key::from_parts(
-                ROUTER_DECISION_SECONDS,
-                vec![Label::new("policy", policy.to_string())],
-            ),
-            &meta(),
-        );
-        self.router.write().insert(policy.clone(), h.clone());
-        h
+        self.policy(policy).decision.clone()
     }
 
     /// Counts a routing decision that raced another and is taken again.
     pub fn router_retry(&self, policy: &Arc<str>) {
-        self.recorder
-            .register_counter(
-                &Key::from_parts(
-                    ROUTER_RETRIES_TOTAL,
-                    vec![Label::new("policy", policy.to_string())],
-                ),
-                &meta(),
-            )
-            .increment(1);
-    }
-
-    /// Gauges for one backend. `backend` must be a server-assigned id.
-    pub fn backend(&self, backend: &str, pool: &str) -> BackendGauges {
-        let labels = vec![
-            Label::new("backend", backend.to_string()),
-            Label::new("pool", pool.to_string()),
-        ];
-        let g = |name: &'static str| {
-            self.recorder
-                .register_gauge(&Key::from_parts(name, labels.clone()), &meta())
-        };
-        let gauges = BackendGauges {
-            running: g(BACKEND_RUNNING_REQUESTS),
-            waiting: g(BACKEND_WAITING_REQUESTS),
-            kv_usage: g(BACKEND_KV_USAGE_RATIO),
-            ejected: g(BACKEND_EJECTED),
-            step_time_ratio: g(BACKEND_STEP_TIME_RATIO),
-            serving: g(BACKEND_SERVING),
-        };
-        gauges.serving.set(1.0);
-        gauges.ejected.set(0.0);
-        gauges.step_time_ratio.set(1.0);
-        gauges
+        self.policy(policy).retries.increment(1);
     }
 
     /// Counts an accepted request moved off a failed backend.
     pub fn migration(&self, streaming: bool) {
-        let kind = if streaming { "migrated" } else { "rerouted" };
-        self.recorder
-            .register_counter(
-                &Key::from_parts(REQUEST_MIGRATIONS_TOTAL, vec![Label::new("kind", kind)]),
-                &meta(),
-            )
-            .increment(1);
+        self.migrations[usize::from(streaming)].increment(1);
     }
 
     /// Counts a straggler ejection (`ejected`) or a re-admission of `pool`'s backend.
     pub fn ejection(&self, pool: &str, ejected: bool) {
-        let name = if ejected {
-            BACKEND_EJECTIONS_TOTAL
-        } else {
-            BACKEND_READMISSIONS_TOTAL
-        };
-        self.recorder
-            .register_counter(
-                &Key::from_parts(name, vec![Label::new("pool", pool.to_string())]),
-                &meta(),
-            )
-            .increment(1);
+        if let Some(p) = self.pools.read().get(pool) {
+            p.ejection(ejected);
+        }
     }
 
-    /// Counts a request refused before acceptance. `reason` comes from a fixed enum.
-    pub fn shed(&self, reason: &'static str) {
-        *self.shed_counts.lock().entry(reason).or_default() += 1;
-        if let Some(c) = self.shed.read().get(reason) {
-            c.increment(1);
-            return;
-        }
-        let c = self.recorder.register_counter(
-            &Key::from_parts(REQUESTS_SHED_TOTAL, vec![Label::new("reason", reason)]),
-            &meta(),
-        );
-        c.increment(1);
-        self.shed.write().insert(reason, c);
+    /// Counts a request refused before acceptance, by its reason's label (one of
+    /// [`RejectReason::as_str`] or [`Invalid::as_str`]; any other counts as
+    /// `invalid_request`, so the label set stays the registered one).
+    pub fn shed(&self, reason: &str) {
+        let i = self
+            .refusal_labels
+            .iter()
+            .position(|l| *l == reason)
+            .or_else(|| {
+                tracing::warn!(reason, "refusal reason not in the catalogue");
+                self.refusal_labels
+                    .iter()
+                    .position(|l| *l == RejectReason::InvalidRequest.as_str())
+            })
+            .expect("invalid_request is a reason");
+        self.refusals[i].increment(1);
+        self.refusal_counts[i].fetch_add(1, Relaxed);
     }
 
     pub fn accepted(&self) {
@@ -554,9 +427,14 @@ impl Metrics {
         self.accepted_count().saturating_sub(ended)
     }
 
-    /// Shed requests by reason.
+    /// Refused requests by reason (reasons that occurred).
     pub fn shed_counts(&self) -> BTreeMap<&'static str, u64> {
-        self.shed_counts.lock().clone()
+        self.refusal_labels
+            .iter()
+            .zip(&self.refusal_counts)
+            .map(|(r, n)| (*r, n.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// The exact-percentile summary for `pool`, created on first use.
@@ -585,116 +463,168 @@ fn meta() -> Metadata<'static> {
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
 }
 
-/// Exact latency percentiles of one pool, in simulated nanoseconds (HdrHistogram, three
-/// significant digits, so p99.9 of a million samples is exact to 0.1%).
-pub struct LatencySummary {
-    inner: Mutex<SummaryHistograms>,
-}
-
-struct SummaryHistograms {
-    ttft: Hdr<u64>,
-    inter_token: Hdr<u64>,
-    e2e: Hdr<u64>,
-    queue: Hdr<u64>,
-    completed: u64,
-    slo_violations: u64,
-}
-
-impl Default for LatencySummary {
-    fn default() -> Self {
-        // 1 µs resolution up to an hour, three significant digits; longer values saturate.
-        let h = || Hdr::new_with_bounds(1_000, 3_600 * 1_000_000_000, 3).expect("valid bounds");
-        LatencySummary {
-            inner: Mutex::new(SummaryHistograms {
-                ttft: h(),
-                inter_token: h(),
-                e2e: h(),
-                queue: h(),
-                completed: 0,
-                slo_violations: 0,
-            }),
-        }
-    }
-}
-
-/// Percentiles of one latency, in seconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Percentiles {
-    pub count: u64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-impl Percentiles {
-    fn of(h: &Hdr<u64>) -> Percentiles {
-        let s = |ns: u64| ns as f64 / 1e9;
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        Percentiles {
-            count: h.len(),
-            p50: s(h.value_at_quantile(0.5)),
-            p90: s(h.value_at_quantile(0.9)),
-            p99: s(h.value_at_quantile(0.99)),
-            p999: s(h.value_at_quantile(0.999)),
-            max: s(h.max()),
-            mean: h.mean() / 1e9,
-        }
-    }
-}
-
-/// A snapshot of one pool's [`LatencySummary`].
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct SummarySnapshot {
-    pub ttft: Percentiles,
-    pub inter_token: Percentiles,
-    pub e2e: Percentiles,
-    pub queue: Percentiles,
-    pub completed: u64,
-    pub slo_violations: u64,
-}
-
-/// One finished request's latencies in simulated nanoseconds.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FinishedLatencies {
-    pub queue_ns: u64,
-    pub ttft_ns: u64,
-    pub e2e_ns: u64,
-    pub slo_violated: bool,
-}
-
-impl LatencySummary {
-    pub fn record(&self, f: &FinishedLatencies) {
-        let mut g = self.inner.lock();
-        g.ttft.saturating_record(f.ttft_ns);
-        g.e2e.saturating_record(f.e2e_ns);
-        g.queue.saturating_record(f.queue_ns);
-        g.completed += 1;
-        g.slo_violations += u64::from(f.slo_violated);
-    }
-
-    /// Records gaps between consecutive tokens (batched per driver wake-up, so the lock is
-    /// taken once per step rather than once per token).
-    pub fn record_inter_token(&self, gaps_ns: &[u64]) {
-        let mut g = self.inner.lock();
-        for &gap in gaps_ns {
-            g.inter_token.saturating_record(gap);
-        }
-    }
-
-    pub fn snapshot(&self) -> SummarySnapshot {
-        let g = self.inner.lock();
-        SummarySnapshot {
-            ttft: Percentiles::of(&g.ttft),
-            inter_token: Percentiles::of(&g.inter_token),
-            e2e: Percentiles::of(&g.e2e),
-            queue: Percentiles::of(&g.queue),
-            completed: g.completed,
-            slo_violations: g.slo_violations,
+/// HELP lines for every family (a recorder prints them only for families it holds).
+fn describe(recorder: &PrometheusRecorder) {
+    use metrics::Unit;
+    let s = Some(Unit::Seconds);
+    let families: &[(&'static str, Option<Unit>, &'static str, u8)] = &[
+        (
+            TTFT_SECONDS,
+            s,
+            "Time to first token in simulated seconds.",
+            2,
+        ),
+        (
+            INTER_TOKEN_SECONDS,
+            s,
+            "Gap between consecutive output tokens in simulated seconds.",
+            2,
+        ),
+        (
+            E2E_SECONDS,
+            s,
+            "Arrival to last token in simulated seconds.",
+            2,
+        ),
+        (
+            QUEUE_SECONDS,
+            s,
+            "Time waiting in a backend queue in simulated seconds.",
+            2,
+        ),
+        (
+            ROUTER_DECISION_SECONDS,
+            s,
+            "Wall time the routing policy took to choose a backend.",
+            2,
+        ),
+        (
+            ROUTER_RETRIES_TOTAL,
+            None,
+            "Routing decisions taken again because another committed meanwhile.",
+            0,
+        ),
+        (
+            REQUESTS_ACCEPTED_TOTAL,
+            None,
+            "Requests placed on a backend.",
+            0,
+        ),
+        (
+            REQUESTS_TOTAL,
+            None,
+            "Accepted requests by terminal outcome.",
+            0,
+        ),
+        (
+            POOL_REQUESTS_TOTAL,
+            None,
+            "Accepted requests by the pool they ended on and terminal outcome.",
+            0,
+        ),
+        (
+            REQUESTS_SHED_TOTAL,
+            None,
+            "Requests refused before acceptance, by reason.",
+            0,
+        ),
+        (
+            PROMPT_TOKENS_TOTAL,
+            None,
+            "Prompt tokens of accepted requests.",
+            0,
+        ),
+        (
+            GENERATED_TOKENS_TOTAL,
+            None,
+            "Output tokens delivered to clients.",
+            0,
+        ),
+        (
+            SLO_VIOLATIONS_TOTAL,
+            None,
+            "Finished requests that missed their SLO.",
+            0,
+        ),
+        (
+            IN_FLIGHT_REQUESTS,
+            None,
+            "Requests accepted and not yet ended.",
+            1,
+        ),
+        (
+            BACKEND_SERVING,
+            None,
+            "1 while a backend takes new requests; 0 while draining, failed, ejected or removed.",
+            1,
+        ),
+        (
+            BACKEND_RUNNING_REQUESTS,
+            None,
+            "Requests in a backend's running batch.",
+            1,
+        ),
+        (
+            BACKEND_WAITING_REQUESTS,
+            None,
+            "Requests waiting in a backend's queue.",
+            1,
+        ),
+        (
+            BACKEND_KV_USAGE_RATIO,
+            None,
+            "Fraction of a backend's KV-cache blocks in use.",
+            1,
+        ),
+        (
+            REQUEST_MIGRATIONS_TOTAL,
+            None,
+            "Accepted requests moved off a failed backend, by kind.",
+            0,
+        ),
+        (
+            BACKEND_EJECTIONS_TOTAL,
+            None,
+            "Backends ejected from routing as stragglers.",
+            0,
+        ),
+        (
+            BACKEND_READMISSIONS_TOTAL,
+            None,
+            "Ejected backends re-admitted after recovering.",
+            0,
+        ),
+        (
+            BACKEND_EJECTED,
+            None,
+            "1 while a backend is ejected as a straggler.",
+            1,
+        ),
+        (
+            BACKEND_STEP_TIME_RATIO,
+            None,
+            "EWMA of observed over predicted step time.",
+            1,
+        ),
+        (
+            POOL_INFO,
+            None,
+            "Always 1: what a pool runs (chip, vendor, model, tp, domestic).",
+            1,
+        ),
+        (
+            POOL_COST_USD_PER_HOUR,
+            None,
+            "Hourly price of a pool's provisioned backends in USD.",
+            1,
+        ),
+    ];
+    for &(name, unit, help, kind) in families {
+        let key = name.into();
+        match kind {
+            0 => recorder.describe_counter(key, unit, help.into()),
+            1 => recorder.describe_gauge(key, unit, help.into()),
+            _ => recorder.describe_histogram(key, unit, help.into()),
         }
     }
 }
@@ -776,7 +706,49 @@ mod tests {
         assert!(a
             .render()
             .contains("dujiang_requests_shed_total{reason=\"queue_full\"} 1"));
-        assert!(!b.render().contains("queue_full"));
+        assert!(b
+            .render()
+            .contains("dujiang_requests_shed_total{reason=\"queue_full\"} 0"));
+    }
+
+    #[test]
+    fn a_removed_pool_leaves_no_series_behind() {
+        let m = Metrics::new();
+        let d = PoolDescription {
+            chip: "h20".into(),
+            vendor: "NVIDIA".into(),
+            model: "qwen3-8b".into(),
+            tp: 1,
+            domestic: false,
+            backends: 2,
+            cost_usd_per_hour: 2.6,
+        };
+        let lw: Arc<str> = "least-work".into();
+        let keep = m.add_pool("keep", &d, &lw);
+        let gone = m.add_pool("gone", &d, &lw);
+        keep.backend("keep-0");
+        gone.backend("gone-0").running.set(3.0);
+        gone.histograms(&lw).ttft.record(0.1);
+        let text = m.render();
+        assert!(
+            text.contains("dujiang_backend_running_requests{backend=\"gone-0\",pool=\"gone\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dujiang_pool_cost_usd_per_hour{pool=\"gone\"} 2.6"),
+            "{text}"
+        );
+        // One header per family, however many pools hold it.
+        assert_eq!(
+            text.matches("# TYPE dujiang_ttft_seconds histogram")
+                .count(),
+            1,
+            "{text}"
+        );
+        m.remove_pool("gone");
+        let text = m.render();
+        assert!(!text.contains("gone"), "{text}");
+        assert!(text.contains("pool=\"keep\""), "{text}");
     }
 
     #[test]

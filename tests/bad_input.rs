@@ -112,7 +112,7 @@ proptest! {
         match rt.block_on(daemon.submit(req, Instant::now(), None)) {
             // Accepted requests run to their end on the daemon; nothing to check here.
             Ok(_) => {}
-            Err(ServeError::InvalidArgument { field, message }) => {
+            Err(ServeError::InvalidArgument { field, message, .. }) => {
                 prop_assert!(
                     ["model", "messages", "prompt", "prompt_tokens", "max_tokens", "priority", "prefix_hashes", "request_id"].contains(&field),
                     "{field}"

@@ -174,8 +174,8 @@ async fn prometheus_evaluates_the_rules_against_a_daemon_under_load() {
     let share = share.unwrap();
     assert!(share > 0.0 && share < 1.0, "domestic share {share}");
 
-    // The cost rate the rules derive equals the fleet's own figure once every pool has
-    // served a request.
+    // The cost rate the rules derive equals the fleet's own figure (from the daemon's
+    // per-pool cost gauges, served or idle).
     let pools = dujiang::fleet::FleetSpec::embedded_demo()
         .resolve(&dujiang::profile::Catalogue::embedded())
         .expect("demo fleet resolves");

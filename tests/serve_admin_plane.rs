@@ -129,3 +129,32 @@ async fn with_a_token_admin_calls_must_present_it() {
     d.wait().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `AddPool` input is bounded before anything is allocated: a huge backend count and a
+/// name that would make an unsafe metric label are INVALID_ARGUMENT naming the field.
+#[tokio::test]
+async fn add_pool_bounds_counts_and_names() {
+    let d = start(config()).await;
+    let mut a = admin(d.admin_addr).await;
+    let add = |pool: &str, backends: u32| proto::AddPoolRequest {
+        pool: pool.into(),
+        chip: "h20".into(),
+        backends,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let err = a.add_pool(add("huge", 100_000_000)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("backends:"), "{}", err.message());
+    assert!(err.message().contains("4096"), "{}", err.message());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    for bad in ["", "H20-extra", "a b", "x\"}", &"p".repeat(64)] {
+        let err = a.add_pool(add(bad, 1)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(err.message().starts_with("pool:"), "{}", err.message());
+    }
+    let ok = a.add_pool(add("h20-extra", 4)).await.unwrap().into_inner();
+    assert_eq!(ok.backends, 4);
+    d.shutdown();
+    d.wait().await.unwrap();
+}

@@ -204,3 +204,227 @@ fn parse_vector_value(json: &str) -> Option<f64> {
     let sample = v.get("data")?.get("result")?.get(0)?.get("value")?.get(1)?;
     sample.as_str()?.parse().ok()
 }
+
+/// The value of the one sample whose line starts with `series` (name and labels as
+/// rendered), if there is one.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Before any request, every series whose labels are known exists at 0: outcomes (fleet
+/// and per pool), every refusal reason, both migration kinds, per pool its latency series
+/// for the policy in force, tokens, SLO misses, straggler counters, `dujiang_pool_info` and
+/// its cost, per backend its gauges. Idle pools therefore show up in sums and cost rules.
+#[tokio::test]
+async fn every_known_series_exists_before_the_first_request() {
+    let d = start(config()).await;
+    let (code, text) = http_get(d.http_addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for o in ["ok", "cancelled", "deadline_exceeded", "failed", "shutdown"] {
+        assert_eq!(
+            sample(&text, &format!("dujiang_requests_total{{outcome=\"{o}\"}}")),
+            Some(0.0),
+            "{o}:\n{text}"
+        );
+    }
+    for r in dujiang::admission::RejectReason::ALL {
+        let s = format!("dujiang_requests_shed_total{{reason=\"{}\"}}", r.as_str());
+        assert_eq!(sample(&text, &s), Some(0.0), "{s}:\n{text}");
+    }
+    for k in ["rerouted", "migrated"] {
+        let s = format!("dujiang_request_migrations_total{{kind=\"{k}\"}}");
+        assert_eq!(sample(&text, &s), Some(0.0), "{s}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "dujiang_router_retries_total{policy=\"predicted-latency\"}"
+        ),
+        Some(0.0)
+    );
+    let pools = dujiang::fleet::FleetSpec::embedded_demo()
+        .resolve(&dujiang::profile::Catalogue::embedded())
+        .unwrap();
+    for p in &pools {
+        let (pool, chip) = (&p.name, &p.perf.chip.id);
+        let pl = format!("pool=\"{pool}\",chip=\"{chip}\",policy=\"predicted-latency\"");
+        for s in [
+            format!("dujiang_ttft_seconds_count{{{pl}}}"),
+            format!("dujiang_e2e_seconds_count{{{pl}}}"),
+            format!("dujiang_prompt_tokens_total{{pool=\"{pool}\"}}"),
+            format!("dujiang_generated_tokens_total{{pool=\"{pool}\"}}"),
+            format!("dujiang_slo_violations_total{{pool=\"{pool}\",objective=\"ttft\"}}"),
+            format!("dujiang_slo_violations_total{{pool=\"{pool}\",objective=\"tpot\"}}"),
+            format!("dujiang_backend_ejections_total{{pool=\"{pool}\"}}"),
+            format!("dujiang_backend_readmissions_total{{pool=\"{pool}\"}}"),
+            format!("dujiang_pool_requests_total{{pool=\"{pool}\",outcome=\"failed\"}}"),
+            format!("dujiang_backend_running_requests{{backend=\"{pool}-0\",pool=\"{pool}\"}}"),
+        ] {
+            assert_eq!(sample(&text, &s), Some(0.0), "{s}:\n{text}");
+        }
+        let info = format!(
+            "dujiang_pool_info{{pool=\"{pool}\",chip=\"{chip}\",vendor=\"{}\",model=\"{}\",tp=\"1\",domestic=\"{}\"}}",
+            p.perf.chip.vendor,
+            p.perf.model.id,
+            p.domestic()
+        );
+        assert_eq!(sample(&text, &info), Some(1.0), "{info}:\n{text}");
+        let cost = sample(
+            &text,
+            &format!("dujiang_pool_cost_usd_per_hour{{pool=\"{pool}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no cost for {pool}:\n{text}"));
+        assert!(
+            (cost - p.cost_per_hour_usd()).abs() < 1e-9,
+            "{pool}: {cost}"
+        );
+    }
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+/// Refusals before acceptance are counted whichever step refuses: an invalid request, no
+/// serving backend (all drained), and the daemon draining for shutdown.
+#[tokio::test]
+async fn every_refusal_is_counted_with_its_reason() {
+    let d = start(dujiang::serve::ServeConfig {
+        fleet: data("serve_two_h20.toml"),
+        ..config()
+    })
+    .await;
+    let refused = |text: &str, r: &str| {
+        sample(
+            text,
+            &format!("dujiang_requests_shed_total{{reason=\"{r}\"}}"),
+        )
+        .unwrap()
+    };
+    let mut c = inference(d.grpc_addr).await;
+    let err = c.generate(request(100, 0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let mut unknown_model = request(100, 4);
+    unknown_model.model = "no-such-model".into();
+    let err = c.generate(unknown_model).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let mut a = admin(d.admin_addr).await;
+    let backends = a
+        .list_backends(dujiang::serve::proto::ListBackendsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .backends;
+    for b in &backends {
+        a.drain_backend(dujiang::serve::proto::BackendRef {
+            backend: b.backend.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let err = c.generate(request(100, 4)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let text = http_get(d.http_addr, "/metrics").await.1;
+    // The shared request check's own reason, and the catch-all for the rest.
+    assert_eq!(refused(&text, "invalid_no_output"), 1.0, "{text}");
+    assert_eq!(refused(&text, "invalid_request"), 1.0, "{text}");
+    assert_eq!(refused(&text, "no_healthy_backend"), 1.0, "{text}");
+    // Nothing was accepted: the outage shows only in the refusal counter.
+    assert_eq!(sample(&text, "dujiang_requests_accepted_total"), Some(0.0));
+    // What shutdown does first (the listeners stay open while streams drain).
+    d.daemon.stop_accepting();
+    let err = c.generate(request(100, 4)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let text = http_get(d.http_addr, "/metrics").await.1;
+    assert_eq!(refused(&text, "draining"), 1.0, "{text}");
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+/// A request's latencies are labelled with the policy that routed it, even when the
+/// policy changes while it streams.
+#[tokio::test]
+async fn latencies_are_labelled_by_the_policy_that_routed_the_request() {
+    let d = start(dujiang::serve::ServeConfig {
+        fleet: data("serve_two_h20.toml"),
+        policy: "round-robin".into(),
+        ..config()
+    })
+    .await;
+    let mut c = inference(d.grpc_addr).await;
+    // Time scale 1: 60 tokens take well over a second, so the switch lands mid-stream.
+    let mut stream = c.generate(request(100, 60)).await.unwrap().into_inner();
+    stream.message().await.unwrap().expect("started");
+    admin(d.admin_addr)
+        .await
+        .set_policy(dujiang::serve::proto::SetPolicyRequest {
+            policy: "least-work".into(),
+        })
+        .await
+        .unwrap();
+    let mut finished = false;
+    while let Some(m) = stream.message().await.unwrap() {
+        finished |= matches!(
+            m.event,
+            Some(dujiang::serve::proto::generate_response::Event::Finished(_))
+        );
+    }
+    assert!(finished);
+    let text = http_get(d.http_addr, "/metrics").await.1;
+    let e2e = |policy: &str| {
+        metric_sum(
+            &text
+                .lines()
+                .filter(|l| l.contains(&format!("policy=\"{policy}\"")))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "dujiang_e2e_seconds_count",
+        )
+    };
+    assert_eq!(e2e("round-robin"), 1.0, "{text}");
+    assert_eq!(e2e("least-work"), 0.0, "{text}");
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+/// RemovePool takes every series naming the pool with it, the per-backend gauges too.
+#[tokio::test]
+async fn a_removed_pool_disappears_from_the_scrape() {
+    let d = start(dujiang::serve::ServeConfig {
+        fleet: data("serve_two_h20.toml"),
+        ..config()
+    })
+    .await;
+    let mut a = admin(d.admin_addr).await;
+    a.add_pool(dujiang::serve::proto::AddPoolRequest {
+        pool: "extra".into(),
+        chip: "ascend-910b".into(),
+        backends: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let text = http_get(d.http_addr, "/metrics").await.1;
+    assert_eq!(
+        sample(
+            &text,
+            "dujiang_backend_serving{backend=\"extra-1\",pool=\"extra\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("dujiang_pool_info{pool=\"extra\",chip=\"ascend-910b\""),
+        "{text}"
+    );
+    a.remove_pool(dujiang::serve::proto::RemovePoolRequest {
+        pool: "extra".into(),
+    })
+    .await
+    .unwrap();
+    let text = http_get(d.http_addr, "/metrics").await.1;
+    assert!(!text.contains("extra"), "{text}");
+    assert!(text.contains("pool=\"h20\""), "{text}");
+    d.shutdown();
+    d.wait().await.unwrap();
+}

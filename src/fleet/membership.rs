@@ -188,6 +188,45 @@ pub enum FleetError {
     DuplicatePoolName(String),
     #[error("pool `{0}` must have at least one backend")]
     EmptyPool(String),
+    #[error("pool name {0:?}: {1}")]
+    InvalidPoolName(String, &'static str),
+    #[error("pool `{0}` has {1} backends; a pool holds at most {MAX_POOL_BACKENDS}")]
+    PoolTooLarge(String, u32),
+    #[error("adding {1} backends for pool `{0}` to the {2} the fleet has would pass its limit of {MAX_FLEET_BACKENDS}")]
+    FleetTooLarge(String, u32, usize),
+    #[error("backend ids are exhausted: this daemon has allocated {0} over its life")]
+    BackendIdsExhausted(usize),
+}
+
+/// Most backends in one pool. Each is a driver task with an engine, a load slot and a
+/// few metric series, and routing samples within pools, so thousands are cheap but
+/// millions would exhaust memory; the README's figures go up to 4,096 in a fleet.
+pub const MAX_POOL_BACKENDS: u32 = 4096;
+/// Most backends in a fleet, across all its pools.
+pub const MAX_FLEET_BACKENDS: u32 = 16_384;
+/// Backend ids a fleet may allocate over its life. Ids are never reused (a removed pool's
+/// backends may still be finishing), so this bounds what add/remove cycles can allocate
+/// and keeps every id arithmetic far inside `u32`.
+pub const MAX_BACKEND_IDS: usize = 1 << 24;
+/// Longest pool name (a DNS label's limit: names end up in metric labels and backend
+/// names).
+pub const MAX_POOL_NAME_LEN: usize = 63;
+
+/// Pool names become metric labels, backend names and log fields: `[a-z0-9-]{1,63}`.
+pub fn check_pool_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > MAX_POOL_NAME_LEN {
+        return Err("is longer than 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("may hold only lowercase ASCII letters, digits and `-`");
+    }
+    Ok(())
 }
 
 /// Virtual nodes per serving backend on the prefix hash ring: enough to spread keys evenly,
@@ -319,9 +358,35 @@ impl Membership {
         &self,
         config: PoolConfig,
     ) -> Result<(Membership, PoolId, Vec<BackendId>), FleetError> {
+        self.with_pool_within(config, MAX_BACKEND_IDS)
+    }
+
+    /// [`Self::with_pool`] with ids bounded by `id_bound` (at most `u32::MAX`).
+    fn with_pool_within(
+        &self,
+        config: PoolConfig,
+        id_bound: usize,
+    ) -> Result<(Membership, PoolId, Vec<BackendId>), FleetError> {
+        if let Err(why) = check_pool_name(&config.name) {
+            return Err(FleetError::InvalidPoolName(config.name, why));
+        }
         if config.count == 0 {
             return Err(FleetError::EmptyPool(config.name));
         }
+        if config.count > MAX_POOL_BACKENDS {
+            return Err(FleetError::PoolTooLarge(config.name, config.count));
+        }
+        let live = self.backends.iter().flatten().count();
+        if live + config.count as usize > MAX_FLEET_BACKENDS as usize {
+            return Err(FleetError::FleetTooLarge(config.name, config.count, live));
+        }
+        // Ids are never reused, so pools added and removed over a long life move them up.
+        let first = self.backends.len();
+        let end = first
+            .checked_add(config.count as usize)
+            .filter(|&e| e <= id_bound.min(u32::MAX as usize))
+            .ok_or(FleetError::BackendIdsExhausted(first))?;
+        let (first, end) = (first as u32, end as u32);
         if self.pool_by_name(&config.name).is_some() {
             return Err(FleetError::DuplicatePoolName(config.name));
         }
@@ -338,8 +403,7 @@ impl Membership {
         } else {
             next.pools[slot] = Some(info.clone());
         }
-        let first = next.backends.len() as u32;
-        let ids: Vec<BackendId> = (first..first + info.config.count).map(BackendId).collect();
+        let ids: Vec<BackendId> = (first..end).map(BackendId).collect();
         next.backends.extend(ids.iter().map(|_| {
             Some(BackendEntry {
                 pool: id,
@@ -475,6 +539,63 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::*;
     use super::*;
+
+    #[test]
+    fn pool_names_are_label_safe() {
+        for ok in ["h20", "ascend-910b", "a", &"x".repeat(63)] {
+            assert_eq!(check_pool_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "H20", "a b", "a_b", "pool\"}", "é", &"x".repeat(64)] {
+            assert!(check_pool_name(bad).is_err(), "{bad:?}");
+            let err = Membership::new().with_pool(pool(bad, 1, 1.0, 1.0, false));
+            assert!(
+                matches!(err, Err(FleetError::InvalidPoolName(..))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backend_counts_are_capped_per_pool_and_per_fleet() {
+        let m = Membership::new();
+        let err = m.with_pool(pool("huge", 100_000_000, 1.0, 1.0, false));
+        assert!(
+            matches!(err, Err(FleetError::PoolTooLarge(_, 100_000_000))),
+            "{err:?}"
+        );
+        let mut m = Membership::new();
+        let per_fleet = MAX_FLEET_BACKENDS / MAX_POOL_BACKENDS;
+        for i in 0..per_fleet {
+            m = m
+                .with_pool(pool(&format!("p{i}"), MAX_POOL_BACKENDS, 1.0, 1.0, false))
+                .unwrap()
+                .0;
+        }
+        let err = m.with_pool(pool("one-more", 1, 1.0, 1.0, false));
+        assert!(matches!(err, Err(FleetError::FleetTooLarge(..))), "{err:?}");
+    }
+
+    #[test]
+    fn backend_ids_run_out_with_an_error_not_a_wrap() {
+        // Ids are never reused: add/remove cycles use them up. With a bound of 10, the
+        // third pool of four does not fit even though only one pool is live.
+        let mut m = Membership::new();
+        for round in 0..2 {
+            let (next, id, ids) = m
+                .with_pool_within(pool("cycle", 4, 1.0, 1.0, false), 10)
+                .unwrap();
+            assert_eq!(ids[0], BackendId(round * 4));
+            m = next.without_pool(id).unwrap();
+        }
+        let err = m.with_pool_within(pool("cycle", 4, 1.0, 1.0, false), 10);
+        assert!(
+            matches!(err, Err(FleetError::BackendIdsExhausted(8))),
+            "{err:?}"
+        );
+        assert!(m
+            .with_pool_within(pool("cycle", 2, 1.0, 1.0, false), 10)
+            .is_ok());
+    }
 
     #[test]
     fn pools_get_dense_ids_and_serving_lists() {

@@ -22,8 +22,9 @@ mod view;
 
 pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
 pub use membership::{
-    mix64, BackendEntry, BackendId, BackendState, FleetError, Membership, PoolConfig, PoolId,
-    PoolInfo, MAX_POOLS, NOMINAL_CONTEXT_TOKENS,
+    check_pool_name, mix64, BackendEntry, BackendId, BackendState, FleetError, Membership,
+    PoolConfig, PoolId, PoolInfo, MAX_FLEET_BACKENDS, MAX_POOLS, MAX_POOL_BACKENDS,
+    MAX_POOL_NAME_LEN, NOMINAL_CONTEXT_TOKENS,
 };
 pub use plain::PlainLoadView;
 pub use spec::{FleetSpec, PolicySpec, PoolSpec, SpendSplit, EMBEDDED_DEMO};

@@ -158,6 +158,12 @@ impl FleetSpec {
             source: src.to_string(),
         };
         for (name, pool) in &spec.pools {
+            if let Err(why) = super::check_pool_name(name) {
+                return Err(spec.error(
+                    &format!("pools.{name}.chip"),
+                    format!("pool name {name:?} {why} (pool names are [a-z0-9-]{{1,63}})"),
+                ));
+            }
             for (field, value) in [
                 ("count", Some(pool.count)),
                 ("tp", Some(pool.tp)),
@@ -288,6 +294,14 @@ max_num_seqs = 32
         let split = SpendSplit::of(&pools);
         assert!((split.total_usd_per_hour - 4.0 * h20().price_per_hour_usd).abs() < 1e-9);
         assert_eq!(split.domestic_share(), 0.0);
+    }
+
+    #[test]
+    fn pool_names_must_be_label_safe() {
+        let err = FleetSpec::parse(&SMALL.replace("[pools.alpha]", "[pools.Alpha_1]"), "t.toml")
+            .unwrap_err();
+        assert_eq!(err.line, Some(9), "{err}");
+        assert!(err.to_string().contains("[a-z0-9-]{1,63}"), "{err}");
     }
 
     #[test]

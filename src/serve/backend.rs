@@ -23,7 +23,7 @@ use super::outlier::StepRatio;
 use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
 use crate::fleet::{AtomicLoadBoard, BackendId, Claim, LoadSlot, PoolConfig};
 use crate::metrics::{
-    BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms,
+    BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms, PoolMetrics,
 };
 use crate::request::{Nanos, Priority, Request, RequestId, Slo};
 use arc_swap::ArcSwap;
@@ -88,6 +88,9 @@ pub enum Command {
         deliver: UnboundedSender<Delivery>,
         /// Set when the request was moved here from a failed backend.
         resume: Option<Resume>,
+        /// The policy that routed it here: its latencies are labelled with this one, not
+        /// with whichever is in force when its tokens arrive.
+        policy: Arc<str>,
     },
     /// The handler gave up on the request (client gone, deadline).
     Abort {
@@ -140,6 +143,8 @@ pub struct BackendHandle {
     /// Whether the engine holds nothing (probes are sent only then).
     idle: AtomicBool,
     pub(super) gauges: GaugesHandle,
+    /// The pool's series (outcomes are counted there by the request's handler).
+    pub pool_metrics: Arc<PoolMetrics>,
 }
 
 /// A backend's gauges, shared by its driver and the straggler check.
@@ -214,7 +219,8 @@ pub fn spawn_backend(
         ..EngineConfig::for_perf(&perf)
     }
     .with_granularity(Granularity::PerToken);
-    let gauges = ctx.metrics.backend(&name, &pool.name);
+    let pool_metrics = ctx.metrics.pool_metrics(&pool.name, &perf.chip.id);
+    let gauges = pool_metrics.backend(&name);
     let handle = Arc::new(BackendHandle {
         id,
         name: name.into(),
@@ -228,6 +234,7 @@ pub fn spawn_backend(
         step_samples: AtomicU64::new(0),
         idle: AtomicBool::new(true),
         gauges: GaugesHandle(gauges.clone()),
+        pool_metrics,
     });
     let slot = ctx.board.slot(id).unwrap_or_default();
     let driver = Driver {
@@ -241,7 +248,7 @@ pub fn spawn_backend(
         probes: HashSet::new(),
         next_probe: PROBE_ID_BASE,
         summary: ctx.metrics.summary(&handle.pool),
-        histograms: None,
+        histograms: Vec::new(),
         handle: handle.clone(),
         slot,
         claims: Vec::new(),
@@ -278,6 +285,8 @@ struct InFlight {
     pending: u32,
     /// Tokens the client had before this backend took over (0 unless moved here).
     resumed: u32,
+    /// Series of the policy that routed it.
+    hist: Arc<PoolHistograms>,
 }
 
 /// tokio's timer fires on whole-millisecond ticks, so a sleep ends up to 1 ms after its
@@ -300,8 +309,8 @@ struct Driver {
     probes: HashSet<RequestId>,
     next_probe: RequestId,
     summary: Arc<LatencySummary>,
-    /// Histograms for the policy name they were resolved under.
-    histograms: Option<(Arc<str>, PoolHistograms)>,
+    /// Handles per routing policy seen, resolved once each.
+    histograms: Vec<(Arc<str>, Arc<PoolHistograms>)>,
     slot: Arc<LoadSlot>,
     /// Claims of requests taken in since the last publish.
     claims: Vec<Claim>,
@@ -370,17 +379,13 @@ impl Driver {
         let now = self.clock.local(now_fleet);
         self.engine.advance(now, &mut self.events);
         let mut events = std::mem::take(&mut self.events);
-        if !events.is_empty() {
-            // One handle lookup per wake-up, not per event.
-            let h = self.histograms();
-            for ev in events.drain(..) {
-                self.on_event(ev, &h);
-            }
+        for ev in events.drain(..) {
+            self.on_event(ev);
         }
         self.events = events;
         for id in std::mem::take(&mut self.touched) {
             if let Some(r) = self.requests.get_mut(&id) {
-                flush(r, &mut self.histograms);
+                flush(r);
             }
         }
         if !self.gaps.is_empty() {
@@ -389,22 +394,17 @@ impl Driver {
         }
     }
 
-    fn histograms(&mut self) -> PoolHistograms {
-        let policy: Arc<str> = Arc::clone(&self.ctx.policy_name.load());
-        match &self.histograms {
-            Some((p, h)) if Arc::ptr_eq(p, &policy) => h.clone(),
-            _ => {
-                let h = self
-                    .ctx
-                    .metrics
-                    .pool(&self.handle.pool, &self.handle.chip, &policy);
-                self.histograms = Some((policy, h.clone()));
-                h
-            }
+    /// This pool's handles for requests `policy` routed.
+    fn histograms(&mut self, policy: &Arc<str>) -> Arc<PoolHistograms> {
+        if let Some((_, h)) = self.histograms.iter().find(|(p, _)| p == policy) {
+            return h.clone();
         }
+        let h = self.handle.pool_metrics.histograms(policy);
+        self.histograms.push((policy.clone(), h.clone()));
+        h
     }
 
-    fn on_event(&mut self, ev: EngineEvent, h: &PoolHistograms) {
+    fn on_event(&mut self, ev: EngineEvent) {
         let at = self.clock.fleet(ev.at());
         self.sample_step(ev.at(), at);
         let id = ev.id();
@@ -420,6 +420,7 @@ impl Driver {
         let Some(r) = self.requests.get_mut(&id) else {
             return;
         };
+        let h = r.hist.clone();
         match ev {
             EngineEvent::Scheduled { .. } => {
                 if !r.started && r.resumed > 0 {
@@ -462,7 +463,7 @@ impl Driver {
                 if output_tokens > seen {
                     r.pending += output_tokens - seen;
                 }
-                flush(&mut r, &mut self.histograms);
+                flush(&mut r);
                 let first = r.first_token.unwrap_or(at);
                 let output_tokens = output_tokens + r.resumed;
                 let report = FinishReport {
@@ -510,6 +511,7 @@ impl Driver {
                 claim,
                 deliver,
                 resume,
+                policy,
             } => {
                 self.claims.push(claim);
                 if self.failed || self.retiring {
@@ -521,12 +523,11 @@ impl Driver {
                 let prompt_tokens = resume.map_or(req.prompt_tokens, |r| r.prompt_tokens);
                 let slo = req.slo.unwrap_or_default();
                 req.arrival = now;
+                let hist = self.histograms(&policy);
                 match self.engine.admit(req, now) {
                     Ok(()) => {
                         if resume.is_none() {
-                            self.histograms()
-                                .prompt_tokens
-                                .increment(u64::from(prompt_tokens));
+                            hist.prompt_tokens.increment(u64::from(prompt_tokens));
                         }
                         let _ = deliver.send(Delivery::Admitted);
                         let first_token = resume.and_then(|r| r.first_token_at);
@@ -544,6 +545,7 @@ impl Driver {
                                 delivered: 0,
                                 pending: 0,
                                 resumed: resume.map_or(0, |r| r.delivered),
+                                hist,
                             },
                         );
                     }
@@ -604,7 +606,7 @@ impl Driver {
         let now = self.clock.local(now_fleet);
         for (id, mut r) in self.requests.drain() {
             self.engine.abort(id, now);
-            flush(&mut r, &mut self.histograms);
+            flush(&mut r);
             let _ = r.deliver.send(Delivery::Displaced);
         }
         self.abort_probes(now);
@@ -656,13 +658,11 @@ impl Driver {
 }
 
 /// Sends a request's coalesced tokens as one chunk.
-fn flush(r: &mut InFlight, histograms: &mut Option<(Arc<str>, PoolHistograms)>) {
+fn flush(r: &mut InFlight) {
     if r.pending == 0 {
         return;
     }
-    if let Some((_, h)) = histograms {
-        h.generated_tokens.increment(u64::from(r.pending));
-    }
+    r.hist.generated_tokens.increment(u64::from(r.pending));
     let _ = r.deliver.send(Delivery::Tokens { count: r.pending });
     r.delivered += r.pending;
     r.pending = 0;

@@ -13,6 +13,8 @@ pub enum ServeError {
     InvalidArgument {
         field: &'static str,
         message: String,
+        /// The refusal counter's label (`dujiang_requests_shed_total{reason}`).
+        reason: &'static str,
     },
     /// Admission refused it; retrying later may work. → RESOURCE_EXHAUSTED + retry hint
     #[error("shed ({reason}): {message}")]
@@ -48,6 +50,20 @@ impl ServeError {
         ServeError::InvalidArgument {
             field,
             message: message.into(),
+            reason: "invalid_request",
+        }
+    }
+
+    /// An invalid request refused by the shared check, counted under its own reason.
+    pub fn invalid_because(
+        reason: &'static str,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> ServeError {
+        ServeError::InvalidArgument {
+            field,
+            message: message.into(),
+            reason,
         }
     }
 

@@ -154,6 +154,7 @@ impl RequestStream {
             self.daemon.metrics.ended(outcome);
             self.daemon
                 .request_ended(&self.request, self.backend.id, self.tokens);
+            self.backend.pool_metrics.ended(outcome);
             permit.finish(match outcome {
                 Outcome::Ok => admission::Outcome::Completed,
                 Outcome::Cancelled => admission::Outcome::Cancelled,

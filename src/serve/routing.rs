@@ -3,9 +3,10 @@
 //! for metric labels.
 
 use crate::fleet::{BackendId, LoadView};
+use crate::metrics::{Metrics, PolicyMetrics};
 use crate::policy::{self, Policy, PolicyError};
 use crate::request::{Nanos, Request};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Seed for the randomised policies; fixed so a daemon run is reproducible given the same
 /// arrival order.
@@ -14,6 +15,8 @@ const POLICY_SEED: u64 = 0x6475_6a69_616e_6721;
 pub struct ActivePolicy {
     pub name: Arc<str>,
     policy: Box<dyn Policy>,
+    /// Its decision histogram and retry counter, resolved on the first decision.
+    metrics: OnceLock<Arc<PolicyMetrics>>,
 }
 
 impl ActivePolicy {
@@ -22,7 +25,13 @@ impl ActivePolicy {
         Ok(ActivePolicy {
             name: policy.name().into(),
             policy,
+            metrics: OnceLock::new(),
         })
+    }
+
+    /// This policy's metric handles in `metrics` (one look-up per policy, not per call).
+    pub fn metrics(&self, metrics: &Metrics) -> &PolicyMetrics {
+        self.metrics.get_or_init(|| metrics.policy(&self.name))
     }
 
     pub fn pick(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId> {

@@ -2,7 +2,10 @@
 //! injected faults, adding and removing pools, and config reload.
 
 use super::Daemon;
-use crate::fleet::{BackendId, BackendState, PoolConfig};
+use crate::fleet::{
+    check_pool_name, BackendId, BackendState, PoolConfig, MAX_FLEET_BACKENDS, MAX_POOL_BACKENDS,
+};
+use crate::metrics::PoolDescription;
 use crate::profile::PerfModel;
 use crate::serve::backend::{BackendHandle, Command};
 use crate::serve::config::ServeConfig;
@@ -74,8 +77,25 @@ impl Daemon {
     }
 
     pub fn add_pool(&self, req: &proto::AddPoolRequest) -> Result<(), ServeError> {
-        if req.pool.is_empty() {
-            return Err(ServeError::invalid("pool", "must not be empty"));
+        // Checked before anything is allocated: the name becomes metric labels and the
+        // count sizes driver tasks, load slots and series.
+        check_pool_name(&req.pool).map_err(|why| {
+            ServeError::invalid(
+                "pool",
+                format!("{:?} {why} (pool names are [a-z0-9-]{{1,63}})", req.pool),
+            )
+        })?;
+        if req.backends == 0 {
+            return Err(ServeError::invalid("backends", "must be at least 1"));
+        }
+        if req.backends > MAX_POOL_BACKENDS {
+            return Err(ServeError::invalid(
+                "backends",
+                format!(
+                    "{} backends; a pool holds at most {MAX_POOL_BACKENDS} (and a fleet {MAX_FLEET_BACKENDS})",
+                    req.backends
+                ),
+            ));
         }
         let chip = self
             .catalogue
@@ -92,17 +112,25 @@ impl Daemon {
             .ok_or_else(|| ServeError::invalid("model", format!("unknown model `{model_id}`")))?;
         let perf = PerfModel::new(chip, model, req.tp.max(1))
             .map_err(|e| ServeError::invalid("tp", e.to_string()))?;
-        if req.backends == 0 {
-            return Err(ServeError::invalid("backends", "must be at least 1"));
-        }
         let config = PoolConfig::new(req.pool.clone(), Arc::new(perf), req.backends);
         let _serial = self.admin.lock();
         let (_, ids) = self.board.add_pool(config.clone()).map_err(|e| match e {
             crate::fleet::FleetError::DuplicatePoolName(_) => {
                 ServeError::AlreadyExists(e.to_string())
             }
+            crate::fleet::FleetError::InvalidPoolName(..) => {
+                ServeError::invalid("pool", e.to_string())
+            }
+            crate::fleet::FleetError::PoolTooLarge(..) => {
+                ServeError::invalid("backends", e.to_string())
+            }
             other => ServeError::FailedPrecondition(other.to_string()),
         })?;
+        self.metrics.add_pool(
+            &config.name,
+            &PoolDescription::of(&config),
+            &self.policy_name(),
+        );
         let mut handles: Vec<_> = self.backends.load().as_ref().clone();
         self.spawn_pool(&config, &ids, &mut handles);
         self.backends.store(Arc::new(handles));
@@ -131,6 +159,8 @@ impl Daemon {
             }
         }
         self.backends.store(Arc::new(handles));
+        // Its series go with it: latency, counters, info, cost and every backend's gauges.
+        self.metrics.remove_pool(name);
         tracing::info!(pool = name, backends = ids.len(), "pool removed");
         Ok(ids.len() as u32)
     }

@@ -21,7 +21,7 @@ use super::outlier::{OutlierConfig, OutlierDetector};
 use super::routing::ActivePolicy;
 use crate::admission::{self, Permit, Target};
 use crate::fleet::{AtomicLoadBoard, BackendId, PoolConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolDescription};
 use crate::profile::Catalogue;
 use crate::request::{Nanos, Priority, Request, Slo};
 use arc_swap::ArcSwap;
@@ -87,6 +87,8 @@ pub struct Accepted {
 /// Where the router would place a request.
 struct Placement {
     handle: Arc<BackendHandle>,
+    /// The policy that chose it (latencies are labelled with it).
+    policy: Arc<str>,
     target: Target,
 }
 
@@ -182,6 +184,18 @@ impl Daemon {
             admin: parking_lot::Mutex::new(()),
         };
         let membership = board.membership();
+        // Every series a pool or the policy will have, registered at 0 before any request.
+        {
+            let policy = daemon.policy.load();
+            policy.metrics(&daemon.metrics);
+            for pool in membership.pools() {
+                daemon.metrics.add_pool(
+                    pool.name(),
+                    &PoolDescription::of(&pool.config),
+                    &policy.name,
+                );
+            }
+        }
         let mut handles = Vec::new();
         for pool in membership.pools() {
             let ids: Vec<BackendId> = membership

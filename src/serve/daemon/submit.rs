@@ -19,8 +19,39 @@ use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 impl Daemon {
-    /// Validates, routes, admits and hands over one request.
+    /// Validates, routes, admits and hands over one request. Every refusal is counted by
+    /// its reason (`dujiang_requests_shed_total`), whichever step refused.
     pub async fn submit(
+        &self,
+        req: proto::GenerateRequest,
+        received: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted, ServeError> {
+        let result = self.try_submit(req, received, deadline).await;
+        if let Err(e) = &result {
+            self.metrics.shed(self.refusal_reason(e));
+        }
+        result
+    }
+
+    /// Why a request was refused before acceptance, as the refusal counter labels it.
+    fn refusal_reason(&self, e: &ServeError) -> &'static str {
+        match e {
+            ServeError::Shed { reason, .. } | ServeError::InvalidArgument { reason, .. } => reason,
+            ServeError::DeadlineUnmeetable(_) | ServeError::DeadlineExceeded { .. } => {
+                RejectReason::DeadlineUnmeetable.as_str()
+            }
+            ServeError::Unavailable(_) if !self.accepting.load(Relaxed) => {
+                RejectReason::Draining.as_str()
+            }
+            ServeError::Unavailable(_) => RejectReason::NoHealthyBackend.as_str(),
+            ServeError::NotFound(_)
+            | ServeError::AlreadyExists(_)
+            | ServeError::FailedPrecondition(_) => RejectReason::InvalidRequest.as_str(),
+        }
+    }
+
+    async fn try_submit(
         &self,
         req: proto::GenerateRequest,
         received: Instant,
@@ -55,7 +86,6 @@ impl Daemon {
             Ok(p) => p,
             Err(reason) => {
                 self.board.release(placement.handle.id, Claim::of(&request));
-                self.metrics.shed(reason.as_str());
                 return Err(rejection(reason, &limits, &placement.handle));
             }
         };
@@ -63,12 +93,14 @@ impl Daemon {
         self.policy
             .load()
             .on_routed(&request, backend.id, &self.board.view(), request.arrival);
+        let policy = placement.policy;
         let (tx, mut deliveries) = unbounded_channel();
         if !backend.send(Command::Admit {
             req: request.clone(),
             claim: Claim::of(&request),
             deliver: tx,
             resume: None,
+            policy,
         }) {
             self.board.release(backend.id, Claim::of(&request));
             permit.finish(admission::Outcome::Failed);
@@ -129,6 +161,7 @@ impl Daemon {
         }
         let placement = self.place(&req, model)?;
         let backend = placement.handle;
+        let policy = placement.policy;
         self.policy
             .load()
             .on_routed(&req, backend.id, &self.board.view(), self.now());
@@ -139,6 +172,7 @@ impl Daemon {
             claim,
             deliver: tx,
             resume,
+            policy,
         }) {
             self.board.release(backend.id, claim);
             return Err(ServeError::Unavailable(format!(
@@ -161,7 +195,7 @@ impl Daemon {
             if let Some(p) = self.try_place(&policy, request, model, seen)? {
                 return Ok(p);
             }
-            self.metrics.router_retry(&policy.name);
+            policy.metrics(&self.metrics).retries.increment(1);
         }
         unreachable!("the last attempt always commits")
     }
@@ -194,8 +228,9 @@ impl Daemon {
         }
         let t0 = Instant::now();
         let picked = policy.pick(request, &masked, request.arrival);
-        self.metrics
-            .router_decision(&policy.name)
+        policy
+            .metrics(&self.metrics)
+            .decision
             .record(t0.elapsed().as_secs_f64());
         let Some(id) = picked else {
             return Err(ServeError::Unavailable(format!(
@@ -228,6 +263,7 @@ impl Daemon {
         });
         Ok(Some(Placement {
             handle,
+            policy: policy.name.clone(),
             target: Target::Backend {
                 id,
                 load,

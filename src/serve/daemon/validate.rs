@@ -53,11 +53,9 @@ impl Daemon {
                 max_context: spec.max_context,
             },
         )
-        .map_err(|e| {
-            // Counted by the same reasons replay reports, so the two can be compared.
-            self.metrics.shed(e.reason.as_str());
-            ServeError::invalid(e.field, e.message)
-        })?;
+        // Counted (by `submit`) under the same reasons replay reports, so the two can be
+        // compared.
+        .map_err(|e| ServeError::invalid_because(e.reason.as_str(), e.field, e.message))?;
         let priority = match proto::Priority::try_from(req.priority) {
             Ok(proto::Priority::Batch) => Priority::Batch,
             Ok(_) => Priority::Interactive,
