@@ -91,6 +91,7 @@ pub async fn start_daemon(serve_toml: &str, extra: &[&str]) -> Daemon {
             .arg(&config)
             .args(["--grpc-addr", &grpc.to_string()])
             .args(["--http-addr", &http.to_string()])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
