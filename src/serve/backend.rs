@@ -26,7 +26,6 @@ use crate::metrics::{
     BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms, PoolMetrics,
 };
 use crate::request::{Nanos, Priority, Request, RequestId, Slo};
-use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -197,8 +196,6 @@ pub struct DriverContext {
     pub clock: SimClock,
     pub metrics: Arc<Metrics>,
     pub board: Arc<AtomicLoadBoard>,
-    /// Name of the routing policy in force, for metric labels.
-    pub policy_name: ArcSwap<Arc<str>>,
     /// Weight of each step sample in the step-time EWMA.
     pub ewma_alpha: f64,
 }

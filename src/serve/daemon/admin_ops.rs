@@ -20,7 +20,6 @@ impl Daemon {
             .map_err(|e| ServeError::invalid("policy", e.to_string()))?;
         let new = policy.name.clone();
         let old = self.policy.swap(Arc::new(policy));
-        self.ctx.policy_name.store(Arc::new(new.clone()));
         tracing::info!(from = %old.name, to = %new, "routing policy changed");
         Ok((old.name.clone(), new))
     }

@@ -149,7 +149,6 @@ impl Daemon {
             clock: SimClock::new(config.time_scale),
             metrics: metrics.clone(),
             board: board.clone(),
-            policy_name: ArcSwap::from_pointee(policy.name.clone()),
             ewma_alpha: rel.ewma_alpha,
         });
         let outliers = OutlierDetector::new(OutlierConfig {
