@@ -18,6 +18,7 @@
 //! Latencies are recorded in simulated seconds (engine time), which equal wall seconds at
 //! time scale 1: at `--time-scale 100` a dashboard still shows what the modelled chips do.
 
+mod describe;
 mod exposition;
 mod pool;
 mod summary;
@@ -27,6 +28,7 @@ pub use summary::{FinishedLatencies, LatencySummary, Percentiles, SummarySnapsho
 
 use crate::admission::RejectReason;
 use crate::request::Invalid;
+use describe::describe;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -355,6 +357,16 @@ impl Metrics {
             .clone()
     }
 
+    /// Registers everything a newly chosen policy will label (its router series and every
+    /// pool's histograms and counters for it) at 0, before its first decision.
+    pub fn policy_in_force(&self, policy: &Arc<str>) {
+        self.policy(policy);
+        let pools: Vec<Arc<PoolMetrics>> = self.pools.read().values().cloned().collect();
+        for p in pools {
+            p.histograms(policy);
+        }
+    }
+
     /// Router decision histogram for `policy`.
     pub fn router_decision(&self, policy: &Arc<str>) -> Histogram {
         self.policy(policy).decision.clone()
@@ -463,309 +475,5 @@ fn meta() -> Metadata<'static> {
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
 }
 
-/// HELP lines for every family (a recorder prints them only for families it holds).
-fn describe(recorder: &PrometheusRecorder) {
-    use metrics::Unit;
-    let s = Some(Unit::Seconds);
-    let families: &[(&'static str, Option<Unit>, &'static str, u8)] = &[
-        (
-            TTFT_SECONDS,
-            s,
-            "Time to first token in simulated seconds.",
-            2,
-        ),
-        (
-            INTER_TOKEN_SECONDS,
-            s,
-            "Gap between consecutive output tokens in simulated seconds.",
-            2,
-        ),
-        (
-            E2E_SECONDS,
-            s,
-            "Arrival to last token in simulated seconds.",
-            2,
-        ),
-        (
-            QUEUE_SECONDS,
-            s,
-            "Time waiting in a backend queue in simulated seconds.",
-            2,
-        ),
-        (
-            ROUTER_DECISION_SECONDS,
-            s,
-            "Wall time the routing policy took to choose a backend.",
-            2,
-        ),
-        (
-            ROUTER_RETRIES_TOTAL,
-            None,
-            "Routing decisions taken again because another committed meanwhile.",
-            0,
-        ),
-        (
-            REQUESTS_ACCEPTED_TOTAL,
-            None,
-            "Requests placed on a backend.",
-            0,
-        ),
-        (
-            REQUESTS_TOTAL,
-            None,
-            "Accepted requests by terminal outcome.",
-            0,
-        ),
-        (
-            POOL_REQUESTS_TOTAL,
-            None,
-            "Accepted requests by the pool they ended on and terminal outcome.",
-            0,
-        ),
-        (
-            REQUESTS_SHED_TOTAL,
-            None,
-            "Requests refused before acceptance, by reason.",
-            0,
-        ),
-        (
-            PROMPT_TOKENS_TOTAL,
-            None,
-            "Prompt tokens of accepted requests.",
-            0,
-        ),
-        (
-            GENERATED_TOKENS_TOTAL,
-            None,
-            "Output tokens delivered to clients.",
-            0,
-        ),
-        (
-            SLO_VIOLATIONS_TOTAL,
-            None,
-            "Finished requests that missed their SLO.",
-            0,
-        ),
-        (
-            IN_FLIGHT_REQUESTS,
-            None,
-            "Requests accepted and not yet ended.",
-            1,
-        ),
-        (
-            BACKEND_SERVING,
-            None,
-            "1 while a backend takes new requests; 0 while draining, failed, ejected or removed.",
-            1,
-        ),
-        (
-            BACKEND_RUNNING_REQUESTS,
-            None,
-            "Requests in a backend's running batch.",
-            1,
-        ),
-        (
-            BACKEND_WAITING_REQUESTS,
-            None,
-            "Requests waiting in a backend's queue.",
-            1,
-        ),
-        (
-            BACKEND_KV_USAGE_RATIO,
-            None,
-            "Fraction of a backend's KV-cache blocks in use.",
-            1,
-        ),
-        (
-            REQUEST_MIGRATIONS_TOTAL,
-            None,
-            "Accepted requests moved off a failed backend, by kind.",
-            0,
-        ),
-        (
-            BACKEND_EJECTIONS_TOTAL,
-            None,
-            "Backends ejected from routing as stragglers.",
-            0,
-        ),
-        (
-            BACKEND_READMISSIONS_TOTAL,
-            None,
-            "Ejected backends re-admitted after recovering.",
-            0,
-        ),
-        (
-            BACKEND_EJECTED,
-            None,
-            "1 while a backend is ejected as a straggler.",
-            1,
-        ),
-        (
-            BACKEND_STEP_TIME_RATIO,
-            None,
-            "EWMA of observed over predicted step time.",
-            1,
-        ),
-        (
-            POOL_INFO,
-            None,
-            "Always 1: what a pool runs (chip, vendor, model, tp, domestic).",
-            1,
-        ),
-        (
-            POOL_COST_USD_PER_HOUR,
-            None,
-            "Hourly price of a pool's provisioned backends in USD.",
-            1,
-        ),
-    ];
-    for &(name, unit, help, kind) in families {
-        let key = name.into();
-        match kind {
-            0 => recorder.describe_counter(key, unit, help.into()),
-            1 => recorder.describe_gauge(key, unit, help.into()),
-            _ => recorder.describe_histogram(key, unit, help.into()),
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histograms_render_with_explicit_buckets() {
-        let m = Metrics::new();
-        let h = m.pool(&"a".into(), &"h20".into(), &"least-load".into());
-        h.ttft.record(0.2);
-        h.ttft.record(3.0);
-        let text = m.render();
-        assert!(text.contains("dujiang_ttft_seconds_bucket{pool=\"a\",chip=\"h20\",policy=\"least-load\",le=\"0.25\"} 1"), "{text}");
-        assert!(
-            text.contains(
-                "dujiang_ttft_seconds_count{pool=\"a\",chip=\"h20\",policy=\"least-load\"} 2"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE dujiang_ttft_seconds histogram"),
-            "{text}"
-        );
-        assert!(!text.contains("quantile="), "no summaries: {text}");
-    }
-
-    #[test]
-    fn outcomes_add_up_and_are_present_from_the_start() {
-        let m = Metrics::new();
-        let text = m.render();
-        for o in Outcome::ALL {
-            assert!(
-                text.contains(&format!(
-                    "dujiang_requests_total{{outcome=\"{}\"}} 0",
-                    o.as_str()
-                )),
-                "{text}"
-            );
-        }
-        m.accepted();
-        m.accepted();
-        m.ended(Outcome::Ok);
-        m.ended(Outcome::Cancelled);
-        let text = m.render();
-        assert!(text.contains("dujiang_requests_accepted_total 2"), "{text}");
-        assert!(
-            text.contains("dujiang_requests_total{outcome=\"ok\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("dujiang_in_flight_requests 0"), "{text}");
-    }
-
-    #[test]
-    fn router_retries_count_per_policy() {
-        let m = Metrics::new();
-        let lw: Arc<str> = "least-work".into();
-        m.router_retry(&lw);
-        m.router_retry(&lw);
-        m.router_retry(&"power-of-two".into());
-        let text = m.render();
-        assert!(
-            text.contains("dujiang_router_retries_total{policy=\"least-work\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("dujiang_router_retries_total{policy=\"power-of-two\"} 1"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn two_daemons_do_not_share_counters() {
-        let a = Metrics::new();
-        let b = Metrics::new();
-        a.shed("queue_full");
-        assert!(a
-            .render()
-            .contains("dujiang_requests_shed_total{reason=\"queue_full\"} 1"));
-        assert!(b
-            .render()
-            .contains("dujiang_requests_shed_total{reason=\"queue_full\"} 0"));
-    }
-
-    #[test]
-    fn a_removed_pool_leaves_no_series_behind() {
-        let m = Metrics::new();
-        let d = PoolDescription {
-            chip: "h20".into(),
-            vendor: "NVIDIA".into(),
-            model: "qwen3-8b".into(),
-            tp: 1,
-            domestic: false,
-            backends: 2,
-            cost_usd_per_hour: 2.6,
-        };
-        let lw: Arc<str> = "least-work".into();
-        let keep = m.add_pool("keep", &d, &lw);
-        let gone = m.add_pool("gone", &d, &lw);
-        keep.backend("keep-0");
-        gone.backend("gone-0").running.set(3.0);
-        gone.histograms(&lw).ttft.record(0.1);
-        let text = m.render();
-        assert!(
-            text.contains("dujiang_backend_running_requests{backend=\"gone-0\",pool=\"gone\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("dujiang_pool_cost_usd_per_hour{pool=\"gone\"} 2.6"),
-            "{text}"
-        );
-        // One header per family, however many pools hold it.
-        assert_eq!(
-            text.matches("# TYPE dujiang_ttft_seconds histogram")
-                .count(),
-            1,
-            "{text}"
-        );
-        m.remove_pool("gone");
-        let text = m.render();
-        assert!(!text.contains("gone"), "{text}");
-        assert!(text.contains("pool=\"keep\""), "{text}");
-    }
-
-    #[test]
-    fn summary_percentiles_are_exact_to_three_digits() {
-        let s = LatencySummary::default();
-        for i in 1..=1000u64 {
-            s.record(&FinishedLatencies {
-                ttft_ns: i * 1_000_000,
-                e2e_ns: i * 2_000_000,
-                ..Default::default()
-            });
-        }
-        let snap = s.snapshot();
-        assert_eq!(snap.completed, 1000);
-        assert!((snap.ttft.p50 - 0.5).abs() < 0.001, "{:?}", snap.ttft);
-        assert!((snap.ttft.p99 - 0.99).abs() < 0.001, "{:?}", snap.ttft);
-        assert!((snap.ttft.p999 - 0.999).abs() < 0.001, "{:?}", snap.ttft);
-        assert!((snap.e2e.max - 2.0).abs() < 0.002, "{:?}", snap.e2e);
-    }
-}
+mod tests;

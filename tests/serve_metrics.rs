@@ -383,6 +383,20 @@ async fn latencies_are_labelled_by_the_policy_that_routed_the_request() {
     };
     assert_eq!(e2e("round-robin"), 1.0, "{text}");
     assert_eq!(e2e("least-work"), 0.0, "{text}");
+    // The new policy's series were registered when it was chosen.
+    assert_eq!(
+        sample(
+            &text,
+            "dujiang_e2e_seconds_count{pool=\"h20\",chip=\"h20\",policy=\"least-work\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "dujiang_router_retries_total{policy=\"least-work\"}"),
+        Some(0.0),
+        "{text}"
+    );
     d.shutdown();
     d.wait().await.unwrap();
 }

@@ -19,6 +19,7 @@ impl Daemon {
         let policy = ActivePolicy::by_name(name, &toml::Table::new())
             .map_err(|e| ServeError::invalid("policy", e.to_string()))?;
         let new = policy.name.clone();
+        self.metrics.policy_in_force(&new);
         let old = self.policy.swap(Arc::new(policy));
         tracing::info!(from = %old.name, to = %new, "routing policy changed");
         Ok((old.name.clone(), new))
