@@ -247,7 +247,7 @@ async fn dockerfile_healthcheck_command_works() {
         }
     };
     assert!(run(d.http_addr.port()).await, "healthy daemon passes");
-    assert!(!run(free_port()).await, "closed port fails");
+    assert!(!run(closed_port()).await, "closed port fails");
     d.shutdown();
     d.wait().await.unwrap();
 }

@@ -116,8 +116,8 @@ async fn prometheus_evaluates_the_rules_against_a_daemon_under_load() {
         d.http
     );
     std::fs::write(dir.0.join("prometheus.yml"), config).unwrap();
-    let prom: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _server = Process(
+    // Prometheus picks its own port and logs it (at info level, so no --log.level=warn).
+    let (child, prom, _log) = spawn_prometheus(
         Command::new(prometheus)
             .arg(format!(
                 "--config.file={}",
@@ -127,13 +127,10 @@ async fn prometheus_evaluates_the_rules_against_a_daemon_under_load() {
                 "--storage.tsdb.path={}",
                 dir.0.join("data").display()
             ))
-            .arg(format!("--web.listen-address={prom}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn prometheus"),
-    );
+            .stdout(Stdio::null()),
+    )
+    .await;
+    let _server = Process(child);
 
     let ready = eventually(Duration::from_secs(30), async || {
         tokio::net::TcpStream::connect(prom).await.is_ok()

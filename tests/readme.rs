@@ -8,7 +8,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,18 +43,116 @@ fn blocks(text: &str, lang: &str) -> Vec<String> {
     out
 }
 
-fn http_get(path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", 9464)).ok()?;
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     let code = body.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, body))
+}
+
+/// The listen addresses a `dujiang serve` command line binds: every `*_addr` key of the
+/// default configuration, overridden by its `--*-addr` flag.
+fn serve_addrs(cmd: &str) -> Vec<(String, SocketAddr)> {
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    dujiang::serve::DEFAULT_CONFIG_TOML
+        .lines()
+        .filter_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            let key = key.trim();
+            key.ends_with("_addr").then_some(())?;
+            let flag = format!("--{}", key.replace('_', "-"));
+            let value = words
+                .iter()
+                .position(|w| *w == flag)
+                .and_then(|i| words.get(i + 1).copied())
+                .unwrap_or(value.trim().trim_matches('"'));
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Starts a README daemon line (`dujiang serve ...`) in the background, logging to `log`,
+/// and makes sure the daemon the tour then talks to is this one: its ports must be free
+/// before it starts (a stray daemon there would answer in its place), it must print its
+/// `serving` line with its own pid, and `/readyz` must answer on the address that line
+/// names. Returns the child and that address. Busy ports are waited for up to `wait_free`
+/// (another checkout's README test may hold them for a while on a shared machine).
+fn start_background(
+    cmd: &str,
+    work: &Path,
+    path: &str,
+    log: &Path,
+    wait_free: Duration,
+) -> Result<(Child, SocketAddr), String> {
+    let free_by = Instant::now() + wait_free;
+    for (key, addr) in serve_addrs(cmd) {
+        while let Err(e) = std::net::TcpListener::bind(addr) {
+            if Instant::now() >= free_by {
+                return Err(format!(
+                    "{key} {addr} is in use ({e}): stop whatever listens there (a stray \
+                     daemon?) before running the README's commands"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let out = std::fs::File::create(log).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {}", cmd.trim()))
+        .current_dir(work)
+        .env("PATH", path)
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fail = |child: &mut Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        Err(format!("`{cmd}`: {why}; its output:\n{text}"))
+    };
+    let http = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return fail(&mut child, format!("exited ({status})"));
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(fields) = text.lines().find_map(|l| l.strip_prefix("serving ")) {
+            let field = |k: &str| {
+                fields
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            if field("pid") != child.id().to_string() {
+                return fail(&mut child, "serving line from another process".into());
+            }
+            match field("http").parse::<SocketAddr>() {
+                Ok(a) => break a,
+                Err(e) => return fail(&mut child, format!("no http address ({e})")),
+            }
+        }
+        if Instant::now() > deadline {
+            return fail(&mut child, "printed no serving line".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    while http_get(http, "/readyz").is_none_or(|(code, _)| code != 200) {
+        if Instant::now() > deadline {
+            return fail(&mut child, format!("never became ready on {http}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((child, http))
 }
 
 struct Background(Vec<Child>);
@@ -78,25 +176,7 @@ impl Drop for Background {
 
 #[test]
 fn every_readme_command_runs() {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let work = std::env::temp_dir().join(format!("dujiang-readme-{}", std::process::id()));
-    let bin_dir = work.join("bin");
-    std::fs::create_dir_all(&bin_dir).unwrap();
-    let link = |from: &Path, to: &Path| {
-        let _ = std::fs::remove_file(to);
-        std::os::unix::fs::symlink(from, to).unwrap();
-    };
-    link(
-        Path::new(env!("CARGO_BIN_EXE_dujiang")),
-        &bin_dir.join("dujiang"),
-    );
-    link(&repo.join("tests"), &work.join("tests"));
-    link(&repo.join("config"), &work.join("config"));
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let (work, path) = tour_dir("readme");
 
     let mut background = Background(Vec::new());
     let mut ran = 0;
@@ -116,22 +196,11 @@ fn every_readme_command_runs() {
                 if line.contains(" serve") && !background.0.is_empty() {
                     continue;
                 }
-                let log = std::fs::File::create(work.join(format!("bg-{ran}.log"))).unwrap();
-                let child = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("exec {}", cmd.trim()))
-                    .current_dir(&work)
-                    .env("PATH", &path)
-                    .stdout(Stdio::from(log.try_clone().unwrap()))
-                    .stderr(Stdio::from(log))
-                    .spawn()
-                    .unwrap();
+                let log = work.join(format!("bg-{ran}.log"));
+                let (child, _) =
+                    start_background(cmd, &work, &path, &log, Duration::from_secs(120))
+                        .unwrap_or_else(|e| panic!("{e}"));
                 background.0.push(child);
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while http_get("/readyz").is_none_or(|(code, _)| code != 200) {
-                    assert!(Instant::now() < deadline, "`{cmd}` never became ready");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
                 ran += 1;
                 continue;
             }
@@ -252,6 +321,67 @@ fn the_headline_figures_are_the_commands_output(work: &Path, path: &str) {
         "the README should say: {said} (p99 {:.1} ms)",
         best.stats.ttft_ms.p99
     );
+}
+
+/// A work directory with `dujiang` on PATH and the repository's `tests` and `config`
+/// linked in, as the README's commands expect; returns it and the PATH to use.
+fn tour_dir(tag: &str) -> (PathBuf, String) {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let work = std::env::temp_dir().join(format!("dujiang-{tag}-{}", std::process::id()));
+    let bin_dir = work.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let link = |from: &Path, to: &Path| {
+        let _ = std::fs::remove_file(to);
+        std::os::unix::fs::symlink(from, to).unwrap();
+    };
+    link(
+        Path::new(env!("CARGO_BIN_EXE_dujiang")),
+        &bin_dir.join("dujiang"),
+    );
+    link(&repo.join("tests"), &work.join("tests"));
+    link(&repo.join("config"), &work.join("config"));
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (work, path)
+}
+
+#[test]
+fn a_readme_daemon_is_the_one_the_tour_reaches() {
+    let (work, path) = tour_dir("readme-ports");
+    // The README's daemon binds the documented defaults.
+    let defaults = serve_addrs("dujiang serve --time-scale 20");
+    let default = dujiang::serve::ServeConfig::default();
+    assert!(defaults.contains(&("grpc_addr".into(), default.grpc_addr)));
+    assert!(defaults.contains(&("http_addr".into(), default.http_addr)));
+    assert!(defaults.contains(&("admin_addr".into(), default.admin_addr)));
+
+    // Something already listening where the daemon would: refused before starting, naming
+    // the port, rather than polling whatever answers there.
+    let stray = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = stray.local_addr().unwrap();
+    let cmd = format!(
+        "dujiang serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --http-addr {busy}"
+    );
+    let err =
+        start_background(&cmd, &work, &path, &work.join("busy.log"), Duration::ZERO).unwrap_err();
+    assert!(
+        err.contains(&format!("http_addr {busy} is in use")),
+        "{err}"
+    );
+    drop(stray);
+
+    // On free ports, the daemon reached is the one started: its serving line carries its
+    // pid, and /readyz answers on the address it names.
+    let cmd =
+        "dujiang serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --http-addr 127.0.0.1:0";
+    let (child, http) = start_background(cmd, &work, &path, &work.join("ok.log"), Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _stop = Background(vec![child]);
+    assert_ne!(http.port(), 0);
+    assert_eq!(http_get(http, "/readyz").map(|(c, _)| c), Some(200));
 }
 
 #[test]

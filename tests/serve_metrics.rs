@@ -123,14 +123,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_answers_a_ttft_quantile() {
     let prometheus = tool("prometheus");
@@ -151,22 +143,17 @@ async fn real_prometheus_answers_a_ttft_quantile() {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let _server = Server(
+    let (child, prom, log) = spawn_prometheus(
         Command::new(prometheus)
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus"),
-    );
-    let prom: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            .stdout(Stdio::null()),
+    )
+    .await;
+    let _server = Server(child);
     // Traffic spread over a few scrapes, so rate() has two points with a difference.
     let query = "/api/v1/query?query=histogram_quantile(0.99%2C%20sum%20by%20(le)%20(rate(dujiang_ttft_seconds_bucket%5B1m%5D)))";
     let mut answer = String::new();
@@ -186,7 +173,7 @@ async fn real_prometheus_answers_a_ttft_quantile() {
             }
         }
     }
-    let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    let log = log.text();
     let value =
         value.unwrap_or_else(|| panic!("no quantile from Prometheus: {answer}\nlog:\n{log}"));
     assert!(

@@ -7,14 +7,6 @@ use serve_support::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Kills the daemon if the test fails before it exits on its own.
 struct Daemon(std::process::Child);
 
@@ -27,26 +19,16 @@ impl Drop for Daemon {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_streams_and_exits_zero() {
-    let grpc: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut daemon = Daemon(
+    let (child, serving, _stdout) = spawn_serve(
         Command::new(env!("CARGO_BIN_EXE_dujiang"))
-            .args([
-                "serve",
-                "--grpc-addr",
-                &grpc.to_string(),
-                "--http-addr",
-                &http.to_string(),
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
+            .arg("serve")
             .args(["--time-scale", "2", "--grace-period-ms", "10000"])
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn dujiang serve"),
-    );
+            .stderr(Stdio::piped()),
+    )
+    .await;
+    let mut daemon = Daemon(child);
+    let (grpc, http) = (serving.grpc, serving.http);
     let up = eventually(Duration::from_secs(10), async || {
         tokio::net::TcpStream::connect(http).await.is_ok()
             && http_get(http, "/readyz").await.0 == 200

@@ -1,6 +1,7 @@
 //! `dujiang serve`: run the daemon until SIGTERM or SIGINT. With no arguments it serves
 //! the embedded demo fleet on gRPC 127.0.0.1:50051 (Inference), Admin 127.0.0.1:50052 and
-//! HTTP 127.0.0.1:9464.
+//! HTTP 127.0.0.1:9464, and prints `serving grpc=ADDR admin=ADDR http=ADDR pid=PID` once
+//! all three accept connections.
 
 use crate::serve::{ServeConfig, DEFAULT_CONFIG_TOML};
 use anyhow::Context as _;
@@ -90,5 +91,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(crate::serve::run_until_signal(config, args.config))
+    // One line on stdout once the ports accept connections, with the addresses bound (port
+    // 0 picks a free one) and the pid, so whoever started the daemon knows where it serves
+    // and that the daemon answering there is this one.
+    let ready = |d: &crate::serve::RunningDaemon| {
+        println!(
+            "serving grpc={} admin={} http={} pid={}",
+            d.grpc_addr,
+            d.admin_addr,
+            d.http_addr,
+            std::process::id()
+        );
+    };
+    runtime.block_on(crate::serve::run_until_signal(config, args.config, ready))
 }

@@ -281,20 +281,23 @@ async fn wait_idle(d: &Daemon, limit: Duration) {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then shuts it down gracefully.
+/// Runs the daemon until SIGTERM or SIGINT, then shuts it down gracefully. `on_ready` is
+/// called once both ports accept connections (the CLI prints where the daemon serves).
 pub async fn run_until_signal(
     config: ServeConfig,
     config_path: Option<PathBuf>,
+    on_ready: impl FnOnce(&RunningDaemon),
 ) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let running = start(config, config_path).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    // Both handlers are in place before anyone is told the daemon serves, so a signal sent
+    // at once is a graceful shutdown, not the default kill.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    on_ready(&running);
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
-        r = tokio::signal::ctrl_c() => {
-            r.context("installing the SIGINT handler")?;
-            tracing::info!("SIGINT received");
-        }
+        _ = int.recv() => tracing::info!("SIGINT received"),
     }
     running.shutdown();
     running.wait().await

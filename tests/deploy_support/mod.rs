@@ -11,7 +11,11 @@ use std::time::Duration;
 
 #[path = "../serve_support/mod.rs"]
 mod serve_support;
-pub use serve_support::{eventually, generate, http_get, inference, request};
+// Not every deploy test uses every helper.
+#[allow(unused_imports)]
+pub use serve_support::{
+    eventually, generate, http_get, inference, request, spawn_prometheus, spawn_serve,
+};
 
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -50,7 +54,10 @@ pub fn tool(name: &str) -> PathBuf {
     })
 }
 
-pub fn free_port() -> u16 {
+/// A loopback port nothing listens on, for a check that a connection is refused. Bound and
+/// released, so never hand it to a server (another test may take it meanwhile): servers
+/// bind port 0 themselves and report what they got ([`spawn_serve`], [`spawn_prometheus`]).
+pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -77,28 +84,24 @@ pub struct Daemon {
 }
 
 /// Starts `dujiang serve` with `serve_toml` as its config file (listen addresses are
-/// overridden on the command line) and waits until `/readyz` answers 200.
+/// overridden on the command line: port 0, reported back by the daemon) and waits until
+/// `/readyz` answers 200.
 pub async fn start_daemon(serve_toml: &str, extra: &[&str]) -> Daemon {
     let dir = TempDir::new("daemon");
     let config = dir.0.join("serve.toml");
     std::fs::write(&config, serve_toml).unwrap();
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let process = Process(
+    let (child, serving, _stdout) = spawn_serve(
         Command::new(env!("CARGO_BIN_EXE_dujiang"))
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .args(["--grpc-addr", &grpc.to_string()])
-            .args(["--http-addr", &http.to_string()])
-            .args(["--admin-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn dujiang serve"),
-    );
+            .stderr(Stdio::inherit()),
+    )
+    .await;
+    let process = Process(child);
+    let (grpc, http) = (serving.grpc, serving.http);
     let up = eventually(Duration::from_secs(15), async || {
         tokio::net::TcpStream::connect(http).await.is_ok()
             && http_get(http, "/readyz").await.0 == 200

@@ -175,3 +175,128 @@ pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
     }
     false
 }
+
+/// Lines a child process writes to one pipe, read on a thread of their own (so the child
+/// never blocks on a full pipe) and kept for assertions and failure messages.
+pub struct Lines {
+    seen: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    pub fn read(pipe: impl std::io::Read + Send + 'static) -> Lines {
+        let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+                let Ok(line) = line else { return };
+                sink.lock().push(line);
+            }
+        });
+        Lines { seen }
+    }
+
+    /// Waits up to `limit` for a line that `pick` maps to `Some`.
+    pub async fn wait_for<T>(
+        &self,
+        limit: Duration,
+        mut pick: impl FnMut(&str) -> Option<T>,
+    ) -> Option<T> {
+        let end = Instant::now() + limit;
+        let mut next = 0;
+        loop {
+            {
+                let seen = self.seen.lock();
+                if let Some(t) = seen[next..].iter().find_map(|l| pick(l)) {
+                    return Some(t);
+                }
+                next = seen.len();
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.seen.lock().join("\n")
+    }
+}
+
+/// The line `dujiang serve` prints on stdout once both ports accept connections:
+/// `serving grpc=ADDR admin=ADDR http=ADDR pid=PID`, with the addresses it bound.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub http: SocketAddr,
+    pub pid: u32,
+}
+
+impl Serving {
+    pub fn parse(line: &str) -> Option<Serving> {
+        let fields = line.strip_prefix("serving ")?;
+        let field = |k: &str| {
+            fields
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+        };
+        Some(Serving {
+            grpc: field("grpc")?.parse().ok()?,
+            admin: field("admin")?.parse().ok()?,
+            http: field("http")?.parse().ok()?,
+            pid: field("pid")?.parse().ok()?,
+        })
+    }
+}
+
+/// Spawns the real `dujiang serve` from `cmd` on ports it picks itself
+/// (`127.0.0.1:0`: the daemon binds and keeps them, so no port is freed for another test to
+/// take meanwhile) and waits for its `serving` line, which must come from this very process.
+/// Its stdout is taken; set up stderr as needed before the call.
+pub async fn spawn_serve(cmd: &mut std::process::Command) -> (std::process::Child, Serving, Lines) {
+    let mut child = cmd
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dujiang serve");
+    let out = Lines::read(child.stdout.take().unwrap());
+    let serving = out
+        .wait_for(Duration::from_secs(20), Serving::parse)
+        .await
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("dujiang serve printed no serving line:\n{}", out.text())
+        });
+    assert_eq!(serving.pid, child.id(), "the daemon that answered is ours");
+    (child, serving, out)
+}
+
+/// Spawns Prometheus from `cmd` listening on a port it picks itself (`127.0.0.1:0`) and
+/// returns the address it reports binding (its `msg="Listening on" address=ADDR` line).
+/// Its stderr (the log) is taken and returned.
+pub async fn spawn_prometheus(
+    cmd: &mut std::process::Command,
+) -> (std::process::Child, SocketAddr, Lines) {
+    let mut child = cmd
+        .arg("--web.listen-address=127.0.0.1:0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn prometheus");
+    let log = Lines::read(child.stderr.take().unwrap());
+    let addr = log
+        .wait_for(Duration::from_secs(30), |l| {
+            let (_, rest) = l.split_once("msg=\"Listening on\"")?;
+            rest.split_whitespace()
+                .find_map(|f| f.strip_prefix("address="))?
+                .parse()
+                .ok()
+        })
+        .await
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("prometheus reported no listening address:\n{}", log.text())
+        });
+    (child, addr, log)
+}
