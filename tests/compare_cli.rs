@@ -28,8 +28,11 @@ fn report(policy: &str, ttft_p99: f64, e2e_p50: f64) -> dujiang::sim::Report {
     }
 }
 
+/// Fresh report files for each call: tests run in parallel threads of one process.
 fn files() -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("dujiang-compare-cli-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("dujiang-compare-cli-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (a, b) = (dir.join("a.json"), dir.join("b.json"));
     std::fs::write(&a, report("least-work", 400.0, 5000.0).to_json()).unwrap();
