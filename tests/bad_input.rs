@@ -9,7 +9,7 @@ mod serve_support;
 use dujiang::fleet::FleetSpec;
 use dujiang::profile::Catalogue;
 use dujiang::serve::proto::{self, inference_client::InferenceClient};
-use dujiang::serve::{Daemon, ServeConfig, ServeError, DEFAULT_CONFIG_TOML};
+use dujiang::serve::{Daemon, ServeConfig, ServeError, DEFAULT_CONFIG_TOML, MAX_REQUEST_BYTES};
 use dujiang::trace::{Format, TraceReader};
 use proptest::prelude::*;
 use serve_support::*;
@@ -232,19 +232,22 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
         c.generate(req).await.expect_err("refused")
     };
 
-    // Over the 4 MiB message limit: refused by the transport, before validation.
+    // Over the data plane's message limit (3 MiB, under tonic's default of 4 MiB):
+    // refused by the transport, before anything is decoded.
     let huge = proto::GenerateRequest {
-        prompt: "x".repeat(5 << 20),
+        prompt: "x".repeat(MAX_REQUEST_BYTES),
         ..request(10, 10)
     };
     let s = refuse(&mut c, huge).await;
+    assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
     assert!(
-        matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{s:?}"
+        s.message().contains(&MAX_REQUEST_BYTES.to_string()),
+        "the refusal names the limit: {s:?}"
     );
-    // Under the limit but far beyond the model's context.
+    // A prompt filling the longest context at 16 bytes a token fits the limit: it is
+    // decoded and validated (here against a model with an 8,192-token context).
     let long = proto::GenerateRequest {
-        prompt: "x".repeat(1 << 20),
+        prompt: "\u{6c34}".repeat((131_072 * 16) / 3),
         prompt_tokens: None,
         ..request(10, 10)
     };

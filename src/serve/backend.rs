@@ -4,8 +4,10 @@
 //! just waits on its command channel, so thousands of idle backends cost no timers and no
 //! CPU.
 //!
-//! Every accepted request has a delivery channel to the gRPC handler that streams it. The
-//! driver turns engine events into deliveries (Started, token chunks, Finished), records
+//! Every accepted request has a delivery mailbox ([`super::mailbox`]) to the gRPC handler
+//! that streams it: bounded, and never waited on, so a client that stops reading neither
+//! grows the daemon's memory nor stalls the backend's other requests. The driver turns
+//! engine events into deliveries (Started, token chunks, Finished), records
 //! latency metrics, and after every change writes the engine's load into the fleet's
 //! atomic load board so routing policies read it without locks.
 //!
@@ -19,6 +21,7 @@
 //! performance model predicts) feeds an EWMA that the daemon's outlier check reads.
 
 use super::clock::{BackendClock, SimClock};
+use super::mailbox::Outbox;
 use super::outlier::StepRatio;
 use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
 use crate::fleet::{AtomicLoadBoard, BackendId, Claim, LoadSlot, PoolConfig};
@@ -84,7 +87,7 @@ pub enum Command {
         /// What the router counted on this backend for the request; given back once
         /// the driver has published a load that includes it (or has refused it).
         claim: Claim,
-        deliver: UnboundedSender<Delivery>,
+        deliver: Outbox,
         /// Set when the request was moved here from a failed backend.
         resume: Option<Resume>,
         /// The policy that routed it here: its latencies are labelled with this one, not
@@ -270,7 +273,7 @@ const PROBE_MAX_TOKENS: u32 = 12;
 
 /// One request inside a driver.
 struct InFlight {
-    deliver: UnboundedSender<Delivery>,
+    deliver: Outbox,
     arrival: Nanos,
     prompt_tokens: u32,
     slo: Slo,
@@ -330,8 +333,15 @@ impl Driver {
             let wake = due.map(|fleet| self.ctx.clock.instant_at(fleet));
             let cmd = match wake {
                 // Due, or due within the timer's slack (a request just admitted to an idle
-                // engine, a step of a zero-latency profile): no sleep at all.
-                Some(at) if at <= Instant::now() + TIMER_SLACK => None,
+                // engine, a step of a zero-latency profile, a high time scale): no sleep,
+                // but the worker is handed back first. Without that, a driver whose events
+                // are always due (steps far shorter than a loop turn) would run turn after
+                // turn without ever returning to tokio, starving the gRPC server, the
+                // other drivers and every stream sharing its worker thread.
+                Some(at) if at <= Instant::now() + TIMER_SLACK => {
+                    tokio::task::yield_now().await;
+                    None
+                }
                 Some(at) => tokio::select! {
                     biased;
                     cmd = self.rx.recv() => Some(cmd),

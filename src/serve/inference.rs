@@ -16,6 +16,7 @@
 use super::backend::{BackendHandle, Command, Delivery, FinishReport, Resume};
 use super::daemon::{Accepted, Daemon};
 use super::error::ServeError;
+use super::mailbox::Inbox;
 use super::proto::{self, generate_response::Event, inference_server::Inference};
 use crate::admission::{self, Permit};
 use crate::metrics::Outcome;
@@ -25,9 +26,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+
+/// The largest request the data plane decodes: room for a prompt filling the longest
+/// context in the catalogue (131,072 tokens) at 16 bytes of UTF-8 per token, 2 MiB, plus
+/// 1 MiB for chat framing and prefix hashes (8,192 blocks of 16 tokens, about 90 KiB).
+/// Tokenizers average about 4 bytes per token on English and on Chinese (about 1.4
+/// characters of 3 bytes each per token), so 16 is four times the usual (estimate).
+/// A larger message is refused by the transport with OUT_OF_RANGE before it is decoded,
+/// which also bounds what decoding can allocate (a packed `prefix_hashes` field expands
+/// at most eightfold). tonic's default is 4 MiB.
+pub const MAX_REQUEST_BYTES: usize = 3 << 20;
 
 pub struct InferenceService {
     pub daemon: Arc<Daemon>,
@@ -106,7 +116,7 @@ pub struct RequestStream {
     model: String,
     client_id: String,
     backend: Arc<BackendHandle>,
-    deliveries: UnboundedReceiver<Delivery>,
+    deliveries: Inbox,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     received: Instant,
     /// Taken when the request ends; its outcome is recorded exactly then.

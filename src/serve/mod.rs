@@ -23,6 +23,7 @@ mod daemon;
 pub mod error;
 mod http;
 mod inference;
+mod mailbox;
 pub mod outlier;
 pub mod proto;
 mod routing;
@@ -32,7 +33,8 @@ pub use clock::SimClock;
 pub use config::{AdmissionLimits, ReliabilityConfig, ServeConfig, DEFAULT_CONFIG_TOML};
 pub use daemon::{estimate_tokens, Daemon, FleetInput};
 pub use error::{ServeError, RETRY_AFTER_MS};
-pub use inference::{grpc_timeout, token_text};
+pub use inference::{grpc_timeout, token_text, MAX_REQUEST_BYTES};
+pub use mailbox::Inbox;
 
 use crate::metrics::Outcome;
 use anyhow::Context as _;
@@ -142,11 +144,12 @@ pub async fn start_with(
         }
         b.build_v1().context("building the reflection service")
     };
-    let routes = tonic::service::Routes::new(proto::inference_server::InferenceServer::new(
-        inference::InferenceService {
+    let routes = tonic::service::Routes::new(
+        proto::inference_server::InferenceServer::new(inference::InferenceService {
             daemon: daemon.clone(),
-        },
-    ))
+        })
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
     .add_service(health_service)
     .add_service(reflection(&SERVICES)?);
     let admin_routes =

@@ -13,10 +13,11 @@ mod validate;
 
 pub use validate::estimate_tokens;
 
-use super::backend::{spawn_backend, BackendHandle, Command, Delivery, DriverContext};
+use super::backend::{spawn_backend, BackendHandle, Command, DriverContext};
 use super::clock::SimClock;
 use super::config::{AdmissionLimits, ReliabilityConfig, ServeConfig};
 use super::error::ServeError;
+use super::mailbox::Inbox;
 use super::outlier::{OutlierConfig, OutlierDetector};
 use super::routing::ActivePolicy;
 use crate::admission::{self, Permit, Target};
@@ -29,7 +30,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Decisions a request's routing may take when it keeps racing others; the last one
 /// commits whatever it picked. Each retry means another decision committed meanwhile,
@@ -74,7 +74,7 @@ pub struct FleetInput {
 pub struct Accepted {
     pub client_id: String,
     pub backend: Arc<BackendHandle>,
-    pub deliveries: UnboundedReceiver<Delivery>,
+    pub deliveries: Inbox,
     pub deadline: Option<Instant>,
     pub received: Instant,
     /// The request as first placed (arrival on the fleet clock).

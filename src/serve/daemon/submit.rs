@@ -11,12 +11,12 @@ use crate::request::Request;
 use crate::serve::backend::{BackendHandle, Command, Delivery, Refusal, Resume};
 use crate::serve::config::AdmissionLimits;
 use crate::serve::error::ServeError;
+use crate::serve::mailbox::{mailbox, Inbox};
 use crate::serve::proto;
 use crate::serve::routing::ActivePolicy;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 impl Daemon {
     /// Validates, routes, admits and hands over one request. Every refusal is counted by
@@ -94,7 +94,7 @@ impl Daemon {
             .load()
             .on_routed(&request, backend.id, &self.board.view(), request.arrival);
         let policy = placement.policy;
-        let (tx, mut deliveries) = unbounded_channel();
+        let (tx, mut deliveries) = mailbox();
         if !backend.send(Command::Admit {
             req: request.clone(),
             claim: Claim::of(&request),
@@ -153,7 +153,7 @@ impl Daemon {
         req: Request,
         model: &str,
         resume: Option<Resume>,
-    ) -> Result<(Arc<BackendHandle>, UnboundedReceiver<Delivery>), ServeError> {
+    ) -> Result<(Arc<BackendHandle>, Inbox), ServeError> {
         if !self.accepting.load(Relaxed) {
             return Err(ServeError::Unavailable(
                 "the daemon is shutting down".into(),
@@ -165,7 +165,7 @@ impl Daemon {
         self.policy
             .load()
             .on_routed(&req, backend.id, &self.board.view(), self.now());
-        let (tx, rx) = unbounded_channel();
+        let (tx, rx) = mailbox();
         let claim = Claim::of(&req);
         if !backend.send(Command::Admit {
             req,

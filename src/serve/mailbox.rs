@@ -1,0 +1,191 @@
+//! A request's delivery mailbox: how a backend driver hands what happens to one request
+//! (admitted, started, tokens, finished…) to the stream that serves it, in bounded memory
+//! and without ever waiting on that stream.
+//!
+//! The reader is the gRPC response stream, and HTTP/2 flow control decides when it runs:
+//! a client that stops reading stops its stream from being polled. What should the daemon
+//! do then? The engine's batch is shared, so pausing the driver would stall every other
+//! request on the backend; buffering every event would let one slow client grow memory
+//! with every token. So the driver keeps running the request at its modelled pace, and
+//! the mailbox coalesces: consecutive token chunks merge into one count, so an unread
+//! backlog is at most one entry of each kind a placement produces (admitted or refused,
+//! started, tokens, and one terminal event), whatever the request's length. When the
+//! client reads again it gets the backlog as one chunk. The request still holds its KV
+//! until it finishes (at `max_tokens` at the latest) and its admission slot until the
+//! client reads the end or goes away, and its deadline still applies: the client's stall
+//! costs it, not the other streams.
+
+use super::backend::Delivery;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// Entries one placement can leave unread: admitted or refused, started, one merged
+/// token chunk, and the terminal event. A request moved to another backend gets a new
+/// mailbox, so this bound holds per mailbox.
+const MAX_UNREAD: usize = 4;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Delivery>,
+    waker: Option<Waker>,
+    /// The driver dropped its end: nothing more will come.
+    closed: bool,
+    /// The stream dropped its end: sends are discarded.
+    abandoned: bool,
+}
+
+/// The driver's end.
+pub struct Outbox(Arc<parking_lot::Mutex<State>>);
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbox")
+    }
+}
+
+/// The stream's end.
+pub struct Inbox(Arc<parking_lot::Mutex<State>>);
+
+/// A new, empty mailbox.
+pub fn mailbox() -> (Outbox, Inbox) {
+    let shared = Arc::new(parking_lot::Mutex::new(State {
+        queue: VecDeque::with_capacity(MAX_UNREAD),
+        ..State::default()
+    }));
+    (Outbox(shared.clone()), Inbox(shared))
+}
+
+impl Outbox {
+    /// Posts a delivery without waiting; false when the stream has gone. A token chunk
+    /// posted while the previous one is still unread is merged into it.
+    pub fn send(&self, d: Delivery) -> bool {
+        let waker = {
+            let mut s = self.0.lock();
+            if s.abandoned {
+                return false;
+            }
+            match (s.queue.back_mut(), d) {
+                (Some(Delivery::Tokens { count }), Delivery::Tokens { count: more }) => {
+                    *count = count.saturating_add(more);
+                }
+                (_, d) => {
+                    debug_assert!(s.queue.len() < MAX_UNREAD, "{:?} after {:?}", d, s.queue);
+                    s.queue.push_back(d);
+                }
+            }
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let waker = {
+            let mut s = self.0.lock();
+            s.closed = true;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Inbox {
+    /// The next delivery; `None` once the driver has dropped its end and all was read.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let mut s = self.0.lock();
+        if let Some(d) = s.queue.pop_front() {
+            return Poll::Ready(Some(d));
+        }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Deliveries waiting to be read (for tests and debugging).
+    pub fn unread(&self) -> usize {
+        self.0.lock().queue.len()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.abandoned = true;
+        s.queue.clear();
+        s.waker = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::backend::FinishReport;
+
+    #[test]
+    fn an_unread_backlog_stays_a_handful_of_entries() {
+        let (tx, mut rx) = mailbox();
+        assert!(tx.send(Delivery::Admitted));
+        assert!(tx.send(Delivery::Started { queue_ns: 5 }));
+        for _ in 0..100_000 {
+            assert!(tx.send(Delivery::Tokens { count: 1 }));
+        }
+        assert!(tx.send(Delivery::Finished(FinishReport::default())));
+        assert_eq!(rx.unread(), 4);
+        drop(tx);
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(d)) = rx.poll_recv(&mut cx) {
+            got.push(d);
+        }
+        assert_eq!(
+            got,
+            [
+                Delivery::Admitted,
+                Delivery::Started { queue_ns: 5 },
+                Delivery::Tokens { count: 100_000 },
+                Delivery::Finished(FinishReport::default()),
+            ]
+        );
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn chunks_read_as_they_come_are_not_merged() {
+        let (tx, mut rx) = mailbox();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        for n in 1..=3 {
+            tx.send(Delivery::Tokens { count: n });
+            assert_eq!(
+                rx.poll_recv(&mut cx),
+                Poll::Ready(Some(Delivery::Tokens { count: n }))
+            );
+        }
+    }
+
+    #[test]
+    fn sending_to_a_dropped_stream_reports_it() {
+        let (tx, rx) = mailbox();
+        drop(rx);
+        assert!(!tx.send(Delivery::Admitted));
+    }
+}
