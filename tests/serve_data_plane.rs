@@ -124,12 +124,13 @@ async fn a_backend_whose_steps_are_always_due_still_yields_every_turn() {
     }
     assert_eq!(tokens, TOKENS);
     // Yielding every turn, the reader runs between any two steps taken without a sleep,
-    // so most of those come as chunks of their own (about 500 of 2,000 measured; the
+    // so most of those come as chunks of their own (about 500-650 of 2,000 measured on an idle machine; the
     // steps due after each late timer wake-up come as one). Without the yield the driver
     // holds the thread through every run of due steps, and the reader sees each run as
-    // one chunk (about 50 measured).
+    // one chunk (about 50 measured; on a machine loaded 6x over its cores, about 165
+    // with the yield).
     assert!(
-        chunks * 10 >= tokens,
+        chunks * 16 >= tokens,
         "{chunks} chunks for {tokens} tokens in {:?}",
         sent.elapsed()
     );
