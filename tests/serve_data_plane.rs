@@ -48,7 +48,7 @@ async fn a_client_that_stops_reading_gets_one_coalesced_backlog_and_stalls_no_ot
     assert_eq!(other.finished_count, 1);
     // The stalled request keeps running at its modelled pace and finishes on the backend,
     // freeing its KV, while its client still reads nothing.
-    let mut a = admin(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
     let finished_on_backend = eventually(Duration::from_secs(20), async || {
         let b = a
             .list_backends(proto::ListBackendsRequest::default())
