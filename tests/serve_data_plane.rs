@@ -99,42 +99,48 @@ async fn a_client_that_stops_reading_gets_one_coalesced_backlog_and_stalls_no_ot
 async fn a_backend_whose_steps_are_always_due_still_yields_every_turn() {
     let daemon = Daemon::start(&one_h20(STEP_SCALE), None, None).unwrap();
     const TOKENS: u32 = 2000;
-    let sent = Instant::now();
-    let mut a = daemon
-        .submit(request(100, TOKENS), sent, None)
-        .await
-        .unwrap();
-    // The reader shares the driver's thread. A token chunk it finds unread when it runs
-    // holds every step the driver took since it last ran.
-    let (mut tokens, mut chunks) = (0, 0);
-    loop {
-        match a
-            .deliveries
-            .recv()
+    // Yielding every turn, the reader runs between any two steps taken without a sleep,
+    // so most of those come as chunks of their own (500-650 of 2,000 measured on an idle
+    // machine; the steps due after each late timer wake-up come as one). Without the
+    // yield the driver holds the thread through every run of due steps, and the reader
+    // sees each run as one chunk (41-55 measured). A machine loaded many times over its
+    // cores stalls the thread too (165 measured at load 11 on 2 cores), so the best of
+    // three requests counts.
+    let mut best = 0;
+    for _ in 0..3 {
+        let mut a = daemon
+            .submit(request(100, TOKENS), Instant::now(), None)
             .await
-            .expect("the driver ends the request")
-        {
-            Delivery::Tokens { count } => {
-                tokens += count;
-                chunks += 1;
+            .unwrap();
+        // The reader shares the driver's thread. A token chunk it finds unread when it
+        // runs holds every step the driver took since it last ran.
+        let (mut tokens, mut chunks) = (0, 0);
+        loop {
+            match a
+                .deliveries
+                .recv()
+                .await
+                .expect("the driver ends the request")
+            {
+                Delivery::Tokens { count } => {
+                    tokens += count;
+                    chunks += 1;
+                }
+                Delivery::Finished(_) => break,
+                _ => {}
             }
-            Delivery::Finished(_) => break,
-            _ => {}
+        }
+        assert_eq!(tokens, TOKENS);
+        a.permit.finish(admission::Outcome::Completed);
+        best = best.max(chunks);
+        if best * 16 >= TOKENS {
+            break;
         }
     }
-    assert_eq!(tokens, TOKENS);
-    // Yielding every turn, the reader runs between any two steps taken without a sleep,
-    // so most of those come as chunks of their own (about 500-650 of 2,000 measured on an idle machine; the
-    // steps due after each late timer wake-up come as one). Without the yield the driver
-    // holds the thread through every run of due steps, and the reader sees each run as
-    // one chunk (about 50 measured; on a machine loaded 6x over its cores, about 165
-    // with the yield).
     assert!(
-        chunks * 16 >= tokens,
-        "{chunks} chunks for {tokens} tokens in {:?}",
-        sent.elapsed()
+        best * 16 >= TOKENS,
+        "at best {best} chunks for {TOKENS} tokens"
     );
-    a.permit.finish(admission::Outcome::Completed);
     daemon.retire_all(dujiang::metrics::Outcome::Shutdown);
 }
 
