@@ -21,26 +21,40 @@ pub struct Param {
     pub lo: f64,
     pub hi: f64,
     pub prior: f64,
+    /// The unit the solver measures this parameter in (steps, prior pull, sensitivity):
+    /// its prior, unless that is zero and a typical magnitude is given instead.
+    pub scale: f64,
 }
 
 impl Param {
+    /// A parameter measured in units of its prior, or of a hundredth of its box when the
+    /// prior is zero (see [`Param::with_typical`]).
     pub fn new(name: impl Into<String>, lo: f64, hi: f64, prior: f64) -> Param {
+        let prior = prior.clamp(lo, hi);
         Param {
             name: name.into(),
             lo,
             hi,
-            prior: prior.clamp(lo, hi),
+            prior,
+            scale: if prior > 0.0 {
+                prior
+            } else {
+                ((hi - lo) / 100.0).max(1e-12)
+            },
         }
     }
 
-    /// The unit the solver measures this parameter in: its prior, or a tenth of its box
-    /// when the prior is zero.
-    fn scale(&self) -> f64 {
-        if self.prior > 0.0 {
-            self.prior
-        } else {
-            ((self.hi - self.lo) / 10.0).max(1e-12)
+    /// Sets the unit used when the prior is zero: a magnitude the parameter typically has
+    /// (an overhead of zero says nothing about whether 10 µs or 10 ms is a big move).
+    pub fn with_typical(mut self, typical: f64) -> Param {
+        if self.prior <= 0.0 && typical > 0.0 {
+            self.scale = typical;
         }
+        self
+    }
+
+    fn scale(&self) -> f64 {
+        self.scale
     }
 }
 
@@ -64,16 +78,16 @@ pub struct FitOptions {
     /// residual.
     pub prior_weight: f64,
     /// Largest |∂ ln predicted / ∂ (param / scale)| over the points below which a
-    /// parameter counts as unconstrained.
+    /// parameter counts as unconstrained: doubling it would move no prediction by 1%.
     pub unconstrained_below: f64,
 }
 
 impl Default for FitOptions {
     fn default() -> Self {
         FitOptions {
-            max_iterations: 200,
+            max_iterations: 500,
             prior_weight: 0.02,
-            unconstrained_below: 1e-3,
+            unconstrained_below: 1e-2,
         }
     }
 }
@@ -257,7 +271,9 @@ impl<P: Predictor + ?Sized> Solver<'_, P> {
                         cost = c;
                         lambda = (lambda / 3.0).max(1e-9);
                         improved = true;
-                        if change <= 1e-12 * before.max(1e-12) {
+                        // Converged once a step gains less than a millionth of the
+                        // cost: far below any measurement's precision.
+                        if change <= 1e-6 * before.max(1e-12) {
                             return Ok((x, iter + 1));
                         }
                         break;
@@ -494,6 +510,20 @@ mod tests {
         // The slope is pinned mostly by the largest x, the intercept by the smallest.
         assert!(f.sensitivity[3][0] > f.sensitivity[0][0]);
         assert!(f.sensitivity[0][1] > f.sensitivity[3][1]);
+    }
+
+    #[test]
+    fn a_zero_prior_is_measured_in_its_typical_unit() {
+        let p = Param::new("overhead_us", 0.0, 1e4, 0.0);
+        assert_eq!(p.scale, 100.0);
+        assert_eq!(p.clone().with_typical(10.0).scale, 10.0);
+        let q = Param::new("eff", 0.01, 1.0, 0.5).with_typical(10.0);
+        assert_eq!(q.scale, 0.5, "a non-zero prior is its own unit");
+        assert_eq!(
+            Param::new("eff", 0.01, 1.0, 2.0).prior,
+            1.0,
+            "prior clamped to box"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use lengths::{normal_quantile, Lengths};
 pub use points::{
     load_points, parse_csv_points, parse_points, parse_toml_points, Metric, Point, Workload, FIELDS,
 };
-pub use report::{render_markdown, render_text, PointRow};
+pub use report::{pinned_ids, render_markdown, render_text, PointRow};
 pub use workload::{closed_loop, predict, ServedRun};
 
 use crate::profile::PerfModel;
@@ -45,7 +45,7 @@ pub struct GroupFit {
     pub points: Vec<usize>,
     pub fit: Fit,
     /// Prediction of each point by a fit to the group's other points (same order as
-    /// `points`); `None` for a group of one point.
+    /// `points`; for a group of one point, the prior's prediction); `None` when skipped.
     pub loo: Option<Vec<f64>>,
     /// Predictions at the prior coefficients, before fitting.
     pub before: Vec<f64>,
@@ -67,12 +67,8 @@ pub enum CalibrateError {
         id: String,
         message: String,
     },
-    #[error("group `{group}`: {source}")]
-    Fit {
-        group: String,
-        #[source]
-        source: FitError,
-    },
+    #[error("group `{group}`: {error}")]
+    Fit { group: String, error: FitError },
 }
 
 /// Adapts a backend and one group's points to the fitter's [`Predictor`].
@@ -131,9 +127,9 @@ pub fn calibrate<B: Backend + ?Sized>(
                     message,
                 }
             }
-            source => CalibrateError::Fit {
+            error => CalibrateError::Fit {
                 group: group.clone(),
-                source,
+                error,
             },
         };
         let prior: Vec<f64> = params.iter().map(|p| p.prior).collect();
@@ -144,11 +140,23 @@ pub fn calibrate<B: Backend + ?Sized>(
                 .map_err(|message| wrap(FitError::Predict { index: i, message }))?;
             before.push(v);
         }
-        let f = fit(&params, &measured, &pred, opts).map_err(wrap)?;
-        let loo = if with_loo && idx.len() > 1 {
-            Some(leave_one_out(&params, &measured, &pred, opts, &f).map_err(wrap)?)
-        } else {
-            None
+        let mut f = fit(&params, &measured, &pred, opts).map_err(wrap)?;
+        // Catalogue files carry four significant figures; report what those values
+        // predict, so the report is exactly what the written overlay reproduces.
+        for (v, p) in f.values.iter_mut().zip(&params) {
+            *v = round_significant(*v, 4).clamp(p.lo, p.hi);
+        }
+        for (k, v) in f.predicted.iter_mut().enumerate() {
+            *v = pred
+                .predict(&f.values, k)
+                .map_err(|message| wrap(FitError::Predict { index: k, message }))?;
+        }
+        // Without its one point a group has nothing to fit: its leave-one-out prediction
+        // is the prior's.
+        let loo = match (with_loo, idx.len()) {
+            (false, _) => None,
+            (true, 1) => Some(before.clone()),
+            (true, _) => Some(leave_one_out(&params, &measured, &pred, opts, &f).map_err(wrap)?),
         };
         groups.push(GroupFit {
             group,
@@ -160,4 +168,13 @@ pub fn calibrate<B: Backend + ?Sized>(
         });
     }
     Ok(Calibration { points, groups })
+}
+
+/// `v` rounded to `digits` significant figures.
+pub fn round_significant(v: f64, digits: i32) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let scale = 10f64.powi(digits - 1 - v.abs().log10().floor() as i32);
+    (v * scale).round() / scale
 }

@@ -113,8 +113,12 @@ pub struct Point {
     pub engine: String,
     pub model: String,
     pub tp: u32,
-    /// `bf16`, `fp8` or `int8`: the precision of weights and matmuls.
+    /// `bf16`, `fp8` or `int8`: the precision of weights and matmuls (FP16 runs are
+    /// written `bf16`: same width, same peak on every chip here).
     pub dtype: String,
+    /// Precision of the KV cache when it differs from the model's (`fp8`: TensorRT-LLM
+    /// and vLLM `--kv-cache-dtype fp8` store one byte per element).
+    pub kv_dtype: Option<String>,
     pub workload: Workload,
     pub metric: Metric,
     pub value: f64,
@@ -156,6 +160,7 @@ struct RawPoint {
     model: Option<String>,
     tp: Option<i64>,
     dtype: Option<String>,
+    kv_dtype: Option<String>,
     workload: Option<String>,
     tokens: Option<i64>,
     batch: Option<i64>,
@@ -184,13 +189,14 @@ struct PointsFile {
 }
 
 /// The recognised column and key names, in the order a CSV header lists them.
-pub const FIELDS: [&str; 17] = [
+pub const FIELDS: [&str; 18] = [
     "id",
     "chip",
     "engine",
     "model",
     "tp",
     "dtype",
+    "kv_dtype",
     "workload",
     "tokens",
     "batch",
@@ -272,12 +278,24 @@ fn check(raw: RawPoint, p: &Places) -> Result<Point, ConfigError> {
     let tp = positive_int(p, "tp", raw.tp)?;
     let tp = u32::try_from(tp).map_err(|_| p.err("tp", "too large"))?;
     let dtype = nonblank("dtype", &raw.dtype)?;
-    if !matches!(dtype.as_str(), "bf16" | "fp16" | "fp8" | "int8") {
+    if !matches!(dtype.as_str(), "bf16" | "fp8" | "int8") {
         return Err(p.err(
             "dtype",
-            format!("unknown dtype `{dtype}` (expected bf16, fp16, fp8 or int8)"),
+            format!("unknown dtype `{dtype}` (expected bf16, fp8 or int8)"),
         ));
     }
+    let kv_dtype = match &raw.kv_dtype {
+        None => None,
+        Some(k) => match k.trim() {
+            "bf16" | "fp8" | "int8" => Some(k.trim().to_string()),
+            other => {
+                return Err(p.err(
+                    "kv_dtype",
+                    format!("unknown KV-cache dtype `{other}` (expected bf16, fp8 or int8)"),
+                ))
+            }
+        },
+    };
     let kind = nonblank("workload", &raw.workload)?;
     let workload = match kind.as_str() {
         "prefill" => {
@@ -367,6 +385,7 @@ fn check(raw: RawPoint, p: &Places) -> Result<Point, ConfigError> {
         model,
         tp,
         dtype,
+        kv_dtype,
         workload,
         metric,
         value,
@@ -510,6 +529,7 @@ pub fn parse_csv_points(src: &str, file: &str) -> Result<Vec<Point>, ConfigError
                 "engine" => raw.engine = Some(cell.into()),
                 "model" => raw.model = Some(cell.into()),
                 "dtype" => raw.dtype = Some(cell.into()),
+                "kv_dtype" => raw.kv_dtype = Some(cell.into()),
                 "workload" => raw.workload = Some(cell.into()),
                 "metric" => raw.metric = Some(cell.into()),
                 "source" => raw.source = Some(cell.into()),
@@ -683,6 +703,15 @@ source = "lab"
         assert_eq!(
             (e.line, e.field.as_deref()),
             (Some(26), Some("input")),
+            "{e}"
+        );
+        let e = toml_err(
+            "dtype = \"bf16\"\n",
+            "dtype = \"bf16\"\nkv_dtype = \"fp4\"\n",
+        );
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(9), Some("kv_dtype")),
             "{e}"
         );
         let e = toml_err("dtype = \"bf16\"", "dtype = \"fp4\"");

@@ -95,6 +95,15 @@ fn status_text(s: ParamStatus) -> &'static str {
     }
 }
 
+/// The ids of the points that pin parameter `j` (as [`pinned_by`], without the numbers).
+pub fn pinned_ids(cal: &Calibration, g: &GroupFit, j: usize) -> String {
+    let text = pinned_by(cal, g, j);
+    text.split(", ")
+        .map(|s| s.split(" (").next().unwrap_or(s))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A number with about four significant figures, without exponent noise for the
 /// magnitudes that occur here.
 pub fn num(v: f64) -> String {
@@ -167,11 +176,20 @@ pub fn render_markdown(cal: &Calibration) -> String {
                 num(p.lo),
                 num(p.hi),
                 status_text(g.fit.status[j]),
-                pinned_by(cal, g, j),
+                pins(cal, g, j),
             );
         }
     }
     out
+}
+
+/// "pinned by" for the report: nothing for a coefficient left unfitted.
+fn pins(cal: &Calibration, g: &GroupFit, j: usize) -> String {
+    if g.fit.status[j] == ParamStatus::Unconstrained {
+        "-".into()
+    } else {
+        pinned_by(cal, g, j)
+    }
 }
 
 /// The report as aligned plain text for the terminal.
@@ -219,7 +237,7 @@ pub fn render_text(cal: &Calibration) -> String {
                 num(p.lo),
                 num(p.hi),
                 status_text(g.fit.status[j]),
-                pinned_by(cal, g, j),
+                pins(cal, g, j),
             );
         }
         out.push('\n');

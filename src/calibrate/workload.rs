@@ -7,7 +7,12 @@ use crate::profile::PerfModel;
 use crate::request::{Nanos, Request};
 use std::sync::Arc;
 
-/// Per-request results of a closed-loop run.
+/// Per-request results of a closed-loop run. Latencies cover the requests sent after the
+/// opening burst (all of them when every request is sent at once): the first
+/// `concurrency` requests arrive together and queue behind each other's prefills, which a
+/// benchmark's steady state — and its warm-up — does not see. After the burst, finishing
+/// times are spread by the prefills that ran one after another, so the clients fall out
+/// of step as they do on real hardware.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServedRun {
     pub ttft_ms: Vec<f64>,
@@ -20,12 +25,14 @@ pub struct ServedRun {
 
 /// Runs `inputs.len()` requests through one engine, `concurrency` at a time: each client
 /// sends its next request the moment its last one finishes (a benchmark's closed loop,
-/// and with `concurrency ≥ requests` an offline batch submitted at once).
+/// and with `concurrency ≥ requests` an offline batch submitted at once). Client `k`
+/// sends its first request at `starts[k]` (0 when absent).
 pub fn closed_loop(
     perf: Arc<PerfModel>,
     concurrency: u32,
     inputs: &[u32],
     outputs: &[u32],
+    starts: &[Nanos],
 ) -> Result<ServedRun, String> {
     let n = inputs.len().min(outputs.len());
     let cfg = EngineConfig::for_perf(&perf);
@@ -33,7 +40,6 @@ pub fn closed_loop(
     let mut sent_at = vec![0 as Nanos; n];
     let mut first = vec![None::<Nanos>; n];
     let mut run = ServedRun::default();
-    let mut next = 0usize;
     let admit = |engine: &mut Engine, k: usize, now: Nanos| -> Result<(), String> {
         let req = Request {
             id: k as u64,
@@ -46,22 +52,50 @@ pub fn closed_loop(
             .admit(req, now)
             .map_err(|e| format!("request of {} + {} tokens: {e}", inputs[k], outputs[k]))
     };
-    while next < n && next < concurrency as usize {
-        admit(&mut engine, next, 0)?;
-        next += 1;
-    }
+    // Opening requests in order of their start times; each is admitted when the engine's
+    // clock reaches it.
+    let opening = n.min(concurrency as usize);
+    let mut pending: Vec<(Nanos, usize)> = (0..opening)
+        .map(|k| (starts.get(k).copied().unwrap_or(0), k))
+        .collect();
+    pending.sort_unstable();
+    let mut pending = pending.into_iter().peekable();
+    let mut next = opening;
+    // Requests below this index are the opening burst (see `ServedRun`).
+    let measured_from = if (concurrency as usize) < n {
+        concurrency as usize
+    } else {
+        0
+    };
     let mut events = Vec::new();
     let mut finished = 0usize;
-    while let Some(now) = engine.next_event_at() {
+    loop {
+        let due = pending.peek().map(|&(t, _)| t);
+        let now = match (engine.next_event_at(), due) {
+            (Some(e), Some(d)) => e.min(d),
+            (Some(e), None) => e,
+            (None, Some(d)) => d,
+            (None, None) => break,
+        };
         events.clear();
         engine.advance(now, &mut events);
+        while let Some(&(t, k)) = pending.peek() {
+            if t > now {
+                break;
+            }
+            pending.next();
+            sent_at[k] = now;
+            admit(&mut engine, k, now)?;
+        }
         for ev in &events {
             match *ev {
                 EngineEvent::FirstToken { id, at } => {
                     let k = id as usize;
                     if first[k].is_none() {
                         first[k] = Some(at);
-                        run.ttft_ms.push((at - sent_at[k]) as f64 / 1e6);
+                        if k >= measured_from {
+                            run.ttft_ms.push((at - sent_at[k]) as f64 / 1e6);
+                        }
                     }
                 }
                 EngineEvent::Finished {
@@ -73,7 +107,7 @@ pub fn closed_loop(
                     finished += 1;
                     run.output_tokens += u64::from(output_tokens);
                     run.makespan_ns = run.makespan_ns.max(at);
-                    if let (Some(f), true) = (first[k], output_tokens > 1) {
+                    if let (Some(f), true) = (first[k], output_tokens > 1 && k >= measured_from) {
                         run.tpot_ms
                             .push((at - f) as f64 / 1e6 / f64::from(output_tokens - 1));
                     }
@@ -111,6 +145,36 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
+/// When each client of a closed loop sends its first request. A benchmark's clients fall
+/// out of step within a few requests (network, tokenisation, scheduling jitter), so in its
+/// steady state requests arrive spread over the time one request takes, not in waves.
+/// A replay with identical lengths would otherwise keep the opening burst's waves for
+/// ever. So when there are more requests than clients, client k starts at a seeded uniform
+/// fraction of one request's estimated duration (prefill at the mean prompt, then the mean
+/// output at a full batch's decode step); offline batches (every request at once) and a
+/// single client start at 0.
+fn staggered_starts(
+    perf: &PerfModel,
+    concurrency: u32,
+    requests: u32,
+    inputs: &[u32],
+    outputs: &[u32],
+) -> Vec<Nanos> {
+    use rand::{Rng, SeedableRng};
+    if concurrency <= 1 || concurrency >= requests {
+        return Vec::new();
+    }
+    let mean = |v: &[u32]| v.iter().map(|&x| u64::from(x)).sum::<u64>() / v.len().max(1) as u64;
+    let (mean_in, mean_out) = (mean(inputs).max(1), mean(outputs).max(1));
+    let c = u64::from(concurrency);
+    let duration = perf.prefill_ns(mean_in, 0)
+        + mean_out * perf.decode_step_ns(c, c * (mean_in + mean_out / 2));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed ^ u64::from(concurrency));
+    (0..concurrency)
+        .map(|_| (rng.random::<f64>() * duration as f64) as Nanos)
+        .collect()
+}
+
 /// The value `perf` predicts for `point`'s workload and metric.
 pub fn predict(perf: Arc<PerfModel>, point: &Point) -> Result<f64, String> {
     let tp = f64::from(perf.tp);
@@ -139,7 +203,8 @@ pub fn predict(perf: Arc<PerfModel>, point: &Point) -> Result<f64, String> {
         } => {
             let inputs = input.sample(*requests, 0);
             let outputs = output.sample(*requests, 7);
-            let run = closed_loop(perf, *concurrency, &inputs, &outputs)?;
+            let starts = staggered_starts(&perf, *concurrency, *requests, &inputs, &outputs);
+            let run = closed_loop(perf, *concurrency, &inputs, &outputs, &starts)?;
             let rate = run.output_tokens as f64 * 1e9 / run.makespan_ns.max(1) as f64;
             let value = match point.metric {
                 Metric::TtftMsP50 => median(&run.ttft_ms),
@@ -167,11 +232,12 @@ mod tests {
     #[test]
     fn one_at_a_time_is_prefill_then_decode_steps() {
         let p = perf();
-        let run = closed_loop(p.clone(), 1, &[300, 300], &[11, 11]).unwrap();
+        let run = closed_loop(p.clone(), 1, &[300, 300], &[11, 11], &[]).unwrap();
         // Alone in the engine, TTFT is exactly one prefill step, and each later token one
         // decode step of a single sequence.
         let prefill = p.prefill_ns(300, 0) as f64 / 1e6;
-        assert_eq!(run.ttft_ms, vec![prefill, prefill]);
+        // The first request is the opening burst and is not measured.
+        assert_eq!(run.ttft_ms, vec![prefill]);
         let decode_ms = p.decode_run_ns(1, 301, 10) as f64 / 1e6 / 10.0;
         assert!(
             (run.tpot_ms[0] - decode_ms).abs() < 1e-6,
@@ -188,11 +254,33 @@ mod tests {
         let p = perf();
         let inputs = vec![200; 64];
         let outputs = vec![100; 64];
-        let one = closed_loop(p.clone(), 1, &inputs, &outputs).unwrap();
-        let many = closed_loop(p, 32, &inputs, &outputs).unwrap();
+        let one = closed_loop(p.clone(), 1, &inputs, &outputs, &[]).unwrap();
+        let many = closed_loop(p, 32, &inputs, &outputs, &[]).unwrap();
         let rate = |r: &ServedRun| r.output_tokens as f64 / r.makespan_ns as f64;
         assert!(rate(&many) > 5.0 * rate(&one));
         assert!(median(&many.tpot_ms) > median(&one.tpot_ms));
+    }
+
+    #[test]
+    fn clients_are_staggered_only_in_a_true_closed_loop() {
+        let p = perf();
+        let (inputs, outputs) = (vec![500; 40], vec![200; 40]);
+        assert!(staggered_starts(&p, 1, 40, &inputs, &outputs).is_empty());
+        assert!(staggered_starts(&p, 40, 40, &inputs, &outputs).is_empty());
+        let starts = staggered_starts(&p, 8, 40, &inputs, &outputs);
+        assert_eq!(starts.len(), 8);
+        let duration = p.prefill_ns(500, 0) + 200 * p.decode_step_ns(8, 8 * 600);
+        assert!(starts.iter().all(|&s| s < duration), "{starts:?}");
+        assert!(starts.iter().any(|&s| s > duration / 2), "{starts:?}");
+        // Staggered clients wait less for each other's prefills than a burst does.
+        let burst = closed_loop(p.clone(), 8, &inputs, &outputs, &[]).unwrap();
+        let spread = closed_loop(p, 8, &inputs, &outputs, &starts).unwrap();
+        assert_eq!(spread.output_tokens, burst.output_tokens);
+        assert_eq!(
+            spread.ttft_ms.len(),
+            32,
+            "the 8 opening requests are not measured"
+        );
     }
 
     #[test]
