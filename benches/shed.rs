@@ -69,7 +69,7 @@ fn shed(c: &mut Criterion) {
         });
     }
     let admission = Admission::new(AdmissionConfig {
-        max_outstanding: 1,
+        max_in_flight: 1,
         ..AdmissionConfig::default()
     });
     let req = Request {
@@ -82,6 +82,8 @@ fn shed(c: &mut Criterion) {
         id: BackendId(0),
         load: LoadSnapshot::default(),
         predicted_ttft_ns: 50_000_000,
+        predicted_tpot_ns: 20_000_000,
+        prefill_ns: 30_000_000,
     };
     let _hold = admission.admit(&req, target, None, 0).unwrap();
     g.bench_function("admission_decision_only", |b| {

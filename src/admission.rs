@@ -1,8 +1,14 @@
 //! Admission control: whether a request is taken on at all. Queues are bounded globally
 //! and per backend, batch work is shed before interactive work (it is admitted only below
-//! lower watermarks), and a request whose predicted time to first token already misses its
-//! deadline is refused up front rather than left to time out. Every refusal carries a
-//! [`RejectReason`] that maps to one gRPC status at the boundary.
+//! lower watermarks), a request whose predicted time to first token already misses its
+//! deadline is refused up front rather than left to time out, and an interactive request
+//! whose predicted time to first token misses its SLO by more than a configured factor is
+//! shed at once with a retry hint from the predicted drain time: under overload a fast
+//! "come back in 3 s" helps a client more than a queue that answers in 30. Every refusal
+//! carries a [`RejectReason`] that maps to one gRPC status at the boundary.
+//!
+//! [`AdmissionConfig::default`] is the one set of default limits: the daemon's `[admission]`
+//! section, `dujiang replay` and `dujiang plan` all start from it.
 //!
 //! Nothing accepted is dropped silently: an accepted request holds a [`Permit`] that must
 //! be finished with an [`Outcome`]. A permit dropped unfinished is counted as
@@ -11,8 +17,8 @@
 //! every thread that admits.
 
 use crate::engine::LoadSnapshot;
-use crate::fleet::BackendId;
-use crate::request::{Nanos, Priority, Request};
+use crate::fleet::{BackendId, PoolInfo};
+use crate::request::{Nanos, Priority, Request, Slo, NANOS_PER_MS};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -34,6 +40,10 @@ pub enum RejectReason {
     BatchShed,
     /// The chosen backend's waiting queue is at its limit. → `RESOURCE_EXHAUSTED` (8).
     BackendQueueFull,
+    /// An interactive request is predicted to miss its SLO (first token, or pace of tokens)
+    /// by more than [`AdmissionConfig::slo_shed_factor`]. → `RESOURCE_EXHAUSTED` (8), with
+    /// a retry hint from [`Admission::drain_ns`].
+    SloUnmeetable,
     /// No backend is serving (all failed, or the fleet is empty). → `UNAVAILABLE` (14).
     NoHealthyBackend,
     /// The scheduler is draining for shutdown and takes nothing new. → `UNAVAILABLE` (14),
@@ -47,10 +57,11 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::QueueFull,
         RejectReason::BatchShed,
         RejectReason::BackendQueueFull,
+        RejectReason::SloUnmeetable,
         RejectReason::NoHealthyBackend,
         RejectReason::Draining,
         RejectReason::DeadlineUnmeetable,
@@ -60,9 +71,10 @@ impl RejectReason {
     /// The gRPC status code this reason becomes at the API boundary.
     pub fn grpc_code(self) -> i32 {
         match self {
-            RejectReason::QueueFull | RejectReason::BatchShed | RejectReason::BackendQueueFull => {
-                grpc_code::RESOURCE_EXHAUSTED
-            }
+            RejectReason::QueueFull
+            | RejectReason::BatchShed
+            | RejectReason::BackendQueueFull
+            | RejectReason::SloUnmeetable => grpc_code::RESOURCE_EXHAUSTED,
             RejectReason::NoHealthyBackend | RejectReason::Draining => grpc_code::UNAVAILABLE,
             RejectReason::DeadlineUnmeetable => grpc_code::DEADLINE_EXCEEDED,
             RejectReason::InvalidRequest => grpc_code::INVALID_ARGUMENT,
@@ -75,6 +87,7 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::BatchShed => "batch_shed",
             RejectReason::BackendQueueFull => "backend_queue_full",
+            RejectReason::SloUnmeetable => "slo_unmeetable",
             RejectReason::NoHealthyBackend => "no_healthy_backend",
             RejectReason::Draining => "draining",
             RejectReason::DeadlineUnmeetable => "deadline_unmeetable",
@@ -88,6 +101,9 @@ impl RejectReason {
             RejectReason::QueueFull => "scheduler queue is full",
             RejectReason::BatchShed => "batch requests are being shed under load",
             RejectReason::BackendQueueFull => "the chosen backend's queue is full",
+            RejectReason::SloUnmeetable => {
+                "the predicted time to first token misses the request's TTFT SLO"
+            }
             RejectReason::NoHealthyBackend => "no backend is serving",
             RejectReason::Draining => "the scheduler is draining and takes no new requests",
             RejectReason::DeadlineUnmeetable => {
@@ -147,28 +163,64 @@ impl Outcome {
     }
 }
 
-/// Queue bounds.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+/// Admission limits: the daemon's `[admission]` config section, and what replay and the
+/// planner admit by. Field names are the config file's keys.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdmissionConfig {
     /// Requests admitted and not yet finished, over the whole scheduler.
-    pub max_outstanding: u32,
-    /// Batch requests are admitted only while outstanding < this fraction of the limit.
-    pub batch_watermark: f64,
+    pub max_in_flight: u32,
     /// Waiting (not yet running) requests one backend may hold, for interactive requests.
     pub max_waiting_per_backend: u32,
-    /// The same bound for batch requests; lower, so batch backs off first.
+    /// Retry hint for requests shed by a bound (not by prediction), milliseconds.
+    pub retry_after_ms: u64,
+    /// Batch requests are admitted only while in flight < this fraction of the limit.
+    pub batch_watermark: f64,
+    /// The per-backend waiting bound for batch requests; lower, so batch backs off first.
     pub batch_waiting_per_backend: u32,
+    /// An interactive request whose predicted time to first token or per output token on
+    /// its backend exceeds its SLO times this factor is shed. 0 turns shedding by
+    /// prediction off.
+    pub slo_shed_factor: f64,
 }
 
 impl Default for AdmissionConfig {
+    /// The one default, for the daemon, replay and the planner alike. The bounds are wide
+    /// backstops (memory, not latency); latency under overload is kept by shedding on
+    /// predictions. Factor 1, shedding at the SLO itself: on 3,000 Azure conversation
+    /// requests on the demo fleet it sheds nothing at the trace's rate and, at 10×, keeps
+    /// ≥ 90% of accepted requests within the TTFT SLO (tests/overload.rs).
     fn default() -> Self {
         AdmissionConfig {
-            max_outstanding: 4096,
+            max_in_flight: 100_000,
+            max_waiting_per_backend: 1024,
+            retry_after_ms: 1000,
             batch_watermark: 0.75,
-            max_waiting_per_backend: 128,
-            batch_waiting_per_backend: 32,
+            batch_waiting_per_backend: 256,
+            slo_shed_factor: 1.0,
         }
+    }
+}
+
+impl AdmissionConfig {
+    /// Checks meaning (serde checks the schema). Errors name the field, relative to the
+    /// `[admission]` section.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_in_flight == 0 {
+            return Err(("max_in_flight", "must be at least 1".into()));
+        }
+        let w = self.batch_watermark;
+        if !(w.is_finite() && w > 0.0 && w <= 1.0) {
+            return Err(("batch_watermark", format!("must be in (0, 1], got {w}")));
+        }
+        let f = self.slo_shed_factor;
+        if !(f.is_finite() && f >= 0.0) {
+            return Err((
+                "slo_shed_factor",
+                format!("must be a non-negative number (0 disables), got {f}"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -179,21 +231,70 @@ pub enum Target {
     NoBackend,
     /// The scheduler is shutting down.
     ShuttingDown,
-    /// The policy's choice, its load and the predicted time to first token there.
+    /// The policy's choice, its load and what the request is predicted to get there
+    /// (build it with [`Target::predicted`], so both drivers predict alike).
     Backend {
         id: BackendId,
         load: LoadSnapshot,
         predicted_ttft_ns: Nanos,
+        /// Time per output token with no more work arriving: one decode step of the batch
+        /// the request joins. (Prefill queued ahead of it is done before its first token.)
+        predicted_tpot_ns: Nanos,
+        /// Prefill time of the request's own prompt there.
+        prefill_ns: Nanos,
     },
 }
 
-#[derive(Debug, Default)]
+impl Target {
+    /// The target `req` has on backend `id` of `pool`, with load `load` (read before the
+    /// request is counted there).
+    pub fn predicted(id: BackendId, pool: &PoolInfo, load: LoadSnapshot, req: &Request) -> Target {
+        let batch = (load.outstanding() + 1).min(pool.config.max_num_seqs.max(1));
+        Target::Backend {
+            id,
+            load,
+            predicted_ttft_ns: crate::policy::predict(pool, &load, req).ttft_ns,
+            predicted_tpot_ns: pool.decode_step_ns(batch),
+            prefill_ns: pool.prefill_ns(u64::from(req.prompt_tokens)),
+        }
+    }
+}
+
+/// How far ahead of now a backend's prefill-share clock may run before interactive work
+/// is shed (see [`Admission::misses_slo`]): the span over which prefill may exceed its
+/// share in a burst. Estimate: about one chat answer's decode time (200 tokens at 50 ms),
+/// the span over which a stream feels the prefills admitted beside it.
+const PREFILL_SHARE_WINDOW_NS: Nanos = 10 * crate::request::NANOS_PER_SEC;
+
+/// Prefill-share clocks, one per backend id modulo this (more backends share clocks,
+/// which only makes shedding earlier for them).
+const PREFILL_SHARE_SLOTS: usize = 4096;
+
+#[derive(Debug)]
 struct Counters {
     outstanding: AtomicU32,
     outstanding_by_class: [AtomicU32; 2],
     accepted: [AtomicU64; 2],
     rejected: [AtomicU64; RejectReason::ALL.len()],
     finished: [AtomicU64; Outcome::ALL.len()],
+    /// Per backend: the time up to which the prefill it was given has used its share
+    /// (see [`Admission::misses_slo`]).
+    prefill_share_until: Box<[AtomicU64]>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            outstanding: AtomicU32::default(),
+            outstanding_by_class: Default::default(),
+            accepted: Default::default(),
+            rejected: Default::default(),
+            finished: Default::default(),
+            prefill_share_until: (0..PREFILL_SHARE_SLOTS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
 }
 
 /// A point-in-time copy of the admission counters.
@@ -231,6 +332,8 @@ impl AdmissionStats {
 #[derive(Debug, Default)]
 pub struct Admission {
     config: AdmissionConfig,
+    /// The SLO of requests that carry none.
+    default_slo: Slo,
     counters: Arc<Counters>,
 }
 
@@ -276,8 +379,15 @@ impl Admission {
     pub fn new(config: AdmissionConfig) -> Admission {
         Admission {
             config,
+            default_slo: Slo::default(),
             counters: Arc::default(),
         }
+    }
+
+    /// Judges requests that carry no SLO by `slo` (default: [`Slo::default`]).
+    pub fn with_default_slo(mut self, slo: Slo) -> Admission {
+        self.default_slo = slo;
+        self
     }
 
     pub fn config(&self) -> &AdmissionConfig {
@@ -289,8 +399,112 @@ impl Admission {
     pub fn reconfigured(&self, config: AdmissionConfig) -> Admission {
         Admission {
             config,
+            default_slo: self.default_slo,
             counters: self.counters.clone(),
         }
+    }
+
+    /// The TTFT and TPOT an interactive request may be predicted to get before it is shed,
+    /// or `None` when it is not judged by prediction (batch, or shedding turned off).
+    fn allowance(&self, req: &Request) -> Option<Slo> {
+        let f = self.config.slo_shed_factor;
+        if req.priority == Priority::Batch || f <= 0.0 {
+            return None;
+        }
+        let slo = req.slo.unwrap_or(self.default_slo);
+        let scale = |ns: Nanos| (ns as f64 * f).min(Nanos::MAX as f64) as Nanos;
+        Some(Slo {
+            ttft_ns: scale(slo.ttft_ns),
+            tpot_ns: scale(slo.tpot_ns),
+        })
+    }
+
+    /// The share of a backend's time prefill may take while the streams it decodes at
+    /// `step` per token keep `tpot`: a stream's mean time per token is `step / (1 − share)`
+    /// when prefill chunks take `share` of the steps' time.
+    fn prefill_share(step: Nanos, tpot: Nanos) -> f64 {
+        1.0 - step as f64 / tpot.max(1) as f64
+    }
+
+    /// The prefill-share clock of `target`'s backend after admitting `req` at `now`, and
+    /// the limit it may not pass (`now` + window), or `None` when it is not tracked.
+    fn share_clock(&self, req: &Request, target: &Target, now: Nanos) -> Option<(Nanos, Nanos)> {
+        let Target::Backend {
+            id,
+            predicted_tpot_ns,
+            prefill_ns,
+            ..
+        } = *target
+        else {
+            return None;
+        };
+        let f = self.config.slo_shed_factor;
+        if f <= 0.0 {
+            return None;
+        }
+        let tpot = req.slo.unwrap_or(self.default_slo).tpot_ns as f64 * f;
+        // Floor 5%: a request may always be charged, however slow the decode step.
+        let share = Self::prefill_share(predicted_tpot_ns, tpot as Nanos).max(0.05);
+        let slot = &self.counters.prefill_share_until[id.index() % PREFILL_SHARE_SLOTS];
+        let after = slot
+            .load(Relaxed)
+            .max(now)
+            .saturating_add((prefill_ns as f64 / share) as Nanos);
+        Some((after, now.saturating_add(PREFILL_SHARE_WINDOW_NS)))
+    }
+
+    /// Whether `req`, interactive, is predicted to miss its allowance on `target`: its
+    /// first token too late (the queue ahead of it), or its tokens too slow. Tokens come
+    /// too slowly when one decode step of the batch it joins is over the bound, or when
+    /// the backend has been given more prompts than it can prefill beside its streams:
+    /// every prefill chunk lengthens the step it shares, so a backend kept prefilling
+    /// (overload sheds to the TTFT bound and no further) slows every stream it decodes.
+    /// Each backend therefore keeps a prefill-share clock: admitting a prompt advances it
+    /// by the prompt's prefill time divided by the share of time prefill may take there
+    /// ([`Self::prefill_share`]); it never lags `now`, and an interactive request that
+    /// would push it more than [`PREFILL_SHARE_WINDOW_NS`] ahead is shed. Bursts fit in
+    /// the window; only a sustained rate above the share is refused.
+    fn misses_slo(&self, req: &Request, target: &Target, now: Nanos) -> bool {
+        let (
+            Some(allowed),
+            Target::Backend {
+                predicted_ttft_ns,
+                predicted_tpot_ns,
+                ..
+            },
+        ) = (self.allowance(req), *target)
+        else {
+            return false;
+        };
+        predicted_ttft_ns > allowed.ttft_ns
+            || predicted_tpot_ns > allowed.tpot_ns
+            || self
+                .share_clock(req, target, now)
+                .is_some_and(|(after, limit)| after > limit)
+    }
+
+    /// How long until `target` would take `req` within its allowance, if the backend
+    /// works off what it holds at the predicted pace and nothing else arrives: the retry
+    /// hint of a request shed as [`RejectReason::SloUnmeetable`]. The longer of the wait
+    /// for its TTFT to fit and for the backend's prefill-share clock to come within the
+    /// window. At least 1 ms, so a hint never says "now" for work that was just refused.
+    pub fn drain_ns(&self, req: &Request, target: &Target, now: Nanos) -> Nanos {
+        let (
+            Some(allowed),
+            Target::Backend {
+                predicted_ttft_ns, ..
+            },
+        ) = (self.allowance(req), *target)
+        else {
+            return NANOS_PER_MS;
+        };
+        let share = self
+            .share_clock(req, target, now)
+            .map_or(0, |(after, limit)| after.saturating_sub(limit));
+        predicted_ttft_ns
+            .saturating_sub(allowed.ttft_ns)
+            .max(share)
+            .max(NANOS_PER_MS)
     }
 
     /// Decides whether `req` is taken on, given where the router would send it and its
@@ -341,10 +555,15 @@ impl Admission {
         if deadline.is_some_and(|d| now.saturating_add(ttft) > d) {
             return Err(RejectReason::DeadlineUnmeetable);
         }
+        // Batch work may queue up to its deadline (above); interactive work that would
+        // wait past its SLO is worth less than a prompt refusal the client can act on.
+        if self.misses_slo(req, &target, now) {
+            return Err(RejectReason::SloUnmeetable);
+        }
         let limit = if batch {
-            (f64::from(self.config.max_outstanding) * self.config.batch_watermark) as u32
+            (f64::from(self.config.max_in_flight) * self.config.batch_watermark) as u32
         } else {
-            self.config.max_outstanding
+            self.config.max_in_flight
         };
         // Reserve a slot only if one is free: a compare-and-swap loop, so the limit holds
         // exactly however many threads admit at once.
@@ -358,6 +577,26 @@ impl Admission {
             } else {
                 RejectReason::QueueFull
             });
+        }
+        // Charge the prompt to its backend's prefill share (batch prompts too: they slow
+        // the same streams). Threads admitting at once may each pass the check before
+        // the other's charge lands; the window absorbs that.
+        if let (
+            Some((_, _)),
+            Target::Backend {
+                id,
+                prefill_ns,
+                predicted_tpot_ns,
+                ..
+            },
+        ) = (self.share_clock(req, &target, now), target)
+        {
+            let tpot =
+                req.slo.unwrap_or(self.default_slo).tpot_ns as f64 * self.config.slo_shed_factor;
+            let share = Self::prefill_share(predicted_tpot_ns, tpot as Nanos).max(0.05);
+            let debit = (prefill_ns as f64 / share) as Nanos;
+            let slot = &self.counters.prefill_share_until[id.index() % PREFILL_SHARE_SLOTS];
+            let _ = slot.fetch_update(Relaxed, Relaxed, |t| Some(t.max(now).saturating_add(debit)));
         }
         let class = req.priority;
         self.counters.outstanding_by_class[class.index()].fetch_add(1, Relaxed);
@@ -411,15 +650,18 @@ mod tests {
                 ..Default::default()
             },
             predicted_ttft_ns: ttft,
+            predicted_tpot_ns: 0,
+            prefill_ns: 0,
         }
     }
 
     fn small() -> Admission {
         Admission::new(AdmissionConfig {
-            max_outstanding: 8,
+            max_in_flight: 8,
             batch_watermark: 0.5,
             max_waiting_per_backend: 4,
             batch_waiting_per_backend: 2,
+            ..AdmissionConfig::default()
         })
     }
 
@@ -503,6 +745,92 @@ mod tests {
     }
 
     #[test]
+    fn interactive_work_predicted_past_its_slo_is_shed_with_a_drain_hint() {
+        let a = Admission::new(AdmissionConfig {
+            slo_shed_factor: 1.5,
+            ..AdmissionConfig::default()
+        })
+        .with_default_slo(Slo {
+            ttft_ns: 1_000 * NANOS_PER_MS,
+            tpot_ns: 100 * NANOS_PER_MS,
+        });
+        let i = req(Priority::Interactive);
+        // Allowed: 1.5 × 1 s.
+        a.admit(&i, backend(0, 1_500 * NANOS_PER_MS), None, 0)
+            .unwrap()
+            .finish(Outcome::Completed);
+        let late = backend(0, 4_000 * NANOS_PER_MS);
+        assert_eq!(
+            a.admit(&i, late, None, 0).unwrap_err(),
+            RejectReason::SloUnmeetable
+        );
+        assert_eq!(a.drain_ns(&i, &late, 0), 2_500 * NANOS_PER_MS);
+        // The request's own SLO wins over the default.
+        let own = Request {
+            slo: Some(Slo {
+                ttft_ns: 4_000 * NANOS_PER_MS,
+                tpot_ns: 100 * NANOS_PER_MS,
+            }),
+            ..i.clone()
+        };
+        a.admit(&own, late, None, 0)
+            .unwrap()
+            .finish(Outcome::Completed);
+        // Batch work is not judged by its TTFT: it may queue up to its deadline.
+        let b = req(Priority::Batch);
+        a.admit(&b, late, None, 0)
+            .unwrap()
+            .finish(Outcome::Completed);
+        assert_eq!(
+            a.admit(&b, late, Some(3_000 * NANOS_PER_MS), 0)
+                .unwrap_err(),
+            RejectReason::DeadlineUnmeetable
+        );
+        // A hint never says "now".
+        assert_eq!(a.drain_ns(&i, &backend(0, 0), 0), NANOS_PER_MS);
+        assert_eq!(a.stats().rejected(RejectReason::SloUnmeetable), 1);
+        // Factor 0 turns the rule off.
+        let off = a.reconfigured(AdmissionConfig {
+            slo_shed_factor: 0.0,
+            ..AdmissionConfig::default()
+        });
+        off.admit(&i, late, None, 0)
+            .unwrap()
+            .finish(Outcome::Completed);
+        assert!(a.stats().balanced());
+    }
+
+    #[test]
+    fn bad_limits_name_their_field() {
+        for (cfg, field) in [
+            (
+                AdmissionConfig {
+                    max_in_flight: 0,
+                    ..AdmissionConfig::default()
+                },
+                "max_in_flight",
+            ),
+            (
+                AdmissionConfig {
+                    batch_watermark: 1.5,
+                    ..AdmissionConfig::default()
+                },
+                "batch_watermark",
+            ),
+            (
+                AdmissionConfig {
+                    slo_shed_factor: f64::NAN,
+                    ..AdmissionConfig::default()
+                },
+                "slo_shed_factor",
+            ),
+        ] {
+            assert_eq!(cfg.validate().unwrap_err().0, field);
+        }
+        assert!(AdmissionConfig::default().validate().is_ok());
+    }
+
+    #[test]
     fn dropped_permits_are_counted_not_lost() {
         let a = small();
         {
@@ -519,7 +847,7 @@ mod tests {
     #[test]
     fn reasons_map_to_grpc_codes_and_stable_labels() {
         let codes: Vec<i32> = RejectReason::ALL.iter().map(|r| r.grpc_code()).collect();
-        assert_eq!(codes, [8, 8, 8, 14, 14, 4, 3]);
+        assert_eq!(codes, [8, 8, 8, 8, 14, 14, 4, 3]);
         let labels: std::collections::BTreeSet<_> =
             RejectReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), RejectReason::ALL.len());
@@ -531,7 +859,7 @@ mod tests {
     #[test]
     fn the_global_limit_holds_under_concurrent_admission() {
         let a = Admission::new(AdmissionConfig {
-            max_outstanding: 100,
+            max_in_flight: 100,
             ..Default::default()
         });
         let held: Vec<Vec<Permit>> = std::thread::scope(|s| {

@@ -292,6 +292,8 @@ async fn ten_times_overload_sheds_batch_first_and_serves_what_it_accepted() {
     cfg.admission.max_in_flight = 32;
     cfg.admission.batch_watermark = 0.5;
     cfg.admission.retry_after_ms = 200;
+    // The bounds are under test here, not shedding by prediction.
+    cfg.admission.slo_shed_factor = 0.0;
     let d = start(cfg).await;
     let c = inference(d.grpc_addr).await;
     let mut tasks = Vec::new();

@@ -1,9 +1,11 @@
 //! `dujiang replay`: streams a trace through the scheduler and engines in virtual time,
-//! once per `--policy`, and prints (or writes) the comparison.
+//! once per `--policy`, and prints (or writes) the comparison. Admission is the daemon's:
+//! its default limits, or those of the daemon config file given with `--config`.
 
 use crate::fleet::{FleetSpec, PolicySpec, PoolConfig};
 use crate::profile::Catalogue;
 use crate::request::{Slo, NANOS_PER_MS};
+use crate::serve::ServeConfig;
 use crate::sim::{html, FaultPlan, FaultSummary, PolicyReport, Replay, ReplayConfig, Report};
 use crate::trace::{self, Format, ReadOptions, TraceExt};
 use anyhow::{bail, Context, Result};
@@ -18,10 +20,17 @@ pub struct Args {
     /// Trace format: auto, azure, burstgpt, mooncake, jsonl.
     #[arg(long, default_value = "auto")]
     pub format: Format,
-    /// Fleet file (default: the embedded demo fleet the daemon uses).
+    /// The daemon's config file (`dujiang serve --config`): its `[admission]` limits,
+    /// `reliability.migration_retries`, and its fleet and policy where the flags below do
+    /// not name them, so the replay admits and sheds as that daemon does. Default: the
+    /// daemon's default configuration.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Fleet file (default: the config's, else the embedded demo fleet the daemon uses).
     #[arg(long)]
     pub fleet: Option<PathBuf>,
-    /// Routing policy; repeat to compare several on the same trace (default: the fleet's).
+    /// Routing policy; repeat to compare several on the same trace (default: the config's,
+    /// else the fleet's).
     #[arg(long = "policy")]
     pub policies: Vec<String>,
     /// Seed for every random choice (policies that sample).
@@ -41,9 +50,10 @@ pub struct Args {
     /// times, e.g. to see what a chip failure at peak does to p99 TTFT.
     #[arg(long)]
     pub faults: Option<PathBuf>,
-    /// Times a request may be moved off a failed backend before it counts as failed.
-    #[arg(long, default_value_t = 2)]
-    pub migration_retries: u32,
+    /// Times a request may be moved off a failed backend before it counts as failed
+    /// (default: the config's `reliability.migration_retries`).
+    #[arg(long)]
+    pub migration_retries: Option<u32>,
     /// Skip broken trace lines (counted) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
@@ -94,15 +104,28 @@ pub fn run(args: Args) -> Result<()> {
             bail!("{name} must be a positive number of milliseconds, got {v}");
         }
     }
+    let serve = match &args.config {
+        Some(path) => ServeConfig::load(path)?,
+        None => ServeConfig::default(),
+    };
+    let fleet = args
+        .fleet
+        .clone()
+        .or_else(|| (!serve.fleet.as_os_str().is_empty()).then(|| serve.fleet.clone()));
     let (spec, pools) = load_fleet(
-        args.fleet.as_deref(),
+        fleet.as_deref(),
         args.chips.as_deref(),
         args.models.as_deref(),
     )?;
-    let policies: Vec<PolicySpec> = if args.policies.is_empty() {
+    let names = if args.policies.is_empty() && !serve.policy.is_empty() {
+        vec![serve.policy.clone()]
+    } else {
+        args.policies.clone()
+    };
+    let policies: Vec<PolicySpec> = if names.is_empty() {
         vec![spec.policy.clone()]
     } else {
-        args.policies
+        names
             .iter()
             .map(|name| PolicySpec {
                 name: name.clone(),
@@ -130,7 +153,10 @@ pub fn run(args: Args) -> Result<()> {
             })?;
     }
     let cfg = ReplayConfig {
-        migration_retries: args.migration_retries,
+        admission: serve.admission,
+        migration_retries: args
+            .migration_retries
+            .unwrap_or(serve.reliability.migration_retries),
         model: Some(spec.model.clone()),
         slo: Slo {
             ttft_ns: (args.slo_ttft_ms * NANOS_PER_MS as f64) as u64,

@@ -35,13 +35,18 @@ grace_period_ms = 30000
 max_in_flight = 100000
 # Requests waiting in one backend's queue before new ones routed there are shed.
 max_waiting_per_backend = 1024
-# Retry hint sent with a shed request (metadata `retry-after-ms`).
+# Retry hint sent with a request shed by one of these bounds (metadata `retry-after-ms`).
 retry_after_ms = 1000
 # Batch requests are admitted only while in-flight requests are below this fraction of
 # max_in_flight, so batch is shed before interactive.
 batch_watermark = 0.75
 # The per-backend waiting bound for batch requests (lower, so batch backs off first).
 batch_waiting_per_backend = 256
+# An interactive request whose predicted time to first token (the queue ahead of it on its
+# backend, from the chip's performance model) or time per output token exceeds its SLO
+# times this factor is shed at once (RESOURCE_EXHAUSTED, `retry-after-ms` = the predicted
+# drain time); batch requests wait up to their deadline instead. 0: off.
+slo_shed_factor = 1.0
 
 [reliability]
 # A request whose backend fails is re-routed (not started) or migrated (streaming: the
@@ -108,40 +113,9 @@ impl Default for ReliabilityConfig {
     }
 }
 
-/// Limits the daemon sheds load by, before any backend sees the request.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdmissionLimits {
-    pub max_in_flight: u64,
-    pub max_waiting_per_backend: u32,
-    pub retry_after_ms: u64,
-    pub batch_watermark: f64,
-    pub batch_waiting_per_backend: u32,
-}
-
-impl AdmissionLimits {
-    /// The shared admission module's configuration for these limits.
-    pub fn admission_config(&self) -> crate::admission::AdmissionConfig {
-        crate::admission::AdmissionConfig {
-            max_outstanding: self.max_in_flight.min(u64::from(u32::MAX)) as u32,
-            batch_watermark: self.batch_watermark,
-            max_waiting_per_backend: self.max_waiting_per_backend,
-            batch_waiting_per_backend: self.batch_waiting_per_backend,
-        }
-    }
-}
-
-impl Default for AdmissionLimits {
-    fn default() -> Self {
-        AdmissionLimits {
-            max_in_flight: 100_000,
-            max_waiting_per_backend: 1024,
-            retry_after_ms: 1000,
-            batch_watermark: 0.75,
-            batch_waiting_per_backend: 256,
-        }
-    }
-}
+/// The `[admission]` section: the core's admission limits themselves, so the daemon's
+/// defaults are the one default replay and the planner use too.
+pub type AdmissionLimits = crate::admission::AdmissionConfig;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -198,21 +172,12 @@ impl ServeConfig {
                 ),
             ));
         }
-        if self.admission.max_in_flight == 0 {
+        if let Err((field, message)) = self.admission.validate() {
             return Err(ConfigError::at_field(
                 file,
                 src,
-                "admission.max_in_flight",
-                "must be at least 1",
-            ));
-        }
-        let w = self.admission.batch_watermark;
-        if !(w.is_finite() && w > 0.0 && w <= 1.0) {
-            return Err(ConfigError::at_field(
-                file,
-                src,
-                "admission.batch_watermark",
-                format!("must be in (0, 1], got {w}"),
+                &format!("admission.{field}"),
+                message,
             ));
         }
         let r = &self.reliability;

@@ -27,7 +27,7 @@ use crate::engine::{DecodeStretch, Engine, EngineConfig, EngineEvent, Granularit
 use crate::fleet::{
     BackendId, BackendState, LoadView, Membership, PlainLoadView, PoolConfig, StretchClock,
 };
-use crate::policy::{predict, Policy};
+use crate::policy::Policy;
 use crate::request::{check_request, Nanos, Request, RequestId, RequestLimits, Slo, NANOS_PER_SEC};
 use crate::trace::TraceRecord;
 use rustc_hash::FxHashMap;
@@ -51,14 +51,8 @@ impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
             slo: Slo::default(),
-            // A replay measures the fleet, not the queue limits of one daemon: the bounds
-            // are wide so that overload shows up as latency unless configured otherwise.
-            admission: AdmissionConfig {
-                max_outstanding: u32::MAX / 2,
-                batch_watermark: 1.0,
-                max_waiting_per_backend: u32::MAX,
-                batch_waiting_per_backend: u32::MAX,
-            },
+            // The daemon's limits, so a replay predicts what it sheds.
+            admission: AdmissionConfig::default(),
             max_timeline_buckets: 240,
             migration_retries: 2,
             model: None,
@@ -252,7 +246,7 @@ impl Replay {
             engines,
             backend_pool,
             policy,
-            admission: Admission::new(cfg.admission),
+            admission: Admission::new(cfg.admission).with_default_slo(cfg.slo),
             wake: WakeQueue::new(n),
             busy_since: vec![None; n],
             busy_ns: vec![0; n],
@@ -608,14 +602,9 @@ impl Replay {
             Some(id) => {
                 let membership = self.view.membership();
                 let load = self.live(t).load(id);
-                let predicted_ttft_ns = membership
-                    .backend(id)
-                    .and_then(|e| membership.pool(e.pool))
-                    .map_or(0, |pool| predict(pool, &load, &req).ttft_ns);
-                Target::Backend {
-                    id,
-                    load,
-                    predicted_ttft_ns,
+                match membership.backend(id).and_then(|e| membership.pool(e.pool)) {
+                    Some(pool) => Target::predicted(id, pool, load, &req),
+                    None => Target::NoBackend,
                 }
             }
         };

@@ -18,9 +18,17 @@ fn pool(name: &str, count: u32, speed: f64) -> PoolConfig {
     PoolConfig::new(name, perf, count)
 }
 
+/// These tests measure engines and policies under load, not admission: nothing is shed
+/// by prediction, so overload shows as latency.
+fn unshed() -> ReplayConfig {
+    let mut cfg = ReplayConfig::default();
+    cfg.admission.slo_shed_factor = 0.0;
+    cfg
+}
+
 fn replay(pools: Vec<PoolConfig>, policy: &str, trace: Vec<TraceRecord>) -> PolicyReport {
     let policy = crate::policy::build(policy, &toml::Table::new(), 7).unwrap();
-    Replay::new(pools, policy, ReplayConfig::default())
+    Replay::new(pools, policy, unshed())
         .unwrap()
         .run(trace.into_iter().map(Ok::<_, Infallible>))
         .unwrap()
@@ -197,7 +205,7 @@ fn replay_with_faults(
 ) -> (PolicyReport, FaultSummary) {
     let policy = crate::policy::build(policy, &toml::Table::new(), 7).unwrap();
     let plan = FaultPlan::parse(plan, "faults.toml").unwrap();
-    Replay::new(pools, policy, ReplayConfig::default())
+    Replay::new(pools, policy, unshed())
         .unwrap()
         .with_faults(&plan)
         .unwrap()

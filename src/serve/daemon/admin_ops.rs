@@ -178,10 +178,7 @@ impl Daemon {
             self.set_policy(&cfg.policy)?;
         }
         self.limits.store(Arc::new(cfg.admission));
-        let admission = self
-            .admission
-            .load()
-            .reconfigured(cfg.admission.admission_config());
+        let admission = self.admission.load().reconfigured(cfg.admission);
         self.admission.store(Arc::new(admission));
         tracing::info!(file = %path.display(), "config reloaded");
         Ok(self.policy_name())

@@ -171,9 +171,7 @@ impl Daemon {
             fleet_name: spec.name.clone(),
             default_model: spec.model.clone(),
             limits: ArcSwap::from_pointee(config.admission),
-            admission: ArcSwap::from_pointee(admission::Admission::new(
-                config.admission.admission_config(),
-            )),
+            admission: ArcSwap::from_pointee(admission::Admission::new(config.admission)),
             reliability: rel,
             outliers: parking_lot::Mutex::new(outliers),
             ready: AtomicBool::new(false),

@@ -9,7 +9,6 @@ use crate::engine::AdmitError;
 use crate::fleet::{BackendState, Claim, LoadView, MaskedView, PoolMask};
 use crate::request::Request;
 use crate::serve::backend::{BackendHandle, Command, Delivery, Refusal, Resume};
-use crate::serve::config::AdmissionLimits;
 use crate::serve::error::ServeError;
 use crate::serve::mailbox::{mailbox, Inbox};
 use crate::serve::proto;
@@ -63,7 +62,6 @@ impl Daemon {
             ));
         }
         let v = self.validate(req)?;
-        let limits = **self.limits.load();
         let id = self.next_id.fetch_add(1, Relaxed);
         let request = Request {
             id,
@@ -86,7 +84,7 @@ impl Daemon {
             Ok(p) => p,
             Err(reason) => {
                 self.board.release(placement.handle.id, Claim::of(&request));
-                return Err(rejection(reason, &limits, &placement.handle));
+                return Err(self.rejection(reason, &request, &placement));
             }
         };
         let backend = placement.handle;
@@ -258,17 +256,16 @@ impl Daemon {
         if !self.board.claim(id, Claim::of(request), seen) {
             return Ok(None);
         }
-        let predicted_ttft_ns = membership.pool(entry.pool).map_or(0, |pool| {
-            crate::policy::predict(pool, &load, request).ttft_ns
-        });
+        let Some(pool) = membership.pool(entry.pool) else {
+            self.board.release(id, Claim::of(request));
+            return Err(ServeError::Unavailable(format!(
+                "backend {id:?} has no pool"
+            )));
+        };
         Ok(Some(Placement {
             handle,
             policy: policy.name.clone(),
-            target: Target::Backend {
-                id,
-                load,
-                predicted_ttft_ns,
-            },
+            target: Target::predicted(id, pool, load, request),
         }))
     }
 
@@ -278,36 +275,65 @@ impl Daemon {
     }
 }
 
-/// The status a refusal by the admission controller becomes, per [`RejectReason`]'s
-/// documented mapping.
-fn rejection(
-    reason: RejectReason,
-    limits: &AdmissionLimits,
-    backend: &BackendHandle,
-) -> ServeError {
-    match reason {
-        RejectReason::QueueFull | RejectReason::BatchShed => ServeError::Shed {
-            reason: reason.as_str(),
-            message: format!(
-                "{} ({} in flight at most)",
+impl Daemon {
+    /// The status a refusal by the admission controller becomes, per [`RejectReason`]'s
+    /// documented mapping. A request shed by prediction is told to come back when the
+    /// queue ahead of it is predicted to have drained (wall milliseconds, at least 1);
+    /// one shed by a bound gets the configured hint.
+    fn rejection(
+        &self,
+        reason: RejectReason,
+        request: &Request,
+        placement: &Placement,
+    ) -> ServeError {
+        let limits = **self.limits.load();
+        let backend = &placement.handle;
+        match reason {
+            RejectReason::QueueFull | RejectReason::BatchShed => ServeError::Shed {
+                reason: reason.as_str(),
+                message: format!(
+                    "{} ({} in flight at most)",
+                    reason.message(),
+                    limits.max_in_flight
+                ),
+                retry_after_ms: limits.retry_after_ms,
+            },
+            RejectReason::BackendQueueFull => ServeError::Shed {
+                reason: reason.as_str(),
+                message: format!("{} (backend {})", reason.message(), backend.name),
+                retry_after_ms: limits.retry_after_ms,
+            },
+            RejectReason::SloUnmeetable => {
+                let drain =
+                    self.admission
+                        .load()
+                        .drain_ns(request, &placement.target, request.arrival);
+                let predicted = match placement.target {
+                    Target::Backend {
+                        predicted_ttft_ns, ..
+                    } => predicted_ttft_ns,
+                    _ => 0,
+                };
+                ServeError::Shed {
+                    reason: reason.as_str(),
+                    message: format!(
+                        "{} (backend {}: predicted {} ms)",
+                        reason.message(),
+                        backend.name,
+                        predicted / crate::request::NANOS_PER_MS
+                    ),
+                    retry_after_ms: (self.clock.wall(drain).as_millis() as u64).max(1),
+                }
+            }
+            RejectReason::DeadlineUnmeetable => ServeError::DeadlineUnmeetable(format!(
+                "{} (backend {})",
                 reason.message(),
-                limits.max_in_flight
-            ),
-            retry_after_ms: limits.retry_after_ms,
-        },
-        RejectReason::BackendQueueFull => ServeError::Shed {
-            reason: reason.as_str(),
-            message: format!("{} (backend {})", reason.message(), backend.name),
-            retry_after_ms: limits.retry_after_ms,
-        },
-        RejectReason::DeadlineUnmeetable => ServeError::DeadlineUnmeetable(format!(
-            "{} (backend {})",
-            reason.message(),
-            backend.name
-        )),
-        RejectReason::InvalidRequest => ServeError::invalid("max_tokens", reason.message()),
-        RejectReason::NoHealthyBackend | RejectReason::Draining => {
-            ServeError::Unavailable(reason.message().into())
+                backend.name
+            )),
+            RejectReason::InvalidRequest => ServeError::invalid("max_tokens", reason.message()),
+            RejectReason::NoHealthyBackend | RejectReason::Draining => {
+                ServeError::Unavailable(reason.message().into())
+            }
         }
     }
 }
