@@ -22,4 +22,5 @@ pub mod profile;
 pub mod request;
 pub mod serve;
 pub mod sim;
+pub mod tokens;
 pub mod trace;

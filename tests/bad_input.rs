@@ -384,3 +384,34 @@ async fn two_thousand_tiny_streams_opened_and_dropped_leave_nothing_behind() {
     d.shutdown();
     d.wait().await.unwrap();
 }
+
+/// Text without a token count is measured by script: a Chinese prompt longer than the
+/// model's context (llama-3-8b, 8,192) is refused, where four characters per token counted
+/// it at a quarter of its length and accepted it; English of the same character count fits.
+#[test]
+fn chinese_text_is_counted_by_character_against_the_context() {
+    let (rt, daemon) = validation_daemon();
+    let ask = |prompt: String| proto::GenerateRequest {
+        model: "llama-3-8b".into(),
+        prompt,
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let chinese = "都江堰分水鱼嘴".repeat(1_200); // 8,400 characters
+    match rt.block_on(daemon.submit(ask(chinese), Instant::now(), None)) {
+        Err(ServeError::InvalidArgument { message, .. }) => {
+            assert!(
+                message.contains("8400") || message.contains("8,400"),
+                "{message}"
+            )
+        }
+        Err(e) => panic!("refused for another reason: {e:?}"),
+        Ok(_) => panic!("an 8,400-character Chinese prompt fits an 8,192-token context"),
+    }
+    let english = "weirdams".repeat(1_050); // 8,400 characters, ~2,100 tokens
+    assert!(
+        rt.block_on(daemon.submit(ask(english), Instant::now(), None))
+            .is_ok(),
+        "English of the same length fits"
+    );
+}

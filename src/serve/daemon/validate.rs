@@ -94,8 +94,5 @@ impl Daemon {
     }
 }
 
-/// Prompt length from text: about four characters per token for English under the
-/// Llama 3 tokenizer; callers replaying a trace pass `prompt_tokens` instead.
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4).max(1)
-}
+/// Prompt length from text, by script ([`crate::tokens`]).
+pub use crate::tokens::estimate_tokens;
