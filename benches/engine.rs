@@ -64,9 +64,10 @@ fn run(perf: &Arc<PerfModel>, reqs: &[Request]) -> (usize, Nanos) {
 
 fn engine(c: &mut Criterion) {
     let cat = Catalogue::embedded();
-    let chip = cat.chip("h20").expect("h20 in catalogue");
-    let model = cat.model("llama-3-8b").expect("llama-3-8b in catalogue");
-    let perf = Arc::new(PerfModel::new(chip, model, 1).expect("fits"));
+    let perf = Arc::new(
+        cat.perf("h20", None, "llama-3-8b", 1, None)
+            .expect("h20 serves llama-3-8b"),
+    );
 
     // Saturation throughput: everything arrives at once.
     let burst: Vec<Request> = workload(1e12, 7);

@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dujiang::fleet::PoolConfig;
-use dujiang::profile::{Catalogue, PerfModel};
+use dujiang::profile::{Catalogue, Dtype, EngineCoefficients, PerfModel};
 use dujiang::serve::proto::inference_client::InferenceClient;
 use dujiang::serve::proto::inference_server::{Inference, InferenceServer};
 use dujiang::serve::proto::{self, CompleteResponse, GenerateRequest};
@@ -58,14 +58,18 @@ fn zero_latency_fleet() -> FleetInput {
     let mut chip = cat.chip("h20").unwrap().clone();
     chip.id = "zero".into();
     chip.bf16_tflops = 1e12;
-    chip.int8_tops = 1e12;
+    chip.int8_tops = Some(1e12);
     chip.bandwidth_tbps = 1e12;
     chip.link_gbps = 1e12;
-    chip.step_overhead_us = 0.0;
-    chip.allreduce_latency_us = 0.0;
-    chip.layer_overhead_us = 0.0;
+    let mut engine = cat.engine_for("h20", None).unwrap();
+    let e = &mut engine.coefficients;
+    for (field, _, _) in EngineCoefficients::FITTED {
+        if field.ends_with("_us") || *field == "prefill_half_tokens" {
+            e.set(field, 0.0).unwrap();
+        }
+    }
     let model = cat.model("llama-3-8b").unwrap();
-    let perf = Arc::new(PerfModel::new(&chip, model, 1).unwrap());
+    let perf = Arc::new(PerfModel::new(&chip, &engine, model, 1, Dtype::Bf16).unwrap());
     let step = perf
         .decode_step_ns(32, 32 * 256)
         .max(perf.prefill_ns(32 * 128, 0));

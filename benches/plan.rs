@@ -43,6 +43,7 @@ fn inputs(rate_scale: f64) -> PlanInputs {
         seed: 1,
         chip_catalogue: None,
         model_catalogue: None,
+        engine_catalogues: Vec::new(),
     }
 }
 

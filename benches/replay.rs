@@ -7,7 +7,7 @@
 //! `cargo bench --bench replay` (set DUJIANG_REPLAY_REQUESTS to change the size).
 
 use dujiang::fleet::PoolConfig;
-use dujiang::profile::{Catalogue, PerfModel};
+use dujiang::profile::Catalogue;
 use dujiang::sim::{Replay, ReplayConfig};
 use dujiang::trace::{ArrivalProcess, SynthConfig, SyntheticTrace};
 use std::convert::Infallible;
@@ -31,7 +31,7 @@ fn fleet() -> Vec<PoolConfig> {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let perf = PerfModel::new(cat.chip(c).expect("chip"), model, 1).expect("fits");
+            let perf = cat.perf(c, None, &model.id, 1, None).expect("fits");
             PoolConfig::new(format!("{c}-{i}"), Arc::new(perf), 128)
         })
         .collect()

@@ -19,7 +19,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dujiang::engine::LoadSnapshot;
 use dujiang::fleet::{AtomicLoadBoard, BackendId, Claim, LoadView, PoolConfig};
 use dujiang::policy::{build, Policy, POLICIES};
-use dujiang::profile::{Catalogue, PerfModel};
+use dujiang::profile::Catalogue;
 use dujiang::request::Request;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -44,8 +44,7 @@ fn board(backends: u32, seed: u64) -> AtomicLoadBoard {
     let cat = Catalogue::embedded();
     let model = cat.model("llama-3-8b").expect("catalogue has llama-3-8b");
     let pools = POOL_CHIPS.iter().enumerate().map(|(i, chip)| {
-        let perf =
-            PerfModel::new(cat.chip(chip).expect("catalogue chip"), model, 1).expect("8B fits");
+        let perf = cat.perf(chip, None, &model.id, 1, None).expect("8B fits");
         PoolConfig::new(format!("{chip}-{i}"), Arc::new(perf), backends / 8)
     });
     let board = AtomicLoadBoard::from_pools(pools).expect("valid fleet");

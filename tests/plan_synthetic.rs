@@ -58,6 +58,7 @@ fn inputs(floor: f64, slo: &str) -> PlanInputs {
         seed: 1,
         chip_catalogue: None,
         model_catalogue: None,
+        engine_catalogues: Vec::new(),
     }
 }
 

@@ -9,7 +9,7 @@ use dujiang::fleet::{
     AtomicLoadBoard, BackendId, BackendState, Claim, LoadView, PoolConfig, PoolId,
 };
 use dujiang::policy::{build, Policy, POLICIES};
-use dujiang::profile::{Catalogue, PerfModel};
+use dujiang::profile::Catalogue;
 use dujiang::request::Request;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,8 +20,7 @@ const PICKS_PER_THREAD: u64 = 20_000;
 const CHANGES: usize = 2000;
 
 fn pool(cat: &Catalogue, chip: &str, name: String, count: u32) -> PoolConfig {
-    let perf =
-        PerfModel::new(cat.chip(chip).unwrap(), cat.model("llama-3-8b").unwrap(), 1).unwrap();
+    let perf = cat.perf(chip, None, "llama-3-8b", 1, None).unwrap();
     PoolConfig::new(name, Arc::new(perf), count)
 }
 

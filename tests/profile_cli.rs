@@ -32,12 +32,9 @@ fn sweep_lists_prefill_decode_and_capacity() {
     let out = dujiang(&["profile", "--chip", "h20", "--model", "llama-3-8b"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let perf = PerfModel::new(
-        Catalogue::embedded().chip("h20").unwrap(),
-        Catalogue::embedded().model("llama-3-8b").unwrap(),
-        1,
-    )
-    .unwrap();
+    let perf: PerfModel = Catalogue::embedded()
+        .perf("h20", None, "llama-3-8b", 1, None)
+        .unwrap();
     assert!(
         text.contains(&format!(
             "KV capacity: {} tokens",
@@ -101,12 +98,7 @@ fn json_point_matches_the_library_model() {
     }
 
     let cat = Catalogue::embedded();
-    let perf = PerfModel::new(
-        cat.chip("ascend-910b").unwrap(),
-        cat.model("qwen3-8b").unwrap(),
-        1,
-    )
-    .unwrap();
+    let perf = cat.perf("ascend-910b", None, "qwen3-8b", 1, None).unwrap();
     let step_ns = perf.decode_step_ns(8, 8 * 1500);
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     assert!(close(
@@ -205,12 +197,12 @@ fn a_bad_catalogue_file_is_named_with_line_and_field() {
     let dir = scratch("bad-chips");
     let path = dir.join("chips.toml");
     let text = dujiang::profile::EMBEDDED_CHIPS.replace(
-        "memory_efficiency = 0.7      # same Hopper",
-        "memory_efficiency = 1.7      # same Hopper",
+        "bandwidth_tbps = 4.0         # NVIDIA H20 datasheet",
+        "bandwidth_tbps = -4.0        # NVIDIA H20 datasheet",
     );
     let line = text
         .lines()
-        .position(|l| l.starts_with("memory_efficiency = 1.7"))
+        .position(|l| l.starts_with("bandwidth_tbps = -4.0"))
         .unwrap()
         + 1;
     std::fs::write(&path, text).unwrap();
@@ -229,7 +221,7 @@ fn a_bad_catalogue_file_is_named_with_line_and_field() {
         err.contains(&format!("{}:{line}:", path.display())),
         "{err}"
     );
-    assert!(err.contains("h20.memory_efficiency"), "{err}");
+    assert!(err.contains("h20.bandwidth_tbps"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -439,7 +439,7 @@ fn configuration_reference_matches_the_code() {
         (128, 8192, 16)
     );
     let plain = by_name("ascend-910b");
-    assert_eq!(plain.max_num_seqs, plain.perf.chip.max_batch);
+    assert_eq!(plain.max_num_seqs, plain.perf.max_batch());
     assert_eq!(
         (plain.max_batched_tokens, plain.block_size, plain.perf.tp),
         (8192, 16, 1)

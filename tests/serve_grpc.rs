@@ -22,12 +22,7 @@ async fn streams_carry_max_tokens_at_the_modelled_pace() {
     let d = start(two_h20()).await;
     let mut c = inference(d.grpc_addr).await;
     let cat = Catalogue::embedded();
-    let perf = PerfModel::new(
-        cat.chip("h20").unwrap(),
-        cat.model("llama-3-8b").unwrap(),
-        1,
-    )
-    .unwrap();
+    let perf: PerfModel = cat.perf("h20", None, "llama-3-8b", 1, None).unwrap();
     let (prompt, out) = (2000u32, 40u32);
     let seen = generate(&mut c, tonic::Request::new(request(prompt, out))).await;
     assert!(seen.status.is_none(), "{:?}", seen.status);

@@ -44,7 +44,8 @@ pub struct SweepArgs {
     /// Model every backend serves (a catalogue id, e.g. llama-3-8b).
     #[arg(long)]
     pub model: Option<String>,
-    /// Chip kinds the fleet may use, comma-separated (e.g. h20,ascend-910b,mlu590).
+    /// Chip kinds the fleet may use, comma-separated (e.g. h20,ascend-910b,mlu590); name
+    /// the serving engine with `chip:engine` (e.g. h20:sglang; default: the chip's).
     #[arg(long, value_delimiter = ',')]
     pub chips: Vec<String>,
     /// Latency bounds, comma-separated `metric_percentile<=duration` (metrics ttft, tpot,
@@ -92,6 +93,9 @@ pub struct SweepArgs {
     /// Model catalogue file (default: embedded).
     #[arg(long)]
     pub model_catalogue: Option<PathBuf>,
+    /// Engine catalogue overlay (e.g. what `dujiang calibrate` writes); repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub engines: Vec<PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -206,9 +210,11 @@ fn prepare(inputs: &PlanInputs) -> Result<Prepared> {
         );
     }
     let slo = SloSpec::parse(&inputs.slo, inputs.attainment).map_err(|e| anyhow!("--slo: {e}"))?;
-    let catalogue = Catalogue::load(
+    let overlays: Vec<&Path> = inputs.engine_catalogues.iter().map(Path::new).collect();
+    let catalogue = Catalogue::load_with_engines(
         inputs.chip_catalogue.as_deref().map(Path::new),
         inputs.model_catalogue.as_deref().map(Path::new),
+        &overlays,
     )?;
     let candidates = plan::candidates(&catalogue, &inputs.model, &inputs.chips, inputs.max_tp)
         .map_err(anyhow::Error::msg)?;
@@ -316,6 +322,7 @@ fn sweep(a: SweepArgs) -> Result<()> {
         seed: a.seed,
         chip_catalogue: a.chip_catalogue.map(|p| p.display().to_string()),
         model_catalogue: a.model_catalogue.map(|p| p.display().to_string()),
+        engine_catalogues: a.engines.iter().map(|p| p.display().to_string()).collect(),
     };
     let shard = match &a.shard {
         Some(s) => Shard::parse(s).map_err(|e| anyhow!("--shard: {e}"))?,

@@ -1,7 +1,7 @@
-//! `dujiang profile`: a readable sweep of one chip × model × tp performance model, or with
-//! `--json` one point of it as a JSON object for scripts.
+//! `dujiang profile`: a readable sweep of one chip × engine × model × tp × dtype performance
+//! model, or with `--json` one point of it as a JSON object for scripts.
 
-use crate::profile::{Catalogue, MeasuredTables, PerfModel, StepShape};
+use crate::profile::{Catalogue, Dtype, MeasuredTables, PerfModel, StepShape};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -18,6 +18,14 @@ pub struct Args {
     /// Model id from the catalogue (e.g. llama-3-8b).
     #[arg(long)]
     pub model: String,
+    /// Serving engine id (config/engines.toml, e.g. vllm-0.7, sglang, vllm-ascend-0.18);
+    /// default: the chip's default engine.
+    #[arg(long)]
+    pub engine: Option<String>,
+    /// Weight and matmul format: bf16, fp8 or int8; default: the model's release format
+    /// as the chip runs it.
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
     /// Tensor-parallel degree: chips serving one instance.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub tp: u32,
@@ -27,6 +35,10 @@ pub struct Args {
     /// Model catalogue file (default: the built-in config/models.toml).
     #[arg(long, value_name = "FILE")]
     pub models: Option<PathBuf>,
+    /// Engine catalogue overlay (e.g. what `dujiang calibrate` writes); repeatable, later
+    /// files win.
+    #[arg(long, value_name = "FILE")]
+    pub engines: Vec<PathBuf>,
     /// Measured step-time tables; one matching chip, model and tp replaces the roofline.
     #[arg(long, value_name = "FILE")]
     pub measured: Option<PathBuf>,
@@ -48,6 +60,8 @@ pub struct Args {
 #[derive(Debug, Serialize)]
 pub struct ProfilePoint {
     pub chip: String,
+    pub engine: String,
+    pub dtype: Dtype,
     pub model: String,
     pub tp: u32,
     pub measured_table: Option<String>,
@@ -80,22 +94,19 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn build(args: &Args) -> Result<PerfModel> {
-    let cat = Catalogue::load(args.chips.as_deref(), args.models.as_deref())?;
-    let chip = cat.chip(&args.chip).ok_or_else(|| {
-        anyhow!(
-            "unknown chip `{}`; known chips: {}",
-            args.chip,
-            cat.chip_ids()
+    let overlays: Vec<&std::path::Path> = args.engines.iter().map(PathBuf::as_path).collect();
+    let cat =
+        Catalogue::load_with_engines(args.chips.as_deref(), args.models.as_deref(), &overlays)?;
+    let mut perf = cat
+        .perf(
+            &args.chip,
+            args.engine.as_deref(),
+            &args.model,
+            args.tp,
+            args.dtype,
         )
-    })?;
-    let model = cat.model(&args.model).ok_or_else(|| {
-        anyhow!(
-            "unknown model `{}`; known models: {}",
-            args.model,
-            cat.model_ids()
-        )
-    })?;
-    let mut perf = PerfModel::new(chip, model, args.tp)?;
+        .map_err(|e| anyhow!(e))?;
+    let (chip, model) = (perf.chip.clone(), perf.model.clone());
     if let Some(path) = &args.measured {
         let tables = MeasuredTables::load(path)?;
         let table = tables
@@ -120,7 +131,7 @@ fn ms(ns: u64) -> f64 {
 }
 
 fn largest_batch(perf: &PerfModel, context: u64) -> u64 {
-    (perf.kv_capacity_tokens() / context.max(1)).min(u64::from(perf.chip.max_batch))
+    (perf.kv_capacity_tokens() / context.max(1)).min(u64::from(perf.max_batch()))
 }
 
 /// The numbers of one operating point, computed from the library's model.
@@ -133,6 +144,8 @@ pub fn point(perf: &PerfModel, prompt: u64, batch: u64, context: u64) -> Profile
     };
     ProfilePoint {
         chip: perf.chip.id.clone(),
+        engine: perf.engine.engine.clone(),
+        dtype: perf.dtype,
         model: perf.model.id.clone(),
         tp: perf.tp,
         measured_table: perf.table().map(|t| t.name.clone()),
@@ -166,6 +179,11 @@ pub fn sweep(perf: &PerfModel, context: u64) -> String {
         if chip.domestic { ", domestic" } else { "" },
         perf.price_per_hour_usd()
     );
+    let _ = writeln!(
+        out,
+        "engine {} (coefficients for `{}`), {}",
+        perf.engine.engine, perf.engine.on, perf.dtype
+    );
     match perf.table() {
         Some(t) => {
             let _ = writeln!(
@@ -192,10 +210,10 @@ pub fn sweep(perf: &PerfModel, context: u64) -> String {
     );
     let _ = writeln!(
         out,
-        "largest batch at {context} tokens of context: {} (KV holds {}, chip max_batch {})",
+        "largest batch at {context} tokens of context: {} (KV holds {}, engine max_batch {})",
         largest_batch(perf, context),
         perf.kv_capacity_tokens() / context.max(1),
-        chip.max_batch
+        perf.max_batch()
     );
 
     let _ = writeln!(out, "\nprefill (one step, nothing cached)");
@@ -235,7 +253,7 @@ pub fn sweep(perf: &PerfModel, context: u64) -> String {
         let tps = b as f64 * 1e9 / step as f64;
         let note = if b * context > perf.kv_capacity_tokens() {
             "  (KV does not fit)"
-        } else if b > u64::from(chip.max_batch) {
+        } else if b > u64::from(perf.max_batch()) {
             "  (above max_batch)"
         } else {
             ""

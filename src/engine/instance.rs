@@ -54,7 +54,7 @@ impl EngineConfig {
     pub fn for_perf(perf: &PerfModel) -> Self {
         EngineConfig {
             block_size: 16,
-            max_num_seqs: perf.chip.max_batch.max(1),
+            max_num_seqs: perf.max_batch().max(1),
             max_batched_tokens: 8192,
             prefix_block_tokens: 512,
             granularity: Granularity::PerEvent,

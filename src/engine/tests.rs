@@ -2,7 +2,7 @@
 //! to the nanosecond, that KV never exceeds capacity, and that every request ends once.
 
 use super::*;
-use crate::profile::fixtures::{h20, llama3_8b};
+use crate::profile::fixtures::{h20, llama3_8b, perf as fixture_perf};
 use crate::profile::PerfModel;
 use crate::request::{Nanos, Priority, Request};
 use proptest::prelude::*;
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 fn perf() -> Arc<PerfModel> {
-    Arc::new(PerfModel::new(&h20(), &llama3_8b(), 1).unwrap())
+    Arc::new(fixture_perf(&h20(), &llama3_8b(), 1).unwrap())
 }
 
 /// A perf model with a tiny KV cache, to force preemption and prefix eviction.
@@ -18,7 +18,7 @@ fn small_kv_perf() -> Arc<PerfModel> {
     let mut chip = h20();
     // 8.03e9·2 B of weights + 2 GB reserve + ~6,000 tokens of KV (128 KiB each).
     chip.memory_gb = (8.03e9 * 2.0 + 2e9 + 6000.0 * 131072.0) / 0.9 / 1e9;
-    Arc::new(PerfModel::new(&chip, &llama3_8b(), 1).unwrap())
+    Arc::new(fixture_perf(&chip, &llama3_8b(), 1).unwrap())
 }
 
 fn req(id: u64, arrival: Nanos, prompt: u32, out: u32) -> Request {

@@ -86,7 +86,7 @@ impl PoolConfig {
     /// Default engine settings for `perf`: the chip's largest batch, an 8192-token step
     /// budget (vLLM's chunked-prefill default) and 16-token KV blocks.
     pub fn new(name: impl Into<String>, perf: Arc<PerfModel>, count: u32) -> Self {
-        let max_num_seqs = perf.chip.max_batch.max(1);
+        let max_num_seqs = perf.max_batch().max(1);
         PoolConfig {
             name: name.into(),
             perf,
@@ -504,10 +504,9 @@ pub(crate) mod fixtures {
         c.name = id.into();
         c.domestic = domestic;
         c.bf16_tflops = tflops;
-        c.int8_tops = tflops * 2.0;
+        c.int8_tops = Some(tflops * 2.0);
         c.bandwidth_tbps = tbps;
         c.price_per_hour_usd = price;
-        c.max_batch = 64;
         c
     }
 
@@ -518,9 +517,13 @@ pub(crate) mod fixtures {
     /// A pool of `count` backends; `speed` scales compute and bandwidth (1.0 ≈ an H20).
     pub fn pool(name: &str, count: u32, speed: f64, price: f64, domestic: bool) -> PoolConfig {
         let c = chip(name, 148.0 * speed, 4.0 * speed, price, domestic);
+        let mut engine = crate::profile::fixtures::engine();
+        engine.coefficients.max_batch = 64;
         PoolConfig::new(
             name,
-            Arc::new(PerfModel::new(&c, &model(), 1).unwrap()),
+            Arc::new(
+                PerfModel::new(&c, &engine, &model(), 1, crate::profile::Dtype::Bf16).unwrap(),
+            ),
             count,
         )
     }

@@ -13,6 +13,8 @@
 //!
 //! [pools.h20]
 //! chip = "h20"
+//! engine = "sglang"             # default: the chip's default engine (config/engines.toml)
+//! dtype = "fp8"                 # default: the model's release format, as the chip runs it
 //! tp = 1                        # default 1
 //! count = 2
 //! max_num_seqs = 128            # optional engine settings
@@ -21,7 +23,7 @@
 
 use super::membership::{PoolConfig, MAX_POOLS};
 use crate::config::{locate_key, parse_toml, ConfigError};
-use crate::profile::{Catalogue, PerfModel};
+use crate::profile::{Catalogue, Dtype, PerfModel, ProfileError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,6 +55,11 @@ impl Default for PolicySpec {
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     pub chip: String,
+    /// Serving engine id (`config/engines.toml`); the chip's default engine when absent.
+    pub engine: Option<String>,
+    /// Weight and matmul format; the model's release format (as the chip supports it) when
+    /// absent.
+    pub dtype: Option<Dtype>,
     /// Model id; the fleet's `model` when absent.
     pub model: Option<String>,
     #[serde(default = "one")]
@@ -235,8 +242,27 @@ impl FleetSpec {
                 ),
             )
         })?;
-        let perf = PerfModel::new(chip, model, pool.tp)
-            .map_err(|e| self.error(&format!("pools.{name}.tp"), e.to_string()))?;
+        // An engine named in the file is blamed on its line; a missing default on the chip's.
+        let engine_field = if pool.engine.is_some() {
+            format!("pools.{name}.engine")
+        } else {
+            format!("pools.{name}.chip")
+        };
+        let engine = catalogue
+            .engines
+            .profile_for(chip, pool.engine.as_deref())
+            .map_err(|e| self.error(&engine_field, e))?;
+        let dtype = pool
+            .dtype
+            .unwrap_or_else(|| Catalogue::default_dtype(chip, model));
+        let perf = PerfModel::new(chip, &engine, model, pool.tp, dtype).map_err(|e| {
+            let field = match (&e, pool.dtype) {
+                (ProfileError::UnsupportedDtype { .. }, Some(_)) => "dtype",
+                (ProfileError::UnsupportedDtype { .. }, None) => "chip",
+                _ => "tp",
+            };
+            self.error(&format!("pools.{name}.{field}"), e.to_string())
+        })?;
         let mut config = PoolConfig::new(name, Arc::new(perf), pool.count);
         if let Some(n) = pool.max_num_seqs {
             config.max_num_seqs = n;
@@ -264,6 +290,7 @@ mod tests {
         let mut c = Catalogue::default();
         c.chips.insert("h20".into(), h20());
         c.models.insert("llama-3-8b".into(), llama3_8b());
+        c.engines = Catalogue::embedded().engines;
         c
     }
 
@@ -290,7 +317,9 @@ max_num_seqs = 32
         let pools = spec.resolve(&catalogue()).unwrap();
         assert_eq!(pools[1].perf.tp, 2);
         assert_eq!(pools[1].max_num_seqs, 32);
-        assert_eq!(pools[0].max_num_seqs, h20().max_batch);
+        assert_eq!(pools[0].max_num_seqs, pools[0].perf.max_batch());
+        assert_eq!(pools[0].perf.engine.engine, "vllm-0.7");
+        assert_eq!(pools[0].perf.dtype, Dtype::Bf16);
         let split = SpendSplit::of(&pools);
         assert!((split.total_usd_per_hour - 4.0 * h20().price_per_hour_usd).abs() < 1e-9);
         assert_eq!(split.domestic_share(), 0.0);
@@ -324,6 +353,35 @@ max_num_seqs = 32
         let err = spec.resolve(&cat).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("pools.zeta.tp"));
         assert!(err.message.contains("larger tp"), "{err}");
+    }
+
+    #[test]
+    fn engine_and_dtype_are_per_pool_and_errors_name_them() {
+        let src = SMALL.replace(
+            "chip = \"h20\"\ntp = 2",
+            "chip = \"h20\"\nengine = \"sglang\"\ndtype = \"fp8\"\ntp = 2",
+        );
+        let pools = FleetSpec::parse(&src, "t.toml")
+            .unwrap()
+            .resolve(&catalogue())
+            .unwrap();
+        assert_eq!(pools[1].perf.engine.engine, "sglang");
+        assert_eq!(pools[1].perf.dtype, Dtype::Fp8);
+        assert_eq!(pools[0].perf.engine.engine, "vllm-0.7");
+
+        let bad = src.replace("engine = \"sglang\"", "engine = \"mindie\"");
+        let err = FleetSpec::parse(&bad, "t.toml")
+            .unwrap()
+            .resolve(&catalogue())
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("pools.alpha.engine"));
+        assert_eq!(err.line, Some(10), "{err}");
+        assert!(err.message.contains("does not run on `h20`"), "{err}");
+
+        let bad = src.replace("dtype = \"fp8\"", "dtype = \"fp4\"");
+        let err = FleetSpec::parse(&bad, "t.toml").unwrap_err();
+        assert_eq!(err.line, Some(11), "{err}");
+        assert!(err.message.contains("fp4"), "{err}");
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct PlanInputs {
     pub seed: u64,
     pub chip_catalogue: Option<String>,
     pub model_catalogue: Option<String>,
+    /// Engine catalogue overlays, applied in order.
+    #[serde(default)]
+    pub engine_catalogues: Vec<String>,
 }
 
 /// The cheapest integer mix the measurements predict for `floor`.

@@ -19,6 +19,9 @@ use std::fmt::Write as _;
 pub struct PlannedPool {
     pub name: String,
     pub chip: String,
+    /// Serving engine id (reports written before engines existed read as empty).
+    #[serde(default)]
+    pub engine: String,
     pub tp: u32,
     pub count: u32,
     pub domestic: bool,
@@ -102,6 +105,7 @@ fn planned(candidates: &[Candidate], counts: &[u32]) -> Vec<PlannedPool> {
         .map(|(c, &n)| PlannedPool {
             name: c.name(),
             chip: c.chip.clone(),
+            engine: c.engine.clone(),
             tp: c.tp,
             count: n,
             domestic: c.domestic,
@@ -321,12 +325,14 @@ impl PlanReport {
         for pool in &self.pools {
             let _ = writeln!(
                 s,
-                "\n[pools.{}]\nchip = {}\ntp = {}\ncount = {}",
+                "\n[pools.{}]\nchip = {}",
                 pool.name,
-                toml_str(&pool.chip),
-                pool.tp,
-                pool.count
+                toml_str(&pool.chip)
             );
+            if !pool.engine.is_empty() {
+                let _ = writeln!(s, "engine = {}", toml_str(&pool.engine));
+            }
+            let _ = writeln!(s, "tp = {}\ncount = {}", pool.tp, pool.count);
         }
         s
     }

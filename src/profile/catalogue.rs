@@ -1,20 +1,30 @@
-//! The chip and model catalogues: `config/chips.toml` and `config/models.toml`, embedded
-//! in the binary as defaults and replaceable by files. Loading checks every entry for
-//! values no real chip or model has, and names the file, line and field of the first one.
+//! The chip, model and engine catalogues: `config/chips.toml`, `config/models.toml` and
+//! `config/engines.toml`, embedded in the binary as defaults. Chip and model files may be
+//! replaced; engine files overlay the embedded engines (what `dujiang calibrate` writes).
+//! Loading checks every entry for values no real chip, model or engine has, and names the
+//! file, line and field of the first one.
+//!
+//! A pool is chip × engine × model × tp × dtype; [`Catalogue::perf`] resolves the engine
+//! (the chip's default when none is named) and the dtype (the model's release format,
+//! as the chip supports it) and builds the [`PerfModel`].
 
-use super::spec::{ChipSpec, ModelSpec};
+use super::engine::{EngineCatalogue, EngineProfile};
+use super::perf::PerfModel;
+use super::spec::{ChipSpec, Dtype, ModelSpec};
 use crate::config::{parse_toml, ConfigError};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const EMBEDDED_CHIPS: &str = include_str!("../../config/chips.toml");
 pub const EMBEDDED_MODELS: &str = include_str!("../../config/models.toml");
+pub const EMBEDDED_ENGINES: &str = include_str!("../../config/engines.toml");
 
-/// Every chip and model dujiang knows, keyed by id.
+/// Every chip, model and serving engine dujiang knows, keyed by id.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Catalogue {
     pub chips: BTreeMap<String, ChipSpec>,
     pub models: BTreeMap<String, ModelSpec>,
+    pub engines: EngineCatalogue,
 }
 
 impl Catalogue {
@@ -30,7 +40,8 @@ impl Catalogue {
         .expect("embedded catalogue is valid (checked by tests)")
     }
 
-    /// Parses both catalogue files; `*_file` names them in errors.
+    /// Parses the chip and model files, with the embedded engines; `*_file` names them in
+    /// errors.
     pub fn parse(
         chips_src: &str,
         chips_file: &str,
@@ -43,6 +54,16 @@ impl Catalogue {
             chip.validate().map_err(|(field, message)| {
                 entry_field_error(chips_file, chips_src, id, field, message)
             })?;
+        }
+        // A multi-die package also appears as one die (`<id>-die`), the unit its runtime
+        // addresses and single-device measurements are taken on.
+        let dies: Vec<ChipSpec> = chips
+            .values()
+            .filter(|c| c.dies > 1)
+            .map(ChipSpec::one_die)
+            .collect();
+        for die in dies {
+            chips.entry(die.id.clone()).or_insert(die);
         }
         if chips.is_empty() {
             return Err(ConfigError::new(chips_file, "no chips defined"));
@@ -57,7 +78,20 @@ impl Catalogue {
         if models.is_empty() {
             return Err(ConfigError::new(models_file, "no models defined"));
         }
-        Ok(Catalogue { chips, models })
+        let engines = EngineCatalogue::parse(EMBEDDED_ENGINES, "<embedded config/engines.toml>")?;
+        Ok(Catalogue {
+            chips,
+            models,
+            engines,
+        })
+    }
+
+    /// Overlays an engine catalogue file (same format as `config/engines.toml`): its
+    /// `[engines.E.on.KEY]` entries replace the ones loaded so far.
+    pub fn with_engine_overlay(mut self, src: &str, file: &str) -> Result<Catalogue, ConfigError> {
+        let overlay = EngineCatalogue::parse(src, file)?;
+        self.engines.overlay(overlay);
+        Ok(self)
     }
 
     /// Reads the catalogue from the given files, falling back to the embedded file for
@@ -69,6 +103,64 @@ impl Catalogue {
         let (chips_src, chips_file) = read_or_embedded(chips_path, EMBEDDED_CHIPS, "chips")?;
         let (models_src, models_file) = read_or_embedded(models_path, EMBEDDED_MODELS, "models")?;
         Catalogue::parse(&chips_src, &chips_file, &models_src, &models_file)
+    }
+
+    /// [`Catalogue::load`], then each engine overlay file in order.
+    pub fn load_with_engines(
+        chips_path: Option<&Path>,
+        models_path: Option<&Path>,
+        engine_overlays: &[&Path],
+    ) -> Result<Catalogue, ConfigError> {
+        let mut cat = Catalogue::load(chips_path, models_path)?;
+        for path in engine_overlays {
+            let (src, file) = read_or_embedded(Some(path), "", "engines")?;
+            cat = cat.with_engine_overlay(&src, &file)?;
+        }
+        Ok(cat)
+    }
+
+    /// The coefficients `engine` (default: the chip's default engine) runs `chip` with.
+    pub fn engine_for(&self, chip: &str, engine: Option<&str>) -> Result<EngineProfile, String> {
+        let spec = self.chip(chip).ok_or_else(|| self.unknown_chip(chip))?;
+        self.engines.profile_for(spec, engine)
+    }
+
+    /// The dtype a pool runs when it names none: the model's release format where the chip
+    /// has that tensor-core path; an 8-bit release runs INT8 (W8A8) on chips without FP8.
+    pub fn default_dtype(chip: &ChipSpec, model: &ModelSpec) -> Dtype {
+        match model.native_dtype() {
+            Dtype::Bf16 => Dtype::Bf16,
+            eight => [eight, Dtype::Fp8, Dtype::Int8]
+                .into_iter()
+                .find(|d| chip.peak_tflops(*d).is_some())
+                .unwrap_or(Dtype::Bf16),
+        }
+    }
+
+    /// The performance model of one pool kind: `model` on `tp` packages of `chip` under
+    /// `engine` (default: the chip's) in `dtype` (default: [`Catalogue::default_dtype`]).
+    pub fn perf(
+        &self,
+        chip: &str,
+        engine: Option<&str>,
+        model: &str,
+        tp: u32,
+        dtype: Option<Dtype>,
+    ) -> Result<PerfModel, String> {
+        let chip_spec = self.chip(chip).ok_or_else(|| self.unknown_chip(chip))?;
+        let model_spec = self.model(model).ok_or_else(|| {
+            format!(
+                "unknown model `{model}`; known models: {}",
+                self.model_ids()
+            )
+        })?;
+        let profile = self.engines.profile_for(chip_spec, engine)?;
+        let dtype = dtype.unwrap_or_else(|| Catalogue::default_dtype(chip_spec, model_spec));
+        PerfModel::new(chip_spec, &profile, model_spec, tp, dtype).map_err(|e| e.to_string())
+    }
+
+    fn unknown_chip(&self, chip: &str) -> String {
+        format!("unknown chip `{chip}`; known chips: {}", self.chip_ids())
     }
 
     /// Chip ids, comma-separated, for "unknown chip" messages.
@@ -156,6 +248,7 @@ fn read_or_embedded(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::Dtype;
 
     /// Replaces `key = …` inside `[table]` of `src` with `key = value`.
     fn with_value(src: &str, table: &str, key: &str, value: &str) -> String {
@@ -226,8 +319,11 @@ mod tests {
         let cat = Catalogue::embedded();
         for id in [
             "h20",
+            "h20-3e",
+            "a100",
             "ascend-910b",
             "ascend-910c",
+            "ascend-910c-die",
             "mlu370-x8",
             "mlu590",
             "h100",
@@ -239,6 +335,9 @@ mod tests {
             "llama-3-70b",
             "qwen2.5-72b",
             "qwen3-8b",
+            "qwen3-32b",
+            "llama-3.1-8b",
+            "llama-3.3-70b",
             "deepseek-v3",
             "deepseek-r1",
         ] {
@@ -272,21 +371,143 @@ mod tests {
         assert!(err.to_string().contains("positive"), "{err}");
         chip_error("ascend-910b", "bandwidth_tbps", "0.0");
         chip_error("mlu590", "bf16_tflops", "nan");
-        chip_error("h100", "step_overhead_us", "-1.0");
-        chip_error("h100", "max_batch", "0");
+        chip_error("h100", "fp8_tflops", "-1.0");
+        chip_error("ascend-910c", "dies", "0");
+        chip_error("a100", "family", "\"\"");
+    }
+
+    /// Replaces `key = …` inside the engine table `[header]` of the engine catalogue and
+    /// returns the error and the line the key is on.
+    fn engine_error(header: &str, key: &str, value: &str) -> (ConfigError, usize) {
+        let mut out = Vec::new();
+        let mut in_table = false;
+        let mut line_no = 0;
+        for (i, line) in EMBEDDED_ENGINES.lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_table = t == header;
+            }
+            if in_table && line_no == 0 && t.starts_with(&format!("{key} ")) {
+                out.push(format!("{key} = {value}"));
+                line_no = i + 1;
+            } else {
+                out.push(line.to_string());
+            }
+        }
+        assert!(line_no > 0, "{header} {key} not in engines.toml");
+        let src = out.join("\n");
+        let err =
+            EngineCatalogue::parse(&src, "engines.toml").expect_err("invalid engine accepted");
+        (err, line_no)
     }
 
     #[test]
-    fn efficiencies_outside_zero_one_are_rejected() {
-        let err = chip_error("h20", "compute_efficiency", "1.2");
-        assert!(err.to_string().contains("(0, 1]"), "{err}");
-        chip_error("ascend-910c", "memory_efficiency", "0.0");
-        chip_error("mlu370-x8", "memory_utilization", "1.5");
+    fn engine_coefficients_outside_physical_bounds_are_placed() {
+        for (header, key, value, field) in [
+            (
+                "[engines.\"vllm-0.7\".on.h20]",
+                "prefill_efficiency",
+                "1.2",
+                "engines.vllm-0.7.on.h20.prefill_efficiency",
+            ),
+            (
+                "[engines.mindie.on.ascend]",
+                "decode_step_overhead_us",
+                "-1.0",
+                "engines.mindie.on.ascend.decode_step_overhead_us",
+            ),
+            (
+                "[engines.vllm-mlu.on.mlu370-x8]",
+                "memory_efficiency",
+                "0.0",
+                "engines.vllm-mlu.on.mlu370-x8.memory_efficiency",
+            ),
+            (
+                "[engines.sglang.on.hopper]",
+                "max_batch",
+                "0",
+                "engines.sglang.on.hopper.max_batch",
+            ),
+            (
+                "[engines.sglang.on.hopper]",
+                "memory_utilization",
+                "1.5",
+                "engines.sglang.on.hopper.memory_utilization",
+            ),
+        ] {
+            let (err, line) = engine_error(header, key, value);
+            assert_eq!(err.file, "engines.toml");
+            assert_eq!(err.line, Some(line), "{err}");
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+        }
+        let src =
+            EMBEDDED_ENGINES.replacen("\ndecode_seq_overhead_us =", "\ndecode_seq_overhead =", 1);
+        let err = EngineCatalogue::parse(&src, "engines.toml").unwrap_err();
+        assert!(err.to_string().contains("decode_seq_overhead"), "{err}");
+        assert!(err.line.is_some(), "{err}");
     }
 
     #[test]
-    fn reserve_larger_than_usable_memory_is_rejected() {
-        chip_error("mlu370-x8", "reserve_gb", "60.0");
+    fn reserve_larger_than_usable_memory_is_a_clear_error() {
+        let cat = Catalogue::embedded();
+        let mut engine = cat.engine_for("mlu370-x8", None).unwrap();
+        engine.coefficients.reserve_gb = 60.0;
+        let chip = cat.chip("mlu370-x8").unwrap();
+        let err = PerfModel::new(
+            chip,
+            &engine,
+            cat.model("llama-3-8b").unwrap(),
+            1,
+            Dtype::Bf16,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("larger tp"), "{err}");
+    }
+
+    #[test]
+    fn an_overlay_replaces_whole_entries_and_adds_engines() {
+        let overlay = r#"
+[default_engine]
+ascend = "mindie"
+
+[engines.mindie]
+name = "MindIE 2.0"
+source = "our lab"
+
+[engines.mindie.on.ascend]
+prefill_efficiency = 0.5
+prefill_half_tokens = 0.0
+decode_compute_efficiency = 0.5
+memory_efficiency = 0.5
+attention_efficiency = 0.5
+prefill_step_overhead_us = 0.0
+prefill_layer_overhead_us = 0.0
+decode_step_overhead_us = 0.0
+decode_layer_overhead_us = 0.0
+decode_seq_overhead_us = 0.0
+allreduce_latency_us = 0.0
+link_efficiency = 1.0
+memory_utilization = 0.9
+reserve_gb = 2.0
+max_batch = 64
+"#;
+        let cat = Catalogue::embedded()
+            .with_engine_overlay(overlay, "lab.toml")
+            .unwrap();
+        let e = cat.engine_for("ascend-910b", None).unwrap();
+        assert_eq!(e.engine, "mindie");
+        assert_eq!(e.coefficients.max_batch, 64);
+        assert_eq!(cat.engines.engines["mindie"].name, "MindIE 2.0");
+        // Other engines are untouched.
+        assert_eq!(
+            cat.engines.engines["vllm-0.7"],
+            Catalogue::embedded().engines.engines["vllm-0.7"]
+        );
+        let err = Catalogue::embedded()
+            .with_engine_overlay("[default_engine]\nascend = \"nope\"\n", "lab.toml")
+            .unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.to_string().contains("unknown engine `nope`"), "{err}");
     }
 
     #[test]
@@ -334,7 +555,7 @@ mod tests {
         let only_h20 = only_h20.replace("[h100]", "[h100-copy]");
         std::fs::write(&chips, &only_h20).unwrap();
         let cat = Catalogue::load(Some(&chips), None).unwrap();
-        assert_eq!(cat.chip_ids(), "h100-copy, h20");
+        assert_eq!(cat.chip_ids(), "a100, h100-copy, h20, h20-3e");
         assert_eq!(cat.models, Catalogue::embedded().models);
 
         std::fs::write(&chips, "[h20]\nname = \"x\"\n").unwrap();

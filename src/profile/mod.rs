@@ -1,14 +1,17 @@
-//! Chip and model catalogues and the roofline [`PerfModel`] built from them: everything the
-//! rest of dujiang knows about how fast a given accelerator serves a given model.
+//! Chip, model and serving-engine catalogues and the roofline [`PerfModel`] built from
+//! them: everything the rest of dujiang knows about how fast a given accelerator, driven by
+//! a given serving engine, serves a given model.
 
 mod catalogue;
+mod engine;
 mod perf;
 mod spec;
 mod table;
 
-pub use catalogue::{Catalogue, EMBEDDED_CHIPS, EMBEDDED_MODELS};
+pub use catalogue::{Catalogue, EMBEDDED_CHIPS, EMBEDDED_ENGINES, EMBEDDED_MODELS};
+pub use engine::{EngineCatalogue, EngineCoefficients, EngineProfile, EngineSpec, FieldBounds};
 pub use perf::{floor_sum, PerfModel, ProfileError, StepShape};
-pub use spec::{ChipSpec, ModelSpec, SpecViolation};
+pub use spec::{ChipSpec, Dtype, ModelSpec, SpecViolation};
 pub use table::{interpolate, MeasuredTable, MeasuredTables};
 
 #[cfg(test)]
@@ -22,22 +25,51 @@ pub(crate) mod fixtures {
             name: "NVIDIA H20".into(),
             vendor: "NVIDIA".into(),
             domestic: false,
+            family: "h20".into(),
+            dies: 1,
             bf16_tflops: 148.0,
-            int8_tops: 296.0,
+            fp8_tflops: Some(296.0),
+            int8_tops: Some(296.0),
             memory_gb: 96.0,
             bandwidth_tbps: 4.0,
             link_gbps: 450.0,
             watts: 400.0,
             price_per_hour_usd: 1.5,
-            compute_efficiency: 0.5,
+        }
+    }
+
+    /// Round-number coefficients: one efficiency for everything, 1 ms per step.
+    pub fn engine_coefficients() -> EngineCoefficients {
+        EngineCoefficients {
+            prefill_efficiency: 0.5,
+            prefill_half_tokens: 0.0,
+            decode_compute_efficiency: 0.5,
             memory_efficiency: 0.6,
-            step_overhead_us: 1000.0,
-            layer_overhead_us: 0.0,
+            attention_efficiency: 0.5,
+            prefill_step_overhead_us: 1000.0,
+            prefill_layer_overhead_us: 0.0,
+            decode_step_overhead_us: 1000.0,
+            decode_layer_overhead_us: 0.0,
+            decode_seq_overhead_us: 0.0,
             allreduce_latency_us: 10.0,
+            link_efficiency: 1.0,
             memory_utilization: 0.9,
             reserve_gb: 2.0,
             max_batch: 256,
         }
+    }
+
+    pub fn engine() -> EngineProfile {
+        EngineProfile {
+            engine: "test-engine".into(),
+            on: "h20".into(),
+            coefficients: engine_coefficients(),
+        }
+    }
+
+    /// The model of `model` on `tp` of `chip` under [`engine`], in BF16.
+    pub fn perf(chip: &ChipSpec, model: &ModelSpec, tp: u32) -> Result<PerfModel, ProfileError> {
+        PerfModel::new(chip, &engine(), model, tp, Dtype::Bf16)
     }
 
     pub fn llama3_8b() -> ModelSpec {
@@ -49,6 +81,8 @@ pub(crate) mod fixtures {
             attention_heads: 32,
             kv_heads: 8,
             head_dim: 128,
+            intermediate_size: 14336,
+            vocab_size: 128256,
             params_total_b: 8.03,
             params_active_b: 8.03,
             experts: 0,
@@ -88,7 +122,7 @@ mod tests {
 
     #[test]
     fn hand_computed_decode_step_on_h20() {
-        let p = PerfModel::new(&h20(), &llama3_8b(), 1).unwrap();
+        let p = perf(&h20(), &llama3_8b(), 1).unwrap();
         // batch 1 at 1024 context is memory bound:
         // weights 8.03e9·2 B + KV 1024·131072 B over 4 TB/s · 0.6, plus 1 ms overhead.
         let bytes = 8.03e9 * 2.0 + 1024.0 * 131072.0;
@@ -102,7 +136,7 @@ mod tests {
 
     #[test]
     fn hand_computed_prefill_on_h20_is_compute_bound() {
-        let p = PerfModel::new(&h20(), &llama3_8b(), 1).unwrap();
+        let p = perf(&h20(), &llama3_8b(), 1).unwrap();
         let n = 2048.0;
         let flops = n * 2.0 * 8.03e9 + 4.0 * 32.0 * 32.0 * 128.0 * (n * (n + 1.0) / 2.0);
         let expect_ns = flops / (148e12 * 0.5) * 1e9 + 1e6;
@@ -115,21 +149,31 @@ mod tests {
 
     #[test]
     fn decode_run_equals_stepwise_sum() {
-        let mut chip = h20();
-        for tp in [1, 2, 4] {
-            for eff in [0.05, 0.5] {
-                // A low compute efficiency makes compute overtake memory mid-run.
-                chip.compute_efficiency = eff;
-                let p = PerfModel::new(&chip, &llama3_8b(), tp).unwrap();
-                for (seqs, ctx0) in [(1, 10), (7, 3000), (64, 100_000), (256, 1_000_000)] {
-                    let mut total = 0;
-                    for k in 0..300u64 {
-                        assert_eq!(
-                            p.decode_run_ns(seqs, ctx0, k),
-                            total,
-                            "tp={tp} seqs={seqs} k={k}"
-                        );
-                        total += p.decode_step_ns(seqs, ctx0 + k * seqs);
+        for dies in [1, 2] {
+            let mut chip = h20();
+            chip.dies = dies;
+            for tp in [1, 2, 4] {
+                for eff in [0.05, 0.5] {
+                    let mut engine = engine();
+                    // A low compute efficiency makes compute overtake memory mid-run; the
+                    // per-sequence overhead and the prefill half point must not disturb the
+                    // closed form.
+                    engine.coefficients.decode_compute_efficiency = eff;
+                    engine.coefficients.attention_efficiency = eff;
+                    engine.coefficients.decode_seq_overhead_us = 37.5;
+                    engine.coefficients.prefill_half_tokens = 200.0;
+                    engine.coefficients.decode_layer_overhead_us = 13.0;
+                    let p = PerfModel::new(&chip, &engine, &llama3_8b(), tp, Dtype::Bf16).unwrap();
+                    for (seqs, ctx0) in [(1, 10), (7, 3000), (64, 100_000), (256, 1_000_000)] {
+                        let mut total = 0;
+                        for k in 0..300u64 {
+                            assert_eq!(
+                                p.decode_run_ns(seqs, ctx0, k),
+                                total,
+                                "dies={dies} tp={tp} seqs={seqs} k={k}"
+                            );
+                            total += p.decode_step_ns(seqs, ctx0 + k * seqs);
+                        }
                     }
                 }
             }
@@ -137,8 +181,115 @@ mod tests {
     }
 
     #[test]
+    fn small_prefill_chunks_waste_compute_and_decode_pays_its_own_efficiency() {
+        let mut e = engine();
+        e.coefficients.prefill_half_tokens = 256.0;
+        e.coefficients.decode_compute_efficiency = 0.25;
+        let p = PerfModel::new(&h20(), &e, &llama3_8b(), 1, Dtype::Bf16).unwrap();
+        let plain = perf(&h20(), &llama3_8b(), 1).unwrap();
+        // Compute time of n tokens is a·(n + n½): at 256 tokens twice the ideal, at 8192
+        // tokens only 1/32 more.
+        let compute = |p: &PerfModel, n: u64| {
+            let (c, _, _) = p.step_parts_ps(&StepShape {
+                tokens: n,
+                prefill_tokens: n,
+                ..StepShape::default()
+            });
+            c as f64
+        };
+        assert!((compute(&p, 256) / compute(&plain, 256) - 2.0).abs() < 1e-6);
+        assert!((compute(&p, 8192) / compute(&plain, 8192) - 33.0 / 32.0).abs() < 1e-6);
+        // Decode tokens are charged at the decode efficiency, whatever prefill reaches.
+        let (c, _, _) = p.step_parts_ps(&StepShape {
+            tokens: 64,
+            ..StepShape::default()
+        });
+        let (c0, _, _) = plain.step_parts_ps(&StepShape {
+            tokens: 64,
+            ..StepShape::default()
+        });
+        assert!((c as f64 / c0 as f64 - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_package_of_dies_is_tensor_parallel_over_its_dies() {
+        let cat = Catalogue::embedded();
+        let pkg = cat
+            .perf("ascend-910c", None, "llama-3-70b", 8, None)
+            .unwrap();
+        let dies = cat
+            .perf("ascend-910c-die", None, "llama-3-70b", 16, None)
+            .unwrap();
+        for shape in [StepShape::decode(8, 8000), StepShape::prefill(2048, 0)] {
+            assert_eq!(pkg.step_ns(&shape), dies.step_ns(&shape));
+        }
+        assert_eq!(pkg.kv_capacity_tokens(), dies.kv_capacity_tokens());
+        let die = cat.chip("ascend-910c-die").unwrap();
+        assert_eq!(die.memory_gb, 64.0);
+        assert_eq!(die.bf16_tflops, 354.0);
+        assert!((pkg.price_per_hour_usd() - dies.price_per_hour_usd()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn fp8_on_a_chip_without_fp8_is_refused_and_defaults_follow_the_chip() {
+        let cat = Catalogue::embedded();
+        let err = cat
+            .perf("ascend-910b", None, "llama-3-8b", 1, Some(Dtype::Fp8))
+            .unwrap_err();
+        assert!(
+            err.contains("no fp8") && err.contains("bf16 or int8"),
+            "{err}"
+        );
+        let r1 = cat.model("deepseek-r1").unwrap();
+        assert_eq!(
+            Catalogue::default_dtype(cat.chip("h20").unwrap(), r1),
+            Dtype::Fp8
+        );
+        assert_eq!(
+            Catalogue::default_dtype(cat.chip("ascend-910b").unwrap(), r1),
+            Dtype::Int8
+        );
+        // FP8 weights halve the bytes a decode step reads.
+        let bf16 = cat.perf("h100", None, "llama-3-8b", 1, None).unwrap();
+        let fp8 = cat
+            .perf("h100", None, "llama-3-8b", 1, Some(Dtype::Fp8))
+            .unwrap();
+        assert_eq!(fp8.model.weight_bytes, 1.0);
+        assert!(fp8.decode_step_ns(1, 100) < bf16.decode_step_ns(1, 100));
+        assert!(fp8.kv_capacity_tokens() > bf16.kv_capacity_tokens());
+    }
+
+    #[test]
+    fn every_chip_has_a_default_engine_and_every_engine_id_is_present() {
+        let cat = Catalogue::embedded();
+        for id in [
+            "vllm-0.7",
+            "vllm-0.20",
+            "sglang",
+            "vllm-ascend-0.18",
+            "mindie",
+            "vllm-mlu",
+        ] {
+            assert!(cat.engines.engines.contains_key(id), "{id}");
+        }
+        for chip in cat.chips.values() {
+            let e = cat.engine_for(&chip.id, None).unwrap();
+            assert!(
+                cat.perf(&chip.id, None, "llama-3-8b", 1, None).is_ok(),
+                "{}",
+                chip.id
+            );
+            assert!(!e.engine.is_empty());
+        }
+        let err = cat.engine_for("h20", Some("mindie")).unwrap_err();
+        assert!(err.contains("does not run on `h20`"), "{err}");
+        let err = cat.engine_for("h20", Some("vllm-9")).unwrap_err();
+        assert!(err.contains("unknown engine `vllm-9`"), "{err}");
+    }
+
+    #[test]
     fn steps_within_budget_is_the_largest_fitting_count() {
-        let p = PerfModel::new(&h20(), &llama3_8b(), 1).unwrap();
+        let p = perf(&h20(), &llama3_8b(), 1).unwrap();
         for budget in [0u64, 1, 5_000_000, 123_456_789, 2_000_000_000] {
             let k = p.decode_steps_within(32, 5000, budget, 10_000);
             assert!(p.decode_run_ns(32, 5000, k) <= budget);
@@ -153,15 +304,16 @@ mod tests {
         let mut big = llama3_8b();
         big.params_total_b = 70.0;
         big.params_active_b = 70.0;
-        let err = PerfModel::new(&h20(), &big, 1).unwrap_err();
+        let err = perf(&h20(), &big, 1).unwrap_err();
         assert!(matches!(err, ProfileError::WeightsDoNotFit { .. }), "{err}");
-        assert!(PerfModel::new(&h20(), &big, 2).is_ok());
+        assert!(perf(&h20(), &big, 2).is_ok());
     }
 
     /// One row of the calibration table in `docs/calibration.md`.
     struct CalibrationPoint {
         name: String,
         chip: String,
+        engine: String,
         model: String,
         tp: u32,
         batch: u64,
@@ -191,14 +343,15 @@ mod tests {
                 CalibrationPoint {
                     name: c[0].into(),
                     chip: c[1].into(),
-                    model: c[2].into(),
-                    tp: c[3].parse().unwrap(),
-                    batch: c[4].parse().unwrap(),
-                    context: c[5].parse().unwrap(),
-                    metric: c[6].into(),
-                    measured: number(c[7]),
-                    documented: number(c[8]),
-                    tolerance: number(c[10]) / 100.0,
+                    engine: c[2].into(),
+                    model: c[3].into(),
+                    tp: c[4].parse().unwrap(),
+                    batch: c[5].parse().unwrap(),
+                    context: c[6].parse().unwrap(),
+                    metric: c[7].into(),
+                    measured: number(c[8]),
+                    documented: number(c[9]),
+                    tolerance: number(c[11]) / 100.0,
                 }
             })
             .collect()
@@ -210,12 +363,9 @@ mod tests {
         let points = calibration_points();
         assert!(points.len() >= 3, "calibration table lost rows");
         for p in points {
-            let perf = PerfModel::new(
-                cat.chip(&p.chip).unwrap(),
-                cat.model(&p.model).unwrap(),
-                p.tp,
-            )
-            .unwrap();
+            let perf = cat
+                .perf(&p.chip, Some(&p.engine), &p.model, p.tp, None)
+                .unwrap();
             let step_ns = perf.decode_step_ns(p.batch, p.batch * p.context) as f64;
             let predicted = match p.metric.as_str() {
                 "tpot_ms" => step_ns / 1e6,
@@ -244,16 +394,20 @@ mod tests {
     #[test]
     fn eager_stacks_pay_overhead_per_layer() {
         let cat = Catalogue::embedded();
-        let ascend = cat.chip("ascend-910b").unwrap();
-        let small = PerfModel::new(ascend, cat.model("qwen3-8b").unwrap(), 1).unwrap();
-        let big = PerfModel::new(ascend, cat.model("llama-3-70b").unwrap(), 4).unwrap();
+        let eager = Some("vllm-ascend-0.9");
+        let small = cat.perf("ascend-910b", eager, "qwen3-8b", 1, None).unwrap();
+        let big = cat
+            .perf("ascend-910b", eager, "llama-3-70b", 4, None)
+            .unwrap();
+        let e = &small.engine.coefficients;
+        let ascend = &small.chip;
         // Memory time scales with weights per chip; what is left at batch 1 is overhead.
         let fixed = |p: &PerfModel| {
             let bytes = p.model.weight_bytes_total() / f64::from(p.tp);
             p.decode_step_ns(1, 1) as f64
-                - bytes / (ascend.bandwidth_tbps * 1e12 * ascend.memory_efficiency) * 1e9
+                - bytes / (ascend.bandwidth_tbps * 1e12 * e.memory_efficiency) * 1e9
         };
-        let per_layer = ascend.layer_overhead_us * 1e3;
+        let per_layer = e.decode_layer_overhead_us * 1e3;
         assert!(fixed(&big) - fixed(&small) > (80.0 - 36.0) * per_layer * 0.99);
     }
 
@@ -262,13 +416,18 @@ mod tests {
         let cat = Catalogue::embedded();
         let h20 = cat.chip("h20").unwrap();
         let r1 = cat.model("deepseek-r1").unwrap();
-        let p8 = PerfModel::new(h20, r1, 8).unwrap();
-        let p16 = PerfModel::new(h20, r1, 16).unwrap();
+        let p8 = cat
+            .perf("h20", Some("sglang"), "deepseek-r1", 8, None)
+            .unwrap();
+        let p16 = cat
+            .perf("h20", Some("sglang"), "deepseek-r1", 16, None)
+            .unwrap();
+        let e = &p16.engine.coefficients;
         // Doubling the ranks halves weights per chip, so free memory per chip grows and the
         // total cache more than doubles.
         assert!(p16.kv_capacity_tokens() > 2 * p8.kv_capacity_tokens());
-        let free16 = h20.memory_gb * 1e9 * h20.memory_utilization
-            - h20.reserve_gb * 1e9
+        let free16 = h20.memory_gb * 1e9 * e.memory_utilization
+            - e.reserve_gb * 1e9
             - r1.weight_bytes_total() / 16.0;
         let expect = (16.0 * free16 / r1.kv_bytes_per_token()).floor() as u64;
         assert!(p16.kv_capacity_tokens().abs_diff(expect) <= 16);
@@ -292,7 +451,7 @@ decode_step_ms = [[9.0, 10.0], [12.0, 20.0]]
 
     #[test]
     fn measured_table_overrides_the_roofline() {
-        let p = PerfModel::new(&h20(), &llama3_8b(), 1)
+        let p = perf(&h20(), &llama3_8b(), 1)
             .unwrap()
             .with_table(h20_llama_table())
             .unwrap();
@@ -312,7 +471,7 @@ decode_step_ms = [[9.0, 10.0], [12.0, 20.0]]
 
     #[test]
     fn measured_decode_runs_equal_stepwise_sums() {
-        let p = PerfModel::new(&h20(), &llama3_8b(), 1)
+        let p = perf(&h20(), &llama3_8b(), 1)
             .unwrap()
             .with_table(h20_llama_table())
             .unwrap();
@@ -334,7 +493,7 @@ decode_step_ms = [[9.0, 10.0], [12.0, 20.0]]
 
     #[test]
     fn a_table_for_another_pair_is_refused() {
-        let err = PerfModel::new(&h20(), &llama3_8b(), 2)
+        let err = perf(&h20(), &llama3_8b(), 2)
             .unwrap()
             .with_table(h20_llama_table())
             .unwrap_err();

@@ -1,13 +1,26 @@
 //! The roofline performance model: how long one engine step takes for a given batch shape
-//! on a model served by `tp` chips of one kind, and how many tokens of KV cache fit.
+//! on a model served by `tp` chips of one kind under one serving engine in one dtype, and
+//! how many tokens of KV cache fit. The chip gives peaks and bandwidth; the engine
+//! ([`EngineCoefficients`]) says how much of them software reaches and what it costs on
+//! the host.
 //!
 //! A step processes some new tokens (prefill chunks and one token per decoding sequence).
-//! Its time is `max(compute, memory) + all-reduce + fixed overhead`, where
-//! - compute = (2·active params per token + 4·L·heads·head_dim per attended context token)
-//!   / (tp · peak · compute efficiency);
-//! - memory = (weights touched + KV bytes read) / (tp · bandwidth · memory efficiency);
-//!   MoE models read only the experts a batch touches: with E experts and k per token, T
-//!   tokens touch E·(1 − (1 − k/E)^T) of them in expectation.
+//! Its time is `max(compute, memory) + collectives + host overhead`, where
+//! - compute = dense GEMMs + attention. Prefill tokens cost `2·active params` FLOPs at an
+//!   efficiency that grows with the tokens in the step, `e·n/(n + n½)`, which makes their
+//!   time `2·P·(n + n½) / (peak·e)`: linear in `n` with a fixed part, small chunks wasting
+//!   the tensor cores. Decode tokens cost the same FLOPs at the decode (small-M) efficiency.
+//!   Attention costs `4·L·heads·head_dim` FLOPs per (token, context token) pair at the
+//!   attention efficiency of the BF16 peak;
+//! - memory = (weights touched + KV bytes read) / (bandwidth · memory efficiency); MoE
+//!   models read only the experts a batch touches: with E experts and k per token, T
+//!   tokens touch E·(1 − (1 − k/E)^T) of them in expectation;
+//! - collectives: two all-reduces per layer over `tp · dies` ranks;
+//! - host overhead: per step and per layer, one pair for steps carrying prompt tokens
+//!   (typically eager) and one for pure decode steps (typically graph replay), plus a
+//!   cost per decoding sequence (scheduling, sampling).
+//!
+//! Every figure is computed per rank (one die): a multi-die package is `dies` ranks.
 //!
 //! Multi-head latent attention (DeepSeek-V2/V3) is modelled as served in practice: decode
 //! attention runs in the absorbed form, each head scoring the 512-wide latent plus the
@@ -19,12 +32,13 @@
 //! ([`PerfModel::with_table`]).
 //!
 //! Coefficients are kept as integer picoseconds and a step is rounded up to whole
-//! nanoseconds. That makes a run of pure decode steps (context growing by the batch size
-//! each step) an arithmetic progression whose rounded sum has a closed form
-//! ([`floor_sum`]): virtual time can jump over thousands of steps and still land on the
-//! same nanosecond as stepping one at a time.
+//! nanoseconds. In a run of pure decode steps the batch is fixed and the context grows by
+//! the batch size each step, so compute and memory are each an arithmetic progression and
+//! the rounded sum has a closed form ([`floor_sum`]): virtual time can jump over thousands
+//! of steps and still land on the same nanosecond as stepping one at a time.
 
-use super::spec::{ChipSpec, ModelSpec};
+use super::engine::{EngineCoefficients, EngineProfile};
+use super::spec::{ChipSpec, Dtype, ModelSpec};
 use super::table::MeasuredTable;
 use crate::request::Nanos;
 
@@ -41,6 +55,8 @@ pub struct StepShape {
     pub attn_pairs: u64,
     /// Cached KV tokens read from memory.
     pub kv_read_tokens: u64,
+    /// Of `tokens`, those that are prompt (prefill) tokens; the rest decode one token each.
+    pub prefill_tokens: u64,
 }
 
 impl StepShape {
@@ -50,6 +66,7 @@ impl StepShape {
             tokens: seqs,
             attn_pairs: ctx_total,
             kv_read_tokens: ctx_total,
+            prefill_tokens: 0,
         }
     }
 
@@ -59,6 +76,7 @@ impl StepShape {
             tokens: n,
             attn_pairs: n * cached + n * (n + 1) / 2,
             kv_read_tokens: cached + n,
+            prefill_tokens: n,
         }
     }
 
@@ -66,6 +84,7 @@ impl StepShape {
         self.tokens += other.tokens;
         self.attn_pairs += other.attn_pairs;
         self.kv_read_tokens += other.kv_read_tokens;
+        self.prefill_tokens += other.prefill_tokens;
     }
 }
 
@@ -89,6 +108,13 @@ pub enum ProfileError {
     },
     #[error("tensor parallelism must be at least 1")]
     ZeroTp,
+    #[error("{chip} has no {dtype} tensor-core peak; serve {model} in {supported}")]
+    UnsupportedDtype {
+        chip: String,
+        model: String,
+        dtype: Dtype,
+        supported: String,
+    },
     #[error("measured table `{table}` is for {table_for}, not {serving}")]
     TableMismatch {
         table: String,
@@ -106,20 +132,28 @@ struct MoeWeights {
     per_token: f64,
 }
 
-/// Step-time and capacity model for one serving instance (a model on `tp` chips).
+/// Step-time and capacity model for one serving instance (a model on `tp` chips under one
+/// engine, in one dtype).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PerfModel {
     pub chip: ChipSpec,
+    pub engine: EngineProfile,
+    /// The model as served: `weight_bytes` is the dtype's, whatever the release format.
     pub model: ModelSpec,
     pub tp: u32,
-    dense_ps_per_token: u64,
+    pub dtype: Dtype,
+    prefill_ps_per_token: u64,
+    prefill_fixed_ps: u64,
+    decode_ps_per_token: u64,
     attn_ps_per_pair: u64,
     kv_read_ps_per_token: u64,
     weight_read_ps: u64,
     moe: Option<MoeWeights>,
     comm_fixed_ps: u64,
     comm_ps_per_token: u64,
-    overhead_ps: u64,
+    seq_overhead_ps: u64,
+    prefill_overhead_ps: u64,
+    decode_overhead_ps: u64,
     kv_capacity_tokens: u64,
     table: Option<Box<MeasuredTable>>,
 }
@@ -129,20 +163,45 @@ fn to_ps(seconds: f64) -> u64 {
 }
 
 impl PerfModel {
-    pub fn new(chip: &ChipSpec, model: &ModelSpec, tp: u32) -> Result<Self, ProfileError> {
+    /// The model of `model` served in `dtype` on `tp` packages of `chip` by `engine`.
+    pub fn new(
+        chip: &ChipSpec,
+        engine: &EngineProfile,
+        model: &ModelSpec,
+        tp: u32,
+        dtype: Dtype,
+    ) -> Result<Self, ProfileError> {
         if tp == 0 {
             return Err(ProfileError::ZeroTp);
         }
-        let tpf = f64::from(tp);
-        let peak_tflops = if model.weight_bytes <= 1.0 && chip.int8_tops > 0.0 {
-            chip.int8_tops
-        } else {
-            chip.bf16_tflops
-        };
-        let flops_per_s = tpf * peak_tflops * 1e12 * chip.compute_efficiency;
-        let bytes_per_s_per_chip = chip.bandwidth_tbps * 1e12 * chip.memory_efficiency;
+        let e: &EngineCoefficients = &engine.coefficients;
+        let peak_tflops =
+            chip.peak_tflops(dtype)
+                .ok_or_else(|| ProfileError::UnsupportedDtype {
+                    chip: chip.id.clone(),
+                    model: model.id.clone(),
+                    dtype,
+                    supported: Dtype::ALL
+                        .iter()
+                        .filter(|d| chip.peak_tflops(**d).is_some())
+                        .map(|d| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                })?;
+        let mut model = model.clone();
+        model.weight_bytes = dtype.bytes();
+        let model = &model;
+
+        // Everything per rank: a rank is one die; a tp-package instance has tp·dies ranks.
+        let dies = f64::from(chip.dies.max(1));
+        let ranks_u = tp.saturating_mul(chip.dies.max(1));
+        let ranks = f64::from(ranks_u);
+        let peak_flops = ranks * peak_tflops / dies * 1e12;
+        let bf16_flops = ranks * chip.bf16_tflops / dies * 1e12;
+        let bytes_per_s_per_rank = chip.bandwidth_tbps / dies * 1e12 * e.memory_efficiency;
 
         let dense_flops = 2.0 * model.params_active_b * 1e9;
+        let prefill_s_per_token = dense_flops / (peak_flops * e.prefill_efficiency);
         // Per (token, context token) pair and layer, each head computes a score and mixes a
         // value: 2 FLOPs per multiply-add over the key width plus the value width.
         let per_head_pair_flops = if model.mla_kv_lora_rank > 0 {
@@ -153,43 +212,44 @@ impl PerfModel {
         let attn_flops_per_pair =
             f64::from(model.layers) * f64::from(model.attention_heads) * per_head_pair_flops;
 
-        // GQA KV is split across ranks by KV head; with fewer KV heads than tp the heads are
-        // replicated, so each chip holds (and reads) more than 1/tp of it. MLA runs data
-        // parallel attention: sequences, and their latent cache, are spread over the ranks.
+        // GQA KV is split across ranks by KV head; with fewer KV heads than ranks the heads
+        // are replicated, so each rank holds (and reads) more than 1/ranks of it. MLA runs
+        // data parallel attention: sequences, and their latent cache, are spread over the
+        // ranks.
         let kv_shards = if model.mla_kv_lora_rank > 0 {
-            tpf
+            ranks
         } else {
-            f64::from(tp.min(model.kv_heads.max(1)))
+            f64::from(ranks_u.min(model.kv_heads.max(1)))
         };
-        let kv_per_chip = model.kv_bytes_per_token() / kv_shards;
+        let kv_per_rank = model.kv_bytes_per_token() / kv_shards;
 
-        let weights_per_chip = model.weight_bytes_total() / tpf;
-        let usable_per_chip =
-            chip.memory_gb * 1e9 * chip.memory_utilization - chip.reserve_gb * 1e9;
-        if weights_per_chip > usable_per_chip {
+        let weights_per_rank = model.weight_bytes_total() / ranks;
+        let usable_per_rank =
+            chip.memory_gb / dies * 1e9 * e.memory_utilization - e.reserve_gb * 1e9;
+        if weights_per_rank > usable_per_rank {
             return Err(ProfileError::WeightsDoNotFit {
                 model: model.id.clone(),
                 chip: chip.id.clone(),
                 tp,
-                need_gb: weights_per_chip / 1e9,
-                have_gb: usable_per_chip.max(0.0) / 1e9,
+                need_gb: weights_per_rank * dies / 1e9,
+                have_gb: usable_per_rank.max(0.0) * dies / 1e9,
             });
         }
-        let free_per_chip = usable_per_chip - weights_per_chip;
-        let kv_capacity_tokens = (free_per_chip / kv_per_chip).floor() as u64;
+        let free_per_rank = usable_per_rank - weights_per_rank;
+        let kv_capacity_tokens = (free_per_rank / kv_per_rank).floor() as u64;
         if kv_capacity_tokens == 0 {
             return Err(ProfileError::NoKvRoom {
                 model: model.id.clone(),
                 chip: chip.id.clone(),
                 tp,
-                free_gb: free_per_chip / 1e9,
+                free_gb: free_per_rank * dies / 1e9,
             });
         }
 
         let moe = model.is_moe().then(|| {
             let (per_expert_b, shared_b) = model.expert_split_b();
             let secs =
-                |params_b: f64| params_b * 1e9 * model.weight_bytes / tpf / bytes_per_s_per_chip;
+                |params_b: f64| params_b * 1e9 * model.weight_bytes / ranks / bytes_per_s_per_rank;
             MoeWeights {
                 shared_ps: secs(shared_b) * PS_PER_S,
                 per_expert_ps: secs(per_expert_b) * PS_PER_S,
@@ -199,35 +259,51 @@ impl PerfModel {
         });
 
         // Two all-reduces of the hidden state per layer (after attention and after the MLP),
-        // ring algorithm: each chip sends and receives 2·(tp−1)/tp of the message.
-        let (comm_fixed_ps, comm_ps_per_token) = if tp > 1 {
+        // ring algorithm: each rank sends and receives 2·(r−1)/r of the message over its
+        // share of the package's link.
+        let (comm_fixed_ps, comm_ps_per_token) = if ranks_u > 1 {
             let ops = 2.0 * f64::from(model.layers);
-            let bytes_per_token = f64::from(model.hidden_size) * 2.0 * 2.0 * (tpf - 1.0) / tpf;
+            let bytes_per_token = f64::from(model.hidden_size) * 2.0 * 2.0 * (ranks - 1.0) / ranks;
+            let link = chip.link_gbps / dies * 1e9 * e.link_efficiency;
             (
-                to_ps(ops * chip.allreduce_latency_us * 1e-6),
-                to_ps(ops * bytes_per_token / (chip.link_gbps * 1e9)),
+                to_ps(ops * e.allreduce_latency_us * 1e-6),
+                to_ps(ops * bytes_per_token / link),
             )
         } else {
             (0, 0)
         };
+        let layers = f64::from(model.layers);
 
         Ok(PerfModel {
             chip: chip.clone(),
+            engine: engine.clone(),
             model: model.clone(),
             tp,
-            dense_ps_per_token: to_ps(dense_flops / flops_per_s),
-            attn_ps_per_pair: to_ps(attn_flops_per_pair / flops_per_s),
-            kv_read_ps_per_token: to_ps(kv_per_chip / bytes_per_s_per_chip),
-            weight_read_ps: to_ps(weights_per_chip / bytes_per_s_per_chip),
+            dtype,
+            prefill_ps_per_token: to_ps(prefill_s_per_token),
+            prefill_fixed_ps: to_ps(prefill_s_per_token * e.prefill_half_tokens),
+            decode_ps_per_token: to_ps(dense_flops / (peak_flops * e.decode_compute_efficiency)),
+            attn_ps_per_pair: to_ps(attn_flops_per_pair / (bf16_flops * e.attention_efficiency)),
+            kv_read_ps_per_token: to_ps(kv_per_rank / bytes_per_s_per_rank),
+            weight_read_ps: to_ps(weights_per_rank / bytes_per_s_per_rank),
             moe,
             comm_fixed_ps,
             comm_ps_per_token,
-            overhead_ps: to_ps(
-                (chip.step_overhead_us + chip.layer_overhead_us * f64::from(model.layers)) * 1e-6,
+            seq_overhead_ps: to_ps(e.decode_seq_overhead_us * 1e-6),
+            prefill_overhead_ps: to_ps(
+                (e.prefill_step_overhead_us + e.prefill_layer_overhead_us * layers) * 1e-6,
+            ),
+            decode_overhead_ps: to_ps(
+                (e.decode_step_overhead_us + e.decode_layer_overhead_us * layers) * 1e-6,
             ),
             kv_capacity_tokens,
             table: None,
         })
+    }
+
+    /// Most sequences one step may hold by default (the engine's `max_num_seqs`).
+    pub fn max_batch(&self) -> u32 {
+        self.engine.coefficients.max_batch
     }
 
     /// Uses measured step times in place of the roofline wherever `table` has points. The
@@ -276,10 +352,24 @@ impl PerfModel {
     }
 
     /// The parts of a step's time in picoseconds: (compute, memory, everything else).
-    fn step_parts_ps(&self, s: &StepShape) -> (u64, u64, u64) {
-        let compute = s.tokens * self.dense_ps_per_token + s.attn_pairs * self.attn_ps_per_pair;
+    pub(crate) fn step_parts_ps(&self, s: &StepShape) -> (u64, u64, u64) {
+        let decode_tokens = s.tokens - s.prefill_tokens.min(s.tokens);
+        let (prefill, overhead) = if s.prefill_tokens > 0 {
+            (
+                s.prefill_tokens * self.prefill_ps_per_token + self.prefill_fixed_ps,
+                self.prefill_overhead_ps,
+            )
+        } else {
+            (0, self.decode_overhead_ps)
+        };
+        let compute = prefill
+            + decode_tokens * self.decode_ps_per_token
+            + s.attn_pairs * self.attn_ps_per_pair;
         let memory = self.weight_ps(s.tokens) + s.kv_read_tokens * self.kv_read_ps_per_token;
-        let rest = self.overhead_ps + self.comm_fixed_ps + s.tokens * self.comm_ps_per_token;
+        let rest = overhead
+            + self.comm_fixed_ps
+            + s.tokens * self.comm_ps_per_token
+            + decode_tokens * self.seq_overhead_ps;
         (compute, memory, rest)
     }
 
@@ -308,7 +398,7 @@ impl PerfModel {
     /// with prompt tokens reads the prefill curve at its token count and adds what the
     /// roofline says its cached context costs beyond a fresh prefill of that size.
     fn measured_step_ns(&self, t: &MeasuredTable, s: &StepShape) -> Nanos {
-        let decode_like = s.attn_pairs == s.kv_read_tokens;
+        let decode_like = s.prefill_tokens == 0;
         let ns = if decode_like && t.has_decode() {
             t.decode_step_ns(s.tokens as f64, s.kv_read_tokens as f64 / s.tokens as f64)
         } else if t.has_prefill() {

@@ -1,9 +1,12 @@
 //! Chip and model specifications: the public numbers a performance model is built from.
 //! Catalogue files (`config/chips.toml`, `config/models.toml`) deserialise into these.
+//! How fast software drives the silicon is not here: see `engine.rs`.
 
 use serde::{Deserialize, Serialize};
 
-/// One accelerator kind, as sold. Efficiencies and overheads are calibrated, not datasheet.
+/// One accelerator kind, as sold: silicon only. How fast software drives it (efficiencies,
+/// overheads, batch limits) lives in the engine catalogue (`config/engines.toml`), keyed by
+/// `family`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChipSpec {
@@ -14,36 +17,80 @@ pub struct ChipSpec {
     pub vendor: String,
     /// Made in China (Huawei, Cambricon): counts towards domestic-share targets.
     pub domestic: bool,
-    /// Dense BF16/FP16 TFLOPS per chip.
+    /// Which engine coefficients apply (`hopper`, `ampere`, `ascend`, `cambricon`): chips of
+    /// one family share an instruction set, memory system and software port.
+    pub family: String,
+    /// Dies in one package. Every figure here is for the whole package; the serving
+    /// runtime addresses each die as its own device, so a `tp`-package instance runs
+    /// tensor parallelism over `tp · dies` ranks.
+    #[serde(default = "one_die")]
+    pub dies: u32,
+    /// Dense BF16/FP16 TFLOPS per package.
     pub bf16_tflops: f64,
-    /// Dense INT8 or FP8 TOPS per chip; used when a model's weights are 8-bit.
-    pub int8_tops: f64,
+    /// Dense FP8 TFLOPS; absent on chips without FP8 tensor cores (A100, Ascend, MLU).
+    #[serde(default)]
+    pub fp8_tflops: Option<f64>,
+    /// Dense INT8 TOPS; absent where the chip has no INT8 matrix path worth using.
+    #[serde(default)]
+    pub int8_tops: Option<f64>,
     pub memory_gb: f64,
     pub bandwidth_tbps: f64,
-    /// Scale-up link bandwidth per chip, one way (NVLink, HCCS, MLU-Link).
+    /// Scale-up link bandwidth per package, one way (NVLink, HCCS, MLU-Link).
     pub link_gbps: f64,
     pub watts: f64,
     pub price_per_hour_usd: f64,
-    /// Model FLOPs utilisation reached in practice (0..1].
-    pub compute_efficiency: f64,
-    /// Memory bandwidth utilisation reached in practice (0..1].
-    pub memory_efficiency: f64,
-    /// Fixed time per engine step: kernel launches, scheduling, sampling. Eager-mode stacks
-    /// pay more than CUDA-graph ones.
-    pub step_overhead_us: f64,
-    /// Host time per model layer per step. Eager-mode stacks (torch_npu, Cambricon's
-    /// torch_mlu) dispatch every layer's kernels from Python, so their overhead grows with
-    /// depth; CUDA-graph stacks replay a captured graph and pay almost nothing per layer.
-    pub layer_overhead_us: f64,
-    /// Latency of one tensor-parallel all-reduce, on top of its bandwidth term.
-    pub allreduce_latency_us: f64,
-    /// Fraction of device memory the serving engine may use (vLLM's
-    /// `gpu_memory_utilization`).
-    pub memory_utilization: f64,
-    /// Memory held back per chip for activations and runtime workspace.
-    pub reserve_gb: f64,
-    /// Largest decode batch the software stack runs well on this chip.
-    pub max_batch: u32,
+}
+
+fn one_die() -> u32 {
+    1
+}
+
+/// Number format of weights and activations in the matrix multiplies. KV-cache precision is
+/// the model's (`kv_bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    Bf16,
+    Fp8,
+    Int8,
+}
+
+impl Dtype {
+    pub const ALL: [Dtype; 3] = [Dtype::Bf16, Dtype::Fp8, Dtype::Int8];
+
+    /// Bytes per weight.
+    pub fn bytes(self) -> f64 {
+        match self {
+            Dtype::Bf16 => 2.0,
+            Dtype::Fp8 | Dtype::Int8 => 1.0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::Bf16 => "bf16",
+            Dtype::Fp8 => "fp8",
+            Dtype::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bf16" => Ok(Dtype::Bf16),
+            "fp8" => Ok(Dtype::Fp8),
+            "int8" => Ok(Dtype::Int8),
+            other => Err(format!("unknown dtype `{other}`; known: bf16, fp8, int8")),
+        }
+    }
 }
 
 /// One model architecture. KV bytes per token are derived, not stated.
@@ -58,6 +105,12 @@ pub struct ModelSpec {
     pub attention_heads: u32,
     pub kv_heads: u32,
     pub head_dim: u32,
+    /// MLP width (config.json `intermediate_size`); informational, 0 when not stated.
+    #[serde(default)]
+    pub intermediate_size: u32,
+    /// Vocabulary size (config.json `vocab_size`); informational, 0 when not stated.
+    #[serde(default)]
+    pub vocab_size: u32,
     /// Total parameters, billions.
     pub params_total_b: f64,
     /// Parameters a token passes through, billions (equal to total for dense models).
@@ -86,7 +139,7 @@ pub struct ModelSpec {
 /// catalogue entry) and why.
 pub type SpecViolation = (&'static str, String);
 
-fn positive(field: &'static str, v: f64) -> Result<(), SpecViolation> {
+pub(super) fn positive(field: &'static str, v: f64) -> Result<(), SpecViolation> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
@@ -94,7 +147,7 @@ fn positive(field: &'static str, v: f64) -> Result<(), SpecViolation> {
     }
 }
 
-fn non_negative(field: &'static str, v: f64) -> Result<(), SpecViolation> {
+pub(super) fn non_negative(field: &'static str, v: f64) -> Result<(), SpecViolation> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
@@ -102,7 +155,7 @@ fn non_negative(field: &'static str, v: f64) -> Result<(), SpecViolation> {
     }
 }
 
-fn fraction(field: &'static str, v: f64) -> Result<(), SpecViolation> {
+pub(super) fn fraction(field: &'static str, v: f64) -> Result<(), SpecViolation> {
     if v.is_finite() && v > 0.0 && v <= 1.0 {
         Ok(())
     } else {
@@ -110,7 +163,7 @@ fn fraction(field: &'static str, v: f64) -> Result<(), SpecViolation> {
     }
 }
 
-fn at_least_one(field: &'static str, v: u32) -> Result<(), SpecViolation> {
+pub(super) fn at_least_one(field: &'static str, v: u32) -> Result<(), SpecViolation> {
     if v >= 1 {
         Ok(())
     } else {
@@ -118,7 +171,7 @@ fn at_least_one(field: &'static str, v: u32) -> Result<(), SpecViolation> {
     }
 }
 
-fn not_blank(field: &'static str, v: &str) -> Result<(), SpecViolation> {
+pub(super) fn not_blank(field: &'static str, v: &str) -> Result<(), SpecViolation> {
     if v.trim().is_empty() {
         Err((field, "must not be empty".to_string()))
     } else {
@@ -131,30 +184,53 @@ impl ChipSpec {
     pub fn validate(&self) -> Result<(), SpecViolation> {
         not_blank("name", &self.name)?;
         not_blank("vendor", &self.vendor)?;
+        not_blank("family", &self.family)?;
+        at_least_one("dies", self.dies)?;
         positive("bf16_tflops", self.bf16_tflops)?;
-        positive("int8_tops", self.int8_tops)?;
+        if let Some(v) = self.fp8_tflops {
+            positive("fp8_tflops", v)?;
+        }
+        if let Some(v) = self.int8_tops {
+            positive("int8_tops", v)?;
+        }
         positive("memory_gb", self.memory_gb)?;
         positive("bandwidth_tbps", self.bandwidth_tbps)?;
         positive("link_gbps", self.link_gbps)?;
         positive("watts", self.watts)?;
-        non_negative("price_per_hour_usd", self.price_per_hour_usd)?;
-        fraction("compute_efficiency", self.compute_efficiency)?;
-        fraction("memory_efficiency", self.memory_efficiency)?;
-        non_negative("step_overhead_us", self.step_overhead_us)?;
-        non_negative("layer_overhead_us", self.layer_overhead_us)?;
-        non_negative("allreduce_latency_us", self.allreduce_latency_us)?;
-        fraction("memory_utilization", self.memory_utilization)?;
-        non_negative("reserve_gb", self.reserve_gb)?;
-        if self.reserve_gb >= self.memory_gb * self.memory_utilization {
-            return Err((
-                "reserve_gb",
-                format!(
-                    "{} GB leaves nothing of the {} GB × {} the engine may use",
-                    self.reserve_gb, self.memory_gb, self.memory_utilization
-                ),
-            ));
+        non_negative("price_per_hour_usd", self.price_per_hour_usd)
+    }
+
+    /// Dense peak for matrix multiplies in `dtype`, TFLOPS per package; `None` if the chip
+    /// has no such tensor-core path.
+    pub fn peak_tflops(&self, dtype: Dtype) -> Option<f64> {
+        match dtype {
+            Dtype::Bf16 => Some(self.bf16_tflops),
+            Dtype::Fp8 => self.fp8_tflops,
+            Dtype::Int8 => self.int8_tops,
         }
-        at_least_one("max_batch", self.max_batch)
+    }
+
+    /// One die of a multi-die package, as the runtime sees it: every package figure
+    /// divided by `dies`. A measurement taken on one die (e.g. AccelMark's "910C one die")
+    /// is a `tp = 1` point of this chip.
+    pub fn one_die(&self) -> ChipSpec {
+        let d = f64::from(self.dies.max(1));
+        ChipSpec {
+            id: format!("{}-die", self.id),
+            name: format!("{} (one of {} dies)", self.name, self.dies),
+            vendor: self.vendor.clone(),
+            domestic: self.domestic,
+            family: self.family.clone(),
+            dies: 1,
+            bf16_tflops: self.bf16_tflops / d,
+            fp8_tflops: self.fp8_tflops.map(|v| v / d),
+            int8_tops: self.int8_tops.map(|v| v / d),
+            memory_gb: self.memory_gb / d,
+            bandwidth_tbps: self.bandwidth_tbps / d,
+            link_gbps: self.link_gbps / d,
+            watts: self.watts / d,
+            price_per_hour_usd: self.price_per_hour_usd / d,
+        }
     }
 }
 
@@ -257,6 +333,15 @@ impl ModelSpec {
             / f64::from(self.experts - self.experts_per_token);
         let shared = self.params_active_b - f64::from(self.experts_per_token) * per_expert;
         (per_expert, shared.max(0.0))
+    }
+
+    /// The format the weights are released in: 8-bit releases (DeepSeek-V3/R1) are FP8.
+    pub fn native_dtype(&self) -> Dtype {
+        if self.weight_bytes <= 1.0 {
+            Dtype::Fp8
+        } else {
+            Dtype::Bf16
+        }
     }
 
     pub fn weight_bytes_total(&self) -> f64 {

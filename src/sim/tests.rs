@@ -3,8 +3,7 @@
 
 use super::*;
 use crate::fleet::PoolConfig;
-use crate::profile::fixtures::{h20, llama3_8b};
-use crate::profile::PerfModel;
+use crate::profile::fixtures::{h20, llama3_8b, perf as fixture_perf};
 use crate::trace::{ArrivalProcess, SynthConfig, SyntheticTrace, TraceRecord};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ fn pool(name: &str, count: u32, speed: f64) -> PoolConfig {
     chip.id = name.into();
     chip.bf16_tflops *= speed;
     chip.bandwidth_tbps *= speed;
-    let perf = Arc::new(PerfModel::new(&chip, &llama3_8b(), 1).unwrap());
+    let perf = Arc::new(fixture_perf(&chip, &llama3_8b(), 1).unwrap());
     PoolConfig::new(name, perf, count)
 }
 

@@ -6,7 +6,7 @@ use crate::fleet::{
     check_pool_name, BackendId, BackendState, PoolConfig, MAX_FLEET_BACKENDS, MAX_POOL_BACKENDS,
 };
 use crate::metrics::PoolDescription;
-use crate::profile::PerfModel;
+use crate::profile::{Catalogue, PerfModel};
 use crate::serve::backend::{BackendHandle, Command};
 use crate::serve::config::ServeConfig;
 use crate::serve::error::ServeError;
@@ -110,7 +110,14 @@ impl Daemon {
             .catalogue
             .model(model_id)
             .ok_or_else(|| ServeError::invalid("model", format!("unknown model `{model_id}`")))?;
-        let perf = PerfModel::new(chip, model, req.tp.max(1))
+        // The proto names no engine or dtype: a pool added at run time runs the chip's
+        // default engine in the model's default dtype, as a fleet file that names neither.
+        let engine = self
+            .catalogue
+            .engine_for(&req.chip, None)
+            .map_err(|e| ServeError::invalid("chip", e))?;
+        let dtype = Catalogue::default_dtype(chip, model);
+        let perf = PerfModel::new(chip, &engine, model, req.tp.max(1), dtype)
             .map_err(|e| ServeError::invalid("tp", e.to_string()))?;
         let config = PoolConfig::new(req.pool.clone(), Arc::new(perf), req.backends);
         let _serial = self.admin.lock();
