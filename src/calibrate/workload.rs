@@ -226,7 +226,7 @@ mod tests {
     use crate::profile::fixtures::{h20, llama3_8b};
 
     fn perf() -> Arc<PerfModel> {
-        Arc::new(PerfModel::new(&h20(), &llama3_8b(), 1).unwrap())
+        Arc::new(crate::profile::fixtures::perf(&h20(), &llama3_8b(), 1).unwrap())
     }
 
     #[test]

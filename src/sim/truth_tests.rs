@@ -7,7 +7,6 @@ use crate::engine::{Engine, EngineConfig, EngineEvent, Granularity};
 use crate::fleet::{BackendId, LoadView, PoolConfig};
 use crate::policy::{Policy, RoundRobin};
 use crate::profile::fixtures::{h20, llama3_8b};
-use crate::profile::PerfModel;
 use crate::request::{Nanos, Request, Slo, NANOS_PER_MS};
 use crate::trace::TraceRecord;
 use parking_lot::Mutex;
@@ -31,7 +30,7 @@ impl Policy for Recorder {
 }
 
 fn pools() -> Vec<PoolConfig> {
-    let perf = Arc::new(PerfModel::new(&h20(), &llama3_8b(), 1).unwrap());
+    let perf = Arc::new(crate::profile::fixtures::perf(&h20(), &llama3_8b(), 1).unwrap());
     vec![PoolConfig::new("a", perf, 2)]
 }
 
