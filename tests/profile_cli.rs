@@ -302,3 +302,109 @@ decode_step_ms = [[40.0, 42.0], [44.0, 60.0]]
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `--engine` and `--dtype` pick the software half of the model; an overlay file (what
+/// `dujiang calibrate` writes) replaces an engine's coefficients for one chip family.
+#[test]
+fn engine_dtype_and_engine_overlays_change_the_model() {
+    let cat = Catalogue::embedded();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["profile", "--json", "--prompt", "512", "--batch", "4"];
+        all.extend_from_slice(args);
+        let out = dujiang(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let ms = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+
+    let old = json(&["--chip", "a100", "--model", "llama-3-8b"]);
+    let new = json(&[
+        "--chip",
+        "a100",
+        "--model",
+        "llama-3-8b",
+        "--engine",
+        "vllm-0.20",
+    ]);
+    assert_eq!(old["engine"], "vllm-0.7");
+    assert_eq!(new["engine"], "vllm-0.20");
+    let lib = cat
+        .perf("a100", Some("vllm-0.20"), "llama-3-8b", 1, None)
+        .unwrap();
+    assert_eq!(ms(&new, "prefill_ms"), lib.prefill_ns(512, 0) as f64 / 1e6);
+    assert!(ms(&new, "decode_step_ms") < ms(&old, "decode_step_ms"));
+
+    let fp8 = json(&["--chip", "h100", "--model", "llama-3-8b", "--dtype", "fp8"]);
+    assert_eq!(fp8["dtype"], "fp8");
+    let out = dujiang(&[
+        "profile",
+        "--chip",
+        "a100",
+        "--model",
+        "llama-3-8b",
+        "--dtype",
+        "fp8",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("a100 has no fp8"), "{}", stderr(&out));
+    let out = dujiang(&[
+        "profile",
+        "--chip",
+        "h20",
+        "--model",
+        "llama-3-8b",
+        "--engine",
+        "mindie",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not run on `h20`"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An overlay that only makes the decode step's host time 100 ms longer.
+    let dir = scratch("overlay");
+    let path = dir.join("fit.toml");
+    let mut engines = cat.engines.clone();
+    engines.engines.retain(|id, _| id == "vllm-0.20");
+    let e = engines.engines.get_mut("vllm-0.20").unwrap();
+    e.on.retain(|k, _| k == "ampere");
+    let c = e.on.get_mut("ampere").unwrap();
+    c.decode_step_overhead_us += 100_000.0;
+    engines.default_engine.clear();
+    std::fs::write(&path, toml::to_string(&engines).unwrap()).unwrap();
+    let fitted = json(&[
+        "--chip",
+        "a100",
+        "--model",
+        "llama-3-8b",
+        "--engine",
+        "vllm-0.20",
+        "--engines",
+        path.to_str().unwrap(),
+    ]);
+    let added = ms(&fitted, "decode_step_ms") - ms(&new, "decode_step_ms");
+    assert!((added - 100.0).abs() < 1e-3, "{added}");
+    assert_eq!(ms(&fitted, "prefill_ms"), ms(&new, "prefill_ms"));
+
+    std::fs::write(
+        &path,
+        "[engines.x]\nname = \"x\"\nsource = \"y\"\non = {}\n",
+    )
+    .unwrap();
+    let out = dujiang(&[
+        "profile",
+        "--chip",
+        "a100",
+        "--model",
+        "llama-3-8b",
+        "--engines",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}:", path.display())), "{err}");
+    assert!(err.contains("engines.x.on"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
