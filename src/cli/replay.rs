@@ -230,8 +230,8 @@ pub fn run(args: Args) -> Result<()> {
     if faults.is_some() {
         for (p, s) in report.policies.iter().zip(&summaries) {
             println!(
-                "faults [{}]: {} applied; {} requests re-routed, {} migrated mid-stream, {} lost",
-                p.policy, s.faults, s.rerouted, s.migrated, s.failed
+                "faults [{}]: {} applied; {} requests re-routed, {} migrated mid-stream, {} lost; {} stragglers ejected, {} re-admitted",
+                p.policy, s.faults, s.rerouted, s.migrated, s.failed, s.ejected, s.readmitted
             );
         }
     }

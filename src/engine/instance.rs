@@ -486,6 +486,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Engine steps completed so far (prefill, mixed and decode), for drivers that sample
+    /// step times in bulk.
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
     /// Output tokens request `id` has produced by `now` (not before the last `advance`),
     /// or `None` if the engine does not hold it. Exact inside a decode stretch too: the
     /// steps ended by `now` are applied first, as `abort` does, so a driver moving a

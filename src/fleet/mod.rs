@@ -15,6 +15,7 @@
 
 mod board;
 mod membership;
+pub mod outlier;
 mod plain;
 mod spec;
 mod stretch;

@@ -264,12 +264,8 @@ pub fn spawn_backend(
     handle
 }
 
-/// Probe requests take ids from the top half of the id space, which the daemon's counter
-/// never reaches.
-const PROBE_ID_BASE: RequestId = 1 << 63;
-/// A probe is short: enough decode steps to move the EWMA, little enough KV to matter.
-const PROBE_PROMPT_TOKENS: u32 = 32;
-const PROBE_MAX_TOKENS: u32 = 12;
+// Probes are the core's, the same ones replay sends.
+use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
 
 /// One request inside a driver.
 struct InFlight {

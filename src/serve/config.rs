@@ -101,14 +101,16 @@ pub struct ReliabilityConfig {
 
 impl Default for ReliabilityConfig {
     fn default() -> Self {
+        let outlier = crate::fleet::outlier::OutlierConfig::default();
         ReliabilityConfig {
             migration_retries: 2,
-            straggler_ratio: 2.0,
-            recover_ratio: 1.3,
-            ewma_alpha: 0.2,
-            min_samples: 16,
-            max_ejection_fraction: 0.5,
-            check_interval_ms: 100,
+            // The core's defaults, which replay's straggler check uses too.
+            straggler_ratio: outlier.straggler_ratio,
+            recover_ratio: outlier.recover_ratio,
+            ewma_alpha: crate::fleet::outlier::DEFAULT_EWMA_ALPHA,
+            min_samples: outlier.min_samples as u32,
+            max_ejection_fraction: outlier.max_ejection_fraction,
+            check_interval_ms: crate::fleet::outlier::DEFAULT_CHECK_INTERVAL_MS,
         }
     }
 }

@@ -24,7 +24,7 @@ pub mod error;
 mod http;
 mod inference;
 mod mailbox;
-pub mod outlier;
+pub use crate::fleet::outlier;
 pub mod proto;
 mod routing;
 

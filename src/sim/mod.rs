@@ -9,7 +9,7 @@ pub mod report;
 mod wake;
 
 pub use faults::{FaultAction, FaultEvent, FaultPlan, FaultTarget};
-pub use replay::{FaultSummary, Replay, ReplayConfig};
+pub use replay::{FaultSummary, Replay, ReplayConfig, StragglerConfig};
 pub use report::{PolicyReport, PoolReport, Report, Stats};
 
 #[cfg(test)]

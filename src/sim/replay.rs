@@ -19,6 +19,10 @@
 //! skipped when popped. Only requests in flight are held, so memory stays flat however
 //! long the trace.
 
+mod stragglers;
+
+pub use stragglers::StragglerConfig;
+
 use super::faults::{FaultAction, FaultPlan, FaultTarget};
 use super::report::{PolicyReport, PoolReport, SloReport, Tally, TimelineBucket};
 use super::wake::WakeQueue;
@@ -45,6 +49,8 @@ pub struct ReplayConfig {
     /// The model requests ask for (the fleet's `model`), whose context bounds them as the
     /// daemon's check does; `None`: the first pool's.
     pub model: Option<String>,
+    /// Straggler ejection as the daemon does it (`None`: off).
+    pub stragglers: Option<StragglerConfig>,
 }
 
 impl Default for ReplayConfig {
@@ -56,6 +62,7 @@ impl Default for ReplayConfig {
             max_timeline_buckets: 240,
             migration_retries: 2,
             model: None,
+            stragglers: Some(StragglerConfig::default()),
         }
     }
 }
@@ -82,6 +89,9 @@ pub struct FaultSummary {
     pub migrated: u64,
     /// Requests lost to failures (retry budget spent, or nowhere to go).
     pub failed: u64,
+    /// Backends the straggler check ejected, and re-admitted after probes.
+    pub ejected: u64,
+    pub readmitted: u64,
 }
 
 struct Timeline {
@@ -196,6 +206,7 @@ pub struct Replay {
     summary: FaultSummary,
     /// The model every request is checked against, and its context window.
     model: (String, u32),
+    stragglers: Option<stragglers::Stragglers>,
 }
 
 impl Replay {
@@ -268,6 +279,7 @@ impl Replay {
             next_fault: 0,
             summary: FaultSummary::default(),
             model,
+            stragglers: cfg.stragglers.map(|c| stragglers::Stragglers::new(c, n)),
             pools,
             cfg,
         })
@@ -330,6 +342,16 @@ impl Replay {
                 // Faults after the last event would only stretch the report.
                 break;
             }
+            // Straggler checks run strictly between other events.
+            let check_t = self.stragglers.as_ref().map(|s| s.next_check);
+            if check_t.is_some_and(|c| {
+                engine_t.is_none_or(|t| c < t)
+                    && arrival_t.is_none_or(|a| c < a)
+                    && fault_t.is_none_or(|f| c < f)
+            }) {
+                self.check_stragglers();
+                continue;
+            }
             // At equal times: engine steps, then faults, then arrivals.
             if fault_t
                 .is_some_and(|f| engine_t.is_none_or(|t| f < t) && arrival_t.is_none_or(|a| f <= a))
@@ -350,7 +372,11 @@ impl Replay {
                 }
             }
         }
-        let summary = self.summary.clone();
+        let mut summary = self.summary.clone();
+        if let Some(s) = &self.stragglers {
+            summary.ejected = s.ejected;
+            summary.readmitted = s.readmitted;
+        }
         Ok((self.finish(), summary))
     }
 
@@ -362,6 +388,8 @@ impl Replay {
         self.summary.faults += 1;
         for &b in &backends {
             self.step_backend(b, t);
+            // Steps so far ran at the old factor.
+            self.feed_step_ratio(b);
             let id = BackendId(b as u32);
             match action {
                 FaultAction::Slowdown(f) => self.clocks[b].set_factor(t, f),

@@ -111,3 +111,47 @@ fn requests_without_an_slo_carry_the_replays() {
         "policies judge by the SLO the report uses"
     );
 }
+
+#[test]
+fn a_slowed_backend_is_ejected_and_readmitted_once_it_recovers() {
+    let plan = "[[fault]]\nat_s = 10\nbackend = \"a-0\"\nkind = \"slowdown\"\nfactor = 4.0\n\n\
+                [[fault]]\nat_s = 30\nbackend = \"a-0\"\nkind = \"recover\"\n";
+    let trace: Vec<TraceRecord> = (0..600u64)
+        .map(|i| TraceRecord {
+            arrival_ns: i * 100 * NANOS_PER_MS,
+            prompt_tokens: 500,
+            output_tokens: 50,
+            ..TraceRecord::default()
+        })
+        .collect();
+    let run = |stragglers: Option<StragglerConfig>| {
+        let cfg = ReplayConfig {
+            stragglers,
+            ..ReplayConfig::default()
+        };
+        let policy = crate::policy::build("round-robin", &toml::Table::new(), 1).unwrap();
+        Replay::new(pools(), policy, cfg)
+            .unwrap()
+            .with_faults(&FaultPlan::parse(plan, "f.toml").unwrap())
+            .unwrap()
+            .run_with_faults(trace.iter().cloned().map(Ok::<_, Infallible>))
+            .unwrap()
+    };
+    let (with, s) = run(Some(StragglerConfig::default()));
+    // The recover fault puts it back in service with its slow history; it is ejected
+    // again at once and re-admitted once probes show the recovery, as in the daemon.
+    assert!(s.ejected >= 1 && s.readmitted >= 1, "{s:?}");
+    assert_eq!(with.stats.completed, 600);
+    let (without, s) = run(None);
+    assert_eq!((s.ejected, s.readmitted), (0, 0));
+    eprintln!(
+        "E2E p99 with straggler ejection {} ms, without {} ms",
+        with.stats.e2e_ms.p99, without.stats.e2e_ms.p99
+    );
+    assert!(
+        with.stats.e2e_ms.p99 < without.stats.e2e_ms.p99,
+        "ejecting the slowed backend helps: {} vs {} ms",
+        with.stats.e2e_ms.p99,
+        without.stats.e2e_ms.p99
+    );
+}

@@ -3,7 +3,8 @@
 //!
 //! Each backend driver keeps an EWMA of observed over predicted step time ([`StepRatio`]).
 //! The daemon periodically feeds every backend's ratio into [`OutlierDetector::evaluate`],
-//! which decides. Comparing against the model rather than against the pool's other
+//! which decides; replay runs the same detector with the same defaults in virtual time,
+//! so a slowed backend is ejected there as it is in the daemon. Comparing against the model rather than against the pool's other
 //! backends means a whole pool being slow is still seen, and the ejection bound (never more
 //! than a fraction of a pool) keeps a mis-calibrated model from emptying the fleet, as
 //! Envoy's `max_ejection_percent` does. An ejected backend gets no traffic and so no
@@ -48,6 +49,18 @@ impl StepRatio {
         self.samples += 1;
     }
 
+    /// Adds `n` steps that all ran `ratio` times their modelled time, as `n` calls of
+    /// [`Self::record`] would (replay knows a backend's steps only in bulk).
+    pub fn record_steps(&mut self, ratio: f64, n: u64) {
+        if n == 0 || !ratio.is_finite() {
+            return;
+        }
+        let prior = if self.samples == 0 { ratio } else { self.value };
+        let keep = (1.0 - self.alpha).powi(n.min(i32::MAX as u64) as i32);
+        self.value = ratio + (prior - ratio) * keep;
+        self.samples = self.samples.saturating_add(n);
+    }
+
     pub fn value(&self) -> f64 {
         self.value
     }
@@ -56,6 +69,20 @@ impl StepRatio {
         self.samples
     }
 }
+
+/// Probe requests take ids from the top half of the id space, which no driver's request
+/// counter reaches.
+pub const PROBE_ID_BASE: crate::request::RequestId = 1 << 63;
+/// A probe is short: enough decode steps to move the EWMA, little enough KV to matter.
+pub const PROBE_PROMPT_TOKENS: u32 = 32;
+pub const PROBE_MAX_TOKENS: u32 = 12;
+
+/// EWMA weight of the newest step in [`StepRatio`], the default for both drivers.
+pub const DEFAULT_EWMA_ALPHA: f64 = 0.2;
+
+/// How often the detector runs by default, in the daemon's wall milliseconds (simulated
+/// milliseconds at time scale 1, replay's).
+pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 100;
 
 /// The detector's thresholds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -66,6 +93,22 @@ pub struct OutlierConfig {
     pub max_ejection_fraction: f64,
     /// Least time between two probes of one ejected backend.
     pub probe_interval_ns: Nanos,
+}
+
+impl Default for OutlierConfig {
+    /// The defaults both drivers use: eject at twice the modelled step time (a backend
+    /// that slow serves at half speed), re-admit under 1.3×, judge after 16 steps, never
+    /// more than half a pool, probe every two default check intervals. Engineering choices
+    /// (estimate), not measurements.
+    fn default() -> Self {
+        OutlierConfig {
+            straggler_ratio: 2.0,
+            recover_ratio: 1.3,
+            min_samples: 16,
+            max_ejection_fraction: 0.5,
+            probe_interval_ns: 2 * DEFAULT_CHECK_INTERVAL_MS * crate::request::NANOS_PER_MS,
+        }
+    }
 }
 
 /// One backend as the detector sees it on one evaluation.
@@ -218,6 +261,19 @@ mod tests {
         assert_eq!(n, 9);
         r.record(5, 0);
         assert_eq!(r.samples(), 29, "zero-length predictions are ignored");
+    }
+
+    #[test]
+    fn steps_in_bulk_match_steps_one_by_one() {
+        let (mut one, mut bulk) = (StepRatio::new(0.2), StepRatio::new(0.2));
+        for (ratio, n) in [(3.0, 7u64), (1.0, 5), (2.5, 1)] {
+            for _ in 0..n {
+                one.record((ratio * 1000.0) as u64, 1000);
+            }
+            bulk.record_steps(ratio, n);
+            assert!((one.value() - bulk.value()).abs() < 1e-9);
+            assert_eq!(one.samples(), bulk.samples());
+        }
     }
 
     #[test]
