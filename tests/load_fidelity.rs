@@ -16,6 +16,7 @@
 //! long here) by far more than this, which is what the test is for.
 
 mod load_support;
+mod serve_support;
 
 use dujiang::fleet::FleetSpec;
 use dujiang::loadgen::{self, LoadConfig};
@@ -55,6 +56,15 @@ fn replay(policy: &str, records: &[TraceRecord]) -> PolicyReport {
 }
 
 async fn daemon(policy: &str, records: &[TraceRecord], time_scale: f64) -> PolicyReport {
+    daemon_and_metrics(policy, records, time_scale).await.0
+}
+
+/// [`daemon`], also returning the daemon's `/metrics` scrape taken after the run.
+async fn daemon_and_metrics(
+    policy: &str,
+    records: &[TraceRecord],
+    time_scale: f64,
+) -> (PolicyReport, String) {
     // The daemon gets its own runtime and threads, as in its own process, so the load
     // generator's sends never queue behind the daemon's tasks on shared workers.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -87,6 +97,8 @@ async fn daemon(policy: &str, records: &[TraceRecord], time_scale: f64) -> Polic
     let report = loadgen::run(cfg, load_support::ok_records(records.to_vec()))
         .await
         .unwrap();
+    let (code, metrics) = serve_support::http_get(d.http_addr, "/metrics").await;
+    assert_eq!(code, 200);
     d.shutdown();
     rt.spawn(d.wait()).await.unwrap().unwrap();
     rt.shutdown_background();
@@ -104,13 +116,16 @@ async fn daemon(policy: &str, records: &[TraceRecord], time_scale: f64) -> Polic
         load.late_sent * 50 <= load.scheduled,
         "the client fell behind: {load:?}"
     );
-    report.report.policies.into_iter().next().unwrap()
+    (report.report.policies.into_iter().next().unwrap(), metrics)
 }
 
 fn check(policy: &str, time_scale: f64, replay: &PolicyReport, load: &PolicyReport, what: &str) {
     assert_eq!(load.policy, policy);
     let n = replay.stats.requests;
-    assert_eq!((load.stats.requests, load.stats.completed), (n, n));
+    assert_eq!(
+        (load.stats.requests, load.stats.completed),
+        (n, replay.stats.completed)
+    );
     let mut failures = Vec::new();
     for (name, r, l) in [
         ("TTFT p50", replay.stats.ttft_ms.p50, load.stats.ttft_ms.p50),
@@ -158,6 +173,54 @@ async fn daemon_and_replay_agree_on_latency_percentiles() {
     let r = replay("least-work", &records);
     let l = daemon("least-work", &records, scale).await;
     check("least-work", scale, &r, &l, "daemon");
+}
+
+/// Requests near the model's context (the demo fleet's llama-3-8b: 8,192 tokens): the
+/// daemon must refuse exactly what replay refuses, for the same reasons, and serve the
+/// rest alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_and_replay_refuse_the_same_long_prompts() {
+    let scale = 5.0;
+    let prompts = [6000u32, 8000, 8150, 8191, 8192, 9000, 7900, 4000];
+    let outputs = [40u32, 150, 30, 1, 20, 10, 300, 60];
+    let records: Vec<TraceRecord> = (0..150u64)
+        .map(|i| TraceRecord {
+            arrival_ns: i * 200_000_000,
+            prompt_tokens: prompts[i as usize % prompts.len()],
+            output_tokens: outputs[(i as usize / prompts.len() + i as usize) % outputs.len()],
+            ..TraceRecord::default()
+        })
+        .collect();
+    let r = replay("round-robin", &records);
+    assert!(
+        r.stats.rejected > 10 && r.stats.completed > 10,
+        "{:?}",
+        r.stats
+    );
+    let (l, metrics) = daemon_and_metrics("round-robin", &records, scale).await;
+    let shed = |reason: &str| -> u64 {
+        let key = format!("dujiang_requests_shed_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&key)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    for reason in dujiang::request::Invalid::ALL {
+        let want = r
+            .stats
+            .rejected_by_reason
+            .get(reason.as_str())
+            .copied()
+            .unwrap_or(0);
+        eprintln!(
+            "{}: replay {want}, daemon {}",
+            reason.as_str(),
+            shed(reason.as_str())
+        );
+        assert_eq!(shed(reason.as_str()), want, "{reason:?}");
+    }
+    assert_eq!(l.stats.rejected, r.stats.rejected, "{:?}", l.stats);
+    check("round-robin", scale, &r, &l, "daemon");
 }
 
 /// `records` with every arrival moved later by up to `spread_ns`, and one in 50 by up to

@@ -392,7 +392,10 @@ impl Replay {
             self.feed_step_ratio(b);
             let id = BackendId(b as u32);
             match action {
-                FaultAction::Slowdown(f) => self.clocks[b].set_factor(t, f),
+                FaultAction::Slowdown(f) => {
+                    self.clocks[b].set_factor(t, f);
+                    self.wake_stragglers(t);
+                }
                 FaultAction::Recover => {
                     self.clocks[b].set_factor(t, 1.0);
                     let _ = self.view.set_state(id, BackendState::Serving);

@@ -43,6 +43,7 @@ pub(super) struct Stragglers {
     pub(super) next_check: Nanos,
     interval_ns: Nanos,
     next_probe: RequestId,
+    straggler_ratio: f64,
     pub(super) ejected: u64,
     pub(super) readmitted: u64,
 }
@@ -56,6 +57,7 @@ impl Stragglers {
             next_check: cfg.interval_ns.max(1),
             interval_ns: cfg.interval_ns.max(1),
             next_probe: PROBE_ID_BASE,
+            straggler_ratio: cfg.detector.straggler_ratio,
             ejected: 0,
             readmitted: 0,
         }
@@ -63,6 +65,17 @@ impl Stragglers {
 }
 
 impl Replay {
+    /// Schedules the next check after fleet time `t` (on the interval grid), for when a
+    /// slowdown starts while checks sleep.
+    pub(super) fn wake_stragglers(&mut self, t: Nanos) {
+        if let Some(s) = self.stragglers.as_mut() {
+            let next = (t / s.interval_ns)
+                .saturating_add(1)
+                .saturating_mul(s.interval_ns);
+            s.next_check = s.next_check.min(next);
+        }
+    }
+
     /// Feeds backend `b`'s steps since the last feed at its current slowdown. Called
     /// before every check and before the factor changes.
     pub(super) fn feed_step_ratio(&mut self, b: usize) {
@@ -110,6 +123,15 @@ impl Replay {
             });
         }
         let actions = s.det.evaluate(&samples, t);
+        // Nothing slowed, nothing ejected and every ratio under the threshold: more steps
+        // at factor 1 only pull ratios toward 1, so no check can act until a slowdown
+        // starts (which wakes them). Steps are fed in bulk then, to the same result.
+        let quiet = actions.is_empty()
+            && samples.iter().all(|x| x.ratio < s.straggler_ratio)
+            && (0..n).all(|b| !s.det.is_ejected(b as u32) && self.clocks[b].factor() == 1.0);
+        if quiet {
+            s.next_check = Nanos::MAX;
+        }
         for action in actions {
             match action {
                 OutlierAction::Eject(id) => {
