@@ -141,17 +141,22 @@ fn a_slowed_backend_is_ejected_and_readmitted_once_it_recovers() {
     // The recover fault puts it back in service with its slow history; it is ejected
     // again at once and re-admitted once probes show the recovery, as in the daemon.
     assert!(s.ejected >= 1 && s.readmitted >= 1, "{s:?}");
-    assert_eq!(with.stats.completed, 600);
+    assert_eq!(with.stats.completed + with.stats.rejected, 600);
     let (without, s) = run(None);
     assert_eq!((s.ejected, s.readmitted), (0, 0));
     eprintln!(
-        "E2E p99 with straggler ejection {} ms, without {} ms",
-        with.stats.e2e_ms.p99, without.stats.e2e_ms.p99
-    );
-    assert!(
-        with.stats.e2e_ms.p99 < without.stats.e2e_ms.p99,
-        "ejecting the slowed backend helps: {} vs {} ms",
+        "E2E p99 with straggler ejection {} ms ({} shed), without {} ms ({} shed)",
         with.stats.e2e_ms.p99,
-        without.stats.e2e_ms.p99
+        with.stats.rejected,
+        without.stats.e2e_ms.p99,
+        without.stats.rejected
+    );
+    // Shedding by prediction keeps latency in bounds either way; ejection shows as
+    // fewer requests shed for a backend that can no longer keep up.
+    assert!(
+        with.stats.completed > without.stats.completed,
+        "ejecting the slowed backend serves more: {} vs {}",
+        with.stats.completed,
+        without.stats.completed
     );
 }
