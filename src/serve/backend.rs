@@ -24,7 +24,7 @@ use super::clock::{BackendClock, SimClock};
 use super::mailbox::Outbox;
 use super::outlier::StepRatio;
 use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
-use crate::fleet::{AtomicLoadBoard, BackendId, Claim, LoadSlot, PoolConfig};
+use crate::fleet::{AtomicLoadBoard, BackendId, BackendState, Claim, LoadSlot, PoolConfig};
 use crate::metrics::{
     BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms, PoolMetrics,
 };
@@ -95,15 +95,15 @@ pub enum Command {
         policy: Arc<str>,
     },
     /// The handler gave up on the request (client gone, deadline).
-    Abort {
-        id: RequestId,
-    },
+    Abort { id: RequestId },
     /// Runs a small synthetic request so an ejected straggler produces step samples.
     Probe,
-    /// Fault: end every request with `Failed` and refuse work until cleared.
+    /// Fault: every request leaves (`Displaced`). Sent after the membership marks the
+    /// backend failed, which is what makes it refuse work until it serves again.
     Fail,
     /// Fault: multiply step times by this factor from now on.
     Slowdown(f64),
+    /// Ends a slowdown (the membership says whether the backend serves).
     ClearFault,
     /// Ends everything it holds with `outcome` and exits (shutdown grace ran out).
     Retire(Outcome),
@@ -256,7 +256,6 @@ pub fn spawn_backend(
         events: Vec::new(),
         touched: Vec::new(),
         gaps: Vec::new(),
-        failed: false,
         retiring: false,
         rx,
     };
@@ -314,7 +313,6 @@ struct Driver {
     events: Vec<EngineEvent>,
     touched: Vec<RequestId>,
     gaps: Vec<u64>,
-    failed: bool,
     retiring: bool,
     rx: UnboundedReceiver<Command>,
 }
@@ -505,6 +503,19 @@ impl Driver {
         }
     }
 
+    /// This backend's state as the fleet's membership records it (`None` once removed).
+    /// The router reads the same record, so it is the one truth about whether a backend
+    /// takes work: one an operator resumes serves again at once, and one that failed, was
+    /// drained or ejected after a request was routed to it refuses that request, which
+    /// its handler then routes elsewhere.
+    fn state(&self) -> Option<BackendState> {
+        self.ctx
+            .board
+            .membership()
+            .backend(self.handle.id)
+            .map(|e| e.state)
+    }
+
     /// Returns the outcome to end everything with when the driver must exit.
     fn handle_command(&mut self, cmd: Command, now_fleet: Nanos) -> Option<Outcome> {
         let now = self.clock.local(now_fleet);
@@ -517,7 +528,7 @@ impl Driver {
                 policy,
             } => {
                 self.claims.push(claim);
-                if self.failed || self.retiring {
+                if self.retiring || self.state() != Some(BackendState::Serving) {
                     let _ = deliver.send(Delivery::Refused(Refusal::Unavailable));
                     return None;
                 }
@@ -563,7 +574,9 @@ impl Driver {
                 }
             }
             Command::Probe => {
-                if !self.failed && !self.retiring {
+                // Probes go to ejected (draining) backends; not to failed ones.
+                let failed = matches!(self.state(), Some(BackendState::Failed) | None);
+                if !failed && !self.retiring {
                     let id = self.next_probe;
                     self.next_probe += 1;
                     let probe = Request {
@@ -579,15 +592,10 @@ impl Driver {
                     }
                 }
             }
-            Command::Fail => {
-                self.failed = true;
-                self.displace_all(now_fleet);
-            }
+            // The membership already says Failed, so new work is refused from here on.
+            Command::Fail => self.displace_all(now_fleet),
             Command::Slowdown(f) => self.clock.set_factor(now_fleet, f),
-            Command::ClearFault => {
-                self.failed = false;
-                self.clock.set_factor(now_fleet, 1.0);
-            }
+            Command::ClearFault => self.clock.set_factor(now_fleet, 1.0),
             Command::Retire(outcome) => return Some(outcome),
             Command::RetireWhenIdle => self.retiring = true,
         }

@@ -15,8 +15,16 @@ use crate::serve::routing::ActivePolicy;
 use std::sync::Arc;
 
 impl Daemon {
+    /// Switches the routing policy; returns the previous and the new name. Naming the
+    /// policy in force keeps it as it is, state and all (a `domestic-share` window, a
+    /// round-robin turn); a switch to the fleet file's policy gets the fleet's parameters.
     pub fn set_policy(&self, name: &str) -> Result<(Arc<str>, Arc<str>), ServeError> {
-        let policy = ActivePolicy::by_name(name, &toml::Table::new())
+        let _serial = self.admin.lock();
+        let current = self.policy.load_full();
+        if *current.name == *name {
+            return Ok((current.name.clone(), current.name.clone()));
+        }
+        let policy = ActivePolicy::by_name(name, &super::policy_params(&self.fleet_policy, name))
             .map_err(|e| ServeError::invalid("policy", e.to_string()))?;
         let new = policy.name.clone();
         self.metrics.policy_in_force(&new);
@@ -173,6 +181,7 @@ impl Daemon {
     }
 
     /// Re-reads the config file: policy and admission limits take effect at once.
+    /// A policy that did not change keeps running as it is (see [`Daemon::set_policy`]).
     pub fn reload_config(&self) -> Result<Arc<str>, ServeError> {
         let Some(path) = &self.config_path else {
             return Err(ServeError::FailedPrecondition(

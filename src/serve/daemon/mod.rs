@@ -45,6 +45,9 @@ pub struct Daemon {
     /// Driver handles indexed by backend id (`None` once removed).
     backends: ArcSwap<Vec<Option<Arc<BackendHandle>>>>,
     policy: ArcSwap<ActivePolicy>,
+    /// The fleet file's policy and parameters: a switch to that policy, at start, by
+    /// `SetPolicy` or by reload, gets these parameters, any other policy its defaults.
+    fleet_policy: crate::fleet::PolicySpec,
     catalogue: Catalogue,
     pub fleet_name: String,
     default_model: String,
@@ -58,6 +61,16 @@ pub struct Daemon {
     config_path: Option<PathBuf>,
     /// Serialises admin changes to the fleet (rare; never on the request path).
     admin: parking_lot::Mutex<()>,
+}
+
+/// The parameters policy `name` runs with: the fleet file's when the fleet names that
+/// policy (they belong to it alone), else none, so the policy's defaults.
+fn policy_params(fleet: &crate::fleet::PolicySpec, name: &str) -> toml::Table {
+    if fleet.name == name {
+        fleet.params.clone()
+    } else {
+        toml::Table::new()
+    }
 }
 
 /// A fleet given directly instead of by file, for chips the catalogue does not list
@@ -136,13 +149,8 @@ impl Daemon {
         } else {
             config.policy.clone()
         };
-        // The fleet's policy parameters belong to the fleet's policy only.
-        let params = if policy_name == spec.policy.name {
-            spec.policy.params.clone()
-        } else {
-            toml::Table::new()
-        };
-        let policy = ActivePolicy::by_name(&policy_name, &params)?;
+        let policy =
+            ActivePolicy::by_name(&policy_name, &policy_params(&spec.policy, &policy_name))?;
         let metrics = Arc::new(Metrics::new());
         let rel = config.reliability;
         let ctx = Arc::new(DriverContext {
@@ -167,6 +175,7 @@ impl Daemon {
             ctx,
             backends: ArcSwap::default(),
             policy: ArcSwap::from_pointee(policy),
+            fleet_policy: spec.policy.clone(),
             catalogue,
             fleet_name: spec.name.clone(),
             default_model: spec.model.clone(),

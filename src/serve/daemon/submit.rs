@@ -87,60 +87,94 @@ impl Daemon {
                 return Err(self.rejection(reason, &request, &placement));
             }
         };
-        let backend = placement.handle;
-        self.policy
-            .load()
-            .on_routed(&request, backend.id, &self.board.view(), request.arrival);
-        let policy = placement.policy;
-        let (tx, mut deliveries) = mailbox();
-        if !backend.send(Command::Admit {
-            req: request.clone(),
-            claim: Claim::of(&request),
-            deliver: tx,
-            resume: None,
-            policy,
-        }) {
-            self.board.release(backend.id, Claim::of(&request));
-            permit.finish(admission::Outcome::Failed);
-            return Err(ServeError::Unavailable(format!(
-                "backend {} has stopped",
-                backend.name
-            )));
-        }
-        let refused = match deliveries.recv().await {
-            Some(Delivery::Admitted) => {
-                self.metrics.accepted();
-                // The request id is optional on the wire: one the client left empty is
-                // generated here, so every Started names its request.
-                let client_id = if v.client_id.is_empty() {
-                    format!("dj-{}", request.id)
-                } else {
-                    v.client_id
+        let mut placement = placement;
+        // A backend may stop serving between the routing decision and its driver taking
+        // the request (failed, drained, ejected, removed): the driver refuses it, and it
+        // is routed again among the backends still serving, as often as a decision may
+        // be retried. The client sees UNAVAILABLE only if no backend takes it.
+        for attempt in 1.. {
+            let backend = placement.handle;
+            self.policy
+                .load()
+                .on_routed(&request, backend.id, &self.board.view(), request.arrival);
+            let (tx, mut deliveries) = mailbox();
+            let answer = if backend.send(Command::Admit {
+                req: request.clone(),
+                claim: Claim::of(&request),
+                deliver: tx,
+                resume: None,
+                policy: placement.policy,
+            }) {
+                // The backend may now hold the request. Should this future be dropped
+                // before its answer (the client went away), the guard tells the backend
+                // to drop it too, so it does not run, holding KV, for nobody.
+                let guard = AbortOnDrop {
+                    backend: &backend,
+                    id: request.id,
                 };
-                return Ok(Accepted {
-                    client_id,
-                    backend,
-                    deliveries,
-                    deadline,
-                    received,
-                    request,
-                    model: v.model,
-                    permit,
-                });
-            }
-            Some(Delivery::Refused(Refusal::Engine(AdmitError::TooLarge { needed, capacity }))) => {
-                ServeError::invalid(
+                let answer = deliveries.recv().await;
+                std::mem::forget(guard);
+                answer
+            } else {
+                // The driver has exited (its pool was removed).
+                self.board.release(backend.id, Claim::of(&request));
+                None
+            };
+            let refused = match answer {
+                Some(Delivery::Admitted) => {
+                    self.metrics.accepted();
+                    // The request id is optional on the wire: one the client left empty
+                    // is generated here, so every Started names its request.
+                    let client_id = if v.client_id.is_empty() {
+                        format!("dj-{}", request.id)
+                    } else {
+                        v.client_id
+                    };
+                    return Ok(Accepted {
+                        client_id,
+                        backend,
+                        deliveries,
+                        deadline,
+                        received,
+                        request,
+                        model: v.model,
+                        permit,
+                    });
+                }
+                Some(Delivery::Refused(Refusal::Engine(AdmitError::TooLarge {
+                    needed,
+                    capacity,
+                }))) => ServeError::invalid(
                     "prompt_tokens",
-                    format!("prompt plus max_tokens need {needed} tokens of KV cache; a {} backend holds {capacity}", backend.chip),
-                )
-            }
-            Some(Delivery::Refused(Refusal::Engine(e))) => ServeError::invalid("max_tokens", e.to_string()),
-            _ => ServeError::Unavailable(format!("backend {} is not taking work", backend.name)),
-        };
-        // Never counted as accepted by the daemon's metrics; the admission controller
-        // sees its slot given back as a failure.
-        permit.finish(admission::Outcome::Failed);
-        Err(refused)
+                    format!(
+                        "prompt plus max_tokens need {needed} tokens of KV cache; a {} backend holds {capacity}",
+                        backend.chip
+                    ),
+                ),
+                Some(Delivery::Refused(Refusal::Engine(e))) => {
+                    ServeError::invalid("max_tokens", e.to_string())
+                }
+                _ if attempt < ROUTE_ATTEMPTS => {
+                    tracing::debug!(backend = %backend.name, attempt, "backend stopped serving after routing; routing again");
+                    match self.place(&request, &v.model) {
+                        Ok(p) => {
+                            placement = p;
+                            continue;
+                        }
+                        Err(e) => e,
+                    }
+                }
+                _ => ServeError::Unavailable(format!(
+                    "backend {} is not taking work",
+                    backend.name
+                )),
+            };
+            // Never counted as accepted by the daemon's metrics; the admission controller
+            // sees its slot given back as a failure.
+            permit.finish(admission::Outcome::Failed);
+            return Err(refused);
+        }
+        unreachable!("every attempt returns or continues")
     }
 
     /// Moves an accepted request whose backend failed: routed by the policy like a new
@@ -272,6 +306,19 @@ impl Daemon {
     /// Admission counters (accepted, rejected by reason, outstanding).
     pub fn admission_stats(&self) -> admission::AdmissionStats {
         self.admission.load().stats()
+    }
+}
+
+/// Tells a backend to drop a request handed to it, unless forgotten first: the
+/// hand-over's guard against its future being dropped while it waits for the answer.
+struct AbortOnDrop<'a> {
+    backend: &'a BackendHandle,
+    id: crate::request::RequestId,
+}
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        self.backend.send(Command::Abort { id: self.id });
     }
 }
 
