@@ -415,3 +415,28 @@ fn chinese_text_is_counted_by_character_against_the_context() {
         "English of the same length fits"
     );
 }
+
+/// Admin `InjectSlowdown` takes only factors ≥ 1 (a slowdown never speeds a backend up; 1e-12
+/// overflowed its clock), over real gRPC on the admin port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_slowdown_below_one_is_refused() {
+    let d = start(config()).await;
+    let mut a = admin(d.admin_addr).await;
+    let slow = |factor: f64| proto::InjectFaultRequest {
+        backend: "h20-0".into(),
+        fault: Some(proto::inject_fault_request::Fault::Slowdown(factor)),
+    };
+    for bad in [1e-12, 0.5, 0.0, -3.0, f64::INFINITY, 1e7] {
+        let e = a.inject_fault(slow(bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {e:?}");
+        assert!(
+            e.message().contains("slowdown factor from 1"),
+            "{bad}: {}",
+            e.message()
+        );
+    }
+    let ok = a.inject_fault(slow(2.0)).await.unwrap().into_inner();
+    assert_eq!(ok.slowdown, 2.0);
+    d.shutdown();
+    d.wait().await.unwrap();
+}

@@ -21,7 +21,7 @@
 //! max_batched_tokens = 8192
 //! ```
 
-use super::membership::{PoolConfig, MAX_POOLS};
+use super::membership::{PoolConfig, MAX_FLEET_BACKENDS, MAX_POOLS, MAX_POOL_BACKENDS};
 use crate::config::{locate_key, parse_toml, ConfigError};
 use crate::profile::{Catalogue, Dtype, PerfModel, ProfileError};
 use serde::Deserialize;
@@ -128,6 +128,15 @@ impl SpendSplit {
     }
 }
 
+/// Upper bounds of a pool's engine settings. They drive allocations (a running set, a KV
+/// block table, a step's token budget) and products in the performance model, so a typo
+/// like `max_num_seqs = 1000000000` is refused at load instead of exhausting memory. Each is
+/// far above what serving engines use (vLLM's defaults: 256 sequences, 16-token blocks).
+pub const MAX_NUM_SEQS: u32 = 16_384;
+pub const MAX_BLOCK_SIZE: u32 = 1_024;
+pub const MAX_BATCHED_TOKENS: u32 = 1 << 20;
+pub const MAX_TP: u32 = 64;
+
 impl FleetSpec {
     /// Parses a fleet file; `file` names it in errors.
     pub fn parse(src: &str, file: &str) -> Result<FleetSpec, ConfigError> {
@@ -178,10 +187,37 @@ impl FleetSpec {
                 ("max_batched_tokens", pool.max_batched_tokens),
                 ("block_size", pool.block_size),
             ] {
-                if value == Some(0) {
-                    return Err(spec.error(&format!("pools.{name}.{field}"), "must be at least 1"));
+                let max = match field {
+                    "count" => MAX_POOL_BACKENDS,
+                    "tp" => MAX_TP,
+                    "max_num_seqs" => MAX_NUM_SEQS,
+                    "max_batched_tokens" => MAX_BATCHED_TOKENS,
+                    _ => MAX_BLOCK_SIZE,
+                };
+                match value {
+                    Some(0) => {
+                        return Err(
+                            spec.error(&format!("pools.{name}.{field}"), "must be at least 1")
+                        )
+                    }
+                    Some(v) if v > max => {
+                        return Err(spec.error(
+                            &format!("pools.{name}.{field}"),
+                            format!("{v} is above the limit of {max}"),
+                        ))
+                    }
+                    _ => {}
                 }
             }
+        }
+        // u64: 64 pools of u32 counts cannot overflow it.
+        let total: u64 = spec.pools.iter().map(|(_, p)| u64::from(p.count)).sum();
+        if total > u64::from(MAX_FLEET_BACKENDS) {
+            let (last, _) = spec.pools.last().expect("at least one pool");
+            return Err(spec.error(
+                &format!("pools.{last}.count"),
+                format!("{total} backends in the fleet; at most {MAX_FLEET_BACKENDS}"),
+            ));
         }
         Ok(spec)
     }
@@ -418,5 +454,33 @@ max_num_seqs = 32
             (0.35..=0.45).contains(&h20_spend),
             "H20 spend share {h20_spend:.3}"
         );
+    }
+
+    #[test]
+    fn engine_settings_and_counts_are_bounded_with_file_and_line() {
+        let with = |key: &str, value: &str| {
+            let src = SMALL.replace("count = 2", &format!("count = 2\n{key} = {value}"));
+            FleetSpec::parse(&src, "t.toml")
+        };
+        for (key, limit) in [
+            ("max_num_seqs", MAX_NUM_SEQS),
+            ("block_size", MAX_BLOCK_SIZE),
+            ("max_batched_tokens", MAX_BATCHED_TOKENS),
+            ("tp", MAX_TP),
+        ] {
+            assert!(with(key, &limit.to_string()).is_ok(), "{key} = {limit}");
+            let err = with(key, &(u64::from(limit) + 1).to_string()).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(&*format!("pools.zeta.{key}")));
+            assert_eq!(err.line, Some(7), "{err}");
+            assert!(err.to_string().starts_with("t.toml:7:"), "{err}");
+            assert!(err.to_string().contains("above the limit"), "{err}");
+        }
+        let err =
+            FleetSpec::parse(&SMALL.replace("count = 2", "count = 4097"), "t.toml").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("pools.zeta.count"));
+        assert_eq!(err.line, Some(6), "{err}");
+        // Beyond u32 is a type error from the TOML reader, also placed.
+        let err = with("max_num_seqs", "99999999999").unwrap_err();
+        assert!(err.to_string().starts_with("t.toml:7"), "{err}");
     }
 }

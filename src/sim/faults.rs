@@ -71,6 +71,23 @@ struct FaultSpec {
     factor: Option<f64>,
 }
 
+/// The largest slowdown a fault file or the Admin `InjectSlowdown` call accepts: a backend a
+/// million times slower is as good as failed, and the stretch clock's products stay small.
+pub const MAX_SLOWDOWN: f64 = 1e6;
+
+/// Checks a slowdown factor: finite, at least 1 (a slowdown never speeds a backend up; a
+/// factor like 1e-12 used to shrink step times to nothing and overflow the backend clock)
+/// and at most [`MAX_SLOWDOWN`]. Shared by fault files and the daemon's Admin call.
+pub fn check_slowdown_factor(factor: f64) -> Result<f64, String> {
+    if factor.is_finite() && (1.0..=MAX_SLOWDOWN).contains(&factor) {
+        Ok(factor)
+    } else {
+        Err(format!(
+            "must be a slowdown factor from 1 to {MAX_SLOWDOWN:.0} (1 = normal speed), got {factor}"
+        ))
+    }
+}
+
 /// The line of the `n`-th (0-based) `[[fault]]` header, to place an error.
 fn fault_line(src: &str, n: usize) -> Option<usize> {
     src.lines()
@@ -105,12 +122,10 @@ impl FaultPlan {
             let action = match (f.kind.as_str(), f.factor) {
                 ("fail", None) => FaultAction::Fail,
                 ("recover", None) => FaultAction::Recover,
-                ("slowdown", Some(x)) if x.is_finite() && x > 0.0 && x <= 1e6 => {
-                    FaultAction::Slowdown(x)
-                }
-                ("slowdown", Some(x)) => {
-                    return Err(err("factor", format!("must be a positive factor, got {x}")))
-                }
+                ("slowdown", Some(x)) => match check_slowdown_factor(x) {
+                    Ok(x) => FaultAction::Slowdown(x),
+                    Err(message) => return Err(err("factor", message)),
+                },
                 ("slowdown", None) => {
                     return Err(err("factor", "a slowdown needs a `factor`".into()))
                 }
@@ -215,6 +230,26 @@ kind = "recover"
         .unwrap_err()
         .to_string();
         assert!(e.contains("fault[0].factor"), "{e}");
+        // Below 1 a "slowdown" would speed the backend up; 1e-12 overflowed its clock.
+        for bad in ["1e-12", "0.5", "0", "inf", "2e6"] {
+            let src = format!(
+                "[[fault]]\nat_s = 1\npool = \"a\"\nkind = \"fail\"\n\n\
+                 [[fault]]\nat_s = 2\npool = \"a\"\nkind = \"slowdown\"\nfactor = {bad}\n"
+            );
+            let e = FaultPlan::parse(&src, "f.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with(
+                    "f.toml:6: field `fault[1].factor`: must be a slowdown factor from 1"
+                ),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["1", "1.0", "3.5", "1e6"] {
+            let src = format!(
+                "[[fault]]\nat_s = 1\npool = \"a\"\nkind = \"slowdown\"\nfactor = {good}\n"
+            );
+            assert!(FaultPlan::parse(&src, "f.toml").is_ok(), "{good}");
+        }
         let e = FaultPlan::parse(
             "[[fault]]\nat_s = 1\npool = \"a\"\nkind = \"fail\"\nwhen = 3\n",
             "f.toml",

@@ -58,12 +58,8 @@ impl Daemon {
         name: &str,
         factor: f64,
     ) -> Result<Arc<BackendHandle>, ServeError> {
-        if !(factor.is_finite() && factor > 0.0) {
-            return Err(ServeError::invalid(
-                "slowdown",
-                format!("must be a positive factor, got {factor}"),
-            ));
-        }
+        crate::sim::faults::check_slowdown_factor(factor)
+            .map_err(|message| ServeError::invalid("slowdown", message))?;
         let b = self.backend_by_name(name)?;
         b.send(Command::Slowdown(factor));
         tracing::info!(backend = %b.name, factor, "backend slowed down");
