@@ -40,23 +40,49 @@ fn trace_records(limit: u64) -> Vec<TraceRecord> {
 }
 
 fn replay(policy: &str, records: &[TraceRecord]) -> PolicyReport {
+    replay_with(policy, records, ReplayConfig::default(), None)
+}
+
+fn replay_with(
+    policy: &str,
+    records: &[TraceRecord],
+    cfg: ReplayConfig,
+    faults: Option<&str>,
+) -> PolicyReport {
     let pools = FleetSpec::embedded_demo()
         .resolve(&Catalogue::embedded())
         .unwrap();
     let policy = dujiang::policy::build(policy, &toml::Table::new(), 1).unwrap();
-    Replay::new(pools, policy, ReplayConfig::default())
-        .unwrap()
-        .run(
-            records
-                .iter()
-                .cloned()
-                .map(Ok::<_, std::convert::Infallible>),
-        )
-        .unwrap()
+    let mut r = Replay::new(pools, policy, cfg).unwrap();
+    if let Some(plan) = faults {
+        r = r
+            .with_faults(&dujiang::sim::FaultPlan::parse(plan, "faults.toml").unwrap())
+            .unwrap();
+    }
+    r.run(
+        records
+            .iter()
+            .cloned()
+            .map(Ok::<_, std::convert::Infallible>),
+    )
+    .unwrap()
 }
 
 async fn daemon(policy: &str, records: &[TraceRecord], time_scale: f64) -> PolicyReport {
     daemon_and_metrics(policy, records, time_scale).await.0
+}
+
+/// [`daemon_and_metrics`] with `slow` slowed down by `factor` before the first request.
+async fn daemon_slowed(
+    policy: &str,
+    records: &[TraceRecord],
+    time_scale: f64,
+    slow: &str,
+    factor: f64,
+) -> PolicyReport {
+    daemon_run(policy, records, time_scale, Some((slow, factor)))
+        .await
+        .0
 }
 
 /// [`daemon`], also returning the daemon's `/metrics` scrape taken after the run.
@@ -64,6 +90,15 @@ async fn daemon_and_metrics(
     policy: &str,
     records: &[TraceRecord],
     time_scale: f64,
+) -> (PolicyReport, String) {
+    daemon_run(policy, records, time_scale, None).await
+}
+
+async fn daemon_run(
+    policy: &str,
+    records: &[TraceRecord],
+    time_scale: f64,
+    slow: Option<(&str, f64)>,
 ) -> (PolicyReport, String) {
     // The daemon gets its own runtime and threads, as in its own process, so the load
     // generator's sends never queue behind the daemon's tasks on shared workers.
@@ -88,6 +123,17 @@ async fn daemon_and_metrics(
         .await
         .unwrap()
         .unwrap();
+    if let Some((backend, factor)) = slow {
+        use dujiang::serve::proto::{inject_fault_request::Fault, InjectFaultRequest};
+        serve_support::admin(d.admin_addr)
+            .await
+            .inject_fault(InjectFaultRequest {
+                backend: backend.into(),
+                fault: Some(Fault::Slowdown(factor)),
+            })
+            .await
+            .unwrap();
+    }
     let cfg = LoadConfig {
         target: format!("http://{}", d.grpc_addr),
         admin_target: Some(format!("http://{}", d.admin_addr)),
@@ -220,6 +266,33 @@ async fn daemon_and_replay_refuse_the_same_long_prompts() {
         assert_eq!(shed(reason.as_str()), want, "{reason:?}");
     }
     assert_eq!(l.stats.rejected, r.stats.rejected, "{:?}", l.stats);
+    check("round-robin", scale, &r, &l, "daemon");
+}
+
+/// A slowdown fault: one H20 backend runs 3× slower from the start, in the daemon by
+/// Admin `InjectFault`, in replay by a fault plan at 0 s. Both run the same straggler
+/// detector (replay's check and probe intervals set to the daemon's at this time scale)
+/// and must agree on latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_and_replay_agree_under_a_slowdown() {
+    let scale = 5.0;
+    let records = trace_records(200);
+    let ms = 1_000_000u64;
+    let interval = dujiang::fleet::outlier::DEFAULT_CHECK_INTERVAL_MS * ms * scale as u64;
+    let cfg = ReplayConfig {
+        stragglers: Some(dujiang::sim::StragglerConfig {
+            interval_ns: interval,
+            detector: dujiang::fleet::outlier::OutlierConfig {
+                probe_interval_ns: 2 * interval,
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        ..ReplayConfig::default()
+    };
+    let plan = "[[fault]]\nat_s = 0\nbackend = \"h20-0\"\nkind = \"slowdown\"\nfactor = 3.0\n";
+    let r = replay_with("round-robin", &records, cfg, Some(plan));
+    let l = daemon_slowed("round-robin", &records, scale, "h20-0", 3.0).await;
     check("round-robin", scale, &r, &l, "daemon");
 }
 
