@@ -27,6 +27,8 @@ use dujiang::trace::{self, Format, ReadOptions, TraceExt, TraceRecord};
 use std::path::PathBuf;
 
 const RELATIVE: f64 = 0.15;
+
+static ONE_DAEMON: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const WALL_MS: f64 = 4.0;
 
 fn trace_records(limit: u64) -> Vec<TraceRecord> {
@@ -100,6 +102,9 @@ async fn daemon_run(
     time_scale: f64,
     slow: Option<(&str, f64)>,
 ) -> (PolicyReport, String) {
+    // One daemon at a time: each wants the machine's two cores to itself, and a client
+    // starved by a concurrent test's daemon falls behind its schedule.
+    let _one_at_a_time = ONE_DAEMON.lock().await;
     // The daemon gets its own runtime and threads, as in its own process, so the load
     // generator's sends never queue behind the daemon's tasks on shared workers.
     let rt = tokio::runtime::Builder::new_multi_thread()
