@@ -333,6 +333,17 @@ impl<R: BufRead> TraceReader<R> {
         let prompt_tokens = self.tokens(ctx_text, ctx_col, &names[*context])?;
         let output_tokens = self.tokens(gen_text, gen_col, &names[*generated])?;
         let origin = origin_ns.unwrap_or(at);
+        let since = at.checked_sub(origin).ok_or_else(|| {
+            self.err(
+                TraceErrorKind::Line,
+                format!(
+                    "timestamp \"{ts_text}\" is more than 292 years from the first row's; \
+                     arrivals are kept as i64 nanoseconds"
+                ),
+            )
+            .at_column(ts_col)
+            .in_field(names[*timestamp].clone())
+        })?;
         let rec = TraceRecord {
             prompt_tokens,
             output_tokens,
@@ -341,7 +352,7 @@ impl<R: BufRead> TraceReader<R> {
         if let Layout::Azure { origin_ns, .. } = &mut self.layout {
             *origin_ns = Some(origin);
         }
-        Ok((at - origin, rec))
+        Ok((since, rec))
     }
 
     fn parse_burstgpt(&mut self, line: &str) -> Result<Option<(i64, TraceRecord)>, TraceError> {
@@ -772,6 +783,35 @@ mod tests {
         assert_eq!(err.kind, TraceErrorKind::Layout);
         assert_eq!(err.line, Some(1));
         assert!(err.message.contains("GeneratedTokens"), "{err}");
+    }
+
+    #[test]
+    fn timestamps_out_of_range_name_the_line_instead_of_wrapping() {
+        let err = read_all(
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n\
+             2023-11-16 18:15:46.0,100,7\n\
+             2300-01-01 00:00:00,100,7\n",
+            Format::Azure,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("t:3:") && err.contains("outside the representable range"),
+            "{err}"
+        );
+        // Each end representable, their distance not.
+        let err = read_all(
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n\
+             1700-01-01 00:00:00,100,7\n\
+             2260-01-01 00:00:00,100,7\n",
+            Format::Azure,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("t:3:") && err.contains("more than 292 years"),
+            "{err}"
+        );
     }
 
     #[test]

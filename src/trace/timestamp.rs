@@ -67,7 +67,13 @@ pub fn parse_datetime_ns(s: &str) -> Result<i64, String> {
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)
         - offset_s;
-    Ok(secs * 1_000_000_000 + frac_ns)
+    // i64 nanoseconds reach from 1677-09-21 00:12:43 to 2262-04-11 23:47:16 UTC; a year
+    // outside that used to wrap silently in a release build.
+    secs.checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(frac_ns))
+        .ok_or_else(|| {
+            bad("outside the representable range, 1677-09-21 00:12:44 to 2262-04-11 UTC")
+        })
 }
 
 /// A non-negative decimal such as `12`, `12.5` or `0.000001` times `unit_ns` (a power
@@ -212,6 +218,26 @@ mod tests {
             "2023/11/16 18:15:46",
         ] {
             assert!(parse_datetime_ns(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn timestamps_outside_i64_nanoseconds_are_errors_not_wraps() {
+        assert_eq!(
+            parse_datetime_ns("2262-04-11 23:47:16.854775807").unwrap(),
+            i64::MAX
+        );
+        // The earliest whole second whose product fits.
+        assert!(parse_datetime_ns("1677-09-21 00:12:44").unwrap() < 0);
+        for bad in [
+            "2262-04-11 23:47:16.854775808",
+            "2300-01-01 00:00:00",
+            "9999-12-31 23:59:59",
+            "1677-09-21 00:12:43",
+            "0001-01-01 00:00:00",
+        ] {
+            let e = parse_datetime_ns(bad).unwrap_err();
+            assert!(e.contains("outside the representable range"), "{bad}: {e}");
         }
     }
 
