@@ -8,12 +8,14 @@
 //! point belongs to, which coefficients that group has, and the [`PerfModel`] a given
 //! coefficient vector makes for a point. Pure: no I/O beyond what the caller passes in.
 
+mod backend;
 mod fit;
 mod lengths;
 mod points;
 mod report;
 mod workload;
 
+pub use backend::{overlay, CatalogueBackend};
 pub use fit::{fit, leave_one_out, Fit, FitError, FitOptions, Param, ParamStatus, Predictor};
 pub use lengths::{normal_quantile, Lengths};
 pub use points::{

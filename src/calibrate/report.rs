@@ -133,7 +133,7 @@ fn factor(f: Option<f64>) -> String {
 pub fn render_markdown(cal: &Calibration) -> String {
     let mut out = String::new();
     out.push_str(
-        "| point | chip | engine | model | tp | dtype | workload | metric | measured | before fit | fitted | error | leave-one-out | LOO factor |\n\
+        "| point | chip | engine | model | tp | dtype | workload | metric | measured | catalogue | fitted | error | leave-one-out | LOO factor |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in cal.rows() {
@@ -209,7 +209,15 @@ pub fn render_text(cal: &Calibration) -> String {
         let _ = writeln!(
             out,
             "  {:<id_w$}  {:<22} {:<28} {:>10} {:>10} {:>10} {:>8} {:>10} {:>7}",
-            "point", "workload", "metric", "measured", "before", "fitted", "error", "LOO", "LOO ×"
+            "point",
+            "workload",
+            "metric",
+            "measured",
+            "catalogue",
+            "fitted",
+            "error",
+            "LOO",
+            "LOO ×"
         );
         for r in rows.iter().filter(|r| r.group == g.group) {
             let _ = writeln!(

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod calibrate;
 mod compare;
 mod load;
 mod plan;
@@ -43,6 +44,8 @@ pub enum Command {
     Load(load::Args),
     /// Two reports (replay or load JSON) side by side with relative differences.
     Compare(compare::Args),
+    /// Fit the engine catalogue's coefficients to measured points; write an overlay.
+    Calibrate(calibrate::Args),
 }
 
 /// Parses arguments, runs the subcommand, and turns an error into a message and exit code 1.
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Trace(args) => trace::run(args),
         Command::Load(args) => load::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -72,6 +72,10 @@ pub struct Args {
     /// Model catalogue file (default: embedded).
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// Engine catalogue overlays, applied in order (e.g. what `dujiang calibrate --out`
+    /// wrote).
+    #[arg(long, value_name = "FILE")]
+    pub engines: Vec<PathBuf>,
 }
 
 /// The fleet and its pools, from a file or the embedded demo.
@@ -79,8 +83,9 @@ pub fn load_fleet(
     path: Option<&Path>,
     chips: Option<&Path>,
     models: Option<&Path>,
+    engines: &[&Path],
 ) -> Result<(FleetSpec, Vec<PoolConfig>)> {
-    let catalogue = Catalogue::load(chips, models)?;
+    let catalogue = Catalogue::load_with_engines(chips, models, engines)?;
     let spec = match path {
         Some(p) => FleetSpec::load(p)?,
         None => FleetSpec::embedded_demo(),
@@ -112,10 +117,12 @@ pub fn run(args: Args) -> Result<()> {
         .fleet
         .clone()
         .or_else(|| (!serve.fleet.as_os_str().is_empty()).then(|| serve.fleet.clone()));
+    let engines: Vec<&Path> = args.engines.iter().map(PathBuf::as_path).collect();
     let (spec, pools) = load_fleet(
         fleet.as_deref(),
         args.chips.as_deref(),
         args.models.as_deref(),
+        &engines,
     )?;
     let names = if args.policies.is_empty() && !serve.policy.is_empty() {
         vec![serve.policy.clone()]

@@ -1,0 +1,184 @@
+//! The calibration backend for dujiang's own performance model: points are grouped by the
+//! engine-catalogue entry they resolve to (`engine` on a chip family, or on a chip id where
+//! the catalogue has one), the group's coefficients are the entry's fitted fields
+//! ([`EngineCoefficients::FITTED`]), and a point's model is [`PerfModel::new`] with those
+//! coefficients replaced. The fitted result is written back in the engine catalogue's own
+//! format, so any command takes it with `--engines FILE`.
+
+use super::{Backend, Calibration, Param, ParamStatus, Point};
+use crate::profile::{Catalogue, Dtype, EngineCoefficients, EngineProfile, PerfModel};
+use std::fmt::Write as _;
+
+/// Fits the coefficients of an engine catalogue.
+pub struct CatalogueBackend {
+    pub catalogue: Catalogue,
+}
+
+fn dtype_of(p: &Point) -> Result<Dtype, String> {
+    Dtype::ALL
+        .into_iter()
+        .find(|d| d.as_str() == p.dtype)
+        .ok_or_else(|| format!("unknown dtype `{}`", p.dtype))
+}
+
+/// `engine on key` ↔ its parts.
+fn split_group(group: &str) -> (&str, &str) {
+    group.split_once(" on ").unwrap_or((group, ""))
+}
+
+impl CatalogueBackend {
+    pub fn new(catalogue: Catalogue) -> Self {
+        CatalogueBackend { catalogue }
+    }
+
+    /// The catalogue's current coefficients for a group.
+    pub fn coefficients(&self, group: &str) -> Option<&EngineCoefficients> {
+        let (engine, key) = split_group(group);
+        self.catalogue.engines.engines.get(engine)?.on.get(key)
+    }
+
+    fn profile(&self, group: &str, values: &[f64]) -> Result<EngineProfile, String> {
+        let (engine, key) = split_group(group);
+        let mut coefficients = self
+            .coefficients(group)
+            .ok_or_else(|| format!("no engine catalogue entry for {group}"))?
+            .clone();
+        for ((name, _, _), v) in EngineCoefficients::FITTED.iter().zip(values) {
+            coefficients.set(name, *v)?;
+        }
+        Ok(EngineProfile {
+            engine: engine.to_string(),
+            on: key.to_string(),
+            coefficients,
+        })
+    }
+}
+
+impl Backend for CatalogueBackend {
+    fn group(&self, p: &Point) -> Result<String, String> {
+        let cat = &self.catalogue;
+        let chip = cat
+            .chip(&p.chip)
+            .ok_or_else(|| format!("unknown chip `{}`; known chips: {}", p.chip, cat.chip_ids()))?;
+        if cat.model(&p.model).is_none() {
+            return Err(format!(
+                "unknown model `{}`; known models: {}",
+                p.model,
+                cat.model_ids()
+            ));
+        }
+        dtype_of(p)?;
+        let profile = cat.engines.profile_for(chip, Some(&p.engine))?;
+        Ok(format!("{} on {}", profile.engine, profile.on))
+    }
+
+    fn params(&self, group: &str) -> Vec<Param> {
+        let c = self.coefficients(group);
+        EngineCoefficients::FITTED
+            .iter()
+            .map(|(name, lo, hi)| {
+                let prior = c.and_then(|c| c.get(name)).unwrap_or(*lo);
+                Param::new(*name, *lo, *hi, prior).with_typical(typical(name))
+            })
+            .collect()
+    }
+
+    fn perf(&self, group: &str, values: &[f64], p: &Point) -> Result<PerfModel, String> {
+        let cat = &self.catalogue;
+        let chip = cat.chip(&p.chip).ok_or("unknown chip")?;
+        let model = cat.model(&p.model).ok_or("unknown model")?;
+        let profile = self.profile(group, values)?;
+        let dtype = dtype_of(p)?;
+        match p.kv_dtype.as_deref() {
+            None => PerfModel::new(chip, &profile, model, p.tp, dtype),
+            Some(kv) => {
+                let mut model = model.clone();
+                model.kv_bytes = if kv == "bf16" { 2.0 } else { 1.0 };
+                PerfModel::new(chip, &profile, &model, p.tp, dtype)
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The magnitude a coefficient whose catalogue value is zero is measured against: a
+/// graph-mode engine's per-layer overhead of 0 µs moves as far by reaching 10 µs as an
+/// eager one's 500 µs does by doubling.
+fn typical(name: &str) -> f64 {
+    match name {
+        "prefill_half_tokens" => 64.0,
+        "prefill_step_overhead_us" | "decode_step_overhead_us" => 500.0,
+        n if n.ends_with("_us") => 10.0,
+        _ => 0.1,
+    }
+}
+
+/// A TOML key, quoted unless it is a bare key.
+fn key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        k.to_string()
+    } else {
+        format!("\"{k}\"")
+    }
+}
+
+/// The fitted coefficients as an engine-catalogue overlay: one `[engines.E.on.KEY]` table
+/// per group with every field (fitted ones replaced, each with the points that pin it),
+/// plus the engine's name and source. `origin` names the points files.
+pub fn overlay(backend: &CatalogueBackend, cal: &Calibration, origin: &str) -> String {
+    let mut out = format!(
+        "# Engine-catalogue overlay written by `dujiang calibrate` from {origin}.\n\
+         # Use it with --engines FILE on any command. Fitted coefficients say which points pin\n\
+         # them; the others keep the catalogue's value.\n"
+    );
+    let mut named: Vec<&str> = Vec::new();
+    for g in &cal.groups {
+        let (engine, on) = split_group(&g.group);
+        let Ok(profile) = backend.profile(&g.group, &g.fit.values) else {
+            continue;
+        };
+        if !named.contains(&engine) {
+            named.push(engine);
+            if let Some(spec) = backend.catalogue.engines.engines.get(engine) {
+                let _ = write!(
+                    out,
+                    "\n[engines.{}]\nname = {}\nsource = {}\n",
+                    key(engine),
+                    toml_str(&spec.name),
+                    toml_str(&spec.source)
+                );
+            }
+        }
+        let _ = writeln!(out, "\n[engines.{}.on.{}]", key(engine), key(on));
+        let body = toml::to_string(&profile.coefficients).unwrap_or_default();
+        for line in body.lines() {
+            let name = line.split('=').next().unwrap_or("").trim();
+            let comment = match g.params.iter().position(|p| p.name == name) {
+                Some(j) => match g.fit.status[j] {
+                    ParamStatus::Unconstrained => {
+                        "no measured point depends on it: catalogue value kept".to_string()
+                    }
+                    s => {
+                        let pins = super::pinned_ids(cal, g, j);
+                        let bound = match s {
+                            ParamStatus::AtLower => ", at its lower bound",
+                            ParamStatus::AtUpper => ", at its upper bound",
+                            _ => "",
+                        };
+                        format!("fitted{bound}; pinned by {pins}")
+                    }
+                },
+                None => "deployment setting, not fitted".to_string(),
+            };
+            let _ = writeln!(out, "{line:<40} # {comment}");
+        }
+    }
+    out
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}

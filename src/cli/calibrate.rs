@@ -1,0 +1,112 @@
+//! `dujiang calibrate`: fits the engine catalogue's coefficients to measured points and
+//! prints the report (every point's error and leave-one-out error, every coefficient with
+//! the points that pin it). `--out` writes the fitted coefficients as an engine-catalogue
+//! overlay that every command takes with `--engines FILE`; `--markdown` writes the report
+//! as the Markdown tables `docs/calibration.md` embeds.
+
+use crate::calibrate::{
+    calibrate, load_points, overlay, render_markdown, render_text, CatalogueBackend, FitOptions,
+};
+use crate::profile::Catalogue;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Points files (TOML `[[point]]` tables, or CSV with a header row; `.csv` by name).
+    #[arg(required = true, value_name = "POINTS")]
+    pub points: Vec<PathBuf>,
+    /// Chip catalogue file (default: the built-in config/chips.toml).
+    #[arg(long, value_name = "FILE")]
+    pub chips: Option<PathBuf>,
+    /// Model catalogue file (default: the built-in config/models.toml).
+    #[arg(long, value_name = "FILE")]
+    pub models: Option<PathBuf>,
+    /// Engine catalogue overlays applied before fitting (their values are the priors).
+    #[arg(long, value_name = "FILE")]
+    pub engines: Vec<PathBuf>,
+    /// Write the fitted coefficients here as an engine-catalogue overlay.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Write the report as Markdown tables here; a file that already holds
+    /// `<!-- calibrate:begin -->` … `<!-- calibrate:end -->` has only that part replaced.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Skip the leave-one-out refits (faster; the report shows `-`).
+    #[arg(long)]
+    pub no_loo: bool,
+    /// Pull of each coefficient towards its prior, relative to one point's log residual.
+    #[arg(long, default_value_t = FitOptions::default().prior_weight)]
+    pub prior_weight: f64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let overlays: Vec<&std::path::Path> = args.engines.iter().map(PathBuf::as_path).collect();
+    let cat =
+        Catalogue::load_with_engines(args.chips.as_deref(), args.models.as_deref(), &overlays)?;
+    let paths: Vec<&std::path::Path> = args.points.iter().map(PathBuf::as_path).collect();
+    let points = load_points(&paths)?;
+    if !(args.prior_weight.is_finite() && args.prior_weight >= 0.0) {
+        anyhow::bail!(
+            "--prior-weight must be a number ≥ 0, got {}",
+            args.prior_weight
+        );
+    }
+    let opts = FitOptions {
+        prior_weight: args.prior_weight,
+        ..FitOptions::default()
+    };
+    let backend = CatalogueBackend::new(cat);
+    let cal = calibrate(points, &backend, opts, !args.no_loo)?;
+    print!("{}", render_text(&cal));
+    let origin = args
+        .points
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(path) = &args.out {
+        std::fs::write(path, overlay(&backend, &cal, &origin))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "wrote the fitted coefficients to {} (use --engines {0})",
+            path.display()
+        );
+    }
+    if let Some(path) = &args.markdown {
+        let tables = render_markdown(&cal);
+        // An existing document with the markers keeps everything outside them.
+        let body = match std::fs::read_to_string(path) {
+            Ok(doc) => splice(&doc, &tables).unwrap_or(tables),
+            Err(_) => tables,
+        };
+        std::fs::write(path, body).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+const BEGIN: &str = "<!-- calibrate:begin -->";
+const END: &str = "<!-- calibrate:end -->";
+
+/// `doc` with the text between its calibrate markers replaced by `tables`, or `None` if
+/// it has no (well-ordered) markers.
+fn splice(doc: &str, tables: &str) -> Option<String> {
+    let start = doc.find(BEGIN)? + BEGIN.len();
+    let end = doc[start..].find(END)? + start;
+    Some(format!("{}\n{}{}", &doc[..start], tables, &doc[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_keeps_the_prose_around_the_markers() {
+        let doc = format!("intro\n{BEGIN}\nold table\n{END}\noutro\n");
+        assert_eq!(
+            splice(&doc, "new\n").unwrap(),
+            format!("intro\n{BEGIN}\nnew\n{END}\noutro\n")
+        );
+        assert_eq!(splice("no markers", "x"), None);
+    }
+}

@@ -1,0 +1,255 @@
+//! Whole-program tests of `dujiang calibrate`: the built binary fits points it is given,
+//! reports every residual and leave-one-out error, refuses to fit what nothing
+//! constrains, writes an overlay that other commands accept, and names the file, line
+//! and field of a bad points file. The last test keeps docs/calibration.md in step with
+//! the embedded catalogue and the shipped points.
+
+use dujiang::calibrate::{load_points, predict, Backend, CatalogueBackend};
+use dujiang::profile::{Catalogue, EngineCoefficients};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+fn dujiang(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dujiang"))
+        .args(args)
+        .output()
+        .expect("run dujiang")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dujiang-calibrate-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn point(id: &str, batch: u64, context: u64, value: f64) -> String {
+    format!(
+        "[[point]]\nid = \"{id}\"\nchip = \"h100\"\nengine = \"vllm-0.7\"\nmodel = \"llama-3-8b\"\n\
+         tp = 1\ndtype = \"bf16\"\nworkload = \"decode\"\nbatch = {batch}\ncontext = {context}\n\
+         metric = \"step_ms\"\nvalue = {value}\nsource = \"synthetic\"\n\n"
+    )
+}
+
+#[test]
+fn fits_synthetic_measurements_and_refuses_what_nothing_constrains() {
+    // Measurements made by the model itself with a known memory efficiency and step
+    // overhead, so the fit has an exact answer.
+    let cat = Catalogue::embedded();
+    let mut truth = cat.engine_for("h100", Some("vllm-0.7")).unwrap();
+    truth.coefficients.set("memory_efficiency", 0.55).unwrap();
+    truth
+        .coefficients
+        .set("decode_seq_overhead_us", 40.0)
+        .unwrap();
+    let chip = cat.chip("h100").unwrap();
+    let model = cat.model("llama-3-8b").unwrap();
+    let perf =
+        dujiang::profile::PerfModel::new(chip, &truth, model, 1, dujiang::profile::Dtype::Bf16)
+            .unwrap();
+    let mut src = String::new();
+    let shapes = [
+        (1, 512),
+        (1, 4096),
+        (8, 1024),
+        (32, 2048),
+        (64, 1024),
+        (128, 512),
+    ];
+    for (i, (b, c)) in shapes.iter().enumerate() {
+        let ms = perf.decode_step_ns(*b, b * c) as f64 / 1e6;
+        src.push_str(&point(&format!("p{i}"), *b, *c, ms));
+    }
+    let dir = scratch("fit");
+    let points = dir.join("points.toml");
+    std::fs::write(&points, &src).unwrap();
+    let overlay = dir.join("fitted.toml");
+    let out = dujiang(&[
+        "calibrate",
+        points.to_str().unwrap(),
+        "--out",
+        overlay.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, text(&out.stderr));
+    assert!(stdout.contains("vllm-0.7 on hopper (6 points"), "{stdout}");
+    for i in 0..shapes.len() {
+        assert!(
+            stdout.contains(&format!("  p{i} ")),
+            "p{i} missing:\n{stdout}"
+        );
+    }
+    // Decode steps of one chip say nothing about prefill or collectives: refused, kept.
+    for name in [
+        "prefill_efficiency",
+        "allreduce_latency_us",
+        "link_efficiency",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not reported:\n{stdout}"));
+        assert!(line.contains("NOT FITTED"), "{line}");
+    }
+    let worst = stdout
+        .lines()
+        .find(|l| l.contains("worst in-sample error"))
+        .unwrap_or_else(|| panic!("no summary line:\n{stdout}"));
+    let in_sample: f64 = worst
+        .split("worst in-sample error ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(in_sample < 1.0, "{worst}");
+
+    // The overlay is an engine catalogue every command takes.
+    let body = std::fs::read_to_string(&overlay).unwrap();
+    assert!(body.contains("[engines.\"vllm-0.7\".on.hopper]"), "{body}");
+    assert!(body.contains("# fitted"), "{body}");
+    let fitted = Catalogue::load_with_engines(None, None, &[overlay.as_path()])
+        .unwrap()
+        .engine_for("h100", Some("vllm-0.7"))
+        .unwrap();
+    let mbu = fitted.coefficients.memory_efficiency;
+    assert!((mbu - 0.55).abs() < 0.03, "memory_efficiency {mbu}");
+    let out = dujiang(&[
+        "profile",
+        "--chip",
+        "h100",
+        "--engine",
+        "vllm-0.7",
+        "--model",
+        "llama-3-8b",
+        "--batch",
+        "32",
+        "--context",
+        "2048",
+        "--engines",
+        overlay.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = json["decode_step_ms"].as_f64().unwrap();
+    let want = perf.decode_step_ns(32, 32 * 2048) as f64 / 1e6;
+    assert!((step / want - 1.0).abs() < 0.01, "{step} vs {want}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_points_files_name_the_file_line_and_field() {
+    let dir = scratch("bad");
+    let good = point("a", 4, 1024, 7.4);
+    let cases: [(&str, String, &str); 4] = [
+        (
+            "neg.toml",
+            good.replace("value = 7.4", "value = -7.4"),
+            "neg.toml:12: field `value`: must be a positive number",
+        ),
+        (
+            "metric.toml",
+            good.replace("step_ms", "ttft_ms_p50"),
+            "metric.toml:11: field `metric`: `ttft_ms_p50` is not measured by a `decode` workload",
+        ),
+        (
+            "chip.toml",
+            good.replace("\"h100\"", "\"h200\""),
+            "chip.toml:1: point `a`: unknown chip `h200`",
+        ),
+        (
+            "bad.csv",
+            "id,chip,engine,model,tp,dtype,workload,batch,context,metric,value,source\n\
+             a,h100,vllm-0.7,llama-3-8b,1,bf16,decode,four,1024,step_ms,7.4,lab\n"
+                .to_string(),
+            "bad.csv:2: field `batch`: `four` is not an integer",
+        ),
+    ];
+    for (name, src, want) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, src).unwrap();
+        let out = dujiang(&["calibrate", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "{name} accepted");
+        let err = text(&out.stderr);
+        let want = format!("{}/{want}", dir.display());
+        assert!(err.contains(&want), "{name}: {err}\nwanted: {want}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The shipped points, every file in config/measured.
+fn shipped() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/measured");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml" || e == "csv"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The point table in docs/calibration.md: (id, measured, catalogue prediction).
+fn doc_rows() -> Vec<(String, f64, f64)> {
+    let doc = include_str!("../docs/calibration.md");
+    let start = doc.find("<!-- calibrate:begin -->").expect("begin marker");
+    let end = doc.find("<!-- calibrate:end -->").expect("end marker");
+    doc[start..end]
+        .lines()
+        .take_while(|l| !l.starts_with("**"))
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| point"))
+        .map(|l| {
+            let c: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let num = |s: &str| -> f64 {
+                s.parse()
+                    .unwrap_or_else(|e| panic!("`{s}` in docs/calibration.md: {e}"))
+            };
+            (c[0].to_string(), num(c[8]), num(c[9]))
+        })
+        .collect()
+}
+
+#[test]
+fn docs_calibration_md_is_what_the_embedded_catalogue_predicts_for_the_shipped_points() {
+    let files = shipped();
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let points = load_points(&paths).expect("shipped points parse");
+    let rows = doc_rows();
+    assert_eq!(
+        rows.len(),
+        points.len(),
+        "docs/calibration.md lists {} points, config/measured has {}: regenerate the doc",
+        rows.len(),
+        points.len()
+    );
+    let backend = CatalogueBackend::new(Catalogue::embedded());
+    for p in &points {
+        let (_, measured, documented) = rows
+            .iter()
+            .find(|r| r.0 == p.id)
+            .unwrap_or_else(|| panic!("{} is not in docs/calibration.md", p.id));
+        assert!(
+            (measured / p.value - 1.0).abs() < 1e-3,
+            "{}: {measured} vs {}",
+            p.id,
+            p.value
+        );
+        let group = backend.group(p).unwrap();
+        let values: Vec<f64> = EngineCoefficients::FITTED
+            .iter()
+            .map(|(name, _, _)| backend.coefficients(&group).unwrap().get(name).unwrap())
+            .collect();
+        let perf = backend.perf(&group, &values, p).unwrap();
+        let now = predict(Arc::new(perf), p).unwrap();
+        assert!(
+            (now / documented - 1.0).abs() < 0.005,
+            "{}: docs/calibration.md says the catalogue predicts {documented}, it now predicts \
+             {now:.4}: rerun `dujiang calibrate config/measured/*.toml --markdown FILE` and update the doc",
+            p.id
+        );
+    }
+}
