@@ -134,6 +134,9 @@ impl std::fmt::Debug for DomesticShare {
     }
 }
 
+/// The longest `window_s` accepted: 30 days.
+pub const MAX_WINDOW_S: f64 = 2_592_000.0;
+
 impl DomesticShare {
     pub fn new(inner: Box<dyn Policy>, target: f64, window_ns: Nanos) -> Self {
         DomesticShare {
@@ -151,8 +154,15 @@ impl DomesticShare {
                 format!("target {} must be in [0, 1]", p.target),
             ));
         }
-        if !(p.window_s > 0.0 && p.window_s.is_finite()) {
-            return Err(bad("domestic-share", "window_s must be positive"));
+        // Bounded so the window's nanoseconds fit without the float cast saturating.
+        if !(p.window_s > 0.0 && p.window_s <= MAX_WINDOW_S) {
+            return Err(bad(
+                "domestic-share",
+                format!(
+                    "window_s {} must be positive and at most {MAX_WINDOW_S} (30 days)",
+                    p.window_s
+                ),
+            ));
         }
         if p.inner == "domestic-share" {
             return Err(bad(
@@ -304,5 +314,22 @@ mod tests {
             NANOS_PER_SEC,
         );
         assert_eq!(p.route(&req(0, 10, 10), &view, 0), Some(BackendId(0)));
+    }
+
+    #[test]
+    fn window_is_bounded() {
+        let t = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
+        assert!(DomesticShare::from_params(&t("window_s = 60"), 1).is_ok());
+        for bad in [
+            "window_s = 1e300",
+            "window_s = inf",
+            "window_s = 0",
+            "window_s = -5",
+        ] {
+            let e = DomesticShare::from_params(&t(bad), 1)
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("at most 2592000"), "{bad}: {e}");
+        }
     }
 }

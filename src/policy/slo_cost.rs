@@ -36,6 +36,9 @@ impl Default for Params {
 }
 
 /// Cheapest pool that meets the SLO, else fastest.
+/// The largest `ttft_ms` / `tpot_ms` accepted: one day.
+pub const MAX_SLO_MS: u64 = 86_400_000;
+
 #[derive(Debug)]
 pub struct SloCost {
     per_pool: usize,
@@ -62,9 +65,21 @@ impl SloCost {
         if !(p.headroom > 0.0 && p.headroom <= 1.0) {
             return Err(bad("slo-cost", "headroom must be in (0, 1]"));
         }
+        // Checked: a huge millisecond count used to overflow its nanoseconds (a panic in a
+        // debug build, a wrap to a tiny SLO in release). A day bounds any latency objective.
+        let ns = |name: &str, ms: u64| {
+            ms.checked_mul(NANOS_PER_MS)
+                .filter(|_| ms <= MAX_SLO_MS)
+                .ok_or_else(|| {
+                    bad(
+                        "slo-cost",
+                        format!("{name} {ms} is above {MAX_SLO_MS} (a day)"),
+                    )
+                })
+        };
         let slo = Slo {
-            ttft_ns: p.ttft_ms * NANOS_PER_MS,
-            tpot_ns: p.tpot_ms * NANOS_PER_MS,
+            ttft_ns: ns("ttft_ms", p.ttft_ms)?,
+            tpot_ns: ns("tpot_ms", p.tpot_ms)?,
         };
         Ok(SloCost::new(p.per_pool, p.headroom, slo, seed))
     }
@@ -173,5 +188,15 @@ mod tests {
             BackendId(1)
         };
         assert_eq!(p.pick(&tight, &view, 0), Some(want));
+    }
+
+    #[test]
+    fn slo_params_are_overflow_checked() {
+        let t = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
+        assert!(SloCost::from_params(&t("ttft_ms = 2000"), 1).is_ok());
+        for bad in ["ttft_ms = 18446744073710", "tpot_ms = 86400001"] {
+            let e = SloCost::from_params(&t(bad), 1).expect_err(bad).to_string();
+            assert!(e.contains("above 86400000"), "{bad}: {e}");
+        }
     }
 }
