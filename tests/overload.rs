@@ -101,10 +101,11 @@ fn at_ten_times_the_rate_accepted_requests_meet_their_ttft_slo_and_goodput_holds
     ] {
         eprintln!("{}", line(label, r));
     }
-    // Without the rule the flood is a queue nobody wants: more than 10% wait past the SLO.
+    // Without the rule the flood is a queue nobody wants: most requests miss their SLO
+    // (on the demo fleet, by their TPOT: every backend prefills the flood all the time).
     assert_eq!(before_10x.stats.rejected, 0);
     assert!(
-        before_10x.stats.ttft_ms.p90 > slo_ttft_ms,
+        before_10x.stats.slo_attainment < 0.5,
         "{}",
         line("10x unshed", &before_10x)
     );

@@ -71,8 +71,9 @@ async fn client(addr: std::net::SocketAddr, seed: u64, stop: Arc<AtomicBool>) ->
         if with_deadline {
             req.set_timeout(Duration::from_millis(rng.random_range(150..1500)));
         }
-        // Cancel only long answers, right after their first token, so the answer cannot
-        // have finished on the daemon's side before the client hangs up.
+        // Cancel only long answers, right after their first token, so the answer has
+        // usually not finished on the daemon's side before the client hangs up (the
+        // tally at the end allows for the times it has).
         let cancel = max_tokens >= 200 && rng.random_bool(0.15);
         let mut stream = match c.generate(req).await {
             Ok(r) => r.into_inner(),
@@ -261,7 +262,18 @@ async fn chaos_loses_nothing_and_counts_add_up() {
         "exactly one outcome per accepted request"
     );
     assert_eq!(shutdown, 0);
-    assert_eq!(ok, total.ok, "completed");
+    // A client hangs up right after its first token of a long answer, but on a loaded
+    // machine its task may not run again until the daemon has produced the whole answer:
+    // then the daemon rightly counts `ok` what the client counts cancelled. Every such
+    // race moves one request from cancelled to ok, never anywhere else.
+    let raced = ok.checked_sub(total.ok).unwrap_or_else(|| {
+        panic!("the daemon counts {ok} completed, fewer than the clients' {}", total.ok)
+    });
+    assert!(
+        raced <= total.cancelled,
+        "{raced} more completed than the clients saw, but only {} cancels could race",
+        total.cancelled
+    );
     assert_eq!(deadline, total.deadline, "deadline exceeded");
     assert_eq!(
         failed_n, total.unavailable,
@@ -271,7 +283,7 @@ async fn chaos_loses_nothing_and_counts_add_up() {
     // it was accepted; any such acceptance is a cancellation on the daemon's side.
     let unsure = accepted - total.accepted;
     assert!(unsure <= total.unknown, "{unsure} > {}", total.unknown);
-    assert_eq!(cancelled, total.cancelled + unsure, "cancelled");
+    assert_eq!(cancelled + raced, total.cancelled + unsure, "cancelled");
     assert!(
         total.ok > 500,
         "enough traffic to mean something: {total:?}"
