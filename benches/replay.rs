@@ -61,7 +61,11 @@ fn run(policy: &str, requests: usize, rate: f64) -> (f64, u64, u64) {
     let start = Instant::now();
     let report = replay.run(trace).expect("replay");
     let stats = &report.stats;
-    (start.elapsed().as_secs_f64(), stats.completed, stats.rejected)
+    (
+        start.elapsed().as_secs_f64(),
+        stats.completed,
+        stats.rejected,
+    )
 }
 
 fn main() {

@@ -267,7 +267,10 @@ async fn chaos_loses_nothing_and_counts_add_up() {
     // then the daemon rightly counts `ok` what the client counts cancelled. Every such
     // race moves one request from cancelled to ok, never anywhere else.
     let raced = ok.checked_sub(total.ok).unwrap_or_else(|| {
-        panic!("the daemon counts {ok} completed, fewer than the clients' {}", total.ok)
+        panic!(
+            "the daemon counts {ok} completed, fewer than the clients' {}",
+            total.ok
+        )
     });
     assert!(
         raced <= total.cancelled,
