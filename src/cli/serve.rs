@@ -31,6 +31,10 @@ pub struct Args {
     /// Fleet file (default: the embedded demo fleet).
     #[arg(long, value_name = "FILE")]
     fleet: Option<PathBuf>,
+    /// Engine-catalogue overlay (repeatable; e.g. what `dujiang calibrate --out` wrote).
+    /// Given here, replaces the config file's `engines`.
+    #[arg(long, value_name = "FILE")]
+    engines: Vec<PathBuf>,
     /// Routing policy (default: the fleet's).
     #[arg(long, value_name = "NAME")]
     policy: Option<String>,
@@ -68,6 +72,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(f) = args.fleet {
         config.fleet = f;
+    }
+    if !args.engines.is_empty() {
+        config.engines = args.engines;
     }
     if let Some(p) = args.policy {
         config.policy = p;

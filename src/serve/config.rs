@@ -25,6 +25,9 @@ http_addr = "127.0.0.1:9464"
 time_scale = 1.0
 # Fleet file (config/fleets/*.toml). Empty: the embedded demo fleet.
 fleet = ""
+# Engine-catalogue overlays applied in order over the embedded config/engines.toml (what
+# `dujiang calibrate --out` writes), so the daemon paces with your fitted coefficients.
+engines = []
 # Routing policy; empty: the fleet file's policy.
 policy = ""
 # On SIGTERM/SIGINT, in-flight streams get this long to finish before they are cut.
@@ -79,6 +82,8 @@ pub struct ServeConfig {
     pub time_scale: f64,
     /// Fleet file; empty means the embedded demo fleet.
     pub fleet: PathBuf,
+    /// Engine-catalogue overlays, applied in order over the embedded catalogue.
+    pub engines: Vec<PathBuf>,
     /// Policy name; empty means the fleet's.
     pub policy: String,
     pub grace_period_ms: u64,
@@ -128,6 +133,7 @@ impl Default for ServeConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             time_scale: 1.0,
             fleet: PathBuf::new(),
+            engines: Vec::new(),
             policy: String::new(),
             grace_period_ms: 30_000,
             admission: AdmissionLimits::default(),

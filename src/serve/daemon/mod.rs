@@ -125,7 +125,12 @@ impl Daemon {
         config_path: Option<PathBuf>,
         fleet: Option<FleetInput>,
     ) -> anyhow::Result<Arc<Daemon>> {
-        let catalogue = Catalogue::embedded();
+        let overlays: Vec<&std::path::Path> = config.engines.iter().map(PathBuf::as_path).collect();
+        let catalogue = if overlays.is_empty() {
+            Catalogue::embedded()
+        } else {
+            Catalogue::load_with_engines(None, None, &overlays)?
+        };
         let (spec, pools) = match fleet {
             Some(f) => {
                 let mut spec = crate::fleet::FleetSpec::embedded_demo();
