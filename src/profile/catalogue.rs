@@ -202,11 +202,23 @@ pub(crate) fn entry_field_error(
         format!("['{id}']"),
     ];
     let mut err = ConfigError::at_field(file, "", &field, message);
+    place_in_table(&mut err, src, |line| headers.iter().any(|h| h == line), key);
+    err
+}
+
+/// Points `err` at the line of the table (a header line `is_header` accepts) that assigns
+/// `key`, or at the header when the table does not assign it.
+pub(crate) fn place_in_table(
+    err: &mut ConfigError,
+    src: &str,
+    is_header: impl Fn(&str) -> bool,
+    key: &str,
+) {
     let mut in_table = false;
     for (i, raw) in src.lines().enumerate() {
         let line = raw.trim();
         if line.starts_with('[') {
-            in_table = headers.iter().any(|h| h == line);
+            in_table = is_header(line);
             if in_table {
                 err.line = Some(i + 1);
                 err.column = Some(1);
@@ -218,12 +230,11 @@ pub(crate) fn entry_field_error(
                 if rest.trim_start().starts_with('=') {
                     err.line = Some(i + 1);
                     err.column = Some(raw.len() - raw.trim_start().len() + 1);
-                    break;
+                    return;
                 }
             }
         }
     }
-    err
 }
 
 fn read_or_embedded(

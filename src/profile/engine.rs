@@ -314,32 +314,16 @@ fn table_error(
 ) -> ConfigError {
     let mut err = ConfigError::new(file, message);
     err.field = Some(format!("{table}.{key}"));
-    let mut in_table = false;
-    for (i, raw) in src.lines().enumerate() {
-        let line = raw.trim();
-        if line.starts_with('[') {
-            let name: String = line
-                .trim_matches(|c| c == '[' || c == ']')
-                .chars()
-                .filter(|c| !matches!(c, '"' | '\'' | ' '))
-                .collect();
-            in_table = name == table;
-            if in_table {
-                err.line = Some(i + 1);
-                err.column = Some(1);
-            }
-            continue;
-        }
-        if in_table {
-            if let Some(rest) = line.strip_prefix(key) {
-                if rest.trim_start().starts_with('=') {
-                    err.line = Some(i + 1);
-                    err.column = Some(raw.len() - raw.trim_start().len() + 1);
-                    break;
-                }
-            }
-        }
-    }
+    // Headers are compared with quotes and spaces removed.
+    let is_header = |line: &str| {
+        let name: String = line
+            .trim_matches(|c| c == '[' || c == ']')
+            .chars()
+            .filter(|c| !matches!(c, '"' | '\'' | ' '))
+            .collect();
+        name == table
+    };
+    super::catalogue::place_in_table(&mut err, src, is_header, key);
     err
 }
 
