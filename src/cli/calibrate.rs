@@ -7,7 +7,6 @@
 use crate::calibrate::{
     calibrate, load_points, overlay, render_markdown, render_text, CatalogueBackend, FitOptions,
 };
-use crate::profile::Catalogue;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -16,15 +15,9 @@ pub struct Args {
     /// Points files (TOML `[[point]]` tables, or CSV with a header row; `.csv` by name).
     #[arg(required = true, value_name = "POINTS")]
     pub points: Vec<PathBuf>,
-    /// Chip catalogue file (default: the built-in config/chips.toml).
-    #[arg(long, value_name = "FILE")]
-    pub chips: Option<PathBuf>,
-    /// Model catalogue file (default: the built-in config/models.toml).
-    #[arg(long, value_name = "FILE")]
-    pub models: Option<PathBuf>,
-    /// Engine catalogue overlays applied before fitting (their values are the priors).
-    #[arg(long, value_name = "FILE")]
-    pub engines: Vec<PathBuf>,
+    /// Engine overlays given here are applied before fitting: their values are the priors.
+    #[command(flatten)]
+    pub catalogue: super::CatalogueArgs,
     /// Write the fitted coefficients here as an engine-catalogue overlay.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -41,9 +34,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let overlays: Vec<&std::path::Path> = args.engines.iter().map(PathBuf::as_path).collect();
-    let cat =
-        Catalogue::load_with_engines(args.chips.as_deref(), args.models.as_deref(), &overlays)?;
+    let cat = args.catalogue.load()?;
     let paths: Vec<&std::path::Path> = args.points.iter().map(PathBuf::as_path).collect();
     let points = load_points(&paths)?;
     if !(args.prior_weight.is_finite() && args.prior_weight >= 0.0) {

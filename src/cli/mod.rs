@@ -17,6 +17,32 @@ mod trace;
 
 pub use plan::ThreadPool;
 
+/// The catalogues a command reads: chips and models (embedded unless replaced) and engine
+/// overlays on top (what `dujiang calibrate --out` writes).
+#[derive(clap::Args, Debug)]
+pub struct CatalogueArgs {
+    /// Chip catalogue file (default: the built-in config/chips.toml).
+    #[arg(long, value_name = "FILE")]
+    pub chips: Option<std::path::PathBuf>,
+    /// Model catalogue file (default: the built-in config/models.toml).
+    #[arg(long, value_name = "FILE")]
+    pub models: Option<std::path::PathBuf>,
+    /// Engine catalogue overlay (e.g. what `dujiang calibrate --out` wrote); repeatable,
+    /// later files win.
+    #[arg(long, value_name = "FILE")]
+    pub engines: Vec<std::path::PathBuf>,
+}
+
+impl CatalogueArgs {
+    pub fn load(&self) -> anyhow::Result<crate::profile::Catalogue> {
+        Ok(crate::profile::Catalogue::load_with_engines(
+            self.chips.as_deref(),
+            self.models.as_deref(),
+            &self.engines,
+        )?)
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "dujiang", version, about = "Heterogeneous-accelerator LLM inference scheduler", long_about = None)]
 pub struct Cli {

@@ -210,11 +210,10 @@ fn prepare(inputs: &PlanInputs) -> Result<Prepared> {
         );
     }
     let slo = SloSpec::parse(&inputs.slo, inputs.attainment).map_err(|e| anyhow!("--slo: {e}"))?;
-    let overlays: Vec<&Path> = inputs.engine_catalogues.iter().map(Path::new).collect();
     let catalogue = Catalogue::load_with_engines(
         inputs.chip_catalogue.as_deref().map(Path::new),
         inputs.model_catalogue.as_deref().map(Path::new),
-        &overlays,
+        &inputs.engine_catalogues,
     )?;
     let candidates = plan::candidates(&catalogue, &inputs.model, &inputs.chips, inputs.max_tp)
         .map_err(anyhow::Error::msg)?;

@@ -1,7 +1,7 @@
 //! `dujiang profile`: a readable sweep of one chip × engine × model × tp × dtype performance
 //! model, or with `--json` one point of it as a JSON object for scripts.
 
-use crate::profile::{Catalogue, Dtype, MeasuredTables, PerfModel, StepShape};
+use crate::profile::{Dtype, MeasuredTables, PerfModel, StepShape};
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -29,16 +29,8 @@ pub struct Args {
     /// Tensor-parallel degree: chips serving one instance.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub tp: u32,
-    /// Chip catalogue file (default: the built-in config/chips.toml).
-    #[arg(long, value_name = "FILE")]
-    pub chips: Option<PathBuf>,
-    /// Model catalogue file (default: the built-in config/models.toml).
-    #[arg(long, value_name = "FILE")]
-    pub models: Option<PathBuf>,
-    /// Engine catalogue overlay (e.g. what `dujiang calibrate` writes); repeatable, later
-    /// files win.
-    #[arg(long, value_name = "FILE")]
-    pub engines: Vec<PathBuf>,
+    #[command(flatten)]
+    pub catalogue: super::CatalogueArgs,
     /// Measured step-time tables; one matching chip, model and tp replaces the roofline.
     #[arg(long, value_name = "FILE")]
     pub measured: Option<PathBuf>,
@@ -94,9 +86,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn build(args: &Args) -> Result<PerfModel> {
-    let overlays: Vec<&std::path::Path> = args.engines.iter().map(PathBuf::as_path).collect();
-    let cat =
-        Catalogue::load_with_engines(args.chips.as_deref(), args.models.as_deref(), &overlays)?;
+    let cat = args.catalogue.load()?;
     let mut perf = cat
         .perf(
             &args.chip,

@@ -3,7 +3,6 @@
 //! its default limits, or those of the daemon config file given with `--config`.
 
 use crate::fleet::{FleetSpec, PolicySpec, PoolConfig};
-use crate::profile::Catalogue;
 use crate::request::{Slo, NANOS_PER_MS};
 use crate::serve::ServeConfig;
 use crate::sim::{html, FaultPlan, FaultSummary, PolicyReport, Replay, ReplayConfig, Report};
@@ -66,26 +65,16 @@ pub struct Args {
     /// Record wall_seconds as 0 so the JSON is byte-identical across runs.
     #[arg(long)]
     pub reproducible: bool,
-    /// Chip catalogue file (default: embedded).
-    #[arg(long)]
-    pub chips: Option<PathBuf>,
-    /// Model catalogue file (default: embedded).
-    #[arg(long)]
-    pub models: Option<PathBuf>,
-    /// Engine catalogue overlays, applied in order (e.g. what `dujiang calibrate --out`
-    /// wrote).
-    #[arg(long, value_name = "FILE")]
-    pub engines: Vec<PathBuf>,
+    #[command(flatten)]
+    pub catalogue: super::CatalogueArgs,
 }
 
 /// The fleet and its pools, from a file or the embedded demo.
 pub fn load_fleet(
     path: Option<&Path>,
-    chips: Option<&Path>,
-    models: Option<&Path>,
-    engines: &[&Path],
+    catalogue: &super::CatalogueArgs,
 ) -> Result<(FleetSpec, Vec<PoolConfig>)> {
-    let catalogue = Catalogue::load_with_engines(chips, models, engines)?;
+    let catalogue = catalogue.load()?;
     let spec = match path {
         Some(p) => FleetSpec::load(p)?,
         None => FleetSpec::embedded_demo(),
@@ -117,13 +106,7 @@ pub fn run(args: Args) -> Result<()> {
         .fleet
         .clone()
         .or_else(|| (!serve.fleet.as_os_str().is_empty()).then(|| serve.fleet.clone()));
-    let engines: Vec<&Path> = args.engines.iter().map(PathBuf::as_path).collect();
-    let (spec, pools) = load_fleet(
-        fleet.as_deref(),
-        args.chips.as_deref(),
-        args.models.as_deref(),
-        &engines,
-    )?;
+    let (spec, pools) = load_fleet(fleet.as_deref(), &args.catalogue)?;
     let names = if args.policies.is_empty() && !serve.policy.is_empty() {
         vec![serve.policy.clone()]
     } else {

@@ -109,11 +109,11 @@ impl Catalogue {
     pub fn load_with_engines(
         chips_path: Option<&Path>,
         models_path: Option<&Path>,
-        engine_overlays: &[&Path],
+        engine_overlays: &[impl AsRef<Path>],
     ) -> Result<Catalogue, ConfigError> {
         let mut cat = Catalogue::load(chips_path, models_path)?;
         for path in engine_overlays {
-            let (src, file) = read_or_embedded(Some(path), "", "engines")?;
+            let (src, file) = read_or_embedded(Some(path.as_ref()), "", "engines")?;
             cat = cat.with_engine_overlay(&src, &file)?;
         }
         Ok(cat)

@@ -125,11 +125,10 @@ impl Daemon {
         config_path: Option<PathBuf>,
         fleet: Option<FleetInput>,
     ) -> anyhow::Result<Arc<Daemon>> {
-        let overlays: Vec<&std::path::Path> = config.engines.iter().map(PathBuf::as_path).collect();
-        let catalogue = if overlays.is_empty() {
+        let catalogue = if config.engines.is_empty() {
             Catalogue::embedded()
         } else {
-            Catalogue::load_with_engines(None, None, &overlays)?
+            Catalogue::load_with_engines(None, None, &config.engines)?
         };
         let (spec, pools) = match fleet {
             Some(f) => {
