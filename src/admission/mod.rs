@@ -426,9 +426,9 @@ impl Admission {
         1.0 - step as f64 / tpot.max(1) as f64
     }
 
-    /// The prefill-share clock of `target`'s backend after admitting `req` at `now`, and
-    /// the limit it may not pass (`now` + window), or `None` when it is not tracked.
-    fn share_clock(&self, req: &Request, target: &Target, now: Nanos) -> Option<(Nanos, Nanos)> {
+    /// The prefill-share clock of `target`'s backend and what admitting `req` advances it
+    /// by, or `None` when it is not tracked.
+    fn share_debit(&self, req: &Request, target: &Target) -> Option<(&AtomicU64, Nanos)> {
         let Target::Backend {
             id,
             predicted_tpot_ns,
@@ -446,10 +446,14 @@ impl Admission {
         // Floor 5%: a request may always be charged, however slow the decode step.
         let share = Self::prefill_share(predicted_tpot_ns, tpot as Nanos).max(0.05);
         let slot = &self.counters.prefill_share_until[id.index() % PREFILL_SHARE_SLOTS];
-        let after = slot
-            .load(Relaxed)
-            .max(now)
-            .saturating_add((prefill_ns as f64 / share) as Nanos);
+        Some((slot, (prefill_ns as f64 / share) as Nanos))
+    }
+
+    /// The prefill-share clock of `target`'s backend after admitting `req` at `now`, and
+    /// the limit it may not pass (`now` + window), or `None` when it is not tracked.
+    fn share_clock(&self, req: &Request, target: &Target, now: Nanos) -> Option<(Nanos, Nanos)> {
+        let (slot, debit) = self.share_debit(req, target)?;
+        let after = slot.load(Relaxed).max(now).saturating_add(debit);
         Some((after, now.saturating_add(PREFILL_SHARE_WINDOW_NS)))
     }
 
@@ -581,21 +585,7 @@ impl Admission {
         // Charge the prompt to its backend's prefill share (batch prompts too: they slow
         // the same streams). Threads admitting at once may each pass the check before
         // the other's charge lands; the window absorbs that.
-        if let (
-            Some((_, _)),
-            Target::Backend {
-                id,
-                prefill_ns,
-                predicted_tpot_ns,
-                ..
-            },
-        ) = (self.share_clock(req, &target, now), target)
-        {
-            let tpot =
-                req.slo.unwrap_or(self.default_slo).tpot_ns as f64 * self.config.slo_shed_factor;
-            let share = Self::prefill_share(predicted_tpot_ns, tpot as Nanos).max(0.05);
-            let debit = (prefill_ns as f64 / share) as Nanos;
-            let slot = &self.counters.prefill_share_until[id.index() % PREFILL_SHARE_SLOTS];
+        if let Some((slot, debit)) = self.share_debit(req, &target) {
             let _ = slot.fetch_update(Relaxed, Relaxed, |t| Some(t.max(now).saturating_add(debit)));
         }
         let class = req.priority;
