@@ -24,6 +24,8 @@ use super::clock::{BackendClock, SimClock};
 use super::mailbox::Outbox;
 use super::outlier::StepRatio;
 use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
+// Probes are the core's, the same ones replay sends.
+use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
 use crate::fleet::{AtomicLoadBoard, BackendId, BackendState, Claim, LoadSlot, PoolConfig};
 use crate::metrics::{
     BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms, PoolMetrics,
@@ -262,9 +264,6 @@ pub fn spawn_backend(
     tokio::spawn(driver.run());
     handle
 }
-
-// Probes are the core's, the same ones replay sends.
-use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
 
 /// One request inside a driver.
 struct InFlight {
