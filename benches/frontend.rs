@@ -9,10 +9,10 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dujiang::fleet::PoolConfig;
 use dujiang::profile::{Catalogue, Dtype, EngineCoefficients, PerfModel};
-use dujiang::serve::proto::inference_client::InferenceClient;
-use dujiang::serve::proto::inference_server::{Inference, InferenceServer};
-use dujiang::serve::proto::{self, CompleteResponse, GenerateRequest};
 use dujiang::serve::{FleetInput, ServeConfig};
+use dujiang::wire::inference_client::InferenceClient;
+use dujiang::wire::inference_server::{Inference, InferenceServer};
+use dujiang::wire::{self, CompleteResponse, GenerateRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -36,7 +36,7 @@ struct Echo {
 
 #[tonic::async_trait]
 impl Inference for Echo {
-    type GenerateStream = tokio_stream::Empty<Result<proto::GenerateResponse, tonic::Status>>;
+    type GenerateStream = tokio_stream::Empty<Result<wire::GenerateResponse, tonic::Status>>;
 
     async fn generate(
         &self,

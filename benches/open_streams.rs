@@ -4,8 +4,8 @@
 //! daemon's VmRSS from /proc. Goal (issue 5): under 200 MB. Not a criterion bench: the
 //! figure is one measurement, printed with the idle baseline beside it.
 
-use dujiang::serve::proto::inference_client::InferenceClient;
-use dujiang::serve::proto::GenerateRequest;
+use dujiang::wire::inference_client::InferenceClient;
+use dujiang::wire::GenerateRequest;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;

@@ -11,8 +11,8 @@ use dujiang::admission::{Admission, AdmissionConfig, Target};
 use dujiang::engine::LoadSnapshot;
 use dujiang::fleet::BackendId;
 use dujiang::request::{Priority, Request};
-use dujiang::serve::proto::{GenerateRequest, Priority as WirePriority};
 use dujiang::serve::{Daemon, ServeConfig, ServeError};
+use dujiang::wire::{GenerateRequest, Priority as WirePriority};
 use std::time::Instant;
 
 fn request(priority: WirePriority) -> GenerateRequest {

@@ -10,12 +10,12 @@
 //!
 //! Run: `cargo bench --bench soak` (or `DUJIANG_SOAK_SECS=180 cargo bench --bench soak`).
 
-use dujiang::serve::proto::{
+use dujiang::serve::ServeConfig;
+use dujiang::wire::{
     admin_client::AdminClient, generate_response::Event, inference_client::InferenceClient,
     inject_fault_request::Fault, BackendRef, GenerateRequest, GetStatsRequest, InjectFaultRequest,
     Priority,
 };
-use dujiang::serve::ServeConfig;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use rand::{rngs::StdRng, Rng, SeedableRng};

@@ -24,3 +24,4 @@ pub mod serve;
 pub mod sim;
 pub mod tokens;
 pub mod trace;
+pub mod wire;

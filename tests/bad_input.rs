@@ -8,9 +8,9 @@ mod serve_support;
 
 use dujiang::fleet::FleetSpec;
 use dujiang::profile::Catalogue;
-use dujiang::serve::proto::{self, inference_client::InferenceClient};
 use dujiang::serve::{Daemon, ServeConfig, ServeError, DEFAULT_CONFIG_TOML, MAX_REQUEST_BYTES};
 use dujiang::trace::{Format, TraceReader};
+use dujiang::wire::{self, inference_client::InferenceClient};
 use proptest::prelude::*;
 use serve_support::*;
 use std::sync::{Arc, OnceLock};
@@ -125,7 +125,7 @@ proptest! {
     }
 }
 
-fn arbitrary_request() -> impl Strategy<Value = proto::GenerateRequest> {
+fn arbitrary_request() -> impl Strategy<Value = wire::GenerateRequest> {
     let text = prop_oneof![Just(String::new()), ".{0,64}", "[a-z ]{0,3000}"];
     let model = prop_oneof![
         Just(String::new()),
@@ -134,11 +134,11 @@ fn arbitrary_request() -> impl Strategy<Value = proto::GenerateRequest> {
         ".{0,16}"
     ];
     let messages = proptest::collection::vec(
-        (".{0,8}", text.clone()).prop_map(|(role, content)| proto::ChatMessage { role, content }),
+        (".{0,8}", text.clone()).prop_map(|(role, content)| wire::ChatMessage { role, content }),
         0..3,
     );
     let slo = proptest::option::of(
-        (any::<u64>(), any::<u64>()).prop_map(|(ttft_ms, tpot_ms)| proto::Slo { ttft_ms, tpot_ms }),
+        (any::<u64>(), any::<u64>()).prop_map(|(ttft_ms, tpot_ms)| wire::Slo { ttft_ms, tpot_ms }),
     );
     (
         (".{0,16}", model, messages, text),
@@ -155,7 +155,7 @@ fn arbitrary_request() -> impl Strategy<Value = proto::GenerateRequest> {
             |(
                 (request_id, model, messages, prompt),
                 (prompt_tokens, max_tokens, priority, slo, prefix_hashes, session_id),
-            )| proto::GenerateRequest {
+            )| wire::GenerateRequest {
                 request_id,
                 model,
                 messages,
@@ -203,10 +203,10 @@ struct RawGenerateRequest {
 async fn raw_generate(
     addr: std::net::SocketAddr,
     prompt: Vec<u8>,
-) -> Result<tonic::Streaming<proto::GenerateResponse>, tonic::Status> {
+) -> Result<tonic::Streaming<wire::GenerateResponse>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel(addr).await);
     grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<RawGenerateRequest, proto::GenerateResponse>::default();
+    let codec = tonic_prost::ProstCodec::<RawGenerateRequest, wire::GenerateResponse>::default();
     grpc.server_streaming(
         tonic::Request::new(RawGenerateRequest {
             prompt,
@@ -228,13 +228,13 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
     })
     .await;
     let mut c = inference(d.grpc_addr).await;
-    let refuse = async |c: &mut InferenceClient<_>, req: proto::GenerateRequest| {
+    let refuse = async |c: &mut InferenceClient<_>, req: wire::GenerateRequest| {
         c.generate(req).await.expect_err("refused")
     };
 
     // Over the data plane's message limit (3 MiB, under tonic's default of 4 MiB):
     // refused by the transport, before anything is decoded.
-    let huge = proto::GenerateRequest {
+    let huge = wire::GenerateRequest {
         prompt: "x".repeat(MAX_REQUEST_BYTES),
         ..request(10, 10)
     };
@@ -246,7 +246,7 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
     );
     // A prompt filling the longest context at 16 bytes a token fits the limit: it is
     // decoded and validated (here against a model with an 8,192-token context).
-    let long = proto::GenerateRequest {
+    let long = wire::GenerateRequest {
         prompt: "\u{6c34}".repeat((131_072 * 16) / 3),
         prompt_tokens: None,
         ..request(10, 10)
@@ -258,14 +258,14 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
         (request(100, u32::MAX), "max_tokens:"),
         (request(u32::MAX, 10), "prompt:"),
         (
-            proto::GenerateRequest {
+            wire::GenerateRequest {
                 priority: 7,
                 ..request(10, 10)
             },
             "priority:",
         ),
         (
-            proto::GenerateRequest {
+            wire::GenerateRequest {
                 prompt: String::new(),
                 prompt_tokens: None,
                 ..request(10, 10)
@@ -292,7 +292,7 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
         .unwrap();
     let mut tokens = 0;
     while let Some(m) = ok.message().await.unwrap() {
-        if let Some(proto::generate_response::Event::Tokens(t)) = m.event {
+        if let Some(wire::generate_response::Event::Tokens(t)) = m.event {
             tokens += t.count;
         }
     }
@@ -300,7 +300,7 @@ async fn hostile_messages_get_clear_statuses_and_harm_nothing() {
     // Nothing was accepted but the valid one, and it finished.
     let stats = admin(d.admin_addr)
         .await
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -351,7 +351,7 @@ async fn two_thousand_tiny_streams_opened_and_dropped_leave_nothing_behind() {
     let mut a = admin(d.admin_addr).await;
     assert!(
         eventually(Duration::from_secs(10), async || {
-            a.get_stats(proto::GetStatsRequest {})
+            a.get_stats(wire::GetStatsRequest {})
                 .await
                 .unwrap()
                 .into_inner()
@@ -362,7 +362,7 @@ async fn two_thousand_tiny_streams_opened_and_dropped_leave_nothing_behind() {
         "every dropped stream is ended"
     );
     let stats = a
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -391,7 +391,7 @@ async fn two_thousand_tiny_streams_opened_and_dropped_leave_nothing_behind() {
 #[test]
 fn chinese_text_is_counted_by_character_against_the_context() {
     let (rt, daemon) = validation_daemon();
-    let ask = |prompt: String| proto::GenerateRequest {
+    let ask = |prompt: String| wire::GenerateRequest {
         model: "llama-3-8b".into(),
         prompt,
         max_tokens: 8,
@@ -422,9 +422,9 @@ fn chinese_text_is_counted_by_character_against_the_context() {
 async fn admin_slowdown_below_one_is_refused() {
     let d = start(config()).await;
     let mut a = admin(d.admin_addr).await;
-    let slow = |factor: f64| proto::InjectFaultRequest {
+    let slow = |factor: f64| wire::InjectFaultRequest {
         backend: "h20-0".into(),
-        fault: Some(proto::inject_fault_request::Fault::Slowdown(factor)),
+        fault: Some(wire::inject_fault_request::Fault::Slowdown(factor)),
     };
     for bad in [1e-12, 0.5, 0.0, -3.0, f64::INFINITY, 1e7] {
         let e = a.inject_fault(slow(bad)).await.unwrap_err();

@@ -129,7 +129,7 @@ async fn daemon_run(
         .unwrap()
         .unwrap();
     if let Some((backend, factor)) = slow {
-        use dujiang::serve::proto::{inject_fault_request::Fault, InjectFaultRequest};
+        use dujiang::wire::{inject_fault_request::Fault, InjectFaultRequest};
         serve_support::admin(d.admin_addr)
             .await
             .inject_fault(InjectFaultRequest {

@@ -5,7 +5,7 @@
 
 mod serve_support;
 
-use dujiang::serve::proto::{self, admin_client::AdminClient};
+use dujiang::wire::{self, admin_client::AdminClient};
 use serve_support::*;
 use tonic::metadata::MetadataValue;
 use tonic::Code;
@@ -17,12 +17,12 @@ async fn admin_answers_on_its_own_port_only() {
     // The data-plane port does not know the Admin service at all.
     let mut on_data_plane = AdminClient::new(channel(d.grpc_addr).await);
     let err = on_data_plane
-        .list_pools(proto::ListPoolsRequest {})
+        .list_pools(wire::ListPoolsRequest {})
         .await
         .expect_err("Admin must not answer on the data plane");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     let err = on_data_plane
-        .remove_pool(proto::RemovePoolRequest { pool: "h20".into() })
+        .remove_pool(wire::RemovePoolRequest { pool: "h20".into() })
         .await
         .expect_err("Admin must not answer on the data plane");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
@@ -30,7 +30,7 @@ async fn admin_answers_on_its_own_port_only() {
     // The admin port does, and the data plane still serves.
     let pools = admin(d.admin_addr)
         .await
-        .list_pools(proto::ListPoolsRequest {})
+        .list_pools(wire::ListPoolsRequest {})
         .await
         .unwrap()
         .into_inner()
@@ -92,7 +92,7 @@ async fn with_a_token_admin_calls_must_present_it() {
     .await;
     let mut a = admin(d.admin_addr).await;
     let call = |auth: Option<&'static str>| {
-        let mut req = tonic::Request::new(proto::ListPoolsRequest {});
+        let mut req = tonic::Request::new(wire::ListPoolsRequest {});
         if let Some(v) = auth {
             req.metadata_mut()
                 .insert("authorization", MetadataValue::from_static(v));
@@ -110,7 +110,7 @@ async fn with_a_token_admin_calls_must_present_it() {
     }
     // A refused call changes nothing.
     let err = a
-        .remove_pool(proto::RemovePoolRequest { pool: "h20".into() })
+        .remove_pool(wire::RemovePoolRequest { pool: "h20".into() })
         .await
         .expect_err("refused");
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -136,7 +136,7 @@ async fn with_a_token_admin_calls_must_present_it() {
 async fn add_pool_bounds_counts_and_names() {
     let d = start(config()).await;
     let mut a = admin(d.admin_addr).await;
-    let add = |pool: &str, backends: u32| proto::AddPoolRequest {
+    let add = |pool: &str, backends: u32| wire::AddPoolRequest {
         pool: pool.into(),
         chip: "h20".into(),
         backends,

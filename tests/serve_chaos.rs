@@ -10,8 +10,8 @@
 
 mod serve_support;
 
-use dujiang::serve::proto::{self, generate_response::Event, inject_fault_request::Fault};
 use dujiang::serve::ServeConfig;
+use dujiang::wire::{self, generate_response::Event, inject_fault_request::Fault};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serve_support::*;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -64,7 +64,7 @@ async fn client(addr: std::net::SocketAddr, seed: u64, stop: Arc<AtomicBool>) ->
         let max_tokens = rng.random_range(20..300u32);
         let mut body = request(rng.random_range(50..1500), max_tokens);
         if rng.random_bool(0.3) {
-            body.priority = proto::Priority::Batch as i32;
+            body.priority = wire::Priority::Batch as i32;
         }
         let mut req = tonic::Request::new(body);
         let with_deadline = rng.random_bool(0.2);
@@ -168,7 +168,7 @@ async fn chaos_loses_nothing_and_counts_add_up() {
         match rng.random_range(0..3) {
             // Keep at least two backends up.
             0 if failed.iter().filter(|f| **f).count() < 2 && !failed[k] => {
-                a.inject_fault(proto::InjectFaultRequest {
+                a.inject_fault(wire::InjectFaultRequest {
                     backend,
                     fault: Some(Fault::Fail(true)),
                 })
@@ -178,7 +178,7 @@ async fn chaos_loses_nothing_and_counts_add_up() {
                 fails += 1;
             }
             1 => {
-                a.inject_fault(proto::InjectFaultRequest {
+                a.inject_fault(wire::InjectFaultRequest {
                     backend,
                     fault: Some(Fault::Slowdown(rng.random_range(2.0..5.0))),
                 })
@@ -187,14 +187,14 @@ async fn chaos_loses_nothing_and_counts_add_up() {
                 slowdowns += 1;
             }
             _ => {
-                a.clear_fault(proto::BackendRef { backend }).await.unwrap();
+                a.clear_fault(wire::BackendRef { backend }).await.unwrap();
                 failed[k] = false;
                 clears += 1;
             }
         }
     }
     for b in BACKENDS {
-        a.clear_fault(proto::BackendRef { backend: b.into() })
+        a.clear_fault(wire::BackendRef { backend: b.into() })
             .await
             .unwrap();
     }
@@ -207,8 +207,8 @@ async fn chaos_loses_nothing_and_counts_add_up() {
         "chaos: {fails} failures, {slowdowns} slowdowns, {clears} clears; clients saw {total:?}"
     );
 
-    let stats = async |a: &mut proto::admin_client::AdminClient<_>| {
-        a.get_stats(proto::GetStatsRequest {})
+    let stats = async |a: &mut wire::admin_client::AdminClient<_>| {
+        a.get_stats(wire::GetStatsRequest {})
             .await
             .unwrap()
             .into_inner()

@@ -7,8 +7,8 @@
 
 mod serve_support;
 
-use dujiang::serve::proto::{self, inject_fault_request::Fault};
 use dujiang::serve::{Daemon, ServeConfig};
+use dujiang::wire::{self, inject_fault_request::Fault};
 use serve_support::*;
 use std::future::Future;
 use std::pin::pin;
@@ -30,20 +30,20 @@ async fn a_failed_backend_resumed_by_the_operator_serves_again() {
     })
     .await;
     let mut a = admin(d.admin_addr).await;
-    a.inject_fault(proto::InjectFaultRequest {
+    a.inject_fault(wire::InjectFaultRequest {
         backend: "h20-0".into(),
         fault: Some(Fault::Fail(true)),
     })
     .await
     .unwrap();
     let info = a
-        .resume_backend(proto::BackendRef {
+        .resume_backend(wire::BackendRef {
             backend: "h20-0".into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.state, proto::BackendState::Serving as i32);
+    assert_eq!(info.state, wire::BackendState::Serving as i32);
     // least-outstanding sees the resumed backend idle and sends it its share.
     let mut streams = Vec::new();
     for _ in 0..12 {
@@ -66,7 +66,7 @@ async fn a_failed_backend_resumed_by_the_operator_serves_again() {
         "the resumed backend took none of 12 requests"
     );
     let stats = a
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -155,7 +155,7 @@ fn placements(pools: &[&str]) -> String {
 }
 
 async fn route_one(
-    c: &mut proto::inference_client::InferenceClient<tonic::transport::Channel>,
+    c: &mut wire::inference_client::InferenceClient<tonic::transport::Channel>,
 ) -> String {
     c.complete(request(100, 10))
         .await
@@ -175,7 +175,7 @@ async fn switching_policies_keeps_the_fleets_parameters() {
     let mut a = admin(d.admin_addr).await;
     let mut c = inference(d.grpc_addr).await;
     for name in ["round-robin", "domestic-share"] {
-        a.set_policy(proto::SetPolicyRequest {
+        a.set_policy(wire::SetPolicyRequest {
             policy: name.into(),
         })
         .await
@@ -215,15 +215,13 @@ async fn a_reload_that_keeps_the_policy_keeps_its_state() {
     for _ in 0..3 {
         seen.push(route_one(&mut c).await);
     }
-    a.reload_config(proto::ReloadConfigRequest {})
-        .await
-        .unwrap();
+    a.reload_config(wire::ReloadConfigRequest {}).await.unwrap();
     // The window still holds two Ascend requests and one H20: the H20 may take the next.
     // A fresh window would allow no foreign tokens and send it to Ascend.
     seen.push(route_one(&mut c).await);
     // Naming the policy in force through SetPolicy keeps it too.
     let r = a
-        .set_policy(proto::SetPolicyRequest {
+        .set_policy(wire::SetPolicyRequest {
             policy: "domestic-share".into(),
         })
         .await

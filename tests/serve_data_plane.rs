@@ -8,8 +8,8 @@
 mod serve_support;
 
 use dujiang::admission;
-use dujiang::serve::proto::{self, generate_response::Event, inference_client::InferenceClient};
 use dujiang::serve::{Daemon, Delivery, ServeConfig};
+use dujiang::wire::{self, generate_response::Event, inference_client::InferenceClient};
 use serve_support::*;
 use std::time::{Duration, Instant};
 use tonic::transport::Endpoint;
@@ -51,7 +51,7 @@ async fn a_client_that_stops_reading_gets_one_coalesced_backlog_and_stalls_no_ot
     let mut a = admin(d.admin_addr).await;
     let finished_on_backend = eventually(Duration::from_secs(20), async || {
         let b = a
-            .list_backends(proto::ListBackendsRequest::default())
+            .list_backends(wire::ListBackendsRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -81,7 +81,7 @@ async fn a_client_that_stops_reading_gets_one_coalesced_backlog_and_stalls_no_ot
         "{chunks} token messages for {LONG} tokens: the backlog was queued step by step"
     );
     let stats = a
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();

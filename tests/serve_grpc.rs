@@ -5,7 +5,7 @@
 mod serve_support;
 
 use dujiang::profile::{Catalogue, PerfModel};
-use dujiang::serve::proto::{self, inject_fault_request::Fault};
+use dujiang::wire::{self, inject_fault_request::Fault};
 use serve_support::*;
 use std::time::Duration;
 use tonic::Code;
@@ -119,7 +119,7 @@ async fn a_thousand_concurrent_streams_finish_exactly_once() {
     }
     let stats = admin(d.admin_addr)
         .await
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -207,7 +207,7 @@ async fn deadlines_end_streams_with_deadline_exceeded() {
     let mut a = admin(d.admin_addr).await;
     let ok = eventually(Duration::from_secs(2), async || {
         let s = a
-            .get_stats(proto::GetStatsRequest {})
+            .get_stats(wire::GetStatsRequest {})
             .await
             .unwrap()
             .into_inner();
@@ -251,19 +251,19 @@ async fn failed_backends_make_requests_unavailable() {
     let mut running = c.generate(request(100, 4000)).await.unwrap().into_inner();
     let first = running.message().await.unwrap().unwrap();
     let backend = match first.event.unwrap() {
-        proto::generate_response::Event::Started(s) => s.backend,
+        wire::generate_response::Event::Started(s) => s.backend,
         other => panic!("expected Started, got {other:?}"),
     };
     for b in ["h20-0", "h20-1"] {
         let info = a
-            .inject_fault(proto::InjectFaultRequest {
+            .inject_fault(wire::InjectFaultRequest {
                 backend: b.into(),
                 fault: Some(Fault::Fail(true)),
             })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(info.state, proto::BackendState::Failed as i32);
+        assert_eq!(info.state, wire::BackendState::Failed as i32);
     }
     // The in-flight stream on a failed backend ends with UNAVAILABLE.
     let status = loop {
@@ -291,7 +291,7 @@ async fn failed_backends_make_requests_unavailable() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Clearing one fault brings service back.
-    a.clear_fault(proto::BackendRef {
+    a.clear_fault(wire::BackendRef {
         backend: "h20-1".into(),
     })
     .await
@@ -300,7 +300,7 @@ async fn failed_backends_make_requests_unavailable() {
     assert_eq!(seen.tokens, 5, "{:?}", seen.status);
     assert_eq!(seen.started.unwrap().backend, "h20-1");
     let stats = a
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -319,24 +319,24 @@ async fn drained_backends_finish_their_work_and_take_no_more() {
     let mut c = inference(d.grpc_addr).await;
     let mut a = admin(d.admin_addr).await;
     let info = a
-        .drain_backend(proto::BackendRef {
+        .drain_backend(wire::BackendRef {
             backend: "h20-0".into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.state, proto::BackendState::Draining as i32);
+    assert_eq!(info.state, wire::BackendState::Draining as i32);
     for _ in 0..6 {
         let seen = generate(&mut c, tonic::Request::new(request(100, 3))).await;
         assert_eq!(seen.started.unwrap().backend, "h20-1");
     }
-    a.resume_backend(proto::BackendRef {
+    a.resume_backend(wire::BackendRef {
         backend: "h20-0".into(),
     })
     .await
     .unwrap();
     let err = a
-        .drain_backend(proto::BackendRef {
+        .drain_backend(wire::BackendRef {
             backend: "h20-9".into(),
         })
         .await
@@ -351,7 +351,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
     let d = start(two_h20()).await;
     let mut a = admin(d.admin_addr).await;
     let pools = a
-        .list_pools(proto::ListPoolsRequest {})
+        .list_pools(wire::ListPoolsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -359,7 +359,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
     assert_eq!(pools.pools.len(), 1);
     assert_eq!(pools.pools[0].backends, 2);
     let r = a
-        .set_policy(proto::SetPolicyRequest {
+        .set_policy(wire::SetPolicyRequest {
             policy: "round-robin".into(),
         })
         .await
@@ -370,7 +370,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
         ("least-outstanding", "round-robin")
     );
     let err = a
-        .set_policy(proto::SetPolicyRequest {
+        .set_policy(wire::SetPolicyRequest {
             policy: "fastest".into(),
         })
         .await
@@ -378,7 +378,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     let added = a
-        .add_pool(proto::AddPoolRequest {
+        .add_pool(wire::AddPoolRequest {
             pool: "ascend".into(),
             chip: "ascend-910b".into(),
             model: String::new(),
@@ -390,7 +390,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
         .into_inner();
     assert_eq!((added.backends, added.domestic), (3, true));
     let listed = a
-        .list_backends(proto::ListBackendsRequest {
+        .list_backends(wire::ListBackendsRequest {
             pool: "ascend".into(),
         })
         .await
@@ -407,7 +407,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
     }
     assert!(pools_seen.contains("ascend"), "{pools_seen:?}");
     let removed = a
-        .remove_pool(proto::RemovePoolRequest {
+        .remove_pool(wire::RemovePoolRequest {
             pool: "ascend".into(),
         })
         .await
@@ -415,7 +415,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
         .into_inner();
     assert_eq!(removed.backends_removed, 3);
     assert_eq!(
-        a.list_pools(proto::ListPoolsRequest {})
+        a.list_pools(wire::ListPoolsRequest {})
             .await
             .unwrap()
             .into_inner()
@@ -425,7 +425,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
     );
 
     let slowed = a
-        .inject_fault(proto::InjectFaultRequest {
+        .inject_fault(wire::InjectFaultRequest {
             backend: "h20-0".into(),
             fault: Some(Fault::Slowdown(3.0)),
         })
@@ -434,13 +434,13 @@ async fn admin_lists_switches_policy_and_changes_pools() {
         .into_inner();
     assert_eq!(slowed.slowdown, 3.0);
     let stats = a
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
     assert_eq!(stats.accepted, 5);
     let reload = a
-        .reload_config(proto::ReloadConfigRequest {})
+        .reload_config(wire::ReloadConfigRequest {})
         .await
         .unwrap_err();
     assert_eq!(reload.code(), Code::FailedPrecondition);
@@ -458,7 +458,7 @@ async fn slowdown_stretches_step_times() {
     let mut a = admin(d.admin_addr).await;
     let mut c = inference(d.grpc_addr).await;
     // Keep both requests on h20-0.
-    a.drain_backend(proto::BackendRef {
+    a.drain_backend(wire::BackendRef {
         backend: "h20-1".into(),
     })
     .await
@@ -469,7 +469,7 @@ async fn slowdown_stretches_step_times() {
         .unwrap()
         .timings
         .unwrap();
-    a.inject_fault(proto::InjectFaultRequest {
+    a.inject_fault(wire::InjectFaultRequest {
         backend: "h20-0".into(),
         fault: Some(Fault::Slowdown(3.0)),
     })
@@ -491,17 +491,17 @@ async fn slowdown_stretches_step_times() {
 async fn invalid_requests_name_the_field() {
     let d = start(two_h20()).await;
     let mut c = inference(d.grpc_addr).await;
-    let cases: Vec<(proto::GenerateRequest, &str)> = vec![
+    let cases: Vec<(wire::GenerateRequest, &str)> = vec![
         (
-            proto::GenerateRequest {
+            wire::GenerateRequest {
                 max_tokens: 10,
                 ..Default::default()
             },
             "messages",
         ),
         (
-            proto::GenerateRequest {
-                messages: vec![proto::ChatMessage {
+            wire::GenerateRequest {
+                messages: vec![wire::ChatMessage {
                     role: "user".into(),
                     content: String::new(),
                 }],
@@ -514,14 +514,14 @@ async fn invalid_requests_name_the_field() {
         (request(100, 9000), "max_tokens"),
         (request(9000, 10), "prompt"),
         (
-            proto::GenerateRequest {
+            wire::GenerateRequest {
                 model: "gpt-5".into(),
                 ..request(10, 10)
             },
             "model",
         ),
         (
-            proto::GenerateRequest {
+            wire::GenerateRequest {
                 model: "qwen3-8b".into(),
                 ..request(10, 10)
             },
@@ -545,8 +545,8 @@ async fn invalid_requests_name_the_field() {
     }
     // Chat messages without a token override are counted from the text.
     let ok = c
-        .complete(proto::GenerateRequest {
-            messages: vec![proto::ChatMessage {
+        .complete(wire::GenerateRequest {
+            messages: vec![wire::ChatMessage {
                 role: "user".into(),
                 content: "What is the Dujiangyan irrigation system?".into(),
             }],

@@ -297,13 +297,13 @@ async fn every_refusal_is_counted_with_its_reason() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let mut a = admin(d.admin_addr).await;
     let backends = a
-        .list_backends(dujiang::serve::proto::ListBackendsRequest::default())
+        .list_backends(dujiang::wire::ListBackendsRequest::default())
         .await
         .unwrap()
         .into_inner()
         .backends;
     for b in &backends {
-        a.drain_backend(dujiang::serve::proto::BackendRef {
+        a.drain_backend(dujiang::wire::BackendRef {
             backend: b.backend.clone(),
         })
         .await
@@ -344,7 +344,7 @@ async fn latencies_are_labelled_by_the_policy_that_routed_the_request() {
     stream.message().await.unwrap().expect("started");
     admin(d.admin_addr)
         .await
-        .set_policy(dujiang::serve::proto::SetPolicyRequest {
+        .set_policy(dujiang::wire::SetPolicyRequest {
             policy: "least-work".into(),
         })
         .await
@@ -353,7 +353,7 @@ async fn latencies_are_labelled_by_the_policy_that_routed_the_request() {
     while let Some(m) = stream.message().await.unwrap() {
         finished |= matches!(
             m.event,
-            Some(dujiang::serve::proto::generate_response::Event::Finished(_))
+            Some(dujiang::wire::generate_response::Event::Finished(_))
         );
     }
     assert!(finished);
@@ -397,7 +397,7 @@ async fn a_removed_pool_disappears_from_the_scrape() {
     })
     .await;
     let mut a = admin(d.admin_addr).await;
-    a.add_pool(dujiang::serve::proto::AddPoolRequest {
+    a.add_pool(dujiang::wire::AddPoolRequest {
         pool: "extra".into(),
         chip: "ascend-910b".into(),
         backends: 2,
@@ -418,7 +418,7 @@ async fn a_removed_pool_disappears_from_the_scrape() {
         text.contains("dujiang_pool_info{pool=\"extra\",chip=\"ascend-910b\""),
         "{text}"
     );
-    a.remove_pool(dujiang::serve::proto::RemovePoolRequest {
+    a.remove_pool(dujiang::wire::RemovePoolRequest {
         pool: "extra".into(),
     })
     .await

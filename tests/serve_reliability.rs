@@ -8,8 +8,8 @@
 
 mod serve_support;
 
-use dujiang::serve::proto::{self, generate_response::Event, inject_fault_request::Fault};
 use dujiang::serve::ServeConfig;
+use dujiang::wire::{self, generate_response::Event, inject_fault_request::Fault};
 use serve_support::*;
 use std::time::Duration;
 use tonic::Code;
@@ -21,8 +21,8 @@ fn four_h20() -> ServeConfig {
     }
 }
 
-async fn fail(a: &mut proto::admin_client::AdminClient<tonic::transport::Channel>, b: &str) {
-    a.inject_fault(proto::InjectFaultRequest {
+async fn fail(a: &mut wire::admin_client::AdminClient<tonic::transport::Channel>, b: &str) {
+    a.inject_fault(wire::InjectFaultRequest {
         backend: b.into(),
         fault: Some(Fault::Fail(true)),
     })
@@ -33,7 +33,7 @@ async fn fail(a: &mut proto::admin_client::AdminClient<tonic::transport::Channel
 /// Reads a stream until `tokens` tokens arrived; returns the backend it started on and the
 /// text so far.
 async fn read_until(
-    stream: &mut tonic::Streaming<proto::GenerateResponse>,
+    stream: &mut tonic::Streaming<wire::GenerateResponse>,
     tokens: u32,
 ) -> (String, String, u32) {
     let (mut backend, mut text, mut n) = (String::new(), String::new(), 0);
@@ -92,7 +92,7 @@ async fn a_stream_whose_backend_fails_continues_elsewhere_without_repeating_a_to
         "{scrape}"
     );
     let stats = a
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -124,7 +124,7 @@ async fn moves_are_bounded_by_the_retry_budget() {
         }
     }
     let second = a
-        .list_backends(proto::ListBackendsRequest::default())
+        .list_backends(wire::ListBackendsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -145,7 +145,7 @@ async fn moves_are_bounded_by_the_retry_budget() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("moved 1 times"), "{status:?}");
     let stats = a
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -155,7 +155,7 @@ async fn moves_are_bounded_by_the_retry_budget() {
     d.wait().await.unwrap();
 }
 
-fn state_of(backends: &[proto::BackendInfo], name: &str) -> i32 {
+fn state_of(backends: &[wire::BackendInfo], name: &str) -> i32 {
     backends.iter().find(|b| b.backend == name).unwrap().state
 }
 
@@ -170,7 +170,7 @@ async fn stragglers_are_ejected_within_the_pool_bound_and_readmitted_after_recov
     let mut a = admin(d.admin_addr).await;
     // Three of four backends slow down fourfold; at most half the pool may be ejected.
     for b in ["h20-0", "h20-1", "h20-2"] {
-        a.inject_fault(proto::InjectFaultRequest {
+        a.inject_fault(wire::InjectFaultRequest {
             backend: b.into(),
             fault: Some(Fault::Slowdown(4.0)),
         })
@@ -195,15 +195,15 @@ async fn stragglers_are_ejected_within_the_pool_bound_and_readmitted_after_recov
         }
         let _ = &mut c;
     });
-    let backends = async |a: &mut proto::admin_client::AdminClient<_>| {
-        a.list_backends(proto::ListBackendsRequest::default())
+    let backends = async |a: &mut wire::admin_client::AdminClient<_>| {
+        a.list_backends(wire::ListBackendsRequest::default())
             .await
             .unwrap()
             .into_inner()
             .backends
     };
-    let draining = proto::BackendState::Draining as i32;
-    let serving = proto::BackendState::Serving as i32;
+    let draining = wire::BackendState::Draining as i32;
+    let serving = wire::BackendState::Serving as i32;
     assert!(
         eventually(Duration::from_secs(10), async || {
             backends(&mut a)
@@ -248,7 +248,7 @@ async fn stragglers_are_ejected_within_the_pool_bound_and_readmitted_after_recov
     );
     // Recovery: probes see modelled step times again and the backends come back.
     for b in ["h20-0", "h20-1", "h20-2"] {
-        a.clear_fault(proto::BackendRef { backend: b.into() })
+        a.clear_fault(wire::BackendRef { backend: b.into() })
             .await
             .unwrap();
     }
@@ -272,7 +272,7 @@ async fn stragglers_are_ejected_within_the_pool_bound_and_readmitted_after_recov
     assert_eq!(metric_sum(&scrape, "dujiang_backend_ejected"), 0.0);
     // Probes are not client requests.
     let stats = a
-        .get_stats(proto::GetStatsRequest {})
+        .get_stats(wire::GetStatsRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -302,7 +302,7 @@ async fn ten_times_overload_sheds_batch_first_and_serves_what_it_accepted() {
         tasks.push(tokio::spawn(async move {
             let mut req = request(500, 100);
             if i % 2 == 1 {
-                req.priority = proto::Priority::Batch as i32;
+                req.priority = wire::Priority::Batch as i32;
             }
             let mut req = tonic::Request::new(req);
             req.set_timeout(Duration::from_secs(10));
@@ -341,7 +341,7 @@ async fn ten_times_overload_sheds_batch_first_and_serves_what_it_accepted() {
     assert!(scrape.contains("reason=\"batch_shed\""), "{scrape}");
     // Load gone: both classes are admitted again at once.
     let mut c = c.clone();
-    for priority in [proto::Priority::Interactive, proto::Priority::Batch] {
+    for priority in [wire::Priority::Interactive, wire::Priority::Batch] {
         let mut req = request(500, 10);
         req.priority = priority as i32;
         let seen = generate(&mut c, tonic::Request::new(req)).await;

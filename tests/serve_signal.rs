@@ -41,7 +41,7 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
     // Wait for the first tokens, then ask the process to stop.
     let mut tokens = 0;
     while tokens == 0 {
-        if let Some(proto::generate_response::Event::Tokens(t)) =
+        if let Some(wire::generate_response::Event::Tokens(t)) =
             stream.message().await.unwrap().unwrap().event
         {
             tokens += t.count;
@@ -69,9 +69,9 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
     let mut finished = false;
     while let Some(msg) = stream.message().await.expect("stream ends cleanly") {
         match msg.event.unwrap() {
-            proto::generate_response::Event::Tokens(t) => tokens += t.count,
-            proto::generate_response::Event::Finished(_) => finished = true,
-            proto::generate_response::Event::Started(_) => {}
+            wire::generate_response::Event::Tokens(t) => tokens += t.count,
+            wire::generate_response::Event::Finished(_) => finished = true,
+            wire::generate_response::Event::Started(_) => {}
         }
     }
     assert!(
@@ -96,7 +96,7 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
     );
 }
 
-use dujiang::serve::proto;
+use dujiang::wire;
 
 #[test]
 fn print_default_config_round_trips() {

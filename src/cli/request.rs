@@ -1,9 +1,9 @@
 //! `dujiang request`: send one chat request to a running daemon and print its stream as
 //! it arrives — the quickest way to see which backend served it and how fast.
 
-use crate::serve::proto::generate_response::Event;
-use crate::serve::proto::inference_client::InferenceClient;
-use crate::serve::proto::{ChatMessage, GenerateRequest, Priority};
+use crate::wire::generate_response::Event;
+use crate::wire::inference_client::InferenceClient;
+use crate::wire::{ChatMessage, GenerateRequest, Priority};
 use anyhow::{Context, Result};
 use std::io::Write;
 

@@ -10,8 +10,8 @@
 
 use super::stream::{self, Outcome};
 use crate::request::{Nanos, Slo};
-use crate::serve::proto::inference_client::InferenceClient;
 use crate::trace::TraceRecord;
+use crate::wire::inference_client::InferenceClient;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -28,9 +28,9 @@ pub use collect::{LoadReport, LoadSummary};
 pub use progress::Progress;
 
 use crate::request::Slo;
-use crate::serve::proto::admin_client::AdminClient;
-use crate::serve::proto::inference_client::InferenceClient;
 use crate::trace::TraceRecord;
+use crate::wire::admin_client::AdminClient;
+use crate::wire::inference_client::InferenceClient;
 use anyhow::Context as _;
 use collect::{Collector, PoolMeta};
 use std::sync::atomic::AtomicUsize;
@@ -164,10 +164,7 @@ async fn fleet_info(target: &str) -> (Option<String>, Vec<PoolMeta>) {
         return (None, Vec::new());
     };
     let mut admin = AdminClient::new(channel);
-    let Ok(resp) = admin
-        .list_pools(crate::serve::proto::ListPoolsRequest {})
-        .await
-    else {
+    let Ok(resp) = admin.list_pools(crate::wire::ListPoolsRequest {}).await else {
         return (None, Vec::new());
     };
     let resp = resp.into_inner();

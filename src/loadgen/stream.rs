@@ -2,8 +2,8 @@
 //! the moment the task starts sending to each token chunk and to `Finished`.
 
 use crate::request::{Priority, Slo, NANOS_PER_MS};
-use crate::serve::proto::{self, generate_response::Event, inference_client::InferenceClient};
 use crate::trace::TraceRecord;
+use crate::wire::{self, generate_response::Event, inference_client::InferenceClient};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -40,18 +40,18 @@ pub(super) struct Outcome {
 }
 
 /// The request a trace record becomes: exact prompt length, exact output length.
-pub(super) fn request(index: u64, rec: &TraceRecord) -> proto::GenerateRequest {
-    proto::GenerateRequest {
+pub(super) fn request(index: u64, rec: &TraceRecord) -> wire::GenerateRequest {
+    wire::GenerateRequest {
         request_id: format!("load-{index}"),
         // The daemon needs some prompt text; `prompt_tokens` sets the length it models.
         prompt: "load test".into(),
         prompt_tokens: Some(rec.prompt_tokens),
         max_tokens: rec.output_tokens,
         priority: match rec.priority {
-            Priority::Interactive => proto::Priority::Interactive as i32,
-            Priority::Batch => proto::Priority::Batch as i32,
+            Priority::Interactive => wire::Priority::Interactive as i32,
+            Priority::Batch => wire::Priority::Batch as i32,
         },
-        slo: rec.slo.map(|s| proto::Slo {
+        slo: rec.slo.map(|s| wire::Slo {
             ttft_ms: s.ttft_ns.div_ceil(NANOS_PER_MS),
             tpot_ms: s.tpot_ns.div_ceil(NANOS_PER_MS),
         }),

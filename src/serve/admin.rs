@@ -5,10 +5,10 @@
 
 use super::backend::BackendHandle;
 use super::daemon::Daemon;
-use super::proto::{self, admin_server::Admin};
 use crate::engine::LoadSnapshot;
 use crate::fleet::{BackendState, LoadView};
 use crate::metrics::Percentiles;
+use crate::wire::{self, admin_server::Admin};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
@@ -85,8 +85,8 @@ pub struct AdminService {
     pub daemon: Arc<Daemon>,
 }
 
-fn load(l: &LoadSnapshot) -> proto::Load {
-    proto::Load {
+fn load(l: &LoadSnapshot) -> wire::Load {
+    wire::Load {
         waiting: l.waiting,
         running: l.running,
         queued_prefill_tokens: l.queued_prefill_tokens,
@@ -98,16 +98,16 @@ fn load(l: &LoadSnapshot) -> proto::Load {
     }
 }
 
-fn state(s: BackendState) -> proto::BackendState {
+fn state(s: BackendState) -> wire::BackendState {
     match s {
-        BackendState::Serving => proto::BackendState::Serving,
-        BackendState::Draining => proto::BackendState::Draining,
-        BackendState::Failed => proto::BackendState::Failed,
+        BackendState::Serving => wire::BackendState::Serving,
+        BackendState::Draining => wire::BackendState::Draining,
+        BackendState::Failed => wire::BackendState::Failed,
     }
 }
 
-fn percentiles(p: &Percentiles) -> proto::Percentiles {
-    proto::Percentiles {
+fn percentiles(p: &Percentiles) -> wire::Percentiles {
+    wire::Percentiles {
         count: p.count,
         p50: p.p50,
         p90: p.p90,
@@ -119,13 +119,13 @@ fn percentiles(p: &Percentiles) -> proto::Percentiles {
 }
 
 impl AdminService {
-    fn backend_info(&self, b: &BackendHandle) -> proto::BackendInfo {
+    fn backend_info(&self, b: &BackendHandle) -> wire::BackendInfo {
         let view = self.daemon.board.view();
         let st = view
             .membership()
             .backend(b.id)
-            .map_or(proto::BackendState::Unspecified, |e| state(e.state));
-        proto::BackendInfo {
+            .map_or(wire::BackendState::Unspecified, |e| state(e.state));
+        wire::BackendInfo {
             backend: b.name.to_string(),
             pool: b.pool.to_string(),
             chip: b.chip.to_string(),
@@ -142,8 +142,8 @@ impl AdminService {
 impl Admin for AdminService {
     async fn list_pools(
         &self,
-        _: Request<proto::ListPoolsRequest>,
-    ) -> Result<Response<proto::ListPoolsResponse>, Status> {
+        _: Request<wire::ListPoolsRequest>,
+    ) -> Result<Response<wire::ListPoolsResponse>, Status> {
         let view = self.daemon.board.view();
         let m = view.membership();
         let pools = m
@@ -162,7 +162,7 @@ impl Admin for AdminService {
                     total.kv_total_blocks += l.kv_total_blocks;
                     total.predicted_drain_ns = total.predicted_drain_ns.max(l.predicted_drain_ns);
                 }
-                proto::PoolInfo {
+                wire::PoolInfo {
                     pool: p.name().to_string(),
                     chip: p.config.perf.chip.id.clone(),
                     model: p.config.perf.model.id.clone(),
@@ -174,7 +174,7 @@ impl Admin for AdminService {
                 }
             })
             .collect();
-        Ok(Response::new(proto::ListPoolsResponse {
+        Ok(Response::new(wire::ListPoolsResponse {
             pools,
             policy: self.daemon.policy_name().to_string(),
         }))
@@ -182,8 +182,8 @@ impl Admin for AdminService {
 
     async fn list_backends(
         &self,
-        request: Request<proto::ListBackendsRequest>,
-    ) -> Result<Response<proto::ListBackendsResponse>, Status> {
+        request: Request<wire::ListBackendsRequest>,
+    ) -> Result<Response<wire::ListBackendsResponse>, Status> {
         let pool = request.into_inner().pool;
         let backends = self
             .daemon
@@ -192,20 +192,20 @@ impl Admin for AdminService {
             .filter(|b| pool.is_empty() || *b.pool == *pool)
             .map(|b| self.backend_info(b))
             .collect();
-        Ok(Response::new(proto::ListBackendsResponse { backends }))
+        Ok(Response::new(wire::ListBackendsResponse { backends }))
     }
 
     async fn get_stats(
         &self,
-        _: Request<proto::GetStatsRequest>,
-    ) -> Result<Response<proto::GetStatsResponse>, Status> {
+        _: Request<wire::GetStatsRequest>,
+    ) -> Result<Response<wire::GetStatsResponse>, Status> {
         let m = &self.daemon.metrics;
         let pools = m
             .summaries()
             .into_iter()
             .map(|(pool, s)| {
                 let s = s.snapshot();
-                proto::PoolStats {
+                wire::PoolStats {
                     pool: pool.to_string(),
                     ttft_seconds: Some(percentiles(&s.ttft)),
                     inter_token_seconds: Some(percentiles(&s.inter_token)),
@@ -216,7 +216,7 @@ impl Admin for AdminService {
                 }
             })
             .collect();
-        Ok(Response::new(proto::GetStatsResponse {
+        Ok(Response::new(wire::GetStatsResponse {
             pools,
             outcomes: m
                 .outcome_counts()
@@ -236,10 +236,10 @@ impl Admin for AdminService {
 
     async fn set_policy(
         &self,
-        request: Request<proto::SetPolicyRequest>,
-    ) -> Result<Response<proto::SetPolicyResponse>, Status> {
+        request: Request<wire::SetPolicyRequest>,
+    ) -> Result<Response<wire::SetPolicyResponse>, Status> {
         let (previous, policy) = self.daemon.set_policy(&request.into_inner().policy)?;
-        Ok(Response::new(proto::SetPolicyResponse {
+        Ok(Response::new(wire::SetPolicyResponse {
             previous: previous.to_string(),
             policy: policy.to_string(),
         }))
@@ -247,8 +247,8 @@ impl Admin for AdminService {
 
     async fn drain_backend(
         &self,
-        request: Request<proto::BackendRef>,
-    ) -> Result<Response<proto::BackendInfo>, Status> {
+        request: Request<wire::BackendRef>,
+    ) -> Result<Response<wire::BackendInfo>, Status> {
         let b = self
             .daemon
             .set_backend_state(&request.into_inner().backend, BackendState::Draining)?;
@@ -257,8 +257,8 @@ impl Admin for AdminService {
 
     async fn resume_backend(
         &self,
-        request: Request<proto::BackendRef>,
-    ) -> Result<Response<proto::BackendInfo>, Status> {
+        request: Request<wire::BackendRef>,
+    ) -> Result<Response<wire::BackendInfo>, Status> {
         let b = self
             .daemon
             .set_backend_state(&request.into_inner().backend, BackendState::Serving)?;
@@ -267,12 +267,12 @@ impl Admin for AdminService {
 
     async fn add_pool(
         &self,
-        request: Request<proto::AddPoolRequest>,
-    ) -> Result<Response<proto::PoolInfo>, Status> {
+        request: Request<wire::AddPoolRequest>,
+    ) -> Result<Response<wire::PoolInfo>, Status> {
         let req = request.into_inner();
         self.daemon.add_pool(&req)?;
         let pools = self
-            .list_pools(Request::new(proto::ListPoolsRequest {}))
+            .list_pools(Request::new(wire::ListPoolsRequest {}))
             .await?
             .into_inner()
             .pools;
@@ -285,24 +285,24 @@ impl Admin for AdminService {
 
     async fn remove_pool(
         &self,
-        request: Request<proto::RemovePoolRequest>,
-    ) -> Result<Response<proto::RemovePoolResponse>, Status> {
+        request: Request<wire::RemovePoolRequest>,
+    ) -> Result<Response<wire::RemovePoolResponse>, Status> {
         let n = self.daemon.remove_pool(&request.into_inner().pool)?;
-        Ok(Response::new(proto::RemovePoolResponse {
+        Ok(Response::new(wire::RemovePoolResponse {
             backends_removed: n,
         }))
     }
 
     async fn inject_fault(
         &self,
-        request: Request<proto::InjectFaultRequest>,
-    ) -> Result<Response<proto::BackendInfo>, Status> {
+        request: Request<wire::InjectFaultRequest>,
+    ) -> Result<Response<wire::BackendInfo>, Status> {
         let req = request.into_inner();
         let b = match req.fault {
-            Some(proto::inject_fault_request::Fault::Fail(true)) => {
+            Some(wire::inject_fault_request::Fault::Fail(true)) => {
                 self.daemon.inject_fail(&req.backend)?
             }
-            Some(proto::inject_fault_request::Fault::Slowdown(f)) => {
+            Some(wire::inject_fault_request::Fault::Slowdown(f)) => {
                 self.daemon.inject_slowdown(&req.backend, f)?
             }
             _ => {
@@ -316,18 +316,18 @@ impl Admin for AdminService {
 
     async fn clear_fault(
         &self,
-        request: Request<proto::BackendRef>,
-    ) -> Result<Response<proto::BackendInfo>, Status> {
+        request: Request<wire::BackendRef>,
+    ) -> Result<Response<wire::BackendInfo>, Status> {
         let b = self.daemon.clear_fault(&request.into_inner().backend)?;
         Ok(Response::new(self.backend_info(&b)))
     }
 
     async fn reload_config(
         &self,
-        _: Request<proto::ReloadConfigRequest>,
-    ) -> Result<Response<proto::ReloadConfigResponse>, Status> {
+        _: Request<wire::ReloadConfigRequest>,
+    ) -> Result<Response<wire::ReloadConfigResponse>, Status> {
         let policy = self.daemon.reload_config()?;
-        Ok(Response::new(proto::ReloadConfigResponse {
+        Ok(Response::new(wire::ReloadConfigResponse {
             policy: policy.to_string(),
             message: "policy and admission limits reloaded".into(),
         }))

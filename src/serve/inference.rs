@@ -17,10 +17,10 @@ use super::backend::{BackendHandle, Command, Delivery, FinishReport, Resume};
 use super::daemon::{Accepted, Daemon};
 use super::error::ServeError;
 use super::mailbox::Inbox;
-use super::proto::{self, generate_response::Event, inference_server::Inference};
 use crate::admission::{self, Permit};
 use crate::metrics::Outcome;
 use crate::request::{self, Nanos};
+use crate::wire::{self, generate_response::Event, inference_server::Inference};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ impl Inference for InferenceService {
 
     async fn generate(
         &self,
-        request: Request<proto::GenerateRequest>,
+        request: Request<wire::GenerateRequest>,
     ) -> Result<Response<RequestStream>, Status> {
         let accepted = self.admit(request).await?;
         Ok(Response::new(RequestStream::new(
@@ -60,10 +60,10 @@ impl Inference for InferenceService {
 
     async fn complete(
         &self,
-        request: Request<proto::GenerateRequest>,
-    ) -> Result<Response<proto::CompleteResponse>, Status> {
+        request: Request<wire::GenerateRequest>,
+    ) -> Result<Response<wire::CompleteResponse>, Status> {
         let mut stream = RequestStream::new(self.daemon.clone(), self.admit(request).await?);
-        let mut out = proto::CompleteResponse::default();
+        let mut out = wire::CompleteResponse::default();
         while let Some(item) = stream.next().await {
             match item?.event {
                 Some(Event::Started(s)) => out.started = Some(s),
@@ -77,10 +77,7 @@ impl Inference for InferenceService {
 }
 
 impl InferenceService {
-    async fn admit(
-        &self,
-        request: Request<proto::GenerateRequest>,
-    ) -> Result<Accepted, ServeError> {
+    async fn admit(&self, request: Request<wire::GenerateRequest>) -> Result<Accepted, ServeError> {
         let received = Instant::now();
         let deadline = grpc_timeout(request.metadata()).map(|t| received + t);
         self.daemon
@@ -224,8 +221,8 @@ impl RequestStream {
         Ok(())
     }
 
-    fn started(&self, queue_ns: u64) -> proto::Started {
-        proto::Started {
+    fn started(&self, queue_ns: u64) -> wire::Started {
+        wire::Started {
             request_id: self.client_id.clone(),
             backend: self.backend.name.to_string(),
             pool: self.backend.pool.to_string(),
@@ -235,15 +232,15 @@ impl RequestStream {
     }
 }
 
-fn finished(r: &FinishReport) -> proto::Finished {
+fn finished(r: &FinishReport) -> wire::Finished {
     let s = |ns: u64| ns as f64 / 1e9;
-    proto::Finished {
-        usage: Some(proto::Usage {
+    wire::Finished {
+        usage: Some(wire::Usage {
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
         }),
-        finish_reason: proto::FinishReason::Length as i32,
-        timings: Some(proto::Timings {
+        finish_reason: wire::FinishReason::Length as i32,
+        timings: Some(wire::Timings {
             queue_seconds: s(r.queue_ns),
             ttft_seconds: s(r.ttft_ns),
             mean_inter_token_seconds: s(r.mean_inter_token_ns),
@@ -253,7 +250,7 @@ fn finished(r: &FinishReport) -> proto::Finished {
 }
 
 impl Stream for RequestStream {
-    type Item = Result<proto::GenerateResponse, Status>;
+    type Item = Result<wire::GenerateResponse, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -298,7 +295,7 @@ impl Stream for RequestStream {
                     }
                     let text = token_text(this.tokens, count);
                     this.tokens += count;
-                    Event::Tokens(proto::TokenChunk { text, count })
+                    Event::Tokens(wire::TokenChunk { text, count })
                 }
                 Some(Delivery::Finished(report)) => {
                     this.end(Outcome::Ok);
@@ -324,7 +321,7 @@ impl Stream for RequestStream {
                     .into())));
                 }
             };
-            return Poll::Ready(Some(Ok(proto::GenerateResponse { event: Some(event) })));
+            return Poll::Ready(Some(Ok(wire::GenerateResponse { event: Some(event) })));
         }
     }
 }

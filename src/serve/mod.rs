@@ -25,7 +25,6 @@ mod http;
 mod inference;
 mod mailbox;
 pub use crate::fleet::outlier;
-pub mod proto;
 mod routing;
 
 pub use backend::{Delivery, FinishReport};
@@ -37,6 +36,7 @@ pub use inference::{grpc_timeout, token_text, MAX_REQUEST_BYTES};
 pub use mailbox::Inbox;
 
 use crate::metrics::Outcome;
+use crate::wire;
 use anyhow::Context as _;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -135,7 +135,7 @@ pub async fn start_with(
     // services).
     let reflection = |services: &[&str]| {
         let mut b = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(wire::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection");
@@ -145,7 +145,7 @@ pub async fn start_with(
         b.build_v1().context("building the reflection service")
     };
     let routes = tonic::service::Routes::new(
-        proto::inference_server::InferenceServer::new(inference::InferenceService {
+        wire::inference_server::InferenceServer::new(inference::InferenceService {
             daemon: daemon.clone(),
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -153,7 +153,7 @@ pub async fn start_with(
     .add_service(health_service)
     .add_service(reflection(&SERVICES)?);
     let admin_routes =
-        tonic::service::Routes::new(proto::admin_server::AdminServer::with_interceptor(
+        tonic::service::Routes::new(wire::admin_server::AdminServer::with_interceptor(
             admin::AdminService {
                 daemon: daemon.clone(),
             },

@@ -4,9 +4,9 @@
 //! schedule independently of how the server answers.
 #![allow(dead_code)]
 
-use dujiang::serve::proto::inference_server::{Inference, InferenceServer};
-use dujiang::serve::proto::{self, generate_response::Event};
 use dujiang::trace::TraceRecord;
+use dujiang::wire::inference_server::{Inference, InferenceServer};
+use dujiang::wire::{self, generate_response::Event};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,14 +29,14 @@ pub struct Stub {
     pub arrivals: Arc<Mutex<Vec<Instant>>>,
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::GenerateResponse, Status>> + Send>>;
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<wire::GenerateResponse, Status>> + Send>>;
 
-fn event(e: Event) -> Result<proto::GenerateResponse, Status> {
-    Ok(proto::GenerateResponse { event: Some(e) })
+fn event(e: Event) -> Result<wire::GenerateResponse, Status> {
+    Ok(wire::GenerateResponse { event: Some(e) })
 }
 
 fn started() -> Event {
-    Event::Started(proto::Started {
+    Event::Started(wire::Started {
         request_id: String::new(),
         backend: "stub-0".into(),
         pool: "stub".into(),
@@ -51,12 +51,12 @@ impl Inference for Stub {
 
     async fn generate(
         &self,
-        request: Request<proto::GenerateRequest>,
+        request: Request<wire::GenerateRequest>,
     ) -> Result<Response<ResponseStream>, Status> {
         self.arrivals.lock().push(Instant::now());
         let req = request.into_inner();
         tokio::time::sleep(self.delay).await;
-        let items: Vec<Result<proto::GenerateResponse, Status>> = match req.prompt_tokens {
+        let items: Vec<Result<wire::GenerateResponse, Status>> = match req.prompt_tokens {
             Some(PROMPT_SHED) => return Err(Status::new(Code::ResourceExhausted, "shed")),
             Some(PROMPT_FAIL_MID_STREAM) => vec![
                 event(started()),
@@ -64,11 +64,11 @@ impl Inference for Stub {
             ],
             _ => vec![
                 event(started()),
-                event(Event::Tokens(proto::TokenChunk {
+                event(Event::Tokens(wire::TokenChunk {
                     text: "x".repeat(req.max_tokens as usize),
                     count: req.max_tokens,
                 })),
-                event(Event::Finished(proto::Finished::default())),
+                event(Event::Finished(wire::Finished::default())),
             ],
         };
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
@@ -76,8 +76,8 @@ impl Inference for Stub {
 
     async fn complete(
         &self,
-        _request: Request<proto::GenerateRequest>,
-    ) -> Result<Response<proto::CompleteResponse>, Status> {
+        _request: Request<wire::GenerateRequest>,
+    ) -> Result<Response<wire::CompleteResponse>, Status> {
         Err(Status::unimplemented("the stub only streams"))
     }
 }

@@ -2,10 +2,10 @@
 //! tonic clients, and fetch HTTP endpoints with a minimal HTTP/1.1 client.
 #![allow(dead_code)]
 
-use dujiang::serve::proto::admin_client::AdminClient;
-use dujiang::serve::proto::inference_client::InferenceClient;
-use dujiang::serve::proto::{self, generate_response::Event};
 use dujiang::serve::{RunningDaemon, ServeConfig};
+use dujiang::wire::admin_client::AdminClient;
+use dujiang::wire::inference_client::InferenceClient;
+use dujiang::wire::{self, generate_response::Event};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -51,8 +51,8 @@ pub async fn admin(addr: SocketAddr) -> AdminClient<Channel> {
     AdminClient::new(channel(addr).await)
 }
 
-pub fn request(prompt_tokens: u32, max_tokens: u32) -> proto::GenerateRequest {
-    proto::GenerateRequest {
+pub fn request(prompt_tokens: u32, max_tokens: u32) -> wire::GenerateRequest {
+    wire::GenerateRequest {
         prompt: "Explain how the Dujiangyan weir divides the Min river.".into(),
         prompt_tokens: Some(prompt_tokens),
         max_tokens,
@@ -63,11 +63,11 @@ pub fn request(prompt_tokens: u32, max_tokens: u32) -> proto::GenerateRequest {
 /// What a client saw of one stream.
 #[derive(Debug, Default)]
 pub struct Seen {
-    pub started: Option<proto::Started>,
+    pub started: Option<wire::Started>,
     pub tokens: u32,
     /// Wall time from sending to each token chunk, with its token count.
     pub chunks: Vec<(Duration, u32)>,
-    pub finished: Option<proto::Finished>,
+    pub finished: Option<wire::Finished>,
     pub finished_count: u32,
     pub status: Option<tonic::Status>,
 }
@@ -75,7 +75,7 @@ pub struct Seen {
 /// Runs one Generate stream to its end.
 pub async fn generate(
     client: &mut InferenceClient<Channel>,
-    req: tonic::Request<proto::GenerateRequest>,
+    req: tonic::Request<wire::GenerateRequest>,
 ) -> Seen {
     let sent = Instant::now();
     let mut seen = Seen::default();

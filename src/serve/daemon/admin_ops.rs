@@ -10,8 +10,8 @@ use crate::profile::{Catalogue, PerfModel};
 use crate::serve::backend::{BackendHandle, Command};
 use crate::serve::config::ServeConfig;
 use crate::serve::error::ServeError;
-use crate::serve::proto;
 use crate::serve::routing::ActivePolicy;
+use crate::wire;
 use std::sync::Arc;
 
 impl Daemon {
@@ -80,7 +80,7 @@ impl Daemon {
         Ok(b)
     }
 
-    pub fn add_pool(&self, req: &proto::AddPoolRequest) -> Result<(), ServeError> {
+    pub fn add_pool(&self, req: &wire::AddPoolRequest) -> Result<(), ServeError> {
         // Checked before anything is allocated: the name becomes metric labels and the
         // count sizes driver tasks, load slots and series.
         check_pool_name(&req.pool).map_err(|why| {

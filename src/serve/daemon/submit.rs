@@ -11,8 +11,8 @@ use crate::request::Request;
 use crate::serve::backend::{BackendHandle, Command, Delivery, Refusal, Resume};
 use crate::serve::error::ServeError;
 use crate::serve::mailbox::{mailbox, Inbox};
-use crate::serve::proto;
 use crate::serve::routing::ActivePolicy;
+use crate::wire;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +22,7 @@ impl Daemon {
     /// its reason (`dujiang_requests_shed_total`), whichever step refused.
     pub async fn submit(
         &self,
-        req: proto::GenerateRequest,
+        req: wire::GenerateRequest,
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<Accepted, ServeError> {
@@ -52,7 +52,7 @@ impl Daemon {
 
     async fn try_submit(
         &self,
-        req: proto::GenerateRequest,
+        req: wire::GenerateRequest,
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<Accepted, ServeError> {

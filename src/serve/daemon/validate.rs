@@ -5,10 +5,10 @@
 use super::{Daemon, Validated};
 use crate::request::{check_request, Priority, RequestLimits, Slo, NANOS_PER_MS};
 use crate::serve::error::ServeError;
-use crate::serve::proto;
+use crate::wire;
 
 impl Daemon {
-    pub(super) fn validate(&self, req: proto::GenerateRequest) -> Result<Validated, ServeError> {
+    pub(super) fn validate(&self, req: wire::GenerateRequest) -> Result<Validated, ServeError> {
         let model = if req.model.is_empty() {
             self.default_model.clone()
         } else {
@@ -56,8 +56,8 @@ impl Daemon {
         // Counted (by `submit`) under the same reasons replay reports, so the two can be
         // compared.
         .map_err(|e| ServeError::invalid_because(e.reason.as_str(), e.field, e.message))?;
-        let priority = match proto::Priority::try_from(req.priority) {
-            Ok(proto::Priority::Batch) => Priority::Batch,
+        let priority = match wire::Priority::try_from(req.priority) {
+            Ok(wire::Priority::Batch) => Priority::Batch,
             Ok(_) => Priority::Interactive,
             Err(_) => {
                 return Err(ServeError::invalid(
