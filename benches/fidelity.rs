@@ -71,7 +71,12 @@ fn start_daemon(policy: &str, scale: f64, log: &Path) -> (Daemon, String) {
         .arg(format!("127.0.0.1:{grpc}"))
         .arg("--http-addr")
         .arg(format!("127.0.0.1:{http}"))
-        .args(["--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--openai-addr",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "warn")
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

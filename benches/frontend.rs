@@ -125,6 +125,7 @@ fn frontend(c: &mut Criterion) {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
+            openai_addr: "127.0.0.1:0".parse().unwrap(),
             ..ServeConfig::default()
         };
         let d = dujiang::serve::start_with(cfg, None, Some(zero_latency_fleet()))

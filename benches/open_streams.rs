@@ -42,7 +42,7 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "grpc_addr = \"{grpc}\"\nadmin_addr = \"127.0.0.1:0\"\nhttp_addr = \"{http}\"\ntime_scale = 0.001\ngrace_period_ms = 0\n[admission]\nmax_in_flight = 1000000\nmax_waiting_per_backend = 1000000\n"
+            "grpc_addr = \"{grpc}\"\nadmin_addr = \"127.0.0.1:0\"\nhttp_addr = \"{http}\"\nopenai_addr = \"127.0.0.1:0\"\ntime_scale = 0.001\ngrace_period_ms = 0\n[admission]\nmax_in_flight = 1000000\nmax_waiting_per_backend = 1000000\n"
         ),
     )
     .unwrap();

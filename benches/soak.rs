@@ -116,6 +116,7 @@ async fn soak() {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        openai_addr: "127.0.0.1:0".parse().unwrap(),
         time_scale: TIME_SCALE,
         fleet: concat!(
             env!("CARGO_MANIFEST_DIR"),

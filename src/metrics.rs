@@ -51,16 +51,16 @@ pub const ROUTER_DECISION_SECONDS: &str = "dujiang_router_decision_seconds";
 /// Routing decisions taken again because another request's decision committed while
 /// they looked (see `AtomicLoadBoard::claim`), by policy.
 pub const ROUTER_RETRIES_TOTAL: &str = "dujiang_router_retries_total";
-/// Requests accepted (placed on a backend). Equals the sum of `dujiang_requests_total`
-/// once everything in flight has ended.
+/// Requests accepted (placed on a backend), by front end. Equals the sum of
+/// `dujiang_requests_total` once everything in flight has ended.
 pub const REQUESTS_ACCEPTED_TOTAL: &str = "dujiang_requests_accepted_total";
-/// Accepted requests by terminal outcome ([`Outcome`]).
+/// Accepted requests by terminal outcome ([`Outcome`]) and front end ([`Frontend`]).
 pub const REQUESTS_TOTAL: &str = "dujiang_requests_total";
 /// Accepted requests by the pool they ended on and terminal outcome: what SLO burn rates
 /// count failed, deadline-exceeded and abandoned (cancelled) requests from.
 pub const POOL_REQUESTS_TOTAL: &str = "dujiang_pool_requests_total";
-/// Every request refused before acceptance, by reason ([`RejectReason`]): shed by
-/// admission, invalid, no healthy backend, draining.
+/// Every request refused before acceptance, by reason ([`RejectReason`]) and front end:
+/// shed by admission, invalid, no healthy backend, draining.
 pub const REQUESTS_SHED_TOTAL: &str = "dujiang_requests_shed_total";
 /// Prompt tokens of accepted requests, by pool.
 pub const PROMPT_TOKENS_TOTAL: &str = "dujiang_prompt_tokens_total";
@@ -120,6 +120,28 @@ pub const ROUTER_BUCKETS_SECONDS: &[f64] = &[
     0.002_5,
     0.01,
 ];
+
+/// The front end a request came by: the label that tells the gRPC and the OpenAI HTTP
+/// traffic apart on the request counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Frontend {
+    /// `dujiang.v1.Inference` over gRPC.
+    #[default]
+    Grpc,
+    /// The OpenAI-compatible HTTP API.
+    Openai,
+}
+
+impl Frontend {
+    pub const ALL: [Frontend; 2] = [Frontend::Grpc, Frontend::Openai];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frontend::Grpc => "grpc",
+            Frontend::Openai => "openai",
+        }
+    }
+}
 
 /// How an accepted request ended. Exactly one per accepted request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -197,12 +219,13 @@ pub struct Metrics {
     policies: RwLock<HashMap<Arc<str>, Arc<PolicyMetrics>>>,
     /// Refusal reasons: [`RejectReason`]s and the shared request check's [`Invalid`]s.
     refusal_labels: Vec<&'static str>,
-    /// Indexed like `refusal_labels`.
-    refusals: Vec<Counter>,
+    /// Indexed like `refusal_labels`, then by [`Frontend`].
+    refusals: Vec<[Counter; Frontend::ALL.len()]>,
     refusal_counts: Vec<AtomicU64>,
     migrations: [Counter; MIGRATION_KINDS.len()],
-    outcomes: [Counter; Outcome::ALL.len()],
-    accepted: Counter,
+    /// By [`Frontend`], then [`Outcome`].
+    outcomes: [[Counter; Outcome::ALL.len()]; Frontend::ALL.len()],
+    accepted: [Counter; Frontend::ALL.len()],
     in_flight: Gauge,
     // Read-back copies of the counters for Admin `GetStats` (the exporter's handles are
     // write-only).
@@ -228,8 +251,15 @@ impl Metrics {
             c.increment(0);
             c
         };
-        let outcomes =
-            Outcome::ALL.map(|o| counter(REQUESTS_TOTAL, vec![Label::new("outcome", o.as_str())]));
+        let front = |f: Frontend| Label::new("frontend", f.as_str());
+        let outcomes = Frontend::ALL.map(|f| {
+            Outcome::ALL.map(|o| {
+                counter(
+                    REQUESTS_TOTAL,
+                    vec![Label::new("outcome", o.as_str()), front(f)],
+                )
+            })
+        });
         let refusal_labels: Vec<&'static str> = RejectReason::ALL
             .iter()
             .map(|r| r.as_str())
@@ -237,11 +267,18 @@ impl Metrics {
             .collect();
         let refusals = refusal_labels
             .iter()
-            .map(|r| counter(REQUESTS_SHED_TOTAL, vec![Label::new("reason", *r)]))
+            .map(|r| {
+                Frontend::ALL.map(|f| {
+                    counter(
+                        REQUESTS_SHED_TOTAL,
+                        vec![Label::new("reason", *r), front(f)],
+                    )
+                })
+            })
             .collect();
         let migrations =
             MIGRATION_KINDS.map(|k| counter(REQUEST_MIGRATIONS_TOTAL, vec![Label::new("kind", k)]));
-        let accepted = counter(REQUESTS_ACCEPTED_TOTAL, Vec::new());
+        let accepted = Frontend::ALL.map(|f| counter(REQUESTS_ACCEPTED_TOTAL, vec![front(f)]));
         let in_flight = recorder.register_gauge(&Key::from_name(IN_FLIGHT_REQUESTS), &meta());
         in_flight.set(0.0);
         Metrics {
@@ -391,8 +428,8 @@ impl Metrics {
 
     /// Counts a request refused before acceptance, by its reason's label (one of
     /// [`RejectReason::as_str`] or [`Invalid::as_str`]; any other counts as
-    /// `invalid_request`, so the label set stays the registered one).
-    pub fn shed(&self, reason: &str) {
+    /// `invalid_request`, so the label set stays the registered one) and front end.
+    pub fn shed(&self, reason: &str, frontend: Frontend) {
         let i = self
             .refusal_labels
             .iter()
@@ -404,18 +441,18 @@ impl Metrics {
                     .position(|l| *l == RejectReason::InvalidRequest.as_str())
             })
             .expect("invalid_request is a reason");
-        self.refusals[i].increment(1);
+        self.refusals[i][frontend as usize].increment(1);
         self.refusal_counts[i].fetch_add(1, Relaxed);
     }
 
-    pub fn accepted(&self) {
-        self.accepted.increment(1);
+    pub fn accepted(&self, frontend: Frontend) {
+        self.accepted[frontend as usize].increment(1);
         self.accepted_count.fetch_add(1, Relaxed);
         self.in_flight.increment(1.0);
     }
 
-    pub fn ended(&self, outcome: Outcome) {
-        self.outcomes[outcome as usize].increment(1);
+    pub fn ended(&self, outcome: Outcome, frontend: Frontend) {
+        self.outcomes[frontend as usize][outcome as usize].increment(1);
         self.outcome_counts[outcome as usize].fetch_add(1, Relaxed);
         self.in_flight.decrement(1.0);
     }

@@ -58,6 +58,21 @@ pub fn estimate_tokens(text: &str) -> u64 {
     quarters.div_ceil(4).max(1)
 }
 
+/// Tokens a chat template adds per message (role markers and separators): Llama 3's
+/// template spends 4 on `<|start_header_id|>user<|end_header_id|>\n\n` and 1 on
+/// `<|eot_id|>` (meta-llama/Llama-3.1-8B-Instruct, `tokenizer_config.json`'s
+/// `chat_template`); `estimate`: 4, rounded down from that.
+pub const CHAT_TOKENS_PER_MESSAGE: u64 = 4;
+
+/// Estimated prompt tokens of a chat: each message's content by [`estimate_tokens`] plus
+/// [`CHAT_TOKENS_PER_MESSAGE`]. Both front ends count chats this way.
+pub fn estimate_chat_tokens<'a>(contents: impl IntoIterator<Item = &'a str>) -> u64 {
+    contents
+        .into_iter()
+        .map(|c| estimate_tokens(c) + CHAT_TOKENS_PER_MESSAGE)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

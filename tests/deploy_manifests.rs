@@ -151,6 +151,7 @@ async fn shipped_configs_start_a_daemon_that_serves() {
         c.grpc_addr = "127.0.0.1:0".parse().unwrap();
         c.admin_addr = "127.0.0.1:0".parse().unwrap();
         c.http_addr = "127.0.0.1:0".parse().unwrap();
+        c.openai_addr = "127.0.0.1:0".parse().unwrap();
         c.fleet = repo(&format!("deploy/k8s/{dir}/fleet.toml"));
         c.time_scale = 20.0;
         let d = dujiang::serve::start(c, None)
@@ -228,6 +229,7 @@ async fn dockerfile_healthcheck_command_works() {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
+            openai_addr: "127.0.0.1:0".parse().unwrap(),
             ..ServeConfig::default()
         },
         None,

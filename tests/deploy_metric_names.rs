@@ -86,7 +86,7 @@ fn the_name_checker_rejects_what_prometheus_would_not_find() {
          dujiang_ttft_seconds_sum 0.5\n\
          dujiang_ttft_seconds_count 1\n\
          # TYPE dujiang_requests_total counter\n\
-         dujiang_requests_total{outcome=\"ok\"} 1\n",
+         dujiang_requests_total{outcome=\"ok\",frontend=\"grpc\"} 1\n",
     );
     assert!(scrape.check("dujiang_ttft_seconds_bucket").is_ok());
     assert!(scrape.check("dujiang_ttft_seconds_count").is_ok());

@@ -118,6 +118,7 @@ async fn daemon_run(
                 grpc_addr: "127.0.0.1:0".parse().unwrap(),
                 admin_addr: "127.0.0.1:0".parse().unwrap(),
                 http_addr: "127.0.0.1:0".parse().unwrap(),
+                openai_addr: "127.0.0.1:0".parse().unwrap(),
                 time_scale,
                 policy: policy.into(),
                 grace_period_ms: 2_000,
@@ -250,7 +251,7 @@ async fn daemon_and_replay_refuse_the_same_long_prompts() {
     );
     let (l, metrics) = daemon_and_metrics("round-robin", &records, scale).await;
     let shed = |reason: &str| -> u64 {
-        let key = format!("dujiang_requests_shed_total{{reason=\"{reason}\"}} ");
+        let key = format!("dujiang_requests_shed_total{{reason=\"{reason}\",frontend=\"grpc\"}} ");
         metrics
             .lines()
             .find_map(|line| line.strip_prefix(&key)?.trim().parse::<f64>().ok())
@@ -402,10 +403,12 @@ async fn daemon_and_replay_shed_alike_under_overload() {
     let shed = metrics
         .lines()
         .find_map(|line| {
-            line.strip_prefix("dujiang_requests_shed_total{reason=\"slo_unmeetable\"} ")?
-                .trim()
-                .parse::<f64>()
-                .ok()
+            line.strip_prefix(
+                "dujiang_requests_shed_total{reason=\"slo_unmeetable\",frontend=\"grpc\"} ",
+            )?
+            .trim()
+            .parse::<f64>()
+            .ok()
         })
         .expect("the shed counter is exported");
     let mut failures = Vec::new();

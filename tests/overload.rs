@@ -196,7 +196,7 @@ async fn a_flood_of_long_prompts_is_shed_by_prediction_with_a_drain_hint() {
     assert!(*hints.last().unwrap() < 6_000, "{hints:?}");
     let scrape = http_get(d.http_addr, "/metrics").await.1;
     let line = format!(
-        "dujiang_requests_shed_total{{reason=\"slo_unmeetable\"}} {}",
+        "dujiang_requests_shed_total{{reason=\"slo_unmeetable\",frontend=\"grpc\"}} {}",
         hints.len()
     );
     assert!(scrape.contains(&line), "{line} not in {scrape}");

@@ -363,7 +363,7 @@ fn a_readme_daemon_is_the_one_the_tour_reaches() {
     let stray = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = stray.local_addr().unwrap();
     let cmd = format!(
-        "dujiang serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --http-addr {busy}"
+        "dujiang serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --openai-addr 127.0.0.1:0 --http-addr {busy}"
     );
     let err =
         start_background(&cmd, &work, &path, &work.join("busy.log"), Duration::ZERO).unwrap_err();
@@ -376,7 +376,7 @@ fn a_readme_daemon_is_the_one_the_tour_reaches() {
     // On free ports, the daemon reached is the one started: its serving line carries its
     // pid, and /readyz answers on the address it names.
     let cmd =
-        "dujiang serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --http-addr 127.0.0.1:0";
+        "dujiang serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --openai-addr 127.0.0.1:0";
     let (child, http) = start_background(cmd, &work, &path, &work.join("ok.log"), Duration::ZERO)
         .unwrap_or_else(|e| panic!("{e}"));
     let _stop = Background(vec![child]);

@@ -11,7 +11,7 @@ use serve_support::*;
 use tonic::Code;
 
 fn shed(metrics: &str, reason: &str) -> f64 {
-    let key = format!("dujiang_requests_shed_total{{reason=\"{reason}\"}} ");
+    let key = format!("dujiang_requests_shed_total{{reason=\"{reason}\",frontend=\"grpc\"}} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&key)?.trim().parse().ok())

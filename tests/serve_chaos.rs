@@ -242,7 +242,7 @@ async fn chaos_loses_nothing_and_counts_add_up() {
     let outcome = |o: &str| {
         let v = metric_sum(
             &scrape,
-            &format!("dujiang_requests_total{{outcome=\"{o}\"}}"),
+            &format!("dujiang_requests_total{{outcome=\"{o}\",frontend=\"grpc\"}}"),
         );
         assert_eq!(v as u64, s.outcomes[o], "scrape and GetStats agree on {o}");
         v as u64

@@ -186,7 +186,7 @@ async fn cancelling_streams_frees_their_capacity() {
     assert!(kv_after < kv_before, "KV freed: {kv_before} -> {kv_after}");
     let scrape = http_get(addr, "/metrics").await.1;
     assert!(
-        scrape.contains("dujiang_requests_total{outcome=\"cancelled\"} 100"),
+        scrape.contains("dujiang_requests_total{outcome=\"cancelled\",frontend=\"grpc\"} 100"),
         "{scrape}"
     );
     drop(streams);
@@ -236,7 +236,7 @@ async fn admission_limits_shed_with_a_retry_hint() {
     assert_eq!(status.metadata().get("retry-after-ms").unwrap(), "750");
     let scrape = http_get(d.http_addr, "/metrics").await.1;
     assert!(
-        scrape.contains("dujiang_requests_shed_total{reason=\"queue_full\"} 1"),
+        scrape.contains("dujiang_requests_shed_total{reason=\"queue_full\",frontend=\"grpc\"} 1"),
         "{scrape}"
     );
     d.shutdown();

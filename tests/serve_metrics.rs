@@ -209,15 +209,20 @@ async fn every_known_series_exists_before_the_first_request() {
     let d = start(config()).await;
     let (code, text) = http_get(d.http_addr, "/metrics").await;
     assert_eq!(code, 200);
-    for o in ["ok", "cancelled", "deadline_exceeded", "failed", "shutdown"] {
-        assert_eq!(
-            sample(&text, &format!("dujiang_requests_total{{outcome=\"{o}\"}}")),
-            Some(0.0),
-            "{o}:\n{text}"
-        );
-    }
-    for r in dujiang::admission::RejectReason::ALL {
-        let s = format!("dujiang_requests_shed_total{{reason=\"{}\"}}", r.as_str());
+    // Each front end's request series, so a rate by `frontend` sees both from the start.
+    for f in ["grpc", "openai"] {
+        for o in ["ok", "cancelled", "deadline_exceeded", "failed", "shutdown"] {
+            let s = format!("dujiang_requests_total{{outcome=\"{o}\",frontend=\"{f}\"}}");
+            assert_eq!(sample(&text, &s), Some(0.0), "{s}:\n{text}");
+        }
+        for r in dujiang::admission::RejectReason::ALL {
+            let s = format!(
+                "dujiang_requests_shed_total{{reason=\"{}\",frontend=\"{f}\"}}",
+                r.as_str()
+            );
+            assert_eq!(sample(&text, &s), Some(0.0), "{s}:\n{text}");
+        }
+        let s = format!("dujiang_requests_accepted_total{{frontend=\"{f}\"}}");
         assert_eq!(sample(&text, &s), Some(0.0), "{s}:\n{text}");
     }
     for k in ["rerouted", "migrated"] {
@@ -284,7 +289,7 @@ async fn every_refusal_is_counted_with_its_reason() {
     let refused = |text: &str, r: &str| {
         sample(
             text,
-            &format!("dujiang_requests_shed_total{{reason=\"{r}\"}}"),
+            &format!("dujiang_requests_shed_total{{reason=\"{r}\",frontend=\"grpc\"}}"),
         )
         .unwrap()
     };
@@ -317,7 +322,10 @@ async fn every_refusal_is_counted_with_its_reason() {
     assert_eq!(refused(&text, "invalid_request"), 1.0, "{text}");
     assert_eq!(refused(&text, "no_healthy_backend"), 1.0, "{text}");
     // Nothing was accepted: the outage shows only in the refusal counter.
-    assert_eq!(sample(&text, "dujiang_requests_accepted_total"), Some(0.0));
+    assert_eq!(
+        sample(&text, "dujiang_requests_accepted_total{frontend=\"grpc\"}"),
+        Some(0.0)
+    );
     // What shutdown does first (the listeners stay open while streams drain).
     d.daemon.stop_accepting();
     let err = c.generate(request(100, 4)).await.unwrap_err();

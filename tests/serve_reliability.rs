@@ -368,11 +368,13 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_up_front() {
     assert!(status.message().contains("predicted"), "{status:?}");
     let scrape = http_get(d.http_addr, "/metrics").await.1;
     assert!(
-        scrape.contains("dujiang_requests_shed_total{reason=\"deadline_unmeetable\"} 1"),
+        scrape.contains(
+            "dujiang_requests_shed_total{reason=\"deadline_unmeetable\",frontend=\"grpc\"} 1"
+        ),
         "{scrape}"
     );
     assert!(
-        scrape.contains("dujiang_requests_accepted_total 0"),
+        scrape.contains("dujiang_requests_accepted_total{frontend=\"grpc\"} 0"),
         "{scrape}"
     );
     d.shutdown();

@@ -1,7 +1,8 @@
 //! `dujiang serve`: run the daemon until SIGTERM or SIGINT. With no arguments it serves
-//! the embedded demo fleet on gRPC 127.0.0.1:50051 (Inference), Admin 127.0.0.1:50052 and
-//! HTTP 127.0.0.1:9464, and prints `serving grpc=ADDR admin=ADDR http=ADDR pid=PID` once
-//! all three accept connections.
+//! the embedded demo fleet on gRPC 127.0.0.1:50051 (Inference), Admin 127.0.0.1:50052,
+//! HTTP 127.0.0.1:9464 and the OpenAI-compatible API on 127.0.0.1:8000, and prints
+//! `serving grpc=ADDR admin=ADDR http=ADDR openai=ADDR pid=PID` once all four accept
+//! connections.
 
 use crate::serve::{ServeConfig, DEFAULT_CONFIG_TOML};
 use anyhow::Context as _;
@@ -25,6 +26,10 @@ pub struct Args {
     /// HTTP listen address for /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
+    /// HTTP listen address of the OpenAI-compatible API (/v1/chat/completions,
+    /// /v1/completions, /v1/models, /health).
+    #[arg(long, value_name = "ADDR")]
+    openai_addr: Option<SocketAddr>,
     /// Run simulated time this many times faster than wall time.
     #[arg(long, value_name = "X")]
     time_scale: Option<f64>,
@@ -67,6 +72,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(a) = args.http_addr {
         config.http_addr = a;
     }
+    if let Some(a) = args.openai_addr {
+        config.openai_addr = a;
+    }
     if let Some(x) = args.time_scale {
         config.time_scale = x;
     }
@@ -103,10 +111,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // and that the daemon answering there is this one.
     let ready = |d: &crate::serve::RunningDaemon| {
         println!(
-            "serving grpc={} admin={} http={} pid={}",
+            "serving grpc={} admin={} http={} openai={} pid={}",
             d.grpc_addr,
             d.admin_addr,
             d.http_addr,
+            d.openai_addr,
             std::process::id()
         );
     };

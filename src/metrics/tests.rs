@@ -31,20 +31,31 @@ fn outcomes_add_up_and_are_present_from_the_start() {
     for o in Outcome::ALL {
         assert!(
             text.contains(&format!(
-                "dujiang_requests_total{{outcome=\"{}\"}} 0",
+                "dujiang_requests_total{{outcome=\"{}\",frontend=\"grpc\"}} 0",
                 o.as_str()
             )),
             "{text}"
         );
     }
-    m.accepted();
-    m.accepted();
-    m.ended(Outcome::Ok);
-    m.ended(Outcome::Cancelled);
+    m.accepted(Frontend::Grpc);
+    m.accepted(Frontend::Openai);
+    m.ended(Outcome::Ok, Frontend::Grpc);
+    m.ended(Outcome::Cancelled, Frontend::Openai);
     let text = m.render();
-    assert!(text.contains("dujiang_requests_accepted_total 2"), "{text}");
     assert!(
-        text.contains("dujiang_requests_total{outcome=\"ok\"} 1"),
+        text.contains("dujiang_requests_accepted_total{frontend=\"grpc\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dujiang_requests_accepted_total{frontend=\"openai\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dujiang_requests_total{outcome=\"ok\",frontend=\"grpc\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dujiang_requests_total{outcome=\"cancelled\",frontend=\"openai\"} 1"),
         "{text}"
     );
     assert!(text.contains("dujiang_in_flight_requests 0"), "{text}");
@@ -72,13 +83,13 @@ fn router_retries_count_per_policy() {
 fn two_daemons_do_not_share_counters() {
     let a = Metrics::new();
     let b = Metrics::new();
-    a.shed("queue_full");
+    a.shed("queue_full", Frontend::Openai);
     assert!(a
         .render()
-        .contains("dujiang_requests_shed_total{reason=\"queue_full\"} 1"));
+        .contains("dujiang_requests_shed_total{reason=\"queue_full\",frontend=\"openai\"} 1"));
     assert!(b
         .render()
-        .contains("dujiang_requests_shed_total{reason=\"queue_full\"} 0"));
+        .contains("dujiang_requests_shed_total{reason=\"queue_full\",frontend=\"openai\"} 0"));
 }
 
 #[test]

@@ -21,6 +21,8 @@ admin_addr = "127.0.0.1:50052"
 admin_token_file = ""
 # HTTP: /metrics (Prometheus), /healthz, /readyz.
 http_addr = "127.0.0.1:9464"
+# OpenAI-compatible HTTP API: /v1/chat/completions, /v1/completions, /v1/models, /health.
+openai_addr = "127.0.0.1:8000"
 # Simulated time runs this many times faster than wall time (load tests use > 1).
 time_scale = 1.0
 # Fleet file (config/fleets/*.toml). Empty: the embedded demo fleet.
@@ -79,6 +81,8 @@ pub struct ServeConfig {
     /// Bearer token file for Admin calls; empty means none (loopback only).
     pub admin_token_file: PathBuf,
     pub http_addr: SocketAddr,
+    /// The OpenAI-compatible HTTP API's listener.
+    pub openai_addr: SocketAddr,
     pub time_scale: f64,
     /// Fleet file; empty means the embedded demo fleet.
     pub fleet: PathBuf,
@@ -131,6 +135,7 @@ impl Default for ServeConfig {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             admin_token_file: PathBuf::new(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            openai_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             time_scale: 1.0,
             fleet: PathBuf::new(),
             engines: Vec::new(),

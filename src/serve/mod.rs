@@ -2,8 +2,10 @@
 //! `grpc.health.v1` and server reflection on the data-plane port, `dujiang.v1.Admin` on a
 //! port of its own (loopback unless a bearer token is configured: Admin can remove pools
 //! and inject faults, so whoever can send a prompt must not be able to call it), an HTTP
-//! port with `/metrics`, `/healthz` and `/readyz`, and one wall-clock driver per simulated
-//! backend.
+//! port with `/metrics`, `/healthz` and `/readyz`, the OpenAI-compatible HTTP API on a
+//! port of its own ([`openai`]), and one wall-clock driver per simulated backend. Both
+//! request front ends, gRPC and OpenAI, submit on one path ([`Daemon::submit_via`]) and
+//! answer from one request stream ([`stream`]).
 //!
 //! gRPC is served by hyper through axum's server (tonic's `Routes`), not tonic's own
 //! transport: tonic's transport applies `grpc-timeout` itself and answers CANCELLED, while
@@ -24,16 +26,19 @@ pub mod error;
 mod http;
 mod inference;
 mod mailbox;
+mod openai;
 pub use crate::fleet::outlier;
 mod routing;
+mod stream;
 
 pub use backend::{Delivery, FinishReport};
 pub use clock::SimClock;
 pub use config::{AdmissionLimits, ReliabilityConfig, ServeConfig, DEFAULT_CONFIG_TOML};
 pub use daemon::{estimate_tokens, Daemon, FleetInput};
 pub use error::{ServeError, RETRY_AFTER_MS};
-pub use inference::{grpc_timeout, token_text, MAX_REQUEST_BYTES};
+pub use inference::{grpc_timeout, MAX_REQUEST_BYTES};
 pub use mailbox::Inbox;
+pub use stream::token_text;
 
 use crate::metrics::Outcome;
 use crate::wire;
@@ -62,6 +67,8 @@ pub struct RunningDaemon {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The OpenAI-compatible HTTP API.
+    pub openai_addr: SocketAddr,
     pub daemon: Arc<Daemon>,
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -79,7 +86,7 @@ impl RunningDaemon {
     }
 }
 
-/// Binds the listeners, builds the fleet and starts serving. Returns once both ports
+/// Binds the listeners, builds the fleet and starts serving. Returns once every port
 /// accept connections (so tests can pass port 0 and read the bound addresses).
 pub async fn start(
     config: ServeConfig,
@@ -114,7 +121,11 @@ pub async fn start_with(
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
+    let openai = TcpListener::bind(config.openai_addr)
+        .await
+        .with_context(|| format!("cannot listen for OpenAI HTTP on {}", config.openai_addr))?;
     let grpc_addr = grpc.local_addr()?;
+    let openai_addr = openai.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let http_addr = http.local_addr()?;
     let daemon = Daemon::start(&config, config_path, fleet)?;
@@ -184,6 +195,15 @@ pub async fn start_with(
     );
     let http_server = tokio::spawn(
         axum::serve(http, http::router(daemon.clone()))
+            .with_graceful_shutdown(closed(close_rx.clone()))
+            .into_future(),
+    );
+    // Streamed tokens are small writes too (see gRPC above).
+    let openai = axum::serve::ListenerExt::tap_io(openai, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let openai_server = tokio::spawn(
+        axum::serve(openai, openai::router(daemon.clone()))
             .with_graceful_shutdown(closed(close_rx))
             .into_future(),
     );
@@ -214,6 +234,7 @@ pub async fn start_with(
         grpc = %grpc_addr,
         admin = %admin_addr,
         http = %http_addr,
+        openai = %openai_addr,
         fleet = %daemon.fleet_name,
         policy = %daemon.policy_name(),
         backends = daemon.backends().len(),
@@ -255,7 +276,7 @@ pub async fn start_with(
         close.send_replace(true);
         upkeep.abort();
         outliers.abort();
-        for server in [grpc_server, admin_server, http_server] {
+        for server in [grpc_server, admin_server, http_server, openai_server] {
             match tokio::time::timeout(FINAL_FLUSH, server).await {
                 Ok(joined) => joined
                     .context("server task panicked")?
@@ -270,6 +291,7 @@ pub async fn start_with(
         grpc_addr,
         admin_addr,
         http_addr,
+        openai_addr,
         daemon,
         stop,
         task,

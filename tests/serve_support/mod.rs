@@ -24,6 +24,7 @@ pub fn config() -> ServeConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        openai_addr: "127.0.0.1:0".parse().unwrap(),
         grace_period_ms: 5_000,
         ..ServeConfig::default()
     }
@@ -230,6 +231,7 @@ pub struct Serving {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
     pub http: SocketAddr,
+    pub openai: SocketAddr,
     pub pid: u32,
 }
 
@@ -245,6 +247,7 @@ impl Serving {
             grpc: field("grpc")?.parse().ok()?,
             admin: field("admin")?.parse().ok()?,
             http: field("http")?.parse().ok()?,
+            openai: field("openai")?.parse().ok()?,
             pid: field("pid")?.parse().ok()?,
         })
     }
@@ -257,7 +260,12 @@ impl Serving {
 pub async fn spawn_serve(cmd: &mut std::process::Command) -> (std::process::Child, Serving, Lines) {
     let mut child = cmd
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(["--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--openai-addr",
+            "127.0.0.1:0",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn dujiang serve");

@@ -21,7 +21,7 @@ use super::mailbox::Inbox;
 use super::outlier::{OutlierConfig, OutlierDetector};
 use super::routing::ActivePolicy;
 use crate::admission::{self, Permit, Target};
-use crate::fleet::{AtomicLoadBoard, BackendId, PoolConfig};
+use crate::fleet::{AtomicLoadBoard, BackendId, LoadView as _, PoolConfig};
 use crate::metrics::{Metrics, PoolDescription};
 use crate::profile::Catalogue;
 use crate::request::{Nanos, Priority, Request, Slo};
@@ -95,6 +95,8 @@ pub struct Accepted {
     pub model: String,
     /// Held until the request's one terminal outcome is recorded.
     pub permit: Permit,
+    /// The front end it came by (its counters' label).
+    pub frontend: crate::metrics::Frontend,
 }
 
 /// Where the router would place a request.
@@ -254,6 +256,29 @@ impl Daemon {
 
     pub fn policy_name(&self) -> Arc<str> {
         self.policy.load().name.clone()
+    }
+
+    /// Whether new requests are taken (false once shutdown began).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Relaxed)
+    }
+
+    /// The models the fleet's pools serve, each once, in pool order.
+    pub fn served_models(&self) -> Vec<String> {
+        let view = self.board.view();
+        let mut out: Vec<String> = Vec::new();
+        for p in view.membership().pools() {
+            let id = &p.config.perf.model.id;
+            if !out.iter().any(|m| m == id) {
+                out.push(id.clone());
+            }
+        }
+        out
+    }
+
+    /// The model a request that names none is served with.
+    pub fn default_model(&self) -> &str {
+        &self.default_model
     }
 
     /// Every live backend's handle.

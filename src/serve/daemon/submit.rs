@@ -7,6 +7,7 @@ use super::{Accepted, Daemon, Placement, ROUTE_ATTEMPTS};
 use crate::admission::{self, RejectReason, Target};
 use crate::engine::AdmitError;
 use crate::fleet::{BackendState, Claim, LoadView, MaskedView, PoolMask};
+use crate::metrics::Frontend;
 use crate::request::Request;
 use crate::serve::backend::{BackendHandle, Command, Delivery, Refusal, Resume};
 use crate::serve::error::ServeError;
@@ -18,17 +19,30 @@ use std::sync::Arc;
 use std::time::Instant;
 
 impl Daemon {
-    /// Validates, routes, admits and hands over one request. Every refusal is counted by
-    /// its reason (`dujiang_requests_shed_total`), whichever step refused.
+    /// [`Daemon::submit_via`] the gRPC front end.
     pub async fn submit(
         &self,
         req: wire::GenerateRequest,
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<Accepted, ServeError> {
-        let result = self.try_submit(req, received, deadline).await;
+        self.submit_via(Frontend::Grpc, req, received, deadline)
+            .await
+    }
+
+    /// Validates, routes, admits and hands over one request: the one path every front end
+    /// translates its requests onto. Every refusal is counted by its reason
+    /// (`dujiang_requests_shed_total`), whichever step refused.
+    pub async fn submit_via(
+        &self,
+        frontend: Frontend,
+        req: wire::GenerateRequest,
+        received: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted, ServeError> {
+        let result = self.try_submit(frontend, req, received, deadline).await;
         if let Err(e) = &result {
-            self.metrics.shed(self.refusal_reason(e));
+            self.metrics.shed(self.refusal_reason(e), frontend);
         }
         result
     }
@@ -52,6 +66,7 @@ impl Daemon {
 
     async fn try_submit(
         &self,
+        frontend: Frontend,
         req: wire::GenerateRequest,
         received: Instant,
         deadline: Option<Instant>,
@@ -122,7 +137,7 @@ impl Daemon {
             };
             let refused = match answer {
                 Some(Delivery::Admitted) => {
-                    self.metrics.accepted();
+                    self.metrics.accepted(frontend);
                     // The request id is optional on the wire: one the client left empty
                     // is generated here, so every Started names its request.
                     let client_id = if v.client_id.is_empty() {
@@ -139,6 +154,7 @@ impl Daemon {
                         request,
                         model: v.model,
                         permit,
+                        frontend,
                     });
                 }
                 Some(Delivery::Refused(Refusal::Engine(AdmitError::TooLarge {

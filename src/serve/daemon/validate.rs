@@ -30,7 +30,7 @@ impl Daemon {
                     ));
                 }
                 // A chat template adds a few tokens per message (role markers).
-                n += estimate_tokens(&m.content) + 4;
+                n += crate::tokens::estimate_chat_tokens([m.content.as_str()]);
             }
             n
         } else if !req.prompt.is_empty() {

@@ -1,0 +1,177 @@
+//! The endpoints: each reads its request ([`super::request`]), submits it on the daemon's
+//! one request path ([`Daemon::submit_via`], the same routing, admission and pacing as
+//! gRPC) and answers from the shared [`RequestStream`].
+//!
+//! A response starts once the request's backend has scheduled it (`Started`), so it can
+//! name its placement in headers (`x-dujiang-backend`, `-pool`, `-chip`, `-queue-ms`) and
+//! so every failure before that is still an HTTP status (429, 503, 504, ...). A streaming
+//! response's body is then [`EventStream`]; dropping it (the client went away) drops the
+//! request stream, which aborts the request and frees its KV cache.
+
+use super::error::ApiError;
+use super::request::{self, Endpoint};
+use super::sse::{EventStream, Framer};
+use crate::admission::RejectReason;
+use crate::metrics::Frontend;
+use crate::serve::daemon::Daemon;
+use crate::serve::stream::RequestStream;
+use crate::serve::MAX_REQUEST_BYTES;
+use crate::wire::generate_response::Event;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio_stream::StreamExt;
+
+pub async fn chat(State(d): State<Arc<Daemon>>, req: Request) -> Response {
+    complete(d, Endpoint::Chat, req).await
+}
+
+pub async fn completions(State(d): State<Arc<Daemon>>, req: Request) -> Response {
+    complete(d, Endpoint::Completions, req).await
+}
+
+async fn complete(d: Arc<Daemon>, endpoint: Endpoint, req: Request) -> Response {
+    match try_complete(&d, endpoint, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn try_complete(
+    d: &Arc<Daemon>,
+    endpoint: Endpoint,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let (parts, body) = req.into_parts();
+    // Refusals before the shared path are counted like the ones on it.
+    let refused = |e: ApiError| {
+        d.metrics
+            .shed(RejectReason::InvalidRequest.as_str(), Frontend::Openai);
+        e
+    };
+    let body = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
+        .await
+        .map_err(|_| {
+            let mut e = ApiError::invalid(
+                "body",
+                format!("larger than {MAX_REQUEST_BYTES} bytes, or unreadable"),
+            );
+            e.status = StatusCode::PAYLOAD_TOO_LARGE;
+            refused(e)
+        })?;
+    let parsed = request::parse(endpoint, &parts.headers, &body).map_err(refused)?;
+    let deadline = parsed.timeout.map(|t| received + t);
+    let accepted = d
+        .submit_via(Frontend::Openai, parsed.wire, received, deadline)
+        .await?;
+    let mut stream = RequestStream::new(d.clone(), accepted);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs());
+    let framer = Framer::new(
+        endpoint,
+        stream.client_id(),
+        created,
+        stream.model(),
+        stream.prompt_tokens(),
+        parsed.stream,
+        parsed.include_usage && parsed.continuous_usage,
+    );
+    // Until the backend schedules it, anything that ends the request is an HTTP status.
+    let queue_seconds = loop {
+        match stream.next().await {
+            Some(Ok(Event::Started(s))) => break s.queue_seconds,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                return Err(ApiError::from(crate::serve::ServeError::Unavailable(
+                    "the request ended before it started".into(),
+                )))
+            }
+        }
+    };
+    let mut headers = placement(&stream, queue_seconds);
+    if parsed.stream {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let body = Body::from_stream(EventStream::new(stream, framer, parsed.include_usage));
+        return Ok((StatusCode::OK, headers, body).into_response());
+    }
+    let mut text = String::new();
+    let mut tokens = 0u32;
+    while let Some(item) = stream.next().await {
+        match item? {
+            Event::Tokens(t) => {
+                text.push_str(&t.text);
+                tokens += t.count;
+            }
+            Event::Finished(_) => break,
+            Event::Started(_) => {}
+        }
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok((StatusCode::OK, headers, framer.complete(&text, tokens)).into_response())
+}
+
+/// Where the request runs, for clients that report per pool (the load generator does).
+fn placement(stream: &RequestStream, queue_seconds: f64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let b = stream.backend();
+    let mut put = |name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(name, v);
+        }
+    };
+    put("x-request-id", stream.client_id());
+    put("x-dujiang-backend", &b.name);
+    put("x-dujiang-pool", &b.pool);
+    put("x-dujiang-chip", &b.chip);
+    put("x-dujiang-queue-ms", &format!("{:.3}", queue_seconds * 1e3));
+    h
+}
+
+/// `GET /v1/models`: the models the fleet's pools serve.
+pub async fn models(State(d): State<Arc<Daemon>>) -> Response {
+    let data: Vec<serde_json::Value> = d
+        .served_models()
+        .into_iter()
+        .map(|id| {
+            serde_json::json!({
+                "id": id,
+                "object": "model",
+                "created": super::started_unix(),
+                "owned_by": "dujiang",
+                "root": id,
+                "parent": null,
+            })
+        })
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "object": "list", "data": data }).to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /health`: 200 while the daemon takes requests, 503 (with `Retry-After`) before
+/// it is ready and once it drains.
+pub async fn health(State(d): State<Arc<Daemon>>) -> Response {
+    if d.is_ready() && d.is_accepting() {
+        (StatusCode::OK, "").into_response()
+    } else {
+        ApiError::from(crate::serve::ServeError::Unavailable(
+            "the daemon is not serving (starting or draining)".into(),
+        ))
+        .into_response()
+    }
+}

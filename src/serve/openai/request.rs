@@ -1,0 +1,537 @@
+//! Reading an OpenAI request (JSON body and headers) into the daemon's one request type,
+//! `wire::GenerateRequest`, naming the field at fault when something is wrong.
+//!
+//! Accepted as vLLM does: `messages[].content` as a string or a list of text parts;
+//! `max_tokens` or `max_completion_tokens`; `ignore_eos`, `stop`, `temperature`, `seed`
+//! and any unknown field are accepted and ignored (the simulated backends always produce
+//! `max_tokens` tokens). Refused with 400: `n` other than 1, tools and function calls, and
+//! content parts other than text (images, audio). dujiang's own fields: `priority`
+//! (`"interactive"`/`"batch"`, or vLLM's integer, where above 0 is batch), `slo`
+//! (`{ttft_ms, tpot_ms}`), `prefix_hashes`; the same as headers for clients that cannot
+//! add body fields (body fields win): `x-dujiang-priority`, `x-dujiang-slo-ttft-ms`,
+//! `x-dujiang-slo-tpot-ms`, `x-dujiang-prefix-hashes` (comma-separated), and
+//! `x-dujiang-prompt-tokens` to override the length estimated from the text. The request
+//! timeout header `x-dujiang-timeout-ms` is enforced like gRPC's `grpc-timeout`.
+
+use super::error::ApiError;
+use super::prompt::{self, Shape};
+use crate::request::PREFIX_BLOCK_TOKENS;
+use crate::wire;
+use axum::http::HeaderMap;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// Output tokens when a request names no limit: OpenAI's documented default for
+/// `/v1/completions` (`max_tokens` defaults to 16); used for chat too, which upstream
+/// bounds only by the context (`estimate`: a simulator must not stream 100k tokens
+/// because a field was left out).
+pub const DEFAULT_MAX_TOKENS: u32 = 16;
+
+/// Which endpoint a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// A request read and checked: what to submit, and how to answer.
+#[derive(Debug)]
+pub struct Parsed {
+    pub wire: wire::GenerateRequest,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub continuous_usage: bool,
+    pub timeout: Option<Duration>,
+}
+
+pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))?;
+    let Value::Object(b) = value else {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    };
+    refuse_unsupported(&b)?;
+    let model = match b.get("model") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ApiError::invalid("model", "must be a string")),
+    };
+    let mut wire = wire::GenerateRequest {
+        model,
+        ..Default::default()
+    };
+    let shape = match endpoint {
+        Endpoint::Chat => {
+            let messages = messages(&b)?;
+            let shape = prompt::chat(&messages);
+            wire.messages = messages
+                .into_iter()
+                .map(|(role, content)| wire::ChatMessage { role, content })
+                .collect();
+            shape
+        }
+        Endpoint::Completions => completion_prompt(&b, &mut wire)?,
+    };
+    wire.max_tokens = max_tokens(&b)?;
+    let stream = flag(&b, "stream")?;
+    let (include_usage, continuous_usage) = match b.get("stream_options") {
+        None | Some(Value::Null) => (false, false),
+        Some(Value::Object(o)) => (
+            flag(o, "include_usage").map_err(|e| nest("stream_options", e))?,
+            flag(o, "continuous_usage_stats").map_err(|e| nest("stream_options", e))?,
+        ),
+        Some(_) => return Err(ApiError::invalid("stream_options", "must be an object")),
+    };
+    // The length: the client's override, else the estimate.
+    let tokens = match header_u64(headers, "x-dujiang-prompt-tokens")? {
+        Some(n) => {
+            let n = u32::try_from(n).map_err(|_| {
+                ApiError::invalid("x-dujiang-prompt-tokens", "exceeds any model's context")
+            })?;
+            wire.prompt_tokens = Some(n);
+            u64::from(n)
+        }
+        None => shape.tokens,
+    };
+    wire.prompt_tokens = Some(u32::try_from(tokens).unwrap_or(u32::MAX));
+    wire.prefix_hashes = prefix_hashes(&b, headers, shape, tokens)?;
+    wire.priority = priority(&b, headers)? as i32;
+    wire.slo = slo(&b, headers)?;
+    wire.request_id = match b.get("request_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => header_str(headers, "x-request-id")?
+            .unwrap_or_default()
+            .to_string(),
+        Some(_) => return Err(ApiError::invalid("request_id", "must be a string")),
+    };
+    let timeout = match header_u64(headers, "x-dujiang-timeout-ms")? {
+        Some(0) => {
+            return Err(ApiError::invalid(
+                "x-dujiang-timeout-ms",
+                "must be at least 1",
+            ))
+        }
+        t => t.map(Duration::from_millis),
+    };
+    Ok(Parsed {
+        wire,
+        stream,
+        include_usage,
+        continuous_usage,
+        timeout,
+    })
+}
+
+/// `n > 1`, tools, function calls: refused rather than half-served.
+fn refuse_unsupported(b: &Map<String, Value>) -> Result<(), ApiError> {
+    match b.get("n") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(_) => return Err(ApiError::invalid("n", "only n = 1 is supported")),
+    }
+    for field in ["tools", "functions"] {
+        match b.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            Some(_) => return Err(ApiError::invalid(field, "tool calling is not supported")),
+        }
+    }
+    for field in ["tool_choice", "function_call"] {
+        match b.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "none" || s == "auto" => {}
+            Some(_) => return Err(ApiError::invalid(field, "tool calling is not supported")),
+        }
+    }
+    Ok(())
+}
+
+/// Prefixes a nested error's field with its parent's name.
+fn nest(parent: &str, mut e: ApiError) -> ApiError {
+    if let Some(p) = e.param.take() {
+        let full = format!("{parent}.{p}");
+        e.message = format!("{full}{}", &e.message[p.len()..]);
+        e.param = Some(full);
+    }
+    e
+}
+
+fn flag(b: &Map<String, Value>, field: &str) -> Result<bool, ApiError> {
+    match b.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(v)) => Ok(*v),
+        Some(_) => Err(ApiError::invalid(field, "must be true or false")),
+    }
+}
+
+const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
+
+/// The chat's (role, content) pairs, text parts joined.
+fn messages(b: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(Value::Array(list)) = b.get("messages") else {
+        return Err(ApiError::invalid("messages", "must be a non-empty array"));
+    };
+    if list.is_empty() {
+        return Err(ApiError::invalid("messages", "must be a non-empty array"));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let at = |f: &str| format!("messages[{i}].{f}");
+        let Value::Object(m) = m else {
+            return Err(ApiError::invalid(
+                format!("messages[{i}]"),
+                "must be an object",
+            ));
+        };
+        let role = match m.get("role") {
+            Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.clone(),
+            Some(Value::String(r)) if r == "tool" || r == "function" => {
+                return Err(ApiError::invalid(
+                    at("role"),
+                    "tool calling is not supported",
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    at("role"),
+                    "must be one of system, developer, user, assistant",
+                ))
+            }
+        };
+        if m.get("tool_calls").is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(
+                at("tool_calls"),
+                "tool calling is not supported",
+            ));
+        }
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    let kind = p.get("type").and_then(Value::as_str);
+                    match (kind, p.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                        (Some("text"), _) => {
+                            return Err(ApiError::invalid(
+                                at(&format!("content[{j}].text")),
+                                "must be a string",
+                            ))
+                        }
+                        (Some(other), _) => {
+                            return Err(ApiError::invalid(
+                                at(&format!("content[{j}].type")),
+                                format!("`{other}` parts are not supported; only text"),
+                            ))
+                        }
+                        (None, _) => {
+                            return Err(ApiError::invalid(
+                                at(&format!("content[{j}].type")),
+                                "is missing",
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    at("content"),
+                    "must be a string or a list of text parts",
+                ))
+            }
+        };
+        if content.is_empty() {
+            return Err(ApiError::invalid(at("content"), "is empty"));
+        }
+        out.push((role, content));
+    }
+    Ok(out)
+}
+
+/// `/v1/completions`' `prompt`: a string, token ids, or a one-element list of either.
+fn completion_prompt(
+    b: &Map<String, Value>,
+    wire: &mut wire::GenerateRequest,
+) -> Result<Shape, ApiError> {
+    let mut p = b
+        .get("prompt")
+        .ok_or_else(|| ApiError::invalid("prompt", "is required"))?;
+    if let Value::Array(a) = p {
+        if a.len() == 1 && (a[0].is_string() || a[0].is_array()) {
+            p = &a[0];
+        } else if a.iter().any(|v| v.is_string() || v.is_array()) {
+            return Err(ApiError::invalid(
+                "prompt",
+                "one prompt per request; lists of prompts are not supported",
+            ));
+        }
+    }
+    match p {
+        Value::String(s) if !s.is_empty() => {
+            wire.prompt = s.clone();
+            Ok(prompt::text(s))
+        }
+        Value::Array(ids) if !ids.is_empty() => {
+            let ids: Vec<u64> = ids
+                .iter()
+                .map(Value::as_u64)
+                .collect::<Option<_>>()
+                .ok_or_else(|| ApiError::invalid("prompt", "token ids must be integers ≥ 0"))?;
+            // The daemon needs some text; the length is the ids' count.
+            wire.prompt = " ".into();
+            Ok(prompt::token_ids(&ids))
+        }
+        _ => Err(ApiError::invalid(
+            "prompt",
+            "must be a non-empty string or a non-empty list of token ids",
+        )),
+    }
+}
+
+fn max_tokens(b: &Map<String, Value>) -> Result<u32, ApiError> {
+    for field in ["max_completion_tokens", "max_tokens"] {
+        match b.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                return v
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| ApiError::invalid(field, "must be a non-negative integer"));
+            }
+        }
+    }
+    Ok(DEFAULT_MAX_TOKENS)
+}
+
+fn prefix_hashes(
+    b: &Map<String, Value>,
+    headers: &HeaderMap,
+    shape: Shape,
+    tokens: u64,
+) -> Result<Vec<u64>, ApiError> {
+    match b.get("prefix_hashes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            return a
+                .iter()
+                .map(Value::as_u64)
+                .collect::<Option<_>>()
+                .ok_or_else(|| ApiError::invalid("prefix_hashes", "must be integers ≥ 0"));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "prefix_hashes",
+                "must be a list of integers",
+            ))
+        }
+    }
+    if let Some(v) = header_str(headers, "x-dujiang-prefix-hashes")? {
+        return v
+            .split(',')
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                ApiError::invalid(
+                    "x-dujiang-prefix-hashes",
+                    "must be comma-separated integers",
+                )
+            });
+    }
+    // Derived from the text; an overridden length keeps the blocks it covers.
+    let mut hashes = shape.prefix_hashes;
+    hashes.truncate(tokens.div_ceil(u64::from(PREFIX_BLOCK_TOKENS)) as usize);
+    Ok(hashes)
+}
+
+fn priority(b: &Map<String, Value>, headers: &HeaderMap) -> Result<wire::Priority, ApiError> {
+    let named = |s: &str, field: &str| match s {
+        "interactive" => Ok(wire::Priority::Interactive),
+        "batch" => Ok(wire::Priority::Batch),
+        _ => Err(ApiError::invalid(field, "must be interactive or batch")),
+    };
+    match b.get("priority") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => return named(s, "priority"),
+        // vLLM's convention: lower values are served first, 0 the default.
+        Some(Value::Number(n)) if n.as_i64().is_some() => {
+            return Ok(if n.as_i64() > Some(0) {
+                wire::Priority::Batch
+            } else {
+                wire::Priority::Interactive
+            });
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "priority",
+                "must be \"interactive\", \"batch\" or an integer",
+            ))
+        }
+    }
+    match header_str(headers, "x-dujiang-priority")? {
+        Some(s) => named(s, "x-dujiang-priority"),
+        None => Ok(wire::Priority::Unspecified),
+    }
+}
+
+fn slo(b: &Map<String, Value>, headers: &HeaderMap) -> Result<Option<wire::Slo>, ApiError> {
+    let ms =
+        |v: Option<&Value>, field: &str| match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().filter(|&n| n > 0).map(Some).ok_or_else(|| {
+                ApiError::invalid(field, "must be a positive integer (milliseconds)")
+            }),
+        };
+    let (mut ttft, mut tpot) = match b.get("slo") {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::Object(o)) => (
+            ms(o.get("ttft_ms"), "slo.ttft_ms")?,
+            ms(o.get("tpot_ms"), "slo.tpot_ms")?,
+        ),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "slo",
+                "must be {\"ttft_ms\", \"tpot_ms\"}",
+            ))
+        }
+    };
+    if ttft.is_none() {
+        ttft = positive(
+            header_u64(headers, "x-dujiang-slo-ttft-ms")?,
+            "x-dujiang-slo-ttft-ms",
+        )?;
+    }
+    if tpot.is_none() {
+        tpot = positive(
+            header_u64(headers, "x-dujiang-slo-tpot-ms")?,
+            "x-dujiang-slo-tpot-ms",
+        )?;
+    }
+    // 0 means "the default objective" on the wire.
+    Ok((ttft.is_some() || tpot.is_some()).then(|| wire::Slo {
+        ttft_ms: ttft.unwrap_or(0),
+        tpot_ms: tpot.unwrap_or(0),
+    }))
+}
+
+fn positive(v: Option<u64>, field: &str) -> Result<Option<u64>, ApiError> {
+    match v {
+        Some(0) => Err(ApiError::invalid(field, "must be at least 1")),
+        v => Ok(v),
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::trim)
+                .map_err(|_| ApiError::invalid(name, "must be visible ASCII"))
+        })
+        .transpose()
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    header_str(headers, name)?
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| ApiError::invalid(name, "must be a non-negative integer"))
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<Parsed, ApiError> {
+        parse(Endpoint::Chat, &HeaderMap::new(), body.as_bytes())
+    }
+
+    #[test]
+    fn text_parts_join_and_unknown_fields_pass() {
+        let p = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"ab"},{"type":"text","text":"cd"}]}],
+               "max_completion_tokens":7,"temperature":0.2,"seed":1,"stop":["x"],"ignore_eos":true,"whatever":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.wire.messages[0].content, "abcd");
+        assert_eq!(p.wire.max_tokens, 7);
+        assert_eq!(p.wire.prompt_tokens, Some(1 + 4));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let param = |body: &str| chat(body).unwrap_err().param.unwrap();
+        let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+        assert_eq!(param(&format!("{{{m},\"n\":2}}")), "n");
+        assert_eq!(param(&format!("{{{m},\"tools\":[{{}}]}}")), "tools");
+        assert_eq!(
+            param(
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#
+            ),
+            "messages[0].content[0].type"
+        );
+        assert_eq!(param(&format!("{{{m},\"max_tokens\":-1}}")), "max_tokens");
+        assert_eq!(
+            param(&format!(
+                "{{{m},\"stream_options\":{{\"include_usage\":1}}}}"
+            )),
+            "stream_options.include_usage"
+        );
+        assert_eq!(
+            param(&format!("{{{m},\"priority\":\"urgent\"}}")),
+            "priority"
+        );
+        assert_eq!(param("{\"messages\":[]}"), "messages");
+        assert_eq!(param("[1]"), "body");
+    }
+
+    #[test]
+    fn headers_carry_priority_slo_and_timeout() {
+        let mut h = HeaderMap::new();
+        h.insert("x-dujiang-priority", "batch".parse().unwrap());
+        h.insert("x-dujiang-slo-ttft-ms", "500".parse().unwrap());
+        h.insert("x-dujiang-timeout-ms", "250".parse().unwrap());
+        let p = parse(Endpoint::Completions, &h, br#"{"prompt":"hello"}"#).unwrap();
+        assert_eq!(p.wire.priority, wire::Priority::Batch as i32);
+        assert_eq!(
+            p.wire.slo,
+            Some(wire::Slo {
+                ttft_ms: 500,
+                tpot_ms: 0
+            })
+        );
+        assert_eq!(p.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(p.wire.max_tokens, DEFAULT_MAX_TOKENS);
+        // A body field wins over its header.
+        let p = parse(
+            Endpoint::Completions,
+            &h,
+            br#"{"prompt":"hello","priority":0}"#,
+        )
+        .unwrap();
+        assert_eq!(p.wire.priority, wire::Priority::Interactive as i32);
+    }
+
+    #[test]
+    fn token_id_prompts_count_their_ids() {
+        let p = parse(
+            Endpoint::Completions,
+            &HeaderMap::new(),
+            br#"{"prompt":[[1,2,3,4,5]]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.wire.prompt_tokens, Some(5));
+        let e = parse(
+            Endpoint::Completions,
+            &HeaderMap::new(),
+            br#"{"prompt":["a","b"]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+    }
+}

@@ -1,0 +1,235 @@
+//! Server-sent events exactly as OpenAI clients parse them: `data: <json>\n\n` per event,
+//! one token per chunk, a chat chunk always carrying `delta` (the first with the role),
+//! `object` `chat.completion.chunk` or `text_completion`, `finish_reason` null until the
+//! last token's chunk (`length`: the simulated backends stop at `max_tokens`), then the
+//! usage chunk (`choices: []`) only if `stream_options.include_usage`, then
+//! `data: [DONE]\n\n`. With vLLM's `continuous_usage_stats` every chunk carries the usage
+//! so far. A failure after the stream started is an `{"error": ...}` event, then
+//! `[DONE]`.
+//!
+//! [`Framer`] also writes the non-streaming bodies, so both shapes share one source of
+//! ids, names and usage.
+
+use super::error::ApiError;
+use super::request::Endpoint;
+use crate::serve::stream::RequestStream;
+use crate::serve::token_text;
+use crate::wire::generate_response::Event;
+use axum::body::Bytes;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio_stream::Stream;
+
+pub const DONE: &str = "data: [DONE]\n\n";
+
+/// Writes one request's response objects.
+pub struct Framer {
+    endpoint: Endpoint,
+    /// `"id":…,"object":…,"created":…,"model":…` with its values JSON-escaped once.
+    head: String,
+    prompt_tokens: u32,
+    continuous_usage: bool,
+}
+
+impl Framer {
+    pub fn new(
+        endpoint: Endpoint,
+        id: &str,
+        created: u64,
+        model: &str,
+        prompt_tokens: u32,
+        streaming: bool,
+        continuous_usage: bool,
+    ) -> Framer {
+        let (prefix, object) = match (endpoint, streaming) {
+            (Endpoint::Chat, true) => ("chatcmpl-", "chat.completion.chunk"),
+            (Endpoint::Chat, false) => ("chatcmpl-", "chat.completion"),
+            (Endpoint::Completions, _) => ("cmpl-", "text_completion"),
+        };
+        let head = format!(
+            "\"id\":{},\"object\":\"{object}\",\"created\":{created},\"model\":{}",
+            json(&format!("{prefix}{id}")),
+            json(model)
+        );
+        Framer {
+            endpoint,
+            head,
+            prompt_tokens,
+            continuous_usage,
+        }
+    }
+
+    fn usage(&self, out: &mut String, completion: u32) {
+        let _ = write!(
+            out,
+            "\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{completion},\"total_tokens\":{}}}",
+            self.prompt_tokens,
+            u64::from(self.prompt_tokens) + u64::from(completion)
+        );
+    }
+
+    /// The SSE event of token `index` (0-based); `last` sets its `finish_reason`.
+    pub fn token_chunk(&self, out: &mut String, index: u32, last: bool) {
+        let text = json(&token_text(index, 1));
+        let finish = if last { "\"length\"" } else { "null" };
+        let _ = write!(out, "data: {{{},\"choices\":[{{\"index\":0,", self.head);
+        match self.endpoint {
+            Endpoint::Chat if index == 0 => {
+                let _ = write!(
+                    out,
+                    "\"delta\":{{\"role\":\"assistant\",\"content\":{text}}}"
+                );
+            }
+            Endpoint::Chat => {
+                let _ = write!(out, "\"delta\":{{\"content\":{text}}}");
+            }
+            Endpoint::Completions => {
+                let _ = write!(out, "\"text\":{text}");
+            }
+        }
+        let _ = write!(out, ",\"logprobs\":null,\"finish_reason\":{finish}}}]");
+        if self.continuous_usage {
+            out.push(',');
+            self.usage(out, index + 1);
+        }
+        out.push_str("}\n\n");
+    }
+
+    /// The closing usage event (`choices: []`).
+    pub fn usage_chunk(&self, out: &mut String, completion: u32) {
+        let _ = write!(out, "data: {{{},\"choices\":[],", self.head);
+        self.usage(out, completion);
+        out.push_str("}\n\n");
+    }
+
+    /// A whole non-streaming answer.
+    pub fn complete(&self, text: &str, completion: u32) -> String {
+        let text = json(text);
+        let mut out = format!("{{{},\"choices\":[{{\"index\":0,", self.head);
+        match self.endpoint {
+            Endpoint::Chat => {
+                let _ = write!(
+                    out,
+                    "\"message\":{{\"role\":\"assistant\",\"content\":{text}}}"
+                );
+            }
+            Endpoint::Completions => {
+                let _ = write!(out, "\"text\":{text}");
+            }
+        }
+        out.push_str(",\"logprobs\":null,\"finish_reason\":\"length\"}],");
+        self.usage(&mut out, completion);
+        out.push('}');
+        out
+    }
+}
+
+fn json(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// The event stream of one accepted request, from its first token on (the handler has
+/// taken `Started` already, to answer with the placement headers).
+pub struct EventStream {
+    inner: RequestStream,
+    framer: Framer,
+    include_usage: bool,
+    sent: u32,
+    done: bool,
+}
+
+impl EventStream {
+    pub fn new(inner: RequestStream, framer: Framer, include_usage: bool) -> EventStream {
+        EventStream {
+            inner,
+            framer,
+            include_usage,
+            sent: 0,
+            done: false,
+        }
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let item = match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(item) => item,
+            };
+            let mut out = String::new();
+            match item {
+                Some(Ok(Event::Started(_))) => continue,
+                Some(Ok(Event::Tokens(t))) => {
+                    // One chunk per token, whatever the backend's delivery grouped.
+                    let max = this.inner.max_tokens();
+                    out.reserve(t.count as usize * 200);
+                    for _ in 0..t.count {
+                        let i = this.sent;
+                        this.sent += 1;
+                        this.framer.token_chunk(&mut out, i, this.sent >= max);
+                    }
+                }
+                Some(Ok(Event::Finished(_))) => {
+                    if this.include_usage {
+                        this.framer.usage_chunk(&mut out, this.sent);
+                    }
+                    out.push_str(DONE);
+                    this.done = true;
+                }
+                Some(Err(e)) => {
+                    let e = ApiError::from(e);
+                    let _ = write!(out, "data: {}\n\n{DONE}", e.body());
+                    this.done = true;
+                }
+                // The request ended without an event saying how (cannot happen once it
+                // started: every end is Finished or an error); the client still gets the
+                // terminator it waits for.
+                None => {
+                    out.push_str(DONE);
+                    this.done = true;
+                }
+            }
+            return Poll::Ready(Some(Ok(Bytes::from(out))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_parse_and_carry_what_clients_read() {
+        let f = Framer::new(Endpoint::Chat, "r\"1", 7, "m", 10, true, true);
+        let mut s = String::new();
+        f.token_chunk(&mut s, 0, false);
+        f.token_chunk(&mut s, 1, true);
+        f.usage_chunk(&mut s, 2);
+        let events: Vec<serde_json::Value> = s
+            .split_terminator("\n\n")
+            .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+            .collect();
+        assert_eq!(events[0]["id"], "chatcmpl-r\"1");
+        assert_eq!(events[0]["object"], "chat.completion.chunk");
+        assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+        assert!(events[0]["choices"][0]["finish_reason"].is_null());
+        assert_eq!(events[1]["choices"][0]["finish_reason"], "length");
+        assert_eq!(events[1]["usage"]["completion_tokens"], 2);
+        assert_eq!(events[2]["choices"], serde_json::json!([]));
+        assert_eq!(events[2]["usage"]["total_tokens"], 12);
+        let c = Framer::new(Endpoint::Completions, "x", 7, "m", 3, false, false);
+        let v: serde_json::Value = serde_json::from_str(&c.complete("ab", 2)).unwrap();
+        assert_eq!(v["object"], "text_completion");
+        assert_eq!(v["choices"][0]["text"], "ab");
+        assert_eq!(v["usage"]["prompt_tokens"], 3);
+    }
+}

@@ -1,0 +1,323 @@
+//! The OpenAI-compatible HTTP front end over real loopback sockets, read with a raw HTTP
+//! client: SSE framing as clients parse it, non-streaming answers, usage, `/v1/models`,
+//! `/health`, and every error status with OpenAI's error shape.
+
+mod serve_openai_support;
+mod serve_support;
+
+use dujiang::serve::{token_text, ServeConfig};
+use serde_json::Value;
+use serve_openai_support::*;
+use serve_support::*;
+use std::time::Duration;
+
+fn two_h20() -> ServeConfig {
+    ServeConfig {
+        fleet: data("serve_two_h20.toml"),
+        time_scale: 20.0,
+        ..config()
+    }
+}
+
+const CHAT: &str = "/v1/chat/completions";
+const COMPLETIONS: &str = "/v1/completions";
+
+#[tokio::test]
+async fn a_streamed_chat_is_framed_as_openai_clients_parse_it() {
+    let d = start(two_h20()).await;
+    let prompt = "How does the Dujiangyan weir split the Min river?";
+    let r = post(d.openai_addr, CHAT, &[], &chat_body(prompt, 12, true, true)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(r.header("x-dujiang-pool"), Some("h20"));
+    assert!(r.header("x-dujiang-queue-ms").is_some());
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    // Twelve token chunks, then the usage chunk.
+    assert_eq!(chunks.len(), 13, "{events:?}");
+    let id = chunks[0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("chatcmpl-"), "{id}");
+    for (i, c) in chunks[..12].iter().enumerate() {
+        assert_eq!(c["id"], id.as_str());
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["model"], "llama-3-8b");
+        assert!(c["created"].as_u64().unwrap() > 1_700_000_000);
+        assert!(c.get("usage").is_none(), "no usage before the end: {c}");
+        let choice = &c["choices"][0];
+        let delta = choice.get("delta").expect("delta always present");
+        assert_eq!(
+            delta["content"],
+            token_text(i as u32, 1).as_str(),
+            "one token per chunk"
+        );
+        assert_eq!(
+            delta.get("role").is_some(),
+            i == 0,
+            "role on the first chunk: {c}"
+        );
+        if i < 11 {
+            assert!(choice["finish_reason"].is_null(), "{c}");
+        } else {
+            assert_eq!(choice["finish_reason"], "length");
+        }
+    }
+    let usage = &chunks[12];
+    assert_eq!(usage["choices"], serde_json::json!([]));
+    let expected_prompt = dujiang::tokens::estimate_chat_tokens([prompt]);
+    assert_eq!(usage["usage"]["prompt_tokens"], expected_prompt);
+    assert_eq!(usage["usage"]["completion_tokens"], 12);
+    assert_eq!(usage["usage"]["total_tokens"], expected_prompt + 12);
+
+    // Without include_usage: no usage chunk; completions name their object.
+    let body = serde_json::json!({"model": "llama-3-8b", "prompt": "The river", "max_tokens": 5,
+        "stream": true, "ignore_eos": true})
+    .to_string();
+    let r = post(d.openai_addr, COMPLETIONS, &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.events();
+    assert_eq!(events.len(), 6, "{events:?}");
+    let texts: String = events[..5]
+        .iter()
+        .map(|e| {
+            let c: Value = serde_json::from_str(e).unwrap();
+            assert_eq!(c["object"], "text_completion");
+            c["choices"][0]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(texts, token_text(0, 5));
+    assert_eq!(events[5], "[DONE]");
+
+    // vLLM's continuous_usage_stats: every chunk carries the usage so far.
+    let body = serde_json::json!({"model": "llama-3-8b", "messages": [{"role": "user",
+        "content": [{"type": "text", "text": "Hi"}]}], "max_completion_tokens": 3, "stream": true,
+        "stream_options": {"include_usage": true, "continuous_usage_stats": true}})
+    .to_string();
+    let r = post(d.openai_addr, CHAT, &[], &body).await;
+    let events = r.events();
+    for (i, e) in events[..3].iter().enumerate() {
+        let c: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(c["usage"]["completion_tokens"], i + 1, "{c}");
+    }
+}
+
+#[tokio::test]
+async fn non_streaming_answers_models_and_health() {
+    let d = start(two_h20()).await;
+    let r = post(
+        d.openai_addr,
+        CHAT,
+        &[("x-request-id", "abc")],
+        &chat_body("Hello", 7, false, false),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["id"], "chatcmpl-abc");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        token_text(0, 7).as_str()
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 7);
+
+    let r = post(
+        d.openai_addr,
+        COMPLETIONS,
+        &[],
+        r#"{"model":"llama-3-8b","prompt":[[1,2,3,4]],"max_tokens":2}"#,
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["usage"]["prompt_tokens"], 4, "token ids count one each");
+    assert_eq!(v["choices"][0]["text"], token_text(0, 2).as_str());
+
+    let m = get(d.openai_addr, "/v1/models").await;
+    assert_eq!(m.status, 200);
+    let v = m.json();
+    assert_eq!(v["object"], "list");
+    let model = &v["data"][0];
+    assert_eq!(model["id"], "llama-3-8b");
+    assert_eq!(model["object"], "model");
+    assert_eq!(model["root"], "llama-3-8b");
+    assert!(model["created"].as_u64().unwrap() > 1_700_000_000);
+    assert!(model["owned_by"].is_string());
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+
+    // (503 while draining: serve_openai_lifecycle's SIGTERM test.)
+    assert_eq!(get(d.openai_addr, "/health").await.status, 200);
+}
+
+/// Checks OpenAI's error shape and returns the error object.
+fn error_of(r: &Resp, status: u16) -> Value {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    let e = v["error"].clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(e.get(key).is_some(), "error lacks {key}: {v}");
+    }
+    assert!(e["message"].as_str().unwrap().len() > 5);
+    e
+}
+
+#[tokio::test]
+async fn bad_requests_are_400_naming_the_field_and_an_unknown_model_404() {
+    let d = start(two_h20()).await;
+    let a = d.openai_addr;
+    let msg = r#""messages":[{"role":"user","content":"hi"}]"#;
+    let cases = [
+        (format!("{{{msg},\"n\":2}}"), "n"),
+        (format!("{{{msg},\"tools\":[{{\"type\":\"function\"}}]}}"), "tools"),
+        (
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#.into(),
+            "messages[0].content[0].type",
+        ),
+        (format!("{{{msg},\"max_tokens\":0}}"), "max_tokens"),
+        (format!("{{{msg},\"max_tokens\":100000000}}"), "max_tokens"),
+        (r#"{"messages":[{"role":"user","content":""}]}"#.into(), "messages[0].content"),
+        ("{not json".into(), "body"),
+        (format!("{{{msg},\"slo\":{{\"ttft_ms\":0}}}}"), "slo.ttft_ms"),
+    ];
+    for (body, field) in cases {
+        let e = error_of(&post(a, CHAT, &[], &body).await, 400);
+        assert_eq!(e["param"], field, "{body}: {e}");
+        assert_eq!(e["type"], "invalid_request_error");
+        assert!(e["message"].as_str().unwrap().contains(field), "{e}");
+    }
+    let e = error_of(
+        &post(
+            a,
+            CHAT,
+            &[("x-dujiang-priority", "urgent")],
+            &format!("{{{msg}}}"),
+        )
+        .await,
+        400,
+    );
+    assert_eq!(e["param"], "x-dujiang-priority");
+
+    let e = error_of(
+        &post(a, CHAT, &[], &format!("{{\"model\":\"gpt-9\",{msg}}}")).await,
+        404,
+    );
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(e["param"], "model");
+
+    // Every refusal is counted, under the OpenAI front end.
+    let scrape = http_get(d.http_addr, "/metrics").await.1;
+    let refused: f64 = scrape
+        .lines()
+        .filter(|l| {
+            l.starts_with("dujiang_requests_shed_total{") && l.contains("frontend=\"openai\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused, 10.0, "{scrape}");
+}
+
+#[tokio::test]
+async fn shed_is_429_with_retry_after() {
+    let mut cfg = two_h20();
+    cfg.time_scale = 1.0;
+    cfg.admission.max_in_flight = 1;
+    cfg.admission.retry_after_ms = 1500;
+    let d = start(cfg).await;
+    // One long stream holds the only slot.
+    let (held, _) = open(
+        d.openai_addr,
+        CHAT,
+        &[],
+        &chat_body("hold", 2000, true, false),
+        1,
+    )
+    .await;
+    let r = post(
+        d.openai_addr,
+        CHAT,
+        &[],
+        &chat_body("more", 4, false, false),
+    )
+    .await;
+    let e = error_of(&r, 429);
+    assert_eq!(e["code"], "queue_full");
+    assert_eq!(
+        r.header("retry-after"),
+        Some("2"),
+        "whole seconds, rounded up"
+    );
+    assert_eq!(r.header("retry-after-ms"), Some("1500"));
+    drop(held);
+}
+
+#[tokio::test]
+async fn no_healthy_backend_is_503_with_retry_after() {
+    let d = start(two_h20()).await;
+    let mut a = admin(d.admin_addr).await;
+    for b in ["h20-0", "h20-1"] {
+        a.inject_fault(dujiang::wire::InjectFaultRequest {
+            backend: b.into(),
+            fault: Some(dujiang::wire::inject_fault_request::Fault::Fail(true)),
+        })
+        .await
+        .unwrap();
+    }
+    let r = post(d.openai_addr, CHAT, &[], &chat_body("hi", 4, true, false)).await;
+    let e = error_of(&r, 503);
+    assert_eq!(e["type"], "service_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+#[tokio::test]
+async fn the_timeout_header_is_504_before_the_stream_and_an_sse_error_after() {
+    let mut cfg = two_h20();
+    cfg.time_scale = 1.0;
+    let d = start(cfg).await;
+    let timeout = [("x-dujiang-timeout-ms", "300")];
+    // Not streaming: the deadline passes long before 2,000 tokens.
+    let t0 = std::time::Instant::now();
+    let r = post(
+        d.openai_addr,
+        CHAT,
+        &timeout,
+        &chat_body("slow", 2000, false, false),
+    )
+    .await;
+    let e = error_of(&r, 504);
+    assert_eq!(e["type"], "timeout");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+
+    // Streaming: the stream started, so the timeout is an error event, then [DONE].
+    let r = post(
+        d.openai_addr,
+        CHAT,
+        &timeout,
+        &chat_body("slow", 2000, true, false),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let events = r.events();
+    let n = events.len();
+    assert!(n >= 3, "{events:?}");
+    assert_eq!(events[n - 1], "[DONE]");
+    let err: Value = serde_json::from_str(&events[n - 2]).unwrap();
+    assert_eq!(err["error"]["code"], "deadline_exceeded", "{err}");
+    for e in &events[..n - 2] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        assert!(c["choices"][0]["finish_reason"].is_null(), "{c}");
+    }
+    let scrape = http_get(d.http_addr, "/metrics").await.1;
+    assert!(
+        scrape.contains(
+            "dujiang_requests_total{outcome=\"deadline_exceeded\",frontend=\"openai\"} 2"
+        ),
+        "{scrape}"
+    );
+}

@@ -1,0 +1,228 @@
+//! Request lives on the OpenAI front end over loopback: a client that disconnects frees
+//! its KV cache, 1,000 concurrent streams all finish, accounting is exactly once across
+//! the gRPC and HTTP front ends, and SIGTERM drains an HTTP stream like a gRPC one.
+
+mod serve_openai_support;
+mod serve_support;
+
+use dujiang::serve::ServeConfig;
+use serde_json::Value;
+use serve_openai_support::*;
+use serve_support::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHAT: &str = "/v1/chat/completions";
+
+fn two_h20(time_scale: f64) -> ServeConfig {
+    ServeConfig {
+        fleet: data("serve_two_h20.toml"),
+        time_scale,
+        ..config()
+    }
+}
+
+/// A sample's value in a scrape (`name{labels}` exactly).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_and_frees_kv() {
+    let d = start(two_h20(1.0)).await;
+    // A long prompt holds many KV blocks; read the first token, then hang up.
+    let prompt = "word ".repeat(2000);
+    let (socket, _) = open(
+        d.openai_addr,
+        CHAT,
+        &[],
+        &chat_body(&prompt, 4000, true, false),
+        64,
+    )
+    .await;
+    let busy = http_get(d.http_addr, "/metrics").await.1;
+    assert!(
+        metric_sum(&busy, "dujiang_backend_kv_usage_ratio") > 0.0,
+        "the request holds KV: {busy}"
+    );
+    drop(socket);
+    let freed = eventually(Duration::from_secs(5), async || {
+        let s = http_get(d.http_addr, "/metrics").await.1;
+        metric_sum(&s, "dujiang_backend_kv_usage_ratio") == 0.0
+            && sample(
+                &s,
+                "dujiang_requests_total{outcome=\"cancelled\",frontend=\"openai\"}",
+            ) == Some(1.0)
+    })
+    .await;
+    assert!(freed, "{}", http_get(d.http_addr, "/metrics").await.1);
+    assert_eq!(d.daemon.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_streams_all_finish() {
+    let mut cfg = two_h20(200.0);
+    cfg.admission.max_waiting_per_backend = 100_000;
+    // Nothing shed for its predicted latency: the point is that all of them stream.
+    cfg.admission.slo_shed_factor = 0.0;
+    let d = start(cfg).await;
+    let addr = d.openai_addr;
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            tokio::spawn(async move {
+                let body = chat_body(&format!("Request {i} about the weir."), 8, true, true);
+                post(addr, CHAT, &[], &body).await
+            })
+        })
+        .collect();
+    let mut tokens = 0u64;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let events = r.events();
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], 8);
+        tokens += (events.len() - 2) as u64;
+    }
+    assert_eq!(tokens, 8_000, "every token streamed once");
+    let scrape = http_get(d.http_addr, "/metrics").await.1;
+    assert_eq!(
+        sample(
+            &scrape,
+            "dujiang_requests_total{outcome=\"ok\",frontend=\"openai\"}"
+        ),
+        Some(1000.0),
+        "{scrape}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_is_exactly_once_across_both_front_ends() {
+    let mut cfg = two_h20(50.0);
+    cfg.admission.max_in_flight = 40;
+    let d = start(cfg).await;
+    let (grpc, openai) = (d.grpc_addr, d.openai_addr);
+    // 60 of each at once against 40 slots: some finish, some are shed, and a few HTTP
+    // clients hang up early.
+    let mut tasks = Vec::new();
+    for i in 0..60u32 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = inference(grpc).await;
+            let seen = generate(&mut c, tonic::Request::new(request(200, 30))).await;
+            ("grpc", seen.status.is_none() && seen.tokens == 30)
+        }));
+        tasks.push(tokio::spawn(async move {
+            let body = chat_body(&format!("turn {i}"), 30, true, false);
+            if i % 10 == 0 {
+                let r = post(openai, CHAT, &[("x-dujiang-timeout-ms", "1")], &body).await;
+                return (
+                    "openai",
+                    r.status == 200 && r.body.contains("\"finish_reason\":\"length\""),
+                );
+            }
+            let r = post(openai, CHAT, &[], &body).await;
+            (
+                "openai",
+                r.status == 200 && r.body.contains("\"finish_reason\":\"length\""),
+            )
+        }));
+    }
+    let mut ok = [0u32; 2];
+    for t in tasks {
+        let (front, done) = t.await.unwrap();
+        ok[usize::from(front == "openai")] += u32::from(done);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), async || d.daemon.in_flight() == 0).await,
+        "everything ended"
+    );
+    let scrape = http_get(d.http_addr, "/metrics").await.1;
+    for (i, front) in ["grpc", "openai"].iter().enumerate() {
+        let label = format!("frontend=\"{front}\"");
+        let of = |name: &str| -> f64 {
+            scrape
+                .lines()
+                .filter(|l| l.starts_with(name) && l.contains(&label))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let accepted = of("dujiang_requests_accepted_total{");
+        let ended = of("dujiang_requests_total{");
+        let shed = of("dujiang_requests_shed_total{");
+        assert_eq!(
+            accepted, ended,
+            "{front}: every accepted request ended once"
+        );
+        assert_eq!(
+            accepted + shed,
+            60.0,
+            "{front}: each request counted once: {scrape}"
+        );
+        let finished = sample(
+            &scrape,
+            &format!("dujiang_requests_total{{outcome=\"ok\",{label}}}"),
+        );
+        assert_eq!(
+            finished,
+            Some(f64::from(ok[i])),
+            "{front}: ok = what clients saw finish"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_http_stream() {
+    let (mut child, serving, _out) = spawn_serve(
+        Command::new(env!("CARGO_BIN_EXE_dujiang"))
+            .arg("serve")
+            .args(["--time-scale", "2", "--grace-period-ms", "10000"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::null()),
+    )
+    .await;
+    let (openai, http) = (serving.openai, serving.http);
+    let models = get(openai, "/v1/models").await.json();
+    let model = models["data"][0]["id"].as_str().unwrap().to_string();
+    let body =
+        serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Tell me"}],
+        "max_tokens": 150, "stream": true, "stream_options": {"include_usage": true}})
+        .to_string();
+    let (socket, buf) = open(openai, CHAT, &[], &body, 64).await;
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        eventually(Duration::from_secs(5), async || get(openai, "/health")
+            .await
+            .status
+            == 503)
+        .await,
+        "health turns 503 while draining"
+    );
+    let refused = post(openai, CHAT, &[], &body).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    let r = finish(socket, buf).await;
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(
+        usage["usage"]["completion_tokens"], 150,
+        "the in-flight stream finished"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "daemon did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let _ = http;
+}
