@@ -158,3 +158,53 @@ async fn add_pool_bounds_counts_and_names() {
     d.shutdown();
     d.wait().await.unwrap();
 }
+
+/// A pool added at run time names its engine and dtype as a fleet file can: `dujiang_pool_info`
+/// shows what it runs, and an unknown engine, an unknown dtype or a dtype the chip has no
+/// tensor-core path for is INVALID_ARGUMENT naming that field.
+#[tokio::test]
+async fn add_pool_takes_engine_and_dtype() {
+    let d = start(config()).await;
+    let mut a = admin(d.admin_addr).await;
+    let add = |pool: &str, chip: &str, engine: &str, dtype: &str| proto::AddPoolRequest {
+        pool: pool.into(),
+        chip: chip.into(),
+        engine: engine.into(),
+        dtype: dtype.into(),
+        backends: 1,
+        ..Default::default()
+    };
+    a.add_pool(add("h20-sglang", "h20", "sglang", "fp8"))
+        .await
+        .unwrap();
+    a.add_pool(add("h20-default", "h20", "", "")).await.unwrap();
+    let text = http_get(d.http_addr, "/metrics").await.1;
+    let info = |pool: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("dujiang_pool_info{{pool=\"{pool}\"")))
+            .unwrap_or_else(|| panic!("no dujiang_pool_info for {pool}:\n{text}"))
+            .to_string()
+    };
+    let named = info("h20-sglang");
+    assert!(
+        named.contains("engine=\"sglang\"") && named.contains("dtype=\"fp8\""),
+        "{named}"
+    );
+    // Nothing named: the chip's default engine, not the one another pool asked for.
+    let default = info("h20-default");
+    assert!(!default.contains("engine=\"sglang\""), "{default}");
+    assert!(default.contains("engine=\""), "{default}");
+
+    for (req, field) in [
+        (add("p1", "h20", "vllm-9", ""), "engine:"),
+        (add("p2", "h20", "", "fp4"), "dtype:"),
+        // The 910B has no FP8 tensor-core path in the chip catalogue.
+        (add("p3", "ascend-910b", "", "fp8"), "dtype:"),
+    ] {
+        let err = a.add_pool(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(field), "{}", err.message());
+    }
+    d.shutdown();
+    d.wait().await.unwrap();
+}

@@ -384,6 +384,7 @@ async fn admin_lists_switches_policy_and_changes_pools() {
             model: String::new(),
             tp: 1,
             backends: 3,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -12,6 +12,10 @@ pub struct PoolDescription {
     pub chip: String,
     pub vendor: String,
     pub model: String,
+    /// Serving engine id and dtype: two pools of one chip can run at very different
+    /// speeds under different stacks, and the operator's dashboards should say which.
+    pub engine: String,
+    pub dtype: String,
     pub tp: u32,
     pub domestic: bool,
     pub backends: u32,
@@ -25,6 +29,8 @@ impl PoolDescription {
             chip: pool.perf.chip.id.clone(),
             vendor: pool.perf.chip.vendor.clone(),
             model: pool.perf.model.id.clone(),
+            engine: pool.perf.engine.engine.clone(),
+            dtype: pool.perf.dtype.to_string(),
             tp: pool.perf.tp,
             domestic: pool.domestic(),
             backends: pool.count,
@@ -75,6 +81,8 @@ impl PoolMetrics {
                 Label::new("chip", d.chip.clone()),
                 Label::new("vendor", d.vendor.clone()),
                 Label::new("model", d.model.clone()),
+                Label::new("engine", d.engine.clone()),
+                Label::new("dtype", d.dtype.clone()),
                 Label::new("tp", d.tp.to_string()),
                 Label::new("domestic", if d.domestic { "true" } else { "false" }),
             ];

@@ -99,6 +99,8 @@ fn a_removed_pool_leaves_no_series_behind() {
         chip: "h20".into(),
         vendor: "NVIDIA".into(),
         model: "qwen3-8b".into(),
+        engine: "vllm-0.7".into(),
+        dtype: "bf16".into(),
         tp: 1,
         domestic: false,
         backends: 2,

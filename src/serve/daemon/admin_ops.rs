@@ -6,7 +6,7 @@ use crate::fleet::{
     check_pool_name, BackendId, BackendState, PoolConfig, MAX_FLEET_BACKENDS, MAX_POOL_BACKENDS,
 };
 use crate::metrics::PoolDescription;
-use crate::profile::{Catalogue, PerfModel};
+use crate::profile::{Catalogue, Dtype, PerfModel, ProfileError};
 use crate::serve::backend::{BackendHandle, Command};
 use crate::serve::config::ServeConfig;
 use crate::serve::error::ServeError;
@@ -114,15 +114,40 @@ impl Daemon {
             .catalogue
             .model(model_id)
             .ok_or_else(|| ServeError::invalid("model", format!("unknown model `{model_id}`")))?;
-        // The proto names no engine or dtype: a pool added at run time runs the chip's
-        // default engine in the model's default dtype, as a fleet file that names neither.
+        // Empty engine and dtype mean what a fleet file that names neither gets: the chip's
+        // default engine, the model's release format as the chip runs it.
+        let named_engine = (!req.engine.is_empty()).then_some(req.engine.as_str());
         let engine = self
             .catalogue
-            .engine_for(&req.chip, None)
-            .map_err(|e| ServeError::invalid("chip", e))?;
-        let dtype = Catalogue::default_dtype(chip, model);
-        let perf = PerfModel::new(chip, &engine, model, req.tp.max(1), dtype)
-            .map_err(|e| ServeError::invalid("tp", e.to_string()))?;
+            .engine_for(&req.chip, named_engine)
+            .map_err(|e| {
+                ServeError::invalid(
+                    if named_engine.is_some() {
+                        "engine"
+                    } else {
+                        "chip"
+                    },
+                    e,
+                )
+            })?;
+        let named_dtype = if req.dtype.is_empty() {
+            None
+        } else {
+            Some(
+                req.dtype
+                    .parse::<Dtype>()
+                    .map_err(|e| ServeError::invalid("dtype", e))?,
+            )
+        };
+        let dtype = named_dtype.unwrap_or_else(|| Catalogue::default_dtype(chip, model));
+        let perf = PerfModel::new(chip, &engine, model, req.tp.max(1), dtype).map_err(|e| {
+            let field = match (&e, named_dtype) {
+                (ProfileError::UnsupportedDtype { .. }, Some(_)) => "dtype",
+                (ProfileError::UnsupportedDtype { .. }, None) => "chip",
+                _ => "tp",
+            };
+            ServeError::invalid(field, e.to_string())
+        })?;
         let config = PoolConfig::new(req.pool.clone(), Arc::new(perf), req.backends);
         let _serial = self.admin.lock();
         let (_, ids) = self.board.add_pool(config.clone()).map_err(|e| match e {
@@ -145,7 +170,7 @@ impl Daemon {
         let mut handles: Vec<_> = self.backends.load().as_ref().clone();
         self.spawn_pool(&config, &ids, &mut handles);
         self.backends.store(Arc::new(handles));
-        tracing::info!(pool = %req.pool, chip = %req.chip, backends = req.backends, "pool added");
+        tracing::info!(pool = %req.pool, chip = %req.chip, engine = %config.perf.engine.engine, dtype = %config.perf.dtype, backends = req.backends, "pool added");
         Ok(())
     }
 
