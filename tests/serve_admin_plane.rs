@@ -166,7 +166,7 @@ async fn add_pool_bounds_counts_and_names() {
 async fn add_pool_takes_engine_and_dtype() {
     let d = start(config()).await;
     let mut a = admin(d.admin_addr).await;
-    let add = |pool: &str, chip: &str, engine: &str, dtype: &str| proto::AddPoolRequest {
+    let add = |pool: &str, chip: &str, engine: &str, dtype: &str| wire::AddPoolRequest {
         pool: pool.into(),
         chip: chip.into(),
         engine: engine.into(),
