@@ -94,6 +94,13 @@ fn container_ports_match_the_listeners() {
                 ports.contains(&u64::from(c.grpc_addr.port())),
                 "{file}: {ports:?}"
             );
+            // The OpenAI-compatible API is a data plane too.
+            assert!(
+                ports.contains(&u64::from(c.openai_addr.port()))
+                    && c.openai_addr.ip().is_unspecified(),
+                "{file}: openai_addr {} not among {ports:?}",
+                c.openai_addr
+            );
             assert!(
                 c.grpc_addr.ip().is_unspecified(),
                 "gateway grpc_addr {}",
@@ -102,9 +109,10 @@ fn container_ports_match_the_listeners() {
         } else {
             // Only the app in the same pod calls the sidecar.
             assert!(
-                c.grpc_addr.ip().is_loopback(),
-                "sidecar grpc_addr {}",
-                c.grpc_addr
+                c.grpc_addr.ip().is_loopback() && c.openai_addr.ip().is_loopback(),
+                "sidecar grpc_addr {}, openai_addr {}",
+                c.grpc_addr,
+                c.openai_addr
             );
         }
     }
@@ -135,7 +143,8 @@ fn the_admin_port_is_not_exposed() {
     let gateway = config("gateway");
     let service_ports: Vec<u64> = yaml_number(&service, "port");
     assert!(
-        service_ports.contains(&u64::from(gateway.grpc_addr.port())),
+        service_ports.contains(&u64::from(gateway.grpc_addr.port()))
+            && service_ports.contains(&u64::from(gateway.openai_addr.port())),
         "{service_ports:?}"
     );
     assert!(
@@ -172,7 +181,7 @@ async fn shipped_configs_start_a_daemon_that_serves() {
 fn dockerfile_config_rewrite_opens_the_default_listeners() {
     let dockerfile = read("deploy/Dockerfile");
     let mut rewritten = DEFAULT_CONFIG_TOML.to_string();
-    for key in ["grpc_addr", "http_addr"] {
+    for key in ["grpc_addr", "http_addr", "openai_addr"] {
         let from = format!("{key} = \"127.0.0.1:");
         assert!(
             dockerfile.contains(&format!(
@@ -196,13 +205,22 @@ fn dockerfile_config_rewrite_opens_the_default_listeners() {
         c.http_addr.to_string(),
         format!("0.0.0.0:{}", default.http_addr.port())
     );
+    assert_eq!(
+        c.openai_addr.to_string(),
+        format!("0.0.0.0:{}", default.openai_addr.port())
+    );
     let expose = dockerfile
         .lines()
         .find_map(|l| l.strip_prefix("EXPOSE "))
         .expect("EXPOSE line");
     assert_eq!(
         expose.trim(),
-        format!("{} {}", default.grpc_addr.port(), default.http_addr.port())
+        format!(
+            "{} {} {}",
+            default.grpc_addr.port(),
+            default.http_addr.port(),
+            default.openai_addr.port()
+        )
     );
 }
 

@@ -61,6 +61,78 @@ async fn a_client_that_disconnects_cancels_and_frees_kv() {
     assert_eq!(d.daemon.in_flight(), 0);
 }
 
+#[tokio::test]
+async fn a_non_streaming_client_that_disconnects_cancels_too() {
+    let d = start(two_h20(1.0)).await;
+    let prompt = "word ".repeat(2000);
+    let mut s = tokio::net::TcpStream::connect(d.openai_addr).await.unwrap();
+    let body = chat_body(&prompt, 4000, false, false);
+    let req = format!(
+        "POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || d.daemon.in_flight() == 1).await,
+        "accepted"
+    );
+    drop(s);
+    let freed = eventually(Duration::from_secs(5), async || {
+        let s = http_get(d.http_addr, "/metrics").await.1;
+        metric_sum(&s, "dujiang_backend_kv_usage_ratio") == 0.0
+            && sample(
+                &s,
+                "dujiang_requests_total{outcome=\"cancelled\",frontend=\"openai\"}",
+            ) == Some(1.0)
+    })
+    .await;
+    assert!(freed, "{}", http_get(d.http_addr, "/metrics").await.1);
+}
+
+/// Multi-turn chats sent as a real client sends them (the whole history each turn, no
+/// prefix hashes) stay with the backend holding their prefix under `prefix-affinity`,
+/// because the hashes derived from the text agree on the shared blocks.
+#[tokio::test]
+async fn multi_turn_chats_keep_their_backend_under_prefix_affinity() {
+    let d = start(ServeConfig {
+        fleet: data("serve_four_h20.toml"),
+        policy: "prefix-affinity".into(),
+        time_scale: 50.0,
+        ..config()
+    })
+    .await;
+    let mut homes = std::collections::BTreeSet::new();
+    for conv in 0..8 {
+        // A system prompt of several full blocks, distinct per conversation.
+        let system =
+            format!("Conversation {conv}. ") + &"You answer as a hydrologist. ".repeat(100);
+        let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
+        let mut backend: Option<String> = None;
+        for turn in 0..3 {
+            messages.push(serde_json::json!({"role": "user", "content": format!("Question {turn} about the weir?")}));
+            let body =
+                serde_json::json!({"model": "llama-3-8b", "messages": messages, "max_tokens": 4})
+                    .to_string();
+            let r = post(d.openai_addr, CHAT, &[], &body).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let here = r.header("x-dujiang-backend").unwrap().to_string();
+            if let Some(b) = &backend {
+                assert_eq!(&here, b, "conversation {conv} turn {turn} moved");
+            }
+            backend = Some(here);
+            let answer = r.json()["choices"][0]["message"]["content"].clone();
+            messages.push(serde_json::json!({"role": "assistant", "content": answer}));
+        }
+        homes.insert(backend.unwrap());
+    }
+    assert!(
+        homes.len() >= 2,
+        "conversations spread over backends: {homes:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_streams_all_finish() {
     let mut cfg = two_h20(200.0);

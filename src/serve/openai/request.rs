@@ -83,16 +83,8 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         Some(_) => return Err(ApiError::invalid("stream_options", "must be an object")),
     };
     // The length: the client's override, else the estimate.
-    let tokens = match header_u64(headers, "x-dujiang-prompt-tokens")? {
-        Some(n) => {
-            let n = u32::try_from(n).map_err(|_| {
-                ApiError::invalid("x-dujiang-prompt-tokens", "exceeds any model's context")
-            })?;
-            wire.prompt_tokens = Some(n);
-            u64::from(n)
-        }
-        None => shape.tokens,
-    };
+    let tokens = header_u64(headers, "x-dujiang-prompt-tokens")?.unwrap_or(shape.tokens);
+    // Beyond u32 is beyond any context: the shared check refuses it as too long.
     wire.prompt_tokens = Some(u32::try_from(tokens).unwrap_or(u32::MAX));
     wire.prefix_hashes = prefix_hashes(&b, headers, shape, tokens)?;
     wire.priority = priority(&b, headers)? as i32;
