@@ -321,3 +321,73 @@ async fn the_timeout_header_is_504_before_the_stream_and_an_sse_error_after() {
         "{scrape}"
     );
 }
+
+#[tokio::test]
+async fn priority_and_slo_reach_admission_from_headers_and_body() {
+    let mut cfg = two_h20();
+    cfg.time_scale = 1.0;
+    cfg.admission.max_in_flight = 4;
+    // Batch is admitted only while fewer than 2 requests are in flight.
+    cfg.admission.batch_watermark = 0.5;
+    let d = start(cfg).await;
+    let a = d.openai_addr;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(open(a, CHAT, &[], &chat_body("hold", 2000, true, false), 1).await);
+    }
+    let batch_header = post(
+        a,
+        CHAT,
+        &[("x-dujiang-priority", "batch")],
+        &chat_body("b", 4, false, false),
+    )
+    .await;
+    assert_eq!(error_of(&batch_header, 429)["code"], "batch_shed");
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "b"}], "max_tokens": 4,
+        "priority": "batch"})
+    .to_string();
+    assert_eq!(
+        error_of(&post(a, CHAT, &[], &body).await, 429)["code"],
+        "batch_shed"
+    );
+    // vLLM's integer priority: 0 is the default class, interactive.
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "i"}], "max_tokens": 4,
+        "priority": 0})
+    .to_string();
+    assert_eq!(post(a, CHAT, &[], &body).await.status, 200);
+    drop(held);
+
+    // A 1 ms TTFT objective cannot be met by a 2,000-token prefill: shed at once, with the
+    // predicted drain as the hint. Without it, the same request is served.
+    let long = "word ".repeat(1600);
+    let slo = [("x-dujiang-slo-ttft-ms", "1")];
+    let r = post(a, CHAT, &slo, &chat_body(&long, 2, false, false)).await;
+    assert_eq!(error_of(&r, 429)["code"], "slo_unmeetable");
+    assert!(r.header("retry-after-ms").is_some());
+    let body = serde_json::json!({"messages": [{"role": "user", "content": long}], "max_tokens": 2,
+        "slo": {"ttft_ms": 1, "tpot_ms": 100}})
+    .to_string();
+    assert_eq!(
+        error_of(&post(a, CHAT, &[], &body).await, 429)["code"],
+        "slo_unmeetable"
+    );
+    assert_eq!(
+        post(a, CHAT, &[], &chat_body(&long, 2, false, false))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_in_openai_shape() {
+    let d = start(two_h20()).await;
+    let huge = chat_body(
+        &"x".repeat(dujiang::serve::MAX_REQUEST_BYTES + 1),
+        4,
+        false,
+        false,
+    );
+    let e = error_of(&post(d.openai_addr, CHAT, &[], &huge).await, 413);
+    assert_eq!(e["param"], "body");
+}
