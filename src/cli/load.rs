@@ -1,8 +1,9 @@
-//! `dujiang load`: an open-loop load test of a running daemon, from a trace file or from
-//! synthetic Poisson traffic. Prints the same table as `dujiang replay` and writes the same
-//! JSON (plus a `load` section) and HTML, so the two can be compared.
+//! `dujiang load`: an open-loop load test of a running daemon (over gRPC) or of any
+//! OpenAI-compatible server (over HTTP), from a trace file or from synthetic Poisson
+//! traffic. Prints the same table as `dujiang replay` and writes the same JSON (plus a
+//! `load` section) and HTML, so the two can be compared.
 
-use crate::loadgen::{self, LoadConfig, Progress};
+use crate::loadgen::{self, Api, Endpoint, LoadConfig, OpenAiOptions, Progress};
 use crate::request::{Slo, NANOS_PER_MS, NANOS_PER_SEC};
 use crate::sim::html;
 use crate::trace::{
@@ -15,13 +16,37 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The daemon's gRPC address.
+    /// The server: dujiang's gRPC address (`http://127.0.0.1:50051`, `grpc://host:port`)
+    /// or an OpenAI-compatible server's URL (`http://127.0.0.1:8000`, `…/v1`; without a
+    /// path `/v1` is added).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub target: String,
-    /// The daemon's Admin address, asked for the policy and the pools' chips and prices
-    /// (`none`: learn pools from the responses only).
-    #[arg(long, default_value = "http://127.0.0.1:50052")]
-    pub admin_target: String,
+    /// The protocol: grpc, openai, or auto: gRPC for a `grpc://` or `grpcs://` target or
+    /// port 50051, OpenAI for anything else (port 8000, a `/v1` path, ...).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "grpc", "openai"])]
+    pub api: String,
+    /// dujiang's Admin address, asked for the policy and the pools' chips and prices
+    /// (`none`: learn pools from the responses only). Default: `http://127.0.0.1:50052`
+    /// with --api grpc, none with --api openai.
+    #[arg(long)]
+    pub admin_target: Option<String>,
+    /// OpenAI endpoint: chat (`/v1/chat/completions`) or completions (`/v1/completions`).
+    #[arg(long, default_value = "chat", value_parser = parse_endpoint)]
+    pub endpoint: Endpoint,
+    /// OpenAI `model` of every request (default: the first id `GET /v1/models` lists).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// OpenAI API key, sent as `Authorization: Bearer KEY`.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// OpenAI: wall seconds a request may take (retries included) before it counts as a
+    /// `timeout` failure.
+    #[arg(long, default_value_t = 600.0)]
+    pub request_timeout: f64,
+    /// OpenAI: send a request refused with 429 or 503 again after its Retry-After, up to
+    /// this many times (0: a refusal is counted, as a replay counts a shed request).
+    #[arg(long, default_value_t = 0)]
+    pub max_retries: u32,
     /// Trace file to send (Azure CSV, BurstGPT CSV, Mooncake JSONL or dujiang JSONL).
     #[arg(long, required_unless_present = "rate", conflicts_with = "rate")]
     pub trace: Option<PathBuf>,
@@ -82,6 +107,14 @@ pub struct Args {
     /// Write a self-contained HTML report with plots.
     #[arg(long)]
     pub html: Option<PathBuf>,
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    match s {
+        "chat" => Ok(Endpoint::Chat),
+        "completions" => Ok(Endpoint::Completions),
+        _ => Err(format!("expected chat or completions, got `{s}`")),
+    }
 }
 
 fn parse_progress(s: &str) -> Result<Progress, String> {
@@ -208,15 +241,36 @@ pub fn run(args: Args) -> Result<()> {
         ("--slo-ttft-ms", args.slo_ttft_ms),
         ("--slo-tpot-ms", args.slo_tpot_ms),
         ("--late-ms", args.late_ms),
+        ("--request-timeout", args.request_timeout * 1e3),
     ] {
         if !(v.is_finite() && v > 0.0) {
             bail!("{name} must be a positive number of milliseconds, got {v}");
         }
     }
+    let api = match args.api.as_str() {
+        "auto" => loadgen::detect_api(&args.target),
+        other => other,
+    };
+    let api = match api {
+        "grpc" => Api::Grpc,
+        _ => Api::OpenAi(OpenAiOptions {
+            endpoint: args.endpoint,
+            model: args.model.clone(),
+            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            request_timeout: Duration::from_secs_f64(args.request_timeout.min(1e9)),
+            max_retries: args.max_retries,
+        }),
+    };
+    let admin_target = match (&args.admin_target, &api) {
+        (Some(t), _) => Some(t.clone()).filter(|t| t != "none"),
+        (None, Api::Grpc) => Some("http://127.0.0.1:50052".to_string()),
+        (None, Api::OpenAi(_)) => None,
+    };
     let (records, trace_name, expected) = traffic(&args)?;
     let cfg = LoadConfig {
         target: args.target.clone(),
-        admin_target: Some(args.admin_target.clone()).filter(|t| t != "none"),
+        api,
+        admin_target,
         time_scale: args.time_scale,
         concurrency_limit: args.concurrency_limit,
         late_after: Duration::from_secs_f64(args.late_ms / 1e3),

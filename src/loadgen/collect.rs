@@ -3,7 +3,7 @@
 //! has: status codes, send lateness and every inter-token gap.
 
 use super::dispatch::Event;
-use super::stream::Outcome;
+use super::stream::{Outcome, UsageCheck};
 use super::LoadConfig;
 use crate::request::Nanos;
 use crate::sim::report::{
@@ -49,10 +49,32 @@ pub struct LoadSummary {
     pub late_not_sent: u64,
     /// How far behind its due time each send started, wall ms.
     pub send_lag_ms: Percentiles,
-    /// Final gRPC status of every sent request, by code (`ok`, `invalid_argument`, …).
+    /// Final status of every sent request: `ok`, a gRPC code (`invalid_argument`, …), an
+    /// HTTP status (`http_429`, …) or a client-side failure (`timeout`, `connect_error`,
+    /// `stream_error`, `error_event`, `bad_response`, `incomplete_stream`).
     pub status_codes: BTreeMap<String, u64>,
     /// Every gap between consecutive output tokens, simulated ms.
     pub inter_token_ms: Percentiles,
+    /// The client's protocol: `grpc` or `openai` (older reports: empty).
+    #[serde(default)]
+    pub api: String,
+    /// Requests refused (429/503) and sent again after the server's `Retry-After`, each
+    /// retry counted (`--max-retries`; 0 by default, so that a refusal stays a refusal as
+    /// in a replay).
+    #[serde(default)]
+    pub retried: u64,
+    /// OpenAI streams that ended without a usage chunk, although the request asked for
+    /// one (`stream_options.include_usage`); their tokens are counted from the chunks.
+    #[serde(default)]
+    pub usage_missing: u64,
+    /// OpenAI streams whose usage differed from the text chunks counted (several tokens
+    /// in one chunk); their tokens are usage's figure.
+    #[serde(default)]
+    pub usage_differs: u64,
+    /// Completed requests with fewer output tokens than asked for: a server that stopped
+    /// at end-of-sequence despite `ignore_eos`, which makes its latencies incomparable.
+    #[serde(default)]
+    pub short_outputs: u64,
 }
 
 /// A load test's report: a replay [`Report`] (same keys, `source` = `load`) plus `load`.
@@ -90,6 +112,13 @@ impl LoadReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(s, "status codes: {}", codes.join(", "));
+        if l.retried + l.usage_missing + l.usage_differs + l.short_outputs > 0 {
+            let _ = writeln!(
+                s,
+                "retried after Retry-After: {}; streams without usage: {}; usage differing from chunks: {}; outputs shorter than asked: {}",
+                l.retried, l.usage_missing, l.usage_differs, l.short_outputs
+            );
+        }
         let _ = writeln!(
             s,
             "send lag ms (wall): p50 {:.3} p99 {:.3} max {:.3}; inter-token ms: p50 {:.1} p99 {:.1} p99.9 {:.1}",
@@ -152,6 +181,10 @@ pub(super) struct Collector {
     pub late_sent: u64,
     pub late_not_sent: u64,
     pub errors: u64,
+    retried: u64,
+    usage_missing: u64,
+    usage_differs: u64,
+    short_outputs: u64,
     points: Vec<Point>,
     end_ns: Nanos,
 }
@@ -174,6 +207,10 @@ impl Collector {
             late_sent: 0,
             late_not_sent: 0,
             errors: 0,
+            retried: 0,
+            usage_missing: 0,
+            usage_differs: 0,
+            short_outputs: 0,
             points: Vec::new(),
             end_ns: 0,
         }
@@ -223,8 +260,17 @@ impl Collector {
         if o.lag > self.late_after {
             self.late_sent += 1;
         }
-        let code = code_name(o.code);
+        let code = o.status;
         *self.status.entry(code).or_default() += 1;
+        self.retried += u64::from(o.retries);
+        match o.usage {
+            UsageCheck::NotAsked | UsageCheck::Agrees => {}
+            UsageCheck::Missing => self.usage_missing += 1,
+            UsageCheck::Differs => self.usage_differs += 1,
+        }
+        if o.completed && o.output_tokens < o.max_tokens {
+            self.short_outputs += 1;
+        }
         let pool = match &o.placement {
             Some(p) => Some(self.pool_index(&p.pool, &p.chip)),
             // Completed without saying where: keep it in the totals all the same.
@@ -329,6 +375,11 @@ impl Collector {
                     .map(|(k, v)| (k.to_string(), *v))
                     .collect(),
                 inter_token_ms: self.inter_token.percentiles(),
+                api: cfg.api.name().to_string(),
+                retried: self.retried,
+                usage_missing: self.usage_missing,
+                usage_differs: self.usage_differs,
+                short_outputs: self.short_outputs,
             },
         }
     }

@@ -8,6 +8,7 @@
 //! 20 ms of simulated time on every send, while a thread sleep is accurate to tens of
 //! microseconds.
 
+use super::openai;
 use super::stream::{self, Outcome};
 use crate::request::{Nanos, Slo};
 use crate::trace::TraceRecord;
@@ -26,12 +27,45 @@ pub(super) enum Event {
     Done(Box<Outcome>),
 }
 
+/// The client requests go out through.
+pub(super) enum Sender {
+    /// gRPC channels, requests spread round-robin over them.
+    Grpc(Vec<InferenceClient<Channel>>),
+    /// One HTTP client with its own connection pool.
+    OpenAi(Arc<openai::Client>),
+}
+
+impl Sender {
+    /// Sends request `index` from its own task and returns what the client saw.
+    fn spawn_send(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        index: u64,
+        rec: TraceRecord,
+        due: Instant,
+        slo: Slo,
+        done: impl FnOnce(Outcome) + Send + 'static,
+    ) {
+        match self {
+            Sender::Grpc(clients) => {
+                let client = clients[index as usize % clients.len()].clone();
+                runtime
+                    .spawn(async move { done(stream::send(client, index, rec, due, slo).await) });
+            }
+            Sender::OpenAi(client) => {
+                let client = client.clone();
+                runtime.spawn(async move { done(client.send(index, rec, due, slo).await) });
+            }
+        }
+    }
+}
+
 pub(super) struct Plan {
     pub start: Instant,
     pub time_scale: f64,
     pub concurrency_limit: Option<usize>,
     pub slo: Slo,
-    pub clients: Vec<InferenceClient<Channel>>,
+    pub sender: Sender,
     pub in_flight: Arc<AtomicUsize>,
     pub runtime: tokio::runtime::Handle,
 }
@@ -62,13 +96,18 @@ impl Plan {
                 }
             }
             self.in_flight.fetch_add(1, Ordering::AcqRel);
-            let client = self.clients[index % self.clients.len()].clone();
-            let (events, in_flight, slo) = (events.clone(), self.in_flight.clone(), self.slo);
-            self.runtime.spawn(async move {
-                let outcome = stream::send(client, index as u64, rec, due, slo).await;
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                let _ = events.send(Event::Done(Box::new(outcome)));
-            });
+            let (events, in_flight) = (events.clone(), self.in_flight.clone());
+            self.sender.spawn_send(
+                &self.runtime,
+                index as u64,
+                rec,
+                due,
+                self.slo,
+                move |outcome| {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    let _ = events.send(Event::Done(Box::new(outcome)));
+                },
+            );
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
-//! The open-loop load generator behind `dujiang load`: sends a trace's requests to a daemon
-//! over gRPC `Generate` streams at the trace's own arrival times, measures what a client
-//! sees (TTFT, every inter-token gap, end-to-end latency, status codes) and builds a
+//! The open-loop load generator behind `dujiang load`: sends a trace's requests at the
+//! trace's own arrival times, either to dujiang's gRPC port as `Generate` streams
+//! ([`stream`]) or to any OpenAI-compatible server as streaming completions ([`openai`]),
+//! measures what a client sees (TTFT, every inter-token gap, end-to-end latency, status
+//! codes) and builds a
 //! [`Report`](crate::sim::Report) with the same layout and JSON keys as `dujiang replay`,
 //! so a load test and a virtual-time replay of the same trace can be compared.
 //!
@@ -21,10 +23,13 @@
 mod collect;
 pub mod compare;
 mod dispatch;
+pub mod openai;
 mod progress;
+mod sse;
 mod stream;
 
 pub use collect::{LoadReport, LoadSummary};
+pub use openai::{Endpoint, OpenAiOptions};
 pub use progress::Progress;
 
 use crate::request::Slo;
@@ -38,11 +43,61 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+/// The protocol the load generator speaks.
+#[derive(Clone, Debug, Default)]
+pub enum Api {
+    /// dujiang's `Inference.Generate` over gRPC.
+    #[default]
+    Grpc,
+    /// OpenAI's HTTP API with streaming (dujiang's `--openai-addr`, vLLM, SGLang, …).
+    OpenAi(OpenAiOptions),
+}
+
+impl Api {
+    /// The report's name for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Api::Grpc => "grpc",
+            Api::OpenAi(_) => "openai",
+        }
+    }
+}
+
+/// Which API a target speaks when `--api` does not say (`dujiang load --api auto`):
+/// - `grpc://` or `grpcs://`, or port 50051 (dujiang's gRPC default): gRPC;
+/// - anything else — `http(s)://…/v1`, port 8000 (vLLM's and dujiang's OpenAI default),
+///   30000 (SGLang), 8080 (llama.cpp) or none: OpenAI, the API nearly every server speaks.
+pub fn detect_api(target: &str) -> &'static str {
+    let lower = target.trim().to_ascii_lowercase();
+    if lower.starts_with("grpc://") || lower.starts_with("grpcs://") {
+        return "grpc";
+    }
+    match target.trim().parse::<hyper::Uri>() {
+        Ok(uri) if uri.port_u16() == Some(50051) => "grpc",
+        _ => "openai",
+    }
+}
+
+/// A gRPC target as tonic takes it: `grpc://` and `grpcs://` become `http://` and
+/// `https://`.
+pub fn grpc_endpoint(target: &str) -> String {
+    let t = target.trim();
+    for (from, to) in [("grpc://", "http://"), ("grpcs://", "https://")] {
+        if t.len() >= from.len() && t[..from.len()].eq_ignore_ascii_case(from) {
+            return format!("{to}{}", &t[from.len()..]);
+        }
+    }
+    t.to_string()
+}
+
 /// How a load test runs.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
-    /// The daemon's gRPC address, `http://host:port`.
+    /// The server's address: for gRPC the daemon's `http://host:port`, for OpenAI the API
+    /// base (`http://host:8000/v1`, see [`openai::api_base`]).
     pub target: String,
+    /// The protocol, and the OpenAI client's options.
+    pub api: Api,
     /// The daemon's Admin address, asked once for the policy and the pools (chip, price,
     /// domesticity). `None`, or a daemon that does not answer there: pools are learnt
     /// from `Started` messages instead.
@@ -76,6 +131,7 @@ impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             target: "http://127.0.0.1:50051".into(),
+            api: Api::Grpc,
             admin_target: Some("http://127.0.0.1:50052".into()),
             time_scale: 1.0,
             concurrency_limit: None,
@@ -117,15 +173,28 @@ where
     E: Into<anyhow::Error> + Send + 'static,
 {
     cfg.validate()?;
-    let mut clients = Vec::with_capacity(cfg.connections);
-    for _ in 0..cfg.connections {
-        let channel = Channel::from_shared(cfg.target.clone())
-            .with_context(|| format!("invalid target `{}`", cfg.target))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", cfg.target))?;
-        clients.push(InferenceClient::new(channel));
-    }
+    let mut model = None;
+    let sender = match &cfg.api {
+        Api::Grpc => {
+            let target = grpc_endpoint(&cfg.target);
+            let mut clients = Vec::with_capacity(cfg.connections);
+            for _ in 0..cfg.connections {
+                let channel = Channel::from_shared(target.clone())
+                    .with_context(|| format!("invalid target `{}`", cfg.target))?
+                    .connect()
+                    .await
+                    .with_context(|| format!("cannot connect to {}", cfg.target))?;
+                clients.push(InferenceClient::new(channel));
+            }
+            dispatch::Sender::Grpc(clients)
+        }
+        Api::OpenAi(opts) => {
+            let base = openai::api_base(&cfg.target)?;
+            let client = openai::Client::connect(&base, opts).await?;
+            model = Some(client.model().to_string());
+            dispatch::Sender::OpenAi(Arc::new(client))
+        }
+    };
     let (policy, pools) = match &cfg.admin_target {
         Some(admin) => fleet_info(admin).await,
         None => (None, Vec::new()),
@@ -140,7 +209,7 @@ where
             time_scale: cfg.time_scale,
             concurrency_limit: cfg.concurrency_limit,
             slo: cfg.slo,
-            clients,
+            sender,
             in_flight: in_flight.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
@@ -150,7 +219,11 @@ where
     let sent = dispatcher.await.context("the dispatcher panicked")?;
     sent?;
     let wall = start.elapsed();
-    Ok(collector.finish(&cfg, policy, wall))
+    let mut report = collector.finish(&cfg, policy, wall);
+    if let Some(model) = model {
+        report.report.fleet = format!("OpenAI server at {} (model {model})", cfg.target);
+    }
+    Ok(report)
 }
 
 /// The daemon's policy and pools from `Admin.ListPools` on its admin port, so the report
@@ -180,4 +253,28 @@ async fn fleet_info(target: &str) -> (Option<String>, Vec<PoolMeta>) {
         })
         .collect();
     (Some(resp.policy).filter(|p| !p.is_empty()), pools)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_is_told_from_the_target() {
+        for (target, api) in [
+            ("grpc://10.0.0.1:9000", "grpc"),
+            ("GRPCS://h", "grpc"),
+            ("http://127.0.0.1:50051", "grpc"),
+            ("http://127.0.0.1:8000", "openai"),
+            ("http://h:8000/v1", "openai"),
+            ("https://gw.example/openai/v1", "openai"),
+            ("http://127.0.0.1:30000", "openai"),
+            ("http://h:50051/v1", "grpc"),
+        ] {
+            assert_eq!(detect_api(target), api, "{target}");
+        }
+        assert_eq!(grpc_endpoint("grpc://h:1"), "http://h:1");
+        assert_eq!(grpc_endpoint("grpcs://h:1"), "https://h:1");
+        assert_eq!(grpc_endpoint("http://h:1"), "http://h:1");
+    }
 }

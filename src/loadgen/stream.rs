@@ -1,6 +1,8 @@
-//! One request: a `Generate` stream sent from its own task, timed on the client side from
-//! the moment the task starts sending to each token chunk and to `Finished`.
+//! One request over gRPC: a `Generate` stream sent from its own task, timed on the client
+//! side from the moment the task starts sending to each token chunk and to `Finished`.
+//! Also the [`Outcome`] both clients (this one and [`super::openai`]) report.
 
+use super::collect::code_name;
 use crate::request::{Priority, Slo, NANOS_PER_MS};
 use crate::trace::TraceRecord;
 use crate::wire::{self, generate_response::Event, inference_client::InferenceClient};
@@ -33,10 +35,57 @@ pub(super) struct Outcome {
     /// arrive together in one chunk share the chunk's gap evenly.
     pub gaps: Vec<Duration>,
     pub output_tokens: u32,
-    /// `Finished` arrived and the stream ended OK.
+    /// Output tokens asked for (the trace's output length).
+    pub max_tokens: u32,
+    /// The stream ended as the protocol says a served request ends (`Finished`, or an
+    /// OpenAI stream's finish reason or `[DONE]`).
     pub completed: bool,
-    pub code: Code,
+    /// How the request ended, named as in the report's `status_codes`: `ok`, a gRPC code
+    /// (`resource_exhausted`, …), an HTTP status (`http_429`, …) or a client-side failure
+    /// (`timeout`, `connect_error`, …).
+    pub status: &'static str,
     pub slo: Slo,
+    /// Refusals that were retried after their `Retry-After` (OpenAI client only).
+    pub retries: u32,
+    /// What the server's usage report said against the tokens counted from the stream
+    /// (OpenAI client only; `NotAsked` for gRPC, whose chunks carry exact counts).
+    pub usage: UsageCheck,
+}
+
+/// The OpenAI stream's usage chunk against the token chunks counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum UsageCheck {
+    #[default]
+    NotAsked,
+    /// The server sent no usage (some servers ignore `stream_options`).
+    Missing,
+    /// Usage equals the chunks that carried text.
+    Agrees,
+    /// Usage differs from the chunk count (a server that puts several tokens in one
+    /// chunk); the report counts usage's figure.
+    Differs,
+}
+
+impl Outcome {
+    /// A request about to be sent at `sent`, due at `due`.
+    pub fn new(rec: &TraceRecord, due: Instant, sent: Instant, default_slo: Slo) -> Outcome {
+        Outcome {
+            scheduled_ns: rec.arrival_ns,
+            lag: sent.saturating_duration_since(due),
+            placement: None,
+            first_token: None,
+            end: Duration::ZERO,
+            ended_at: sent,
+            gaps: Vec::new(),
+            output_tokens: 0,
+            max_tokens: rec.output_tokens,
+            completed: false,
+            status: "ok",
+            slo: rec.slo.unwrap_or(default_slo),
+            retries: 0,
+            usage: UsageCheck::NotAsked,
+        }
+    }
 }
 
 /// The request a trace record becomes: exact prompt length, exact output length.
@@ -71,19 +120,7 @@ pub(super) async fn send(
     default_slo: Slo,
 ) -> Outcome {
     let sent = Instant::now();
-    let mut out = Outcome {
-        scheduled_ns: rec.arrival_ns,
-        lag: sent.saturating_duration_since(due),
-        placement: None,
-        first_token: None,
-        end: Duration::ZERO,
-        ended_at: sent,
-        gaps: Vec::new(),
-        output_tokens: 0,
-        completed: false,
-        code: Code::Ok,
-        slo: rec.slo.unwrap_or(default_slo),
-    };
+    let mut out = Outcome::new(&rec, due, sent, default_slo);
     let req = request(index, &rec);
     let mut finished = None;
     let result = async {
@@ -128,8 +165,8 @@ pub(super) async fn send(
     match result {
         Ok(()) if finished.is_some() => out.completed = true,
         // A stream that ends OK without `Finished` broke the protocol.
-        Ok(()) => out.code = Code::Unknown,
-        Err(status) => out.code = status.code(),
+        Ok(()) => out.status = code_name(Code::Unknown),
+        Err(status) => out.status = code_name(status.code()),
     }
     out
 }

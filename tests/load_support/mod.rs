@@ -1,8 +1,11 @@
 //! A stand-in gRPC server for the load generator's tests: implements
 //! `dujiang.v1.Inference` with a fixed response delay and status codes chosen by the
 //! request, and records when each request arrived, so a test can check the sending
-//! schedule independently of how the server answers.
+//! schedule independently of how the server answers. Its OpenAI counterpart is
+//! [`openai_stub`].
 #![allow(dead_code)]
+
+pub mod openai_stub;
 
 use dujiang::trace::TraceRecord;
 use dujiang::wire::inference_server::{Inference, InferenceServer};

@@ -1,0 +1,262 @@
+//! Reading an OpenAI-style completion stream as a client does: server-sent events framed
+//! by blank lines, each `data:` payload one JSON chunk or the closing `[DONE]`, and each
+//! chunk read only for what timing needs (did it carry output text, did it finish, usage,
+//! an error). Written against what servers really send, not only against dujiang's own:
+//! vLLM, SGLang and llama.cpp's server open a chat stream with a role-only delta, send
+//! empty-content chunks, put the last token and `finish_reason` in one chunk or in two,
+//! send usage only when asked (or never), and may use `\r\n` line ends. None of that is an
+//! error here; a malformed JSON payload is, and names the payload.
+
+use serde::Deserialize;
+
+/// Splits a byte stream into SSE events and returns each event's data (its `data:` lines
+/// joined by `\n`), as the SSE specification frames them. Comments (`:` lines) and other
+/// fields (`event:`, `id:`, `retry:`) are skipped; events without data are dropped.
+#[derive(Debug, Default)]
+pub(super) struct SseDecoder {
+    /// Bytes of the line not yet ended.
+    line: Vec<u8>,
+    /// `data:` lines of the event not yet ended.
+    data: Option<String>,
+    /// The last byte seen was `\r`: a following `\n` belongs to the same line end.
+    after_cr: bool,
+}
+
+/// Longest line the decoder buffers: a chunk is a few hundred bytes, so a line this long
+/// is a server sending something that is not an event stream, not a stream to follow.
+const MAX_LINE: usize = 1 << 20;
+
+impl SseDecoder {
+    /// Feeds `bytes`; returns the data of every event they complete, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            match b {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' | b'\r' => {
+                    self.after_cr = b == b'\r';
+                    self.end_line(&mut out)?;
+                }
+                _ => {
+                    self.after_cr = false;
+                    if self.line.len() >= MAX_LINE {
+                        return Err(format!("an event-stream line longer than {MAX_LINE} bytes"));
+                    }
+                    self.line.push(b);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn end_line(&mut self, out: &mut Vec<String>) -> Result<(), String> {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            // A blank line dispatches the event.
+            if let Some(data) = self.data.take() {
+                out.push(data);
+            }
+            return Ok(());
+        }
+        let line = String::from_utf8(line).map_err(|_| "an event-stream line is not UTF-8")?;
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line.as_str(), ""),
+        };
+        if field == "data" {
+            match &mut self.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => self.data = Some(value.to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one `data:` payload says.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Chunk {
+    /// `[DONE]`: the stream's end.
+    pub done: bool,
+    /// Some choice carried output text (a token, by the one-token-per-chunk convention).
+    pub text: bool,
+    /// Some choice has a `finish_reason`.
+    pub finished: bool,
+    /// `usage.completion_tokens`, when the chunk carries usage.
+    pub completion_tokens: Option<u32>,
+    /// `usage.prompt_tokens`, when the chunk carries usage.
+    pub prompt_tokens: Option<u32>,
+    /// An error event (`{"error": {...}}`): its message.
+    pub error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawChunk {
+    #[serde(default)]
+    choices: Vec<RawChoice>,
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawChoice {
+    /// Chat streams.
+    #[serde(default)]
+    delta: Option<RawDelta>,
+    /// Completion streams.
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawDelta {
+    #[serde(default)]
+    content: Option<String>,
+    /// Reasoning models' thinking tokens (vLLM's and SGLang's reasoning parsers put them
+    /// here rather than in `content`); they are output tokens all the same.
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(default)]
+    completion_tokens: Option<u32>,
+    #[serde(default)]
+    prompt_tokens: Option<u32>,
+}
+
+fn non_empty(s: &Option<String>) -> bool {
+    s.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+/// Reads one event's data. Err names what was wrong with it.
+pub(super) fn read_chunk(data: &str) -> Result<Chunk, String> {
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Ok(Chunk {
+            done: true,
+            ..Chunk::default()
+        });
+    }
+    let raw: RawChunk = serde_json::from_str(data).map_err(|e| {
+        let shown: String = data.chars().take(120).collect();
+        format!("a stream chunk is not a completion chunk ({e}): `{shown}`")
+    })?;
+    let mut chunk = Chunk::default();
+    for c in &raw.choices {
+        let delta_text = c.delta.as_ref().is_some_and(|d| {
+            non_empty(&d.content) || non_empty(&d.reasoning_content) || non_empty(&d.reasoning)
+        });
+        chunk.text |= delta_text || non_empty(&c.text);
+        chunk.finished |= c.finish_reason.is_some();
+    }
+    if let Some(u) = raw.usage {
+        chunk.completion_tokens = u.completion_tokens;
+        chunk.prompt_tokens = u.prompt_tokens;
+    }
+    if let Some(e) = raw.error {
+        let message = e
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string());
+        chunk.error = Some(message);
+    }
+    Ok(chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(parts: &[&[u8]]) -> Vec<String> {
+        let mut d = SseDecoder::default();
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend(d.push(p).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn events_are_framed_by_blank_lines_across_any_split() {
+        let stream = b"data: {\"a\":1}\n\n: keep-alive comment\n\nevent: x\nid: 3\ndata: one\ndata: two\n\ndata:[DONE]\n\n";
+        let whole = decode_all(&[stream]);
+        assert_eq!(whole, ["{\"a\":1}", "one\ntwo", "[DONE]"]);
+        // Byte by byte gives the same events: a network read may end anywhere.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(decode_all(&bytes), whole);
+        // CRLF and lone CR line ends, a CRLF split between two reads.
+        let crlf = decode_all(&[b"data: x\r", b"\n\r\ndata: y\r\r"]);
+        assert_eq!(crlf, ["x", "y"]);
+        // An event not yet ended by a blank line is not dispatched.
+        assert!(decode_all(&[b"data: partial\n"]).is_empty());
+    }
+
+    #[test]
+    fn an_endless_line_is_an_error_not_unbounded_memory() {
+        let mut d = SseDecoder::default();
+        let junk = vec![b'x'; MAX_LINE + 1];
+        assert!(d.push(&junk).unwrap_err().contains("longer than"));
+    }
+
+    #[test]
+    fn chat_chunks_as_servers_send_them() {
+        // vLLM/SGLang open with a role-only delta: no token.
+        let role = read_chunk(r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#).unwrap();
+        assert_eq!(role, Chunk::default());
+        let tok = read_chunk(
+            r#"{"choices":[{"index":0,"delta":{"content":" the"},"finish_reason":null}]}"#,
+        )
+        .unwrap();
+        assert!(tok.text && !tok.finished);
+        // The last token and the finish reason in one chunk (vLLM) ...
+        let last = read_chunk(
+            r#"{"choices":[{"index":0,"delta":{"content":"."},"finish_reason":"length"}]}"#,
+        )
+        .unwrap();
+        assert!(last.text && last.finished);
+        // ... or a finish chunk of its own with an empty delta.
+        let fin =
+            read_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        assert!(!fin.text && fin.finished);
+        // Reasoning tokens count as output.
+        let think = read_chunk(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#).unwrap();
+        assert!(think.text);
+        // Usage chunk: no choices.
+        let usage = read_chunk(r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#).unwrap();
+        assert_eq!(
+            (usage.completion_tokens, usage.prompt_tokens, usage.text),
+            (Some(7), Some(12), false)
+        );
+        // `usage: null` on every chunk (vLLM with continuous usage off).
+        let null_usage =
+            read_chunk(r#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#).unwrap();
+        assert!(null_usage.text && null_usage.completion_tokens.is_none());
+    }
+
+    #[test]
+    fn completion_chunks_errors_and_done() {
+        let c = read_chunk(r#"{"object":"text_completion","choices":[{"index":0,"text":" a","finish_reason":null}]}"#).unwrap();
+        assert!(c.text);
+        let empty =
+            read_chunk(r#"{"choices":[{"index":0,"text":"","finish_reason":null}]}"#).unwrap();
+        assert!(!empty.text);
+        assert!(read_chunk("[DONE]").unwrap().done);
+        assert!(read_chunk(" [DONE] ").unwrap().done);
+        let err = read_chunk(r#"{"error":{"message":"backend failed","type":"server_error","param":null,"code":500}}"#).unwrap();
+        assert_eq!(err.error.as_deref(), Some("backend failed"));
+        let bad = read_chunk("{not json").unwrap_err();
+        assert!(bad.contains("`{not json`"), "{bad}");
+    }
+}
