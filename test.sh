@@ -6,12 +6,17 @@
 # met, so only the first run on a fresh machine installs anything. Today:
 #   - Debian's `prometheus` package: `prometheus` and `promtool` for the scrape, rule and
 #     alert tests.
-# Later needs go in their own function and keep their files under $DUJIANG_CACHE
-# (default ~/.cache/dujiang), e.g. a Python venv at $DUJIANG_CACHE/venv for the client
-# tests and a llama.cpp build at $DUJIANG_CACHE/llama.cpp.
+#   - a Python virtualenv at $DUJIANG_CACHE/venv (default ~/.cache/dujiang/venv) with the
+#     official `openai` SDK from PyPI, pinned below, for tests/openai_sdk.rs; its python is
+#     exported as DUJIANG_OPENAI_PYTHON. (Debian's python3 and python3-venv are installed
+#     first if there is no python3 that can make a venv.)
+# Later needs go in their own function and keep their files under $DUJIANG_CACHE, e.g. a
+# llama.cpp build at $DUJIANG_CACHE/llama.cpp.
 #
 # Runs without prompts as root; as another user it uses `sudo -n` for the installs.
 #   --setup-only             install what is missing, do not run the tests
+#   --setup NAME             only ensure NAME (prometheus, openai-venv), do not run the
+#                            tests (what a test run by plain `cargo test` calls itself)
 #   DUJIANG_SETUP_DRY_RUN=1  print the installing commands instead of running them
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -65,7 +70,54 @@ ensure_prometheus() {
   privileged sh -c 'systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true'
 }
 
+# The openai SDK version the client tests run (PyPI's `openai`); change it here only.
+OPENAI_SDK_VERSION=3.51.0
+
+ensure_openai_venv() {
+  local venv="$DUJIANG_CACHE/venv"
+  local py="$venv/bin/python"
+  local check="import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')"
+  if [ -x "$py" ] && "$py" -c "$check" 2>/dev/null; then
+    export DUJIANG_OPENAI_PYTHON="$py"
+    return
+  fi
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    say "installing Debian's python3 and python3-venv (first use)"
+    apt_install python3 python3-venv
+  fi
+  say "creating $venv with openai==$OPENAI_SDK_VERSION from PyPI (first use)"
+  if [ -n "$dry_run" ]; then
+    echo "would run: python3 -m venv $venv && $venv/bin/pip install openai==$OPENAI_SDK_VERSION"
+    return
+  fi
+  mkdir -p "$DUJIANG_CACHE"
+  # One installer at a time: test binaries that find no venv call this concurrently.
+  (
+    flock 9
+    if [ -x "$py" ] && "$py" -c "$check" 2>/dev/null; then
+      exit 0
+    fi
+    # A half-made venv (an install cut short) fails the check above: start again.
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$py" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION"
+  ) 9>"$DUJIANG_CACHE/venv.lock"
+  export DUJIANG_OPENAI_PYTHON="$py"
+}
+
+case "${1:-}" in
+  --setup)
+    case "${2:-}" in
+      prometheus) ensure_prometheus ;;
+      openai-venv) ensure_openai_venv ;;
+      *) say "--setup takes prometheus or openai-venv, not '${2:-}'"; exit 2 ;;
+    esac
+    exit 0
+    ;;
+esac
+
 ensure_prometheus
+ensure_openai_venv
 
 if [ "${1:-}" = "--setup-only" ]; then
   exit 0

@@ -464,6 +464,7 @@ fn setup_dry_run(dir: &Path) -> String {
         .arg(repo_file("test.sh"))
         .arg("--setup-only")
         .env("PATH", dir)
+        .env("DUJIANG_CACHE", dir.join("cache"))
         .env("DUJIANG_SETUP_DRY_RUN", "1")
         .output()
         .unwrap();
@@ -523,9 +524,29 @@ fn the_readme_test_command_sets_itself_up_and_is_what_ci_runs() {
             && l.ends_with(" prometheus")),
         "no Prometheus install on a bare machine:\n{would}"
     );
+    // No python3 either: Debian's, then a venv in the cache with the pinned openai SDK.
+    assert!(
+        would
+            .lines()
+            .any(|l| l.contains("apt-get install") && l.ends_with(" python3 python3-venv")),
+        "no Python install on a bare machine:\n{would}"
+    );
+    let venv = bare.join("cache/venv");
+    assert!(
+        would.lines().any(
+            |l| l.contains(&format!("python3 -m venv {}", venv.display()))
+                && l.contains("pip install openai==")
+        ),
+        "no openai venv on a bare machine:\n{would}"
+    );
     // Once installed, nothing more is installed.
-    for tool in ["prometheus", "promtool"] {
-        let p = bare.join(tool);
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    for p in [
+        bare.join("prometheus"),
+        bare.join("promtool"),
+        // A venv whose python says the pinned SDK is there.
+        venv.join("bin/python"),
+    ] {
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
