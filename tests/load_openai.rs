@@ -114,6 +114,7 @@ async fn every_flavour_of_stream_is_timed_and_counted_alike() {
             assert_eq!(s.body["ignore_eos"], true);
             assert_eq!(s.body["stream_options"]["include_usage"], true);
             assert_eq!(s.headers["x-dujiang-priority"], "interactive");
+            assert_eq!(s.headers["x-dujiang-prompt-tokens"], "64");
             assert!(s.headers.get("authorization").is_none());
         }
     }

@@ -12,7 +12,8 @@
 //!   dujiang's estimate counts four ASCII characters as one token, and each such word is
 //!   one token in the GPT-2-style and SentencePiece vocabularies real servers use, so an
 //!   N-token trace prompt is N tokens to both (a real server adds its chat template's few
-//!   tokens);
+//!   tokens). dujiang also gets the exact length and the trace's block ids in headers
+//!   (`x-dujiang-prompt-tokens`, `x-dujiang-prefix-hashes`), as the gRPC client sends them;
 //! - prefix sharing follows the trace: each `hash_ids` block (512 tokens) becomes text
 //!   derived from its id, so requests that share blocks in the trace share a text prefix
 //!   (and a real server's prefix cache hits as the trace says), while the rest of the
@@ -225,6 +226,13 @@ impl Client {
                 crate::request::Priority::Batch => "batch",
             },
         );
+        // The trace's exact length and prefix blocks for dujiang, as the gRPC client sends
+        // them (its estimate from the text would add the chat template's tokens).
+        req = req.header(PROMPT_TOKENS_HEADER, rec.prompt_tokens.to_string());
+        if !rec.hash_ids.is_empty() {
+            let ids: Vec<String> = rec.hash_ids.iter().map(u64::to_string).collect();
+            req = req.header(PREFIX_HASHES_HEADER, ids.join(","));
+        }
         if let Some(slo) = rec.slo {
             let ms = |ns: u64| ns.div_ceil(crate::request::NANOS_PER_MS).to_string();
             req = req
@@ -292,10 +300,13 @@ impl Client {
     }
 }
 
-/// Request headers dujiang's OpenAI front end reads for priority and SLO.
+/// Request headers dujiang's OpenAI front end reads for priority, SLO, the prompt's
+/// length and its prefix blocks (other servers ignore them).
 pub const PRIORITY_HEADER: &str = "x-dujiang-priority";
 pub const SLO_TTFT_HEADER: &str = "x-dujiang-slo-ttft-ms";
 pub const SLO_TPOT_HEADER: &str = "x-dujiang-slo-tpot-ms";
+pub const PROMPT_TOKENS_HEADER: &str = "x-dujiang-prompt-tokens";
+pub const PREFIX_HASHES_HEADER: &str = "x-dujiang-prefix-hashes";
 /// Response headers naming where dujiang placed the request (other servers send none;
 /// their requests are reported under pool `(unknown)`).
 pub const POOL_HEADER: &str = "x-dujiang-pool";
@@ -315,12 +326,17 @@ fn placement(headers: &HeaderMap) -> Option<Placement> {
     })
 }
 
-/// `Retry-After` as delta-seconds (`2`, or `0.5` as some servers send); an HTTP date or
-/// anything else unreadable: `None`.
+/// The wait a refusal asks for: `retry-after-ms` (milliseconds, sent by dujiang and read
+/// first by the OpenAI SDKs), else `Retry-After` as delta-seconds (`2`, or `0.5` as some
+/// servers send); an HTTP date or anything else unreadable: `None`.
 pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("retry-after")?.to_str().ok()?.trim();
-    let secs: f64 = v.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e6)))
+    let read = |name: &str| -> Option<f64> {
+        let v: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (v.is_finite() && v >= 0.0).then_some(v.min(1e9))
+    };
+    read("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1e3))
+        .or_else(|| read("retry-after").map(Duration::from_secs_f64))
 }
 
 /// The report's name for an HTTP status that ended a request.
@@ -593,6 +609,8 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         h.insert("retry-after", HeaderValue::from_static("-3"));
         assert_eq!(retry_after(&h), None);
+        h.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
         assert_eq!(http_status_name(StatusCode::TOO_MANY_REQUESTS), "http_429");
         assert_eq!(http_status_name(StatusCode::IM_A_TEAPOT), "http_4xx");
         assert_eq!(
