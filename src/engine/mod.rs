@@ -4,12 +4,19 @@
 //! recompute when KV runs out. Pure: the driver passes `now` in and learns when the next
 //! thing happens from `next_event_at`.
 
+mod config;
 mod instance;
+mod kv;
 mod load;
 mod prefix;
+mod schedule;
+mod seq;
+mod stretch;
 
-pub use instance::{AdmitError, DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity};
+pub use config::{AdmitError, EngineConfig, EngineEvent, Granularity};
+pub use instance::Engine;
 pub use load::LoadSnapshot;
+pub use stretch::DecodeStretch;
 
 #[cfg(test)]
 mod tests;

@@ -19,22 +19,26 @@
 //! skipped when popped. Only requests in flight are held, so memory stays flat however
 //! long the trace.
 
+mod failover;
+mod finish;
+mod live;
 mod stragglers;
+mod timeline;
 
+pub use failover::FaultSummary;
 pub use stragglers::StragglerConfig;
 
-use super::faults::{FaultAction, FaultPlan, FaultTarget};
-use super::report::{PolicyReport, PoolReport, SloReport, Tally, TimelineBucket};
+use super::faults::FaultAction;
+use super::report::{PolicyReport, Tally};
 use super::wake::WakeQueue;
 use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
-use crate::engine::{DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity, LoadSnapshot};
-use crate::fleet::{
-    BackendId, BackendState, LoadView, Membership, PlainLoadView, PoolConfig, StretchClock,
-};
+use crate::engine::{DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity};
+use crate::fleet::{BackendId, LoadView, PlainLoadView, PoolConfig, StretchClock};
 use crate::policy::Policy;
 use crate::request::{check_request, Nanos, Request, RequestId, RequestLimits, Slo, NANOS_PER_SEC};
 use crate::trace::TraceRecord;
 use rustc_hash::FxHashMap;
+use timeline::Timeline;
 
 /// How a replay runs.
 #[derive(Clone, Debug)]
@@ -76,105 +80,6 @@ struct InFlight {
     /// Tokens produced on earlier backends before a move (0 unless moved mid-stream).
     resumed: u32,
     moves: u32,
-}
-
-/// What a fault plan did to one replay.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FaultSummary {
-    /// Fault events applied.
-    pub faults: u64,
-    /// Requests routed again because their backend failed before their first token.
-    pub rerouted: u64,
-    /// Streaming requests continued on another backend.
-    pub migrated: u64,
-    /// Requests lost to failures (retry budget spent, or nowhere to go).
-    pub failed: u64,
-    /// Backends the straggler check ejected, and re-admitted after probes.
-    pub ejected: u64,
-    pub readmitted: u64,
-}
-
-struct Timeline {
-    bucket_ns: Nanos,
-    buckets: Vec<TimelineAcc>,
-    max: usize,
-    pools: usize,
-}
-
-#[derive(Clone, Default)]
-struct TimelineAcc {
-    arrivals: u64,
-    completed: u64,
-    ttft_sum_ns: u128,
-    e2e_sum_ns: u128,
-    routed: Vec<u64>,
-}
-
-impl TimelineAcc {
-    fn absorb(&mut self, o: &TimelineAcc) {
-        self.arrivals += o.arrivals;
-        self.completed += o.completed;
-        self.ttft_sum_ns += o.ttft_sum_ns;
-        self.e2e_sum_ns += o.e2e_sum_ns;
-        for (a, b) in self.routed.iter_mut().zip(&o.routed) {
-            *a += b;
-        }
-    }
-}
-
-impl Timeline {
-    fn at(&mut self, t: Nanos) -> &mut TimelineAcc {
-        let mut i = (t / self.bucket_ns) as usize;
-        while i >= self.max {
-            // Halve the resolution: merge neighbours and double the width.
-            let merged: Vec<TimelineAcc> = self
-                .buckets
-                .chunks(2)
-                .map(|pair| {
-                    let mut acc = pair[0].clone();
-                    if let Some(b) = pair.get(1) {
-                        acc.absorb(b);
-                    }
-                    acc
-                })
-                .collect();
-            self.buckets = merged;
-            self.bucket_ns *= 2;
-            i = (t / self.bucket_ns) as usize;
-        }
-        if self.buckets.len() <= i {
-            let pools = self.pools;
-            self.buckets.resize_with(i + 1, || TimelineAcc {
-                routed: vec![0; pools],
-                ..Default::default()
-            });
-        }
-        &mut self.buckets[i]
-    }
-
-    fn report(&self) -> Vec<TimelineBucket> {
-        self.buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let mean = |sum: u128| {
-                    if b.completed > 0 {
-                        super::report::round3(sum as f64 / b.completed as f64 / 1e6)
-                    } else {
-                        0.0
-                    }
-                };
-                TimelineBucket {
-                    start_s: super::report::round3((i as u64 * self.bucket_ns) as f64 / 1e9),
-                    arrivals: b.arrivals,
-                    completed: b.completed,
-                    mean_ttft_ms: mean(b.ttft_sum_ns),
-                    mean_e2e_ms: mean(b.e2e_sum_ns),
-                    routed_by_pool: b.routed.clone(),
-                }
-            })
-            .collect()
-    }
 }
 
 /// A virtual-time replay of one policy over one fleet.
@@ -285,40 +190,6 @@ impl Replay {
         })
     }
 
-    /// Applies `plan` during the replay. Its targets must name pools or backends of this
-    /// fleet (`<pool>-<index>`).
-    pub fn with_faults(mut self, plan: &FaultPlan) -> Result<Replay, String> {
-        let membership = self.view.membership_arc().clone();
-        let mut names = Vec::new();
-        for pool in membership.pools() {
-            for (k, (id, _)) in membership.pool_backends(pool.id).enumerate() {
-                names.push((
-                    pool.name().to_string(),
-                    format!("{}-{k}", pool.name()),
-                    id.index(),
-                ));
-            }
-        }
-        for (i, ev) in plan.events.iter().enumerate() {
-            let backends: Vec<usize> = match &ev.target {
-                FaultTarget::Pool(p) => names.iter().filter(|n| n.0 == *p).map(|n| n.2).collect(),
-                FaultTarget::Backend(b) => {
-                    names.iter().filter(|n| n.1 == *b).map(|n| n.2).collect()
-                }
-            };
-            if backends.is_empty() {
-                let known: Vec<&str> = names.iter().map(|n| n.1.as_str()).collect();
-                return Err(format!(
-                    "fault {i}: {:?} names no pool or backend of this fleet (backends: {})",
-                    ev.target,
-                    known.join(", ")
-                ));
-            }
-            self.faults.push((ev.at_ns, backends, ev.action));
-        }
-        Ok(self)
-    }
-
     /// Replays every record of `trace` (in arrival order) and returns the report.
     pub fn run<E, I>(self, trace: I) -> Result<PolicyReport, E>
     where
@@ -380,114 +251,6 @@ impl Replay {
         Ok((self.finish(), summary))
     }
 
-    fn apply_fault(&mut self) {
-        let (t, backends, action) = self.faults[self.next_fault].clone();
-        self.next_fault += 1;
-        self.now = self.now.max(t);
-        let t = self.now;
-        self.summary.faults += 1;
-        for &b in &backends {
-            self.step_backend(b, t);
-            // Steps so far ran at the old factor.
-            self.feed_step_ratio(b);
-            let id = BackendId(b as u32);
-            match action {
-                FaultAction::Slowdown(f) => {
-                    self.clocks[b].set_factor(t, f);
-                    self.wake_stragglers(t);
-                }
-                FaultAction::Recover => {
-                    self.clocks[b].set_factor(t, 1.0);
-                    let _ = self.view.set_state(id, BackendState::Serving);
-                }
-                FaultAction::Fail => {
-                    let _ = self.view.set_state(id, BackendState::Failed);
-                }
-            }
-            self.reschedule(b);
-        }
-        if action == FaultAction::Fail {
-            for &b in &backends {
-                self.evacuate(b, t);
-            }
-        }
-    }
-
-    /// Moves every request off failed backend `b` at fleet time `t`.
-    fn evacuate(&mut self, b: usize, t: Nanos) {
-        let mut victims: Vec<RequestId> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.backend.index() == b)
-            .map(|(&id, _)| id)
-            .collect();
-        // Hash order is not stable across runs; ids are.
-        victims.sort_unstable();
-        let local = self.clocks[b].local(t);
-        for id in victims {
-            // The engine knows what the request produced by now, as the daemon's driver,
-            // which delivers every token, does.
-            let produced = self.engines[b].tokens_produced(id, local).unwrap_or(0);
-            self.engines[b].abort(id, local);
-            let mut f = self.in_flight.remove(&id).expect("victim in flight");
-            // `f.req` already counts earlier moves; the core's routine adds this one, and
-            // the policy routes the enlarged request, as the daemon's does.
-            let moved = match f.req.resumed_after(produced) {
-                Some(m) if f.moves < self.cfg.migration_retries => m,
-                _ => {
-                    self.lose(f);
-                    continue;
-                }
-            };
-            let Some(nb) = self.policy.pick(&moved, &self.live(t), t) else {
-                self.lose(f);
-                continue;
-            };
-            let nb = nb.index();
-            let engine_req = Request {
-                arrival: self.clocks[nb].local(t),
-                ..moved.clone()
-            };
-            self.step_backend(nb, t);
-            match self.engines[nb].admit(engine_req, self.clocks[nb].local(t)) {
-                Ok(()) => {
-                    if f.first_token_at.is_some() {
-                        self.summary.migrated += 1;
-                    } else {
-                        self.summary.rerouted += 1;
-                    }
-                    self.policy
-                        .on_routed(&moved, BackendId(nb as u32), &self.live(t), t);
-                    f.req.prompt_tokens = moved.prompt_tokens;
-                    f.req.max_tokens = moved.max_tokens;
-                    f.resumed += produced;
-                    f.moves += 1;
-                    f.backend = BackendId(nb as u32);
-                    // The request now belongs to the pool that will complete it.
-                    self.per_pool[f.pool].requests -= 1;
-                    f.pool = self.backend_pool[nb];
-                    self.per_pool[f.pool].requests += 1;
-                    self.in_flight.insert(id, f);
-                }
-                Err(_) => self.lose(f),
-            }
-            self.publish_load(nb, t);
-            self.reschedule(nb);
-        }
-        self.publish_load(b, t);
-        self.reschedule(b);
-    }
-
-    fn lose(&mut self, f: InFlight) {
-        // A terminal outcome like any other, as the daemon tells its policy.
-        self.policy
-            .on_finished(&f.req, f.backend, f.resumed, self.now);
-        self.summary.failed += 1;
-        self.fleet.reject("backend_failed");
-        self.per_pool[f.pool].reject("backend_failed");
-        f.permit.finish(Outcome::Failed);
-    }
-
     fn peek_wake(&mut self) -> Option<Nanos> {
         self.wake.peek().map(|(t, _)| t)
     }
@@ -502,14 +265,6 @@ impl Replay {
         let clock = self.clocks[b];
         self.wake
             .set(b, self.engines[b].next_event_at().map(|l| clock.fleet(l)));
-    }
-
-    fn live(&self, now: Nanos) -> LiveView<'_> {
-        LiveView {
-            plain: &self.view,
-            stretches: &self.stretches,
-            now,
-        }
     }
 
     fn publish_load(&mut self, b: usize, t: Nanos) {
@@ -694,85 +449,5 @@ impl Replay {
         }
         self.publish_load(b, t);
         self.reschedule(b);
-    }
-
-    fn finish(mut self) -> PolicyReport {
-        let end = self.now;
-        for b in 0..self.engines.len() {
-            if let Some(since) = self.busy_since[b].take() {
-                self.busy_ns[b] += u128::from(end.saturating_sub(since));
-            }
-        }
-        debug_assert!(
-            self.in_flight.is_empty(),
-            "replay ended with requests in flight"
-        );
-        let seconds = end as f64 / 1e9;
-        let hours = seconds / 3600.0;
-        let mut pools = Vec::new();
-        let mut total_cost = 0.0;
-        for (p, pc) in self.pools.iter().enumerate() {
-            let cost = pc.cost_per_hour_usd() * hours;
-            total_cost += cost;
-            let busy: u128 = (0..self.engines.len())
-                .filter(|&b| self.backend_pool[b] == p)
-                .map(|b| self.busy_ns[b])
-                .sum();
-            let capacity = f64::from(pc.count) * end as f64;
-            pools.push(PoolReport {
-                pool: pc.name.clone(),
-                chip: pc.perf.chip.id.clone(),
-                backends: pc.count,
-                domestic: pc.domestic(),
-                busy_fraction: if capacity > 0.0 {
-                    super::report::round3(busy as f64 / capacity)
-                } else {
-                    0.0
-                },
-                stats: self.per_pool[p].stats(seconds, cost),
-            });
-        }
-        // Completions are recorded per pool only (half the histogram work on the hot
-        // path); the fleet-wide figures are their merge, plus what never reached a pool.
-        let mut overall = Tally::default();
-        for t in &self.per_pool {
-            overall.merge(t);
-        }
-        overall.requests = self.fleet.requests;
-        overall.rejected = std::mem::take(&mut self.fleet.rejected);
-        PolicyReport {
-            policy: self.policy.name().to_string(),
-            simulated_seconds: super::report::round3(seconds),
-            stats: overall.stats(seconds, total_cost),
-            slo: SloReport::from(self.cfg.slo),
-            pools,
-            ttft_cdf: overall.ttft.cdf_ms(),
-            e2e_cdf: overall.e2e.cdf_ms(),
-            timeline_bucket_s: self.timeline.bucket_ns as f64 / 1e9,
-            timeline: self.timeline.report(),
-        }
-    }
-}
-
-/// The load view policies decide on in virtual time: each backend's load as its engine
-/// last published it, less the decode tokens its stretch in flight has produced by `now`.
-struct LiveView<'a> {
-    plain: &'a PlainLoadView,
-    /// Per backend, on the fleet clock.
-    stretches: &'a [Option<DecodeStretch>],
-    now: Nanos,
-}
-
-impl LoadView for LiveView<'_> {
-    fn membership(&self) -> &Membership {
-        self.plain.membership()
-    }
-
-    fn load(&self, backend: BackendId) -> LoadSnapshot {
-        let mut load = self.plain.load(backend);
-        if let Some(Some(s)) = self.stretches.get(backend.index()) {
-            load.remaining_decode_tokens -= s.tokens_by(self.now);
-        }
-        load
     }
 }
