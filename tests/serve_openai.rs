@@ -151,6 +151,8 @@ async fn non_streaming_answers_models_and_health() {
     assert!(model["owned_by"].is_string());
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
 
+    let e = error_of(&get(d.openai_addr, "/chat/completions").await, 404);
+    assert_eq!(e["code"], "not_found");
     // (503 while draining: serve_openai_lifecycle's SIGTERM test.)
     assert_eq!(get(d.openai_addr, "/health").await.status, 200);
 }

@@ -163,6 +163,15 @@ pub async fn models(State(d): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
+/// Any other path: 404 in OpenAI's shape, naming the path, so a client pointed at the
+/// wrong base URL (e.g. without `/v1`) sees why.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    let mut e = ApiError::invalid("url", format!("no endpoint at `{}`", uri.path()));
+    e.status = StatusCode::NOT_FOUND;
+    e.code = "not_found".into();
+    e.into_response()
+}
+
 /// `GET /health`: 200 while the daemon takes requests, 503 (with `Retry-After`) before
 /// it is ready and once it drains.
 pub async fn health(State(d): State<Arc<Daemon>>) -> Response {

@@ -40,5 +40,6 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))
+        .fallback(handlers::not_found)
         .with_state(daemon)
 }
