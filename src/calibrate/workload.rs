@@ -145,20 +145,31 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// When each client of a closed loop sends its first request. A benchmark's clients fall
-/// out of step within a few requests (network, tokenisation, scheduling jitter), so in its
-/// steady state requests arrive spread over the time one request takes, not in waves.
-/// A replay with identical lengths would otherwise keep the opening burst's waves for
-/// ever. So when there are more requests than clients, client k starts at a seeded uniform
-/// fraction of one request's estimated duration (prefill at the mean prompt, then the mean
-/// output at a full batch's decode step); offline batches (every request at once) and a
-/// single client start at 0.
+/// Independent draws of the clients' phases a staggered closed loop is replayed with; its
+/// prediction pools their requests. With identical lengths a replay keeps whatever phases
+/// it starts with, so one draw is one frozen arrangement of the clients: at 5,000-token
+/// prompts and 5 clients, whether two of them happen to start within one prefill of each
+/// other moves mean TTFT by a third (seeds 0–7 gave 320–436 ms for the same coefficients).
+/// A benchmark's clients drift through many arrangements over its run (jitter in network,
+/// tokenisation and scheduling), so its mean is an average over phases, which several
+/// draws estimate.
+const PHASE_DRAWS: u64 = 8;
+
+/// When each client of a closed loop sends its first request, for phase draw `draw`. A
+/// benchmark's clients fall out of step within a few requests (network, tokenisation,
+/// scheduling jitter), so in its steady state requests arrive spread over the time one
+/// request takes, not in waves. A replay with identical lengths would otherwise keep the
+/// opening burst's waves for ever. So when there are more requests than clients, client k
+/// starts at a seeded uniform fraction of one request's estimated duration (prefill at the
+/// mean prompt, then the mean output at a full batch's decode step); offline batches
+/// (every request at once) and a single client start at 0.
 fn staggered_starts(
     perf: &PerfModel,
     concurrency: u32,
     requests: u32,
     inputs: &[u32],
     outputs: &[u32],
+    draw: u64,
 ) -> Vec<Nanos> {
     use rand::{Rng, SeedableRng};
     if concurrency <= 1 || concurrency >= requests {
@@ -169,10 +180,38 @@ fn staggered_starts(
     let c = u64::from(concurrency);
     let duration = perf.prefill_ns(mean_in, 0)
         + mean_out * perf.decode_step_ns(c, c * (mean_in + mean_out / 2));
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed ^ u64::from(concurrency));
+    let seed = 0x5eed ^ u64::from(concurrency) ^ draw.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..concurrency)
         .map(|_| (rng.random::<f64>() * duration as f64) as Nanos)
         .collect()
+}
+
+/// A served point's closed loop, replayed once per phase draw when its clients are
+/// staggered ([`PHASE_DRAWS`]), with every draw's requests pooled: latencies side by
+/// side, tokens and makespans summed (so the rate is the draws' total over their total
+/// time).
+fn served(
+    perf: Arc<PerfModel>,
+    concurrency: u32,
+    requests: u32,
+    inputs: &[u32],
+    outputs: &[u32],
+) -> Result<ServedRun, String> {
+    let mut pooled = ServedRun::default();
+    for draw in 0..PHASE_DRAWS {
+        let starts = staggered_starts(&perf, concurrency, requests, inputs, outputs, draw);
+        let run = closed_loop(perf.clone(), concurrency, inputs, outputs, &starts)?;
+        pooled.ttft_ms.extend(run.ttft_ms);
+        pooled.tpot_ms.extend(run.tpot_ms);
+        pooled.output_tokens += run.output_tokens;
+        pooled.makespan_ns += run.makespan_ns;
+        if starts.is_empty() {
+            // Nothing is drawn: every replay would be the same.
+            break;
+        }
+    }
+    Ok(pooled)
 }
 
 /// The value `perf` predicts for `point`'s workload and metric.
@@ -203,8 +242,7 @@ pub fn predict(perf: Arc<PerfModel>, point: &Point) -> Result<f64, String> {
         } => {
             let inputs = input.sample(*requests, 0);
             let outputs = output.sample(*requests, 7);
-            let starts = staggered_starts(&perf, *concurrency, *requests, &inputs, &outputs);
-            let run = closed_loop(perf, *concurrency, &inputs, &outputs, &starts)?;
+            let run = served(perf, *concurrency, *requests, &inputs, &outputs)?;
             let rate = run.output_tokens as f64 * 1e9 / run.makespan_ns.max(1) as f64;
             let value = match point.metric {
                 Metric::TtftMsP50 => median(&run.ttft_ms),
@@ -265,9 +303,9 @@ mod tests {
     fn clients_are_staggered_only_in_a_true_closed_loop() {
         let p = perf();
         let (inputs, outputs) = (vec![500; 40], vec![200; 40]);
-        assert!(staggered_starts(&p, 1, 40, &inputs, &outputs).is_empty());
-        assert!(staggered_starts(&p, 40, 40, &inputs, &outputs).is_empty());
-        let starts = staggered_starts(&p, 8, 40, &inputs, &outputs);
+        assert!(staggered_starts(&p, 1, 40, &inputs, &outputs, 0).is_empty());
+        assert!(staggered_starts(&p, 40, 40, &inputs, &outputs, 0).is_empty());
+        let starts = staggered_starts(&p, 8, 40, &inputs, &outputs, 0);
         assert_eq!(starts.len(), 8);
         let duration = p.prefill_ns(500, 0) + 200 * p.decode_step_ns(8, 8 * 600);
         assert!(starts.iter().all(|&s| s < duration), "{starts:?}");
@@ -281,6 +319,24 @@ mod tests {
             32,
             "the 8 opening requests are not measured"
         );
+    }
+
+    #[test]
+    fn a_staggered_loop_pools_several_phase_draws_and_a_burst_one() {
+        let p = perf();
+        let (inputs, outputs) = (vec![500; 40], vec![200; 40]);
+        let a = staggered_starts(&p, 8, 40, &inputs, &outputs, 0);
+        let b = staggered_starts(&p, 8, 40, &inputs, &outputs, 1);
+        assert_ne!(a, b, "each draw places the clients afresh");
+        let run = served(p.clone(), 8, 40, &inputs, &outputs).unwrap();
+        // 32 measured requests (after the 8 opening ones) per draw.
+        assert_eq!(run.ttft_ms.len(), 32 * PHASE_DRAWS as usize);
+        let mut first = closed_loop(p.clone(), 8, &inputs, &outputs, &a).unwrap();
+        assert_eq!(run.ttft_ms[..32], first.ttft_ms[..]);
+        first.ttft_ms.clear();
+        // Every request at once: nothing to draw, one replay.
+        let offline = served(p, 40, 40, &inputs, &outputs).unwrap();
+        assert_eq!(offline.ttft_ms.len(), 40);
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub struct EngineConfig {
     pub max_batched_tokens: u32,
     /// Prompt tokens covered by one prefix hash (Mooncake's `hash_ids` cover 512).
     pub prefix_block_tokens: u32,
+    /// Prompts may be split across steps to fill the budget (vLLM's chunked prefill).
+    /// Off, a prompt starts only when all of it fits what the step's budget has left
+    /// (TensorRT-LLM without `enable_chunked_context`); one longer than the whole budget
+    /// runs alone in its step rather than never.
+    pub chunked_prefill: bool,
     pub granularity: Granularity,
 }
 
@@ -37,6 +42,7 @@ impl EngineConfig {
             max_num_seqs: perf.max_batch().max(1),
             max_batched_tokens: 8192,
             prefix_block_tokens: 512,
+            chunked_prefill: perf.engine.coefficients.chunked_prefill,
             granularity: Granularity::PerEvent,
         }
     }

@@ -74,6 +74,7 @@ impl Engine {
             // Every decoding sequence takes one token of the budget each step.
             max_batched_tokens: cfg.max_batched_tokens.max(cfg.max_num_seqs).max(1),
             prefix_block_tokens: (cfg.prefix_block_tokens / block).max(1) * block,
+            chunked_prefill: cfg.chunked_prefill,
             granularity: cfg.granularity,
         };
         let kv_total_blocks = perf.kv_capacity_blocks(block);

@@ -155,10 +155,19 @@ impl Engine {
         };
         let cached = matched.len() as u32 * prefix_tokens;
         let s = self.seq(r).expect("waiting slot");
-        let chunk = (s.prefill_target - cached).min(draft.budget as u32);
+        let rest = s.prefill_target - cached;
+        let whole = !self.cfg.chunked_prefill;
+        // Unchunked, a prompt waits for a step with room for all of it; the first prompt
+        // of a step always starts (over the budget if it must), so none waits for ever.
+        let too_big = whole && u64::from(rest) > draft.budget && !run.prefill.is_empty();
+        let chunk = if whole {
+            rest
+        } else {
+            rest.min(draft.budget as u32)
+        };
         // A waiting sequence holds no private blocks, so everything is new.
         let need = self.blocks_after(cached + chunk, s.prefill_target, u64::from(cached));
-        if need + draft.reserved_blocks > self.available_blocks() {
+        if too_big || need + draft.reserved_blocks > self.available_blocks() {
             for h in &matched {
                 self.cache.unpin(*h);
             }
@@ -189,7 +198,7 @@ impl Engine {
             u64::from(prefilled_before),
         ));
         run.prefill.push((r, chunk));
-        draft.budget -= u64::from(chunk);
+        draft.budget = draft.budget.saturating_sub(u64::from(chunk));
         true
     }
 }

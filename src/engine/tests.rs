@@ -111,6 +111,52 @@ fn one_request_on_idle_engine_matches_perf_model() {
 }
 
 #[test]
+fn unchunked_prompts_run_whole_one_per_step_when_two_overflow_the_budget() {
+    // Two 5,000-token prompts at once, budget 8,192. Chunked, the second fills the first
+    // step's leftover 3,192 tokens; unchunked (TensorRT-LLM's default), it waits for the
+    // next step and runs whole there, beside the first one's decode.
+    let p = perf();
+    let both = vec![req(1, 0, 5000, 3), req(2, 0, 5000, 3)];
+    let chunked = EngineConfig {
+        chunked_prefill: true,
+        ..EngineConfig::for_perf(&p)
+    };
+    let ev = drive(p.clone(), chunked, both.clone(), &[]);
+    assert!(
+        ev.contains(&EngineEvent::Scheduled { id: 2, at: 0 }),
+        "{ev:?}"
+    );
+    let whole = EngineConfig {
+        chunked_prefill: false,
+        ..chunked
+    };
+    let ev = drive(p.clone(), whole, both, &[]);
+    let first = p.prefill_ns(5000, 0);
+    assert!(
+        ev.contains(&EngineEvent::FirstToken { id: 1, at: first }),
+        "{ev:?}"
+    );
+    assert!(
+        ev.contains(&EngineEvent::Scheduled { id: 2, at: first }),
+        "{ev:?}"
+    );
+    let mut step = crate::profile::StepShape::decode(1, 5001);
+    step.add(crate::profile::StepShape::prefill(5000, 0));
+    let second = first + p.step_ns(&step);
+    assert!(
+        ev.contains(&EngineEvent::FirstToken { id: 2, at: second }),
+        "{ev:?}"
+    );
+    // A prompt longer than the whole budget still runs, alone, in one step.
+    let ev = drive(p.clone(), whole, vec![req(3, 0, 9000, 1)], &[]);
+    let at = p.prefill_ns(9000, 0);
+    assert!(
+        ev.contains(&EngineEvent::FirstToken { id: 3, at }),
+        "{ev:?}"
+    );
+}
+
+#[test]
 fn long_prompt_is_chunked_by_the_token_budget() {
     let p = perf();
     let cfg = EngineConfig {
@@ -301,6 +347,7 @@ proptest! {
             max_batched_tokens: c.budget,
             block_size: 16,
             prefix_block_tokens: 64,
+            chunked_prefill: true,
             granularity: Granularity::PerEvent,
         };
         let fine = drive(p.clone(), cfg.with_granularity(Granularity::PerToken), c.reqs.clone(), &c.aborts);
@@ -354,6 +401,7 @@ proptest! {
             max_batched_tokens: c.budget,
             block_size: 16,
             prefix_block_tokens: 64,
+            chunked_prefill: true,
             granularity: Granularity::PerEvent,
         };
         let mut coarse = Engine::new(p.clone(), cfg);

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// How one serving engine drives one chip family. The fitted fields each have physical
-/// bounds ([`EngineCoefficients::FITTED`]); the last three are deployment settings.
+/// bounds ([`EngineCoefficients::FITTED`]); the last four are deployment settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineCoefficients {
@@ -67,6 +67,20 @@ pub struct EngineCoefficients {
     pub reserve_gb: f64,
     /// Most sequences in one step (vLLM's `max_num_seqs` as deployed on this chip).
     pub max_batch: u32,
+    /// Whether the scheduler may split a prompt across steps to fill the token budget
+    /// (vLLM's chunked prefill, on in its V1 engine). Off, a prompt runs whole in one
+    /// step beside the decodes, and only if it fits what the step's budget has left, as
+    /// TensorRT-LLM does unless `enable_chunked_context` is set. Absent means on.
+    #[serde(default = "chunked_by_default", skip_serializing_if = "is_chunked")]
+    pub chunked_prefill: bool,
+}
+
+fn chunked_by_default() -> bool {
+    true
+}
+
+fn is_chunked(on: &bool) -> bool {
+    *on
 }
 
 /// Field name, lower and upper bound (inclusive). Efficiencies never reach 0, so a fit

@@ -56,6 +56,7 @@ pub(crate) mod fixtures {
             memory_utilization: 0.9,
             reserve_gb: 2.0,
             max_batch: 256,
+            chunked_prefill: true,
         }
     }
 
