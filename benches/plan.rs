@@ -97,6 +97,34 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The mix solver alone, on the integer programs these two plans pose at each floor.
+    let mut solver = c.benchmark_group("plan/mix-solve");
+    for rate_scale in [1.0, 20.0] {
+        let i = inputs(rate_scale);
+        let recs = records(rate_scale);
+        let cands = candidates(&Catalogue::embedded(), &i.model, &i.chips, i.max_tp).unwrap();
+        let workload = Workload::new(recs, i.buckets, i.probe_requests).unwrap();
+        let settings = PlanSettings {
+            slo: SloSpec::parse(&i.slo, i.attainment).unwrap(),
+            share_by: i.share_by,
+            policy: PolicySpec {
+                name: i.policy.clone(),
+                params: toml::Table::new(),
+            },
+            seed: i.seed,
+            probe_seconds: i.probe_seconds,
+        };
+        let (m, _) = measure(&workload, &cands, &settings, &runner, Shard::WHOLE).unwrap();
+        let problems: Vec<_> = [0.0, 0.3, 0.5, 0.7, 1.0]
+            .into_iter()
+            .map(|floor| plan::mix_problem(&workload, &cands, &m, i.share_by, floor).unwrap())
+            .collect();
+        solver.bench_function(format!("rate-x{rate_scale}"), |b| {
+            b.iter(|| problems.iter().map(|p| p.solve()).collect::<Vec<_>>())
+        });
+    }
+    solver.finish();
 }
 
 criterion_group!(benches, bench);

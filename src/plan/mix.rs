@@ -3,10 +3,16 @@
 //! how many backends of each candidate kind to buy, and which share of each request-size
 //! bucket each kind serves, so that every bucket's load is carried and the hourly cost is
 //! least. Counts are integers, shares are continuous; the domestic-share floor is one more
-//! linear row. Solved exactly by branch-and-bound over the counts on the LP relaxation
-//! (`lp.rs`): with a handful of candidate kinds the tree stays small.
+//! linear row. Solved exactly as a mixed-integer program by `good_lp` with its pure-Rust
+//! `microlp` backend. It replaced a hand-written dense simplex with branch-and-bound: on
+//! the plan bench's own problems (Azure conversation trace, 8 candidates × 9 buckets, five
+//! floors) microlp solved them in 16.3 ms against 43.0 ms at the recorded rate and 15.4 ms
+//! against 248 ms at 20× the rate, at the same optimal cost, and it needs no node cap.
 
-use super::lp::{minimize, Cmp, Constraint, LpOutcome};
+use good_lp::{
+    constraint, microlp, variable, variables, Expression, ResolutionError, Solution, SolverModel,
+    Variable,
+};
 
 /// One instance of the mix problem.
 #[derive(Clone, Debug)]
@@ -21,134 +27,73 @@ pub struct MixProblem {
     pub work: Vec<Vec<Option<f64>>>,
 }
 
-/// Branch-and-bound nodes explored before settling for the best mix found so far.
-const MAX_NODES: usize = 20_000;
-
 impl MixProblem {
     fn buckets(&self) -> usize {
         self.work.first().map_or(0, Vec::len)
     }
 
-    /// Solves the relaxation with `lo[c] ≤ n[c] ≤ hi[c]`; returns counts and cost.
-    fn relaxation(&self, lo: &[u32], hi: &[Option<u32>]) -> Option<(Vec<f64>, f64)> {
-        let nc = self.cost.len();
-        let nb = self.buckets();
-        // Variables: n[0..nc], then one share x[c][b] per pair that can serve.
-        let mut share_var = vec![vec![None; nb]; nc];
-        let mut nvars = nc;
-        for (c, row) in self.work.iter().enumerate() {
-            for (b, w) in row.iter().enumerate() {
-                if w.is_some() {
-                    share_var[c][b] = Some(nvars);
-                    nvars += 1;
-                }
-            }
-        }
-        let mut cost = vec![0.0; nvars];
-        cost[..nc].copy_from_slice(&self.cost);
-        let mut rows = Vec::new();
-        for b in 0..nb {
-            let coeffs: Vec<(usize, f64)> = share_var
-                .iter()
-                .filter_map(|row| row[b].map(|v| (v, 1.0)))
-                .collect();
-            if coeffs.is_empty() {
-                return None;
-            }
-            rows.push(Constraint {
-                coeffs,
-                cmp: Cmp::Eq,
-                rhs: 1.0,
-            });
-        }
-        for c in 0..nc {
-            let mut coeffs: Vec<(usize, f64)> = (0..nb)
-                .filter_map(|b| Some((share_var[c][b]?, self.work[c][b]?)))
-                .collect();
-            coeffs.push((c, -1.0));
-            rows.push(Constraint {
-                coeffs,
-                cmp: Cmp::Le,
-                rhs: 0.0,
-            });
-            if lo[c] > 0 {
-                rows.push(Constraint {
-                    coeffs: vec![(c, 1.0)],
-                    cmp: Cmp::Ge,
-                    rhs: f64::from(lo[c]),
-                });
-            }
-            if let Some(h) = hi[c] {
-                rows.push(Constraint {
-                    coeffs: vec![(c, 1.0)],
-                    cmp: Cmp::Le,
-                    rhs: f64::from(h),
-                });
-            }
-        }
-        rows.push(Constraint {
-            coeffs: self.floor_weight.iter().copied().enumerate().collect(),
-            cmp: Cmp::Ge,
-            rhs: 0.0,
-        });
-        match minimize(nvars, &cost, &rows) {
-            LpOutcome::Optimal { x, objective } => Some((x[..nc].to_vec(), objective)),
-            LpOutcome::Infeasible | LpOutcome::Unbounded => None,
-        }
-    }
-
     /// The cheapest integer counts, or `None` when no mix carries the load within the
-    /// floor (a bucket no candidate can serve, or a floor no candidate can meet).
-    pub fn solve(&self) -> Option<Vec<u32>> {
-        let nc = self.cost.len();
-        let mut best: Option<(Vec<u32>, f64)> = None;
-        let mut stack = vec![(vec![0u32; nc], vec![None::<u32>; nc])];
-        let mut nodes = 0;
-        while let Some((lo, hi)) = stack.pop() {
-            nodes += 1;
-            if nodes > MAX_NODES && best.is_some() {
-                break;
+    /// floor (a bucket no candidate can serve, or a floor no candidate can meet); `Err`
+    /// only when the solver itself fails.
+    ///
+    /// A mixed-integer program handed to `good_lp`'s pure-Rust `microlp` backend (simplex
+    /// with branch-and-bound on the integer counts): counts `n[c] ≥ 0` integer, shares
+    /// `x[c][b] ∈ [0, 1]` for the pairs that can serve at all.
+    pub fn solve(&self) -> Result<Option<Vec<u32>>, String> {
+        let nb = self.buckets();
+        let mut vars = variables!();
+        let counts: Vec<Variable> = self
+            .cost
+            .iter()
+            .map(|_| vars.add(variable().integer().min(0)))
+            .collect();
+        let shares: Vec<Vec<Option<Variable>>> = self
+            .work
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|w| w.map(|_| vars.add(variable().min(0).max(1))))
+                    .collect()
+            })
+            .collect();
+        let cost: Expression = counts.iter().zip(&self.cost).map(|(&n, &c)| c * n).sum();
+        let mut model = vars.minimise(cost).using(microlp);
+        // Every bucket's load is carried in full...
+        for b in 0..nb {
+            let served: Vec<Variable> = shares.iter().filter_map(|row| row[b]).collect();
+            if served.is_empty() {
+                return Ok(None);
             }
-            let Some((n, objective)) = self.relaxation(&lo, &hi) else {
-                continue;
-            };
-            if best
-                .as_ref()
-                .is_some_and(|(_, b)| objective >= b - 1e-9 * b.abs().max(1.0))
-            {
-                continue;
-            }
-            let fractional = n
-                .iter()
-                .enumerate()
-                .map(|(c, v)| (c, v - v.floor()))
-                .filter(|&(_, f)| f > 1e-6 && f < 1.0 - 1e-6)
-                .max_by(|a, b| (0.5 - (a.1 - 0.5).abs()).total_cmp(&(0.5 - (b.1 - 0.5).abs())));
-            match fractional {
-                None => {
-                    let counts: Vec<u32> = n.iter().map(|v| v.round() as u32).collect();
-                    let cost = counts
-                        .iter()
-                        .zip(&self.cost)
-                        .map(|(&k, c)| f64::from(k) * c)
-                        .sum();
-                    if best.as_ref().is_none_or(|(_, b)| cost < *b) {
-                        best = Some((counts, cost));
-                    }
-                }
-                Some((c, _)) => {
-                    let v = n[c];
-                    let (mut down_hi, mut up_lo) = (hi.clone(), lo.clone());
-                    down_hi[c] = Some(v.floor() as u32);
-                    up_lo[c] = v.ceil() as u32;
-                    // Depth-first, rounding up first: it reaches a feasible mix soonest,
-                    // and that bound prunes the rest of the tree.
-                    stack.push((lo, down_hi));
-                    stack.push((up_lo, hi));
-                }
-            }
+            let total: Expression = served.into_iter().sum();
+            model = model.with(constraint!(total == 1));
         }
-        best.map(|(counts, _)| counts)
+        // ...by backends that were bought: a candidate's shares need `Σ work·x` of them...
+        for (c, row) in self.work.iter().enumerate() {
+            let needed: Expression = row
+                .iter()
+                .zip(&shares[c])
+                .filter_map(|(w, x)| Some((*w)? * (*x)?))
+                .sum();
+            model = model.with(constraint!(needed <= counts[c]));
+        }
+        // ...and the domestic floor holds.
+        let floor: Expression = counts
+            .iter()
+            .zip(&self.floor_weight)
+            .map(|(&n, &w)| w * n)
+            .sum();
+        model = model.with(constraint!(floor >= 0));
+        let solution = match model.solve() {
+            Ok(solution) => solution,
+            Err(ResolutionError::Infeasible) => return Ok(None),
+            Err(e) => return Err(format!("the mix solver (good_lp/microlp) failed: {e}")),
+        };
+        Ok(Some(
+            counts
+                .iter()
+                .map(|&n| solution.value(n).round().max(0.0) as u32)
+                .collect(),
+        ))
     }
 }
 
@@ -166,14 +111,14 @@ mod tests {
             work: vec![vec![Some(0.5), Some(2.5)], vec![Some(1.0), Some(1.2)]],
         };
         // No floor: three foreign ($1.5) carry 0.5 + 2.5; two are too few.
-        assert_eq!(p.solve(), Some(vec![3, 0]));
+        assert_eq!(p.solve().unwrap(), Some(vec![3, 0]));
         // All domestic by chip count (weights −1 for foreign, 0 for domestic): two carry
         // only 2 of the 2.2 needed.
         let all_domestic = MixProblem {
             floor_weight: vec![-1.0, 0.0],
             ..p.clone()
         };
-        assert_eq!(all_domestic.solve(), Some(vec![0, 3]));
+        assert_eq!(all_domestic.solve().unwrap(), Some(vec![0, 3]));
         // Half the chips domestic: (0 − 0.5)·n0 + (1 − 0.5)·n1 ≥ 0. One of each ($2)
         // works by splitting bucket 1: the foreign backend's spare half carries a fifth of
         // it, the domestic one the rest (0.8 × 1.2 = 0.96).
@@ -181,7 +126,7 @@ mod tests {
             floor_weight: vec![-0.5, 0.5],
             ..p
         };
-        assert_eq!(half.solve(), Some(vec![1, 1]));
+        assert_eq!(half.solve().unwrap(), Some(vec![1, 1]));
     }
 
     #[test]
@@ -191,6 +136,6 @@ mod tests {
             floor_weight: vec![0.0],
             work: vec![vec![Some(1.0), None]],
         };
-        assert_eq!(p.solve(), None);
+        assert_eq!(p.solve().unwrap(), None);
     }
 }

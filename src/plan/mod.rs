@@ -6,7 +6,7 @@
 //! buckets ([`workload`]); measure by fast single-backend replay how much of each bucket
 //! one backend of each candidate kind sustains within the SLO ([`capacity`]); solve the
 //! integer program for the cheapest mix that covers every bucket's load within the floor
-//! ([`mix`], exact branch-and-bound over [`lp`]); then replay the whole trace on that
+//! ([`mix`], an exact mixed-integer program solved by `good_lp`); then replay the whole trace on that
 //! fleet and repair or trim it until it passes and no single backend can go ([`search`]).
 //! The same steps across several floors give the cost frontier.
 //!
@@ -16,7 +16,6 @@
 
 pub mod candidate;
 pub mod capacity;
-pub mod lp;
 pub mod mix;
 pub mod report;
 pub mod runner;
@@ -32,7 +31,7 @@ pub use slo::{SloSpec, DEFAULT_SLO};
 pub use workload::{Bucket, Workload};
 
 use crate::fleet::PolicySpec;
-use mix::MixProblem;
+pub use mix::MixProblem;
 use search::Verifier;
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
@@ -113,6 +112,31 @@ pub fn solve_mix(
     share_by: ShareBy,
     floor: f64,
 ) -> Result<Vec<u32>, String> {
+    let problem = mix_problem(workload, candidates, measurements, share_by, floor)?;
+    problem.solve()?.ok_or_else(|| {
+        if floor > 0.0 && !candidates.iter().any(|c| c.domestic) {
+            format!(
+                "a {:.0}% domestic floor cannot be met: none of the chips is domestic",
+                floor * 100.0
+            )
+        } else {
+            format!(
+                "no mix of the chips carries every request size within the SLO at a {:.0}% domestic floor",
+                floor * 100.0
+            )
+        }
+    })
+}
+
+/// The integer program [`solve_mix`] solves: per candidate its cost, floor weight and the
+/// backends it needs per bucket.
+pub fn mix_problem(
+    workload: &Workload,
+    candidates: &[Candidate],
+    measurements: &[Measurement],
+    share_by: ShareBy,
+    floor: f64,
+) -> Result<MixProblem, String> {
     let nb = workload.buckets.len();
     let mut work = vec![vec![None; nb]; candidates.len()];
     for m in measurements {
@@ -133,7 +157,7 @@ pub fn solve_mix(
             work[c][m.bucket] = Some(workload.buckets[m.bucket].rate_rps / rps);
         }
     }
-    let problem = MixProblem {
+    Ok(MixProblem {
         cost: candidates.iter().map(|c| c.cost_per_hour_usd).collect(),
         floor_weight: candidates
             .iter()
@@ -146,19 +170,6 @@ pub fn solve_mix(
             })
             .collect(),
         work,
-    };
-    problem.solve().ok_or_else(|| {
-        if floor > 0.0 && !candidates.iter().any(|c| c.domestic) {
-            format!(
-                "a {:.0}% domestic floor cannot be met: none of the chips is domestic",
-                floor * 100.0
-            )
-        } else {
-            format!(
-                "no mix of the chips carries every request size within the SLO at a {:.0}% domestic floor",
-                floor * 100.0
-            )
-        }
     })
 }
 
