@@ -14,8 +14,8 @@ use crate::profile::Catalogue;
 use crate::sim::PolicyReport;
 use crate::trace::{self, Format, ReadOptions, TraceExt};
 use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -128,7 +128,7 @@ pub struct MergeArgs {
     pub out: OutputArgs,
 }
 
-/// Runs each batch of replays on up to `threads` scoped threads, results in job order.
+/// Runs each batch of replays on a rayon pool of `threads` workers, results in job order.
 /// Threads belong to this layer, not to the pure planner; the plan bench uses it too.
 pub struct ThreadPool {
     pub threads: usize,
@@ -136,38 +136,19 @@ pub struct ThreadPool {
 
 impl ReplayRunner for ThreadPool {
     fn run_all(&self, jobs: &[ReplayJob]) -> Vec<Result<PolicyReport, String>> {
-        let workers = self.threads.clamp(1, jobs.len().max(1));
-        if workers == 1 {
-            return jobs.iter().map(ReplayJob::run).collect();
+        // A replay that panics fails its own job, not the plan.
+        let run = |job: &ReplayJob| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
+                .unwrap_or_else(|_| Err("a replay thread panicked".into()))
+        };
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads.max(1))
+            .build()
+        {
+            Ok(pool) => pool.install(|| jobs.par_iter().map(run).collect()),
+            // No threads to be had: the batch still runs, on this one.
+            Err(_) => jobs.iter().map(run).collect(),
         }
-        let next = AtomicUsize::new(0);
-        let mut slots: Vec<Option<Result<PolicyReport, String>>> = vec![None; jobs.len()];
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(job) = jobs.get(i) else { break };
-                            done.push((i, job.run()));
-                        }
-                        done
-                    })
-                })
-                .collect();
-            for h in handles {
-                if let Ok(done) = h.join() {
-                    for (i, r) in done {
-                        slots[i] = Some(r);
-                    }
-                }
-            }
-        });
-        slots
-            .into_iter()
-            .map(|s| s.unwrap_or_else(|| Err("a replay thread panicked".into())))
-            .collect()
     }
 }
 
