@@ -55,10 +55,8 @@ fn records(rate_scale: f64) -> Vec<TraceRecord> {
         .expect("trace reads")
 }
 
-fn plan_once(i: &PlanInputs, records: &[TraceRecord], runner: &dyn ReplayRunner) -> PlanReport {
-    let cands = candidates(&Catalogue::embedded(), &i.model, &i.chips, i.max_tp).unwrap();
-    let workload = Workload::new(records.to_vec(), i.buckets, i.probe_requests).unwrap();
-    let settings = PlanSettings {
+fn settings(i: &PlanInputs) -> PlanSettings {
+    PlanSettings {
         slo: SloSpec::parse(&i.slo, i.attainment).unwrap(),
         share_by: i.share_by,
         policy: PolicySpec {
@@ -67,7 +65,13 @@ fn plan_once(i: &PlanInputs, records: &[TraceRecord], runner: &dyn ReplayRunner)
         },
         seed: i.seed,
         probe_seconds: i.probe_seconds,
-    };
+    }
+}
+
+fn plan_once(i: &PlanInputs, records: &[TraceRecord], runner: &dyn ReplayRunner) -> PlanReport {
+    let cands = candidates(&Catalogue::embedded(), &i.model, &i.chips, i.max_tp).unwrap();
+    let workload = Workload::new(records.to_vec(), i.buckets, i.probe_requests).unwrap();
+    let settings = settings(i);
     let (m, replays) = measure(&workload, &cands, &settings, runner, Shard::WHOLE).unwrap();
     plan::plan(i, &workload, &cands, m, &settings, runner, replays).unwrap()
 }
@@ -105,16 +109,7 @@ fn bench(c: &mut Criterion) {
         let recs = records(rate_scale);
         let cands = candidates(&Catalogue::embedded(), &i.model, &i.chips, i.max_tp).unwrap();
         let workload = Workload::new(recs, i.buckets, i.probe_requests).unwrap();
-        let settings = PlanSettings {
-            slo: SloSpec::parse(&i.slo, i.attainment).unwrap(),
-            share_by: i.share_by,
-            policy: PolicySpec {
-                name: i.policy.clone(),
-                params: toml::Table::new(),
-            },
-            seed: i.seed,
-            probe_seconds: i.probe_seconds,
-        };
+        let settings = settings(&i);
         let (m, _) = measure(&workload, &cands, &settings, &runner, Shard::WHOLE).unwrap();
         let problems: Vec<_> = [0.0, 0.3, 0.5, 0.7, 1.0]
             .into_iter()
