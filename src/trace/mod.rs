@@ -1,6 +1,7 @@
 //! Request traces: readers for the public LLM serving traces (Azure 2023/2024, BurstGPT,
-//! Mooncake) and dujiang's own JSONL, a JSONL writer, seeded synthetic generators, and
-//! iterator adapters for what-if questions (faster, slower, a window, the first N).
+//! Mooncake) and dujiang's own JSONL, a JSONL writer, seeded synthetic generators (including
+//! a streaming, shardable provider-scale day, [`day`]), and iterator adapters for what-if
+//! questions (faster, slower, a window, the first N).
 //!
 //! Everything streams: a reader is an iterator over a [`std::io::BufRead`] that holds one
 //! line at a time, so a ten-million-request file replays in constant memory. Arrival times
@@ -33,6 +34,7 @@
 //! to the previous arrival and counted in [`ReadCounts::out_of_order`]
 //! ([`OutOfOrder::Clamp`]); [`OutOfOrder::Reject`] makes it a line error instead.
 
+pub mod day;
 mod error;
 mod format;
 mod reader;
@@ -42,6 +44,7 @@ mod timestamp;
 pub mod transform;
 mod writer;
 
+pub use day::{DayConfig, DayTrace, SessionShape, Shard};
 pub use error::{TraceError, TraceErrorKind};
 pub use format::Format;
 pub use reader::{open, OnError, OutOfOrder, ReadCounts, ReadOptions, TraceReader};

@@ -71,7 +71,8 @@ impl DiurnalProfile {
         self.hourly.iter().sum::<f64>() / 24.0
     }
 
-    fn max_relative(&self) -> f64 {
+    /// Highest rate relative to the daily mean (the bounding rate for thinning).
+    pub(super) fn max_relative(&self) -> f64 {
         self.hourly.iter().cloned().fold(f64::MIN, f64::max) / self.mean()
     }
 }
@@ -112,7 +113,7 @@ impl LengthDist {
         max: 4_096,
     };
 
-    fn sampler(self) -> Result<LengthSampler, String> {
+    pub(super) fn sampler(self) -> Result<LengthSampler, String> {
         match self {
             LengthDist::Fixed(n) => Ok(LengthSampler::Fixed(n)),
             LengthDist::LogNormal {
@@ -132,13 +133,14 @@ impl LengthDist {
     }
 }
 
-enum LengthSampler {
+/// A [`LengthDist`] ready to draw from (the lognormal's constants precomputed).
+pub(super) enum LengthSampler {
     Fixed(u32),
     LogNormal(LogNormal<f64>, u32, u32),
 }
 
 impl LengthSampler {
-    fn sample(&self, rng: &mut StdRng) -> u32 {
+    pub(super) fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> u32 {
         match self {
             LengthSampler::Fixed(n) => *n,
             LengthSampler::LogNormal(d, min, max) => {
