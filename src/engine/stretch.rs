@@ -60,28 +60,58 @@ impl Engine {
         if run.steps <= 1 {
             return;
         }
-        let (start, steps) = (run.start, run.steps);
-        let n = self.decoding.len() as u64;
-        let ctx0 = self.decode_ctx_total();
-        let done = self
-            .perf
-            .decode_steps_within(n, ctx0, now.saturating_sub(start), steps);
+        let stretch = DecodeStretch {
+            start: run.start,
+            end: run.end,
+            steps: run.steps,
+            seqs: self.decoding.len() as u64,
+        };
+        let (done, done_ns, next_ns) = self.steps_ended(&stretch, now);
         debug_assert!(
-            done < steps,
+            done < stretch.steps,
             "advance(now) must run before admit/abort at now"
         );
-        if done == 0 {
-            let run = self.run.as_mut().expect("run");
-            run.steps = 1;
-            run.end = start + self.perf.decode_step_ns(n, ctx0);
-            return;
+        let new_start = stretch.start + done_ns;
+        if done > 0 {
+            self.apply_decode_steps(done);
         }
-        let new_start = start + self.perf.decode_run_ns(n, ctx0, done);
-        self.apply_decode_steps(done);
-        let step_ns = self.perf.decode_step_ns(n, self.decode_ctx_total());
         let run = self.run.as_mut().expect("run");
         run.start = new_start;
         run.steps = 1;
-        run.end = new_start + step_ns;
+        run.end = new_start + next_ns;
+    }
+
+    /// Of the stretch in flight: the steps ended by `now` (the largest `k` whose run time
+    /// fits in `now − start`, as [`crate::profile::PerfModel::decode_steps_within`]
+    /// counts), their total time, and the duration of the step after them.
+    ///
+    /// The even-spacing estimate ([`DecodeStretch::steps_by`]) is where the search
+    /// starts: steps lengthen as contexts grow, so it is at or a step or two below the
+    /// answer, and a couple of single steps forward settle it where a binary search over
+    /// run times would price a dozen runs. Run times are exact sums of step times, so the
+    /// walk finds the same count; a start past the answer (a measured table's step times
+    /// need not grow) or a long walk falls back to the search.
+    fn steps_ended(&self, stretch: &DecodeStretch, now: Nanos) -> (u64, Nanos, Nanos) {
+        let perf = &self.perf;
+        let (n, steps) = (stretch.seqs, stretch.steps);
+        let ctx0 = self.decode_ctx_total();
+        let budget = now.saturating_sub(stretch.start);
+        let mut k = stretch.steps_by(now).min(steps - 1);
+        let mut spent = perf.decode_run_ns(n, ctx0, k);
+        if spent > budget {
+            (k, spent) = (0, 0);
+        }
+        for _ in 0..4 {
+            let next = perf.decode_step_ns(n, ctx0 + k * n);
+            if k == steps || spent + next > budget {
+                return (k, spent, next);
+            }
+            spent += next;
+            k += 1;
+        }
+        let more = perf.decode_steps_within(n, ctx0 + k * n, budget - spent, steps - k);
+        spent += perf.decode_run_ns(n, ctx0 + k * n, more);
+        k += more;
+        (k, spent, perf.decode_step_ns(n, ctx0 + k * n))
     }
 }

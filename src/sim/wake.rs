@@ -1,17 +1,31 @@
 //! The queue of engine wake-up times: an indexed 4-ary min-heap (half the depth of a
-//! binary one, and four children share a cache line) with one slot per backend, so a backend whose next event moves (every arrival can split a decode
-//! stretch) is re-keyed in place instead of leaving stale entries behind. Ties break by
-//! backend id, which keeps replays deterministic.
+//! binary one; four 16-byte children fill 64 bytes) with one slot per backend, so a backend
+//! whose next event moves (every arrival can split a decode stretch) is re-keyed in place
+//! instead of leaving stale entries behind. Ties break by backend id, which keeps replays
+//! deterministic. Sifting moves a hole rather than swapping, and a key is one `u128`
+//! (time, then backend), so each level costs one comparison per child and one write.
 
 use crate::request::Nanos;
 
 const ABSENT: u32 = u32::MAX;
 const ARITY: usize = 4;
 
+/// A heap entry: the time in the high 64 bits, the backend in the low 32, so one 128-bit
+/// comparison orders by time and then by backend.
+type Key = u128;
+
+fn key(t: Nanos, backend: usize) -> Key {
+    (u128::from(t) << 64) | backend as u128
+}
+
+fn backend_of(k: Key) -> usize {
+    k as u32 as usize
+}
+
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WakeQueue {
-    /// (time, backend), keys stored inline so sifting touches one array.
-    heap: Vec<(Nanos, u32)>,
+    /// Keys stored inline so sifting touches one array.
+    heap: Vec<Key>,
     pos: Vec<u32>,
 }
 
@@ -25,7 +39,9 @@ impl WakeQueue {
 
     /// The earliest (time, backend), if any.
     pub(crate) fn peek(&self) -> Option<(Nanos, usize)> {
-        self.heap.first().map(|&(t, b)| (t, b as usize))
+        self.heap
+            .first()
+            .map(|&k| ((k >> 64) as Nanos, backend_of(k)))
     }
 
     /// Sets or clears a backend's wake-up time.
@@ -35,68 +51,74 @@ impl WakeQueue {
             (None, ABSENT) => {}
             (None, p) => self.remove_at(p as usize),
             (Some(t), ABSENT) => {
-                self.heap.push((t, backend as u32));
-                let i = self.heap.len() - 1;
-                self.pos[backend] = i as u32;
-                self.up(i);
+                self.heap.push(key(t, backend));
+                self.up(self.heap.len() - 1, key(t, backend));
             }
             (Some(t), p) => {
-                let old = self.heap[p as usize].0;
-                self.heap[p as usize].0 = t;
-                if t < old {
-                    self.up(p as usize);
-                } else {
-                    self.down(p as usize);
+                let (old, new) = (self.heap[p as usize], key(t, backend));
+                if new < old {
+                    self.up(p as usize, new);
+                } else if new > old {
+                    self.down(p as usize, new);
                 }
             }
         }
     }
 
     fn remove_at(&mut self, i: usize) {
-        let last = self.heap.len() - 1;
-        self.swap(i, last);
-        let (_, b) = self.heap.pop().expect("non-empty");
-        self.pos[b as usize] = ABSENT;
-        if i < self.heap.len() {
-            self.down(i);
-            self.up(i);
+        let gone = self.heap.swap_remove(i);
+        self.pos[backend_of(gone)] = ABSENT;
+        if let Some(&moved) = self.heap.get(i) {
+            // The last entry fills the hole: it may belong above or below it.
+            if i > 0 && moved < self.heap[(i - 1) / ARITY] {
+                self.up(i, moved);
+            } else {
+                self.down(i, moved);
+            }
         }
     }
 
-    fn swap(&mut self, i: usize, j: usize) {
-        self.heap.swap(i, j);
-        self.pos[self.heap[i].1 as usize] = i as u32;
-        self.pos[self.heap[j].1 as usize] = j as u32;
-    }
-
-    fn up(&mut self, mut i: usize) {
+    /// Places `k` at or above hole `i`, moving larger parents down into the hole (one
+    /// write per level instead of a swap).
+    fn up(&mut self, mut i: usize, k: Key) {
         while i > 0 {
             let parent = (i - 1) / ARITY;
-            if self.heap[i] < self.heap[parent] {
-                self.swap(i, parent);
-                i = parent;
-            } else {
+            let pk = self.heap[parent];
+            if k >= pk {
                 break;
             }
+            self.heap[i] = pk;
+            self.pos[backend_of(pk)] = i as u32;
+            i = parent;
         }
+        self.heap[i] = k;
+        self.pos[backend_of(k)] = i as u32;
     }
 
-    fn down(&mut self, mut i: usize) {
+    /// Places `k` at or below hole `i`, moving the smallest child up while it is smaller.
+    fn down(&mut self, mut i: usize, k: Key) {
+        let len = self.heap.len();
         loop {
             let first = ARITY * i + 1;
-            let last = (first + ARITY).min(self.heap.len());
-            let mut m = i;
-            for c in first..last {
-                if self.heap[c] < self.heap[m] {
-                    m = c;
-                }
-            }
-            if m == i {
+            if first >= len {
                 break;
             }
-            self.swap(i, m);
-            i = m;
+            let children = &self.heap[first..(first + ARITY).min(len)];
+            let (mut m, mut mk) = (0, children[0]);
+            for (c, &ck) in children.iter().enumerate().skip(1) {
+                if ck < mk {
+                    (m, mk) = (c, ck);
+                }
+            }
+            if mk >= k {
+                break;
+            }
+            self.heap[i] = mk;
+            self.pos[backend_of(mk)] = i as u32;
+            i = first + m;
         }
+        self.heap[i] = k;
+        self.pos[backend_of(k)] = i as u32;
     }
 }
 
