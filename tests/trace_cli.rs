@@ -440,3 +440,127 @@ fn stats_with_an_explicit_format_and_bad_flags() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("rate must be positive"));
 }
+
+// ---- trace gen --day ------------------------------------------------------------------
+
+fn read_jsonl(path: &std::path::Path) -> Vec<TraceRecord> {
+    open(path, Format::Jsonl, ReadOptions::default())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn gen_day(hours: &str, extra: &[&str], name: &str) -> Vec<TraceRecord> {
+    let out = tmp(name);
+    let mut args = vec![
+        "trace",
+        "gen",
+        "--day",
+        "doubao",
+        "--scale",
+        "1e-7",
+        "--hours",
+        hours,
+        "--seed",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    stdout(&dujiang(&args));
+    read_jsonl(&out)
+}
+
+#[test]
+fn gen_day_shards_and_hours_merge_to_the_whole_window() {
+    let whole = gen_day("20-21.5", &[], "day-whole.jsonl");
+    assert!(whole.len() > 100, "{} requests", whole.len());
+    let h = 3_600 * NANOS_PER_SEC;
+    assert!(whole
+        .iter()
+        .all(|r| (20 * h..21 * h + h / 2).contains(&r.arrival_ns)));
+    // Multi-turn sessions: some session ids repeat, and every request has its block ids.
+    let mut sessions: Vec<u64> = whole.iter().map(|r| r.session.unwrap()).collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    assert!(sessions.len() < whole.len());
+    assert!(whole
+        .iter()
+        .all(|r| r.hash_ids.len() as u32 == r.prompt_tokens.div_ceil(512)));
+
+    let key = |r: &TraceRecord| (r.arrival_ns, r.session, r.prompt_tokens);
+    let mut merged = Vec::new();
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let part = gen_day(
+            "20-21.5",
+            &["--shard", &shard],
+            &format!("day-shard-{i}.jsonl"),
+        );
+        assert!(!part.is_empty() && part.len() < whole.len());
+        merged.extend(part);
+    }
+    merged.sort_by_key(key);
+    assert_eq!(merged, whole);
+
+    // Two adjacent hour windows (each with its own warm-up) give the same records.
+    let mut halves = gen_day("20-21", &[], "day-h1.jsonl");
+    halves.extend(gen_day("21-21.5", &[], "day-h2.jsonl"));
+    assert_eq!(halves, whole);
+}
+
+#[test]
+fn gen_day_output_replays() {
+    let out = tmp("day-replay.jsonl");
+    let o = out.to_str().unwrap();
+    let args = [
+        "trace", "gen", "--day", "doubao", "--scale", "1e-7", "--hours", "20-21", "--out", o,
+    ];
+    stdout(&dujiang(&args));
+    let n = read_jsonl(&out).len();
+    let json = tmp("day-replay.json");
+    stdout(&dujiang(&[
+        "replay",
+        "--trace",
+        o,
+        "--json",
+        json.to_str().unwrap(),
+    ]));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // Every generated request reaches the scheduler (a few long multi-turn contexts may be
+    // refused by the demo fleet's pools, but are counted, not lost).
+    let p = &v["policies"][0];
+    assert_eq!(p["requests"], n as u64);
+    let done = p["completed"].as_u64().unwrap() + p["rejected"].as_u64().unwrap();
+    assert_eq!(done, n as u64);
+    assert!(p["completed"].as_u64().unwrap() as f64 > 0.8 * n as f64);
+}
+
+#[test]
+fn gen_day_errors_name_the_flag() {
+    for (args, flag) in [
+        (vec!["--day", "doubao", "--shard", "5/4"], "--shard"),
+        (vec!["--day", "doubao", "--shard", "0/512"], "--shard"),
+        (vec!["--day", "doubao", "--hours", "3-2"], "--hours"),
+        (vec!["--day", "doubao", "--hours", "x"], "--hours"),
+        (vec!["--day", "doubao", "--scale", "0"], "--scale"),
+        (
+            vec!["--day", "doubao", "--tokens-per-day", "0"],
+            "--tokens-per-day",
+        ),
+        (vec!["--day", "doubao", "--rate", "3"], "--rate"),
+        (
+            vec!["--requests", "3", "--rate", "1", "--shard", "1/2"],
+            "--shard",
+        ),
+        (vec!["--rate", "3"], "--requests"),
+    ] {
+        let mut all = vec!["trace", "gen"];
+        all.extend(&args);
+        let out = dujiang(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}

@@ -1,9 +1,11 @@
-//! `dujiang trace gen` writes a seeded synthetic trace as dujiang JSONL; `dujiang trace
-//! stats` summarises any supported trace (rate, burstiness, length percentiles, skips).
+//! `dujiang trace gen` writes a seeded synthetic trace as dujiang JSONL (a fixed number of
+//! requests at a rate, or with `--day` a streaming provider-scale day, one cell shard or
+//! hour window at a time); `dujiang trace stats` summarises any supported trace (rate,
+//! burstiness, length percentiles, skips).
 
 use crate::trace::{
-    self, ArrivalProcess, DiurnalProfile, Format, JsonlWriter, OnError, PrefixSharing, ReadOptions,
-    SynthConfig, SyntheticTrace, TraceReader, TraceStats,
+    self, ArrivalProcess, DayConfig, DayTrace, DiurnalProfile, Format, JsonlWriter, OnError,
+    PrefixSharing, ReadOptions, Shard, SynthConfig, SyntheticTrace, TraceReader, TraceStats,
 };
 use anyhow::{Context, Result};
 use std::io::{self, BufRead, BufWriter, Write};
@@ -33,16 +35,39 @@ pub enum Process {
     Diurnal,
 }
 
+/// Provider-scale days `--day` can generate.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DayPreset {
+    /// Doubao-like: 50T tokens/day (Dec 2025), chat diurnal curve, multi-turn sessions.
+    Doubao,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct GenArgs {
+    /// Stream a whole provider-scale day instead of --requests at --rate (see
+    /// --tokens-per-day, --scale, --shard, --hours). Arrivals are ns from the day's midnight.
+    #[arg(long, value_enum)]
+    pub day: Option<DayPreset>,
+    /// With --day: tokens (prompt + output) of the full day [default: 5e13, Doubao Dec 2025].
+    #[arg(long, requires = "day")]
+    pub tokens_per_day: Option<f64>,
+    /// With --day: share of the day's sessions to generate [default: 1e-6].
+    #[arg(long, requires = "day")]
+    pub scale: Option<f64>,
+    /// With --day: cell shard I/N, only the sessions whose key is in shard I of N (N <= 256).
+    #[arg(long, requires = "day")]
+    pub shard: Option<Shard>,
+    /// With --day: hours of the day to write, A-B (fractions allowed) [default: 0-24].
+    #[arg(long, requires = "day")]
+    pub hours: Option<String>,
     #[arg(long, value_enum, default_value_t = Process::Poisson)]
     pub process: Process,
-    /// Number of requests to write.
-    #[arg(long)]
-    pub requests: u64,
+    /// Number of requests to write (with --day: at most this many).
+    #[arg(long, required_unless_present = "day")]
+    pub requests: Option<u64>,
     /// Mean arrival rate, requests per second.
-    #[arg(long)]
-    pub rate: f64,
+    #[arg(long, required_unless_present = "day", conflicts_with = "day")]
+    pub rate: Option<f64>,
     /// Inter-arrival coefficient of variation for --process gamma (> 1 is bursty).
     #[arg(long, default_value_t = 2.0)]
     pub cv: f64,
@@ -50,11 +75,11 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Share of requests with batch priority (0 … 1).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "day")]
     pub batch_fraction: f64,
     /// Share of requests starting with one of 8 shared 2-block (1,024-token) prefixes;
     /// setting it also gives every request its 512-token block hash ids.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "day")]
     pub prefix_share: Option<f64>,
     /// Output file (stdout when absent).
     #[arg(long)]
@@ -84,6 +109,22 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn generate(a: GenArgs) -> Result<()> {
+    if a.day.is_some() {
+        return generate_day(a);
+    }
+    for (flag, given) in [
+        ("--tokens-per-day", a.tokens_per_day.is_some()),
+        ("--scale", a.scale.is_some()),
+        ("--shard", a.shard.is_some()),
+        ("--hours", a.hours.is_some()),
+    ] {
+        if given {
+            anyhow::bail!("{flag} needs --day");
+        }
+    }
+    let (Some(requests), Some(rate)) = (a.requests, a.rate) else {
+        anyhow::bail!("--requests and --rate are required without --day");
+    };
     let process = match a.process {
         Process::Poisson => ArrivalProcess::Poisson,
         Process::Gamma => ArrivalProcess::Gamma { cv: a.cv },
@@ -102,10 +143,60 @@ fn generate(a: GenArgs) -> Result<()> {
     let cfg = SynthConfig {
         prefix,
         batch_fraction: a.batch_fraction,
-        ..SynthConfig::new(process, a.rate, a.seed)
+        ..SynthConfig::new(process, rate, a.seed)
     };
     let gen = SyntheticTrace::new(cfg).map_err(anyhow::Error::msg)?;
-    let out: Box<dyn Write> = match &a.out {
+    write_all(&a.out, gen.take(requests as usize))
+}
+
+/// `--day`: the whole day (or the shard and hours asked for), streamed to the output.
+fn generate_day(a: GenArgs) -> Result<()> {
+    let tokens = a
+        .tokens_per_day
+        .unwrap_or(trace::day::DOUBAO_TOKENS_PER_DAY_DEC_2025);
+    if !(tokens.is_finite() && tokens > 0.0) {
+        anyhow::bail!("--tokens-per-day must be positive, got {tokens}");
+    }
+    let scale = a.scale.unwrap_or(1e-6);
+    if !(scale.is_finite() && scale > 0.0) {
+        anyhow::bail!("--scale must be positive, got {scale}");
+    }
+    let window = match &a.hours {
+        Some(h) => parse_hours(h)?,
+        None => 0..24 * HOUR_NS,
+    };
+    let cfg = DayConfig::doubao(tokens, scale, a.seed);
+    let shard = a.shard.unwrap_or(Shard::WHOLE);
+    if shard.count > cfg.buckets {
+        anyhow::bail!(
+            "--shard {}/{}: at most {} shards",
+            shard.index,
+            shard.count,
+            cfg.buckets
+        );
+    }
+    let day = DayTrace::new(&cfg, shard, window).map_err(anyhow::Error::msg)?;
+    let limit = a.requests.map_or(usize::MAX, |n| n as usize);
+    write_all(&a.out, day.take(limit))
+}
+
+const HOUR_NS: u64 = 3_600_000_000_000;
+
+/// `A-B` hours, `0 <= A < B`, as a ns window.
+fn parse_hours(s: &str) -> Result<std::ops::Range<u64>> {
+    let bad = || anyhow::anyhow!("--hours must be A-B with 0 <= A < B (e.g. 0-1), got {s:?}");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: f64 = a.trim().parse().map_err(|_| bad())?;
+    let b: f64 = b.trim().parse().map_err(|_| bad())?;
+    if !(a.is_finite() && b.is_finite() && 0.0 <= a && a < b) {
+        return Err(bad());
+    }
+    let ns = |h: f64| (h * HOUR_NS as f64).round() as u64;
+    Ok(ns(a)..ns(b))
+}
+
+fn write_all(out: &Option<PathBuf>, recs: impl Iterator<Item = trace::TraceRecord>) -> Result<()> {
+    let out: Box<dyn Write> = match out {
         Some(path) => Box::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
@@ -113,7 +204,7 @@ fn generate(a: GenArgs) -> Result<()> {
         None => Box::new(io::stdout().lock()),
     };
     let mut w = JsonlWriter::new(BufWriter::with_capacity(1 << 16, out));
-    for rec in gen.take(a.requests as usize) {
+    for rec in recs {
         w.write(&rec).context("writing the trace")?;
     }
     w.flush().context("writing the trace")?;
