@@ -83,6 +83,18 @@ impl Backend for CatalogueBackend {
             .collect()
     }
 
+    /// An engine version's groups (one per chip family) share their software.
+    fn pool(&self, group: &str) -> Option<String> {
+        Some(split_group(group).0.to_string())
+    }
+
+    /// Host overheads and collective latencies are the engine's code path (Python
+    /// scheduler, kernel launches, the collective library's call): pooled. Efficiencies,
+    /// the prefill half point and link efficiency are silicon × software: per family.
+    fn pooled(&self, name: &str) -> bool {
+        name.ends_with("_overhead_us") || name.ends_with("allreduce_latency_us")
+    }
+
     fn perf(&self, group: &str, values: &[f64], p: &Point) -> Result<PerfModel, String> {
         let cat = &self.catalogue;
         let chip = cat.chip(&p.chip).ok_or("unknown chip")?;
@@ -161,6 +173,11 @@ pub fn overlay(backend: &CatalogueBackend, cal: &Calibration, origin: &str) -> S
                     ParamStatus::Unconstrained => {
                         "no measured point depends on it: catalogue value kept".to_string()
                     }
+                    ParamStatus::Shared => format!(
+                        "pooled with {}; no point of this family depends on it, pinned by {}",
+                        g.pooled_with.join(", "),
+                        super::pinned_ids(cal, g, j)
+                    ),
                     s => {
                         let pins = super::pinned_ids(cal, g, j);
                         let bound = match s {
@@ -168,7 +185,8 @@ pub fn overlay(backend: &CatalogueBackend, cal: &Calibration, origin: &str) -> S
                             ParamStatus::AtUpper => ", at its upper bound",
                             _ => "",
                         };
-                        format!("fitted{bound}; pinned by {pins}")
+                        let pooled = if g.pooled[j] { " (pooled)" } else { "" };
+                        format!("fitted{pooled}{bound}; pinned by {pins}")
                     }
                 },
                 None => "deployment setting, not fitted".to_string(),

@@ -24,6 +24,9 @@ pub struct Param {
     /// The unit the solver measures this parameter in (steps, prior pull, sensitivity):
     /// its prior, unless that is zero and a typical magnitude is given instead.
     pub scale: f64,
+    /// Weight of the pull towards `prior`, when not [`FitOptions::prior_weight`] (a pooled
+    /// coefficient's per-family deviation is held more firmly than a free coefficient).
+    pub pull: Option<f64>,
 }
 
 impl Param {
@@ -41,7 +44,14 @@ impl Param {
             } else {
                 ((hi - lo) / 100.0).max(1e-12)
             },
+            pull: None,
         }
+    }
+
+    /// Pulls the parameter towards its prior with weight `w` instead of the fit's default.
+    pub fn with_pull(mut self, w: f64) -> Param {
+        self.pull = Some(w);
+        self
     }
 
     /// Sets the unit used when the prior is zero: a magnitude the parameter typically has
@@ -69,6 +79,9 @@ pub enum ParamStatus {
     AtUpper,
     /// No point's prediction depends on it: kept at its prior, not fitted.
     Unconstrained,
+    /// A pooled coefficient no point of this group depends on: it takes the pooled value
+    /// that its sibling groups' points fit.
+    Shared,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -80,6 +93,9 @@ pub struct FitOptions {
     /// Largest |∂ ln predicted / ∂ (param / scale)| over the points below which a
     /// parameter counts as unconstrained: doubling it would move no prediction by 1%.
     pub unconstrained_below: f64,
+    /// Weight holding a pooled coefficient's per-group deviation at zero, per unit of the
+    /// coefficient's scale (see `pool.rs`).
+    pub pool_weight: f64,
 }
 
 impl Default for FitOptions {
@@ -88,6 +104,7 @@ impl Default for FitOptions {
             max_iterations: 500,
             prior_weight: 0.02,
             unconstrained_below: 1e-2,
+            pool_weight: super::pool::POOL_WEIGHT,
         }
     }
 }
@@ -154,8 +171,12 @@ impl<P: Predictor + ?Sized> Solver<'_, P> {
 
     fn prior_residuals(&self, x: &[f64], r: &mut Vec<f64>) {
         for (p, &v) in self.params.iter().zip(x) {
-            r.push(self.opts.prior_weight * (v - p.prior) / p.scale());
+            r.push(self.pull(p) * (v - p.prior) / p.scale());
         }
+    }
+
+    fn pull(&self, p: &Param) -> f64 {
+        p.pull.unwrap_or(self.opts.prior_weight)
     }
 
     fn cost(&self, x: &[f64]) -> Option<f64> {
@@ -215,7 +236,6 @@ impl<P: Predictor + ?Sized> Solver<'_, P> {
                     reason: "a point cannot be predicted next to the current coefficients".into(),
                 })?;
             // Normal equations, with the prior rows (diagonal) added.
-            let w2 = self.opts.prior_weight * self.opts.prior_weight;
             let mut a = vec![vec![0.0; m]; m];
             let mut g = vec![0.0; m];
             for (i, row) in jac.iter().enumerate() {
@@ -228,6 +248,7 @@ impl<P: Predictor + ?Sized> Solver<'_, P> {
             }
             for j in 0..m {
                 let p = &self.params[j];
+                let w2 = self.pull(p) * self.pull(p);
                 a[j][j] += w2;
                 g[j] += w2 * (x[j] - p.prior) / p.scale();
             }
@@ -331,19 +352,18 @@ pub fn fit<P: Predictor + ?Sized>(
     predictor: &P,
     opts: FitOptions,
 ) -> Result<Fit, FitError> {
-    fit_subset(params, measured, predictor, opts, None, None).map(|(f, _)| f)
+    fit_subset(params, measured, predictor, opts, None).map(|(f, _)| f)
 }
 
-/// Fits without point `skip` (if any), starting from `start` (else the priors). Returns
-/// the fit over the active points and, when skipping, the prediction for the skipped
-/// point.
+/// Fits without point `skip` (if any), from the priors, fitting only what the active
+/// points depend on. Returns the fit over the active points and, when skipping, the
+/// prediction for the skipped point.
 fn fit_subset<P: Predictor + ?Sized>(
     params: &[Param],
     measured: &[f64],
     predictor: &P,
     opts: FitOptions,
     skip: Option<usize>,
-    start: Option<(&[f64], &[ParamStatus])>,
 ) -> Result<(Fit, Option<f64>), FitError> {
     if measured.is_empty() {
         return Err(FitError::NoPoints);
@@ -369,32 +389,23 @@ fn fit_subset<P: Predictor + ?Sized>(
             .map_err(|message| FitError::Predict { index: i, message })?;
     }
     let all_free = vec![true; params.len()];
-    let (x0, free) = match start {
-        Some((x, status)) => (
-            x.to_vec(),
-            status
-                .iter()
-                .map(|s| *s != ParamStatus::Unconstrained)
-                .collect::<Vec<bool>>(),
-        ),
-        None => {
-            let r0 = solver.residuals(&prior).expect("checked above");
-            let jac =
-                solver
-                    .jacobian(&prior, &r0, &all_free)
-                    .ok_or_else(|| FitError::NoConvergence {
-                        iterations: 0,
-                        reason: "a point cannot be predicted next to the starting coefficients"
-                            .into(),
-                    })?;
-            let free = (0..params.len())
-                .map(|j| {
-                    jac.iter().map(|row| row[j].abs()).fold(0.0, f64::max)
-                        >= opts.unconstrained_below
-                })
-                .collect();
-            (prior.clone(), free)
-        }
+    // What the active points depend on, judged at the priors: a left-out point decides
+    // neither the start nor which coefficients move.
+    let (x0, free) = {
+        let r0 = solver.residuals(&prior).expect("checked above");
+        let jac =
+            solver
+                .jacobian(&prior, &r0, &all_free)
+                .ok_or_else(|| FitError::NoConvergence {
+                    iterations: 0,
+                    reason: "a point cannot be predicted next to the starting coefficients".into(),
+                })?;
+        let free: Vec<bool> = (0..params.len())
+            .map(|j| {
+                jac.iter().map(|row| row[j].abs()).fold(0.0, f64::max) >= opts.unconstrained_below
+            })
+            .collect();
+        (prior.clone(), free)
     };
     let (x, iterations) = solver.run(&x0, &free)?;
     let r = solver
@@ -443,26 +454,19 @@ fn fit_subset<P: Predictor + ?Sized>(
     ))
 }
 
-/// Leave-one-out: for every point, the prediction of a fit to all the other points
-/// (started from the full fit, with the same parameters held at their priors).
+/// Leave-one-out: for every point, the prediction of a fit to all the other points, made
+/// exactly as the full fit is (from the priors, fitting what those points depend on), so
+/// the held-out point shapes nothing it is then compared with.
 pub fn leave_one_out<P: Predictor + ?Sized>(
     params: &[Param],
     measured: &[f64],
     predictor: &P,
     opts: FitOptions,
-    full: &Fit,
 ) -> Result<Vec<f64>, FitError> {
     (0..measured.len())
         .map(|i| {
-            fit_subset(
-                params,
-                measured,
-                predictor,
-                opts,
-                Some(i),
-                Some((&full.values, &full.status)),
-            )
-            .map(|(_, held)| held.expect("skipping yields a held-out prediction"))
+            fit_subset(params, measured, predictor, opts, Some(i))
+                .map(|(_, held)| held.expect("skipping yields a held-out prediction"))
         })
         .collect()
 }
@@ -541,11 +545,35 @@ mod tests {
     #[test]
     fn leave_one_out_predicts_held_out_points() {
         let measured: Vec<f64> = (0..4).map(|i| linear(&[2.0, 3.0], i).unwrap()).collect();
-        let f = fit(&params(), &measured, &linear, FitOptions::default()).unwrap();
-        let loo = leave_one_out(&params(), &measured, &linear, FitOptions::default(), &f).unwrap();
+        let loo = leave_one_out(&params(), &measured, &linear, FitOptions::default()).unwrap();
         for (l, m) in loo.iter().zip(&measured) {
             assert!((l / m - 1.0).abs() < 0.05, "{loo:?} vs {measured:?}");
         }
+    }
+
+    #[test]
+    fn a_held_out_point_shapes_nothing_it_is_compared_with() {
+        // Point 4 alone depends on c: held out, it must be predicted from the prior of c
+        // whatever its measured value (a refit started from the full fit would keep most
+        // of what point 4 taught c).
+        let pred = |p: &[f64], i: usize| -> Result<f64, String> {
+            if i == 4 {
+                Ok(p[2] * 10.0)
+            } else {
+                linear(p, i)
+            }
+        };
+        let held_out = |v4: f64| {
+            let mut measured: Vec<f64> = (0..4).map(|i| linear(&[2.0, 3.0], i).unwrap()).collect();
+            measured.push(v4);
+            leave_one_out(&params(), &measured, &pred, FitOptions::default()).unwrap()[4]
+        };
+        let (low, high) = (held_out(0.5), held_out(50.0));
+        assert_eq!(
+            low, high,
+            "the held-out value leaked into its own prediction"
+        );
+        assert!((low - 5.0).abs() < 1e-9, "c stays at its prior 0.5: {low}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! A points file lists measurements (a prefill, a decode step, or a closed-loop served
 //! run) of one serving stack each. Points are grouped by the coefficient set they inform
-//! (an engine on a chip family); each group is fitted on its own by bounded least squares
-//! on log residuals ([`fit`]), then checked point by point with leave-one-out refits. A
+//! (an engine on a chip family). Groups of one engine version are fitted together by
+//! bounded least squares on log residuals ([`fit`]), their software coefficients pooled
+//! (`pool.rs`), then every point is checked by a leave-one-out refit of its pool. A
 //! [`Backend`] ties the generic fitter to a concrete performance model: which group a
 //! point belongs to, which coefficients that group has, and the [`PerfModel`] a given
 //! coefficient vector makes for a point. Pure: no I/O beyond what the caller passes in.
@@ -12,6 +13,7 @@ mod backend;
 mod fit;
 mod lengths;
 mod points;
+mod pool;
 mod report;
 mod workload;
 
@@ -21,10 +23,11 @@ pub use lengths::{normal_quantile, Lengths};
 pub use points::{
     load_points, parse_csv_points, parse_points, parse_toml_points, Metric, Point, Workload, FIELDS,
 };
-pub use report::{pinned_ids, render_markdown, render_text, PointRow};
+pub use report::{goal_counts, pinned_ids, render_markdown, render_text, PointRow};
 pub use workload::{closed_loop, predict, ServedRun};
 
 use crate::profile::PerfModel;
+use pool::{Layout, Slot};
 use std::sync::Arc;
 
 /// How points map onto a concrete performance model's coefficients.
@@ -36,6 +39,15 @@ pub trait Backend {
     fn params(&self, group: &str) -> Vec<Param>;
     /// The performance model for `point` with the group's coefficients set to `values`.
     fn perf(&self, group: &str, values: &[f64], point: &Point) -> Result<PerfModel, String>;
+    /// The pool whose groups share their pooled coefficients (an engine version across
+    /// the chip families it runs on); `None` fits the group alone.
+    fn pool(&self, _group: &str) -> Option<String> {
+        None
+    }
+    /// Whether a coefficient is shared within a pool (software) or per group (silicon).
+    fn pooled(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// One group's fit and its check.
@@ -45,12 +57,22 @@ pub struct GroupFit {
     pub params: Vec<Param>,
     /// Indices into the points slice given to [`calibrate`].
     pub points: Vec<usize>,
+    /// The group's coefficients and predictions (for pooled coefficients, the pool's value
+    /// plus this group's deviation).
     pub fit: Fit,
-    /// Prediction of each point by a fit to the group's other points (same order as
-    /// `points`; for a group of one point, the prior's prediction); `None` when skipped.
+    /// Prediction of each point by a fit to every other point of its pool (same order as
+    /// `points`; for a pool of one point, the prior's prediction); `None` when skipped.
     pub loo: Option<Vec<f64>>,
     /// Predictions at the prior coefficients, before fitting.
     pub before: Vec<f64>,
+    /// The other groups this group's pooled coefficients are shared with.
+    pub pooled_with: Vec<String>,
+    /// Per coefficient: shared with `pooled_with` (pool value + this group's deviation).
+    pub pooled: Vec<bool>,
+    /// Per coefficient, every point (index into the points slice) whose prediction moves
+    /// with it and by how much: the group's own points, and for a pooled coefficient its
+    /// siblings' too.
+    pub pins: Vec<Vec<(usize, f64)>>,
 }
 
 /// Everything `dujiang calibrate` reports.
@@ -73,22 +95,31 @@ pub enum CalibrateError {
     Fit { group: String, error: FitError },
 }
 
-/// Adapts a backend and one group's points to the fitter's [`Predictor`].
-struct GroupPredictor<'a, B: Backend + ?Sized> {
+/// Adapts a backend and one pool's points to the fitter's [`Predictor`]: point `i` is
+/// `points[i]` of group `groups[k]`, predicted with that group's coefficients.
+struct PoolPredictor<'a, B: Backend + ?Sized> {
     backend: &'a B,
-    group: &'a str,
-    points: Vec<&'a Point>,
+    groups: Vec<&'a str>,
+    layout: &'a Layout,
+    points: Vec<(usize, &'a Point)>,
 }
 
-impl<B: Backend + ?Sized> Predictor for GroupPredictor<'_, B> {
-    fn predict(&self, params: &[f64], i: usize) -> Result<f64, String> {
-        let p = self.points[i];
-        let perf = self.backend.perf(self.group, params, p)?;
+impl<B: Backend + ?Sized> PoolPredictor<'_, B> {
+    fn predict_with(&self, values: &[f64], i: usize) -> Result<f64, String> {
+        let (k, p) = self.points[i];
+        let perf = self.backend.perf(self.groups[k], values, p)?;
         predict(Arc::new(perf), p)
     }
 }
 
-/// Fits every group of `points` and checks each point by leave-one-out.
+impl<B: Backend + ?Sized> Predictor for PoolPredictor<'_, B> {
+    fn predict(&self, params: &[f64], i: usize) -> Result<f64, String> {
+        let k = self.points[i].0;
+        self.predict_with(&self.layout.values(params, k), i)
+    }
+}
+
+/// Fits every pool of groups of `points` and checks each point by leave-one-out.
 pub fn calibrate<B: Backend + ?Sized>(
     points: Vec<Point>,
     backend: &B,
@@ -111,65 +142,189 @@ pub fn calibrate<B: Backend + ?Sized>(
             }
         }
     }
-    let mut groups = Vec::new();
-    for (group, idx) in names.into_iter().zip(members) {
-        let params = backend.params(&group);
-        let pred = GroupPredictor {
-            backend,
-            group: &group,
-            points: idx.iter().map(|&i| &points[i]).collect(),
-        };
-        let measured: Vec<f64> = idx.iter().map(|&i| points[i].value).collect();
-        let wrap = |source: FitError| match source {
-            FitError::Predict { index, message } => {
-                let p = &points[idx[index]];
-                CalibrateError::Point {
-                    place: p.place(),
-                    id: p.id.clone(),
-                    message,
-                }
+    // Pools in order of their first group; a group without a pool is its own.
+    let mut pools: Vec<(Option<String>, Vec<usize>)> = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        let key = backend.pool(name);
+        match pools.iter_mut().find(|(p, _)| key.is_some() && *p == key) {
+            Some((_, gs)) => gs.push(k),
+            None => pools.push((key, vec![k])),
+        }
+    }
+    let mut groups: Vec<GroupFit> = Vec::new();
+    for (_, pool) in pools {
+        groups.extend(fit_pool(
+            &points, backend, opts, with_loo, &names, &members, &pool,
+        )?);
+    }
+    // Report in the order groups first appear in the points.
+    groups.sort_by_key(|g| names.iter().position(|n| *n == g.group));
+    Ok(Calibration { points, groups })
+}
+
+/// Fits the groups `pool` (indices into `names`/`members`) together.
+fn fit_pool<B: Backend + ?Sized>(
+    points: &[Point],
+    backend: &B,
+    opts: FitOptions,
+    with_loo: bool,
+    names: &[String],
+    members: &[Vec<usize>],
+    pool: &[usize],
+) -> Result<Vec<GroupFit>, CalibrateError> {
+    let group_params: Vec<Vec<Param>> = pool.iter().map(|&k| backend.params(&names[k])).collect();
+    let layout = Layout::new(group_params, |n| backend.pooled(n), opts.pool_weight);
+    // The pool's points, group by group; `rows[k]` are group k's rows.
+    let mut pool_points: Vec<(usize, &Point)> = Vec::new();
+    let mut global: Vec<usize> = Vec::new();
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    for (k, &g) in pool.iter().enumerate() {
+        let mut r = Vec::new();
+        for &i in &members[g] {
+            r.push(pool_points.len());
+            pool_points.push((k, &points[i]));
+            global.push(i);
+        }
+        rows.push(r);
+    }
+    let pred = PoolPredictor {
+        backend,
+        groups: pool.iter().map(|&k| names[k].as_str()).collect(),
+        layout: &layout,
+        points: pool_points,
+    };
+    let measured: Vec<f64> = global.iter().map(|&i| points[i].value).collect();
+    let label = pool
+        .iter()
+        .map(|&k| names[k].as_str())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let wrap = |source: FitError| match source {
+        FitError::Predict { index, message } => {
+            let p = &points[global[index]];
+            CalibrateError::Point {
+                place: p.place(),
+                id: p.id.clone(),
+                message,
             }
-            error => CalibrateError::Fit {
-                group: group.clone(),
-                error,
+        }
+        error => CalibrateError::Fit {
+            group: label.clone(),
+            error,
+        },
+    };
+    // Predictions at each group's own priors, before fitting.
+    let priors: Vec<Vec<f64>> = layout
+        .group_params
+        .iter()
+        .map(|gp| gp.iter().map(|p| p.prior).collect())
+        .collect();
+    let mut before = vec![0.0; measured.len()];
+    for (r, b) in before.iter_mut().enumerate() {
+        *b = pred
+            .predict_with(&priors[pred.points[r].0], r)
+            .map_err(|message| wrap(FitError::Predict { index: r, message }))?;
+    }
+    let joint = fit(&layout.params, &measured, &pred, opts).map_err(wrap)?;
+    // Without its one point a pool has nothing to fit: its leave-one-out prediction is the
+    // prior's.
+    let loo = match (with_loo, measured.len()) {
+        (false, _) => None,
+        (true, 1) => Some(before.clone()),
+        (true, _) => Some(leave_one_out(&layout.params, &measured, &pred, opts).map_err(wrap)?),
+    };
+    let mut out = Vec::with_capacity(pool.len());
+    for (k, &g) in pool.iter().enumerate() {
+        let gp = &layout.group_params[k];
+        let mut status = Vec::with_capacity(gp.len());
+        let mut values = Vec::with_capacity(gp.len());
+        for (j, p) in gp.iter().enumerate() {
+            let (s, v) = match layout.slots[k][j] {
+                Slot::Own(i) => (joint.status[i], joint.values[i]),
+                Slot::Pooled { shared, dev } => {
+                    let v = layout.value(&joint.values, k, j);
+                    match (joint.status[shared], joint.status[dev]) {
+                        // Nothing in the pool depends on it: the group's own prior.
+                        (ParamStatus::Unconstrained, _) => (ParamStatus::Unconstrained, p.prior),
+                        (_, ParamStatus::Unconstrained) => (ParamStatus::Shared, v),
+                        _ if v <= p.lo + 1e-9 * p.scale => (ParamStatus::AtLower, v),
+                        _ if v >= p.hi - 1e-9 * p.scale => (ParamStatus::AtUpper, v),
+                        _ => (ParamStatus::Fitted, v),
+                    }
+                }
+            };
+            status.push(s);
+            // Catalogue files carry four significant figures; report what those values
+            // predict, so the report is exactly what the written overlay reproduces.
+            values.push(round_significant(v, 4).clamp(p.lo, p.hi));
+        }
+        let mut predicted = Vec::with_capacity(rows[k].len());
+        for &r in &rows[k] {
+            predicted.push(
+                pred.predict_with(&values, r)
+                    .map_err(|message| wrap(FitError::Predict { index: r, message }))?,
+            );
+        }
+        let sensitivity = rows[k]
+            .iter()
+            .map(|&r| {
+                (0..gp.len())
+                    .map(|j| {
+                        joint
+                            .sensitivity
+                            .get(r)
+                            .map_or(0.0, |row| row[layout.pin_column(k, j)])
+                    })
+                    .collect()
+            })
+            .collect();
+        let pins = (0..gp.len())
+            .map(|j| {
+                let col = layout.pin_column(k, j);
+                let from: Vec<usize> = if layout.is_pooled(k, j) {
+                    (0..global.len()).collect()
+                } else {
+                    rows[k].clone()
+                };
+                from.into_iter()
+                    .map(|r| {
+                        let s = joint.sensitivity.get(r).map_or(0.0, |row| row[col]);
+                        (global[r], s)
+                    })
+                    .collect()
+            })
+            .collect();
+        let cost = rows[k]
+            .iter()
+            .zip(&predicted)
+            .map(|(&r, v)| (v / measured[r]).ln().powi(2))
+            .sum();
+        out.push(GroupFit {
+            group: names[g].clone(),
+            params: gp.clone(),
+            points: members[g].clone(),
+            fit: Fit {
+                values,
+                status,
+                predicted,
+                sensitivity,
+                iterations: joint.iterations,
+                cost,
             },
-        };
-        let prior: Vec<f64> = params.iter().map(|p| p.prior).collect();
-        let mut before = Vec::with_capacity(idx.len());
-        for i in 0..idx.len() {
-            let v = pred
-                .predict(&prior, i)
-                .map_err(|message| wrap(FitError::Predict { index: i, message }))?;
-            before.push(v);
-        }
-        let mut f = fit(&params, &measured, &pred, opts).map_err(wrap)?;
-        // Catalogue files carry four significant figures; report what those values
-        // predict, so the report is exactly what the written overlay reproduces.
-        for (v, p) in f.values.iter_mut().zip(&params) {
-            *v = round_significant(*v, 4).clamp(p.lo, p.hi);
-        }
-        for (k, v) in f.predicted.iter_mut().enumerate() {
-            *v = pred
-                .predict(&f.values, k)
-                .map_err(|message| wrap(FitError::Predict { index: k, message }))?;
-        }
-        // Without its one point a group has nothing to fit: its leave-one-out prediction
-        // is the prior's.
-        let loo = match (with_loo, idx.len()) {
-            (false, _) => None,
-            (true, 1) => Some(before.clone()),
-            (true, _) => Some(leave_one_out(&params, &measured, &pred, opts, &f).map_err(wrap)?),
-        };
-        groups.push(GroupFit {
-            group,
-            params,
-            points: idx,
-            fit: f,
-            loo,
-            before,
+            loo: loo
+                .as_ref()
+                .map(|l| rows[k].iter().map(|&r| l[r]).collect()),
+            before: rows[k].iter().map(|&r| before[r]).collect(),
+            pooled_with: pool
+                .iter()
+                .filter(|&&o| o != g)
+                .map(|&o| names[o].clone())
+                .collect(),
+            pooled: (0..gp.len()).map(|j| layout.is_pooled(k, j)).collect(),
+            pins,
         });
     }
-    Ok(Calibration { points, groups })
+    Ok(out)
 }
 
 /// `v` rounded to `digits` significant figures.

@@ -65,13 +65,11 @@ impl Calibration {
 
 /// Points whose sensitivity to parameter `j` is at least a tenth of the largest, most
 /// sensitive first (at most four), as `id (s)`.
+/// A pooled coefficient lists the points of every group in its pool.
 fn pinned_by(cal: &Calibration, g: &GroupFit, j: usize) -> String {
-    let mut s: Vec<(f64, &str)> = g
-        .fit
-        .sensitivity
+    let mut s: Vec<(f64, &str)> = g.pins[j]
         .iter()
-        .zip(&g.points)
-        .map(|(row, &i)| (row[j].abs(), cal.points[i].id.as_str()))
+        .map(|&(i, v)| (v.abs(), cal.points[i].id.as_str()))
         .collect();
     s.sort_by(|a, b| b.0.total_cmp(&a.0));
     let top = s.first().map_or(0.0, |t| t.0);
@@ -86,12 +84,38 @@ fn pinned_by(cal: &Calibration, g: &GroupFit, j: usize) -> String {
         .join(", ")
 }
 
-fn status_text(s: ParamStatus) -> &'static str {
-    match s {
-        ParamStatus::Fitted => "fitted",
-        ParamStatus::AtLower => "at lower bound",
-        ParamStatus::AtUpper => "at upper bound",
-        ParamStatus::Unconstrained => "NOT FITTED: no point depends on it; kept at prior",
+fn status_text(g: &GroupFit, j: usize) -> &'static str {
+    match (g.fit.status[j], g.pooled[j]) {
+        (ParamStatus::Fitted, false) => "fitted",
+        (ParamStatus::Fitted, true) => "fitted (pooled)",
+        (ParamStatus::AtLower, false) => "at lower bound",
+        (ParamStatus::AtLower, true) => "at lower bound (pooled)",
+        (ParamStatus::AtUpper, false) => "at upper bound",
+        (ParamStatus::AtUpper, true) => "at upper bound (pooled)",
+        (ParamStatus::Unconstrained, _) => "NOT FITTED: no point depends on it; kept at prior",
+        (ParamStatus::Shared, _) => {
+            "pooled: no point of this group depends on it; the value its siblings fit"
+        }
+    }
+}
+
+/// Points within ±15% in-sample and within ×1.25 leave-one-out (the issue's goals).
+pub fn goal_counts(cal: &Calibration) -> (usize, usize, usize) {
+    let rows = cal.rows();
+    let in_sample = rows.iter().filter(|r| r.error.abs() <= 0.15).count();
+    let loo = rows
+        .iter()
+        .filter(|r| r.loo_factor.is_some_and(|f| f <= 1.25))
+        .count();
+    (rows.len(), in_sample, loo)
+}
+
+/// " (pooled with …)" for a group fitted with siblings.
+fn pooled_note(g: &GroupFit) -> String {
+    if g.pooled_with.is_empty() {
+        String::new()
+    } else {
+        format!(", software pooled with {}", g.pooled_with.join(", "))
     }
 }
 
@@ -133,7 +157,7 @@ fn factor(f: Option<f64>) -> String {
 pub fn render_markdown(cal: &Calibration) -> String {
     let mut out = String::new();
     out.push_str(
-        "| point | chip | engine | model | tp | dtype | workload | metric | measured | catalogue | fitted | error | leave-one-out | LOO factor |\n\
+        "| point | chip | engine | model | tp | dtype | workload | metric | measured | prior | fitted | error | leave-one-out | LOO factor |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in cal.rows() {
@@ -159,9 +183,10 @@ pub fn render_markdown(cal: &Calibration) -> String {
     for g in &cal.groups {
         let _ = writeln!(
             out,
-            "\n**{}** ({} points, {} iterations, Σ log² residual {:.4})\n",
+            "\n**{}** ({} points{}, {} iterations, Σ log² residual {:.4})\n",
             g.group,
             g.points.len(),
+            pooled_note(g),
             g.fit.iterations,
             g.fit.cost
         );
@@ -175,7 +200,7 @@ pub fn render_markdown(cal: &Calibration) -> String {
                 num(g.fit.values[j]),
                 num(p.lo),
                 num(p.hi),
-                status_text(g.fit.status[j]),
+                status_text(g, j),
                 pins(cal, g, j),
             );
         }
@@ -200,24 +225,17 @@ pub fn render_text(cal: &Calibration) -> String {
     for g in &cal.groups {
         let _ = writeln!(
             out,
-            "== {} ({} points, {} iterations, sum of squared log residuals {:.4})",
+            "== {} ({} points{}, {} iterations, sum of squared log residuals {:.4})",
             g.group,
             g.points.len(),
+            pooled_note(g),
             g.fit.iterations,
             g.fit.cost
         );
         let _ = writeln!(
             out,
             "  {:<id_w$}  {:<22} {:<28} {:>10} {:>10} {:>10} {:>8} {:>10} {:>7}",
-            "point",
-            "workload",
-            "metric",
-            "measured",
-            "catalogue",
-            "fitted",
-            "error",
-            "LOO",
-            "LOO ×"
+            "point", "workload", "metric", "measured", "prior", "fitted", "error", "LOO", "LOO ×"
         );
         for r in rows.iter().filter(|r| r.group == g.group) {
             let _ = writeln!(
@@ -244,7 +262,7 @@ pub fn render_text(cal: &Calibration) -> String {
                 num(g.fit.values[j]),
                 num(p.lo),
                 num(p.hi),
-                status_text(g.fit.status[j]),
+                status_text(g, j),
                 pins(cal, g, j),
             );
         }
@@ -252,9 +270,11 @@ pub fn render_text(cal: &Calibration) -> String {
     }
     let worst = rows.iter().map(|r| r.error.abs()).fold(0.0, f64::max);
     let worst_loo = rows.iter().filter_map(|r| r.loo_factor).fold(1.0, f64::max);
+    let (n, in_sample, loo) = goal_counts(cal);
     let _ = writeln!(
         out,
-        "{} points in {} groups: worst in-sample error {:.1}%, worst leave-one-out ×{:.3}",
+        "{} points in {} groups: worst in-sample error {:.1}%, worst leave-one-out ×{:.3}; \
+         {in_sample}/{n} within ±15%, {loo}/{n} within ×1.25 leave-one-out",
         rows.len(),
         cal.groups.len(),
         worst * 100.0,

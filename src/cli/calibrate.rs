@@ -15,7 +15,9 @@ pub struct Args {
     /// Points files (TOML `[[point]]` tables, or CSV with a header row; `.csv` by name).
     #[arg(required = true, value_name = "POINTS")]
     pub points: Vec<PathBuf>,
-    /// Engine overlays given here are applied before fitting: their values are the priors.
+    /// The fit starts from the hand-set priors (config/engine-priors.toml) of the entries
+    /// the embedded catalogue holds fitted; engine overlays given here are applied on top
+    /// of those before fitting: their values are the priors.
     #[command(flatten)]
     pub catalogue: super::CatalogueArgs,
     /// Write the fitted coefficients here as an engine-catalogue overlay.
@@ -34,7 +36,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let cat = args.catalogue.load()?;
+    let mut cat = crate::profile::Catalogue::load(
+        args.catalogue.chips.as_deref(),
+        args.catalogue.models.as_deref(),
+    )?
+    .with_engine_priors()?;
+    for path in &args.catalogue.engines {
+        let src = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        cat = cat.with_engine_overlay(&src, &path.display().to_string())?;
+    }
     let paths: Vec<&std::path::Path> = args.points.iter().map(PathBuf::as_path).collect();
     let points = load_points(&paths)?;
     if !(args.prior_weight.is_finite() && args.prior_weight >= 0.0) {

@@ -18,6 +18,9 @@ use std::path::Path;
 pub const EMBEDDED_CHIPS: &str = include_str!("../../config/chips.toml");
 pub const EMBEDDED_MODELS: &str = include_str!("../../config/models.toml");
 pub const EMBEDDED_ENGINES: &str = include_str!("../../config/engines.toml");
+/// The hand-set priors of the engine coefficients `config/engines.toml` holds fitted:
+/// what `dujiang calibrate` starts from, so a refit never starts from its own answer.
+pub const EMBEDDED_ENGINE_PRIORS: &str = include_str!("../../config/engine-priors.toml");
 
 /// Every chip, model and serving engine dujiang knows, keyed by id.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -92,6 +95,12 @@ impl Catalogue {
         let overlay = EngineCatalogue::parse(src, file)?;
         self.engines.overlay(overlay);
         Ok(self)
+    }
+
+    /// This catalogue with the fitted engine entries put back to their hand-set priors
+    /// (`config/engine-priors.toml`).
+    pub fn with_engine_priors(self) -> Result<Catalogue, ConfigError> {
+        self.with_engine_overlay(EMBEDDED_ENGINE_PRIORS, "config/engine-priors.toml")
     }
 
     /// Reads the catalogue from the given files, falling back to the embedded file for
@@ -508,6 +517,9 @@ max_batch = 64
         let e = cat.engine_for("ascend-910b", None).unwrap();
         assert_eq!(e.engine, "mindie");
         assert_eq!(e.coefficients.max_batch, 64);
+        // An overlay written before prompt steps had a collective latency of their own
+        // gets the decode figure.
+        assert_eq!(e.coefficients.prefill_allreduce_latency_us, 0.0);
         assert_eq!(cat.engines.engines["mindie"].name, "MindIE 2.0");
         // Other engines are untouched.
         assert_eq!(

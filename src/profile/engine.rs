@@ -57,8 +57,17 @@ pub struct EngineCoefficients {
     /// detokenising grow with the batch (large in vLLM 0.7's Python V0 engine).
     pub decode_seq_overhead_us: f64,
     /// Latency of one tensor-parallel collective (two per layer when there are ranks to
-    /// reduce over), on top of its bandwidth term.
+    /// reduce over), on top of its bandwidth term, in pure decode steps: replayed inside a
+    /// captured graph, ranks in lockstep.
     pub allreduce_latency_us: f64,
+    /// The same in steps that carry prompt tokens. Engines that capture graphs for decode
+    /// only run these eagerly: each collective is a separate host call on every rank
+    /// (torch.distributed → NCCL/HCCL), and it is a barrier, so every layer waits for the
+    /// slowest rank's host. Nothing of that exists at tp 1, so only multi-rank
+    /// prompt-carrying points (a TP8 TTFT) can pin it. An overlay that omits it gets the
+    /// decode figure.
+    #[serde(default = "unset")]
+    pub prefill_allreduce_latency_us: f64,
     /// Fraction of the scale-up link's bandwidth a collective reaches.
     pub link_efficiency: f64,
     /// Fraction of device memory the engine may use (vLLM's `gpu_memory_utilization`).
@@ -83,6 +92,12 @@ fn is_chunked(on: &bool) -> bool {
     *on
 }
 
+/// Marks `prefill_allreduce_latency_us` as absent from a file, to be filled from
+/// `allreduce_latency_us` once the entry is read.
+fn unset() -> f64 {
+    f64::NAN
+}
+
 /// Field name, lower and upper bound (inclusive). Efficiencies never reach 0, so a fit
 /// stays physical and a model never divides by zero.
 pub type FieldBounds = (&'static str, f64, f64);
@@ -101,6 +116,7 @@ impl EngineCoefficients {
         ("decode_layer_overhead_us", 0.0, 1e4),
         ("decode_seq_overhead_us", 0.0, 1e4),
         ("allreduce_latency_us", 0.0, 1e4),
+        ("prefill_allreduce_latency_us", 0.0, 1e4),
         ("link_efficiency", 0.01, 1.0),
     ];
 
@@ -117,6 +133,7 @@ impl EngineCoefficients {
             "decode_layer_overhead_us" => &mut self.decode_layer_overhead_us,
             "decode_seq_overhead_us" => &mut self.decode_seq_overhead_us,
             "allreduce_latency_us" => &mut self.allreduce_latency_us,
+            "prefill_allreduce_latency_us" => &mut self.prefill_allreduce_latency_us,
             "link_efficiency" => &mut self.link_efficiency,
             _ => return None,
         })
@@ -212,7 +229,10 @@ impl EngineCatalogue {
                     "an engine needs coefficients for at least one chip family",
                 ));
             }
-            for (key, c) in &engine.on {
+            for (key, c) in &mut engine.on {
+                if c.prefill_allreduce_latency_us.is_nan() {
+                    c.prefill_allreduce_latency_us = c.allreduce_latency_us;
+                }
                 c.validate().map_err(|(f, m)| {
                     table_error(file, src, &format!("engines.{id}.on.{key}"), f, m)
                 })?;

@@ -52,6 +52,7 @@ pub(crate) mod fixtures {
             decode_layer_overhead_us: 0.0,
             decode_seq_overhead_us: 0.0,
             allreduce_latency_us: 10.0,
+            prefill_allreduce_latency_us: 10.0,
             link_efficiency: 1.0,
             memory_utilization: 0.9,
             reserve_gb: 2.0,
@@ -328,6 +329,33 @@ mod tests {
         };
         let per_layer = e.decode_layer_overhead_us * 1e3;
         assert!(fixed(&big) - fixed(&small) > (80.0 - 36.0) * per_layer * 0.99);
+    }
+
+    #[test]
+    fn prompt_steps_pay_the_eager_collective_latency_and_decode_steps_the_graph_one() {
+        let model = llama3_8b();
+        let at = |prefill_us: f64, tp: u32| {
+            let mut e = engine();
+            e.coefficients.prefill_allreduce_latency_us = prefill_us;
+            PerfModel::new(&h20(), &e, &model, tp, Dtype::Bf16).unwrap()
+        };
+        let (base, eager) = (at(10.0, 8), at(510.0, 8));
+        // 32 layers, two collectives each, 500 µs more per collective: 32 ms per prompt step.
+        let extra = eager.prefill_ns(256, 0) - base.prefill_ns(256, 0);
+        assert!((extra as i64 - 32_000_000).abs() <= 1, "{extra}");
+        assert_eq!(
+            eager.decode_step_ns(16, 16 * 1024),
+            base.decode_step_ns(16, 16 * 1024)
+        );
+        assert_eq!(
+            eager.decode_run_ns(16, 16 * 1024, 500),
+            base.decode_run_ns(16, 16 * 1024, 500)
+        );
+        // One rank has nothing to reduce.
+        assert_eq!(
+            at(510.0, 1).prefill_ns(256, 0),
+            at(10.0, 1).prefill_ns(256, 0)
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! - memory = (weights touched + KV bytes read) / (bandwidth · memory efficiency); MoE
 //!   models read only the experts a batch touches: with E experts and k per token, T
 //!   tokens touch E·(1 − (1 − k/E)^T) of them in expectation;
-//! - collectives: two all-reduces per layer over `tp · dies` ranks;
+//! - collectives: two all-reduces per layer over `tp · dies` ranks, at a latency of their
+//!   own in steps carrying prompt tokens (launched eagerly, every rank a barrier for the
+//!   others' host) and in pure decode steps (replayed from a captured graph);
 //! - host overhead: per step and per layer, one pair for steps carrying prompt tokens
 //!   (typically eager) and one for pure decode steps (typically graph replay), plus a
 //!   cost per decoding sequence (scheduling, sampling).
@@ -149,7 +151,9 @@ pub struct PerfModel {
     kv_read_ps_per_token: u64,
     weight_read_ps: u64,
     moe: Option<MoeWeights>,
-    comm_fixed_ps: u64,
+    /// Collective latency of a pure decode step and of a step carrying prompt tokens.
+    decode_comm_fixed_ps: u64,
+    prefill_comm_fixed_ps: u64,
     comm_ps_per_token: u64,
     seq_overhead_ps: u64,
     prefill_overhead_ps: u64,
@@ -261,16 +265,17 @@ impl PerfModel {
         // Two all-reduces of the hidden state per layer (after attention and after the MLP),
         // ring algorithm: each rank sends and receives 2·(r−1)/r of the message over its
         // share of the package's link.
-        let (comm_fixed_ps, comm_ps_per_token) = if ranks_u > 1 {
+        let (decode_comm_fixed_ps, prefill_comm_fixed_ps, comm_ps_per_token) = if ranks_u > 1 {
             let ops = 2.0 * f64::from(model.layers);
             let bytes_per_token = f64::from(model.hidden_size) * 2.0 * 2.0 * (ranks - 1.0) / ranks;
             let link = chip.link_gbps / dies * 1e9 * e.link_efficiency;
             (
                 to_ps(ops * e.allreduce_latency_us * 1e-6),
+                to_ps(ops * e.prefill_allreduce_latency_us * 1e-6),
                 to_ps(ops * bytes_per_token / link),
             )
         } else {
-            (0, 0)
+            (0, 0, 0)
         };
         let layers = f64::from(model.layers);
 
@@ -287,7 +292,8 @@ impl PerfModel {
             kv_read_ps_per_token: to_ps(kv_per_rank / bytes_per_s_per_rank),
             weight_read_ps: to_ps(weights_per_rank / bytes_per_s_per_rank),
             moe,
-            comm_fixed_ps,
+            decode_comm_fixed_ps,
+            prefill_comm_fixed_ps,
             comm_ps_per_token,
             seq_overhead_ps: to_ps(e.decode_seq_overhead_us * 1e-6),
             prefill_overhead_ps: to_ps(
@@ -357,19 +363,17 @@ impl PerfModel {
         let (prefill, overhead) = if s.prefill_tokens > 0 {
             (
                 s.prefill_tokens * self.prefill_ps_per_token + self.prefill_fixed_ps,
-                self.prefill_overhead_ps,
+                self.prefill_overhead_ps + self.prefill_comm_fixed_ps,
             )
         } else {
-            (0, self.decode_overhead_ps)
+            (0, self.decode_overhead_ps + self.decode_comm_fixed_ps)
         };
         let compute = prefill
             + decode_tokens * self.decode_ps_per_token
             + s.attn_pairs * self.attn_ps_per_pair;
         let memory = self.weight_ps(s.tokens) + s.kv_read_tokens * self.kv_read_ps_per_token;
-        let rest = overhead
-            + self.comm_fixed_ps
-            + s.tokens * self.comm_ps_per_token
-            + decode_tokens * self.seq_overhead_ps;
+        let rest =
+            overhead + s.tokens * self.comm_ps_per_token + decode_tokens * self.seq_overhead_ps;
         (compute, memory, rest)
     }
 

@@ -1,0 +1,177 @@
+//! Partial pooling: the software coefficients of one engine version are shared by the chip
+//! families it runs on, so a family's few points are helped by its siblings'.
+//!
+//! Host overheads (per step, per layer, per sequence) and collective latencies are the
+//! engine's code paths: vLLM 0.7's Python scheduler costs much the same whether it drives
+//! an H100, an A100 or an H20, and vLLM-Ascend's on a 910B or a 910C. Efficiencies are
+//! silicon × software and stay per family. A pooled coefficient of group `g` is
+//! `shared + deviation_g`: the shared value is fitted to every point of the pool, each
+//! deviation only to its group's points, and deviations are pulled to zero
+//! ([`POOL_WEIGHT`]). So a point left out still has its coefficients predicted from its
+//! siblings, and a family whose points say nothing about a pooled coefficient (a TP1 chip
+//! and a collective latency) takes the value its siblings fit.
+
+use super::fit::Param;
+
+/// How firmly a family's pooled coefficient is held at the pool's value: a deviation of
+/// one scale unit (the coefficient's prior, or its typical size when the prior is 0)
+/// costs as much as a point missed by a factor e^0.15. Put as a prior: host CPUs of
+/// different generations and clocks run the same Python path some 30% apart (estimate),
+/// and a published p50 is reproducible to ~5%, so a 30% deviation should cost about what
+/// one 5% miss does: 0.05 / 0.3 ≈ 0.15.
+pub const POOL_WEIGHT: f64 = 0.15;
+
+/// Where one group coefficient lives in the pool's parameter vector.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Slot {
+    /// The group's own parameter.
+    Own(usize),
+    /// `shared + dev`, clamped to the coefficient's bounds.
+    Pooled { shared: usize, dev: usize },
+}
+
+/// The parameter vector of a pool of groups fitted together.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub params: Vec<Param>,
+    /// Per group, per group coefficient.
+    pub slots: Vec<Vec<Slot>>,
+    /// Per group, its own coefficients (bounds, priors) as the backend gives them.
+    pub group_params: Vec<Vec<Param>>,
+}
+
+impl Layout {
+    /// Lays out `group_params` (one list per group of the pool). A coefficient for which
+    /// `pooled(name)` holds and that two or more groups have is shared.
+    pub fn new(group_params: Vec<Vec<Param>>, pooled: impl Fn(&str) -> bool, weight: f64) -> Self {
+        let mut params: Vec<Param> = Vec::new();
+        let mut shared_of: Vec<(String, usize)> = Vec::new();
+        let mut slots = Vec::with_capacity(group_params.len());
+        for gp in &group_params {
+            for p in gp {
+                let count = group_params
+                    .iter()
+                    .filter(|o| o.iter().any(|q| q.name == p.name))
+                    .count();
+                if pooled(&p.name) && count >= 2 && !shared_of.iter().any(|(n, _)| *n == p.name) {
+                    // The pool's value starts from (and is weakly pulled to) the mean of
+                    // the groups' priors.
+                    let priors: Vec<f64> = group_params
+                        .iter()
+                        .filter_map(|o| o.iter().find(|q| q.name == p.name))
+                        .map(|q| q.prior)
+                        .collect();
+                    let mean = priors.iter().sum::<f64>() / priors.len() as f64;
+                    let mut shared = Param::new(p.name.clone(), p.lo, p.hi, mean);
+                    if mean <= 0.0 {
+                        shared.scale = p.scale;
+                    }
+                    shared_of.push((p.name.clone(), params.len()));
+                    params.push(shared);
+                }
+            }
+        }
+        for (k, gp) in group_params.iter().enumerate() {
+            let mut row = Vec::with_capacity(gp.len());
+            for p in gp {
+                match shared_of.iter().find(|(n, _)| *n == p.name) {
+                    Some(&(_, shared)) => {
+                        let span = p.hi - p.lo;
+                        let scale = params[shared].scale;
+                        let dev = Param::new(format!("{}@{k}", p.name), -span, span, 0.0)
+                            .with_typical(scale)
+                            .with_pull(weight);
+                        row.push(Slot::Pooled {
+                            shared,
+                            dev: params.len(),
+                        });
+                        params.push(dev);
+                    }
+                    None => {
+                        row.push(Slot::Own(params.len()));
+                        params.push(p.clone());
+                    }
+                }
+            }
+            slots.push(row);
+        }
+        Layout {
+            params,
+            slots,
+            group_params,
+        }
+    }
+
+    /// Group `k`'s coefficient `j` at the pool's parameters `x`.
+    pub fn value(&self, x: &[f64], k: usize, j: usize) -> f64 {
+        let p = &self.group_params[k][j];
+        match self.slots[k][j] {
+            Slot::Own(i) => x[i],
+            Slot::Pooled { shared, dev } => (x[shared] + x[dev]).clamp(p.lo, p.hi),
+        }
+    }
+
+    /// Group `k`'s coefficients at `x`.
+    pub fn values(&self, x: &[f64], k: usize) -> Vec<f64> {
+        (0..self.slots[k].len())
+            .map(|j| self.value(x, k, j))
+            .collect()
+    }
+
+    /// The pool parameter whose sensitivity says what pins group `k`'s coefficient `j`:
+    /// its own, or the shared value (which the group's points move exactly as they move
+    /// their deviation, and which every sibling's points move too).
+    pub fn pin_column(&self, k: usize, j: usize) -> usize {
+        match self.slots[k][j] {
+            Slot::Own(i) => i,
+            Slot::Pooled { shared, .. } => shared,
+        }
+    }
+
+    pub fn is_pooled(&self, k: usize, j: usize) -> bool {
+        matches!(self.slots[k][j], Slot::Pooled { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(step_prior: f64, eff_prior: f64) -> Vec<Param> {
+        vec![
+            Param::new("step_us", 0.0, 1e4, step_prior),
+            Param::new("eff", 0.01, 1.0, eff_prior),
+        ]
+    }
+
+    #[test]
+    fn software_is_shared_silicon_is_not() {
+        let l = Layout::new(
+            vec![group(1000.0, 0.5), group(3000.0, 0.7)],
+            |n| n == "step_us",
+            POOL_WEIGHT,
+        );
+        // shared step, then per group: dev, eff.
+        assert_eq!(l.params.len(), 5);
+        assert_eq!(l.params[0].prior, 2000.0);
+        assert!(l.is_pooled(0, 0) && l.is_pooled(1, 0));
+        assert!(!l.is_pooled(0, 1));
+        let mut x: Vec<f64> = l.params.iter().map(|p| p.prior).collect();
+        assert_eq!(l.values(&x, 0), vec![2000.0, 0.5]);
+        x[1] = -500.0; // group 0's deviation
+        assert_eq!(l.values(&x, 0), vec![1500.0, 0.5]);
+        assert_eq!(l.values(&x, 1), vec![2000.0, 0.7]);
+        x[1] = -5000.0; // never below the coefficient's bound
+        assert_eq!(l.value(&x, 0, 0), 0.0);
+        assert_eq!(l.pin_column(1, 0), 0);
+    }
+
+    #[test]
+    fn a_group_alone_keeps_its_own_coefficients() {
+        let l = Layout::new(vec![group(1000.0, 0.5)], |_| true, POOL_WEIGHT);
+        assert_eq!(l.params.len(), 2);
+        assert!(!l.is_pooled(0, 0));
+        let x: Vec<f64> = l.params.iter().map(|p| p.prior).collect();
+        assert_eq!(l.values(&x, 0), vec![1000.0, 0.5]);
+    }
+}
