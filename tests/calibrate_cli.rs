@@ -39,7 +39,8 @@ fn point(id: &str, batch: u64, context: u64, value: f64) -> String {
 fn fits_synthetic_measurements_and_refuses_what_nothing_constrains() {
     // Measurements made by the model itself with a known memory efficiency and step
     // overhead, so the fit has an exact answer.
-    let cat = Catalogue::embedded();
+    // From the priors calibrate starts from, so only the two coefficients set here differ.
+    let cat = Catalogue::embedded().with_engine_priors().unwrap();
     let mut truth = cat.engine_for("h100", Some("vllm-0.7")).unwrap();
     truth.coefficients.set("memory_efficiency", 0.55).unwrap();
     truth
@@ -193,7 +194,7 @@ fn shipped() -> Vec<PathBuf> {
     files
 }
 
-/// The point table in docs/calibration.md: (id, measured, catalogue prediction).
+/// The point table in docs/calibration.md: (id, measured, fitted prediction).
 fn doc_rows() -> Vec<(String, f64, f64)> {
     let doc = include_str!("../docs/calibration.md");
     let start = doc.find("<!-- calibrate:begin -->").expect("begin marker");
@@ -208,7 +209,7 @@ fn doc_rows() -> Vec<(String, f64, f64)> {
                 s.parse()
                     .unwrap_or_else(|e| panic!("`{s}` in docs/calibration.md: {e}"))
             };
-            (c[0].to_string(), num(c[8]), num(c[9]))
+            (c[0].to_string(), num(c[8]), num(c[10]))
         })
         .collect()
 }
@@ -247,9 +248,67 @@ fn docs_calibration_md_is_what_the_embedded_catalogue_predicts_for_the_shipped_p
         let now = predict(Arc::new(perf), p).unwrap();
         assert!(
             (now / documented - 1.0).abs() < 0.005,
-            "{}: docs/calibration.md says the catalogue predicts {documented}, it now predicts \
-             {now:.4}: rerun `dujiang calibrate config/measured/*.toml --markdown FILE` and update the doc",
+            "{}: docs/calibration.md says the fitted catalogue predicts {documented}, the embedded \
+             one predicts {now:.4}: adopt the fit into config/engines.toml or rerun `dujiang calibrate config/measured/*.toml --markdown FILE` and update the doc",
             p.id
         );
     }
+}
+
+#[test]
+fn the_shipped_fit_keeps_every_coefficient_within_physical_bounds() {
+    let cat = Catalogue::embedded();
+    let mut checked = 0;
+    for (id, engine) in &cat.engines.engines {
+        for (on, c) in &engine.on {
+            for (name, lo, hi) in EngineCoefficients::FITTED {
+                let v = c.get(name).unwrap();
+                assert!(
+                    v.is_finite() && *lo <= v && v <= *hi,
+                    "{id} on {on}: {name} = {v} outside [{lo}, {hi}]"
+                );
+                if name.ends_with("efficiency") {
+                    assert!(v > 0.0 && v <= 1.0, "{id} on {on}: {name} = {v}");
+                } else {
+                    assert!(v >= 0.0, "{id} on {on}: {name} = {v}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 13 * 16, "only {checked} coefficients checked");
+}
+
+/// The issue's goals as they stand: every shipped point within ±15% of its measurement
+/// after the fit, and within ×1.25 by leave-one-out. Neither is met; this pins how far
+/// (the fitted column is checked against the embedded catalogue by the test above, the
+/// leave-one-out column is the report's), so a change that loses a point fails here and
+/// one that gains a point updates the figure and docs/calibration.md's "Against the goals".
+#[test]
+fn the_calibration_goals_as_they_stand() {
+    let doc = include_str!("../docs/calibration.md");
+    let start = doc.find("<!-- calibrate:begin -->").unwrap();
+    let end = doc.find("<!-- calibrate:end -->").unwrap();
+    let mut n = 0;
+    let mut in_sample = 0;
+    let mut loo = 0;
+    for l in doc[start..end]
+        .lines()
+        .take_while(|l| !l.starts_with("**"))
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| point"))
+    {
+        let c: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+        let error: f64 = c[11].trim_end_matches('%').parse().unwrap();
+        let factor: f64 = c[13].trim_start_matches('×').parse().unwrap();
+        n += 1;
+        in_sample += usize::from(error.abs() <= 15.0);
+        loo += usize::from(factor <= 1.25);
+    }
+    assert_eq!(n, 45, "shipped points");
+    assert_eq!(in_sample, 43, "points within ±15% after the fit");
+    assert_eq!(loo, 33, "points within ×1.25 leave-one-out");
+    assert!(
+        doc.contains("43/45 within ±15%, 33/45 within ×1.25 leave-one-out"),
+        "docs/calibration.md's summary must quote the counts"
+    );
 }

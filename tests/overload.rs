@@ -101,12 +101,21 @@ fn at_ten_times_the_rate_accepted_requests_meet_their_ttft_slo_and_goodput_holds
     ] {
         eprintln!("{}", line(label, r));
     }
-    // Without the rule the flood is a queue nobody wants: most requests miss their SLO
-    // (on the demo fleet, by their TPOT: every backend prefills the flood all the time).
+    // Without the rule the flood is a queue: a third of the requests miss their SLO (on
+    // the demo fleet, mostly by their TPOT: every backend prefills the flood all the time).
+    // With the fitted engine coefficients the fleet serves 65% of the unshed flood within
+    // SLO (d2d63bc measured 16.4% under the hand-set priors), so the
+    // premise is a quarter missing, and shedding must do better than not shedding.
     assert_eq!(before_10x.stats.rejected, 0);
     assert!(
-        before_10x.stats.slo_attainment < 0.5,
+        before_10x.stats.slo_attainment < 0.75,
         "{}",
+        line("10x unshed", &before_10x)
+    );
+    assert!(
+        at_10x.stats.slo_attainment > before_10x.stats.slo_attainment,
+        "{} vs {}",
+        line("10x", &at_10x),
         line("10x unshed", &before_10x)
     );
     // With it: nothing is shed at the trace's own rate...

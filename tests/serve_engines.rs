@@ -3,32 +3,23 @@
 //! for the pools it covers, and an unreadable overlay stops the daemon at start with the
 //! file named.
 
+use dujiang::profile::Catalogue;
 use dujiang::serve::{Daemon, ServeConfig};
 use std::path::PathBuf;
 
-/// The embedded `vllm-0.7` on H20 entry with ten times its per-step decode overhead.
-const SLOW_H20: &str = r#"
-[engines."vllm-0.7"]
-name = "vLLM 0.7.3, our fit"
-source = "a test's own overlay"
-
-[engines."vllm-0.7".on.h20]
-prefill_efficiency = 0.9
-prefill_half_tokens = 48.0
-decode_compute_efficiency = 0.45
-memory_efficiency = 0.45
-attention_efficiency = 0.6
-prefill_step_overhead_us = 6000.0
-prefill_layer_overhead_us = 100.0
-decode_step_overhead_us = 35000.0
-decode_layer_overhead_us = 0.0
-decode_seq_overhead_us = 70.0
-allreduce_latency_us = 60.0
-link_efficiency = 0.7
-memory_utilization = 0.9
-reserve_gb = 2.0
-max_batch = 256
-"#;
+/// The embedded `vllm-0.7` on H20 entry with 31.5 ms more per-step decode overhead.
+fn slow_h20() -> String {
+    let mut c = Catalogue::embedded()
+        .engine_for("h20", Some("vllm-0.7"))
+        .unwrap()
+        .coefficients;
+    c.decode_step_overhead_us += 31_500.0;
+    format!(
+        "[engines.\"vllm-0.7\"]\nname = \"vLLM 0.7.3, our fit\"\nsource = \"a test's own overlay\"\n\n\
+         [engines.\"vllm-0.7\".on.h20]\n{}",
+        toml::to_string(&c).unwrap()
+    )
+}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -54,7 +45,7 @@ fn decode_steps(d: &Daemon) -> Vec<(String, u64)> {
 async fn an_engine_overlay_changes_how_the_daemon_paces_the_pools_it_covers() {
     let dir = scratch("overlay");
     let overlay = dir.join("slow-h20.toml");
-    std::fs::write(&overlay, SLOW_H20).unwrap();
+    std::fs::write(&overlay, slow_h20()).unwrap();
     let embedded = Daemon::start(&ServeConfig::default(), None, None).unwrap();
     let cfg = ServeConfig {
         engines: vec![overlay],
