@@ -109,7 +109,8 @@ case "${1:-}" in
   --setup)
     case "${2:-}" in
       prometheus) ensure_prometheus ;;
-      openai-venv) ensure_openai_venv ;;
+      # Prints the venv's python, for the test that called it.
+      openai-venv) ensure_openai_venv && echo "${DUJIANG_OPENAI_PYTHON:-}" ;;
       *) say "--setup takes prometheus or openai-venv, not '${2:-}'"; exit 2 ;;
     esac
     exit 0

@@ -19,7 +19,7 @@ mod load_support;
 mod serve_support;
 
 use dujiang::fleet::FleetSpec;
-use dujiang::loadgen::{self, LoadConfig};
+use dujiang::loadgen::{self, Api, LoadConfig, OpenAiOptions};
 use dujiang::profile::Catalogue;
 use dujiang::serve::ServeConfig;
 use dujiang::sim::{PolicyReport, Replay, ReplayConfig};
@@ -82,9 +82,15 @@ async fn daemon_slowed(
     slow: &str,
     factor: f64,
 ) -> PolicyReport {
-    daemon_run(policy, records, time_scale, Some((slow, factor)))
-        .await
-        .0
+    daemon_run(
+        policy,
+        records,
+        time_scale,
+        Some((slow, factor)),
+        &Api::Grpc,
+    )
+    .await
+    .0
 }
 
 /// [`daemon`], also returning the daemon's `/metrics` scrape taken after the run.
@@ -93,7 +99,13 @@ async fn daemon_and_metrics(
     records: &[TraceRecord],
     time_scale: f64,
 ) -> (PolicyReport, String) {
-    daemon_run(policy, records, time_scale, None).await
+    daemon_run(policy, records, time_scale, None, &Api::Grpc).await
+}
+
+/// [`daemon`] driven over the daemon's OpenAI port (streaming chat) instead of gRPC.
+async fn daemon_openai(policy: &str, records: &[TraceRecord], time_scale: f64) -> PolicyReport {
+    let api = Api::OpenAi(OpenAiOptions::default());
+    daemon_run(policy, records, time_scale, None, &api).await.0
 }
 
 async fn daemon_run(
@@ -101,6 +113,7 @@ async fn daemon_run(
     records: &[TraceRecord],
     time_scale: f64,
     slow: Option<(&str, f64)>,
+    api: &Api,
 ) -> (PolicyReport, String) {
     // One daemon at a time: each wants the machine's two cores to itself, and a client
     // starved by a concurrent test's daemon falls behind its schedule.
@@ -141,7 +154,11 @@ async fn daemon_run(
             .unwrap();
     }
     let cfg = LoadConfig {
-        target: format!("http://{}", d.grpc_addr),
+        target: match api {
+            Api::Grpc => format!("http://{}", d.grpc_addr),
+            Api::OpenAi(_) => format!("http://{}", d.openai_addr),
+        },
+        api: api.clone(),
         admin_target: Some(format!("http://{}", d.admin_addr)),
         time_scale,
         ..LoadConfig::default()
@@ -225,6 +242,27 @@ async fn daemon_and_replay_agree_on_latency_percentiles() {
     let r = replay("least-work", &records);
     let l = daemon("least-work", &records, scale).await;
     check("least-work", scale, &r, &l, "daemon");
+}
+
+/// The same comparison with the daemon driven over its OpenAI port: `dujiang load --api
+/// openai` streaming chats (one token per SSE chunk, timed by the client from the stream,
+/// the trace's lengths in `x-dujiang-prompt-tokens` and `max_tokens`) must agree with
+/// replay within the same tolerance as the gRPC client, and route alike under round-robin
+/// (the pools come from the response's placement headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_over_openai_and_replay_agree_on_latency_percentiles() {
+    let scale = 5.0;
+    let records = trace_records(300);
+    let r = replay("round-robin", &records);
+    let l = daemon_openai("round-robin", &records, scale).await;
+    check("round-robin", scale, &r, &l, "daemon over OpenAI HTTP");
+    let pools = |p: &PolicyReport| -> Vec<(String, u64)> {
+        p.pools
+            .iter()
+            .map(|x| (x.pool.clone(), x.stats.requests))
+            .collect()
+    };
+    assert_eq!(pools(&r), pools(&l), "round-robin routes alike");
 }
 
 /// Requests near the model's context (the demo fleet's llama-3-8b: 8,192 tokens): the

@@ -4,9 +4,11 @@ object on stdout saying what the SDK returned and every HTTP response it got on 
 (status, seconds since the start, Retry-After), so the Rust test can check the stream's
 content against its usage and see the SDK retry a 429 after the server's Retry-After.
 
-The SDK's own HTTP client is used, with an httpx event hook that only records responses
-(the SDK's `http_client` parameter, a documented option), so retries, streaming and
-parsing are the SDK's.
+The SDK's own HTTP client class is used (`openai.DefaultHttpxClient`, given through the
+documented `http_client` parameter) with an event hook that only records responses, so
+retries, streaming and parsing are the SDK's. (The SDK's HTTP library is named `httpx`
+in older releases and `httpx2` in newer ones; going through the SDK's class works with
+both.)
 
 Exit status 0 when the call succeeded; 1 with {"error": ...} on stdout when it raised.
 """
@@ -16,7 +18,6 @@ import json
 import sys
 import time
 
-import httpx
 import openai
 
 
@@ -37,7 +38,7 @@ def main() -> int:
     start = time.monotonic()
     responses = []
 
-    def record(response: httpx.Response) -> None:
+    def record(response) -> None:
         responses.append(
             {
                 "method": response.request.method,
@@ -53,7 +54,7 @@ def main() -> int:
         api_key="not-needed",
         max_retries=args.max_retries,
         timeout=args.timeout,
-        http_client=httpx.Client(event_hooks={"response": [record]}),
+        http_client=openai.DefaultHttpxClient(event_hooks={"response": [record]}),
     )
     out = {"sdk_version": openai.__version__}
     try:
