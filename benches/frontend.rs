@@ -5,6 +5,12 @@
 //! over loopback with the same client, 32 calls in flight. Goal (issue 5): dujiang reaches
 //! at least 80% of the bare service's requests per second. Criterion reports time per
 //! call; requests per second is its inverse.
+//!
+//! The OpenAI HTTP front end the same way (issue 14, same goal): `POST /v1/chat/completions`
+//! for 16 tokens, not streamed and streamed (SSE, one chunk a token, usage, `[DONE]`),
+//! against a bare axum endpoint that answers each with the exact bytes and headers the
+//! daemon sent for one real request, over HTTP/1.1 keep-alive connections with 32 requests
+//! in flight, in the same run.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dujiang::fleet::PoolConfig;
@@ -171,5 +177,168 @@ fn frontend(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frontend);
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<hyper::body::Bytes>,
+>;
+
+fn chat_body(stream: bool) -> hyper::body::Bytes {
+    let mut body = serde_json::json!({
+        "model": "llama-3-8b",
+        "messages": [{"role": "user", "content": "Explain how the Dujiangyan weir divides the Min river."}],
+        "max_tokens": MAX_TOKENS,
+    });
+    if stream {
+        body["stream"] = true.into();
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    serde_json::to_vec(&body).unwrap().into()
+}
+
+/// One POST of `body`; returns the status, the content type and the whole body.
+async fn post(
+    client: &HttpClient,
+    url: &hyper::Uri,
+    body: &hyper::body::Bytes,
+) -> (u16, String, hyper::body::Bytes) {
+    use http_body_util::BodyExt as _;
+    let req = hyper::Request::post(url.clone())
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(body.clone()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, ctype, bytes)
+}
+
+/// Runs `n` POSTs with IN_FLIGHT concurrent callers and returns the elapsed time.
+async fn run_http(
+    client: &HttpClient,
+    url: &hyper::Uri,
+    body: &hyper::body::Bytes,
+    n: u64,
+) -> Duration {
+    let start = Instant::now();
+    let per = n.div_ceil(IN_FLIGHT);
+    let mut tasks = Vec::new();
+    for w in 0..IN_FLIGHT {
+        let (c, url, body) = (client.clone(), url.clone(), body.clone());
+        let count = per.min(n.saturating_sub(w * per));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..count {
+                let (status, _, bytes) = post(&c, &url, &body).await;
+                assert_eq!(status, 200);
+                assert!(!bytes.is_empty());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// The bare endpoint: answers every POST with `reply`'s bytes and content type.
+async fn bare_axum(
+    replies: Vec<(&'static str, String, hyper::body::Bytes)>,
+) -> std::net::SocketAddr {
+    let mut app = axum::Router::new();
+    for (path, ctype, bytes) in replies {
+        app = app.route(
+            path,
+            axum::routing::post(move || {
+                let (ctype, bytes) = (ctype.clone(), bytes.clone());
+                async move { ([("content-type", ctype)], bytes) }
+            }),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // TCP_NODELAY as the daemon's OpenAI listener sets it.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn openai_frontend(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(IN_FLIGHT as usize)
+            .build({
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.set_nodelay(true);
+                http
+            });
+    let (plain, stream) = (chat_body(false), chat_body(true));
+    let (dujiang_addr, bare_addr) = rt.block_on(async {
+        let cfg = ServeConfig {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            openai_addr: "127.0.0.1:0".parse().unwrap(),
+            ..ServeConfig::default()
+        };
+        let d = dujiang::serve::start_with(cfg, None, Some(zero_latency_fleet()))
+            .await
+            .unwrap();
+        let addr = d.openai_addr;
+        let url: hyper::Uri = format!("http://{addr}/v1/chat/completions")
+            .parse()
+            .unwrap();
+        // One real answer of each kind: the bare endpoint sends exactly these bytes.
+        let (s1, ctype_plain, bytes_plain) = post(&client, &url, &plain).await;
+        let (s2, ctype_stream, bytes_stream) = post(&client, &url, &stream).await;
+        assert_eq!((s1, s2), (200, 200));
+        assert!(
+            ctype_stream.starts_with("text/event-stream"),
+            "{ctype_stream}"
+        );
+        let text = String::from_utf8_lossy(&bytes_stream);
+        assert_eq!(
+            text.matches("\"content\":").count() as u32,
+            MAX_TOKENS,
+            "{text}"
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        let bare = bare_axum(vec![
+            ("/plain", ctype_plain, bytes_plain),
+            ("/stream", ctype_stream, bytes_stream),
+        ])
+        .await;
+        std::mem::forget(d);
+        (addr, bare)
+    });
+    let uri = |addr: std::net::SocketAddr, path: &str| -> hyper::Uri {
+        format!("http://{addr}{path}").parse().unwrap()
+    };
+    let dujiang_url = uri(dujiang_addr, "/v1/chat/completions");
+    let mut g = c.benchmark_group("openai_chat");
+    g.throughput(Throughput::Elements(1));
+    for (name, url, body) in [
+        ("dujiang_zero_latency", dujiang_url.clone(), &plain),
+        ("bare_axum_same_bytes", uri(bare_addr, "/plain"), &plain),
+        ("dujiang_zero_latency_stream", dujiang_url.clone(), &stream),
+        (
+            "bare_axum_same_bytes_stream",
+            uri(bare_addr, "/stream"),
+            &stream,
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| rt.block_on(run_http(&client, &url, body, n)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, frontend, openai_frontend);
 criterion_main!(benches);
