@@ -85,7 +85,8 @@ pub struct Args {
     /// A send starting more than this many wall ms after its due time counts as late.
     #[arg(long, default_value_t = 10.0)]
     pub late_ms: f64,
-    /// HTTP/2 connections to spread requests over.
+    /// gRPC: HTTP/2 connections to spread requests over (OpenAI: one HTTP/1.1 connection
+    /// per request in flight, reused).
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
     /// SLO on time to first token, ms (requests without their own SLO).

@@ -25,6 +25,7 @@ pub mod compare;
 mod dispatch;
 pub mod openai;
 mod progress;
+mod prompt;
 mod sse;
 mod stream;
 
@@ -111,7 +112,8 @@ pub struct LoadConfig {
     /// A request whose send starts more than this (wall time) after its due time is
     /// counted as sent late.
     pub late_after: Duration,
-    /// HTTP/2 connections the requests are spread over. One connection carries at most
+    /// gRPC: HTTP/2 connections the requests are spread over (the OpenAI client opens
+    /// HTTP/1.1 connections as requests need them). One connection carries at most
     /// the server's `max_concurrent_streams` streams at once and queues the rest inside
     /// the client, which would delay sends unseen; several connections keep that limit
     /// far above any realistic number in flight.

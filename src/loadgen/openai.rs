@@ -8,26 +8,20 @@
 //! - `max_tokens` is the trace's output length and `ignore_eos: true` asks the server
 //!   to produce all of it (vLLM, SGLang and llama.cpp honour it; a server that stops
 //!   early shows in the report as `short_outputs`);
-//! - the prompt is made of words of exactly four ASCII characters (` the`, ` and`, …):
-//!   dujiang's estimate counts four ASCII characters as one token, and each such word is
-//!   one token in the GPT-2-style and SentencePiece vocabularies real servers use, so an
-//!   N-token trace prompt is N tokens to both (a real server adds its chat template's few
-//!   tokens). dujiang also gets the exact length and the trace's block ids in headers
-//!   (`x-dujiang-prompt-tokens`, `x-dujiang-prefix-hashes`), as the gRPC client sends them;
-//! - prefix sharing follows the trace: each `hash_ids` block (512 tokens) becomes text
-//!   derived from its id, so requests that share blocks in the trace share a text prefix
-//!   (and a real server's prefix cache hits as the trace says), while the rest of the
-//!   prompt is unique to the request. Every text is salted per run, so a second run never
-//!   finds its prompts in a cache the first one warmed.
+//! - the prompt is the trace's length in four-character words, with the trace's shared
+//!   blocks as shared text ([`super::prompt`]); dujiang also gets the exact length and the
+//!   block ids in headers (`x-dujiang-prompt-tokens`, `x-dujiang-prefix-hashes`), as the
+//!   gRPC client sends them, and which other servers ignore.
 //!
 //! Refusals (429, 503) end the request with the status as its outcome, as a replay counts
 //! a shed request; with `max_retries` they are sent again after the server's
 //! `Retry-After`. Time-outs, refused connections and broken streams are failures with
 //! their own status names; nothing a server sends can panic the client.
 
+use super::prompt::{prompt_text, splitmix};
 use super::sse::{read_chunk, SseDecoder};
 use super::stream::{Outcome, Placement, UsageCheck};
-use crate::request::{Slo, PREFIX_BLOCK_TOKENS};
+use crate::request::Slo;
 use crate::trace::TraceRecord;
 use anyhow::{bail, Context as _};
 use http_body_util::{BodyExt as _, Full};
@@ -488,60 +482,6 @@ pub(super) fn model_from_list(body: &[u8]) -> anyhow::Result<String> {
         .context("the model list has no `data[0].id`")
 }
 
-/// Words of four ASCII characters, each one token in common vocabularies (a space and a
-/// frequent three-letter English word).
-const WORDS: [&str; 32] = [
-    " the", " and", " for", " you", " are", " not", " but", " all", " can", " had", " her", " was",
-    " one", " our", " out", " day", " get", " has", " him", " his", " how", " man", " new", " now",
-    " old", " see", " two", " way", " who", " did", " its", " say",
-];
-
-/// SplitMix64: a well-mixed 64-bit value from any seed.
-fn splitmix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Appends `n` words chosen by `seed`.
-fn push_words(text: &mut String, seed: u64, n: u32) {
-    let mut state = seed;
-    let mut bits = 0u64;
-    for i in 0..n {
-        // Five bits a word, twelve words from one 64-bit draw.
-        if i % 12 == 0 {
-            state = splitmix(state);
-            bits = state;
-        }
-        text.push_str(WORDS[(bits & 31) as usize]);
-        bits >>= 5;
-    }
-}
-
-/// The prompt of record `index`: `prompt_tokens` four-character words, the leading
-/// `hash_ids` blocks derived from the block ids (shared text where the trace shares
-/// blocks), the rest from the request's index; all salted by `salt`.
-pub(super) fn prompt_text(salt: u64, index: u64, rec: &TraceRecord) -> String {
-    let total = rec.prompt_tokens.max(1);
-    let mut text = String::with_capacity(total as usize * 4);
-    let mut left = total;
-    for &id in &rec.hash_ids {
-        if left == 0 {
-            break;
-        }
-        let n = left.min(PREFIX_BLOCK_TOKENS);
-        push_words(&mut text, splitmix(salt ^ splitmix(id)), n);
-        left -= n;
-    }
-    if left > 0 {
-        // A different stream of seeds from the blocks' (the request index is mixed once
-        // more), so a request's own text never equals some block's.
-        push_words(&mut text, splitmix(splitmix(salt ^ index) ^ 0x5EED), left);
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,37 +501,6 @@ mod tests {
         let err = api_base("grpc://h:50051").unwrap_err().to_string();
         assert!(err.contains("http:// or https://"), "{err}");
         assert!(api_base("not a url").is_err());
-    }
-
-    #[test]
-    fn prompts_have_the_trace_length_and_share_what_the_trace_shares() {
-        for n in [1u32, 7, 512, 513, 1500] {
-            let rec = TraceRecord {
-                prompt_tokens: n,
-                ..TraceRecord::default()
-            };
-            let text = prompt_text(9, 3, &rec);
-            assert_eq!(text.len(), 4 * n as usize);
-            assert!(text.is_ascii());
-            assert_eq!(crate::tokens::estimate_tokens(&text), u64::from(n));
-        }
-        let rec = |ids: Vec<u64>, n: u32| TraceRecord {
-            prompt_tokens: n,
-            hash_ids: ids,
-            ..TraceRecord::default()
-        };
-        let block = 4 * PREFIX_BLOCK_TOKENS as usize;
-        let a = prompt_text(9, 1, &rec(vec![10, 11, 12], 1200));
-        let b = prompt_text(9, 2, &rec(vec![10, 11, 13], 1400));
-        assert_eq!(a[..2 * block], b[..2 * block], "shared blocks, shared text");
-        assert_ne!(a[2 * block..2 * block + 40], b[2 * block..2 * block + 40]);
-        // Requests without blocks share nothing, and another run's salt changes all.
-        let c = prompt_text(9, 1, &rec(vec![], 100));
-        let d = prompt_text(9, 2, &rec(vec![], 100));
-        assert_ne!(c[..40], d[..40]);
-        assert_ne!(prompt_text(8, 1, &rec(vec![], 100))[..40], c[..40]);
-        // Deterministic for a salt.
-        assert_eq!(prompt_text(9, 1, &rec(vec![], 100)), c);
     }
 
     #[test]
