@@ -1,5 +1,5 @@
 //! Overload that helps the client: an interactive request predicted to miss its SLO is
-//! shed at once with a retry hint, so at ten times the trace's rate the requests that are
+//! shed at once with a retry hint, so in a flood (fifteen times the trace's rate) the requests that are
 //! accepted still meet their TTFT SLO and the fleet delivers at least as many good answers
 //! per second as at the trace's own rate. Checked in virtual time (replay, which applies
 //! the daemon's rule through the same code) on 3,000 requests: the Azure conversation
@@ -79,66 +79,68 @@ fn line(label: &str, r: &PolicyReport) -> String {
     )
 }
 
+/// The flood: a rate the demo fleet cannot serve unshed, so that most requests miss their
+/// SLO without the rule. 10x was enough under the hand-set engine coefficients (16.4%
+/// attainment unshed); the fitted ones serve 66% of a 10x flood within SLO, and only 2%
+/// of a 15x one.
+const FLOOD: f64 = 15.0;
+
 #[test]
-fn at_ten_times_the_rate_accepted_requests_meet_their_ttft_slo_and_goodput_holds() {
+fn in_a_flood_accepted_requests_meet_their_ttft_slo_and_goodput_holds() {
     let slo_ttft_ms = (ReplayConfig::default().slo.ttft_ns / NANOS_PER_MS) as f64;
     let unshed = AdmissionConfig {
         slo_shed_factor: 0.0,
         ..AdmissionConfig::default()
     };
     let normal = looped_excerpt(10, 1.0);
-    let flood = looped_excerpt(10, 10.0);
+    let flood = looped_excerpt(10, FLOOD);
     assert_eq!(flood.len(), 3000);
     let before_1x = replay(&normal, unshed);
-    let before_10x = replay(&flood, unshed);
+    let before_flood = replay(&flood, unshed);
     let at_1x = replay(&normal, AdmissionConfig::default());
-    let at_10x = replay(&flood, AdmissionConfig::default());
+    let at_flood = replay(&flood, AdmissionConfig::default());
     for (label, r) in [
         ("1x, no shedding by prediction", &before_1x),
-        ("10x, no shedding by prediction", &before_10x),
+        ("flood, no shedding by prediction", &before_flood),
         ("1x, default admission", &at_1x),
-        ("10x, default admission", &at_10x),
+        ("flood, default admission", &at_flood),
     ] {
         eprintln!("{}", line(label, r));
     }
-    // Without the rule the flood is a queue: a third of the requests miss their SLO (on
-    // the demo fleet, mostly by their TPOT: every backend prefills the flood all the time).
-    // With the fitted engine coefficients the fleet serves 66% of the unshed flood within
-    // SLO (d2d63bc measured 16.4% under the hand-set priors), so the
-    // premise is a quarter missing, and shedding must do better than not shedding.
-    assert_eq!(before_10x.stats.rejected, 0);
+    // Without the rule the flood is a queue nobody wants: most requests miss their SLO.
+    assert_eq!(before_flood.stats.rejected, 0);
     assert!(
-        before_10x.stats.slo_attainment < 0.75,
+        before_flood.stats.slo_attainment < 0.5,
         "{}",
-        line("10x unshed", &before_10x)
+        line("flood unshed", &before_flood)
     );
     assert!(
-        at_10x.stats.slo_attainment > before_10x.stats.slo_attainment,
+        at_flood.stats.slo_attainment > before_flood.stats.slo_attainment,
         "{} vs {}",
-        line("10x", &at_10x),
-        line("10x unshed", &before_10x)
+        line("flood", &at_flood),
+        line("flood unshed", &before_flood)
     );
     // With it: nothing is shed at the trace's own rate...
     assert_eq!(at_1x.stats.rejected, 0, "{}", line("1x", &at_1x));
     assert_eq!(at_1x.stats.goodput_rps, before_1x.stats.goodput_rps);
-    // ...and at ten times it, the overflow is shed by prediction, at least 90% of the
+    // ...and in the flood, the overflow is shed by prediction, at least 90% of the
     // accepted (all interactive) requests meet their TTFT SLO, and goodput does not fall
     // below the goodput at 1x.
-    let s = &at_10x.stats;
+    let s = &at_flood.stats;
     assert!(s.rejected_by_reason["slo_unmeetable"] > 0, "{s:?}");
     assert_eq!(s.completed + s.rejected, 3000);
     assert!(
         s.ttft_ms.p90 <= slo_ttft_ms,
         "fewer than 90% of accepted requests met the TTFT SLO: {}",
-        line("10x", &at_10x)
+        line("flood", &at_flood)
     );
     assert!(
         s.goodput_rps >= at_1x.stats.goodput_rps,
         "goodput fell: {} vs {}",
-        line("10x", &at_10x),
+        line("flood", &at_flood),
         line("1x", &at_1x)
     );
-    assert!(s.goodput_rps > before_10x.stats.goodput_rps);
+    assert!(s.goodput_rps > before_flood.stats.goodput_rps);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
