@@ -120,6 +120,20 @@ async fn run(client: &InferenceClient<Channel>, n: u64) -> Duration {
     start.elapsed()
 }
 
+/// The daemon on the zero-latency fleet, every port on loopback port 0.
+async fn start_zero_latency() -> dujiang::serve::RunningDaemon {
+    let cfg = ServeConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        openai_addr: "127.0.0.1:0".parse().unwrap(),
+        ..ServeConfig::default()
+    };
+    dujiang::serve::start_with(cfg, None, Some(zero_latency_fleet()))
+        .await
+        .unwrap()
+}
+
 fn frontend(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -127,16 +141,7 @@ fn frontend(c: &mut Criterion) {
         .build()
         .unwrap();
     let (dujiang, echo) = rt.block_on(async {
-        let cfg = ServeConfig {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            admin_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            openai_addr: "127.0.0.1:0".parse().unwrap(),
-            ..ServeConfig::default()
-        };
-        let d = dujiang::serve::start_with(cfg, None, Some(zero_latency_fleet()))
-            .await
-            .unwrap();
+        let d = start_zero_latency().await;
         let client = connect(d.grpc_addr).await;
         // One real answer gives the echo service exactly the daemon's response size.
         let reply = client
@@ -280,16 +285,7 @@ fn openai_frontend(c: &mut Criterion) {
             });
     let (plain, stream) = (chat_body(false), chat_body(true));
     let (dujiang_addr, bare_addr) = rt.block_on(async {
-        let cfg = ServeConfig {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            admin_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            openai_addr: "127.0.0.1:0".parse().unwrap(),
-            ..ServeConfig::default()
-        };
-        let d = dujiang::serve::start_with(cfg, None, Some(zero_latency_fleet()))
-            .await
-            .unwrap();
+        let d = start_zero_latency().await;
         let addr = d.openai_addr;
         let url: hyper::Uri = format!("http://{addr}/v1/chat/completions")
             .parse()

@@ -215,6 +215,14 @@ fn check(policy: &str, time_scale: f64, replay: &PolicyReport, load: &PolicyRepo
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Requests per pool, to compare where two runs routed.
+fn pool_counts(p: &PolicyReport) -> Vec<(String, u64)> {
+    p.pools
+        .iter()
+        .map(|x| (x.pool.clone(), x.stats.requests))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_and_replay_agree_on_latency_percentiles() {
     // Round-robin first: its choices do not depend on load, so both drivers route every
@@ -224,13 +232,7 @@ async fn daemon_and_replay_agree_on_latency_percentiles() {
     let r = replay("round-robin", &records);
     let l = daemon("round-robin", &records, scale).await;
     check("round-robin", scale, &r, &l, "daemon");
-    let pools = |p: &PolicyReport| -> Vec<(String, u64)> {
-        p.pools
-            .iter()
-            .map(|x| (x.pool.clone(), x.stats.requests))
-            .collect()
-    };
-    assert_eq!(pools(&r), pools(&l), "round-robin routes alike");
+    assert_eq!(pool_counts(&r), pool_counts(&l), "round-robin routes alike");
 
     // Then a load-aware policy, which sees the daemon's load a few wall ms apart from the
     // replay's and may route a borderline request differently.
@@ -256,13 +258,7 @@ async fn daemon_over_openai_and_replay_agree_on_latency_percentiles() {
     let r = replay("round-robin", &records);
     let l = daemon_openai("round-robin", &records, scale).await;
     check("round-robin", scale, &r, &l, "daemon over OpenAI HTTP");
-    let pools = |p: &PolicyReport| -> Vec<(String, u64)> {
-        p.pools
-            .iter()
-            .map(|x| (x.pool.clone(), x.stats.requests))
-            .collect()
-    };
-    assert_eq!(pools(&r), pools(&l), "round-robin routes alike");
+    assert_eq!(pool_counts(&r), pool_counts(&l), "round-robin routes alike");
 }
 
 /// Requests near the model's context (the demo fleet's llama-3-8b: 8,192 tokens): the
