@@ -5,7 +5,7 @@
 mod serve_openai_support;
 mod serve_support;
 
-use dujiang::serve::ServeConfig;
+use dujiang::serve::{RunningDaemon, ServeConfig};
 use serde_json::Value;
 use serve_openai_support::*;
 use serve_support::*;
@@ -29,6 +29,21 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Within 5 s of a client's disconnect: no KV held anywhere, and exactly one OpenAI
+/// request counted as cancelled.
+async fn assert_kv_freed_and_one_cancel(d: &RunningDaemon) {
+    let freed = eventually(Duration::from_secs(5), async || {
+        let s = http_get(d.http_addr, "/metrics").await.1;
+        metric_sum(&s, "dujiang_backend_kv_usage_ratio") == 0.0
+            && sample(
+                &s,
+                "dujiang_requests_total{outcome=\"cancelled\",frontend=\"openai\"}",
+            ) == Some(1.0)
+    })
+    .await;
+    assert!(freed, "{}", http_get(d.http_addr, "/metrics").await.1);
+}
+
 #[tokio::test]
 async fn a_client_that_disconnects_cancels_and_frees_kv() {
     let d = start(two_h20(1.0)).await;
@@ -48,16 +63,7 @@ async fn a_client_that_disconnects_cancels_and_frees_kv() {
         "the request holds KV: {busy}"
     );
     drop(socket);
-    let freed = eventually(Duration::from_secs(5), async || {
-        let s = http_get(d.http_addr, "/metrics").await.1;
-        metric_sum(&s, "dujiang_backend_kv_usage_ratio") == 0.0
-            && sample(
-                &s,
-                "dujiang_requests_total{outcome=\"cancelled\",frontend=\"openai\"}",
-            ) == Some(1.0)
-    })
-    .await;
-    assert!(freed, "{}", http_get(d.http_addr, "/metrics").await.1);
+    assert_kv_freed_and_one_cancel(&d).await;
     assert_eq!(d.daemon.in_flight(), 0);
 }
 
@@ -79,16 +85,7 @@ async fn a_non_streaming_client_that_disconnects_cancels_too() {
         "accepted"
     );
     drop(s);
-    let freed = eventually(Duration::from_secs(5), async || {
-        let s = http_get(d.http_addr, "/metrics").await.1;
-        metric_sum(&s, "dujiang_backend_kv_usage_ratio") == 0.0
-            && sample(
-                &s,
-                "dujiang_requests_total{outcome=\"cancelled\",frontend=\"openai\"}",
-            ) == Some(1.0)
-    })
-    .await;
-    assert!(freed, "{}", http_get(d.http_addr, "/metrics").await.1);
+    assert_kv_freed_and_one_cancel(&d).await;
 }
 
 /// Multi-turn chats sent as a real client sends them (the whole history each turn, no

@@ -16,6 +16,7 @@ use super::runner::{ReplayJob, ReplayRunner, Timing};
 use super::workload::Workload;
 use super::PlanSettings;
 use crate::request::{Nanos, NANOS_PER_SEC};
+pub use crate::trace::Shard;
 use serde::{Deserialize, Serialize};
 
 /// Highest rate probed; a pair still passing there is recorded at it.
@@ -39,33 +40,6 @@ pub struct Measurement {
     /// Requests per second of this bucket one backend carries within the goal; 0 when it
     /// cannot serve the bucket; `None` when another shard measures it.
     pub sustained_rps: Option<f64>,
-}
-
-/// Which part of the sweep this process measures: pairs whose index `% count == index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
-}
-
-impl Shard {
-    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
-
-    /// Parses `I/N` with `I < N`.
-    pub fn parse(s: &str) -> Result<Shard, String> {
-        let bad = || format!("bad shard `{s}`: expected I/N with 0 <= I < N, e.g. 3/8");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let index: u32 = i.trim().parse().map_err(|_| bad())?;
-        let count: u32 = n.trim().parse().map_err(|_| bad())?;
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-
-    fn owns(&self, pair: usize) -> bool {
-        pair % self.count as usize == self.index as usize
-    }
 }
 
 /// The goal attainment of each bucket, from the isolated attainments of all candidates.

@@ -30,7 +30,7 @@
 //!   [`SessionShape::default`]. Hash ids use 512-token blocks, Mooncake's block size.
 
 use super::synth::{DiurnalProfile, LengthDist, LengthSampler};
-use super::TraceRecord;
+use super::{Shard, TraceRecord};
 use crate::request::{Nanos, Priority, NANOS_PER_SEC};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -129,33 +129,6 @@ impl DayConfig {
     pub fn warm_up_ns(&self) -> Nanos {
         let s = f64::from(self.session.max_turns.saturating_sub(1)) * self.session.think_max_s;
         (s * NS_PER_SEC_F).ceil() as Nanos
-    }
-}
-
-/// One of `count` disjoint cell shards of a day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
-}
-
-impl Shard {
-    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-
-    /// `I/N` with `0 ≤ I < N`.
-    fn from_str(s: &str) -> Result<Shard, String> {
-        let bad = || format!("shard must be I/N with 0 <= I < N, got {s:?}");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let index: u32 = i.trim().parse().map_err(|_| bad())?;
-        let count: u32 = n.trim().parse().map_err(|_| bad())?;
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
     }
 }
 

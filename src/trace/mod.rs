@@ -38,16 +38,18 @@ pub mod day;
 mod error;
 mod format;
 mod reader;
+mod shard;
 pub mod stats;
 pub mod synth;
 mod timestamp;
 pub mod transform;
 mod writer;
 
-pub use day::{DayConfig, DayTrace, SessionShape, Shard};
+pub use day::{DayConfig, DayTrace, SessionShape};
 pub use error::{TraceError, TraceErrorKind};
 pub use format::Format;
 pub use reader::{open, OnError, OutOfOrder, ReadCounts, ReadOptions, TraceReader};
+pub use shard::Shard;
 pub use stats::TraceStats;
 pub use synth::{
     ArrivalProcess, DiurnalProfile, LengthDist, PrefixSharing, SynthConfig, SyntheticTrace,

@@ -98,24 +98,18 @@ def main() -> int:
     return 0
 
 
-def chat_stream(client: openai.OpenAI, model: str, args) -> dict:
-    stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": args.prompt}],
-        max_tokens=args.max_tokens,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )
+def read_stream(stream, content_of) -> dict:
+    """What a streamed answer carried: content chunks, text, finish reason, usage."""
     content_chunks, text, finish, usage, objects = 0, "", None, None, set()
     for chunk in stream:
         objects.add(chunk.object)
         if chunk.usage is not None:
             usage = chunk.usage.model_dump()
         for choice in chunk.choices:
-            if choice.delta.content:
+            content = content_of(choice)
+            if content:
                 content_chunks += 1
-                text += choice.delta.content
+                text += content
             if choice.finish_reason is not None:
                 finish = choice.finish_reason
     return {
@@ -125,6 +119,18 @@ def chat_stream(client: openai.OpenAI, model: str, args) -> dict:
         "usage": usage,
         "objects": sorted(objects),
     }
+
+
+def chat_stream(client: openai.OpenAI, model: str, args) -> dict:
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": args.prompt}],
+        max_tokens=args.max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    return read_stream(stream, lambda choice: choice.delta.content)
 
 
 def completions_stream(client: openai.OpenAI, model: str, args) -> dict:
@@ -136,24 +142,7 @@ def completions_stream(client: openai.OpenAI, model: str, args) -> dict:
         stream_options={"include_usage": True},
         extra_body={"ignore_eos": True},
     )
-    content_chunks, text, finish, usage, objects = 0, "", None, None, set()
-    for chunk in stream:
-        objects.add(chunk.object)
-        if chunk.usage is not None:
-            usage = chunk.usage.model_dump()
-        for choice in chunk.choices:
-            if choice.text:
-                content_chunks += 1
-                text += choice.text
-            if choice.finish_reason is not None:
-                finish = choice.finish_reason
-    return {
-        "content_chunks": content_chunks,
-        "text": text,
-        "finish_reason": finish,
-        "usage": usage,
-        "objects": sorted(objects),
-    }
+    return read_stream(stream, lambda choice: choice.text)
 
 
 if __name__ == "__main__":
