@@ -268,34 +268,23 @@ async fn the_cli_takes_an_http_target_for_openai_and_writes_a_replays_report() {
     let (load_json, replay_json) = (dir.join("load.json"), dir.join("replay.json"));
     let bin = env!("CARGO_BIN_EXE_dujiang");
     let target = format!("http://{}", stub.addr);
-    let out = tokio::process::Command::new(bin)
-        .args(["load", "--target", &target, "--progress", "off", "--trace"])
-        .arg(&trace)
-        .arg("--json")
-        .arg(&load_json)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(
+        tokio::process::Command::new(bin)
+            .args(["load", "--target", &target, "--progress", "off", "--trace"])
+            .arg(&trace)
+            .arg("--json")
+            .arg(&load_json),
+    )
+    .await;
     assert!(stdout.contains("status codes: ok 15"), "{stdout}");
-    let out = tokio::process::Command::new(bin)
-        .args(["replay", "--trace"])
-        .arg(&trace)
-        .arg("--json")
-        .arg(&replay_json)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(
+        tokio::process::Command::new(bin)
+            .args(["replay", "--trace"])
+            .arg(&trace)
+            .arg("--json")
+            .arg(&replay_json),
+    )
+    .await;
     let read = |p: &std::path::Path| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
     };
@@ -319,18 +308,24 @@ async fn the_cli_takes_an_http_target_for_openai_and_writes_a_replays_report() {
     assert_eq!(keys(lp), keys(rp));
     assert_eq!(keys(&lp["ttft_ms"]), keys(&rp["ttft_ms"]));
     assert_eq!(lp["completed"], 15);
-    let out = tokio::process::Command::new(bin)
-        .arg("compare")
-        .arg(&replay_json)
-        .arg(&load_json)
-        .output()
-        .await
-        .unwrap();
+    let compared = run_ok(
+        tokio::process::Command::new(bin)
+            .arg("compare")
+            .arg(&replay_json)
+            .arg(&load_json),
+    )
+    .await;
+    assert!(compared.contains("TTFT p50"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs a command to success; its standard output.
+async fn run_ok(cmd: &mut tokio::process::Command) -> String {
+    let out = cmd.output().await.unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("TTFT p50"));
-    std::fs::remove_dir_all(&dir).ok();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
