@@ -4,6 +4,40 @@
 
 use crate::profile::PerfModel;
 use crate::request::{Nanos, RequestId};
+use serde::{Deserialize, Serialize};
+
+/// What part of a request an instance serves (prefill/decode disaggregation, as in
+/// DistServe and Splitwise). A `prefill` instance computes the prompt and the first output
+/// token, then hands the sequence off ([`EngineEvent::Handoff`]) and frees its KV; vLLM's
+/// and SGLang's P/D modes do the same (the prefill side produces one token, which the
+/// decode side continues from). A `decode` instance takes handed-off sequences
+/// ([`super::Engine::admit_transferred`]) once their KV has arrived, and may also serve
+/// short requests whole; a `mixed` one does both phases, as every engine did before roles.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Mixed,
+    Prefill,
+    Decode,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mixed => "mixed",
+            Role::Prefill => "prefill",
+            Role::Decode => "decode",
+        }
+    }
+
+    /// Whether whole requests (prefill and decode in one place) may be sent here.
+    pub fn serves_whole(self) -> bool {
+        self != Role::Prefill
+    }
+}
 
 /// How finely the engine reports progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +66,8 @@ pub struct EngineConfig {
     /// runs alone in its step rather than never.
     pub chunked_prefill: bool,
     pub granularity: Granularity,
+    /// Which phases this instance runs (default [`Role::Mixed`]).
+    pub role: Role,
 }
 
 impl EngineConfig {
@@ -44,7 +80,13 @@ impl EngineConfig {
             prefix_block_tokens: 512,
             chunked_prefill: perf.engine.coefficients.chunked_prefill,
             granularity: Granularity::PerEvent,
+            role: Role::Mixed,
         }
+    }
+
+    pub fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
     }
 
     pub fn with_granularity(mut self, granularity: Granularity) -> Self {
@@ -76,6 +118,16 @@ pub enum EngineEvent {
         at: Nanos,
         output_tokens: u32,
     },
+    /// A prefill instance finished the prompt and produced the first token (reported by
+    /// `FirstToken` just before); the sequence has left this engine and its KV is freed.
+    /// `kv_tokens` tokens of KV (the prompt) must move to a decode instance, which
+    /// continues after `generated` output tokens. Prefill role only.
+    Handoff {
+        id: RequestId,
+        at: Nanos,
+        kv_tokens: u32,
+        generated: u32,
+    },
     /// KV ran out and the sequence was evicted; it will be recomputed from its prompt and
     /// the tokens already produced, which are not produced again.
     Preempted {
@@ -91,6 +143,7 @@ impl EngineEvent {
             | EngineEvent::FirstToken { id, .. }
             | EngineEvent::Token { id, .. }
             | EngineEvent::Finished { id, .. }
+            | EngineEvent::Handoff { id, .. }
             | EngineEvent::Preempted { id, .. } => id,
         }
     }
@@ -101,6 +154,7 @@ impl EngineEvent {
             | EngineEvent::FirstToken { at, .. }
             | EngineEvent::Token { at, .. }
             | EngineEvent::Finished { at, .. }
+            | EngineEvent::Handoff { at, .. }
             | EngineEvent::Preempted { at, .. } => at,
         }
     }
@@ -115,4 +169,9 @@ pub enum AdmitError {
     Empty,
     #[error("request id {0} is already in this engine")]
     DuplicateId(RequestId),
+    #[error("a {role} instance cannot take this request ({why})")]
+    WrongRole {
+        role: &'static str,
+        why: &'static str,
+    },
 }

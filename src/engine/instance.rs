@@ -39,6 +39,8 @@ pub struct Engine {
     pub(super) by_id: FxHashMap<RequestId, u32>,
     pub(super) waiting: [VecDeque<SlotRef>; 2],
     pub(super) waiting_live: u32,
+    /// Handed-off sequences whose KV has arrived, waiting for room to decode (FIFO).
+    pub(super) arrived: VecDeque<SlotRef>,
     pub(super) prefilling: VecDeque<SlotRef>,
     pub(super) prefilling_live: u32,
     pub(super) next_order: u64,
@@ -76,6 +78,7 @@ impl Engine {
             prefix_block_tokens: (cfg.prefix_block_tokens / block).max(1) * block,
             chunked_prefill: cfg.chunked_prefill,
             granularity: cfg.granularity,
+            role: cfg.role,
         };
         let kv_total_blocks = perf.kv_capacity_blocks(block);
         let prefill_ns_per_token = perf.prefill_ns(512, 0) as f64 / 512.0;
@@ -87,6 +90,7 @@ impl Engine {
             by_id: FxHashMap::default(),
             waiting: [VecDeque::new(), VecDeque::new()],
             waiting_live: 0,
+            arrived: VecDeque::new(),
             prefilling: VecDeque::new(),
             prefilling_live: 0,
             next_order: 0,

@@ -45,6 +45,10 @@ impl Engine {
                     break;
                 }
             }
+            // Handed-off sequences whose KV has arrived join before new prefills start.
+            if !self.arrived.is_empty() {
+                self.join_arrived(t, out);
+            }
             // Blocks the decoding sequences will take at the end of this step are held
             // back from the prefills scheduled beside them.
             let decode_need = self.kv_growth(1);

@@ -4,7 +4,7 @@
 //! change keeps the engine's running aggregates (queued prefill tokens, remaining decode
 //! tokens, the affine decode sums, KV block counts) in step with the sequence.
 
-use super::config::{AdmitError, EngineEvent, Granularity};
+use super::config::{AdmitError, EngineEvent, Granularity, Role};
 use super::instance::Engine;
 use crate::request::{Nanos, Priority, Request, RequestId};
 use std::cmp::Reverse;
@@ -22,6 +22,9 @@ pub(super) struct Seq {
     pub(super) epoch: u32,
     pub(super) prompt: u32,
     pub(super) max_tokens: u32,
+    /// On a prefill instance, the request's real output length (`max_tokens` is then 1:
+    /// the first token is all this instance makes); 0 elsewhere.
+    pub(super) handoff_max: u32,
     pub(super) priority: Priority,
     pub(super) hashes: Vec<u64>,
     pub(super) phase: Phase,
@@ -72,7 +75,12 @@ impl Engine {
         if req.prompt_tokens == 0 || req.max_tokens == 0 {
             return Err(AdmitError::Empty);
         }
-        let needed = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
+        // A prefill instance keeps only the prompt and the first token.
+        let (max_tokens, handoff_max) = match self.cfg.role {
+            Role::Prefill if req.max_tokens > 1 => (1, req.max_tokens),
+            _ => (req.max_tokens, 0),
+        };
+        let needed = u64::from(req.prompt_tokens) + u64::from(max_tokens);
         if needed > self.capacity_tokens() {
             return Err(AdmitError::TooLarge {
                 needed,
@@ -83,21 +91,14 @@ impl Engine {
             return Err(AdmitError::DuplicateId(req.id));
         }
         self.split_run_at(now);
-        let slot = match self.free_slots.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.epochs.push(0);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.epochs[slot as usize] = self.epochs[slot as usize].wrapping_add(1);
+        let slot = self.take_slot();
         let epoch = self.epochs[slot as usize];
         self.slots[slot as usize] = Some(Seq {
             id: req.id,
             epoch,
             prompt: req.prompt_tokens,
-            max_tokens: req.max_tokens,
+            max_tokens,
+            handoff_max,
             priority: req.priority,
             hashes: req.prefix_hashes,
             phase: Phase::Waiting,
@@ -115,7 +116,7 @@ impl Engine {
         self.waiting[req.priority.index()].push_back(SlotRef { slot, epoch });
         self.waiting_live += 1;
         self.queued_prefill_tokens += u64::from(req.prompt_tokens);
-        self.other_remaining_tokens += u64::from(req.max_tokens);
+        self.other_remaining_tokens += u64::from(max_tokens);
         if self.run.is_none() && self.kick_at.is_none() {
             self.kick_at = Some(now);
         }
@@ -170,14 +171,38 @@ impl Engine {
         }
         self.publish_prefix(slot);
         if generated == max_tokens {
-            out.push(EngineEvent::Finished {
-                id,
-                at,
-                output_tokens: max_tokens,
+            let s = self.slots[slot as usize].as_ref().expect("slot");
+            out.push(if s.handoff_max > max_tokens {
+                EngineEvent::Handoff {
+                    id,
+                    at,
+                    kv_tokens: s.prefill_target,
+                    generated,
+                }
+            } else {
+                EngineEvent::Finished {
+                    id,
+                    at,
+                    output_tokens: max_tokens,
+                }
             });
             self.remove(slot);
             return;
         }
+        let s = self.slots[slot as usize].as_ref().expect("slot");
+        debug_assert_eq!(
+            s.private_blocks,
+            (u64::from(s.prompt) + u64::from(s.generated) - s.cached_tokens(prefix_tokens))
+                .div_ceil(u64::from(self.cfg.block_size)),
+            "private blocks of a sequence entering decode"
+        );
+        self.prefilling_live -= 1;
+        self.join_decode(slot, step);
+    }
+
+    /// Puts sequence `slot` (prefilled, or with its KV handed over) into the decoding set
+    /// at step `step`, moving its private blocks and remaining tokens into the affine sums.
+    pub(super) fn join_decode(&mut self, slot: u32, step: u64) {
         let b = u64::from(self.cfg.block_size);
         let s = self.slots[slot as usize].as_mut().expect("slot");
         s.phase = Phase::Decoding;
@@ -185,11 +210,6 @@ impl Engine {
         let ctx = u64::from(s.prompt) + u64::from(s.generated);
         let private = s.private_blocks;
         s.private_blocks = 0;
-        debug_assert_eq!(
-            private,
-            (ctx - s.cached_tokens(prefix_tokens)).div_ceil(b),
-            "private blocks of a sequence entering decode"
-        );
         let remaining = u64::from(s.max_tokens - s.generated);
         s.dec_pos = self.decoding.len();
         let epoch = s.epoch;
@@ -200,7 +220,6 @@ impl Engine {
         self.dec_remaining_base += i128::from(remaining) + i128::from(step);
         self.residue[Self::residue_key(ctx, step, b)] += 1;
         self.decoding.push(slot);
-        self.prefilling_live -= 1;
         self.finish_heap
             .push(Reverse((step + remaining, slot, epoch)));
     }

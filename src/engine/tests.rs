@@ -349,6 +349,7 @@ proptest! {
             prefix_block_tokens: 64,
             chunked_prefill: true,
             granularity: Granularity::PerEvent,
+            role: Role::Mixed,
         };
         let fine = drive(p.clone(), cfg.with_granularity(Granularity::PerToken), c.reqs.clone(), &c.aborts);
         let coarse = drive(p, cfg, c.reqs.clone(), &c.aborts);
@@ -403,6 +404,7 @@ proptest! {
             prefix_block_tokens: 64,
             chunked_prefill: true,
             granularity: Granularity::PerEvent,
+            role: Role::Mixed,
         };
         let mut coarse = Engine::new(p.clone(), cfg);
         let mut fine = Engine::new(p, cfg.with_granularity(Granularity::PerToken));
@@ -438,6 +440,200 @@ proptest! {
                 (c_load.waiting, c_load.running, c_load.queued_prefill_tokens),
                 (f_load.waiting, f_load.running, f_load.queued_prefill_tokens)
             );
+        }
+    }
+}
+
+/// Drives a prefill engine and a decode engine: each handoff reaches the decode engine
+/// `delay(kv_tokens)` later (a stand-in for the link), and is admitted there. Checks KV on
+/// both after every call. Returns (prefill events, decode events).
+fn drive_pd(
+    perf: Arc<PerfModel>,
+    cfg: EngineConfig,
+    mut reqs: Vec<Request>,
+    delay: impl Fn(u32) -> Nanos,
+) -> (Vec<EngineEvent>, Vec<EngineEvent>) {
+    reqs.sort_by_key(|r| (r.arrival, r.id));
+    let by_id: HashMap<u64, Request> = reqs.iter().map(|r| (r.id, r.clone())).collect();
+    let mut pre = Engine::new(perf.clone(), cfg.with_role(Role::Prefill));
+    let mut dec = Engine::new(perf, cfg.with_role(Role::Decode));
+    let (mut pre_out, mut dec_out) = (Vec::new(), Vec::new());
+    // Transfers in flight: (arrival at the decode engine, id, generated).
+    let mut moving: Vec<(Nanos, u64, u32)> = Vec::new();
+    let mut ri = 0;
+    loop {
+        let next = [
+            reqs.get(ri).map(|r| r.arrival),
+            moving.iter().map(|m| m.0).min(),
+            pre.next_event_at(),
+            dec.next_event_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(now) = next else { break };
+        let seen = pre_out.len();
+        pre.advance(now, &mut pre_out);
+        for e in &pre_out[seen..] {
+            if let EngineEvent::Handoff {
+                id,
+                at,
+                kv_tokens,
+                generated,
+            } = *e
+            {
+                assert_eq!(kv_tokens, by_id[&id].prompt_tokens);
+                moving.push((at + delay(kv_tokens), id, generated));
+            }
+        }
+        dec.advance(now, &mut dec_out);
+        moving.sort_unstable();
+        while moving.first().is_some_and(|m| m.0 == now) {
+            let (_, id, generated) = moving.remove(0);
+            dec.admit_transferred(by_id[&id].clone(), generated, now)
+                .unwrap();
+        }
+        while ri < reqs.len() && reqs[ri].arrival == now {
+            pre.admit(reqs[ri].clone(), now).unwrap();
+            ri += 1;
+        }
+        for e in [&pre, &dec] {
+            let (total, used) = e.kv_blocks();
+            assert!(used <= total, "KV over capacity: {used} > {total}");
+        }
+    }
+    for e in [&pre, &dec] {
+        assert!(
+            e.is_empty() && e.kv_blocks().1 == 0,
+            "work or KV left behind"
+        );
+        let load = e.load();
+        assert_eq!(
+            (
+                load.waiting,
+                load.running,
+                load.queued_prefill_tokens,
+                load.remaining_decode_tokens
+            ),
+            (0, 0, 0, 0)
+        );
+    }
+    (pre_out, dec_out)
+}
+
+#[test]
+fn prefill_instance_hands_off_after_the_first_token_and_decode_continues() {
+    let p = perf();
+    let cfg = EngineConfig::for_perf(&p);
+    let reqs = vec![req(1, 0, 1000, 50), req(2, 0, 200, 1)];
+    let (pre, dec) = drive_pd(p.clone(), cfg, reqs, |_| 5_000_000);
+    let first = pre
+        .iter()
+        .find_map(|e| match *e {
+            EngineEvent::FirstToken { id: 1, at } => Some(at),
+            _ => None,
+        })
+        .unwrap();
+    let handoff = pre
+        .iter()
+        .find_map(|e| match *e {
+            EngineEvent::Handoff { id: 1, at, .. } => Some(at),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(first, handoff, "hand-off at the first token");
+    // A one-token request is done on the prefill side: nothing to hand off.
+    assert!(pre.iter().any(|e| matches!(
+        e,
+        EngineEvent::Finished {
+            id: 2,
+            output_tokens: 1,
+            ..
+        }
+    )));
+    let done = dec
+        .iter()
+        .find_map(|e| match *e {
+            EngineEvent::Finished {
+                id: 1,
+                at,
+                output_tokens,
+            } => Some((at, output_tokens)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(done.1, 50);
+    // 49 decode steps after the KV arrives, one sequence at ~1.2k context.
+    let expect = p.decode_run_ns(1, 1001, 49);
+    assert_eq!(done.0, handoff + 5_000_000 + expect);
+    assert!(!dec
+        .iter()
+        .any(|e| matches!(e, EngineEvent::FirstToken { .. })));
+}
+
+#[test]
+fn roles_refuse_what_they_do_not_run() {
+    let p = perf();
+    let cfg = EngineConfig::for_perf(&p);
+    let mut pre = Engine::new(p.clone(), cfg.with_role(Role::Prefill));
+    assert!(matches!(
+        pre.admit_transferred(req(1, 0, 100, 10), 1, 0),
+        Err(AdmitError::WrongRole { .. })
+    ));
+    let mut dec = Engine::new(p, cfg.with_role(Role::Decode));
+    assert!(dec.admit_transferred(req(1, 0, 100, 10), 10, 0).is_err());
+    assert!(dec.admit_transferred(req(1, 0, 100, 10), 1, 0).is_ok());
+    assert!(matches!(
+        dec.admit_transferred(req(1, 0, 100, 10), 1, 0),
+        Err(AdmitError::DuplicateId(1))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Handoffs keep the granularities exact: a prefill engine handing off to a decode
+    /// engine makes the same observable events at the same nanoseconds whether both step
+    /// token by token or jump decode stretches, every request ends once on the decode side
+    /// with all its tokens, and KV never exceeds either engine's capacity.
+    #[test]
+    fn handoffs_keep_granularities_exact(c in case(), ns_per_token in 0u64..20_000) {
+        let p = if c.small_kv { small_kv_perf() } else { perf() };
+        let cfg = EngineConfig {
+            max_num_seqs: c.max_num_seqs,
+            max_batched_tokens: c.budget,
+            block_size: 16,
+            prefix_block_tokens: 64,
+            chunked_prefill: true,
+            granularity: Granularity::PerEvent,
+            role: Role::Mixed,
+        };
+        let delay = |tokens: u32| 100_000 + u64::from(tokens) * ns_per_token;
+        let (fine_p, fine_d) = drive_pd(p.clone(), cfg.with_granularity(Granularity::PerToken), c.reqs.clone(), delay);
+        let (coarse_p, coarse_d) = drive_pd(p, cfg, c.reqs.clone(), delay);
+        prop_assert_eq!(observable(&fine_p), coarse_p.clone());
+        prop_assert_eq!(observable(&fine_d), coarse_d.clone());
+        let mut ended: HashMap<u64, u32> = HashMap::new();
+        for e in coarse_p.iter().chain(&coarse_d) {
+            if let EngineEvent::Finished { id, output_tokens, .. } = *e {
+                *ended.entry(id).or_default() += 1;
+                prop_assert_eq!(output_tokens, c.reqs[id as usize].max_tokens);
+            }
+        }
+        for r in &c.reqs {
+            prop_assert_eq!(ended.get(&r.id).copied(), Some(1), "request {}", r.id);
+        }
+        // Streams: token 1 on the prefill side, 2.. on the decode side, each once, in order.
+        let mut next: HashMap<u64, u32> = HashMap::new();
+        for e in fine_p.iter().chain(&fine_d) {
+            if let EngineEvent::Token { id, index, .. } = *e {
+                let n = next.entry(id).or_insert(1);
+                prop_assert_eq!(index, *n);
+                *n += 1;
+            }
+        }
+        for r in &c.reqs {
+            prop_assert_eq!(next[&r.id] - 1, r.max_tokens);
         }
     }
 }

@@ -455,6 +455,8 @@ impl Driver {
                     self.touched.push(id);
                 }
             }
+            // The daemon's simulated backends run mixed engines, which never hand off.
+            EngineEvent::Handoff { .. } => {}
             EngineEvent::Finished { output_tokens, .. } => {
                 let mut r = self.requests.remove(&id).expect("checked above");
                 // Per-token granularity reports every token; make sure the count the client

@@ -320,6 +320,7 @@ impl Replay {
                 }
             }
             EngineEvent::Token { .. } => {}
+            EngineEvent::Handoff { .. } => {}
             EngineEvent::Preempted { id, .. } => {
                 if let Some(f) = self.in_flight.get(&id) {
                     self.per_pool[f.pool].preempted += 1;
