@@ -80,6 +80,8 @@ pub struct PoolConfig {
     pub max_batched_tokens: u32,
     /// KV block size in tokens.
     pub block_size: u32,
+    /// Which phases the pool's backends run (prefill/decode disaggregation).
+    pub role: crate::engine::Role,
 }
 
 impl PoolConfig {
@@ -94,6 +96,7 @@ impl PoolConfig {
             max_num_seqs,
             max_batched_tokens: 8192,
             block_size: 16,
+            role: crate::engine::Role::Mixed,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Fleets: sets of pools of identical backends, and the load view routing policies read.
 //!
 //! A fleet file ([`FleetSpec`]) names pools (chip × model × tensor parallelism × count)
-//! and is resolved against the chip and model catalogue into [`PoolConfig`]s. At run time
+//! and is resolved against the chip and model catalogue into [`PoolConfig`]s; a pool may run one phase only (prefill or decode), its
+//! KV moving over a modelled link ([`LinkTable`]). At run time
 //! the fleet is a [`Membership`]: an immutable snapshot of which backends exist, which pool
 //! each belongs to and whether it is serving, draining or failed. Changes (add or remove a
 //! pool, drain, resume, fail) build a new snapshot and publish it whole, so a policy picking
@@ -14,6 +15,7 @@
 //! policy code runs on all of them.
 
 mod board;
+mod links;
 mod membership;
 pub mod outlier;
 mod plain;
@@ -22,6 +24,10 @@ mod stretch;
 mod view;
 
 pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
+pub use links::{
+    check_roles, Link, LinkSpec, LinkTable, DEFAULT_BANDWIDTH_GBPS, DEFAULT_LATENCY_US,
+    DEFAULT_STAGING_GBPS,
+};
 pub use membership::{
     check_pool_name, mix64, BackendEntry, BackendId, BackendState, FleetError, Membership,
     PoolConfig, PoolId, PoolInfo, MAX_FLEET_BACKENDS, MAX_POOLS, MAX_POOL_BACKENDS,

@@ -19,10 +19,17 @@
 //! count = 2
 //! max_num_seqs = 128            # optional engine settings
 //! max_batched_tokens = 8192
+//! role = "mixed"                # or "prefill" / "decode" (disaggregation); default mixed
+//!
+//! [links.ascend-to-h20]         # KV links from prefill pools (see `fleet::links`)
+//! from = "ascend"
+//! to = "h20"
 //! ```
 
+use super::links::{check_roles, LinkSpec, LinkTable};
 use super::membership::{PoolConfig, MAX_FLEET_BACKENDS, MAX_POOLS, MAX_POOL_BACKENDS};
 use crate::config::{locate_key, parse_toml, ConfigError};
+use crate::engine::Role;
 use crate::profile::{Catalogue, Dtype, PerfModel, ProfileError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -68,6 +75,9 @@ pub struct PoolSpec {
     pub max_num_seqs: Option<u32>,
     pub max_batched_tokens: Option<u32>,
     pub block_size: Option<u32>,
+    /// Phases the pool runs; mixed (both) when absent.
+    #[serde(default)]
+    pub role: Role,
 }
 
 fn one() -> u32 {
@@ -82,6 +92,8 @@ struct FleetFile {
     #[serde(default)]
     policy: PolicySpec,
     pools: BTreeMap<String, PoolSpec>,
+    #[serde(default)]
+    links: BTreeMap<String, LinkSpec>,
 }
 
 /// A parsed fleet file. Pools keep the order they are written in.
@@ -91,6 +103,8 @@ pub struct FleetSpec {
     pub model: String,
     pub policy: PolicySpec,
     pub pools: Vec<(String, PoolSpec)>,
+    /// KV links between pools, by link name.
+    pub links: Vec<(String, LinkSpec)>,
     /// File name for errors.
     pub file: String,
     /// Source text, kept so later (semantic) errors can point at a line.
@@ -170,6 +184,7 @@ impl FleetSpec {
             model: raw.model,
             policy: raw.policy,
             pools,
+            links: raw.links.into_iter().collect(),
             file: file.to_string(),
             source: src.to_string(),
         };
@@ -241,12 +256,25 @@ impl FleetSpec {
         ConfigError::at_field(&self.file, &self.source, field, message)
     }
 
-    /// Builds each pool's performance model from the catalogue.
+    /// Builds each pool's performance model from the catalogue, and checks the roles: a
+    /// prefill pool needs a decode or mixed pool to hand off to.
     pub fn resolve(&self, catalogue: &Catalogue) -> Result<Vec<PoolConfig>, ConfigError> {
-        self.pools
+        let pools = self
+            .pools
             .iter()
             .map(|(name, pool)| self.resolve_pool(catalogue, name, pool))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        check_roles(&pools)
+            .map_err(|(pool, why)| self.error(&format!("pools.{pool}.role"), why))?;
+        // Links name pools, so they are checked once the pools are known.
+        self.link_table(&pools)?;
+        Ok(pools)
+    }
+
+    /// The KV links between `pools` (this file's, resolved): the `[links]` tables, and
+    /// defaults for every other pair.
+    pub fn link_table(&self, pools: &[PoolConfig]) -> Result<LinkTable, ConfigError> {
+        LinkTable::resolve(pools, &self.links).map_err(|(field, why)| self.error(&field, why))
     }
 
     fn resolve_pool(
@@ -309,6 +337,7 @@ impl FleetSpec {
         if let Some(n) = pool.block_size {
             config.block_size = n;
         }
+        config.role = pool.role;
         Ok(config)
     }
 }

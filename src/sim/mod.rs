@@ -6,11 +6,13 @@ pub mod faults;
 pub mod html;
 mod replay;
 pub mod report;
+mod transfer;
 mod wake;
 
 pub use faults::{FaultAction, FaultEvent, FaultPlan, FaultTarget};
 pub use replay::{FaultSummary, Replay, ReplayConfig, StragglerConfig};
 pub use report::{PolicyReport, PoolReport, Report, Stats};
+pub use transfer::Transfers;
 
 #[cfg(test)]
 mod tests;
