@@ -51,6 +51,9 @@ impl Channel {
     }
 }
 
+/// A heap entry: (time, order, kind, channel key or request id, generation).
+type Due = Reverse<(Nanos, u64, u8, u64, u64)>;
+
 const CHANNEL_DONE: u8 = 0;
 const DELIVERED: u8 = 1;
 
@@ -58,8 +61,7 @@ const DELIVERED: u8 = 1;
 #[derive(Debug, Default)]
 pub struct Transfers {
     channels: FxHashMap<u64, Channel>,
-    /// (time, order, kind, channel key or request id, generation).
-    heap: BinaryHeap<Reverse<(Nanos, u64, u8, u64, u64)>>,
+    heap: BinaryHeap<Due>,
     order: u64,
     in_flight: usize,
 }
