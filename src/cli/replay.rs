@@ -148,6 +148,7 @@ pub fn run(args: Args) -> Result<()> {
             .migration_retries
             .unwrap_or(serve.reliability.migration_retries),
         model: Some(spec.model.clone()),
+        links: Some(spec.link_table(&pools)?),
         slo: Slo {
             ttft_ns: (args.slo_ttft_ms * NANOS_PER_MS as f64) as u64,
             tpot_ns: (args.slo_tpot_ms * NANOS_PER_MS as f64) as u64,

@@ -225,6 +225,12 @@ impl LinkTable {
         }
     }
 
+    /// Explicit links for `pools` pools, row-major by (from, to).
+    pub fn from_links(pools: usize, links: Vec<Link>) -> LinkTable {
+        assert_eq!(links.len(), pools * pools, "one link per ordered pair");
+        LinkTable { pools, links }
+    }
+
     /// A link of `bandwidth_gbps` and `latency_us`, unstaged.
     pub fn link(bandwidth_gbps: f64, latency_us: f64) -> Link {
         Link::new(bandwidth_gbps, latency_us, None, false)

@@ -326,6 +326,8 @@ impl Collector {
                 chip: meta.chip.clone(),
                 backends: meta.backends,
                 domestic: meta.domestic,
+                // The daemon's pools do not report a role to clients.
+                role: String::new(),
                 // A client cannot see how long backends were busy.
                 busy_fraction: 0.0,
                 stats: tally.stats(seconds, cost),

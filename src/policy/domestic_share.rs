@@ -10,8 +10,8 @@
 //! decisions racing on a bucket boundary may lose a handful of tokens from the count,
 //! which moves the share by far less than one request does.
 
-use super::{bad, build, params, Policy, PolicyError};
-use crate::fleet::{BackendId, LoadView, MaskedView, PoolMask};
+use super::{bad, build, params, Policy, PolicyError, Route};
+use crate::fleet::{BackendId, LinkTable, LoadView, MaskedView, PoolMask};
 use crate::request::{Nanos, Request, NANOS_PER_SEC};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -219,6 +219,31 @@ impl Policy for DomesticShare {
             }
         }
         self.inner.pick(req, view, now)
+    }
+
+    /// As [`Policy::pick`], passing the domestic-only view down to the inner policy's
+    /// route, so a disaggregated inner policy pairs domestic pools when the share needs
+    /// it. Drivers report a split route to `on_routed` by its decode backend, which
+    /// produces the output tokens the window and the report count.
+    fn pick_route(
+        &self,
+        req: &Request,
+        view: &dyn LoadView,
+        links: &LinkTable,
+        now: Nanos,
+    ) -> Option<Route> {
+        if !self.window.foreign_allowed(now, tokens(req), self.target) {
+            let mask = view
+                .membership()
+                .pools()
+                .filter(|p| p.domestic)
+                .fold(PoolMask::NONE, |m, p| m.with(p.id));
+            let domestic = MaskedView { inner: view, mask };
+            if let Some(r) = self.inner.pick_route(req, &domestic, links, now) {
+                return Some(r);
+            }
+        }
+        self.inner.pick_route(req, view, links, now)
     }
 
     fn on_routed(&self, req: &Request, backend: BackendId, view: &dyn LoadView, now: Nanos) {

@@ -10,6 +10,7 @@
 //! backends as at 8.
 
 mod candidates;
+mod disaggregated;
 mod domestic_share;
 mod least_kv;
 mod least_outstanding;
@@ -24,6 +25,7 @@ mod slo_cost;
 mod weighted;
 
 pub use candidates::{PickRng, Reach};
+pub use disaggregated::{pick_decode, Disaggregated};
 pub use domestic_share::DomesticShare;
 pub use least_kv::LeastKv;
 pub use least_outstanding::LeastOutstanding;
@@ -38,9 +40,27 @@ pub use slo_cost::SloCost;
 pub use weighted::Weighted;
 
 use crate::config::ConfigError;
-use crate::fleet::{BackendId, FleetSpec, LoadView};
+use crate::fleet::{BackendId, FleetSpec, LinkTable, LoadView};
 use crate::request::{Nanos, Request};
 use serde::de::DeserializeOwned;
+
+/// Where a request goes: `first` serves it (whole, or its prefill when `first` is a
+/// prefill-role backend), and `decode` is where its KV moves after a prefill, when the
+/// policy chose the pair (otherwise the driver chooses at hand-off, by [`pick_decode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub first: BackendId,
+    pub decode: Option<BackendId>,
+}
+
+impl Route {
+    pub fn whole(first: BackendId) -> Route {
+        Route {
+            first,
+            decode: None,
+        }
+    }
+}
 
 /// A routing policy.
 pub trait Policy: Send + Sync {
@@ -50,6 +70,18 @@ pub trait Policy: Send + Sync {
     /// Picks a serving backend of an allowed pool for `req`, or `None` when there is none.
     /// Must not block, allocate per backend, or scan the whole fleet.
     fn pick(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId>;
+
+    /// Picks a route for `req`, knowing the KV links between pools (prefill/decode
+    /// disaggregation). Policies that do not pair prefill with decode pick as [`Self::pick`].
+    fn pick_route(
+        &self,
+        req: &Request,
+        view: &dyn LoadView,
+        _links: &LinkTable,
+        now: Nanos,
+    ) -> Option<Route> {
+        self.pick(req, view, now).map(Route::whole)
+    }
 
     /// Whether picks depend on backends' load. A router running decisions in parallel
     /// re-decides a pick that raced another one only when this is true; a policy that
@@ -138,6 +170,11 @@ pub const POLICIES: &[PolicyInfo] = &[
         params: "weights = { pool = weight, ... }, choices = 2",
     },
     PolicyInfo {
+        name: "disaggregated",
+        summary: "prefill/decode pairs: decode by predicted TPOT and free KV, prefill by predicted TTFT with the KV transfer; short prompts whole",
+        params: "threshold = 512, per_pool = 2, tie_tolerance = 0.05",
+    },
+    PolicyInfo {
         name: "domestic-share",
         summary: "wraps a policy; keeps domestic chips' share of tokens ≥ target over a sliding window",
         params: "inner = \"least-work\", inner_params = {}, target = 0.6, window_s = 60",
@@ -194,6 +231,7 @@ pub fn build(name: &str, table: &toml::Table, seed: u64) -> Result<Box<dyn Polic
         "prefix-affinity" => Box::new(PrefixAffinity::from_params(table, seed)?),
         "weighted" => Box::new(Weighted::from_params(table, seed)?),
         "domestic-share" => Box::new(DomesticShare::from_params(table, seed)?),
+        "disaggregated" => Box::new(Disaggregated::from_params(table, seed)?),
         other => {
             return Err(PolicyError::Unknown {
                 name: other.to_string(),

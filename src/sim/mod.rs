@@ -15,6 +15,8 @@ pub use report::{PolicyReport, PoolReport, Report, Stats};
 pub use transfer::Transfers;
 
 #[cfg(test)]
+mod pd_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod truth_tests;

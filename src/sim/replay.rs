@@ -21,6 +21,7 @@
 
 mod failover;
 mod finish;
+mod handoff;
 mod live;
 mod stragglers;
 mod timeline;
@@ -30,10 +31,11 @@ pub use stragglers::StragglerConfig;
 
 use super::faults::FaultAction;
 use super::report::{PolicyReport, Tally};
+use super::transfer::Transfers;
 use super::wake::WakeQueue;
 use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
-use crate::engine::{DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity};
-use crate::fleet::{BackendId, LoadView, PlainLoadView, PoolConfig, StretchClock};
+use crate::engine::{DecodeStretch, Engine, EngineConfig, EngineEvent, Granularity, Role};
+use crate::fleet::{BackendId, LinkTable, LoadView, PlainLoadView, PoolConfig, StretchClock};
 use crate::policy::Policy;
 use crate::request::{check_request, Nanos, Request, RequestId, RequestLimits, Slo, NANOS_PER_SEC};
 use crate::trace::TraceRecord;
@@ -55,6 +57,8 @@ pub struct ReplayConfig {
     pub model: Option<String>,
     /// Straggler ejection as the daemon does it (`None`: off).
     pub stragglers: Option<StragglerConfig>,
+    /// KV links between the pools (`None`: the documented defaults for every pair).
+    pub links: Option<LinkTable>,
 }
 
 impl Default for ReplayConfig {
@@ -67,6 +71,7 @@ impl Default for ReplayConfig {
             migration_retries: 2,
             model: None,
             stragglers: Some(StragglerConfig::default()),
+            links: None,
         }
     }
 }
@@ -80,6 +85,14 @@ struct InFlight {
     /// Tokens produced on earlier backends before a move (0 unless moved mid-stream).
     resumed: u32,
     moves: u32,
+    /// Prefill/decode: the decode backend the policy paired with a prefill pick.
+    decode: Option<BackendId>,
+    /// When the request was first scheduled (its prefill began).
+    scheduled_at: Option<Nanos>,
+    /// Set at hand-off: when it happened, and the output tokens made before it. While
+    /// the KV is on the link the request is on no engine.
+    handoff: Option<(Nanos, u32)>,
+    in_transfer: bool,
 }
 
 /// A virtual-time replay of one policy over one fleet.
@@ -112,6 +125,9 @@ pub struct Replay {
     /// The model every request is checked against, and its context window.
     model: (String, u32),
     stragglers: Option<stragglers::Stragglers>,
+    links: LinkTable,
+    transfers: Transfers,
+    arrived: Vec<(RequestId, Nanos)>,
 }
 
 impl Replay {
@@ -120,6 +136,18 @@ impl Replay {
         policy: Box<dyn Policy>,
         cfg: ReplayConfig,
     ) -> Result<Replay, String> {
+        crate::fleet::check_roles(&pools).map_err(|(_, why)| why)?;
+        let links = match &cfg.links {
+            Some(l) if l.pools() == pools.len() => l.clone(),
+            Some(l) => {
+                return Err(format!(
+                    "the link table covers {} pools; the fleet has {}",
+                    l.pools(),
+                    pools.len()
+                ))
+            }
+            None => LinkTable::resolve(&pools, &[]).map_err(|(_, why)| why)?,
+        };
         let view = PlainLoadView::from_pools(pools.clone()).map_err(|e| e.to_string())?;
         let membership = view.membership_arc().clone();
         let mut engines = Vec::new();
@@ -136,7 +164,8 @@ impl Replay {
                 max_batched_tokens: pc.max_batched_tokens,
                 ..EngineConfig::for_perf(&pc.perf)
             }
-            .with_granularity(Granularity::PerEvent);
+            .with_granularity(Granularity::PerEvent)
+            .with_role(pc.role);
             engines.push(Engine::new(pc.perf.clone(), ecfg));
             backend_pool.push(entry.pool.index());
         }
@@ -185,6 +214,9 @@ impl Replay {
             summary: FaultSummary::default(),
             model,
             stragglers: cfg.stragglers.map(|c| stragglers::Stragglers::new(c, n)),
+            links,
+            transfers: Transfers::default(),
+            arrived: Vec::new(),
             pools,
             cfg,
         })
@@ -206,7 +238,13 @@ impl Replay {
         let mut trace = trace.into_iter();
         let mut pending = trace.next().transpose()?;
         loop {
-            let engine_t = self.peek_wake();
+            // KV arriving over a link counts as an engine event: it wakes a decode engine.
+            let transfer_t = self.transfers.next_at();
+            let wake_t = self.peek_wake();
+            let engine_t = match (wake_t, transfer_t) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let fault_t = self.faults.get(self.next_fault).map(|f| f.0);
             let arrival_t = pending.as_ref().map(|r| r.arrival_ns);
             if engine_t.is_none() && arrival_t.is_none() {
@@ -234,8 +272,8 @@ impl Replay {
                 (None, None) => break,
                 // Engines first at equal times: a step that ends as a request arrives has
                 // ended before the arrival is routed.
-                (Some(rec), Some(t)) if t <= rec.arrival_ns => self.wake_one(),
-                (None, Some(_)) => self.wake_one(),
+                (Some(rec), Some(t)) if t <= rec.arrival_ns => self.wake_or_deliver(wake_t, t),
+                (None, Some(t)) => self.wake_or_deliver(wake_t, t),
                 (Some(_), _) => {
                     let rec = pending.take().expect("pending record");
                     self.arrive(&rec);
@@ -253,6 +291,16 @@ impl Replay {
 
     fn peek_wake(&mut self) -> Option<Nanos> {
         self.wake.peek().map(|(t, _)| t)
+    }
+
+    /// The next engine event at `t`: a step ending (engines first at equal times) or KV
+    /// arriving.
+    fn wake_or_deliver(&mut self, wake_t: Option<Nanos>, t: Nanos) {
+        if wake_t == Some(t) {
+            self.wake_one();
+        } else {
+            self.deliver(t);
+        }
     }
 
     fn wake_one(&mut self) {
@@ -303,10 +351,17 @@ impl Replay {
         match ev {
             EngineEvent::Scheduled { id, at } => {
                 let at = clock.fleet(at);
-                if let Some(f) = self.in_flight.get(&id) {
-                    if f.moves > 0 {
+                if let Some(f) = self.in_flight.get_mut(&id) {
+                    if f.handoff.is_some() {
+                        // Joined a decode batch with its KV: the client's first token
+                        // leaves from here (as vLLM's and SGLang's P/D stream it).
+                        f.first_token_at.get_or_insert(at);
                         return;
                     }
+                    if f.moves > 0 || f.scheduled_at.is_some() {
+                        return;
+                    }
+                    f.scheduled_at = Some(at);
                     // A slowed clock maps the arrival's own local instant up to a factor's
                     // worth of ns before the arrival (see `StretchClock`).
                     let wait = at.saturating_sub(f.req.arrival);
@@ -314,13 +369,23 @@ impl Replay {
                 }
             }
             EngineEvent::FirstToken { id, at } => {
+                let prefill = self.pools[self.backend_pool[b]].role == Role::Prefill;
                 if let Some(f) = self.in_flight.get_mut(&id) {
+                    if prefill && f.req.max_tokens > 1 {
+                        // Delivered with the hand-off, from the decode side.
+                        return;
+                    }
                     // After a mid-stream move the client's first token came earlier.
                     f.first_token_at.get_or_insert(clock.fleet(at));
                 }
             }
             EngineEvent::Token { .. } => {}
-            EngineEvent::Handoff { .. } => {}
+            EngineEvent::Handoff {
+                id,
+                at,
+                kv_tokens,
+                generated,
+            } => self.on_handoff(b, id, clock.fleet(at), kv_tokens, generated),
             EngineEvent::Preempted { id, .. } => {
                 if let Some(f) = self.in_flight.get(&id) {
                     self.per_pool[f.pool].preempted += 1;
@@ -383,7 +448,8 @@ impl Replay {
             self.fleet.reject(e.reason.as_str());
             return;
         }
-        let picked = self.policy.pick(&req, &self.live(t), t);
+        let route = self.policy.pick_route(&req, &self.live(t), &self.links, t);
+        let picked = route.map(|r| r.first);
         let target = match picked {
             None => Target::NoBackend,
             Some(id) => {
@@ -426,8 +492,9 @@ impl Replay {
         };
         match self.engines[b].admit(engine_req, local) {
             Ok(()) => {
-                self.policy
-                    .on_routed(&req, BackendId(b as u32), &self.live(t), t);
+                // A split route's output tokens come from its decode side.
+                let counted = route.and_then(|r| r.decode).unwrap_or(BackendId(b as u32));
+                self.policy.on_routed(&req, counted, &self.live(t), t);
                 self.in_flight.insert(
                     id,
                     InFlight {
@@ -438,6 +505,10 @@ impl Replay {
                         permit,
                         resumed: 0,
                         moves: 0,
+                        decode: route.and_then(|r| r.decode),
+                        scheduled_at: None,
+                        handoff: None,
+                        in_transfer: false,
                     },
                 );
             }

@@ -102,6 +102,10 @@ pub struct Tally {
     pub output_tokens: u64,
     pub slo_met: u64,
     pub domestic_tokens: u64,
+    /// Prefills this pool handed off to a decode pool (prefill/decode disaggregation).
+    pub handoffs: u64,
+    /// Time KV took to reach this (decode) pool: hand-off to arrival, link queueing in.
+    pub transfer: LatencyHistogram,
 }
 
 impl Tally {
@@ -154,6 +158,8 @@ impl Tally {
         self.output_tokens += other.output_tokens;
         self.slo_met += other.slo_met;
         self.domestic_tokens += other.domestic_tokens;
+        self.handoffs += other.handoffs;
+        self.transfer.merge(&other.transfer);
     }
 
     /// The report fields for this tally over `seconds` of simulated time at `cost_usd`.
@@ -198,6 +204,9 @@ impl Tally {
             } else {
                 0.0
             },
+            handoffs: self.handoffs,
+            kv_transfers: self.transfer.len(),
+            transfer_ms: self.transfer.percentiles(),
         }
     }
 }
@@ -230,6 +239,14 @@ pub struct Stats {
     pub cost_usd: f64,
     pub cost_per_million_output_tokens_usd: f64,
     pub domestic_token_share: f64,
+    /// Prefill/decode disaggregation: prefills handed off, KV transfers received, and
+    /// their time from hand-off to arrival (zero on a fleet without roles).
+    #[serde(default)]
+    pub handoffs: u64,
+    #[serde(default)]
+    pub kv_transfers: u64,
+    #[serde(default)]
+    pub transfer_ms: Percentiles,
 }
 
 /// One pool's share of a policy's run.
@@ -239,6 +256,9 @@ pub struct PoolReport {
     pub chip: String,
     pub backends: u32,
     pub domestic: bool,
+    /// `mixed`, `prefill` or `decode`.
+    #[serde(default)]
+    pub role: String,
     /// Fraction of backend-time this pool's backends held work.
     pub busy_fraction: f64,
     #[serde(flatten)]
@@ -357,10 +377,18 @@ impl Report {
         for p in &self.policies {
             row(&mut s, &p.policy, &p.stats);
             for pool in &p.pools {
-                row(
-                    &mut s,
-                    &format!("  {} ({})", pool.pool, pool.chip),
-                    &pool.stats,
+                let name = match pool.role.as_str() {
+                    "" | "mixed" => format!("  {} ({})", pool.pool, pool.chip),
+                    role => format!("  {} ({}, {role})", pool.pool, pool.chip),
+                };
+                row(&mut s, &name, &pool.stats);
+            }
+            if p.stats.kv_transfers > 0 {
+                let t = &p.stats.transfer_ms;
+                let _ = writeln!(
+                    s,
+                    "  KV transfers: {} (hand-off to arrival: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)",
+                    p.stats.kv_transfers, t.p50, t.p99, t.max
                 );
             }
         }

@@ -100,7 +100,8 @@ impl Replay {
         let mut victims: Vec<RequestId> = self
             .in_flight
             .iter()
-            .filter(|(_, f)| f.backend.index() == b)
+            // KV on a link is on no engine; its arrival finds it a live decode backend.
+            .filter(|(_, f)| f.backend.index() == b && !f.in_transfer)
             .map(|(&id, _)| id)
             .collect();
         // Hash order is not stable across runs; ids are.

@@ -33,6 +33,7 @@ impl Replay {
                 chip: pc.perf.chip.id.clone(),
                 backends: pc.count,
                 domestic: pc.domestic(),
+                role: pc.role.as_str().to_string(),
                 busy_fraction: if capacity > 0.0 {
                     round3(busy as f64 / capacity)
                 } else {

@@ -1,0 +1,289 @@
+//! `disaggregated`: prefill/decode routing for fleets with `prefill` and `decode` pools.
+//! It picks a (prefill, decode) pair: the decode side first, by predicted time per output
+//! token among backends with room in their KV for the whole request, then the prefill
+//! side by predicted time to first token *including* moving the prompt's KV over the link
+//! to that decode pool (the client's first token leaves from the decode side, as in vLLM's
+//! and SGLang's P/D, so the transfer is part of TTFT). Ties within `tie_tolerance` go to
+//! the pool whose prefill costs least per token.
+//!
+//! Selective: a prompt shorter than `threshold` tokens is served whole on a mixed or
+//! decode backend (by `predicted-latency` over those pools), since moving a short
+//! prompt's KV costs about as much as prefilling it in place; llm-d's and AIBrix's
+//! P/D deciders split on the same quantity. The policy cannot see which prefix blocks a
+//! remote prefill backend has cached, so it counts the whole prompt as uncached. The
+//! default of 512 tokens is our `estimate` of where a 0.5 ms transfer and a decode-side
+//! prefill of the same prompt cross on the chips in `config/chips.toml`.
+//!
+//! Composes with `domestic-share` (which passes its domestic-only view down), and falls
+//! back to whole requests when the fleet has no serving prefill or decode pool.
+
+use super::candidates::{random_in_pool, PickRng};
+use super::predict::predict;
+use super::{bad, params, Policy, PolicyError, PredictedLatency, Route};
+use crate::engine::Role;
+use crate::fleet::{BackendId, LinkTable, LoadView, MaskedView, PoolInfo, PoolMask};
+use crate::request::{Nanos, Request};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Params {
+    threshold: u32,
+    per_pool: usize,
+    tie_tolerance: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            threshold: 512,
+            per_pool: 2,
+            tie_tolerance: 0.05,
+        }
+    }
+}
+
+/// Prefill on one pool, decode on another.
+#[derive(Debug)]
+pub struct Disaggregated {
+    threshold: u32,
+    per_pool: usize,
+    tie_tolerance: f64,
+    seed: u64,
+    whole: PredictedLatency,
+}
+
+impl Disaggregated {
+    pub fn new(threshold: u32, per_pool: usize, tie_tolerance: f64, seed: u64) -> Self {
+        Disaggregated {
+            threshold,
+            per_pool: per_pool.max(1),
+            tie_tolerance,
+            seed,
+            whole: PredictedLatency::new(per_pool.max(1), tie_tolerance, seed),
+        }
+    }
+
+    pub fn from_params(table: &toml::Table, seed: u64) -> Result<Self, PolicyError> {
+        let p: Params = params("disaggregated", table)?;
+        if p.per_pool == 0 || p.per_pool > 64 {
+            return Err(bad("disaggregated", "per_pool must be between 1 and 64"));
+        }
+        if !(0.0..1.0).contains(&p.tie_tolerance) {
+            return Err(bad("disaggregated", "tie_tolerance must be in [0, 1)"));
+        }
+        Ok(Disaggregated::new(
+            p.threshold,
+            p.per_pool,
+            p.tie_tolerance,
+            seed,
+        ))
+    }
+
+    /// The request served whole, on a mixed or decode pool.
+    fn whole(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId> {
+        let mask = mask_of(view, |r| r.serves_whole());
+        self.whole.pick(req, &MaskedView { inner: view, mask }, now)
+    }
+}
+
+fn mask_of(view: &dyn LoadView, keep: impl Fn(Role) -> bool) -> PoolMask {
+    view.eligible_pools()
+        .filter(|p| keep(p.config.role))
+        .fold(PoolMask::NONE, |m, p| m.with(p.id))
+}
+
+/// The decode backend for a request whose prompt is (or will be) prefilled on a backend of
+/// `from`: among decode pools (mixed ones when the fleet has none), the sampled backend
+/// with the lowest predicted TPOT that has room in its KV for the whole request, else the
+/// one with the most room. Drivers use it for a prefill pick made by a policy that does
+/// not choose pairs.
+pub fn pick_decode<'v>(
+    req: &Request,
+    view: &'v dyn LoadView,
+    rng: &mut PickRng,
+    per_pool: usize,
+) -> Option<(BackendId, &'v PoolInfo)> {
+    let decode = mask_of(view, |r| r == Role::Decode);
+    let mask = if decode == PoolMask::NONE {
+        mask_of(view, |r| r == Role::Mixed)
+    } else {
+        decode
+    };
+    let need = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
+    // (lacks room, TPOT or -room) lower is better.
+    let mut best: Option<((bool, i128), BackendId, &'v PoolInfo)> = None;
+    for pool in view.eligible_pools().filter(|p| mask.contains(p.id)) {
+        for _ in 0..per_pool.max(1) {
+            let Some(b) = random_in_pool(view, pool, rng) else {
+                break;
+            };
+            let load = view.load(b);
+            let free = u64::from(load.kv_total_blocks.saturating_sub(load.kv_used_blocks))
+                * u64::from(pool.config.block_size);
+            let key = if free >= need {
+                (false, i128::from(predict(pool, &load, req).tpot_ns))
+            } else {
+                (true, -i128::from(free))
+            };
+            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                best = Some((key, b, pool));
+            }
+        }
+    }
+    best.map(|(_, b, p)| (b, p))
+}
+
+impl Policy for Disaggregated {
+    fn name(&self) -> &'static str {
+        "disaggregated"
+    }
+
+    /// Without link information (a driver that routes whole requests only), whole.
+    fn pick(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId> {
+        self.whole(req, view, now)
+    }
+
+    fn pick_route(
+        &self,
+        req: &Request,
+        view: &dyn LoadView,
+        links: &LinkTable,
+        now: Nanos,
+    ) -> Option<Route> {
+        let prefill = mask_of(view, |r| r == Role::Prefill);
+        if req.prompt_tokens < self.threshold || prefill == PoolMask::NONE || req.max_tokens <= 1 {
+            return self.whole(req, view, now).map(Route::whole);
+        }
+        let mut rng = PickRng::for_request(self.seed, req);
+        let Some((decode, dpool)) = pick_decode(req, view, &mut rng, self.per_pool) else {
+            return self.whole(req, view, now).map(Route::whole);
+        };
+        let first = Request {
+            max_tokens: 1,
+            ..req.clone()
+        };
+        let bytes = f64::from(req.prompt_tokens) * dpool.config.perf.model.kv_bytes_per_token();
+        // (TTFT with transfer, cost per prefill token, backend).
+        let mut cands: [(u64, f64, BackendId); crate::fleet::MAX_POOLS] =
+            [(0, 0.0, BackendId(0)); crate::fleet::MAX_POOLS];
+        let mut n = 0;
+        let mut fastest = u64::MAX;
+        for pool in view.eligible_pools().filter(|p| prefill.contains(p.id)) {
+            let link = links.between(pool.id.index(), dpool.id.index());
+            let transfer = link.alone_ns(bytes);
+            let mut best: Option<(u64, BackendId)> = None;
+            for _ in 0..self.per_pool {
+                let Some(b) = random_in_pool(view, pool, &mut rng) else {
+                    break;
+                };
+                let ttft = predict(pool, &view.load(b), &first)
+                    .ttft_ns
+                    .saturating_add(transfer);
+                if best.is_none_or(|(t, _)| ttft < t) {
+                    best = Some((ttft, b));
+                }
+            }
+            if let Some((ttft, b)) = best {
+                let cost = pool.price_per_hour_usd * pool.prefill_ps_per_token as f64;
+                cands[n] = (ttft, cost, b);
+                n += 1;
+                fastest = fastest.min(ttft);
+            }
+        }
+        let limit = fastest as f64 * (1.0 + self.tie_tolerance);
+        let first = cands[..n]
+            .iter()
+            .filter(|c| c.0 as f64 <= limit)
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+            .map(|c| c.2)?;
+        Some(Route {
+            first,
+            decode: Some(decode),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::LoadSnapshot;
+    use crate::fleet::test_fleets::pool;
+    use crate::fleet::{Membership, PlainLoadView, PoolConfig};
+    use crate::policy::testing::req;
+
+    fn with_role(mut p: PoolConfig, role: Role) -> PoolConfig {
+        p.role = role;
+        p
+    }
+
+    /// Pools: 0 prefill (fast), 1 prefill (slow), 2 decode, 3 mixed.
+    fn fleet() -> PlainLoadView {
+        PlainLoadView::new(
+            Membership::from_pools([
+                with_role(pool("pfast", 2, 2.0, 1.0, true), Role::Prefill),
+                with_role(pool("pslow", 2, 0.5, 1.0, true), Role::Prefill),
+                with_role(pool("dec", 2, 1.0, 1.0, false), Role::Decode),
+                pool("mix", 1, 1.0, 1.0, false),
+            ])
+            .unwrap(),
+        )
+    }
+
+    fn pool_of(view: &PlainLoadView, b: BackendId) -> usize {
+        view.membership().backend(b).unwrap().pool.index()
+    }
+
+    #[test]
+    fn long_prompts_split_short_ones_stay_whole() {
+        let view = fleet();
+        let links = LinkTable::uniform(4, LinkTable::link(142.0, 500.0));
+        let p = Disaggregated::new(512, 2, 0.05, 1);
+        let r = p.pick_route(&req(1, 4000, 100), &view, &links, 0).unwrap();
+        assert_eq!(pool_of(&view, r.first), 0, "fast prefill pool");
+        assert_eq!(pool_of(&view, r.decode.unwrap()), 2, "decode pool");
+        let r = p.pick_route(&req(2, 100, 100), &view, &links, 0).unwrap();
+        assert!(r.decode.is_none());
+        assert!(matches!(pool_of(&view, r.first), 2 | 3));
+        // Without links the policy never splits.
+        assert!(matches!(
+            pool_of(&view, p.pick(&req(3, 4000, 100), &view, 0).unwrap()),
+            2 | 3
+        ));
+    }
+
+    #[test]
+    fn decode_side_needs_room_and_prefill_side_pays_for_the_link() {
+        let mut view = fleet();
+        // Decode backend 4 nearly full: backend 5 gets the KV.
+        view.set_load(
+            BackendId(4),
+            LoadSnapshot {
+                kv_total_blocks: 1000,
+                kv_used_blocks: 999,
+                ..Default::default()
+            },
+        );
+        view.set_load(
+            BackendId(5),
+            LoadSnapshot {
+                kv_total_blocks: 1000,
+                kv_used_blocks: 10,
+                running: 30,
+                ..Default::default()
+            },
+        );
+        let links = LinkTable::uniform(4, LinkTable::link(142.0, 500.0));
+        let p = Disaggregated::new(512, 8, 0.05, 1);
+        for i in 0..20 {
+            let r = p.pick_route(&req(i, 4000, 100), &view, &links, 0).unwrap();
+            assert_eq!(r.decode, Some(BackendId(5)));
+        }
+        // With a crawling link from the fast prefill pool to the decode pool, the transfer
+        // outweighs its faster prefill and the slow pool wins.
+        let mut pairs = vec![LinkTable::link(142.0, 500.0); 16];
+        pairs[2] = LinkTable::link(0.01, 500.0); // pool 0 → pool 2
+        let links = LinkTable::from_links(4, pairs);
+        let r = p.pick_route(&req(99, 4000, 100), &view, &links, 0).unwrap();
+        assert_eq!(pool_of(&view, r.first), 1);
+    }
+}

@@ -1,0 +1,211 @@
+//! Prefill/decode disaggregation in replay: with a near-infinite link and equal chips a
+//! split fleet does an aggregated fleet's work; a faster link never raises TTFT; a slow
+//! shared link shows up as queueing in the transfer times; the report counts hand-offs,
+//! transfers and roles per pool.
+
+use super::*;
+use crate::engine::Role;
+use crate::fleet::{LinkTable, PoolConfig};
+use crate::profile::fixtures::{h20, llama3_8b, perf as fixture_perf};
+use crate::trace::{ArrivalProcess, SynthConfig, SyntheticTrace, TraceRecord};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+fn pool(name: &str, count: u32, role: Role) -> PoolConfig {
+    let mut chip = h20();
+    chip.id = name.into();
+    let perf = Arc::new(fixture_perf(&chip, &llama3_8b(), 1).unwrap());
+    let mut p = PoolConfig::new(name, perf, count);
+    p.role = role;
+    p
+}
+
+fn pd_fleet() -> Vec<PoolConfig> {
+    vec![pool("pre", 1, Role::Prefill), pool("dec", 1, Role::Decode)]
+}
+
+fn replay(
+    pools: Vec<PoolConfig>,
+    policy: &str,
+    params: &str,
+    links: Option<LinkTable>,
+    trace: &[TraceRecord],
+) -> PolicyReport {
+    let policy = crate::policy::build(policy, &toml::from_str(params).unwrap(), 7).unwrap();
+    let mut cfg = ReplayConfig::default();
+    cfg.admission.slo_shed_factor = 0.0;
+    cfg.links = links;
+    Replay::new(pools, policy, cfg)
+        .unwrap()
+        .run(trace.iter().cloned().map(Ok::<_, Infallible>))
+        .unwrap()
+}
+
+/// Prompts of 600 to 4,000 tokens (all long enough to split), Poisson arrivals.
+fn long_prompts(rate: f64, n: usize, seed: u64) -> Vec<TraceRecord> {
+    SyntheticTrace::new(SynthConfig::new(ArrivalProcess::Poisson, rate, seed))
+        .unwrap()
+        .take(n)
+        .map(|mut r| {
+            r.prompt_tokens = 600 + r.prompt_tokens % 3400;
+            r.output_tokens = 2 + r.output_tokens % 400;
+            r.hash_ids.clear();
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn a_near_infinite_link_with_equal_chips_does_an_aggregated_fleets_work() {
+    // Requests 2 s apart: each runs alone, so the split changes nothing but where the
+    // decode runs. 1 Pb/s and no latency: the transfer is ~0.
+    let trace: Vec<TraceRecord> = long_prompts(0.5, 200, 5)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| TraceRecord {
+            arrival_ns: i as u64 * 2_000_000_000,
+            ..r
+        })
+        .collect();
+    let fast = LinkTable::uniform(2, LinkTable::link(1e6, 0.0));
+    let pd = replay(pd_fleet(), "disaggregated", "", Some(fast), &trace);
+    let agg = replay(
+        vec![pool("a", 1, Role::Mixed), pool("b", 1, Role::Mixed)],
+        "least-work",
+        "",
+        None,
+        &trace,
+    );
+    assert_eq!((pd.stats.completed, agg.stats.completed), (200, 200));
+    assert_eq!(pd.stats.output_tokens, agg.stats.output_tokens);
+    assert_eq!(pd.stats.handoffs, 200);
+    assert_eq!(pd.stats.kv_transfers, 200);
+    for (what, a, b) in [
+        ("TTFT p50", pd.stats.ttft_ms.p50, agg.stats.ttft_ms.p50),
+        ("TTFT mean", pd.stats.ttft_ms.mean, agg.stats.ttft_ms.mean),
+        ("E2E p50", pd.stats.e2e_ms.p50, agg.stats.e2e_ms.p50),
+        ("E2E mean", pd.stats.e2e_ms.mean, agg.stats.e2e_ms.mean),
+        ("TPOT p99", pd.stats.tpot_ms.p99, agg.stats.tpot_ms.p99),
+    ] {
+        assert!(
+            (a - b).abs() / b < 0.01,
+            "{what}: P/D {a} vs aggregated {b}"
+        );
+    }
+}
+
+#[test]
+fn a_faster_link_never_raises_ttft() {
+    let trace = long_prompts(6.0, 600, 9);
+    let mut last: Option<(f64, f64, f64)> = None;
+    for gbps in [5.0, 20.0, 100.0, 400.0, 1e5] {
+        let links = LinkTable::uniform(3, LinkTable::link(gbps, 500.0));
+        let pools = vec![
+            pool("pre", 2, Role::Prefill),
+            pool("dec", 1, Role::Decode),
+            pool("dec2", 1, Role::Decode),
+        ];
+        let r = replay(pools, "disaggregated", "", Some(links), &trace);
+        assert_eq!(r.stats.completed, 600, "{gbps} Gb/s");
+        let now = (
+            r.stats.ttft_ms.mean,
+            r.stats.ttft_ms.p50,
+            r.stats.ttft_ms.p99,
+        );
+        if let Some(before) = last {
+            assert!(
+                now.0 <= before.0 && now.1 <= before.1 && now.2 <= before.2,
+                "{gbps} Gb/s: TTFT (mean, p50, p99) {now:?} after {before:?}"
+            );
+        }
+        last = Some(now);
+    }
+}
+
+#[test]
+fn a_slow_shared_link_queues_transfers() {
+    // 2,000-token prompts of llama-3-8b: 262 MB of KV each. At 10 Gb/s one takes
+    // 210 ms alone; arriving 10 a second from one prefill backend they overlap.
+    let trace: Vec<TraceRecord> = (0..100)
+        .map(|i| TraceRecord {
+            arrival_ns: i * 100_000_000,
+            prompt_tokens: 2000,
+            output_tokens: 50,
+            ..Default::default()
+        })
+        .collect();
+    let link = LinkTable::link(10.0, 0.0);
+    let alone_ms = link.alone_ns(2000.0 * 131_072.0) as f64 / 1e6;
+    let r = replay(
+        pd_fleet(),
+        "disaggregated",
+        "",
+        Some(LinkTable::uniform(2, link)),
+        &trace,
+    );
+    assert_eq!(r.stats.completed, 100);
+    assert!(
+        (r.stats.transfer_ms.p50 - alone_ms) / alone_ms > 0.2,
+        "{:?} vs {alone_ms}",
+        r.stats.transfer_ms
+    );
+    // Roles and hand-offs per pool.
+    let (pre, dec) = (&r.pools[0], &r.pools[1]);
+    assert_eq!(
+        (pre.role.as_str(), dec.role.as_str()),
+        ("prefill", "decode")
+    );
+    assert_eq!((pre.stats.handoffs, pre.stats.completed), (100, 0));
+    assert_eq!((dec.stats.kv_transfers, dec.stats.completed), (100, 100));
+    let table = Report {
+        policies: vec![r],
+        ..Default::default()
+    }
+    .to_table();
+    assert!(table.contains("KV transfers: 100"), "{table}");
+    assert!(table.contains("(pre, prefill)"), "{table}");
+}
+
+#[test]
+fn short_prompts_stay_whole_and_a_prefill_only_fleet_is_refused() {
+    let trace: Vec<TraceRecord> = (0..50)
+        .map(|i| TraceRecord {
+            arrival_ns: i * 50_000_000,
+            prompt_tokens: 100 + i as u32 * 40,
+            output_tokens: 20,
+            ..Default::default()
+        })
+        .collect();
+    // Threshold 1,000: prompts of 100 to 2,060 tokens; those from 1,000 up (i ≥ 23: 27
+    // of them) split, the rest run whole on the decode pool.
+    let r = replay(
+        pd_fleet(),
+        "disaggregated",
+        "threshold = 1000",
+        None,
+        &trace,
+    );
+    assert_eq!(r.stats.completed, 50);
+    assert_eq!(r.stats.handoffs, 27);
+    assert_eq!(r.pools[1].stats.completed, 50);
+    let policy = crate::policy::build("round-robin", &toml::Table::new(), 1).unwrap();
+    let err = Replay::new(
+        vec![pool("pre", 1, Role::Prefill)],
+        policy,
+        ReplayConfig::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("nowhere to hand its KV off"), "{err}");
+}
+
+#[test]
+fn a_policy_that_picks_single_backends_still_runs_a_split_fleet() {
+    let trace = long_prompts(4.0, 300, 2);
+    for policy in ["round-robin", "least-work", "power-of-two"] {
+        let r = replay(pd_fleet(), policy, "", None, &trace);
+        assert_eq!(r.stats.completed, 300, "{policy}");
+        assert!(r.stats.handoffs > 0, "{policy}");
+        assert_eq!(r.stats.handoffs, r.stats.kv_transfers, "{policy}");
+    }
+}
