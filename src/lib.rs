@@ -16,6 +16,7 @@ pub mod engine;
 pub mod fleet;
 pub mod loadgen;
 pub mod metrics;
+pub mod openai_client;
 pub mod plan;
 pub mod policy;
 pub mod profile;

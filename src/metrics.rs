@@ -91,6 +91,10 @@ pub const BACKEND_EJECTED: &str = "dujiang_backend_ejected";
 pub const BACKEND_SERVING: &str = "dujiang_backend_serving";
 /// Per backend: EWMA of observed over predicted step time (1 = as modelled).
 pub const BACKEND_STEP_TIME_RATIO: &str = "dujiang_backend_step_time_ratio";
+/// Per real-engine backend and phase (`prefill`, `decode`): EWMA of observed over
+/// predicted time to first token and time per output token. Far from 1 means the chip
+/// catalogue is wrong for that stack; routing predictions are multiplied by it.
+pub const BACKEND_PREDICTION_RATIO: &str = "dujiang_backend_prediction_ratio";
 /// Per pool, always 1: what it runs (chip, vendor, model, tp, domestic). Cost and domestic
 /// share rules join on it instead of inferring chips from latency series.
 pub const POOL_INFO: &str = "dujiang_pool_info";

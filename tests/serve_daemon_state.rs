@@ -108,7 +108,7 @@ async fn a_backend_that_fails_after_routing_has_the_request_routed_elsewhere() {
     let mut tokens = 0;
     while let Some(d) = accepted.deliveries.recv().await {
         match d {
-            dujiang::serve::Delivery::Tokens { count } => tokens += count,
+            dujiang::serve::Delivery::Tokens { count, .. } => tokens += count,
             dujiang::serve::Delivery::Finished(_) => break,
             _ => {}
         }

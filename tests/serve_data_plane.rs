@@ -122,7 +122,7 @@ async fn a_backend_whose_steps_are_always_due_still_yields_every_turn() {
                 .await
                 .expect("the driver ends the request")
             {
-                Delivery::Tokens { count } => {
+                Delivery::Tokens { count, .. } => {
                     tokens += count;
                     chunks += 1;
                 }

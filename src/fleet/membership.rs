@@ -82,6 +82,9 @@ pub struct PoolConfig {
     pub block_size: u32,
     /// Which phases the pool's backends run (prefill/decode disaggregation).
     pub role: crate::engine::Role,
+    /// Set for a pool of real engines: the endpoints its backends proxy to (one each).
+    /// Routing reads the pool's performance model all the same, as the prior.
+    pub upstream: Option<Arc<super::upstream::UpstreamSpec>>,
 }
 
 impl PoolConfig {
@@ -97,6 +100,7 @@ impl PoolConfig {
             max_batched_tokens: 8192,
             block_size: 16,
             role: crate::engine::Role::Mixed,
+            upstream: None,
         }
     }
 

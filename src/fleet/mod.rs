@@ -21,6 +21,7 @@ pub mod outlier;
 mod plain;
 mod spec;
 mod stretch;
+pub mod upstream;
 mod view;
 
 pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
@@ -34,8 +35,9 @@ pub use membership::{
     MAX_POOL_NAME_LEN, NOMINAL_CONTEXT_TOKENS,
 };
 pub use plain::PlainLoadView;
-pub use spec::{FleetSpec, PolicySpec, PoolSpec, SpendSplit, EMBEDDED_DEMO};
+pub use spec::{FleetSpec, PolicySpec, PoolKind, PoolSpec, SpendSplit, EMBEDDED_DEMO};
 pub use stretch::StretchClock;
+pub use upstream::UpstreamSpec;
 pub use view::{LoadView, MaskedView, PoolMask};
 
 #[cfg(test)]

@@ -24,10 +24,20 @@
 //! [links.ascend-to-h20]         # KV links from prefill pools (see `fleet::links`)
 //! from = "ascend"
 //! to = "h20"
+//!
+//! [pools.vllm-ascend]            # real engines: one backend per OpenAI-compatible endpoint
+//! kind = "openai"
+//! endpoints = ["http://10.0.0.7:8000", "http://10.0.0.8:8000"]
+//! model = "Qwen/Qwen3-8B"        # the name the endpoints serve the fleet's model under
+//! chip = "ascend-910b"           # the performance model is the router's prior for them
+//! engine = "vllm-ascend-0.18"
+//! tp = 1
+//! metrics = "vllm"               # default: the engine's dialect; "none": no scraping
 //! ```
 
 use super::links::{check_roles, LinkSpec, LinkTable};
 use super::membership::{PoolConfig, MAX_FLEET_BACKENDS, MAX_POOLS, MAX_POOL_BACKENDS};
+use super::upstream::{api_base, UpstreamSpec, METRICS_DIALECTS};
 use crate::config::{locate_key, parse_toml, ConfigError};
 use crate::engine::Role;
 use crate::profile::{Catalogue, Dtype, PerfModel, ProfileError};
@@ -57,20 +67,45 @@ impl Default for PolicySpec {
     }
 }
 
+/// What a pool's backends are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Engines simulated by the daemon (and by replay) from the performance model.
+    #[default]
+    Simulated,
+    /// Real engines behind OpenAI-compatible endpoints; the performance model is the
+    /// router's prior for them.
+    Openai,
+}
+
 /// One pool as written in a fleet file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
+    #[serde(default)]
+    pub kind: PoolKind,
+    /// `kind = "openai"`: the endpoints' base URLs, one backend each.
+    pub endpoints: Option<Vec<String>>,
+    /// `kind = "openai"`: the endpoints' `/metrics` dialect (see
+    /// [`super::upstream::METRICS_DIALECTS`]).
+    pub metrics: Option<String>,
+    /// `kind = "openai"`: the catalogue model clients ask for and the prior is built for;
+    /// the fleet's `model` when absent (`model` is then the name served upstream).
+    pub client_model: Option<String>,
     pub chip: String,
     /// Serving engine id (`config/engines.toml`); the chip's default engine when absent.
     pub engine: Option<String>,
     /// Weight and matmul format; the model's release format (as the chip supports it) when
     /// absent.
     pub dtype: Option<Dtype>,
-    /// Model id; the fleet's `model` when absent.
+    /// Model id; the fleet's `model` when absent. For `kind = "openai"`, the model name
+    /// the endpoints serve (required).
     pub model: Option<String>,
     #[serde(default = "one")]
     pub tp: u32,
+    /// Backends in the pool; for `kind = "openai"`, the number of endpoints.
+    #[serde(default)]
     pub count: u32,
     pub max_num_seqs: Option<u32>,
     pub max_batched_tokens: Option<u32>,
@@ -179,7 +214,7 @@ impl FleetSpec {
         pools.sort_by_key(|(name, _)| {
             locate_key(src, &format!("pools.{name}.chip")).map_or(usize::MAX, |(line, _)| line)
         });
-        let spec = FleetSpec {
+        let mut spec = FleetSpec {
             name: raw.name,
             model: raw.model,
             policy: raw.policy,
@@ -188,13 +223,18 @@ impl FleetSpec {
             file: file.to_string(),
             source: src.to_string(),
         };
-        for (name, pool) in &spec.pools {
+        for (name, pool) in &mut spec.pools {
             if let Err(why) = super::check_pool_name(name) {
-                return Err(spec.error(
+                return Err(ConfigError::at_field(
+                    file,
+                    src,
                     &format!("pools.{name}.chip"),
                     format!("pool name {name:?} {why} (pool names are [a-z0-9-]{{1,63}})"),
                 ));
             }
+            check_kind(file, src, name, pool)?;
+        }
+        for (name, pool) in &spec.pools {
             for (field, value) in [
                 ("count", Some(pool.count)),
                 ("tp", Some(pool.tp)),
@@ -211,9 +251,14 @@ impl FleetSpec {
                 };
                 match value {
                     Some(0) => {
-                        return Err(
-                            spec.error(&format!("pools.{name}.{field}"), "must be at least 1")
-                        )
+                        return Err(spec.error(
+                            &format!("pools.{name}.{field}"),
+                            if field == "count" {
+                                "must be at least 1 (a simulated pool needs its `count`)"
+                            } else {
+                                "must be at least 1"
+                            },
+                        ))
                     }
                     Some(v) if v > max => {
                         return Err(spec.error(
@@ -293,7 +338,14 @@ impl FleetSpec {
                 ),
             )
         })?;
-        let (model_id, model_field) = match &pool.model {
+        let catalogue_model = match pool.kind {
+            PoolKind::Simulated => &pool.model,
+            PoolKind::Openai => &pool.client_model,
+        };
+        let (model_id, model_field) = match catalogue_model {
+            Some(m) if pool.kind == PoolKind::Openai => {
+                (m.as_str(), format!("pools.{name}.client_model"))
+            }
             Some(m) => (m.as_str(), format!("pools.{name}.model")),
             None => (self.model.as_str(), "model".to_string()),
         };
@@ -338,8 +390,96 @@ impl FleetSpec {
             config.block_size = n;
         }
         config.role = pool.role;
+        if pool.kind == PoolKind::Openai {
+            config.upstream = Some(Arc::new(UpstreamSpec {
+                endpoints: pool.endpoints.clone().unwrap_or_default(),
+                served_model: pool.model.clone().unwrap_or_default(),
+                metrics: pool.metrics.clone(),
+            }));
+        }
         Ok(config)
     }
+}
+
+/// Checks the keys that depend on a pool's kind, and normalises an `openai` pool's
+/// endpoints to API bases (its `count` becomes their number).
+fn check_kind(file: &str, src: &str, name: &str, pool: &mut PoolSpec) -> Result<(), ConfigError> {
+    let err = |field: &str, message: String| {
+        ConfigError::at_field(file, src, &format!("pools.{name}.{field}"), message)
+    };
+    match pool.kind {
+        PoolKind::Simulated => {
+            for (field, set) in [
+                ("endpoints", pool.endpoints.is_some()),
+                ("metrics", pool.metrics.is_some()),
+                ("client_model", pool.client_model.is_some()),
+            ] {
+                if set {
+                    return Err(err(
+                        field,
+                        format!("`{field}` belongs to a pool of real engines (kind = \"openai\")"),
+                    ));
+                }
+            }
+        }
+        PoolKind::Openai => {
+            let endpoints = match &pool.endpoints {
+                None => {
+                    return Err(err(
+                        "endpoints",
+                        "missing: a pool of kind = \"openai\" lists its endpoints' base URLs"
+                            .into(),
+                    ))
+                }
+                Some(e) if e.is_empty() => {
+                    return Err(err(
+                        "endpoints",
+                        "is empty: list at least one base URL".into(),
+                    ))
+                }
+                Some(e) => e,
+            };
+            let mut bases = Vec::with_capacity(endpoints.len());
+            for (i, url) in endpoints.iter().enumerate() {
+                let base = api_base(url)
+                    .map_err(|why| err("endpoints", format!("endpoints[{i}]: {why}")))?;
+                if bases.contains(&base) {
+                    return Err(err(
+                        "endpoints",
+                        format!("endpoints[{i}]: `{url}` is listed twice"),
+                    ));
+                }
+                bases.push(base);
+            }
+            if pool.model.as_deref().is_none_or(str::is_empty) {
+                return Err(err(
+                    "kind",
+                    "a pool of kind = \"openai\" needs `model`, the model name its endpoints serve"
+                        .into(),
+                ));
+            }
+            if let Some(m) = &pool.metrics {
+                if !METRICS_DIALECTS.contains(&m.as_str()) {
+                    return Err(err(
+                        "metrics",
+                        format!(
+                            "unknown dialect `{m}`; known: {}",
+                            METRICS_DIALECTS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if pool.count != 0 && pool.count as usize != bases.len() {
+                return Err(err(
+                    "count",
+                    format!("{} but {} endpoints: a pool of real engines has one backend per endpoint (leave count out)", pool.count, bases.len()),
+                ));
+            }
+            pool.count = u32::try_from(bases.len()).unwrap_or(u32::MAX);
+            pool.endpoints = Some(bases);
+        }
+    }
+    Ok(())
 }
 
 fn known<'a>(ids: impl Iterator<Item = &'a String>) -> String {
@@ -482,6 +622,138 @@ max_num_seqs = 32
         assert!(
             (0.35..=0.45).contains(&h20_spend),
             "H20 spend share {h20_spend:.3}"
+        );
+    }
+
+    const MIXED: &str = r#"name = "t"
+model = "llama-3-8b"
+
+[pools.sim]
+chip = "h20"
+count = 2
+
+[pools.real]
+kind = "openai"
+endpoints = ["http://10.0.0.7:8000", "http://10.0.0.8:8000/v1/"]
+model = "meta-llama/Llama-3.1-8B-Instruct"
+chip = "h20"
+engine = "sglang"
+tp = 2
+metrics = "sglang"
+"#;
+
+    #[test]
+    fn simulated_and_real_pools_sit_in_one_fleet() {
+        let spec = FleetSpec::parse(MIXED, "t.toml").unwrap();
+        let pools = spec.resolve(&catalogue()).unwrap();
+        assert!(pools[0].upstream.is_none());
+        let real = &pools[1];
+        assert_eq!(real.count, 2, "one backend per endpoint");
+        assert_eq!(
+            real.perf.model.id, "llama-3-8b",
+            "the prior is the fleet's model"
+        );
+        assert_eq!(real.perf.engine.engine, "sglang");
+        assert_eq!(real.perf.tp, 2);
+        let up = real.upstream.as_deref().unwrap();
+        assert_eq!(
+            up.endpoints,
+            ["http://10.0.0.7:8000/v1", "http://10.0.0.8:8000/v1"]
+        );
+        assert_eq!(up.served_model, "meta-llama/Llama-3.1-8B-Instruct");
+        assert_eq!(up.metrics.as_deref(), Some("sglang"));
+    }
+
+    #[test]
+    fn bad_real_pools_name_file_line_and_field() {
+        let cases = [
+            (
+                MIXED.replace("\"http://10.0.0.7:8000\"", "\"10.0.0.7:8000\""),
+                10,
+                "pools.real.endpoints",
+                "http://",
+            ),
+            (
+                MIXED.replace(
+                    "endpoints = [\"http://10.0.0.7:8000\", \"http://10.0.0.8:8000/v1/\"]",
+                    "endpoints = []",
+                ),
+                10,
+                "pools.real.endpoints",
+                "empty",
+            ),
+            (
+                MIXED.replace(
+                    "endpoints = [\"http://10.0.0.7:8000\", \"http://10.0.0.8:8000/v1/\"]\n",
+                    "",
+                ),
+                8,
+                "pools.real.endpoints",
+                "missing",
+            ),
+            (
+                MIXED.replace("10.0.0.8", "10.0.0.7"),
+                10,
+                "pools.real.endpoints",
+                "twice",
+            ),
+            (
+                MIXED.replace(":8000\"", ":80000\""),
+                10,
+                "pools.real.endpoints",
+                "port",
+            ),
+            (
+                MIXED.replace("metrics = \"sglang\"", "metrics = \"vlm\""),
+                15,
+                "pools.real.metrics",
+                "known: vllm",
+            ),
+            (
+                MIXED.replace("model = \"meta-llama/Llama-3.1-8B-Instruct\"\n", ""),
+                9,
+                "pools.real.kind",
+                "needs `model`",
+            ),
+            (
+                MIXED.replace(
+                    "chip = \"h20\"\ncount = 2",
+                    "chip = \"h20\"\ncount = 2\nendpoints = [\"http://h:1\"]",
+                ),
+                7,
+                "pools.sim.endpoints",
+                "kind = \"openai\"",
+            ),
+            (
+                MIXED.replace("kind = \"openai\"", "kind = \"vllm\""),
+                9,
+                "",
+                "unknown variant",
+            ),
+        ];
+        for (src, line, field, says) in cases {
+            let err = FleetSpec::parse(&src, "f.toml").unwrap_err();
+            assert_eq!(err.line, Some(line), "{err}");
+            if !field.is_empty() {
+                assert_eq!(err.field.as_deref(), Some(field), "{err}");
+            }
+            assert!(
+                err.to_string().starts_with(&format!("f.toml:{line}")),
+                "{err}"
+            );
+            assert!(err.message.contains(says), "{err}");
+        }
+        // Meaning errors too: an unknown chip for a real pool.
+        let spec = FleetSpec::parse(
+            &MIXED.replace("chip = \"h20\"\nengine", "chip = \"h2O\"\nengine"),
+            "f.toml",
+        )
+        .unwrap();
+        let err = spec.resolve(&catalogue()).unwrap_err();
+        assert_eq!(
+            (err.line, err.field.as_deref()),
+            (Some(12), Some("pools.real.chip")),
+            "{err}"
         );
     }
 

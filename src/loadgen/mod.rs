@@ -26,7 +26,6 @@ mod dispatch;
 pub mod openai;
 mod progress;
 mod prompt;
-mod sse;
 mod stream;
 
 pub use collect::{LoadReport, LoadSummary};

@@ -19,8 +19,8 @@
 //! their own status names; nothing a server sends can panic the client.
 
 use super::prompt::{prompt_text, splitmix};
-use super::sse::{read_chunk, SseDecoder};
 use super::stream::{Outcome, Placement, UsageCheck};
+use crate::openai_client::sse::{read_chunk, SseDecoder};
 use crate::request::Slo;
 use crate::trace::TraceRecord;
 use anyhow::{bail, Context as _};
@@ -28,8 +28,6 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use std::time::{Duration, Instant};
 
 /// Which OpenAI endpoint the requests go to.
@@ -101,8 +99,7 @@ pub fn api_base(target: &str) -> anyhow::Result<String> {
     })
 }
 
-type HttpClient =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+use crate::openai_client::HttpClient;
 
 /// A connected client: the HTTP connection pool and what every request carries.
 #[derive(Clone)]
@@ -119,33 +116,12 @@ pub(super) struct Client {
     max_retries: u32,
 }
 
-/// An HTTP/1.1 client (and HTTP/2 where TLS negotiates it) over rustls with bundled
-/// Mozilla roots: no OpenSSL, no system certificate store needed.
-fn http_client() -> anyhow::Result<HttpClient> {
-    let mut tcp = HttpConnector::new();
-    // Each token is a small write; Nagle's algorithm would hold them back.
-    tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(Duration::from_secs(10)));
-    tcp.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .context("setting up TLS")?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(tcp);
-    Ok(
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(https),
-    )
-}
-
 impl Client {
     /// Sets up the connection pool for the API at `base` (see [`api_base`]) and resolves
     /// the model, asking `GET {base}/models` when `opts` names none.
     pub async fn connect(base: &str, opts: &OpenAiOptions) -> anyhow::Result<Client> {
-        let http = http_client()?;
+        let http =
+            crate::openai_client::http_client(Duration::from_secs(10), Duration::from_secs(30))?;
         let auth = match &opts.api_key {
             Some(key) => Some(
                 HeaderValue::from_str(&format!("Bearer {key}"))

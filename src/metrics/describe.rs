@@ -147,6 +147,12 @@ pub(super) fn describe(recorder: &PrometheusRecorder) {
             1,
         ),
         (
+            BACKEND_PREDICTION_RATIO,
+            None,
+            "Real engines: EWMA of observed over predicted TTFT (phase prefill) and time per output token (phase decode).",
+            1,
+        ),
+        (
             POOL_INFO,
             None,
             "Always 1: what a pool runs (chip, vendor, model, tp, domestic).",

@@ -150,6 +150,22 @@ impl PoolMetrics {
             .clone()
     }
 
+    /// A real-engine backend's prediction-ratio gauges, `[prefill, decode]`, at 1.
+    pub fn prediction_ratio(&self, backend: &str) -> [metrics::Gauge; 2] {
+        ["prefill", "decode"].map(|phase| {
+            let labels = vec![
+                Label::new("backend", backend.to_string()),
+                Label::new("pool", self.name.to_string()),
+                Label::new("phase", phase),
+            ];
+            let g = self
+                .recorder
+                .register_gauge(&Key::from_parts(BACKEND_PREDICTION_RATIO, labels), &meta());
+            g.set(1.0);
+            g
+        })
+    }
+
     /// Gauges for one of this pool's backends. `backend` must be a server-assigned id.
     pub fn backend(&self, backend: &str) -> BackendGauges {
         let labels = vec![

@@ -23,6 +23,7 @@
 use super::clock::{BackendClock, SimClock};
 use super::mailbox::Outbox;
 use super::outlier::StepRatio;
+pub use super::upstream::Ask;
 use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
 // Probes are the core's, the same ones replay sends.
 use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
@@ -47,10 +48,17 @@ pub enum Delivery {
     Started {
         queue_ns: Nanos,
     },
+    /// `count` tokens; `text` is theirs when a real engine produced them (a proxied
+    /// backend), `None` for simulated ones (the stream writes their placeholder text).
     Tokens {
         count: u32,
+        text: Option<String>,
     },
     Finished(FinishReport),
+    /// The backend failed after the client got tokens and the request cannot continue
+    /// elsewhere (a real engine's output cannot be resumed token-exactly): the handler
+    /// ends it as failed with this reason.
+    Failed(String),
     /// The backend failed: the request is no longer on it, and every token it produced
     /// was delivered before this. The handler moves it elsewhere or ends it.
     Displaced,
@@ -77,6 +85,9 @@ pub struct FinishReport {
     /// Mean gap between tokens after the first; 0 for a one-token answer.
     pub mean_inter_token_ns: Nanos,
     pub e2e_ns: Nanos,
+    /// The engine stopped before `max_tokens` (end of sequence or a stop string); only
+    /// real engines do.
+    pub stopped: bool,
 }
 
 /// Instructions to a driver. Unbounded: a handler never waits on a backend, and the
@@ -95,6 +106,9 @@ pub enum Command {
         /// The policy that routed it here: its latencies are labelled with this one, not
         /// with whichever is in force when its tokens arrive.
         policy: Arc<str>,
+        /// The request's text and what else a real engine is sent (simulated backends
+        /// need only `req`).
+        ask: Arc<Ask>,
     },
     /// The handler gave up on the request (client gone, deadline).
     Abort { id: RequestId },
@@ -138,6 +152,8 @@ pub struct BackendHandle {
     pub chip: Arc<str>,
     pub model: Arc<str>,
     pub tp: u32,
+    /// The API base of the real engine this backend proxies to; `None`: simulated.
+    pub endpoint: Option<Arc<str>>,
     commands: UnboundedSender<Command>,
     /// Current slowdown factor, for listings (the driver owns the real clock).
     slowdown: parking_lot::Mutex<f64>,
@@ -194,6 +210,44 @@ impl BackendHandle {
     pub fn is_idle(&self) -> bool {
         self.idle.load(Relaxed)
     }
+
+    /// A handle for a backend of `pool` whose driver reads `commands`.
+    pub(super) fn new(
+        ctx: &DriverContext,
+        id: BackendId,
+        name: String,
+        pool: &PoolConfig,
+        endpoint: Option<Arc<str>>,
+        commands: UnboundedSender<Command>,
+    ) -> BackendHandle {
+        let perf = &pool.perf;
+        let pool_metrics = ctx.metrics.pool_metrics(&pool.name, &perf.chip.id);
+        let gauges = pool_metrics.backend(&name);
+        BackendHandle {
+            id,
+            name: name.into(),
+            pool: pool.name.as_str().into(),
+            chip: perf.chip.id.as_str().into(),
+            model: perf.model.id.as_str().into(),
+            tp: perf.tp,
+            endpoint,
+            commands,
+            slowdown: parking_lot::Mutex::new(1.0),
+            step_ratio: AtomicU64::new(1f64.to_bits()),
+            step_samples: AtomicU64::new(0),
+            idle: AtomicBool::new(true),
+            gauges: GaugesHandle(gauges),
+            pool_metrics,
+        }
+    }
+
+    /// Publishes a driver's step-time EWMA and whether it holds nothing.
+    pub(super) fn publish_health(&self, ratio: f64, samples: u64, idle: bool) {
+        self.idle.store(idle, Relaxed);
+        self.step_ratio.store(ratio.to_bits(), Relaxed);
+        self.step_samples.store(samples, Relaxed);
+        self.gauges.step_time_ratio.set(ratio);
+    }
 }
 
 /// Shared context every driver reads.
@@ -203,15 +257,22 @@ pub struct DriverContext {
     pub board: Arc<AtomicLoadBoard>,
     /// Weight of each step sample in the step-time EWMA.
     pub ewma_alpha: f64,
+    /// How proxied backends talk to their real engines, and their shared HTTP client.
+    pub upstream: super::upstream::UpstreamContext,
 }
 
 /// Starts the driver task of one backend and returns its handle.
+/// `index` is its place in its pool (a real engine's endpoint is the pool's `index`-th).
 pub fn spawn_backend(
     ctx: &Arc<DriverContext>,
     id: BackendId,
+    index: usize,
     name: String,
     pool: &PoolConfig,
 ) -> Arc<BackendHandle> {
+    if let Some(upstream) = &pool.upstream {
+        return super::upstream::spawn_proxy(ctx, id, index, name, pool, upstream);
+    }
     let (tx, rx) = unbounded_channel();
     let perf = pool.perf.clone();
     let cfg = EngineConfig {
@@ -221,23 +282,8 @@ pub fn spawn_backend(
         ..EngineConfig::for_perf(&perf)
     }
     .with_granularity(Granularity::PerToken);
-    let pool_metrics = ctx.metrics.pool_metrics(&pool.name, &perf.chip.id);
-    let gauges = pool_metrics.backend(&name);
-    let handle = Arc::new(BackendHandle {
-        id,
-        name: name.into(),
-        pool: pool.name.as_str().into(),
-        chip: perf.chip.id.as_str().into(),
-        model: perf.model.id.as_str().into(),
-        tp: perf.tp,
-        commands: tx,
-        slowdown: parking_lot::Mutex::new(1.0),
-        step_ratio: AtomicU64::new(1f64.to_bits()),
-        step_samples: AtomicU64::new(0),
-        idle: AtomicBool::new(true),
-        gauges: GaugesHandle(gauges.clone()),
-        pool_metrics,
-    });
+    let handle = Arc::new(BackendHandle::new(ctx, id, name, pool, None, tx));
+    let gauges = handle.gauges.0.clone();
     let slot = ctx.board.slot(id).unwrap_or_default();
     let driver = Driver {
         last_fleet: 0,
@@ -479,6 +525,7 @@ impl Driver {
                         0
                     },
                     e2e_ns: at.saturating_sub(r.arrival),
+                    stopped: false,
                 };
                 let tpot = (output_tokens > 1).then_some(report.mean_inter_token_ns);
                 let ttft_missed = report.ttft_ns > r.slo.ttft_ns;
@@ -527,6 +574,7 @@ impl Driver {
                 deliver,
                 resume,
                 policy,
+                ask: _,
             } => {
                 self.claims.push(claim);
                 if self.retiring || self.state() != Some(BackendState::Serving) {
@@ -658,14 +706,8 @@ impl Driver {
             // An idle gap is not a step: sampling restarts with the next work.
             self.last_step = None;
         }
-        self.handle.idle.store(idle, Relaxed);
         self.handle
-            .step_ratio
-            .store(self.ratio.value().to_bits(), Relaxed);
-        self.handle
-            .step_samples
-            .store(self.ratio.samples(), Relaxed);
-        self.gauges.step_time_ratio.set(self.ratio.value());
+            .publish_health(self.ratio.value(), self.ratio.samples(), idle);
     }
 }
 
@@ -675,7 +717,10 @@ fn flush(r: &mut InFlight) {
         return;
     }
     r.hist.generated_tokens.increment(u64::from(r.pending));
-    let _ = r.deliver.send(Delivery::Tokens { count: r.pending });
+    let _ = r.deliver.send(Delivery::Tokens {
+        count: r.pending,
+        text: None,
+    });
     r.delivered += r.pending;
     r.pending = 0;
 }

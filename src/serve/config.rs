@@ -70,6 +70,24 @@ min_samples = 16
 max_ejection_fraction = 0.5
 # How often stragglers are checked and ejected backends probed, wall milliseconds.
 check_interval_ms = 100
+
+[upstream]
+# Real engines: fleet pools of kind = "openai", one backend per endpoint. Wall milliseconds.
+# A connection to an endpoint not made within this long fails (the request is retried on
+# another endpoint, as when the connection is refused).
+connect_timeout_ms = 1000
+# An endpoint whose response headers do not arrive within this long has failed the request.
+first_byte_timeout_ms = 30000
+# How often each endpoint's Prometheus /metrics is scraped for its own load figures.
+scrape_interval_ms = 250
+# How often an endpoint taken out (refusing connections, or failing requests) is probed
+# (GET /health, else /v1/models); it serves again once a probe succeeds.
+probe_interval_ms = 500
+# Consecutive failed requests (errors before a first token) that take an endpoint out.
+max_failures = 3
+# Weight of each request in an endpoint's EWMA of observed over predicted prefill time and
+# time per output token (dujiang_backend_prediction_ratio), which corrects its predictions.
+ewma_alpha = 0.2
 "#;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,6 +111,32 @@ pub struct ServeConfig {
     pub grace_period_ms: u64,
     pub admission: AdmissionLimits,
     pub reliability: ReliabilityConfig,
+    pub upstream: UpstreamConfig,
+}
+
+/// How the daemon talks to real engines (pools of kind = "openai").
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    pub first_byte_timeout_ms: u64,
+    pub scrape_interval_ms: u64,
+    pub probe_interval_ms: u64,
+    pub max_failures: u32,
+    pub ewma_alpha: f64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout_ms: 1000,
+            first_byte_timeout_ms: 30_000,
+            scrape_interval_ms: 250,
+            probe_interval_ms: 500,
+            max_failures: 3,
+            ewma_alpha: 0.2,
+        }
+    }
 }
 
 /// Backend failure handling and straggler ejection.
@@ -143,6 +187,7 @@ impl Default for ServeConfig {
             grace_period_ms: 30_000,
             admission: AdmissionLimits::default(),
             reliability: ReliabilityConfig::default(),
+            upstream: UpstreamConfig::default(),
         }
     }
 }
@@ -237,6 +282,31 @@ impl ServeConfig {
                 src,
                 "reliability.check_interval_ms",
                 "must be at least 1",
+            ));
+        }
+        let u = &self.upstream;
+        for (field, v) in [
+            ("upstream.connect_timeout_ms", u.connect_timeout_ms),
+            ("upstream.first_byte_timeout_ms", u.first_byte_timeout_ms),
+            ("upstream.scrape_interval_ms", u.scrape_interval_ms),
+            ("upstream.probe_interval_ms", u.probe_interval_ms),
+            ("upstream.max_failures", u64::from(u.max_failures)),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::at_field(
+                    file,
+                    src,
+                    field,
+                    "must be at least 1",
+                ));
+            }
+        }
+        if !(u.ewma_alpha.is_finite() && u.ewma_alpha > 0.0 && u.ewma_alpha <= 1.0) {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "upstream.ewma_alpha",
+                format!("must be in (0, 1], got {}", u.ewma_alpha),
             ));
         }
         Ok(())

@@ -67,8 +67,18 @@ impl Outbox {
                 return false;
             }
             match (s.queue.back_mut(), d) {
-                (Some(Delivery::Tokens { count }), Delivery::Tokens { count: more }) => {
+                (
+                    Some(Delivery::Tokens { count, text }),
+                    Delivery::Tokens {
+                        count: more,
+                        text: more_text,
+                    },
+                ) => {
                     *count = count.saturating_add(more);
+                    // One placement's chunks all have text or none do.
+                    if let (Some(text), Some(more)) = (text, more_text) {
+                        text.push_str(&more);
+                    }
                 }
                 (_, d) => {
                     debug_assert!(s.queue.len() < MAX_UNREAD, "{:?} after {:?}", d, s.queue);
@@ -144,7 +154,10 @@ mod tests {
         assert!(tx.send(Delivery::Admitted));
         assert!(tx.send(Delivery::Started { queue_ns: 5 }));
         for _ in 0..100_000 {
-            assert!(tx.send(Delivery::Tokens { count: 1 }));
+            assert!(tx.send(Delivery::Tokens {
+                count: 1,
+                text: None
+            }));
         }
         assert!(tx.send(Delivery::Finished(FinishReport::default())));
         assert_eq!(rx.unread(), 4);
@@ -160,7 +173,10 @@ mod tests {
             [
                 Delivery::Admitted,
                 Delivery::Started { queue_ns: 5 },
-                Delivery::Tokens { count: 100_000 },
+                Delivery::Tokens {
+                    count: 100_000,
+                    text: None
+                },
                 Delivery::Finished(FinishReport::default()),
             ]
         );
@@ -174,12 +190,38 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
         for n in 1..=3 {
-            tx.send(Delivery::Tokens { count: n });
+            tx.send(Delivery::Tokens {
+                count: n,
+                text: Some(format!("t{n}")),
+            });
             assert_eq!(
                 rx.poll_recv(&mut cx),
-                Poll::Ready(Some(Delivery::Tokens { count: n }))
+                Poll::Ready(Some(Delivery::Tokens {
+                    count: n,
+                    text: Some(format!("t{n}"))
+                }))
             );
         }
+    }
+
+    #[test]
+    fn unread_real_text_is_merged_in_order() {
+        let (tx, mut rx) = mailbox();
+        for t in ["Du", "jiang", "yan"] {
+            tx.send(Delivery::Tokens {
+                count: 1,
+                text: Some(t.into()),
+            });
+        }
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert_eq!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Some(Delivery::Tokens {
+                count: 3,
+                text: Some("Dujiangyan".into())
+            }))
+        );
     }
 
     #[test]

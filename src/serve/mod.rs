@@ -30,6 +30,7 @@ mod openai;
 pub use crate::fleet::outlier;
 mod routing;
 mod stream;
+pub mod upstream;
 
 pub use backend::{Delivery, FinishReport};
 pub use clock::SimClock;

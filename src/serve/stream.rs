@@ -52,6 +52,8 @@ pub struct RequestStream {
     moves: u32,
     /// The front end it came by.
     frontend: crate::metrics::Frontend,
+    /// The request's text, for a backend it is moved to.
+    ask: Arc<super::upstream::Ask>,
 }
 
 impl RequestStream {
@@ -74,6 +76,7 @@ impl RequestStream {
             first_token_at: None,
             moves: 0,
             frontend: a.frontend,
+            ask: a.ask,
         }
     }
 
@@ -101,6 +104,12 @@ impl RequestStream {
     /// The backend serving the request now.
     pub fn backend(&self) -> &BackendHandle {
         &self.backend
+    }
+
+    /// Whether a real engine serves it: its tokens carry the engine's text, grouped as
+    /// the engine sent them, and it may stop before `max_tokens`.
+    pub fn proxied(&self) -> bool {
+        self.backend.endpoint.is_some()
     }
 
     fn ended(&self) -> bool {
@@ -157,16 +166,16 @@ impl RequestStream {
             first_token_at: self.first_token_at,
             queue_ns: self.queue_ns,
         });
-        let (backend, deliveries) =
-            self.daemon
-                .relocate(req, &self.model, resume)
-                .map_err(|e| match e {
-                    ServeError::Unavailable(why) => ServeError::Unavailable(format!(
-                        "backend {} failed and the request could not be moved: {why}",
-                        self.backend.name
-                    )),
-                    other => other,
-                })?;
+        let (backend, deliveries) = self
+            .daemon
+            .relocate(req, &self.model, resume, self.ask.clone())
+            .map_err(|e| match e {
+                ServeError::Unavailable(why) => ServeError::Unavailable(format!(
+                    "backend {} failed and the request could not be moved: {why}",
+                    self.backend.name
+                )),
+                other => other,
+            })?;
         tracing::debug!(from = %self.backend.name, to = %backend.name, delivered, "request moved");
         self.backend = backend;
         self.deliveries = deliveries;
@@ -192,7 +201,11 @@ fn finished(r: &FinishReport) -> wire::Finished {
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
         }),
-        finish_reason: wire::FinishReason::Length as i32,
+        finish_reason: if r.stopped {
+            wire::FinishReason::Stop
+        } else {
+            wire::FinishReason::Length
+        } as i32,
         timings: Some(wire::Timings {
             queue_seconds: s(r.queue_ns),
             ttft_seconds: s(r.ttft_ns),
@@ -240,13 +253,17 @@ impl Stream for RequestStream {
                     this.queue_ns = queue_ns;
                     Event::Started(this.started(queue_ns))
                 }
-                Some(Delivery::Tokens { count }) => {
+                Some(Delivery::Tokens { count, text }) => {
                     if this.first_token_at.is_none() {
                         this.first_token_at = Some(this.daemon.now());
                     }
-                    let text = token_text(this.tokens, count);
+                    let text = text.unwrap_or_else(|| token_text(this.tokens, count));
                     this.tokens += count;
                     Event::Tokens(wire::TokenChunk { text, count })
+                }
+                Some(Delivery::Failed(why)) => {
+                    this.end(Outcome::Failed);
+                    return Poll::Ready(Some(Err(ServeError::Unavailable(why))));
                 }
                 Some(Delivery::Finished(report)) => {
                     this.end(Outcome::Ok);

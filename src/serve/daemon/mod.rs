@@ -97,6 +97,8 @@ pub struct Accepted {
     pub permit: Permit,
     /// The front end it came by (its counters' label).
     pub frontend: crate::metrics::Frontend,
+    /// The request's text and what else a real engine is sent.
+    pub ask: Arc<crate::serve::upstream::Ask>,
 }
 
 /// Where the router would place a request.
@@ -117,6 +119,9 @@ struct Validated {
     slo: Option<Slo>,
     prefix_hashes: Vec<u64>,
     session: Option<u64>,
+    /// The text, kept for a real engine.
+    messages: Vec<crate::wire::ChatMessage>,
+    prompt: String,
 }
 
 impl Daemon {
@@ -164,6 +169,7 @@ impl Daemon {
             metrics: metrics.clone(),
             board: board.clone(),
             ewma_alpha: rel.ewma_alpha,
+            upstream: crate::serve::upstream::UpstreamContext::new(config.upstream),
         });
         let outliers = OutlierDetector::new(OutlierConfig {
             straggler_ratio: rel.straggler_ratio,
@@ -228,7 +234,7 @@ impl Daemon {
     ) {
         for (k, &id) in ids.iter().enumerate() {
             let name = format!("{}-{k}", pool.name);
-            let handle = spawn_backend(&self.ctx, id, name, pool);
+            let handle = spawn_backend(&self.ctx, id, k, name, pool);
             if into.len() <= id.index() {
                 into.resize(id.index() + 1, None);
             }

@@ -13,6 +13,7 @@ use crate::serve::backend::{BackendHandle, Command, Delivery, Refusal, Resume};
 use crate::serve::error::ServeError;
 use crate::serve::mailbox::{mailbox, Inbox};
 use crate::serve::routing::ActivePolicy;
+use crate::serve::upstream::{Ask, Sampling};
 use crate::wire;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -40,7 +41,23 @@ impl Daemon {
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<Accepted, ServeError> {
-        let result = self.try_submit(frontend, req, received, deadline).await;
+        self.submit_with(frontend, req, Sampling::new(), received, deadline)
+            .await
+    }
+
+    /// [`Daemon::submit_via`] with sampling fields (`temperature`, `stop`, ...) that a
+    /// real engine serving the request is sent as they came (simulated ones ignore them).
+    pub async fn submit_with(
+        &self,
+        frontend: Frontend,
+        req: wire::GenerateRequest,
+        sampling: Sampling,
+        received: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted, ServeError> {
+        let result = self
+            .try_submit(frontend, req, sampling, received, deadline)
+            .await;
         if let Err(e) = &result {
             self.metrics.shed(self.refusal_reason(e), frontend);
         }
@@ -68,6 +85,7 @@ impl Daemon {
         &self,
         frontend: Frontend,
         req: wire::GenerateRequest,
+        sampling: Sampling,
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<Accepted, ServeError> {
@@ -76,7 +94,13 @@ impl Daemon {
                 "the daemon is shutting down".into(),
             ));
         }
-        let v = self.validate(req)?;
+        let mut v = self.validate(req)?;
+        let ask = Arc::new(Ask {
+            messages: std::mem::take(&mut v.messages),
+            prompt: std::mem::take(&mut v.prompt),
+            sampling,
+            deadline,
+        });
         let id = self.next_id.fetch_add(1, Relaxed);
         let request = Request {
             id,
@@ -119,6 +143,7 @@ impl Daemon {
                 deliver: tx,
                 resume: None,
                 policy: placement.policy,
+                ask: ask.clone(),
             }) {
                 // The backend may now hold the request. Should this future be dropped
                 // before its answer (the client went away), the guard tells the backend
@@ -155,6 +180,7 @@ impl Daemon {
                         model: v.model,
                         permit,
                         frontend,
+                        ask,
                     });
                 }
                 Some(Delivery::Refused(Refusal::Engine(AdmitError::TooLarge {
@@ -201,6 +227,7 @@ impl Daemon {
         req: Request,
         model: &str,
         resume: Option<Resume>,
+        ask: Arc<Ask>,
     ) -> Result<(Arc<BackendHandle>, Inbox), ServeError> {
         if !self.accepting.load(Relaxed) {
             return Err(ServeError::Unavailable(
@@ -221,6 +248,7 @@ impl Daemon {
             deliver: tx,
             resume,
             policy,
+            ask,
         }) {
             self.board.release(backend.id, claim);
             return Err(ServeError::Unavailable(format!(

@@ -90,6 +90,8 @@ impl Daemon {
             slo,
             prefix_hashes: req.prefix_hashes,
             session: req.session_id,
+            messages: req.messages,
+            prompt: req.prompt,
         })
     }
 }

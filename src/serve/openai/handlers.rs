@@ -66,7 +66,13 @@ async fn try_complete(
     let parsed = request::parse(endpoint, &parts.headers, &body).map_err(refused)?;
     let deadline = parsed.timeout.map(|t| received + t);
     let accepted = d
-        .submit_via(Frontend::Openai, parsed.wire, received, deadline)
+        .submit_with(
+            Frontend::Openai,
+            parsed.wire,
+            parsed.sampling,
+            received,
+            deadline,
+        )
         .await?;
     let mut stream = RequestStream::new(d.clone(), accepted);
     let created = SystemTime::now()
@@ -106,13 +112,21 @@ async fn try_complete(
     }
     let mut text = String::new();
     let mut tokens = 0u32;
+    let mut finish = "length";
     while let Some(item) = stream.next().await {
         match item? {
             Event::Tokens(t) => {
                 text.push_str(&t.text);
                 tokens += t.count;
             }
-            Event::Finished(_) => break,
+            Event::Finished(f) => {
+                finish = finish_reason(&f);
+                // A real engine's usage is its own count, not the chunks'.
+                if let Some(u) = f.usage {
+                    tokens = u.completion_tokens;
+                }
+                break;
+            }
             Event::Started(_) => {}
         }
     }
@@ -120,7 +134,21 @@ async fn try_complete(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok((StatusCode::OK, headers, framer.complete(&text, tokens)).into_response())
+    Ok((
+        StatusCode::OK,
+        headers,
+        framer.complete(&text, tokens, finish),
+    )
+        .into_response())
+}
+
+/// OpenAI's name for how a request finished.
+pub fn finish_reason(f: &crate::wire::Finished) -> &'static str {
+    if f.finish_reason == crate::wire::FinishReason::Stop as i32 {
+        "stop"
+    } else {
+        "length"
+    }
 }
 
 /// Where the request runs, for clients that report per pool (the load generator does).

@@ -42,7 +42,30 @@ pub struct Parsed {
     pub include_usage: bool,
     pub continuous_usage: bool,
     pub timeout: Option<Duration>,
+    /// Sampling fields a real engine is sent as they came ([`SAMPLING_FIELDS`]).
+    pub sampling: Map<String, Value>,
 }
+
+/// Fields passed through, untouched, to a real engine serving the request (vLLM's and
+/// SGLang's sampling parameters); simulated backends ignore them.
+pub const SAMPLING_FIELDS: [&str; 16] = [
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "stop",
+    "stop_token_ids",
+    "seed",
+    "ignore_eos",
+    "min_tokens",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "skip_special_tokens",
+    "user",
+    "response_format",
+];
 
 pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ApiError> {
     let value: Value = serde_json::from_slice(body)
@@ -105,12 +128,21 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         }
         t => t.map(Duration::from_millis),
     };
+    let sampling = SAMPLING_FIELDS
+        .iter()
+        .filter_map(|f| {
+            b.get(*f)
+                .filter(|v| !v.is_null())
+                .map(|v| (f.to_string(), v.clone()))
+        })
+        .collect();
     Ok(Parsed {
         wire,
         stream,
         include_usage,
         continuous_usage,
         timeout,
+        sampling,
     })
 }
 

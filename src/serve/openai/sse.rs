@@ -70,13 +70,32 @@ impl Framer {
         );
     }
 
-    /// The SSE event of token `index` (0-based); `last` sets its `finish_reason`.
+    /// The SSE event of simulated token `index` (0-based); `last` sets its
+    /// `finish_reason`.
     pub fn token_chunk(&self, out: &mut String, index: u32, last: bool) {
-        let text = json(&token_text(index, 1));
-        let finish = if last { "\"length\"" } else { "null" };
+        let finish = if last { Some("length") } else { None };
+        self.text_chunk(out, &token_text(index, 1), index == 0, finish, index + 1);
+    }
+
+    /// One SSE event carrying `text` (the first with the chat role), `finish` as its
+    /// `finish_reason`, and with continuous usage `completion` tokens so far.
+    pub fn text_chunk(
+        &self,
+        out: &mut String,
+        text: &str,
+        first: bool,
+        finish: Option<&str>,
+        completion: u32,
+    ) {
+        let text = json(text);
+        // No allocation for the common case: every chunk but the last says null.
+        let finish: std::borrow::Cow<'_, str> = match finish {
+            Some(f) => json(f).into(),
+            None => "null".into(),
+        };
         let _ = write!(out, "data: {{{},\"choices\":[{{\"index\":0,", self.head);
         match self.endpoint {
-            Endpoint::Chat if index == 0 => {
+            Endpoint::Chat if first => {
                 let _ = write!(
                     out,
                     "\"delta\":{{\"role\":\"assistant\",\"content\":{text}}}"
@@ -92,7 +111,7 @@ impl Framer {
         let _ = write!(out, ",\"logprobs\":null,\"finish_reason\":{finish}}}]");
         if self.continuous_usage {
             out.push(',');
-            self.usage(out, index + 1);
+            self.usage(out, completion);
         }
         out.push_str("}\n\n");
     }
@@ -105,7 +124,7 @@ impl Framer {
     }
 
     /// A whole non-streaming answer.
-    pub fn complete(&self, text: &str, completion: u32) -> String {
+    pub fn complete(&self, text: &str, completion: u32, finish: &str) -> String {
         let text = json(text);
         let mut out = format!("{{{},\"choices\":[{{\"index\":0,", self.head);
         match self.endpoint {
@@ -119,7 +138,11 @@ impl Framer {
                 let _ = write!(out, "\"text\":{text}");
             }
         }
-        out.push_str(",\"logprobs\":null,\"finish_reason\":\"length\"}],");
+        let _ = write!(
+            out,
+            ",\"logprobs\":null,\"finish_reason\":{}}}],",
+            json(finish)
+        );
         self.usage(&mut out, completion);
         out.push('}');
         out
@@ -168,6 +191,14 @@ impl Stream for EventStream {
             let mut out = String::new();
             match item {
                 Some(Ok(Event::Started(_))) => continue,
+                Some(Ok(Event::Tokens(t))) if this.inner.proxied() => {
+                    // A real engine's text as it came; how it finished comes with
+                    // Finished.
+                    let first = this.sent == 0;
+                    this.sent += t.count;
+                    this.framer
+                        .text_chunk(&mut out, &t.text, first, None, this.sent);
+                }
                 Some(Ok(Event::Tokens(t))) => {
                     // One chunk per token, whatever the backend's delivery grouped.
                     let max = this.inner.max_tokens();
@@ -178,9 +209,20 @@ impl Stream for EventStream {
                         this.framer.token_chunk(&mut out, i, this.sent >= max);
                     }
                 }
-                Some(Ok(Event::Finished(_))) => {
+                Some(Ok(Event::Finished(f))) => {
+                    let completion = f.usage.map_or(this.sent, |u| u.completion_tokens);
+                    if this.inner.proxied() {
+                        let finish = super::handlers::finish_reason(&f);
+                        this.framer.text_chunk(
+                            &mut out,
+                            "",
+                            this.sent == 0,
+                            Some(finish),
+                            completion,
+                        );
+                    }
                     if this.include_usage {
-                        this.framer.usage_chunk(&mut out, this.sent);
+                        this.framer.usage_chunk(&mut out, completion);
                     }
                     out.push_str(DONE);
                     this.done = true;
@@ -227,7 +269,7 @@ mod tests {
         assert_eq!(events[2]["choices"], serde_json::json!([]));
         assert_eq!(events[2]["usage"]["total_tokens"], 12);
         let c = Framer::new(Endpoint::Completions, "x", 7, "m", 3, false, false);
-        let v: serde_json::Value = serde_json::from_str(&c.complete("ab", 2)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&c.complete("ab", 2, "length")).unwrap();
         assert_eq!(v["object"], "text_completion");
         assert_eq!(v["choices"][0]["text"], "ab");
         assert_eq!(v["usage"]["prompt_tokens"], 3);

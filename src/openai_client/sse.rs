@@ -1,7 +1,7 @@
 //! Reading an OpenAI-style completion stream as a client does: server-sent events framed
 //! by blank lines, each `data:` payload one JSON chunk or the closing `[DONE]`, and each
-//! chunk read only for what timing needs (did it carry output text, did it finish, usage,
-//! an error). Written against what servers really send, not only against dujiang's own:
+//! chunk read for what the load generator's timing and the daemon's proxy backends need
+//! (the output text it carried, did it finish and why, usage, an error). Written against what servers really send, not only against dujiang's own:
 //! vLLM, SGLang and llama.cpp's server open a chat stream with a role-only delta, send
 //! empty-content chunks, put the last token and `finish_reason` in one chunk or in two,
 //! send usage only when asked (or never), and may use `\r\n` line ends. None of that is an
@@ -13,7 +13,7 @@ use serde::Deserialize;
 /// joined by `\n`), as the SSE specification frames them. Comments (`:` lines) and other
 /// fields (`event:`, `id:`, `retry:`) are skipped; events without data are dropped.
 #[derive(Debug, Default)]
-pub(super) struct SseDecoder {
+pub struct SseDecoder {
     /// Bytes of the line not yet ended.
     line: Vec<u8>,
     /// `data:` lines of the event not yet ended.
@@ -78,13 +78,17 @@ impl SseDecoder {
 
 /// What one `data:` payload says.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(super) struct Chunk {
+pub struct Chunk {
     /// `[DONE]`: the stream's end.
     pub done: bool,
     /// Some choice carried output text (a token, by the one-token-per-chunk convention).
     pub text: bool,
+    /// The output text the chunk carried (reasoning, then content).
+    pub content: String,
     /// Some choice has a `finish_reason`.
     pub finished: bool,
+    /// The first choice's `finish_reason` (`stop`, `length`, ...), when it has one.
+    pub finish_reason: Option<String>,
     /// `usage.completion_tokens`, when the chunk carries usage.
     pub completion_tokens: Option<u32>,
     /// `usage.prompt_tokens`, when the chunk carries usage.
@@ -135,12 +139,8 @@ struct RawUsage {
     prompt_tokens: Option<u32>,
 }
 
-fn non_empty(s: &Option<String>) -> bool {
-    s.as_deref().is_some_and(|s| !s.is_empty())
-}
-
 /// Reads one event's data. Err names what was wrong with it.
-pub(super) fn read_chunk(data: &str) -> Result<Chunk, String> {
+pub fn read_chunk(data: &str) -> Result<Chunk, String> {
     let data = data.trim();
     if data == "[DONE]" {
         return Ok(Chunk {
@@ -153,13 +153,24 @@ pub(super) fn read_chunk(data: &str) -> Result<Chunk, String> {
         format!("a stream chunk is not a completion chunk ({e}): `{shown}`")
     })?;
     let mut chunk = Chunk::default();
-    for c in &raw.choices {
-        let delta_text = c.delta.as_ref().is_some_and(|d| {
-            non_empty(&d.content) || non_empty(&d.reasoning_content) || non_empty(&d.reasoning)
-        });
-        chunk.text |= delta_text || non_empty(&c.text);
-        chunk.finished |= c.finish_reason.is_some();
+    for c in raw.choices {
+        if let Some(d) = c.delta {
+            for part in [d.reasoning_content, d.reasoning, d.content]
+                .into_iter()
+                .flatten()
+            {
+                chunk.content.push_str(&part);
+            }
+        }
+        if let Some(t) = c.text {
+            chunk.content.push_str(&t);
+        }
+        if chunk.finish_reason.is_none() {
+            chunk.finish_reason = c.finish_reason;
+        }
     }
+    chunk.text = !chunk.content.is_empty();
+    chunk.finished = chunk.finish_reason.is_some();
     if let Some(u) = raw.usage {
         chunk.completion_tokens = u.completion_tokens;
         chunk.prompt_tokens = u.prompt_tokens;
@@ -220,6 +231,7 @@ mod tests {
         )
         .unwrap();
         assert!(tok.text && !tok.finished);
+        assert_eq!(tok.content, " the");
         // The last token and the finish reason in one chunk (vLLM) ...
         let last = read_chunk(
             r#"{"choices":[{"index":0,"delta":{"content":"."},"finish_reason":"length"}]}"#,
@@ -230,6 +242,7 @@ mod tests {
         let fin =
             read_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
         assert!(!fin.text && fin.finished);
+        assert_eq!(fin.finish_reason.as_deref(), Some("stop"));
         // Reasoning tokens count as output.
         let think = read_chunk(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#).unwrap();
         assert!(think.text);

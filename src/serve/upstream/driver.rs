@@ -1,0 +1,640 @@
+//! The driver of one proxied backend: a tokio task reading the same [`Command`]s a
+//! simulated backend's driver reads, and one task per request that talks to the engine
+//! ([`super::exchange`]) and turns what comes back into [`Delivery`]s.
+//!
+//! Failure handling keeps the one rule of the delivery contract, that a client never
+//! sees a token twice: a request that fails before its first token is handed back
+//! (`Displaced`) and its stream routes it to another backend, as it does a request whose
+//! simulated backend failed; once a token has gone to the client, a failure ends the
+//! request (`Failed`), because a real engine cannot be made to continue another engine's
+//! output token for token. An endpoint that refuses connections is taken out of routing
+//! at once, before its request is handed back, so the retry goes elsewhere; one failing
+//! `max_failures` requests in a row is taken out too. A background task probes an
+//! endpoint taken out until it answers and puts it back.
+//!
+//! The endpoint's load, as policies read it, is the router's own count of what it sent
+//! there: requests waiting for a first token (and their prompt tokens) and requests
+//! streaming (and their output tokens still owed), the token counts multiplied by the
+//! endpoint's prediction ratios ([`super::ratio`]) so routing sees a slow endpoint as
+//! holding more work.
+
+use super::exchange::{self, Call, Event, Failure};
+use super::ratio::PredictionRatio;
+use super::Ask;
+use crate::engine::LoadSnapshot;
+use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
+use crate::fleet::upstream::server_root;
+use crate::fleet::{BackendId, BackendState, Claim, LoadSlot, PoolConfig, UpstreamSpec};
+use crate::metrics::{FinishedLatencies, LatencySummary, Outcome, PoolHistograms};
+use crate::policy::{predict, Prediction};
+use crate::request::{Nanos, Priority, Request, RequestId, Slo};
+use crate::serve::backend::{
+    BackendHandle, Command, Delivery, DriverContext, FinishReport, Refusal,
+};
+use crate::serve::mailbox::{mailbox, Outbox};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::oneshot;
+
+/// Starts the driver of the backend proxying to the pool's `index`-th endpoint.
+pub fn spawn_proxy(
+    ctx: &Arc<DriverContext>,
+    id: BackendId,
+    index: usize,
+    name: String,
+    pool: &PoolConfig,
+    upstream: &UpstreamSpec,
+) -> Arc<BackendHandle> {
+    let base: Arc<str> = upstream
+        .endpoints
+        .get(index)
+        .map_or("http://invalid.invalid/v1", String::as_str)
+        .into();
+    let (tx, rx) = unbounded_channel();
+    let handle = Arc::new(BackendHandle::new(
+        ctx,
+        id,
+        name,
+        pool,
+        Some(base.clone()),
+        tx,
+    ));
+    let ratio_gauges = handle.pool_metrics.prediction_ratio(&handle.name);
+    let endpoint = Arc::new(Endpoint {
+        ctx: ctx.clone(),
+        summary: ctx.metrics.summary(&handle.pool),
+        slot: ctx.board.slot(id).unwrap_or_default(),
+        handle: handle.clone(),
+        base,
+        served_model: upstream.served_model.clone(),
+        ratio_gauges,
+        state: parking_lot::Mutex::new(State {
+            requests: HashMap::new(),
+            ratio: PredictionRatio::new(ctx.upstream.config.ewma_alpha),
+            failures: 0,
+            taken_out: false,
+        }),
+    });
+    tokio::spawn(health(Arc::downgrade(&endpoint)));
+    let driver = Proxy {
+        endpoint,
+        rx,
+        retiring: false,
+        next_probe: PROBE_ID_BASE,
+    };
+    tokio::spawn(driver.run());
+    handle
+}
+
+/// What the driver and its request tasks share.
+struct Endpoint {
+    ctx: Arc<DriverContext>,
+    handle: Arc<BackendHandle>,
+    /// API base (`http://host:8000/v1`).
+    base: Arc<str>,
+    served_model: String,
+    slot: Arc<LoadSlot>,
+    summary: Arc<LatencySummary>,
+    /// `dujiang_backend_prediction_ratio{phase="prefill"|"decode"}`.
+    ratio_gauges: [metrics::Gauge; 2],
+    state: parking_lot::Mutex<State>,
+}
+
+struct State {
+    requests: HashMap<RequestId, Live>,
+    ratio: PredictionRatio,
+    /// Requests failed in a row by the endpoint's fault.
+    failures: u32,
+    /// This driver took the endpoint out of routing (not an operator); probes put it back.
+    taken_out: bool,
+}
+
+/// One request in flight to the endpoint.
+struct Live {
+    cancel: Option<oneshot::Sender<End>>,
+    prompt_tokens: u32,
+    /// Output tokens still owed.
+    remaining: u32,
+    /// It has produced its first token.
+    streaming: bool,
+}
+
+/// Why the driver ends a request task before its exchange does.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    /// The client went away (its stream has recorded the outcome).
+    Abort,
+    /// A fault was injected: the backend failed.
+    Displace,
+    /// The daemon ends everything (shutdown, pool removed).
+    Retire(Outcome),
+}
+
+impl State {
+    /// The load the router has put on the endpoint, uncorrected.
+    fn raw_load(&self) -> LoadSnapshot {
+        let mut l = LoadSnapshot::default();
+        for r in self.requests.values() {
+            if r.streaming {
+                l.running += 1;
+            } else {
+                l.waiting += 1;
+                l.queued_prefill_tokens += u64::from(r.prompt_tokens);
+            }
+            l.remaining_decode_tokens += u64::from(r.remaining);
+        }
+        l
+    }
+}
+
+impl Endpoint {
+    /// Publishes the endpoint's load (token counts corrected by its prediction ratios),
+    /// its gauges and its straggler figures. Called with the state locked.
+    fn publish(&self, st: &State) {
+        let mut load = st.raw_load();
+        load.queued_prefill_tokens =
+            (load.queued_prefill_tokens as f64 * st.ratio.prefill_factor()) as u64;
+        load.remaining_decode_tokens =
+            (load.remaining_decode_tokens as f64 * st.ratio.decode_factor()) as u64;
+        self.slot.store(&load);
+        let g = &self.handle.gauges;
+        g.running.set(f64::from(load.running));
+        g.waiting.set(f64::from(load.waiting));
+        self.ratio_gauges[0].set(st.ratio.prefill_factor());
+        self.ratio_gauges[1].set(st.ratio.decode_factor());
+        let (worst, samples) = st.ratio.worst();
+        self.handle
+            .publish_health(worst, samples, st.requests.is_empty());
+    }
+
+    fn state_in_fleet(&self) -> Option<BackendState> {
+        self.ctx
+            .board
+            .membership()
+            .backend(self.handle.id)
+            .map(|e| e.state)
+    }
+
+    /// Takes the endpoint out of routing until a probe finds it answering again, unless
+    /// an operator has already taken it out (drained or failed it).
+    fn take_out(&self, st: &mut State, why: &str) {
+        if st.taken_out || self.state_in_fleet() != Some(BackendState::Serving) {
+            return;
+        }
+        if self
+            .ctx
+            .board
+            .set_state(self.handle.id, BackendState::Failed)
+            .is_ok()
+        {
+            st.taken_out = true;
+            self.handle.gauges.serving.set(0.0);
+            tracing::warn!(backend = %self.handle.name, endpoint = %self.base, why, "endpoint taken out of routing");
+        }
+    }
+
+    /// A probe answered: the endpoint serves again (if this driver took it out).
+    fn put_back(&self) {
+        let mut st = self.state.lock();
+        if !st.taken_out {
+            return;
+        }
+        st.taken_out = false;
+        st.failures = 0;
+        if self.state_in_fleet() == Some(BackendState::Failed)
+            && self
+                .ctx
+                .board
+                .set_state(self.handle.id, BackendState::Serving)
+                .is_ok()
+        {
+            self.handle.gauges.serving.set(1.0);
+            tracing::info!(backend = %self.handle.name, endpoint = %self.base, "endpoint answers again; back in routing");
+        }
+    }
+}
+
+struct Proxy {
+    endpoint: Arc<Endpoint>,
+    rx: UnboundedReceiver<Command>,
+    retiring: bool,
+    next_probe: RequestId,
+}
+
+impl Proxy {
+    async fn run(mut self) {
+        while let Some(cmd) = self.rx.recv().await {
+            if self.command(cmd) {
+                return;
+            }
+            if self.retiring && self.endpoint.state.lock().requests.is_empty() {
+                return;
+            }
+        }
+        self.end_all(End::Retire(Outcome::Shutdown));
+    }
+
+    /// Handles one command; true when the driver must exit.
+    fn command(&mut self, cmd: Command) -> bool {
+        let ep = &self.endpoint;
+        match cmd {
+            Command::Admit {
+                req,
+                claim,
+                deliver,
+                resume,
+                policy,
+                ask,
+            } => {
+                let serving = ep.state_in_fleet() == Some(BackendState::Serving);
+                // A request moved here mid-stream cannot continue on a real engine
+                // token-exactly; its stream tries another backend or ends it.
+                let resumed = resume.is_some_and(|r| r.delivered > 0);
+                if self.retiring || !serving || resumed {
+                    ep.slot.release(claim);
+                    let _ = deliver.send(Delivery::Refused(Refusal::Unavailable));
+                    return false;
+                }
+                let hist = ep.handle.pool_metrics.histograms(&policy);
+                if resume.is_none() {
+                    hist.prompt_tokens.increment(u64::from(req.prompt_tokens));
+                }
+                let _ = deliver.send(Delivery::Admitted);
+                self.start(req, ask, deliver, Some(hist), claim);
+            }
+            Command::Abort { id } => self.cancel(id, End::Abort),
+            Command::Probe => {
+                if ep.state_in_fleet() == Some(BackendState::Draining) && !self.retiring {
+                    let id = self.next_probe;
+                    self.next_probe += 1;
+                    let req = Request {
+                        id,
+                        arrival: ep.ctx.clock.now(),
+                        prompt_tokens: PROBE_PROMPT_TOKENS,
+                        max_tokens: PROBE_MAX_TOKENS,
+                        priority: Priority::Batch,
+                        ..Request::default()
+                    };
+                    let ask = Arc::new(Ask {
+                        prompt: "Dujiangyan ".repeat(PROBE_PROMPT_TOKENS as usize / 3),
+                        ..Ask::default()
+                    });
+                    // Nobody reads a probe's deliveries; only its timings count.
+                    let (out, _) = mailbox();
+                    self.start(req, ask, out, None, Claim::default());
+                }
+            }
+            Command::Fail => self.end_all(End::Displace),
+            // A real engine's speed is its own; a slowdown is an operator's note on it.
+            Command::Slowdown(_) | Command::ClearFault => {}
+            Command::Retire(outcome) => {
+                self.end_all(End::Retire(outcome));
+                return true;
+            }
+            Command::RetireWhenIdle => self.retiring = true,
+        }
+        false
+    }
+
+    /// Registers a request, predicts it on the endpoint's current load and starts its
+    /// task. `hist: None` is a probe (no client, no latency series).
+    fn start(
+        &mut self,
+        req: Request,
+        ask: Arc<Ask>,
+        out: Outbox,
+        hist: Option<Arc<PoolHistograms>>,
+        claim: Claim,
+    ) {
+        let ep = self.endpoint.clone();
+        let (cancel, cancelled) = oneshot::channel();
+        let predicted = {
+            let mut st = ep.state.lock();
+            let predicted = {
+                let m = ep.ctx.board.membership();
+                m.backend(ep.handle.id)
+                    .and_then(|e| m.pool(e.pool).cloned())
+                    .map(|pool| predict(&pool, &st.raw_load(), &req))
+                    .unwrap_or_default()
+            };
+            st.requests.insert(
+                req.id,
+                Live {
+                    cancel: Some(cancel),
+                    prompt_tokens: req.prompt_tokens,
+                    remaining: req.max_tokens,
+                    streaming: false,
+                },
+            );
+            ep.publish(&st);
+            predicted
+        };
+        if hist.is_some() {
+            ep.slot.release(claim);
+        }
+        tokio::spawn(serve(ep, req, ask, out, hist, predicted, cancelled));
+    }
+
+    fn cancel(&self, id: RequestId, end: End) {
+        let mut st = self.endpoint.state.lock();
+        if let Some(tx) = st.requests.get_mut(&id).and_then(|r| r.cancel.take()) {
+            let _ = tx.send(end);
+        }
+    }
+
+    fn end_all(&self, end: End) {
+        let mut st = self.endpoint.state.lock();
+        for r in st.requests.values_mut() {
+            if let Some(tx) = r.cancel.take() {
+                let _ = tx.send(end);
+            }
+        }
+    }
+}
+
+/// What a request task has seen so far.
+#[derive(Default)]
+struct Progress {
+    started: bool,
+    /// Text chunks delivered (tokens, by the servers' convention).
+    tokens: u32,
+    first_at: Option<Nanos>,
+    last_at: Nanos,
+    finish: Option<String>,
+    usage_prompt: Option<u32>,
+    usage_completion: Option<u32>,
+}
+
+/// One request's task: the exchange with the engine, raced against the driver's reasons
+/// to end it first.
+async fn serve(
+    ep: Arc<Endpoint>,
+    req: Request,
+    ask: Arc<Ask>,
+    out: Outbox,
+    hist: Option<Arc<PoolHistograms>>,
+    predicted: Prediction,
+    mut cancelled: oneshot::Receiver<End>,
+) {
+    let cfg = ep.ctx.upstream.config;
+    let path = if ask.messages.is_empty() {
+        "/completions"
+    } else {
+        "/chat/completions"
+    };
+    let call = Call {
+        http: ep.ctx.upstream.http(),
+        url: format!("{}{path}", ep.base),
+        body: exchange::body(&ep.served_model, &ask, req.max_tokens),
+        first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms),
+        deadline: ask.deadline,
+        prompt_tokens: req.prompt_tokens,
+    };
+    let sent_at = ep.ctx.clock.now();
+    let mut p = Progress::default();
+    let result = {
+        let on = |ev: Event| {
+            on_event(
+                &ep,
+                &req,
+                &out,
+                hist.as_deref(),
+                predicted,
+                sent_at,
+                &mut p,
+                ev,
+            )
+        };
+        tokio::select! {
+            biased;
+            end = &mut cancelled => Err(Err(end.unwrap_or(End::Abort))),
+            r = exchange::exchange(call, on) => r.map_err(Ok),
+        }
+    };
+    conclude(&ep, &req, &out, hist.as_deref(), predicted, p, result);
+}
+
+/// Turns one event of the exchange into deliveries, latency samples and load.
+#[allow(clippy::too_many_arguments)]
+fn on_event(
+    ep: &Endpoint,
+    req: &Request,
+    out: &Outbox,
+    hist: Option<&PoolHistograms>,
+    predicted: Prediction,
+    sent_at: Nanos,
+    p: &mut Progress,
+    ev: Event,
+) {
+    match ev {
+        Event::Started => {
+            if !p.started {
+                p.started = true;
+                let queue_ns = ep.ctx.clock.now().saturating_sub(req.arrival);
+                if let Some(h) = hist {
+                    h.queue.record(secs(queue_ns));
+                }
+                let _ = out.send(Delivery::Started { queue_ns });
+            }
+        }
+        Event::Text(text) => {
+            let now = ep.ctx.clock.now();
+            if p.first_at.is_none() {
+                p.first_at = Some(now);
+                if let Some(h) = hist {
+                    h.ttft.record(secs(now.saturating_sub(req.arrival)));
+                }
+                let mut st = ep.state.lock();
+                st.ratio
+                    .first_token(now.saturating_sub(sent_at), predicted.ttft_ns);
+                if let Some(r) = st.requests.get_mut(&req.id) {
+                    r.streaming = true;
+                    r.remaining = r.remaining.saturating_sub(1);
+                }
+                ep.publish(&st);
+            } else {
+                let gap = now.saturating_sub(p.last_at);
+                if let Some(h) = hist {
+                    h.inter_token.record(secs(gap));
+                    ep.summary.record_inter_token(&[gap]);
+                }
+                if let Some(r) = ep.state.lock().requests.get_mut(&req.id) {
+                    r.remaining = r.remaining.saturating_sub(1);
+                }
+            }
+            p.last_at = now;
+            p.tokens += 1;
+            if let Some(h) = hist {
+                h.generated_tokens.increment(1);
+            }
+            let _ = out.send(Delivery::Tokens {
+                count: 1,
+                text: Some(text),
+            });
+        }
+        Event::Finish(reason) => p.finish = Some(reason),
+        Event::Usage { prompt, completion } => {
+            p.usage_prompt = prompt.or(p.usage_prompt);
+            p.usage_completion = completion.or(p.usage_completion);
+        }
+    }
+}
+
+/// Ends a request task: the last delivery, the endpoint's health and ratios, and its
+/// removal from the load. `result`: `Ok(())` finished, `Err(Ok(f))` the exchange failed,
+/// `Err(Err(end))` the driver ended it.
+fn conclude(
+    ep: &Endpoint,
+    req: &Request,
+    out: &Outbox,
+    hist: Option<&PoolHistograms>,
+    predicted: Prediction,
+    p: Progress,
+    result: Result<(), Result<Failure, End>>,
+) {
+    let now = ep.ctx.clock.now();
+    let mut st = ep.state.lock();
+    st.requests.remove(&req.id);
+    let delivery = match result {
+        Ok(()) => {
+            st.failures = 0;
+            let completion = p.usage_completion.unwrap_or(p.tokens).max(p.tokens);
+            if let Some(h) = hist {
+                // The engine's count wins over the chunks' (a chunk may hold two tokens).
+                h.generated_tokens
+                    .increment(u64::from(completion - p.tokens));
+            }
+            let first = p.first_at.unwrap_or(now);
+            if p.tokens > 1 {
+                let gap = (p.last_at - first) / u64::from(p.tokens - 1);
+                st.ratio.per_token(gap, predicted.tpot_ns);
+            }
+            let report = FinishReport {
+                prompt_tokens: p.usage_prompt.unwrap_or(req.prompt_tokens),
+                completion_tokens: completion,
+                queue_ns: 0,
+                ttft_ns: first.saturating_sub(req.arrival),
+                mean_inter_token_ns: if completion > 1 {
+                    p.last_at.saturating_sub(first) / u64::from(completion - 1)
+                } else {
+                    0
+                },
+                e2e_ns: now.saturating_sub(req.arrival),
+                stopped: p.finish.as_deref().is_some_and(|r| r != "length"),
+            };
+            if let Some(h) = hist {
+                record_finished(ep, h, req.slo.unwrap_or_default(), &report);
+            }
+            Some(Delivery::Finished(report))
+        }
+        Err(Err(End::Abort)) => None,
+        Err(Err(End::Retire(outcome))) => Some(Delivery::Ended(outcome)),
+        Err(Err(End::Displace)) if p.tokens == 0 => Some(Delivery::Displaced),
+        Err(Err(End::Displace)) => Some(Delivery::Failed(format!(
+            "backend {} failed after {} tokens; a real engine's stream cannot be continued elsewhere",
+            ep.handle.name, p.tokens
+        ))),
+        Err(Ok(f)) => {
+            if f.endpoint_fault() && hist.is_some() {
+                st.failures += 1;
+                if matches!(f, Failure::Connect(_)) {
+                    ep.take_out(&mut st, "connection failed");
+                } else if st.failures >= ep.ctx.upstream.config.max_failures {
+                    ep.take_out(&mut st, "too many failed requests in a row");
+                }
+            }
+            tracing::debug!(backend = %ep.handle.name, tokens = p.tokens, error = %f, "upstream request failed");
+            if p.tokens == 0 && f.retryable() {
+                Some(Delivery::Displaced)
+            } else {
+                let after = if p.tokens > 0 {
+                    format!(" after {} tokens", p.tokens)
+                } else {
+                    String::new()
+                };
+                Some(Delivery::Failed(format!(
+                    "backend {} ({}) {f}{after}",
+                    ep.handle.name, ep.base
+                )))
+            }
+        }
+    };
+    ep.publish(&st);
+    drop(st);
+    if let Some(d) = delivery {
+        let _ = out.send(d);
+    }
+}
+
+fn record_finished(ep: &Endpoint, h: &PoolHistograms, slo: Slo, r: &FinishReport) {
+    let tpot = (r.completion_tokens > 1).then_some(r.mean_inter_token_ns);
+    let ttft_missed = r.ttft_ns > slo.ttft_ns;
+    let tpot_missed = tpot.is_some_and(|t| t > slo.tpot_ns);
+    if ttft_missed {
+        h.slo_ttft_violations.increment(1);
+    }
+    if tpot_missed {
+        h.slo_tpot_violations.increment(1);
+    }
+    h.e2e.record(secs(r.e2e_ns));
+    ep.summary.record(&FinishedLatencies {
+        queue_ns: r.queue_ns,
+        ttft_ns: r.ttft_ns,
+        e2e_ns: r.e2e_ns,
+        slo_violated: ttft_missed || tpot_missed,
+    });
+}
+
+/// The endpoint's background task: while it is taken out, probes it every
+/// `probe_interval_ms` and puts it back once it answers. Ends with the endpoint.
+async fn health(endpoint: Weak<Endpoint>) {
+    let every = match endpoint.upgrade() {
+        Some(ep) => Duration::from_millis(ep.ctx.upstream.config.probe_interval_ms),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(ep) = endpoint.upgrade() else {
+            return;
+        };
+        if ep.state.lock().taken_out && answers(&ep, every).await {
+            ep.put_back();
+        }
+    }
+}
+
+/// Whether the endpoint answers a health probe: `GET /health` (vLLM, SGLang, llama.cpp,
+/// dujiang), or where that is not served, `GET {base}/models`.
+async fn answers(ep: &Endpoint, timeout: Duration) -> bool {
+    let root = server_root(&ep.base);
+    for url in [format!("{root}/health"), format!("{}/models", ep.base)] {
+        let Ok(req) = hyper::Request::get(&url).body(Full::new(Bytes::new())) else {
+            return false;
+        };
+        let resp = match tokio::time::timeout(timeout, ep.ctx.upstream.http().request(req)).await {
+            Ok(Ok(r)) => r,
+            // Refused or silent: no need to ask the second path.
+            _ => return false,
+        };
+        let status = resp.status();
+        // Read the body so the connection goes back to the pool.
+        let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;
+        if status.is_success() {
+            return true;
+        }
+        if status != hyper::StatusCode::NOT_FOUND {
+            return false;
+        }
+    }
+    false
+}
+
+fn secs(ns: Nanos) -> f64 {
+    ns as f64 / 1e9
+}

@@ -1,0 +1,295 @@
+//! One request to a real engine: the body it is sent (the served model name, the text,
+//! `max_tokens`, `stream: true` with usage requested, and the client's sampling fields)
+//! and the reading of its event stream into what the driver needs (response started,
+//! text, finish reason, usage), with failures classified once near their cause.
+
+use super::Ask;
+use crate::openai_client::sse::{read_chunk, SseDecoder};
+use crate::openai_client::HttpClient;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
+use hyper::{Method, Request};
+use std::time::{Duration, Instant};
+
+/// Fields the proxy sets itself; a client's sampling fields never override them.
+const OWN_FIELDS: [&str; 6] = [
+    "model",
+    "messages",
+    "prompt",
+    "max_tokens",
+    "stream",
+    "stream_options",
+];
+
+/// The JSON body for `ask` on an engine serving `served_model`: chat when the request
+/// came with messages, a completion otherwise.
+pub fn body(served_model: &str, ask: &Ask, max_tokens: u32) -> Vec<u8> {
+    let mut body = serde_json::Map::new();
+    for (k, v) in &ask.sampling {
+        if !OWN_FIELDS.contains(&k.as_str()) {
+            body.insert(k.clone(), v.clone());
+        }
+    }
+    body.insert("model".into(), served_model.into());
+    if ask.messages.is_empty() {
+        body.insert("prompt".into(), ask.prompt.as_str().into());
+    } else {
+        let messages = ask
+            .messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        body.insert("messages".into(), serde_json::Value::Array(messages));
+    }
+    body.insert("max_tokens".into(), max_tokens.into());
+    body.insert("stream".into(), true.into());
+    // Usage is asked for always, for accounting; the client's own stream is written by
+    // dujiang's front end and carries usage only if the client asked.
+    body.insert(
+        "stream_options".into(),
+        serde_json::json!({"include_usage": true}),
+    );
+    serde_json::to_vec(&serde_json::Value::Object(body)).expect("a JSON value serialises")
+}
+
+/// What happened during an exchange, in order.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    /// Response headers arrived with a success status.
+    Started,
+    /// Output text (one chunk; a token by the servers' convention).
+    Text(String),
+    /// `finish_reason` of the first choice.
+    Finish(String),
+    /// The engine's usage figures.
+    Usage {
+        prompt: Option<u32>,
+        completion: Option<u32>,
+    },
+}
+
+/// Why an exchange failed.
+#[derive(Debug, PartialEq)]
+pub enum Failure {
+    /// No connection (refused, unreachable, connect time-out): the endpoint is down.
+    Connect(String),
+    /// No response headers within the first-byte time-out.
+    FirstByte(Duration),
+    /// A non-success status; `message` is the start of the body.
+    Status { code: u16, message: String },
+    /// The connection broke, the stream was unreadable, or it carried an error event.
+    Stream(String),
+}
+
+impl Failure {
+    /// Whether another endpoint might serve the request: everything but a refusal of
+    /// the request itself (a 4xx other than 408 and 429).
+    pub fn retryable(&self) -> bool {
+        match self {
+            Failure::Status { code, .. } => {
+                !(400..500).contains(code) || *code == 408 || *code == 429
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether it counts against the endpoint's health (a client's bad request does not).
+    pub fn endpoint_fault(&self) -> bool {
+        self.retryable() && !matches!(self, Failure::Status { code: 429, .. })
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "cannot connect: {e}"),
+            Failure::FirstByte(t) => write!(f, "no response within {} ms", t.as_millis()),
+            Failure::Status { code, message } => write!(f, "answered {code}: {message}"),
+            Failure::Stream(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Where and how to send one request.
+pub struct Call<'a> {
+    pub http: &'a HttpClient,
+    /// `{base}/chat/completions` or `{base}/completions`.
+    pub url: String,
+    pub body: Vec<u8>,
+    pub first_byte_timeout: Duration,
+    pub deadline: Option<Instant>,
+    /// The router's prompt length, for engines that read dujiang's header.
+    pub prompt_tokens: u32,
+}
+
+/// Sends the request and reads its stream to the end, reporting each event to `on`.
+/// Returns once the stream has finished (`[DONE]`, or its end after a finish reason).
+pub async fn exchange(call: Call<'_>, mut on: impl FnMut(Event)) -> Result<(), Failure> {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(&call.url)
+        .header(CONTENT_TYPE, "application/json")
+        .header(ACCEPT, "text/event-stream")
+        .header(USER_AGENT, concat!("dujiang/", env!("CARGO_PKG_VERSION")))
+        .header("x-dujiang-prompt-tokens", call.prompt_tokens.to_string());
+    if let Some(d) = call.deadline {
+        // The engine may enforce the client's deadline itself (dujiang does); either way
+        // the router ends the exchange when it runs out.
+        let ms = d
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1);
+        req = req.header("x-dujiang-timeout-ms", ms.to_string());
+    }
+    let req = req
+        .body(Full::new(Bytes::from(call.body)))
+        .map_err(|e| Failure::Stream(format!("building the request: {e}")))?;
+    let resp = match tokio::time::timeout(call.first_byte_timeout, call.http.request(req)).await {
+        Err(_) => return Err(Failure::FirstByte(call.first_byte_timeout)),
+        Ok(Err(e)) if e.is_connect() => return Err(Failure::Connect(source_chain(&e))),
+        Ok(Err(e)) => {
+            return Err(Failure::Stream(format!(
+                "request failed: {}",
+                source_chain(&e)
+            )))
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = error_message(&body);
+        return Err(Failure::Status {
+            code: status.as_u16(),
+            message,
+        });
+    }
+    on(Event::Started);
+    let mut body = resp.into_body();
+    let mut decoder = SseDecoder::default();
+    let mut finished = false;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| Failure::Stream(format!("the stream broke: {}", source_chain(&e))))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let events = decoder
+            .push(&data)
+            .map_err(|e| Failure::Stream(format!("unreadable stream: {e}")))?;
+        for event in events {
+            let chunk = read_chunk(&event).map_err(Failure::Stream)?;
+            if chunk.done {
+                return Ok(());
+            }
+            if let Some(e) = chunk.error {
+                return Err(Failure::Stream(format!(
+                    "the engine reported an error: {e}"
+                )));
+            }
+            if !chunk.content.is_empty() {
+                on(Event::Text(chunk.content));
+            }
+            if let Some(reason) = chunk.finish_reason {
+                finished = true;
+                on(Event::Finish(reason));
+            }
+            if chunk.completion_tokens.is_some() || chunk.prompt_tokens.is_some() {
+                on(Event::Usage {
+                    prompt: chunk.prompt_tokens,
+                    completion: chunk.completion_tokens,
+                });
+            }
+        }
+    }
+    if finished {
+        Ok(())
+    } else {
+        Err(Failure::Stream(
+            "the stream ended before the request finished".into(),
+        ))
+    }
+}
+
+/// An error and its causes, `: `-joined (hyper's own message is only the outermost).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// The message of an OpenAI error body, or the body's start.
+fn error_message(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if let Some(m) = parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(|e| e.get("message").or(Some(e)))
+        .and_then(|m| m.as_str())
+    {
+        return m.chars().take(300).collect();
+    }
+    String::from_utf8_lossy(body).chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ChatMessage;
+
+    #[test]
+    fn bodies_name_the_served_model_and_keep_the_proxys_fields() {
+        let mut sampling = super::super::Sampling::new();
+        sampling.insert("temperature".into(), 0.5.into());
+        sampling.insert("stream".into(), false.into());
+        let ask = Ask {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            sampling,
+            ..Ask::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body("Qwen/Qwen3-8B", &ask, 7)).unwrap();
+        assert_eq!(v["model"], "Qwen/Qwen3-8B");
+        assert_eq!(v["messages"][0]["content"], "hi");
+        assert_eq!(v["max_tokens"], 7);
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["temperature"], 0.5);
+        let ask = Ask {
+            prompt: "once".into(),
+            ..Ask::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body("m", &ask, 1)).unwrap();
+        assert_eq!(v["prompt"], "once");
+        assert!(v.get("messages").is_none());
+    }
+
+    #[test]
+    fn failures_say_whether_to_retry() {
+        let status = |code| Failure::Status {
+            code,
+            message: String::new(),
+        };
+        assert!(status(503).retryable() && status(503).endpoint_fault());
+        assert!(status(429).retryable() && !status(429).endpoint_fault());
+        assert!(!status(400).retryable() && !status(400).endpoint_fault());
+        assert!(Failure::Connect("refused".into()).retryable());
+        assert_eq!(
+            error_message(br#"{"error":{"message":"too long","type":"x"}}"#),
+            "too long"
+        );
+    }
+}
