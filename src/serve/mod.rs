@@ -29,6 +29,7 @@ mod mailbox;
 mod openai;
 pub use crate::fleet::outlier;
 mod routing;
+pub mod scrape;
 mod stream;
 pub mod upstream;
 
