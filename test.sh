@@ -10,12 +10,16 @@
 #     official `openai` SDK from PyPI, pinned below, for tests/openai_sdk.rs; its python is
 #     exported as DUJIANG_OPENAI_PYTHON. (Debian's python3 and python3-venv are installed
 #     first if there is no python3 that can make a venv.)
-# Later needs go in their own function and keep their files under $DUJIANG_CACHE, e.g. a
-# llama.cpp build at $DUJIANG_CACHE/llama.cpp.
+#   - a second virtualenv at $DUJIANG_CACHE/llama-venv with `llama-cpp-python[server]`
+#     (which compiles llama.cpp from source: minutes on two cores, once per cache), `gguf`
+#     and numpy, pinned below, for the tests that run a real llama.cpp OpenAI server
+#     (tests/llamacpp_backend.rs); its python is exported as DUJIANG_LLAMA_PYTHON. A C++
+#     compiler (Debian's g++) is installed first if there is none.
+# Later needs go in their own function and keep their files under $DUJIANG_CACHE.
 #
 # Runs without prompts as root; as another user it uses `sudo -n` for the installs.
 #   --setup-only             install what is missing, do not run the tests
-#   --setup NAME             only ensure NAME (prometheus, openai-venv), do not run the
+#   --setup NAME             only ensure NAME (prometheus, openai-venv, llama-venv), do not run the
 #                            tests (what a test run by plain `cargo test` calls itself)
 #   DUJIANG_SETUP_DRY_RUN=1  print the installing commands instead of running them
 set -euo pipefail
@@ -105,13 +109,68 @@ ensure_openai_venv() {
   export DUJIANG_OPENAI_PYTHON="$py"
 }
 
+# What the llama.cpp tests run (PyPI names); change them here only. llama-cpp-python is an
+# sdist that builds llama.cpp with CMake (scikit-build-core fetches cmake and ninja from PyPI
+# when the machine has none).
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+GGUF_VERSION=0.19.0
+# A portable CPU-only build, as small as the server allows: no -march=native (the cache may
+# move to another CPU), no GPU or BLAS backends, no OpenMP, none of llama.cpp's own tools,
+# examples, tests or its HTTP server (the Python package serves HTTP itself), and not the
+# multimodal library (LLAVA_BUILD: the package loads it only for image chat formats).
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+-DGGML_BLAS=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF"
+
+ensure_llama_venv() {
+  local venv="$DUJIANG_CACHE/llama-venv"
+  local py="$venv/bin/python"
+  local check="import sys, importlib.metadata as m, llama_cpp, llama_cpp.server, gguf, numpy; \
+sys.exit(m.version('llama_cpp_python') != '$LLAMA_CPP_PYTHON_VERSION' or m.version('gguf') != '$GGUF_VERSION')"
+  if [ -x "$py" ] && "$py" -c "$check" 2>/dev/null; then
+    export DUJIANG_LLAMA_PYTHON="$py"
+    return
+  fi
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    say "installing Debian's python3 and python3-venv (first use)"
+    apt_install python3 python3-venv
+  fi
+  if ! command -v c++ >/dev/null 2>&1; then
+    say "installing Debian's g++ to compile llama.cpp (first use)"
+    apt_install g++
+  fi
+  say "creating $venv with llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION (compiles llama.cpp: minutes, first use only)"
+  if [ -n "$dry_run" ]; then
+    echo "would run: python3 -m venv $venv && CMAKE_ARGS='$LLAMA_CMAKE_ARGS' $venv/bin/pip install llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION gguf==$GGUF_VERSION numpy"
+    return
+  fi
+  mkdir -p "$DUJIANG_CACHE"
+  (
+    flock 9
+    if [ -x "$py" ] && "$py" -c "$check" 2>/dev/null; then
+      exit 0
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    local started=$SECONDS
+    # --no-cache-dir: a wheel built with other flags elsewhere on this machine is not reused.
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
+      "$py" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+      "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION" "gguf==$GGUF_VERSION" numpy
+    "$py" -c "$check"
+    say "llama-venv ready in $((SECONDS - started)) s"
+  ) 9>"$DUJIANG_CACHE/llama-venv.lock"
+  export DUJIANG_LLAMA_PYTHON="$py"
+}
+
 case "${1:-}" in
   --setup)
     case "${2:-}" in
       prometheus) ensure_prometheus ;;
       # Prints the venv's python, for the test that called it.
       openai-venv) ensure_openai_venv && echo "${DUJIANG_OPENAI_PYTHON:-}" ;;
-      *) say "--setup takes prometheus or openai-venv, not '${2:-}'"; exit 2 ;;
+      llama-venv) ensure_llama_venv && echo "${DUJIANG_LLAMA_PYTHON:-}" ;;
+      *) say "--setup takes prometheus, openai-venv or llama-venv, not '${2:-}'"; exit 2 ;;
     esac
     exit 0
     ;;
@@ -119,6 +178,7 @@ esac
 
 ensure_prometheus
 ensure_openai_venv
+ensure_llama_venv
 
 if [ "${1:-}" = "--setup-only" ]; then
   exit 0
