@@ -539,13 +539,33 @@ fn the_readme_test_command_sets_itself_up_and_is_what_ci_runs() {
         ),
         "no openai venv on a bare machine:\n{would}"
     );
+    // No C++ compiler: Debian's g++, then a second venv with llama-cpp-python (which
+    // compiles llama.cpp) and gguf, for the real-engine tests.
+    assert!(
+        would
+            .lines()
+            .any(|l| l.contains("apt-get install") && l.ends_with(" g++")),
+        "no C++ compiler install on a bare machine:\n{would}"
+    );
+    let llama_venv = bare.join("cache/llama-venv");
+    assert!(
+        would.lines().any(
+            |l| l.contains(&format!("python3 -m venv {}", llama_venv.display()))
+                && l.contains("GGML_NATIVE=OFF")
+                && l.contains("pip install llama-cpp-python[server]==")
+                && l.contains("gguf==")
+        ),
+        "no llama.cpp venv on a bare machine:\n{would}"
+    );
     // Once installed, nothing more is installed.
     std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::create_dir_all(llama_venv.join("bin")).unwrap();
     for p in [
         bare.join("prometheus"),
         bare.join("promtool"),
-        // A venv whose python says the pinned SDK is there.
+        // Venvs whose python says the pinned packages are there.
         venv.join("bin/python"),
+        llama_venv.join("bin/python"),
     ] {
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
