@@ -149,10 +149,12 @@ impl LlamaServer {
                 "--port",
                 &port,
             ])
-            // Small and single-threaded: the machine has two cores for everything.
+            // Single-threaded: the machine has two cores for everything. The context is
+            // long enough for a stream that lasts seconds (the tiny model makes a token in
+            // about a millisecond), for tests that act in the middle of one.
             .args([
                 "--n_ctx",
-                "1024",
+                "4096",
                 "--n_threads",
                 "1",
                 "--n_threads_batch",
@@ -162,6 +164,8 @@ impl LlamaServer {
             // The server's default cuts a running stream short (`[DONE]`) whenever another
             // request arrives; an engine behind a router must queue them instead.
             .args(["--interrupt_requests", "false"])
+            // Its prints (e.g. "disconnected" when a client goes away) reach the log at once.
+            .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

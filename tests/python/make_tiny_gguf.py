@@ -28,7 +28,7 @@ N_EMBD = 64
 N_HEAD = 4
 N_HEAD_KV = 4
 N_FF = 128
-N_CTX_TRAIN = 2048
+N_CTX_TRAIN = 4096
 HEAD_DIM = N_EMBD // N_HEAD
 
 # A chat template is written so llama-cpp-python's server formats chat requests from the
