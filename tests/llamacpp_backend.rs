@@ -94,6 +94,32 @@ async fn llamacpp_streams_a_chat_completion_from_the_tiny_model() {
     assert_eq!(finish, ["length"], "{}", resp.body);
     assert_eq!(content_chunks, 24, "{text:?}");
     assert!(text.chars().all(|c| (' '..='~').contains(&c)), "{text:?}");
+
+    // This server has no Prometheus /metrics: a scrape of it is an error value (the router
+    // keeps its own counts as stale-free data), not a panic, and the server serves on.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<hyper::body::Bytes>>();
+    let scraped = dujiang::serve::scrape::scrape_once(
+        &client,
+        &server.base_url(),
+        dujiang::serve::scrape::MetricsDialect::LlamaCpp,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        scraped,
+        Err(dujiang::serve::scrape::ScrapeError::Status {
+            url: format!("http://{}/metrics", server.addr),
+            status: 404
+        })
+    );
+    assert_eq!(
+        llamacpp_support::http_get(server.addr, "/v1/models")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
 }
 
 /// A fleet of one `kind = "openai"` pool over the servers: the client's model
