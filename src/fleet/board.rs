@@ -267,6 +267,22 @@ impl AtomicLoadBoard {
         Ok(added.expect("set when the change succeeds"))
     }
 
+    /// See [`Membership::with_backend`].
+    pub fn add_backend(&self, pool: PoolId, config: PoolConfig) -> Result<BackendId, FleetError> {
+        let mut added = None;
+        self.change(|m| {
+            let (next, id) = m.with_backend(pool, config)?;
+            added = Some(id);
+            Ok(next)
+        })?;
+        Ok(added.expect("set when the change succeeds"))
+    }
+
+    /// See [`Membership::without_backend`].
+    pub fn remove_backend(&self, backend: BackendId, config: PoolConfig) -> Result<(), FleetError> {
+        self.change(|m| m.without_backend(backend, config))
+    }
+
     pub fn remove_pool(&self, pool: PoolId) -> Result<(), FleetError> {
         self.change(|m| m.without_pool(pool))
     }

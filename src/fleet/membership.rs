@@ -440,6 +440,58 @@ impl Membership {
         Ok(next)
     }
 
+    /// Adds one serving backend to a pool whose configuration becomes `config` (a pool of
+    /// real engines gains an endpoint). Returns the new backend's id.
+    pub fn with_backend(
+        &self,
+        pool: PoolId,
+        config: PoolConfig,
+    ) -> Result<(Membership, BackendId), FleetError> {
+        if self.pool(pool).is_none() {
+            return Err(FleetError::UnknownPool(pool));
+        }
+        let in_pool = self.pool_backends(pool).count() as u32;
+        if in_pool >= MAX_POOL_BACKENDS {
+            return Err(FleetError::PoolTooLarge(config.name, in_pool + 1));
+        }
+        let live = self.backends.iter().flatten().count();
+        if live >= MAX_FLEET_BACKENDS as usize {
+            return Err(FleetError::FleetTooLarge(config.name, 1, live));
+        }
+        let id = self.backends.len();
+        if id >= MAX_BACKEND_IDS {
+            return Err(FleetError::BackendIdsExhausted(id));
+        }
+        let mut next = self.clone();
+        next.pools[pool.index()] = Some(Arc::new(PoolInfo::new(pool, config)));
+        next.backends.push(Some(BackendEntry {
+            pool,
+            state: BackendState::Serving,
+        }));
+        next.rebuild();
+        Ok((next, BackendId(id as u32)))
+    }
+
+    /// Removes one backend, whatever its state, from a pool whose configuration becomes
+    /// `config`. A pool keeps at least one backend (remove the pool instead).
+    pub fn without_backend(
+        &self,
+        backend: BackendId,
+        config: PoolConfig,
+    ) -> Result<Membership, FleetError> {
+        let entry = self
+            .backend(backend)
+            .ok_or(FleetError::UnknownBackend(backend))?;
+        if self.pool_backends(entry.pool).count() <= 1 {
+            return Err(FleetError::EmptyPool(config.name));
+        }
+        let mut next = self.clone();
+        next.pools[entry.pool.index()] = Some(Arc::new(PoolInfo::new(entry.pool, config)));
+        next.backends[backend.index()] = None;
+        next.rebuild();
+        Ok(next)
+    }
+
     /// Sets one backend's state (drain, resume, fail).
     pub fn with_state(
         &self,

@@ -134,6 +134,7 @@ impl AdminService {
             state: st as i32,
             slowdown: b.slowdown(),
             load: Some(load(&view.load(b.id))),
+            endpoint: b.endpoint.as_deref().unwrap_or_default().to_string(),
         }
     }
 }
@@ -326,11 +327,29 @@ impl Admin for AdminService {
         &self,
         _: Request<wire::ReloadConfigRequest>,
     ) -> Result<Response<wire::ReloadConfigResponse>, Status> {
-        let policy = self.daemon.reload_config()?;
+        let (policy, message) = self.daemon.reload_config()?;
         Ok(Response::new(wire::ReloadConfigResponse {
             policy: policy.to_string(),
-            message: "policy and admission limits reloaded".into(),
+            message,
         }))
+    }
+
+    async fn add_endpoint(
+        &self,
+        request: Request<wire::EndpointRef>,
+    ) -> Result<Response<wire::BackendInfo>, Status> {
+        let req = request.into_inner();
+        let b = self.daemon.add_endpoint(&req.pool, &req.endpoint)?;
+        Ok(Response::new(self.backend_info(&b)))
+    }
+
+    async fn remove_endpoint(
+        &self,
+        request: Request<wire::EndpointRef>,
+    ) -> Result<Response<wire::BackendInfo>, Status> {
+        let req = request.into_inner();
+        let b = self.daemon.remove_endpoint(&req.pool, &req.endpoint)?;
+        Ok(Response::new(self.backend_info(&b)))
     }
 }
 

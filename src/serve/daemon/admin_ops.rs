@@ -89,10 +89,27 @@ impl Daemon {
                 format!("{:?} {why} (pool names are [a-z0-9-]{{1,63}})", req.pool),
             )
         })?;
-        if req.backends == 0 {
+        let upstream = self.upstream_of(req)?;
+        let backends = match &upstream {
+            Some(up) if req.backends == 0 || req.backends as usize == up.endpoints.len() => {
+                up.endpoints.len() as u32
+            }
+            Some(up) => {
+                return Err(ServeError::invalid(
+                    "backends",
+                    format!(
+                        "{} but {} endpoints: a pool of real engines has one backend per endpoint",
+                        req.backends,
+                        up.endpoints.len()
+                    ),
+                ))
+            }
+            None => req.backends,
+        };
+        if backends == 0 {
             return Err(ServeError::invalid("backends", "must be at least 1"));
         }
-        if req.backends > MAX_POOL_BACKENDS {
+        if backends > MAX_POOL_BACKENDS {
             return Err(ServeError::invalid(
                 "backends",
                 format!(
@@ -148,7 +165,8 @@ impl Daemon {
             };
             ServeError::invalid(field, e.to_string())
         })?;
-        let config = PoolConfig::new(req.pool.clone(), Arc::new(perf), req.backends);
+        let mut config = PoolConfig::new(req.pool.clone(), Arc::new(perf), backends);
+        config.upstream = upstream.map(Arc::new);
         let _serial = self.admin.lock();
         let (_, ids) = self.board.add_pool(config.clone()).map_err(|e| match e {
             crate::fleet::FleetError::DuplicatePoolName(_) => {
@@ -170,8 +188,65 @@ impl Daemon {
         let mut handles: Vec<_> = self.backends.load().as_ref().clone();
         self.spawn_pool(&config, &ids, &mut handles);
         self.backends.store(Arc::new(handles));
-        tracing::info!(pool = %req.pool, chip = %req.chip, engine = %config.perf.engine.engine, dtype = %config.perf.dtype, backends = req.backends, "pool added");
+        tracing::info!(pool = %req.pool, chip = %req.chip, engine = %config.perf.engine.engine, dtype = %config.perf.dtype, backends, "pool added");
         Ok(())
+    }
+
+    /// The endpoints of an AddPool request for a pool of real engines, checked.
+    fn upstream_of(
+        &self,
+        req: &wire::AddPoolRequest,
+    ) -> Result<Option<crate::fleet::UpstreamSpec>, ServeError> {
+        if req.endpoints.is_empty() {
+            for (field, set) in [
+                ("served_model", !req.served_model.is_empty()),
+                ("metrics", !req.metrics.is_empty()),
+            ] {
+                if set {
+                    return Err(ServeError::invalid(
+                        field,
+                        "belongs to a pool of real engines: give its endpoints",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let mut endpoints: Vec<String> = Vec::with_capacity(req.endpoints.len());
+        for (i, url) in req.endpoints.iter().enumerate() {
+            let base = crate::fleet::upstream::api_base(url).map_err(|why| {
+                ServeError::invalid("endpoints", format!("endpoints[{i}]: {why}"))
+            })?;
+            if endpoints.contains(&base) {
+                return Err(ServeError::invalid(
+                    "endpoints",
+                    format!("endpoints[{i}]: `{url}` is listed twice"),
+                ));
+            }
+            endpoints.push(base);
+        }
+        if req.served_model.is_empty() {
+            return Err(ServeError::invalid(
+                "served_model",
+                "a pool of real engines needs the model name its endpoints serve",
+            ));
+        }
+        let metrics = (!req.metrics.is_empty()).then(|| req.metrics.clone());
+        if let Some(m) = &metrics {
+            if !crate::fleet::upstream::METRICS_DIALECTS.contains(&m.as_str()) {
+                return Err(ServeError::invalid(
+                    "metrics",
+                    format!(
+                        "unknown dialect `{m}`; known: {}",
+                        crate::fleet::upstream::METRICS_DIALECTS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(Some(crate::fleet::UpstreamSpec {
+            endpoints,
+            served_model: req.served_model.clone(),
+            metrics,
+        }))
     }
 
     /// Removes a pool; its backends finish what they hold and exit. Returns how many.
@@ -201,9 +276,11 @@ impl Daemon {
         Ok(ids.len() as u32)
     }
 
-    /// Re-reads the config file: policy and admission limits take effect at once.
+    /// Re-reads the config file: policy and admission limits take effect at once, and
+    /// the endpoint lists of its fleet file's pools of real engines are applied.
     /// A policy that did not change keeps running as it is (see [`Daemon::set_policy`]).
-    pub fn reload_config(&self) -> Result<Arc<str>, ServeError> {
+    /// Returns the policy in force and what changed.
+    pub fn reload_config(&self) -> Result<(Arc<str>, String), ServeError> {
         let Some(path) = &self.config_path else {
             return Err(ServeError::FailedPrecondition(
                 "the daemon was started without --config; there is nothing to reload".into(),
@@ -217,7 +294,14 @@ impl Daemon {
         self.limits.store(Arc::new(cfg.admission));
         let admission = self.admission.load().reconfigured(cfg.admission);
         self.admission.store(Arc::new(admission));
-        tracing::info!(file = %path.display(), "config reloaded");
-        Ok(self.policy_name())
+        let mut message = "policy and admission limits reloaded".to_string();
+        if !cfg.fleet.as_os_str().is_empty() {
+            let spec = crate::fleet::FleetSpec::load(&cfg.fleet)
+                .map_err(|e| ServeError::FailedPrecondition(e.to_string()))?;
+            let (added, removed) = self.reload_endpoints(&spec)?;
+            message.push_str(&format!("; endpoints: {added} added, {removed} removed"));
+        }
+        tracing::info!(file = %path.display(), %message, "config reloaded");
+        Ok((self.policy_name(), message))
     }
 }

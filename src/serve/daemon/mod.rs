@@ -7,6 +7,7 @@
 //! periodic straggler check.
 
 mod admin_ops;
+mod endpoints;
 mod stragglers;
 mod submit;
 mod validate;

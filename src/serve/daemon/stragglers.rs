@@ -25,6 +25,26 @@ impl Daemon {
             let n = membership.pool_backends(pool.id).count() as u32;
             pool_size.insert(pool.id.0, n);
         }
+        // Real engines are judged against their pool's typical correction, not the bare
+        // model: the catalogue may be off for a whole stack (every endpoint then shows the
+        // same ratio, and none is a straggler), while one endpoint much slower than its
+        // peers is. The median of the pool's judged endpoints is that correction.
+        let mut typical: FxHashMap<u32, f64> = FxHashMap::default();
+        {
+            let min = u64::from(self.reliability.min_samples);
+            let mut by_pool: FxHashMap<u32, Vec<f64>> = FxHashMap::default();
+            for b in handles.iter().flatten().filter(|b| b.endpoint.is_some()) {
+                let (ratio, n) = b.step_ratio();
+                if let (Some(e), true) = (membership.backend(b.id), n >= min) {
+                    by_pool.entry(e.pool.0).or_default().push(ratio);
+                }
+            }
+            for (pool, mut r) in by_pool {
+                r.sort_by(f64::total_cmp);
+                // The lower median: of two endpoints, the faster one is the reference.
+                typical.insert(pool, r[(r.len() - 1) / 2].max(1e-9));
+            }
+        }
         let mut samples = Vec::with_capacity(handles.len());
         let actions = {
             let mut det = self.outliers.lock();
@@ -43,7 +63,10 @@ impl Daemon {
                     det.forget(b.id.0);
                     b.gauges.ejected.set(0.0);
                 }
-                let (ratio, n) = b.step_ratio();
+                let (mut ratio, n) = b.step_ratio();
+                if b.endpoint.is_some() {
+                    ratio /= typical.get(&entry.pool.0).copied().unwrap_or(1.0);
+                }
                 samples.push(BackendSample {
                     backend: b.id.0,
                     pool: entry.pool.0,
