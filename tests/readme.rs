@@ -424,7 +424,7 @@ fn configuration_reference_matches_the_code() {
     );
     let fleet = tomls
         .iter()
-        .find(|b| b.contains("[pools."))
+        .find(|b| b.contains("[pools.") && b.contains("name = \"example\""))
         .expect("a fleet example");
     let spec =
         dujiang::fleet::FleetSpec::parse(fleet, "README.md").unwrap_or_else(|e| panic!("{e}"));

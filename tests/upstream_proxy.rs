@@ -298,3 +298,100 @@ fn a_bad_fleet_file_stops_serve_with_its_file_line_and_field() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_or_out_of_time_ends_the_engines_request_too() {
+    let dir = scratch("cancel");
+    let a = Engine::start(&dir, "127.0.0.1:0").await;
+    let d = router(&dir, &proxy_fleet(&[a.url()], "round-robin"), |_| {}).await;
+    // A client that goes away mid-stream: the engine's request is cancelled, not run on.
+    let body = openai_support::chat_body("Tell a long story.", 400, true, false);
+    let (s, _) = openai_support::open(d.openai_addr, "/v1/chat/completions", &[], &body, 200).await;
+    drop(s);
+    let cancelled = eventually(Duration::from_secs(5), async || {
+        sum_of(
+            &metrics(a.serving.http).await,
+            "dujiang_requests_total",
+            &["outcome=\"cancelled\""],
+        ) == 1.0
+    })
+    .await;
+    assert!(cancelled, "{}", metrics(a.serving.http).await);
+    // A deadline: the client's stream ends with the router's error, and the engine's
+    // request ends as well (its own copy of the deadline, or the router hanging up).
+    let resp = openai_support::post(
+        d.openai_addr,
+        "/v1/chat/completions",
+        &[("x-dujiang-timeout-ms", "400")],
+        &body,
+    )
+    .await;
+    assert!(resp.body.contains("\"error\""), "{}", resp.body);
+    let ended = eventually(Duration::from_secs(5), async || {
+        let m = metrics(a.serving.http).await;
+        sum_of(&m, "dujiang_requests_total", &["outcome=\"cancelled\""])
+            + sum_of(
+                &m,
+                "dujiang_requests_total",
+                &["outcome=\"deadline_exceeded\""],
+            )
+            == 2.0
+    })
+    .await;
+    assert!(ended, "{}", metrics(a.serving.http).await);
+    let m = metrics(d.http_addr).await;
+    assert_eq!(
+        sum_of(&m, "dujiang_requests_total", &["outcome=\"cancelled\""]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sum_of(
+            &m,
+            "dujiang_requests_total",
+            &["outcome=\"deadline_exceeded\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(sum_of(&m, "dujiang_requests_total", &[]), 2.0, "{m}");
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+#[test]
+fn the_readme_fleet_for_vllm_resolves_as_documented() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## In front of vLLM / vLLM-Ascend")
+        .nth(1)
+        .expect("the README section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its fleet example");
+    let spec =
+        dujiang::fleet::FleetSpec::parse(block, "README.md").unwrap_or_else(|e| panic!("{e}"));
+    let pools = spec
+        .resolve(&dujiang::profile::Catalogue::embedded())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ascend = pools.iter().find(|p| p.name == "ascend").unwrap();
+    let up = ascend.upstream.as_deref().unwrap();
+    assert_eq!(
+        up.endpoints,
+        ["http://10.0.0.11:8000/v1", "http://10.0.0.12:8000/v1"]
+    );
+    assert_eq!(up.served_model, "Qwen/Qwen3-8B");
+    assert_eq!(
+        (ascend.count, ascend.perf.model.id.as_str()),
+        (2, "qwen3-8b")
+    );
+    assert_eq!(ascend.perf.engine.engine, "vllm-ascend-0.18");
+    let h20 = pools.iter().find(|p| p.name == "h20").unwrap();
+    assert_eq!(
+        h20.upstream.as_deref().unwrap().metrics.as_deref(),
+        Some("vllm")
+    );
+}
