@@ -16,7 +16,11 @@
 //! there: requests waiting for a first token (and their prompt tokens) and requests
 //! streaming (and their output tokens still owed), the token counts multiplied by the
 //! endpoint's prediction ratios ([`super::ratio`]) so routing sees a slow endpoint as
-//! holding more work.
+//! holding more work. Where the engine exports Prometheus metrics the background task
+//! also scrapes them every `scrape_interval_ms` ([`crate::serve::scrape`]): the engine's
+//! own running and waiting counts (which include other clients' requests) raise the
+//! router's, and its KV-cache fill is the backend's. A scrape that fails leaves the last
+//! figures to go stale (dropped after four intervals); it never takes the endpoint out.
 
 use super::exchange::{self, Call, Event, Failure};
 use super::ratio::PredictionRatio;
@@ -32,11 +36,12 @@ use crate::serve::backend::{
     BackendHandle, Command, Delivery, DriverContext, FinishReport, Refusal,
 };
 use crate::serve::mailbox::{mailbox, Outbox};
+use crate::serve::scrape::{scrape_once, MetricsDialect, ScrapedLoad};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::oneshot;
 
@@ -64,7 +69,14 @@ pub fn spawn_proxy(
         tx,
     ));
     let ratio_gauges = handle.pool_metrics.prediction_ratio(&handle.name);
+    // The fleet file's dialect, else the engine's; "none" (or an engine without one): no
+    // scraping.
+    let dialect = match upstream.metrics.as_deref() {
+        Some(name) => MetricsDialect::parse_name(name),
+        None => MetricsDialect::for_engine(&pool.perf.engine.engine),
+    };
     let endpoint = Arc::new(Endpoint {
+        dialect,
         ctx: ctx.clone(),
         summary: ctx.metrics.summary(&handle.pool),
         slot: ctx.board.slot(id).unwrap_or_default(),
@@ -77,9 +89,10 @@ pub fn spawn_proxy(
             ratio: PredictionRatio::new(ctx.upstream.config.ewma_alpha),
             failures: 0,
             taken_out: false,
+            scraped: None,
         }),
     });
-    tokio::spawn(health(Arc::downgrade(&endpoint)));
+    tokio::spawn(upkeep(Arc::downgrade(&endpoint)));
     let driver = Proxy {
         endpoint,
         rx,
@@ -101,6 +114,8 @@ struct Endpoint {
     summary: Arc<LatencySummary>,
     /// `dujiang_backend_prediction_ratio{phase="prefill"|"decode"}`.
     ratio_gauges: [metrics::Gauge; 2],
+    /// How its `/metrics` names load; `None`: not scraped.
+    dialect: Option<MetricsDialect>,
     state: parking_lot::Mutex<State>,
 }
 
@@ -111,6 +126,8 @@ struct State {
     failures: u32,
     /// This driver took the endpoint out of routing (not an operator); probes put it back.
     taken_out: bool,
+    /// The last successful scrape and when it was taken.
+    scraped: Option<(ScrapedLoad, Instant)>,
 }
 
 /// One request in flight to the endpoint.
@@ -160,10 +177,27 @@ impl Endpoint {
             (load.queued_prefill_tokens as f64 * st.ratio.prefill_factor()) as u64;
         load.remaining_decode_tokens =
             (load.remaining_decode_tokens as f64 * st.ratio.decode_factor()) as u64;
+        let stale_after = Duration::from_millis(4 * self.ctx.upstream.config.scrape_interval_ms);
+        if let Some((s, _)) = st
+            .scraped
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() <= stale_after)
+        {
+            // The engine counts other clients' requests too; the router's own count may be
+            // ahead of a scrape taken before its latest requests arrived. The larger wins.
+            let count = |v: Option<f64>| v.map_or(0, |v| v.clamp(0.0, 1e6) as u32);
+            load.running = load.running.max(count(s.running));
+            load.waiting = load.waiting.max(count(s.waiting));
+            if let Some(kv) = s.kv_usage {
+                load.kv_total_blocks = KV_SCALE;
+                load.kv_used_blocks = (kv.clamp(0.0, 1.0) * f64::from(KV_SCALE)) as u32;
+            }
+        }
         self.slot.store(&load);
         let g = &self.handle.gauges;
         g.running.set(f64::from(load.running));
         g.waiting.set(f64::from(load.waiting));
+        g.kv_usage.set(load.kv_usage());
         self.ratio_gauges[0].set(st.ratio.prefill_factor());
         self.ratio_gauges[1].set(st.ratio.decode_factor());
         let (worst, samples) = st.ratio.worst();
@@ -589,22 +623,59 @@ fn record_finished(ep: &Endpoint, h: &PoolHistograms, slo: Slo, r: &FinishReport
     });
 }
 
+/// A scraped KV fill is published as this many blocks out of [`KV_SCALE`] (policies read
+/// the ratio).
+const KV_SCALE: u32 = 10_000;
+
 /// The endpoint's background task: while it is taken out, probes it every
-/// `probe_interval_ms` and puts it back once it answers. Ends with the endpoint.
-async fn health(endpoint: Weak<Endpoint>) {
-    let every = match endpoint.upgrade() {
-        Some(ep) => Duration::from_millis(ep.ctx.upstream.config.probe_interval_ms),
+/// `probe_interval_ms` and puts it back once it answers; while it serves, scrapes its
+/// `/metrics` every `scrape_interval_ms` (when it has a dialect). Ends with the endpoint.
+async fn upkeep(endpoint: Weak<Endpoint>) {
+    let (probe_every, scrape_every) = match endpoint.upgrade() {
+        Some(ep) => {
+            let c = ep.ctx.upstream.config;
+            (
+                Duration::from_millis(c.probe_interval_ms),
+                Duration::from_millis(c.scrape_interval_ms),
+            )
+        }
         None => return,
     };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe = tokio::time::interval(probe_every);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scrape = tokio::time::interval(scrape_every);
+    scrape.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let scraping = tokio::select! {
+            _ = probe.tick() => false,
+            _ = scrape.tick() => true,
+        };
         let Some(ep) = endpoint.upgrade() else {
             return;
         };
-        if ep.state.lock().taken_out && answers(&ep, every).await {
-            ep.put_back();
+        let taken_out = ep.state.lock().taken_out;
+        if !scraping && taken_out {
+            if answers(&ep, probe_every).await {
+                ep.put_back();
+            }
+        } else if scraping && !taken_out {
+            if let Some(dialect) = ep.dialect {
+                // A scrape slower than a few intervals is as good as failed.
+                let timeout = (scrape_every * 4).max(Duration::from_millis(200));
+                match scrape_once(ep.ctx.upstream.http(), &ep.base, dialect, timeout).await {
+                    Ok(load) => {
+                        let mut st = ep.state.lock();
+                        st.scraped = Some((load, Instant::now()));
+                        ep.publish(&st);
+                    }
+                    // Stale, not dead: the last figures age out in publish.
+                    Err(e) => {
+                        tracing::debug!(backend = %ep.handle.name, error = %e, "scrape failed");
+                        let st = ep.state.lock();
+                        ep.publish(&st);
+                    }
+                }
+            }
         }
     }
 }
