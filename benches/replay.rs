@@ -4,6 +4,11 @@
 //! memory that does not grow with the trace (it is streamed, and only requests in flight
 //! are held).
 //!
+//! The `disaggregated` case runs a prefill/decode fleet instead (four prefill pools of
+//! Ascend and MLU chips, four decode pools of NVIDIA chips, 128 backends each), whose
+//! requests of 512 prompt tokens or more prefill on one backend, move their KV over a
+//! shared link and decode on another.
+//!
 //! criterion measures each policy (throughput in elements = simulated requests, trace
 //! generation included) after printing the peak resident set after 250k, 500k and 1M
 //! requests; then it prints each policy's median against the goal and fails if one falls
@@ -11,6 +16,7 @@
 //! DUJIANG_REPLAY_GOAL the goal in requests/s (0: report only, for a loaded machine).
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use dujiang::engine::Role;
 use dujiang::fleet::PoolConfig;
 use dujiang::profile::Catalogue;
 use dujiang::sim::{Replay, ReplayConfig};
@@ -23,7 +29,12 @@ use std::time::{Duration, Instant};
 const GOAL_PER_S: f64 = 500_000.0;
 /// About 60% of what this fleet sustains with Azure-conversation lengths.
 const RATE: f64 = 1_500.0;
-const POLICIES: [&str; 3] = ["least-work", "round-robin", "predicted-latency"];
+const POLICIES: [&str; 4] = [
+    "least-work",
+    "round-robin",
+    "predicted-latency",
+    "disaggregated",
+];
 
 fn fleet() -> Vec<PoolConfig> {
     let cat = Catalogue::embedded();
@@ -50,6 +61,33 @@ fn fleet() -> Vec<PoolConfig> {
         .collect()
 }
 
+/// The prefill/decode fleet of the `disaggregated` case: the same 1,024 backends' worth of
+/// pools, prefill on the compute-rich chips, decode on the bandwidth-rich ones.
+fn pd_fleet() -> Vec<PoolConfig> {
+    let cat = Catalogue::embedded();
+    let model = cat.model("llama-3.1-8b").expect("model");
+    let pools = [
+        ("ascend-910b", Role::Prefill),
+        ("ascend-910c", Role::Prefill),
+        ("ascend-910b", Role::Prefill),
+        ("mlu590", Role::Prefill),
+        ("h20", Role::Decode),
+        ("h20", Role::Decode),
+        ("h100", Role::Decode),
+        ("h20", Role::Decode),
+    ];
+    pools
+        .iter()
+        .enumerate()
+        .map(|(i, (c, role))| {
+            let perf = cat.perf(c, None, &model.id, 1, None).expect("fits");
+            let mut p = PoolConfig::new(format!("{c}-{i}"), Arc::new(perf), 128);
+            p.role = *role;
+            p
+        })
+        .collect()
+}
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -67,7 +105,12 @@ fn peak_rss_mb() -> f64 {
 /// what it says).
 fn run(policy: &str, requests: usize) -> Duration {
     let p = dujiang::policy::build(policy, &toml::Table::new(), 1).expect("policy");
-    let replay = Replay::new(fleet(), p, ReplayConfig::default()).expect("fleet");
+    let pools = if policy == "disaggregated" {
+        pd_fleet()
+    } else {
+        fleet()
+    };
+    let replay = Replay::new(pools, p, ReplayConfig::default()).expect("fleet");
     let trace = SyntheticTrace::new(SynthConfig::new(ArrivalProcess::Poisson, RATE, 42))
         .expect("trace")
         .take(requests)
@@ -85,6 +128,14 @@ fn run(policy: &str, requests: usize) -> Duration {
         refused as usize * 100 <= requests,
         "{refused} of {requests} refused"
     );
+    if policy == "disaggregated" {
+        // The case measures hand-offs and transfers, not whole requests on decode pools.
+        assert!(
+            report.stats.handoffs * 4 >= done,
+            "only {} of {done} requests split",
+            report.stats.handoffs
+        );
+    }
     wall
 }
 

@@ -158,9 +158,11 @@ impl Policy for Disaggregated {
         let Some((decode, dpool)) = pick_decode(req, view, &mut rng, self.per_pool) else {
             return self.whole(req, view, now).map(Route::whole);
         };
+        // Predictions read lengths only: no need to copy the prefix hashes.
         let first = Request {
+            prompt_tokens: req.prompt_tokens,
             max_tokens: 1,
-            ..req.clone()
+            ..Request::default()
         };
         let bytes = f64::from(req.prompt_tokens) * dpool.config.perf.model.kv_bytes_per_token();
         // (TTFT with transfer, cost per prefill token, backend).

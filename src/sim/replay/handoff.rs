@@ -28,10 +28,7 @@ impl Replay {
                 .backend(*d)
                 .is_some_and(|e| e.state == BackendState::Serving)
         });
-        let decode = match planned {
-            Some(d) => Some(d),
-            None => self.choose_decode(&f.req.clone(), at),
-        };
+        let decode = planned.or_else(|| self.choose_decode(&f.req, at));
         let Some(decode) = decode else {
             let f = self.in_flight.remove(&id).expect("in flight");
             self.lose(f);
@@ -77,7 +74,16 @@ impl Replay {
             let pool = f.pool;
             self.per_pool[pool].transfer.record_ns(at - handoff_at);
             let mut d = f.backend;
-            let req = f.req.clone();
+            // The decode side needs lengths, not the prompt's prefix hashes (its KV came
+            // whole over the link), so none are copied.
+            let req = Request {
+                id,
+                arrival: 0,
+                prompt_tokens: f.req.prompt_tokens,
+                max_tokens: f.req.max_tokens,
+                priority: f.req.priority,
+                ..Request::default()
+            };
             if self
                 .view
                 .membership()
