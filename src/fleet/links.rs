@@ -359,3 +359,28 @@ layerwise = true
         assert!(err.message.contains("decoder"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+    use crate::fleet::FleetSpec;
+    use crate::profile::Catalogue;
+
+    #[test]
+    fn the_shipped_disaggregated_fleet_resolves_with_its_staged_link() {
+        let src = include_str!("../../config/fleets/pd-910b-h20.toml");
+        let spec = FleetSpec::parse(src, "pd-910b-h20.toml").unwrap();
+        let pools = spec.resolve(&Catalogue::embedded()).unwrap();
+        assert_eq!(
+            pools.iter().map(|p| p.role).collect::<Vec<_>>(),
+            [Role::Prefill, Role::Decode]
+        );
+        let links = spec.link_table(&pools).unwrap();
+        // The file restates the defaults: same link as an unlisted 910B → H20 pair.
+        assert_eq!(
+            links.between(0, 1),
+            LinkTable::resolve(&pools, &[]).unwrap().between(0, 1)
+        );
+        assert!(links.between(0, 1).staged);
+    }
+}

@@ -163,7 +163,7 @@ fn a_slow_shared_link_queues_transfers() {
     }
     .to_table();
     assert!(table.contains("KV transfers: 100"), "{table}");
-    assert!(table.contains("(pre, prefill)"), "{table}");
+    assert!(table.contains("  pre prefill (pre)"), "{table}");
 }
 
 #[test]

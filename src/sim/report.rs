@@ -379,7 +379,7 @@ impl Report {
             for pool in &p.pools {
                 let name = match pool.role.as_str() {
                     "" | "mixed" => format!("  {} ({})", pool.pool, pool.chip),
-                    role => format!("  {} ({}, {role})", pool.pool, pool.chip),
+                    role => format!("  {} {role} ({})", pool.pool, pool.chip),
                 };
                 row(&mut s, &name, &pool.stats);
             }
