@@ -245,7 +245,11 @@ async fn dujiang_streams_two_llamacpp_servers_through_both_front_ends_and_aborts
     let _one = ONE_AT_A_TIME.lock().await;
     let scratch = Scratch::new("llama-front-ends");
     let (a, b) = two_servers(&scratch).await;
-    let d = router(&scratch.0, &llama_fleet(&[&a, &b]), |_| {}).await;
+    // Scraped often: llama-cpp-python serves no /metrics, so every scrape is a 404.
+    let d = router(&scratch.0, &llama_fleet(&[&a, &b]), |c| {
+        c.upstream.scrape_interval_ms = 50
+    })
+    .await;
     let question = "Why split the river?";
     let want = direct_text(&b, question, 20).await;
 
@@ -380,6 +384,19 @@ async fn dujiang_streams_two_llamacpp_servers_through_both_front_ends_and_aborts
     // the 3,500 tokens the abandoned request asked for.
     let again = direct_text(server, question, 5).await;
     assert!(want.starts_with(&again), "{again:?} vs {want:?}");
+
+    // Dozens of failed scrapes (404) later, both servers are still in routing: a failed
+    // scrape makes the engine's own figures stale, it never takes the endpoint out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = metrics(d.http_addr).await;
+    for backend in ["llama-0", "llama-1"] {
+        let has = format!("backend=\"{backend}\"");
+        assert_eq!(
+            series(&m, "dujiang_backend_serving", &[&has]),
+            Some(1.0),
+            "{m}"
+        );
+    }
 
     d.shutdown();
     d.wait().await.unwrap();
