@@ -262,6 +262,24 @@ pub fn check_roles(pools: &[PoolConfig]) -> Result<(), (String, String)> {
     }
 }
 
+/// The daemon's backends serve whole requests only: prefill/decode roles run in virtual
+/// time (`dujiang replay`) so far. Returns the first pool with another role, and why, so
+/// `dujiang serve` refuses the fleet instead of silently serving it as mixed.
+pub fn check_whole_only(pools: &[PoolConfig]) -> Result<(), (String, String)> {
+    match pools.iter().find(|p| p.role != Role::Mixed) {
+        Some(p) => Err((
+            p.name.clone(),
+            format!(
+                "pool `{}` is {}: the daemon's backends serve whole requests (mixed) only; \
+                 prefill/decode fleets run in `dujiang replay`",
+                p.name,
+                p.role.as_str()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +370,12 @@ layerwise = true
         assert_eq!(err.field.as_deref(), Some("pools.ascend.role"));
         assert!(err.to_string().starts_with("pd.toml:7:"), "{err}");
         assert!(err.message.contains("nowhere to hand its KV off"), "{err}");
+
+        let (pools, _) = resolve(PD).unwrap();
+        let (pool, why) = check_whole_only(&pools).unwrap_err();
+        assert_eq!(pool, "ascend");
+        assert!(why.contains("dujiang replay"), "{why}");
+        assert!(check_whole_only(&pools[2..]).is_ok());
 
         let err =
             FleetSpec::parse(&PD.replace("\"decode\"", "\"decoder\""), "pd.toml").unwrap_err();

@@ -26,8 +26,8 @@ mod view;
 
 pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
 pub use links::{
-    check_roles, Link, LinkSpec, LinkTable, DEFAULT_BANDWIDTH_GBPS, DEFAULT_LATENCY_US,
-    DEFAULT_STAGING_GBPS,
+    check_roles, check_whole_only, Link, LinkSpec, LinkTable, DEFAULT_BANDWIDTH_GBPS,
+    DEFAULT_LATENCY_US, DEFAULT_STAGING_GBPS,
 };
 pub use membership::{
     check_pool_name, mix64, BackendEntry, BackendId, BackendState, FleetError, Membership,

@@ -209,3 +209,45 @@ fn a_policy_that_picks_single_backends_still_runs_a_split_fleet() {
         assert_eq!(r.stats.handoffs, r.stats.kv_transfers, "{policy}");
     }
 }
+
+#[test]
+fn domestic_share_steers_a_split_fleet_to_domestic_decode() {
+    // Prefill on a domestic pool; decode on a foreign pool (fast) or a domestic one
+    // (slow). Alone, the disaggregated policy decodes on the faster foreign pool; wrapped
+    // in domestic-share with a 0.6 target it moves enough decode to domestic chips.
+    let mk = |name: &str, speed: f64, domestic: bool, role: Role| {
+        let mut p = crate::fleet::test_fleets::pool(name, 2, speed, 1.0, domestic);
+        p.role = role;
+        p
+    };
+    let pools = vec![
+        mk("pre", 2.0, true, Role::Prefill),
+        mk("dec-foreign", 1.5, false, Role::Decode),
+        mk("dec-domestic", 1.0, true, Role::Decode),
+    ];
+    let trace = long_prompts(2.0, 400, 4);
+    let alone = replay(pools.clone(), "disaggregated", "", None, &trace);
+    let wrapped = replay(
+        pools,
+        "domestic-share",
+        "inner = \"disaggregated\"\ntarget = 0.6",
+        None,
+        &trace,
+    );
+    assert_eq!((alone.stats.completed, wrapped.stats.completed), (400, 400));
+    assert!(
+        alone.stats.domestic_token_share < 0.3,
+        "alone: {}",
+        alone.stats.domestic_token_share
+    );
+    assert!(
+        wrapped.stats.domestic_token_share >= 0.55,
+        "wrapped: {}",
+        wrapped.stats.domestic_token_share
+    );
+    assert!(
+        wrapped.stats.handoffs >= 390,
+        "still split: {}",
+        wrapped.stats.handoffs
+    );
+}

@@ -152,6 +152,8 @@ impl Daemon {
                     crate::fleet::FleetSpec::load(&config.fleet)?
                 };
                 let pools = spec.resolve(&catalogue)?;
+                crate::fleet::check_whole_only(&pools)
+                    .map_err(|(pool, why)| spec.error(&format!("pools.{pool}.role"), why))?;
                 (spec, pools)
             }
         };
