@@ -251,3 +251,51 @@ fn domestic_share_steers_a_split_fleet_to_domestic_decode() {
         wrapped.stats.handoffs
     );
 }
+
+#[test]
+fn failing_prefill_and_decode_backends_loses_no_request_in_transfer() {
+    use crate::sim::faults::{FaultAction, FaultEvent, FaultPlan, FaultTarget};
+    let pools = vec![pool("pre", 2, Role::Prefill), pool("dec", 2, Role::Decode)];
+    // A slow link keeps KV on the wire when the decode backend it was bound for fails.
+    let links = LinkTable::uniform(2, LinkTable::link(5.0, 500.0));
+    let trace = long_prompts(6.0, 400, 8);
+    let at = |s: f64| (s * 1e9) as u64;
+    let plan = FaultPlan {
+        events: vec![
+            FaultEvent {
+                at_ns: at(10.0),
+                target: FaultTarget::Backend("dec-0".into()),
+                action: FaultAction::Fail,
+            },
+            FaultEvent {
+                at_ns: at(20.0),
+                target: FaultTarget::Backend("pre-1".into()),
+                action: FaultAction::Fail,
+            },
+            FaultEvent {
+                at_ns: at(30.0),
+                target: FaultTarget::Backend("dec-0".into()),
+                action: FaultAction::Recover,
+            },
+        ],
+    };
+    let policy = crate::policy::build("disaggregated", &toml::Table::new(), 7).unwrap();
+    let mut cfg = ReplayConfig::default();
+    cfg.admission.slo_shed_factor = 0.0;
+    cfg.links = Some(links);
+    let (r, faults) = Replay::new(pools, policy, cfg)
+        .unwrap()
+        .with_faults(&plan)
+        .unwrap()
+        .run_with_faults(trace.iter().cloned().map(Ok::<_, Infallible>))
+        .unwrap();
+    // Every request ends once: completed, or counted lost to the failures.
+    assert_eq!(r.stats.completed + r.stats.rejected, 400, "{faults:?}");
+    assert!(faults.rerouted + faults.migrated > 0, "{faults:?}");
+    assert!(
+        r.stats.completed >= 390,
+        "{} completed; {faults:?}",
+        r.stats.completed
+    );
+    assert_eq!(r.stats.handoffs, r.stats.kv_transfers);
+}
