@@ -304,11 +304,11 @@ fn the_calibration_goals_as_they_stand() {
         in_sample += usize::from(error.abs() <= 15.0);
         loo += usize::from(factor <= 1.25);
     }
-    assert_eq!(n, 45, "shipped points");
-    assert_eq!(in_sample, 45, "points within ±15% after the fit");
-    assert_eq!(loo, 36, "points within ×1.25 leave-one-out");
+    assert_eq!(n, 60, "shipped points");
+    assert_eq!(in_sample, 60, "points within ±15% after the fit");
+    assert_eq!(loo, 51, "points within ×1.25 leave-one-out");
     assert!(
-        doc.contains("45/45 within ±15%, 36/45 within ×1.25 leave-one-out"),
+        doc.contains("60/60 within ±15%, 51/60 within ×1.25 leave-one-out"),
         "docs/calibration.md's summary must quote the counts"
     );
 }

@@ -81,8 +81,8 @@ fn line(label: &str, r: &PolicyReport) -> String {
 
 /// The flood: a rate the demo fleet cannot serve unshed, so that most requests miss their
 /// SLO without the rule. 10x was enough under the hand-set engine coefficients (16.4%
-/// attainment unshed); the fitted ones serve 66% of a 10x flood within SLO, and only 2%
-/// of a 15x one.
+/// attainment unshed); the 45-point fit served 66% of a 10x flood within SLO and 2% of a
+/// 15x one, the 60-point fit (docs/calibration.md) 1.4% of a 15x one.
 const FLOOD: f64 = 15.0;
 
 #[test]
