@@ -12,7 +12,7 @@
 //! daemon sent for one real request, over HTTP/1.1 keep-alive connections with 32 requests
 //! in flight, in the same run.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use dujiang::fleet::PoolConfig;
 use dujiang::profile::{Catalogue, Dtype, EngineCoefficients, PerfModel};
 use dujiang::serve::{FleetInput, ServeConfig};
@@ -134,13 +134,17 @@ async fn start_zero_latency() -> dujiang::serve::RunningDaemon {
         .unwrap()
 }
 
-fn frontend(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    let (dujiang, echo) = rt.block_on(async {
+        .unwrap()
+}
+
+/// The daemon's gRPC client and the bare tonic echo's, both servers running on `rt`.
+fn grpc_pair(rt: &tokio::runtime::Runtime) -> (InferenceClient<Channel>, InferenceClient<Channel>) {
+    rt.block_on(async {
         let d = start_zero_latency().await;
         let client = connect(d.grpc_addr).await;
         // One real answer gives the echo service exactly the daemon's response size.
@@ -170,7 +174,12 @@ fn frontend(c: &mut Criterion) {
         let echo = connect(addr).await;
         std::mem::forget(d);
         (client, echo)
-    });
+    })
+}
+
+fn frontend(c: &mut Criterion) {
+    let rt = runtime();
+    let (dujiang, echo) = grpc_pair(&rt);
     let mut g = c.benchmark_group("complete");
     g.throughput(Throughput::Elements(1));
     g.bench_function("dujiang_zero_latency", |b| {
@@ -269,20 +278,12 @@ async fn bare_axum(
     addr
 }
 
-fn openai_frontend(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let client: HttpClient =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(IN_FLIGHT as usize)
-            .build({
-                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-                http.set_nodelay(true);
-                http
-            });
+/// The OpenAI targets in the group's order: (name, url, body). The daemon and the bare
+/// endpoint run on `rt`.
+fn openai_targets(
+    rt: &tokio::runtime::Runtime,
+    client: &HttpClient,
+) -> Vec<(&'static str, hyper::Uri, hyper::body::Bytes)> {
     let (plain, stream) = (chat_body(false), chat_body(true));
     let (dujiang_addr, bare_addr) = rt.block_on(async {
         let d = start_zero_latency().await;
@@ -291,8 +292,8 @@ fn openai_frontend(c: &mut Criterion) {
             .parse()
             .unwrap();
         // One real answer of each kind: the bare endpoint sends exactly these bytes.
-        let (s1, ctype_plain, bytes_plain) = post(&client, &url, &plain).await;
-        let (s2, ctype_stream, bytes_stream) = post(&client, &url, &stream).await;
+        let (s1, ctype_plain, bytes_plain) = post(client, &url, &plain).await;
+        let (s2, ctype_stream, bytes_stream) = post(client, &url, &stream).await;
         assert_eq!((s1, s2), (200, 200));
         assert!(
             ctype_stream.starts_with("text/event-stream"),
@@ -317,24 +318,83 @@ fn openai_frontend(c: &mut Criterion) {
         format!("http://{addr}{path}").parse().unwrap()
     };
     let dujiang_url = uri(dujiang_addr, "/v1/chat/completions");
-    let mut g = c.benchmark_group("openai_chat");
-    g.throughput(Throughput::Elements(1));
-    for (name, url, body) in [
-        ("dujiang_zero_latency", dujiang_url.clone(), &plain),
-        ("bare_axum_same_bytes", uri(bare_addr, "/plain"), &plain),
-        ("dujiang_zero_latency_stream", dujiang_url.clone(), &stream),
+    vec![
+        ("dujiang_zero_latency", dujiang_url.clone(), plain.clone()),
+        ("bare_axum_same_bytes", uri(bare_addr, "/plain"), plain),
+        ("dujiang_zero_latency_stream", dujiang_url, stream.clone()),
         (
             "bare_axum_same_bytes_stream",
             uri(bare_addr, "/stream"),
-            &stream,
+            stream,
         ),
-    ] {
-        g.bench_function(name, |b| {
-            b.iter_custom(|n| rt.block_on(run_http(&client, &url, body, n)))
+    ]
+}
+
+fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(IN_FLIGHT as usize)
+        .build({
+            let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+            http.set_nodelay(true);
+            http
+        })
+}
+
+fn openai_frontend(c: &mut Criterion) {
+    let rt = runtime();
+    let client = http_client();
+    let targets = openai_targets(&rt, &client);
+    let mut g = c.benchmark_group("openai_chat");
+    g.throughput(Throughput::Elements(1));
+    for (name, url, body) in &targets {
+        g.bench_function(*name, |b| {
+            b.iter_custom(|n| rt.block_on(run_http(&client, url, body, n)))
         });
     }
     g.finish();
 }
 
+/// `DUJIANG_FRONTEND_COUNT=<target>:<n>` runs one target `n` times after a warm-up of
+/// 256 calls and exits, without criterion: a fixed amount of work, so instruction
+/// counters (`valgrind --tool=callgrind`) taken at two counts give the cost of one
+/// request by difference. Targets: the openai_chat group's names, and
+/// `grpc_dujiang_zero_latency` / `grpc_bare_tonic_echo`.
+fn count_mode(spec: &str) {
+    let (name, n) = spec
+        .split_once(':')
+        .expect("DUJIANG_FRONTEND_COUNT is <target>:<n>");
+    let n: u64 = n.parse().expect("a count of calls");
+    let rt = runtime();
+    if let Some(which) = name.strip_prefix("grpc_") {
+        let (dujiang, echo) = grpc_pair(&rt);
+        let client = match which {
+            "dujiang_zero_latency" => dujiang,
+            "bare_tonic_echo" => echo,
+            other => panic!("no gRPC target `{other}`"),
+        };
+        rt.block_on(run(&client, 256));
+        let t = rt.block_on(run(&client, n));
+        eprintln!("{name}: {n} calls in {t:?}");
+        return;
+    }
+    let client = http_client();
+    let targets = openai_targets(&rt, &client);
+    let (_, url, body) = targets
+        .iter()
+        .find(|(t, _, _)| *t == name)
+        .unwrap_or_else(|| panic!("no target `{name}`"));
+    rt.block_on(run_http(&client, url, body, 256));
+    let t = rt.block_on(run_http(&client, url, body, n));
+    eprintln!("{name}: {n} calls in {t:?}");
+}
+
 criterion_group!(benches, frontend, openai_frontend);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("DUJIANG_FRONTEND_COUNT") {
+        count_mode(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -325,7 +325,12 @@ const WORDS: [&str; 16] = [
 pub fn token_text(first: u32, count: u32) -> String {
     let mut s = String::with_capacity(count as usize * 6);
     for i in first..first + count {
-        s.push_str(WORDS[i as usize % WORDS.len()]);
+        s.push_str(token_word(i));
     }
     s
+}
+
+/// The text of token `index` of any stream (one piece of [`token_text`]).
+pub fn token_word(index: u32) -> &'static str {
+    WORDS[index as usize % WORDS.len()]
 }

@@ -20,6 +20,9 @@ impl Daemon {
                 format!("unknown model `{model}`"),
             ));
         };
+        // The estimate is only needed when the client gave no count (the OpenAI front end
+        // always gives its own), but the text is checked either way.
+        let estimate = req.prompt_tokens.is_none();
         let text_tokens = if !req.messages.is_empty() {
             let mut n = 0u64;
             for (i, m) in req.messages.iter().enumerate() {
@@ -30,11 +33,17 @@ impl Daemon {
                     ));
                 }
                 // A chat template adds a few tokens per message (role markers).
-                n += crate::tokens::estimate_chat_tokens([m.content.as_str()]);
+                if estimate {
+                    n += crate::tokens::estimate_chat_tokens([m.content.as_str()]);
+                }
             }
             n
         } else if !req.prompt.is_empty() {
-            estimate_tokens(&req.prompt)
+            if estimate {
+                estimate_tokens(&req.prompt)
+            } else {
+                0
+            }
         } else {
             return Err(ServeError::invalid(
                 "messages",

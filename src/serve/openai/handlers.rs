@@ -19,7 +19,7 @@ use crate::serve::MAX_REQUEST_BYTES;
 use crate::wire::generate_response::Event;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -100,15 +100,18 @@ async fn try_complete(
             }
         }
     };
-    let mut headers = placement(&stream, queue_seconds);
+    let mut placed = HeaderMap::with_capacity(8);
+    placement(&stream, queue_seconds, &mut placed);
     if parsed.stream {
-        headers.insert(
+        placed.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
         );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        placed.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         let body = Body::from_stream(EventStream::new(stream, framer, parsed.include_usage));
-        return Ok((StatusCode::OK, headers, body).into_response());
+        let mut r = Response::new(body);
+        *r.headers_mut() = placed;
+        return Ok(r);
     }
     let mut text = String::new();
     let mut tokens = 0u32;
@@ -130,16 +133,13 @@ async fn try_complete(
             Event::Started(_) => {}
         }
     }
-    headers.insert(
+    placed.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok((
-        StatusCode::OK,
-        headers,
-        framer.complete(&text, tokens, finish),
-    )
-        .into_response())
+    let mut r = Response::new(Body::from(framer.complete(&text, tokens, finish)));
+    *r.headers_mut() = placed;
+    Ok(r)
 }
 
 /// OpenAI's name for how a request finished.
@@ -151,21 +151,30 @@ pub fn finish_reason(f: &crate::wire::Finished) -> &'static str {
     }
 }
 
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_BACKEND: HeaderName = HeaderName::from_static("x-dujiang-backend");
+static X_POOL: HeaderName = HeaderName::from_static("x-dujiang-pool");
+static X_CHIP: HeaderName = HeaderName::from_static("x-dujiang-chip");
+static X_QUEUE_MS: HeaderName = HeaderName::from_static("x-dujiang-queue-ms");
+
 /// Where the request runs, for clients that report per pool (the load generator does).
-fn placement(stream: &RequestStream, queue_seconds: f64) -> HeaderMap {
-    let mut h = HeaderMap::new();
+/// This runs on every request: the names are parsed once (statics), the map is the one
+/// the response is sent with, and the queue time is formatted without float formatting.
+fn placement(stream: &RequestStream, queue_seconds: f64, h: &mut HeaderMap) {
     let b = stream.backend();
-    let mut put = |name: &'static str, v: &str| {
+    let mut put = |name: &HeaderName, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(name, v);
+            h.insert(name.clone(), v);
         }
     };
-    put("x-request-id", stream.client_id());
-    put("x-dujiang-backend", &b.name);
-    put("x-dujiang-pool", &b.pool);
-    put("x-dujiang-chip", &b.chip);
-    put("x-dujiang-queue-ms", &format!("{:.3}", queue_seconds * 1e3));
-    h
+    put(&X_REQUEST_ID, stream.client_id());
+    put(&X_BACKEND, &b.name);
+    put(&X_POOL, &b.pool);
+    put(&X_CHIP, &b.chip);
+    // Whole microseconds: what `{:.3}` of the milliseconds prints, without float
+    // formatting.
+    let us = (queue_seconds * 1e6).round() as u64;
+    put(&X_QUEUE_MS, &format!("{}.{:03}", us / 1000, us % 1000));
 }
 
 /// `GET /v1/models`: the models the fleet's pools serve.

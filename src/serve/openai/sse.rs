@@ -12,8 +12,8 @@
 
 use super::error::ApiError;
 use super::request::Endpoint;
+use crate::serve::stream::token_word;
 use crate::serve::stream::RequestStream;
-use crate::serve::token_text;
 use crate::wire::generate_response::Event;
 use axum::body::Bytes;
 use std::convert::Infallible;
@@ -24,11 +24,15 @@ use tokio_stream::Stream;
 
 pub const DONE: &str = "data: [DONE]\n\n";
 
-/// Writes one request's response objects.
+/// Writes one request's response objects. Runs per token, so it appends pieces built
+/// once per request to one buffer instead of formatting (a `write!` per token cost more
+/// than the rest of the stream's path).
 pub struct Framer {
     endpoint: Endpoint,
     /// `"id":…,"object":…,"created":…,"model":…` with its values JSON-escaped once.
     head: String,
+    /// `data: {<head>,"choices":[{"index":0,`: how every token event starts.
+    event_open: String,
     prompt_tokens: u32,
     continuous_usage: bool,
 }
@@ -48,14 +52,24 @@ impl Framer {
             (Endpoint::Chat, false) => ("chatcmpl-", "chat.completion"),
             (Endpoint::Completions, _) => ("cmpl-", "text_completion"),
         };
-        let head = format!(
-            "\"id\":{},\"object\":\"{object}\",\"created\":{created},\"model\":{}",
-            json(&format!("{prefix}{id}")),
-            json(model)
-        );
+        let mut head = String::with_capacity(96 + id.len() + model.len());
+        head.push_str("\"id\":\"");
+        head.push_str(prefix);
+        push_escaped(&mut head, id);
+        head.push_str("\",\"object\":\"");
+        head.push_str(object);
+        head.push_str("\",\"created\":");
+        let _ = write!(head, "{created}");
+        head.push_str(",\"model\":");
+        push_json(&mut head, model);
+        let mut event_open = String::with_capacity(head.len() + 40);
+        event_open.push_str("data: {");
+        event_open.push_str(&head);
+        event_open.push_str(",\"choices\":[{\"index\":0,");
         Framer {
             endpoint,
             head,
+            event_open,
             prompt_tokens,
             continuous_usage,
         }
@@ -74,7 +88,7 @@ impl Framer {
     /// `finish_reason`.
     pub fn token_chunk(&self, out: &mut String, index: u32, last: bool) {
         let finish = if last { Some("length") } else { None };
-        self.text_chunk(out, &token_text(index, 1), index == 0, finish, index + 1);
+        self.text_chunk(out, token_word(index), index == 0, finish, index + 1);
     }
 
     /// One SSE event carrying `text` (the first with the chat role), `finish` as its
@@ -87,28 +101,22 @@ impl Framer {
         finish: Option<&str>,
         completion: u32,
     ) {
-        let text = json(text);
-        // No allocation for the common case: every chunk but the last says null.
-        let finish: std::borrow::Cow<'_, str> = match finish {
-            Some(f) => json(f).into(),
-            None => "null".into(),
-        };
-        let _ = write!(out, "data: {{{},\"choices\":[{{\"index\":0,", self.head);
-        match self.endpoint {
-            Endpoint::Chat if first => {
-                let _ = write!(
-                    out,
-                    "\"delta\":{{\"role\":\"assistant\",\"content\":{text}}}"
-                );
-            }
-            Endpoint::Chat => {
-                let _ = write!(out, "\"delta\":{{\"content\":{text}}}");
-            }
-            Endpoint::Completions => {
-                let _ = write!(out, "\"text\":{text}");
-            }
+        out.push_str(&self.event_open);
+        out.push_str(match self.endpoint {
+            Endpoint::Chat if first => "\"delta\":{\"role\":\"assistant\",\"content\":",
+            Endpoint::Chat => "\"delta\":{\"content\":",
+            Endpoint::Completions => "\"text\":",
+        });
+        push_json(out, text);
+        if self.endpoint == Endpoint::Chat {
+            out.push('}');
         }
-        let _ = write!(out, ",\"logprobs\":null,\"finish_reason\":{finish}}}]");
+        out.push_str(",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(f) => push_json(out, f),
+            None => out.push_str("null"),
+        }
+        out.push_str("}]");
         if self.continuous_usage {
             out.push(',');
             self.usage(out, completion);
@@ -118,39 +126,55 @@ impl Framer {
 
     /// The closing usage event (`choices: []`).
     pub fn usage_chunk(&self, out: &mut String, completion: u32) {
-        let _ = write!(out, "data: {{{},\"choices\":[],", self.head);
+        out.push_str("data: {");
+        out.push_str(&self.head);
+        out.push_str(",\"choices\":[],");
         self.usage(out, completion);
         out.push_str("}\n\n");
     }
 
     /// A whole non-streaming answer.
     pub fn complete(&self, text: &str, completion: u32, finish: &str) -> String {
-        let text = json(text);
-        let mut out = format!("{{{},\"choices\":[{{\"index\":0,", self.head);
+        let mut out = String::with_capacity(self.head.len() + text.len() + 200);
+        out.push('{');
+        out.push_str(&self.head);
+        out.push_str(",\"choices\":[{\"index\":0,");
         match self.endpoint {
             Endpoint::Chat => {
-                let _ = write!(
-                    out,
-                    "\"message\":{{\"role\":\"assistant\",\"content\":{text}}}"
-                );
+                out.push_str("\"message\":{\"role\":\"assistant\",\"content\":");
+                push_json(&mut out, text);
+                out.push('}');
             }
             Endpoint::Completions => {
-                let _ = write!(out, "\"text\":{text}");
+                out.push_str("\"text\":");
+                push_json(&mut out, text);
             }
         }
-        let _ = write!(
-            out,
-            ",\"logprobs\":null,\"finish_reason\":{}}}],",
-            json(finish)
-        );
+        out.push_str(",\"logprobs\":null,\"finish_reason\":");
+        push_json(&mut out, finish);
+        out.push_str("}],");
         self.usage(&mut out, completion);
         out.push('}');
         out
     }
 }
 
-fn json(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
+/// `s` as a JSON string.
+fn push_json(out: &mut String, s: &str) {
+    out.push('"');
+    push_escaped(out, s);
+    out.push('"');
+}
+
+/// `s` escaped for the inside of a JSON string: as is when nothing needs escaping (every
+/// simulated token, most ids and names), else serde_json's escaping.
+fn push_escaped(out: &mut String, s: &str) {
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        return;
+    }
+    let quoted = serde_json::to_string(s).expect("a string serialises");
+    out.push_str(&quoted[1..quoted.len() - 1]);
 }
 
 /// The event stream of one accepted request, from its first token on (the handler has
