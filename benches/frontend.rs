@@ -209,12 +209,12 @@ fn chat_body(stream: bool) -> hyper::body::Bytes {
     serde_json::to_vec(&body).unwrap().into()
 }
 
-/// One POST of `body`; returns the status, the content type and the whole body.
+/// One POST of `body`; returns the status, the headers and the whole body.
 async fn post(
     client: &HttpClient,
     url: &hyper::Uri,
     body: &hyper::body::Bytes,
-) -> (u16, String, hyper::body::Bytes) {
+) -> (u16, hyper::HeaderMap, hyper::body::Bytes) {
     use http_body_util::BodyExt as _;
     let req = hyper::Request::post(url.clone())
         .header("content-type", "application/json")
@@ -222,9 +222,9 @@ async fn post(
         .unwrap();
     let resp = client.request(req).await.unwrap();
     let status = resp.status().as_u16();
-    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, ctype, bytes)
+    (status, headers, bytes)
 }
 
 /// Runs `n` POSTs with IN_FLIGHT concurrent callers and returns the elapsed time.
@@ -254,17 +254,21 @@ async fn run_http(
     start.elapsed()
 }
 
-/// The bare endpoint: answers every POST with `reply`'s bytes and content type.
+/// The bare endpoint: answers every POST with `reply`'s bytes and headers (all the
+/// daemon sent but those hyper writes itself: date and the body's length or chunking).
 async fn bare_axum(
-    replies: Vec<(&'static str, String, hyper::body::Bytes)>,
+    replies: Vec<(&'static str, hyper::HeaderMap, hyper::body::Bytes)>,
 ) -> std::net::SocketAddr {
     let mut app = axum::Router::new();
-    for (path, ctype, bytes) in replies {
+    for (path, mut headers, bytes) in replies {
+        for own in ["date", "content-length", "transfer-encoding"] {
+            headers.remove(own);
+        }
         app = app.route(
             path,
             axum::routing::post(move || {
-                let (ctype, bytes) = (ctype.clone(), bytes.clone());
-                async move { ([("content-type", ctype)], bytes) }
+                let (headers, bytes) = (headers.clone(), bytes.clone());
+                async move { (headers, bytes) }
             }),
         );
     }
@@ -292,12 +296,13 @@ fn openai_targets(
             .parse()
             .unwrap();
         // One real answer of each kind: the bare endpoint sends exactly these bytes.
-        let (s1, ctype_plain, bytes_plain) = post(client, &url, &plain).await;
-        let (s2, ctype_stream, bytes_stream) = post(client, &url, &stream).await;
+        let (s1, headers_plain, bytes_plain) = post(client, &url, &plain).await;
+        let (s2, headers_stream, bytes_stream) = post(client, &url, &stream).await;
         assert_eq!((s1, s2), (200, 200));
+        let ctype_stream = &headers_stream["content-type"];
         assert!(
-            ctype_stream.starts_with("text/event-stream"),
-            "{ctype_stream}"
+            ctype_stream.as_bytes().starts_with(b"text/event-stream"),
+            "{ctype_stream:?}"
         );
         let text = String::from_utf8_lossy(&bytes_stream);
         assert_eq!(
@@ -307,8 +312,8 @@ fn openai_targets(
         );
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         let bare = bare_axum(vec![
-            ("/plain", ctype_plain, bytes_plain),
-            ("/stream", ctype_stream, bytes_stream),
+            ("/plain", headers_plain, bytes_plain),
+            ("/stream", headers_stream, bytes_stream),
         ])
         .await;
         std::mem::forget(d);

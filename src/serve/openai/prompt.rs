@@ -4,10 +4,10 @@
 //!
 //! A chat is laid out message after message: each message takes
 //! [`CHAT_TOKENS_PER_MESSAGE`] tokens of role marker, then its content's tokens, so its
-//! length is [`estimate_chat_tokens`], exactly what the gRPC front end counts for the same
-//! messages. Within a content, a character's token position is the number of whole tokens
-//! the characters before it make (a quarter token per ASCII character, one per CJK
-//! character, a half per other character).
+//! length is [`crate::tokens::estimate_chat_tokens`], exactly what the gRPC front end
+//! counts for the same messages. Within a content, a character's token position is the
+//! number of whole tokens the characters before it make (a quarter token per ASCII
+//! character, one per CJK character, a half per other character).
 //!
 //! Prefix hashes: the positions are cut into blocks of [`PREFIX_BLOCK_TOKENS`] tokens (the
 //! core's block, Mooncake's `hash_ids` size), and block `k` hashes to FNV-1a 64 over the
@@ -20,7 +20,7 @@
 //! A prompt given as token ids is cut the same way, one id per token.
 
 use crate::request::PREFIX_BLOCK_TOKENS;
-use crate::tokens::{estimate_chat_tokens, estimate_tokens, is_cjk, CHAT_TOKENS_PER_MESSAGE};
+use crate::tokens::{is_cjk, CHAT_TOKENS_PER_MESSAGE};
 
 /// A prompt's estimated length and its chained block hashes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,11 +37,13 @@ pub fn chat(messages: &[(String, String)]) -> Shape {
         h.feed(start, b"<|");
         h.feed(start, role.as_bytes());
         h.feed(start, b"|>");
-        content_at(&mut h, start + CHAT_TOKENS_PER_MESSAGE, content);
-        start += CHAT_TOKENS_PER_MESSAGE + estimate_tokens(content);
+        let tokens = content_at(&mut h, start + CHAT_TOKENS_PER_MESSAGE, content);
+        start += CHAT_TOKENS_PER_MESSAGE + tokens;
     }
+    // `start` is now estimate_chat_tokens of the contents (one pass over the text, not
+    // three).
     Shape {
-        tokens: estimate_chat_tokens(messages.iter().map(|(_, c)| c.as_str())),
+        tokens: start,
         prefix_hashes: h.finish(),
     }
 }
@@ -49,9 +51,9 @@ pub fn chat(messages: &[(String, String)]) -> Shape {
 /// A completion prompt's text.
 pub fn text(prompt: &str) -> Shape {
     let mut h = Blocks::default();
-    content_at(&mut h, 0, prompt);
+    let tokens = content_at(&mut h, 0, prompt);
     Shape {
-        tokens: estimate_tokens(prompt),
+        tokens,
         prefix_hashes: h.finish(),
     }
 }
@@ -68,20 +70,22 @@ pub fn token_ids(ids: &[u64]) -> Shape {
     }
 }
 
-/// Feeds `content`'s characters at their token positions from `start`.
-fn content_at(h: &mut Blocks, start: u64, content: &str) {
+/// Feeds `content`'s characters at their token positions from `start`; returns its
+/// length, [`estimate_tokens`](crate::tokens::estimate_tokens) of it (the same rates, counted in the same pass).
+fn content_at(h: &mut Blocks, start: u64, content: &str) -> u64 {
     let mut quarters = 0u64;
     let mut buf = [0u8; 4];
     for c in content.chars() {
-        h.feed(start + quarters / 4, c.encode_utf8(&mut buf).as_bytes());
-        quarters += if c.is_ascii() {
-            1
-        } else if is_cjk(c) {
-            4
+        let at = start + quarters / 4;
+        if c.is_ascii() {
+            h.feed(at, &[c as u8]);
+            quarters += 1;
         } else {
-            2
-        };
+            h.feed(at, c.encode_utf8(&mut buf).as_bytes());
+            quarters += if is_cjk(c) { 4 } else { 2 };
+        }
     }
+    quarters.div_ceil(4).max(1)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -157,6 +161,7 @@ fn mix(mut z: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::request::{check_request, RequestLimits};
+    use crate::tokens::{estimate_chat_tokens, estimate_tokens};
 
     fn msgs(turns: &[(&str, &str)]) -> Vec<(String, String)> {
         turns
@@ -210,6 +215,24 @@ mod tests {
             estimate_tokens("Be brief.") + estimate_tokens(t) + 2 * CHAT_TOKENS_PER_MESSAGE
         );
         assert_eq!(token_ids(&[1, 2, 3]).tokens, 3);
+        // Counted while hashing: the same as the estimate for every script and mix.
+        for t in [
+            "",
+            "a",
+            "abcde",
+            "都江堰",
+            "é",
+            "aé字b",
+            "Dujiangyan 都江堰 — été",
+        ] {
+            assert_eq!(text(t).tokens, estimate_tokens(t), "{t}");
+            let m = msgs(&[("user", t), ("assistant", "ok")]);
+            assert_eq!(
+                chat(&m).tokens,
+                estimate_chat_tokens(m.iter().map(|(_, c)| c.as_str())),
+                "{t}"
+            );
+        }
     }
 
     #[test]
