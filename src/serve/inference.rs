@@ -51,6 +51,7 @@ impl Inference for InferenceService {
         request: Request<wire::GenerateRequest>,
     ) -> Result<Response<wire::CompleteResponse>, Status> {
         let mut stream = RequestStream::new(self.daemon.clone(), self.admit(request).await?);
+        stream.wake_only_at_end();
         let mut out = wire::CompleteResponse::default();
         while let Some(item) = stream.next().await {
             match item? {

@@ -34,6 +34,9 @@ struct State {
     closed: bool,
     /// The stream dropped its end: sends are discarded.
     abandoned: bool,
+    /// The reader wants only the end: `Started` and token chunks wait, unannounced, for
+    /// the next delivery that wakes it ([`Inbox::wake_only_at_end`]).
+    quiet: bool,
 }
 
 /// The driver's end.
@@ -61,11 +64,13 @@ impl Outbox {
     /// Posts a delivery without waiting; false when the stream has gone. A token chunk
     /// posted while the previous one is still unread is merged into it.
     pub fn send(&self, d: Delivery) -> bool {
+        let wake = !matches!(d, Delivery::Started { .. } | Delivery::Tokens { .. });
         let waker = {
             let mut s = self.0.lock();
             if s.abandoned {
                 return false;
             }
+            let wake = wake || !s.quiet;
             match (s.queue.back_mut(), d) {
                 (
                     Some(Delivery::Tokens { count, text }),
@@ -85,7 +90,11 @@ impl Outbox {
                     s.queue.push_back(d);
                 }
             }
-            s.waker.take()
+            if wake {
+                s.waker.take()
+            } else {
+                None
+            }
         };
         if let Some(w) = waker {
             w.wake();
@@ -122,6 +131,15 @@ impl Inbox {
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// From now on the reader is woken only by what ends or moves the request (finished,
+    /// ended, displaced, refused, admitted), not by each `Started` or token chunk: for a
+    /// reader that answers once at the end (a non-streaming response), every chunk's
+    /// wake-up would be a poll of its whole connection for nothing. What comes in the
+    /// meantime is read, merged, with the event that wakes it.
+    pub fn wake_only_at_end(&self) {
+        self.0.lock().quiet = true;
     }
 
     pub async fn recv(&mut self) -> Option<Delivery> {
@@ -221,6 +239,56 @@ mod tests {
                 count: 3,
                 text: Some("Dujiangyan".into())
             }))
+        );
+    }
+
+    #[test]
+    fn a_quiet_reader_is_woken_only_by_the_end() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let woken = || count.0.load(std::sync::atomic::Ordering::Relaxed);
+        let (tx, mut rx) = mailbox();
+        rx.wake_only_at_end();
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        tx.send(Delivery::Admitted);
+        assert_eq!(
+            woken(),
+            1,
+            "admission still wakes (the submit path waits on it)"
+        );
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(Delivery::Admitted)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        tx.send(Delivery::Started { queue_ns: 1 });
+        for _ in 0..5 {
+            tx.send(Delivery::Tokens {
+                count: 1,
+                text: None,
+            });
+        }
+        assert_eq!(woken(), 1, "neither Started nor tokens wake a quiet reader");
+        tx.send(Delivery::Finished(FinishReport::default()));
+        assert_eq!(woken(), 2);
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(d)) = rx.poll_recv(&mut cx) {
+            got.push(d);
+        }
+        assert_eq!(
+            got,
+            [
+                Delivery::Started { queue_ns: 1 },
+                Delivery::Tokens {
+                    count: 5,
+                    text: None
+                },
+                Delivery::Finished(FinishReport::default()),
+            ]
         );
     }
 

@@ -54,6 +54,8 @@ pub struct RequestStream {
     frontend: crate::metrics::Frontend,
     /// The request's text, for a backend it is moved to.
     ask: Arc<super::upstream::Ask>,
+    /// The reader wants only the end ([`RequestStream::wake_only_at_end`]).
+    quiet: bool,
 }
 
 impl RequestStream {
@@ -77,6 +79,7 @@ impl RequestStream {
             moves: 0,
             frontend: a.frontend,
             ask: a.ask,
+            quiet: false,
         }
     }
 
@@ -110,6 +113,15 @@ impl RequestStream {
     /// the engine sent them, and it may stop before `max_tokens`.
     pub fn proxied(&self) -> bool {
         self.backend.endpoint.is_some()
+    }
+
+    /// For a reader that answers once at the end (gRPC `Complete`, a non-streaming
+    /// OpenAI response): its task is woken only by what ends or moves the request, not by
+    /// every token chunk, and reads what came in between at once. Events, their order and
+    /// the deadline are unchanged.
+    pub fn wake_only_at_end(&mut self) {
+        self.quiet = true;
+        self.deliveries.wake_only_at_end();
     }
 
     fn ended(&self) -> bool {
@@ -177,6 +189,9 @@ impl RequestStream {
                 other => other,
             })?;
         tracing::debug!(from = %self.backend.name, to = %backend.name, delivered, "request moved");
+        if self.quiet {
+            deliveries.wake_only_at_end();
+        }
         self.backend = backend;
         self.deliveries = deliveries;
         self.moves += 1;

@@ -75,6 +75,10 @@ async fn try_complete(
         )
         .await?;
     let mut stream = RequestStream::new(d.clone(), accepted);
+    if !parsed.stream {
+        // Answered once at the end: no wake-up (a poll of the whole connection) per chunk.
+        stream.wake_only_at_end();
+    }
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |t| t.as_secs());
