@@ -16,6 +16,7 @@
 use super::error::ApiError;
 use super::prompt::{self, Shape};
 use crate::request::PREFIX_BLOCK_TOKENS;
+use crate::serve::upstream::PROMPT_IDS;
 use crate::wire;
 use axum::http::HeaderMap;
 use serde_json::{Map, Value};
@@ -139,7 +140,7 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         }
         t => t.map(Duration::from_millis),
     };
-    let sampling = SAMPLING_FIELDS
+    let mut sampling: Map<String, Value> = SAMPLING_FIELDS
         .iter()
         .filter_map(|f| {
             b.get(*f)
@@ -147,6 +148,11 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
                 .map(|v| (f.to_string(), v.clone()))
         })
         .collect();
+    // A prompt of token ids has no text for the daemon to carry: a real engine is sent
+    // the ids themselves (the daemon's own prompt is a placeholder).
+    if let Some(ids) = token_ids(&b) {
+        sampling.insert(PROMPT_IDS.into(), ids.clone());
+    }
     Ok(Parsed {
         wire,
         stream,
@@ -282,6 +288,15 @@ fn messages(b: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
         out.push((role, content));
     }
     Ok(out)
+}
+
+/// A completion's prompt when it is token ids (`[1, 2]` or `[[1, 2]]`), as sent.
+fn token_ids(b: &Map<String, Value>) -> Option<&Value> {
+    let p = match b.get("prompt")? {
+        Value::Array(a) if a.len() == 1 && a[0].is_array() => &a[0],
+        p => p,
+    };
+    matches!(p, Value::Array(ids) if ids.first().is_some_and(Value::is_number)).then_some(p)
 }
 
 /// `/v1/completions`' `prompt`: a string, token ids, or a one-element list of either.
@@ -565,6 +580,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.wire.prompt_tokens, Some(5));
+        // The ids themselves go to a real engine; a text prompt adds nothing.
+        assert_eq!(p.sampling[PROMPT_IDS], serde_json::json!([1, 2, 3, 4, 5]));
+        let p = parse(
+            Endpoint::Completions,
+            &HeaderMap::new(),
+            br#"{"prompt":"a b"}"#,
+        )
+        .unwrap();
+        assert!(p.sampling.get(PROMPT_IDS).is_none());
         let e = parse(
             Endpoint::Completions,
             &HeaderMap::new(),

@@ -3,7 +3,7 @@
 //! and the reading of its event stream into what the driver needs (response started,
 //! text, finish reason, usage), with failures classified once near their cause.
 
-use super::Ask;
+use super::{Ask, PROMPT_IDS};
 use crate::openai_client::sse::{read_chunk, SseDecoder};
 use crate::openai_client::HttpClient;
 use http_body_util::{BodyExt as _, Full};
@@ -33,7 +33,12 @@ pub fn body(served_model: &str, ask: &Ask, max_tokens: u32) -> Vec<u8> {
     }
     body.insert("model".into(), served_model.into());
     if ask.messages.is_empty() {
-        body.insert("prompt".into(), ask.prompt.as_str().into());
+        // Token ids come as the client sent them; text otherwise.
+        let prompt = match ask.sampling.get(PROMPT_IDS) {
+            Some(ids @ serde_json::Value::Array(_)) => ids.clone(),
+            _ => ask.prompt.as_str().into(),
+        };
+        body.insert("prompt".into(), prompt);
     } else {
         let messages = ask
             .messages
@@ -275,6 +280,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body("m", &ask, 1)).unwrap();
         assert_eq!(v["prompt"], "once");
         assert!(v.get("messages").is_none());
+        // A token-id prompt goes as the ids, not the daemon's placeholder text.
+        let mut sampling = super::super::Sampling::new();
+        sampling.insert(PROMPT_IDS.into(), serde_json::json!([1, 2, 3]));
+        let ask = Ask {
+            prompt: " ".into(),
+            sampling,
+            ..Ask::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body("m", &ask, 1)).unwrap();
+        assert_eq!(v["prompt"], serde_json::json!([1, 2, 3]));
     }
 
     #[test]

@@ -30,6 +30,11 @@ use std::time::{Duration, Instant};
 /// Sampling fields passed through to a real engine as the client sent them.
 pub type Sampling = serde_json::Map<String, serde_json::Value>;
 
+/// Key under which [`Sampling`] carries a completion's token-id prompt, as the client
+/// sent it: the daemon's own prompt text is then a placeholder, so the engine is sent the
+/// ids (as `prompt`).
+pub const PROMPT_IDS: &str = "prompt";
+
 /// What a real engine is sent for one request besides its lengths: the text (chat
 /// messages or a prompt), the client's sampling fields, and its deadline.
 #[derive(Debug, Default)]
