@@ -527,22 +527,7 @@ impl Driver {
                     e2e_ns: at.saturating_sub(r.arrival),
                     stopped: false,
                 };
-                let tpot = (output_tokens > 1).then_some(report.mean_inter_token_ns);
-                let ttft_missed = report.ttft_ns > r.slo.ttft_ns;
-                let tpot_missed = tpot.is_some_and(|t| t > r.slo.tpot_ns);
-                if ttft_missed {
-                    h.slo_ttft_violations.increment(1);
-                }
-                if tpot_missed {
-                    h.slo_tpot_violations.increment(1);
-                }
-                h.e2e.record(secs(report.e2e_ns));
-                self.summary.record(&FinishedLatencies {
-                    queue_ns: report.queue_ns,
-                    ttft_ns: report.ttft_ns,
-                    e2e_ns: report.e2e_ns,
-                    slo_violated: ttft_missed || tpot_missed,
-                });
+                record_finished(&self.summary, &h, r.slo, &report);
                 let _ = r.deliver.send(Delivery::Finished(report));
             }
             EngineEvent::Preempted { .. } => {
@@ -727,4 +712,30 @@ fn flush(r: &mut InFlight) {
 
 fn secs(ns: Nanos) -> f64 {
     ns as f64 / 1e9
+}
+
+/// Records a finished request's SLO misses, E2E time and latency summary: the same for a
+/// simulated backend and a real engine.
+pub(super) fn record_finished(
+    summary: &LatencySummary,
+    h: &PoolHistograms,
+    slo: Slo,
+    r: &FinishReport,
+) {
+    let tpot = (r.completion_tokens > 1).then_some(r.mean_inter_token_ns);
+    let ttft_missed = r.ttft_ns > slo.ttft_ns;
+    let tpot_missed = tpot.is_some_and(|t| t > slo.tpot_ns);
+    if ttft_missed {
+        h.slo_ttft_violations.increment(1);
+    }
+    if tpot_missed {
+        h.slo_tpot_violations.increment(1);
+    }
+    h.e2e.record(secs(r.e2e_ns));
+    summary.record(&FinishedLatencies {
+        queue_ns: r.queue_ns,
+        ttft_ns: r.ttft_ns,
+        e2e_ns: r.e2e_ns,
+        slo_violated: ttft_missed || tpot_missed,
+    });
 }

@@ -29,11 +29,11 @@ use crate::engine::LoadSnapshot;
 use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
 use crate::fleet::upstream::server_root;
 use crate::fleet::{BackendId, BackendState, Claim, LoadSlot, PoolConfig, UpstreamSpec};
-use crate::metrics::{FinishedLatencies, LatencySummary, Outcome, PoolHistograms};
+use crate::metrics::{LatencySummary, Outcome, PoolHistograms};
 use crate::policy::{predict, Prediction};
-use crate::request::{Nanos, Priority, Request, RequestId, Slo};
+use crate::request::{Nanos, Priority, Request, RequestId};
 use crate::serve::backend::{
-    BackendHandle, Command, Delivery, DriverContext, FinishReport, Refusal,
+    record_finished, BackendHandle, Command, Delivery, DriverContext, FinishReport, Refusal,
 };
 use crate::serve::mailbox::{mailbox, Outbox};
 use crate::serve::scrape::{scrape_once, MetricsDialect, ScrapedLoad};
@@ -561,7 +561,7 @@ fn conclude(
                 stopped: p.finish.as_deref().is_some_and(|r| r != "length"),
             };
             if let Some(h) = hist {
-                record_finished(ep, h, req.slo.unwrap_or_default(), &report);
+                record_finished(&ep.summary, h, req.slo.unwrap_or_default(), &report);
             }
             Some(Delivery::Finished(report))
         }
@@ -602,25 +602,6 @@ fn conclude(
     if let Some(d) = delivery {
         let _ = out.send(d);
     }
-}
-
-fn record_finished(ep: &Endpoint, h: &PoolHistograms, slo: Slo, r: &FinishReport) {
-    let tpot = (r.completion_tokens > 1).then_some(r.mean_inter_token_ns);
-    let ttft_missed = r.ttft_ns > slo.ttft_ns;
-    let tpot_missed = tpot.is_some_and(|t| t > slo.tpot_ns);
-    if ttft_missed {
-        h.slo_ttft_violations.increment(1);
-    }
-    if tpot_missed {
-        h.slo_tpot_violations.increment(1);
-    }
-    h.e2e.record(secs(r.e2e_ns));
-    ep.summary.record(&FinishedLatencies {
-        queue_ns: r.queue_ns,
-        ttft_ns: r.ttft_ns,
-        e2e_ns: r.e2e_ns,
-        slo_violated: ttft_missed || tpot_missed,
-    });
 }
 
 /// A scraped KV fill is published as this many blocks out of [`KV_SCALE`] (policies read
