@@ -39,16 +39,7 @@ impl Engine {
                 why: "a handed-off sequence has produced at least one token and not all",
             });
         }
-        let needed = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
-        if needed > self.capacity_tokens() {
-            return Err(AdmitError::TooLarge {
-                needed,
-                capacity: self.capacity_tokens(),
-            });
-        }
-        if self.by_id.contains_key(&req.id) {
-            return Err(AdmitError::DuplicateId(req.id));
-        }
+        self.check_room_and_id(&req, req.max_tokens)?;
         self.split_run_at(now);
         let slot = self.take_slot();
         let epoch = self.epochs[slot as usize];

@@ -69,6 +69,26 @@ impl Engine {
         self.slots[slot as usize].as_mut().expect("live slot")
     }
 
+    /// Refuses a request whose prompt and `max_tokens` outputs could never fit the KV, or
+    /// whose id is already here: the checks every admission shares.
+    pub(super) fn check_room_and_id(
+        &self,
+        req: &Request,
+        max_tokens: u32,
+    ) -> Result<(), AdmitError> {
+        let needed = u64::from(req.prompt_tokens) + u64::from(max_tokens);
+        if needed > self.capacity_tokens() {
+            return Err(AdmitError::TooLarge {
+                needed,
+                capacity: self.capacity_tokens(),
+            });
+        }
+        if self.by_id.contains_key(&req.id) {
+            return Err(AdmitError::DuplicateId(req.id));
+        }
+        Ok(())
+    }
+
     /// Takes a request into the waiting queue. Call [`Engine::advance`] up to `now`
     /// first; the request joins the batch at the next step boundary after `now`.
     pub fn admit(&mut self, req: Request, now: Nanos) -> Result<(), AdmitError> {
@@ -80,16 +100,7 @@ impl Engine {
             Role::Prefill if req.max_tokens > 1 => (1, req.max_tokens),
             _ => (req.max_tokens, 0),
         };
-        let needed = u64::from(req.prompt_tokens) + u64::from(max_tokens);
-        if needed > self.capacity_tokens() {
-            return Err(AdmitError::TooLarge {
-                needed,
-                capacity: self.capacity_tokens(),
-            });
-        }
-        if self.by_id.contains_key(&req.id) {
-            return Err(AdmitError::DuplicateId(req.id));
-        }
+        self.check_room_and_id(&req, max_tokens)?;
         self.split_run_at(now);
         let slot = self.take_slot();
         let epoch = self.epochs[slot as usize];
