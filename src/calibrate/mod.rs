@@ -12,6 +12,7 @@
 mod backend;
 mod fit;
 mod lengths;
+pub mod observed;
 mod points;
 mod pool;
 mod report;

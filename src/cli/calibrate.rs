@@ -13,8 +13,13 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Points files (TOML `[[point]]` tables, or CSV with a header row; `.csv` by name).
-    #[arg(required = true, value_name = "POINTS")]
+    /// None given: the shipped ones, `config/measured/*.toml` under the current directory.
+    #[arg(value_name = "POINTS")]
     pub points: Vec<PathBuf>,
+    /// Extra points files fitted alongside the others, e.g. what a router observed
+    /// (`curl http://ROUTER:METRICS_PORT/observed > observed.toml`). Repeatable.
+    #[arg(long = "points", value_name = "FILE")]
+    pub extra: Vec<PathBuf>,
     /// The fit starts from the hand-set priors (config/engine-priors.toml) of the entries
     /// the embedded catalogue holds fitted; engine overlays given here are applied on top
     /// of those before fitting: their values are the priors.
@@ -46,7 +51,12 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         cat = cat.with_engine_overlay(&src, &path.display().to_string())?;
     }
-    let paths: Vec<&std::path::Path> = args.points.iter().map(PathBuf::as_path).collect();
+    let mut files = args.points.clone();
+    if files.is_empty() {
+        files = shipped_points()?;
+    }
+    files.extend(args.extra.iter().cloned());
+    let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
     let points = load_points(&paths)?;
     if !(args.prior_weight.is_finite() && args.prior_weight >= 0.0) {
         anyhow::bail!(
@@ -61,8 +71,7 @@ pub fn run(args: Args) -> Result<()> {
     let backend = CatalogueBackend::new(cat);
     let cal = calibrate(points, &backend, opts, !args.no_loo)?;
     print!("{}", render_text(&cal));
-    let origin = args
-        .points
+    let origin = files
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
@@ -85,6 +94,23 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::write(path, body).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The shipped measured points: `config/measured/*.toml`, sorted by name.
+fn shipped_points() -> Result<Vec<PathBuf>> {
+    let dir = std::path::Path::new("config/measured");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| {
+            format!(
+                "no points files given and cannot read {} (run from the repository, or name the files)",
+                dir.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 const BEGIN: &str = "<!-- calibrate:begin -->";

@@ -1,6 +1,8 @@
 //! The HTTP side of the daemon: `/metrics` (Prometheus text exposition), `/healthz` (the
 //! process is up) and `/readyz` (200 while serving, 503 before startup finishes and once
 //! shutdown has begun, so a load balancer stops sending work before streams are cut).
+//! `/observed` exports what proxied endpoints were observed doing as measured points
+//! (TOML) for `dujiang calibrate --points`.
 
 use super::daemon::Daemon;
 use axum::extract::State;
@@ -15,6 +17,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/observed", get(observed))
         .with_state(daemon)
 }
 
@@ -25,6 +28,13 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         d.metrics.render(),
+    )
+}
+
+async fn observed(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/toml; charset=utf-8")],
+        d.observed_points(),
     )
 }
 

@@ -245,6 +245,11 @@ impl Daemon {
         }
     }
 
+    /// Every proxied endpoint's clean observations as measured points (`GET /observed`).
+    pub fn observed_points(&self) -> String {
+        self.ctx.upstream.observed_points(&self.fleet_name)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Relaxed)
     }

@@ -24,7 +24,8 @@
 
 use super::exchange::{self, Call, Event, Failure};
 use super::ratio::PredictionRatio;
-use super::Ask;
+use super::{Ask, Observed};
+use crate::calibrate::observed::Stack;
 use crate::engine::LoadSnapshot;
 use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
 use crate::fleet::upstream::server_root;
@@ -81,9 +82,19 @@ pub fn spawn_proxy(
         summary: ctx.metrics.summary(&handle.pool),
         slot: ctx.board.slot(id).unwrap_or_default(),
         handle: handle.clone(),
-        base,
+        base: base.clone(),
         served_model: upstream.served_model.clone(),
         ratio_gauges,
+        observed: ctx.upstream.observe(
+            Stack {
+                chip: pool.perf.chip.id.clone(),
+                engine: pool.perf.engine.engine.clone(),
+                model: pool.perf.model.id.clone(),
+                tp: pool.perf.tp,
+                dtype: pool.perf.dtype.as_str().to_string(),
+            },
+            base.clone(),
+        ),
         state: parking_lot::Mutex::new(State {
             requests: HashMap::new(),
             ratio: PredictionRatio::new(ctx.upstream.config.ewma_alpha),
@@ -116,6 +127,8 @@ struct Endpoint {
     ratio_gauges: [metrics::Gauge; 2],
     /// How its `/metrics` names load; `None`: not scraped.
     dialect: Option<MetricsDialect>,
+    /// Clean observations, exported as measured points.
+    observed: Arc<Observed>,
     state: parking_lot::Mutex<State>,
 }
 
@@ -138,6 +151,9 @@ struct Live {
     remaining: u32,
     /// It has produced its first token.
     streaming: bool,
+    /// No other request has been in flight to the endpoint since it was sent: its time to
+    /// first token is a lone prefill.
+    alone: bool,
 }
 
 /// Why the driver ends a request task before its exchange does.
@@ -355,6 +371,10 @@ impl Proxy {
                     .map(|pool| predict(&pool, &st.raw_load(), &req))
                     .unwrap_or_default()
             };
+            let alone = st.requests.is_empty();
+            for r in st.requests.values_mut() {
+                r.alone = false;
+            }
             st.requests.insert(
                 req.id,
                 Live {
@@ -362,6 +382,7 @@ impl Proxy {
                     prompt_tokens: req.prompt_tokens,
                     remaining: req.max_tokens,
                     streaming: false,
+                    alone,
                 },
             );
             ep.publish(&st);
@@ -401,6 +422,10 @@ struct Progress {
     finish: Option<String>,
     usage_prompt: Option<u32>,
     usage_completion: Option<u32>,
+    /// Sum and count of the requests streaming on the endpoint at each later token: their
+    /// mean is the batch its decode ran in.
+    batch_sum: u64,
+    batch_n: u64,
 }
 
 /// One request's task: the exchange with the engine, raced against the driver's reasons
@@ -483,8 +508,17 @@ fn on_event(
                     h.ttft.record(secs(now.saturating_sub(req.arrival)));
                 }
                 let mut st = ep.state.lock();
-                st.ratio
-                    .first_token(now.saturating_sub(sent_at), predicted.ttft_ns);
+                let ttft = now.saturating_sub(sent_at);
+                st.ratio.first_token(ttft, predicted.ttft_ns);
+                let alone =
+                    st.requests.len() == 1 && st.requests.get(&req.id).is_some_and(|r| r.alone);
+                if alone && hist.is_some() {
+                    ep.observed.observations.lock().prefill(
+                        u64::from(req.prompt_tokens),
+                        ttft as f64 / 1e6,
+                        unix_s(),
+                    );
+                }
                 if let Some(r) = st.requests.get_mut(&req.id) {
                     r.streaming = true;
                     r.remaining = r.remaining.saturating_sub(1);
@@ -496,7 +530,10 @@ fn on_event(
                     h.inter_token.record(secs(gap));
                     ep.summary.record_inter_token(&[gap]);
                 }
-                if let Some(r) = ep.state.lock().requests.get_mut(&req.id) {
+                let mut st = ep.state.lock();
+                p.batch_sum += st.requests.values().filter(|r| r.streaming).count() as u64;
+                p.batch_n += 1;
+                if let Some(r) = st.requests.get_mut(&req.id) {
                     r.remaining = r.remaining.saturating_sub(1);
                 }
             }
@@ -546,6 +583,17 @@ fn conclude(
             if p.tokens > 1 {
                 let gap = (p.last_at - first) / u64::from(p.tokens - 1);
                 st.ratio.per_token(gap, predicted.tpot_ns);
+                if hist.is_some() && p.batch_n > 0 {
+                    let batch = (p.batch_sum as f64 / p.batch_n as f64).round().max(1.0) as u64;
+                    let prompt = p.usage_prompt.unwrap_or(req.prompt_tokens);
+                    let context = u64::from(prompt) + u64::from(p.tokens) / 2;
+                    ep.observed.observations.lock().decode(
+                        batch,
+                        context,
+                        gap as f64 / 1e6,
+                        unix_s(),
+                    );
+                }
             }
             let report = FinishReport {
                 prompt_tokens: p.usage_prompt.unwrap_or(req.prompt_tokens),
@@ -685,6 +733,13 @@ async fn answers(ep: &Endpoint, timeout: Duration) -> bool {
         }
     }
     false
+}
+
+/// Wall time in Unix seconds, for the observations' window.
+fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn secs(ns: Nanos) -> f64 {

@@ -14,6 +14,11 @@
 //! (`dujiang_backend_prediction_ratio`). An endpoint that refuses connections, or fails
 //! `max_failures` requests in a row before their first token, is taken out of routing
 //! and probed (`/health`, else `/v1/models`) until it answers again.
+//!
+//! Each endpoint also keeps its clean observations ([`crate::calibrate::observed`]): the
+//! time to first token of requests alone on it and the per-token time of streams with
+//! their batch; `GET /observed` on the metrics port exports them as measured points for
+//! `dujiang calibrate --points`.
 
 mod driver;
 mod exchange;
@@ -22,9 +27,10 @@ mod ratio;
 pub use driver::spawn_proxy;
 
 use super::config::UpstreamConfig;
+use crate::calibrate::observed::{Observations, Stack};
 use crate::openai_client::HttpClient;
 use crate::wire;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Sampling fields passed through to a real engine as the client sent them.
@@ -51,6 +57,16 @@ pub struct Ask {
 pub struct UpstreamContext {
     pub config: UpstreamConfig,
     http: OnceLock<HttpClient>,
+    /// Every live endpoint's observations, for `GET /observed` (dead ones are pruned).
+    observed: parking_lot::Mutex<Vec<Weak<Observed>>>,
+}
+
+/// One endpoint's clean observations and what they describe.
+pub struct Observed {
+    pub stack: Stack,
+    /// API base (`http://host:8000/v1`).
+    pub endpoint: Arc<str>,
+    pub observations: parking_lot::Mutex<Observations>,
 }
 
 impl UpstreamContext {
@@ -58,7 +74,39 @@ impl UpstreamContext {
         UpstreamContext {
             config,
             http: OnceLock::new(),
+            observed: parking_lot::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Registers an endpoint's observations for export.
+    pub fn observe(&self, stack: Stack, endpoint: Arc<str>) -> Arc<Observed> {
+        let o = Arc::new(Observed {
+            stack,
+            endpoint,
+            observations: parking_lot::Mutex::new(Observations::default()),
+        });
+        let mut all = self.observed.lock();
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&o));
+        o
+    }
+
+    /// Every live endpoint's observations as measured points (TOML `[[point]]` tables);
+    /// `router` names this router in each point's source.
+    pub fn observed_points(&self, router: &str) -> String {
+        let live: Vec<Arc<Observed>> = self
+            .observed
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut out = format!(
+            "# Points observed by dujiang router `{router}`: feed to `dujiang calibrate --points FILE`.\n"
+        );
+        for o in live {
+            out.push_str(&o.observations.lock().to_toml(&o.stack, router, &o.endpoint));
+        }
+        out
     }
 
     /// The shared client, built on first use (a fleet without real engines never does).
