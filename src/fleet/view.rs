@@ -26,6 +26,12 @@ impl PoolMask {
     }
 }
 
+impl FromIterator<PoolId> for PoolMask {
+    fn from_iter<I: IntoIterator<Item = PoolId>>(ids: I) -> PoolMask {
+        ids.into_iter().fold(PoolMask::NONE, PoolMask::with)
+    }
+}
+
 /// What a policy may read: who is in the fleet and how loaded each backend is.
 ///
 /// Implementations must make `membership` and `load` cheap (no locks, no allocation):

@@ -89,7 +89,8 @@ impl Disaggregated {
 fn mask_of(view: &dyn LoadView, keep: impl Fn(Role) -> bool) -> PoolMask {
     view.eligible_pools()
         .filter(|p| keep(p.config.role))
-        .fold(PoolMask::NONE, |m, p| m.with(p.id))
+        .map(|p| p.id)
+        .collect()
 }
 
 /// The decode backend for a request whose prompt is (or will be) prefilled on a backend of

@@ -11,7 +11,7 @@
 //! which moves the share by far less than one request does.
 
 use super::{bad, build, params, Policy, PolicyError, Route};
-use crate::fleet::{BackendId, LinkTable, LoadView, MaskedView, PoolMask};
+use crate::fleet::{BackendId, LinkTable, LoadView, MaskedView};
 use crate::request::{Nanos, Request, NANOS_PER_SEC};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -208,12 +208,7 @@ impl Policy for DomesticShare {
 
     fn pick(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId> {
         if !self.window.foreign_allowed(now, tokens(req), self.target) {
-            let mask = view
-                .membership()
-                .pools()
-                .filter(|p| p.domestic)
-                .fold(PoolMask::NONE, |m, p| m.with(p.id));
-            let domestic = MaskedView { inner: view, mask };
+            let domestic = domestic_only(view);
             if let Some(b) = self.inner.pick(req, &domestic, now) {
                 return Some(b);
             }
@@ -233,12 +228,7 @@ impl Policy for DomesticShare {
         now: Nanos,
     ) -> Option<Route> {
         if !self.window.foreign_allowed(now, tokens(req), self.target) {
-            let mask = view
-                .membership()
-                .pools()
-                .filter(|p| p.domestic)
-                .fold(PoolMask::NONE, |m, p| m.with(p.id));
-            let domestic = MaskedView { inner: view, mask };
+            let domestic = domestic_only(view);
             if let Some(r) = self.inner.pick_route(req, &domestic, links, now) {
                 return Some(r);
             }
@@ -259,6 +249,17 @@ impl Policy for DomesticShare {
     fn on_finished(&self, req: &Request, backend: BackendId, output_tokens: u32, now: Nanos) {
         self.inner.on_finished(req, backend, output_tokens, now);
     }
+}
+
+/// `view` narrowed to the domestic pools.
+fn domestic_only(view: &dyn LoadView) -> MaskedView<'_> {
+    let mask = view
+        .membership()
+        .pools()
+        .filter(|p| p.domestic)
+        .map(|p| p.id)
+        .collect();
+    MaskedView { inner: view, mask }
 }
 
 #[cfg(test)]
