@@ -198,3 +198,38 @@ fn impossible_inputs_exit_with_a_clear_message() {
     foreign[chips] = "h20".into();
     fails_with(&foreign, "none of the chips is domestic");
 }
+
+/// The plan also searches prefill/decode splits (on by default) and prints the cheapest
+/// aggregated and the cheapest split fleet side by side; the split one really runs a
+/// prefill and a decode pool (the replay hands prefills off); `--split off` drops it.
+#[test]
+fn plan_puts_the_cheapest_split_fleet_beside_the_aggregated_one() {
+    let plan_json = tmp("split.json");
+    let stdout = ok(&run(&plan_args(&["--json", plan_json.to_str().unwrap()])));
+    assert!(
+        stdout.contains("aggregated vs prefill/decode split"),
+        "{stdout}"
+    );
+    let agg_row = stdout.lines().find(|l| l.starts_with("aggregated "));
+    let split_row = stdout.lines().find(|l| l.starts_with("split "));
+    assert!(agg_row.is_some() && split_row.is_some(), "{stdout}");
+    assert!(
+        stdout.contains("142 Gb/s"),
+        "link assumption named: {stdout}"
+    );
+    assert!(stdout.contains("splitting"), "a verdict: {stdout}");
+    let plan = json(&plan_json);
+    let d = &plan["disaggregated"];
+    assert!(d["cost_per_hour_usd"].as_f64().unwrap() > 0.0, "{d}");
+    assert_eq!(d["roles"], serde_json::json!(["prefill", "decode"]), "{d}");
+    assert!(d["handoffs"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["slo_attainment"].as_f64().unwrap() >= 0.99, "{d}");
+    assert!(d["domestic_share"].as_f64().unwrap() >= 0.3 - 1e-9, "{d}");
+    assert!(d["prefill"]["count"].as_u64().unwrap() >= 1);
+    assert!(d["decode"]["count"].as_u64().unwrap() >= 1);
+    assert!(split_row.unwrap().contains("P:D"), "{stdout}");
+
+    let off = ok(&run(&plan_args(&["--split", "off"])));
+    assert!(!off.contains("prefill/decode split"), "{off}");
+    fails_with(&plan_args(&["--split", "maybe"]), "expected on or off");
+}

@@ -114,6 +114,19 @@ pub struct OutputArgs {
     /// Replays run at once (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also search prefill/decode split fleets (replayed with the `disaggregated` policy
+    /// on the default KV links) and print the cheapest beside the aggregated plan: on or
+    /// off (default on).
+    #[arg(long, default_value = "on", value_parser = on_off)]
+    pub split: bool,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, got `{other}`")),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -240,7 +253,7 @@ fn finish(
     out: &OutputArgs,
     started: Instant,
 ) -> Result<()> {
-    let report: PlanReport = plan::plan(
+    let mut report: PlanReport = plan::plan(
         inputs,
         &prepared.workload,
         &prepared.candidates,
@@ -250,6 +263,15 @@ fn finish(
         measure_replays,
     )
     .map_err(anyhow::Error::msg)?;
+    if out.split {
+        plan::add_split(
+            &mut report,
+            &prepared.workload,
+            &prepared.candidates,
+            &prepared.settings,
+            runner,
+        );
+    }
     print!("{}", report.to_table());
     println!(
         "planned in {:.1} s on {} thread(s)",

@@ -21,6 +21,7 @@ pub mod report;
 pub mod runner;
 pub mod search;
 pub mod slo;
+pub mod split;
 pub mod workload;
 
 pub use candidate::{candidates, Candidate};
@@ -28,6 +29,7 @@ pub use capacity::{measure, Measurement, Shard};
 pub use report::{FrontierPoint, PlanReport, PlannedPool, Predicted, ShardReport};
 pub use runner::{ReplayJob, ReplayRunner, Sequential, Timing};
 pub use slo::{SloSpec, DEFAULT_SLO};
+pub use split::{add_split, plan_split, SplitPlan};
 pub use workload::{Bucket, Workload};
 
 use crate::fleet::PolicySpec;

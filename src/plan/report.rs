@@ -7,6 +7,7 @@
 use super::candidate::Candidate;
 use super::capacity::{Measurement, Shard};
 use super::search::{self, Settled};
+use super::split::SplitPlan;
 use super::workload::{Bucket, Workload};
 use super::{PlanInputs, PlanSettings, ShareBy};
 use crate::sim::html::{line_chart, Series};
@@ -82,6 +83,10 @@ pub struct PlanReport {
     pub buckets: Vec<Bucket>,
     pub capacity: Vec<Measurement>,
     pub replays: u64,
+    /// The cheapest prefill/decode split at the requested floor, beside the aggregated
+    /// plan (absent when the split search was turned off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disaggregated: Option<SplitPlan>,
 }
 
 /// One shard's part of a distributed measurement sweep (`dujiang plan --shard I/N`).
@@ -188,6 +193,7 @@ pub(super) fn build(
         buckets: workload.buckets.clone(),
         capacity,
         replays,
+        disaggregated: None,
     }
 }
 
@@ -293,8 +299,79 @@ impl PlanReport {
                 }
             }
         }
+        if let Some(d) = &self.disaggregated {
+            self.split_table(&mut s, d, basis);
+        }
         let _ = writeln!(s, "{} replays", self.replays);
         s
+    }
+
+    /// The cheapest aggregated and the cheapest split fleet at the requested floor, side
+    /// by side, and which pays.
+    fn split_table(&self, s: &mut String, d: &SplitPlan, basis: &str) {
+        let _ = writeln!(
+            s,
+            "\naggregated vs prefill/decode split at the {:.0}% floor (split replayed with policy disaggregated on {}):",
+            self.min_domestic_share * 100.0,
+            d.links
+        );
+        let _ = writeln!(
+            s,
+            "{:<11} {:>9} {:>9} {:>8} {:>9} {:>9}  fleet",
+            "kind", "$/h", "domestic", "SLO", "TTFT p99", "TPOT p99"
+        );
+        let _ = writeln!(
+            s,
+            "{:<11} {:>9.2} {:>8.1}% {:>7.2}% {:>9.0} {:>9.1}  {} (mixed)",
+            "aggregated",
+            self.cost_per_hour_usd,
+            self.domestic_share * 100.0,
+            self.predicted.slo_attainment * 100.0,
+            self.predicted.ttft_ms.p99,
+            self.predicted.tpot_ms.p99,
+            pools_line(&self.pools)
+        );
+        match (&d.prefill, &d.decode, d.cost_per_hour_usd) {
+            (Some(p), Some(dec), Some(cost)) => {
+                let _ = writeln!(
+                    s,
+                    "{:<11} {:>9.2} {:>8.1}% {:>7.2}% {:>9.0} {:>9.1}  prefill {}×{} + decode {}×{} (P:D {}:{})",
+                    "split",
+                    cost,
+                    d.domestic_share.unwrap_or(0.0) * 100.0,
+                    d.slo_attainment.unwrap_or(0.0) * 100.0,
+                    d.ttft_p99_ms.unwrap_or(0.0),
+                    d.tpot_p99_ms.unwrap_or(0.0),
+                    p.count,
+                    p.name,
+                    dec.count,
+                    dec.name,
+                    p.count,
+                    dec.count
+                );
+                let verdict = if cost < self.cost_per_hour_usd - 1e-9 {
+                    format!(
+                        "splitting pays: {:.1}% cheaper than the aggregated fleet",
+                        (1.0 - cost / self.cost_per_hour_usd) * 100.0
+                    )
+                } else {
+                    format!(
+                        "splitting does not pay: the cheapest split costs ${:.2}/h more",
+                        cost - self.cost_per_hour_usd
+                    )
+                };
+                let _ = writeln!(s, "{verdict} (domestic share by {basis}; {} (prefill, decode) pairs searched, {} replays)", d.pairs, d.replays);
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    "{:<11} {:>9}  splitting does not pay: {}",
+                    "split",
+                    "-",
+                    d.note.as_deref().unwrap_or("no split fleet found")
+                );
+            }
+        }
     }
 
     /// The planned fleet as a fleet file (`config/fleets/*.toml` layout).
