@@ -231,5 +231,10 @@ fn plan_puts_the_cheapest_split_fleet_beside_the_aggregated_one() {
 
     let off = ok(&run(&plan_args(&["--split", "off"])));
     assert!(!off.contains("prefill/decode split"), "{off}");
-    fails_with(&plan_args(&["--split", "maybe"]), "expected on or off");
+    let bad = run(&plan_args(&["--split", "maybe"]));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("expected on or off"),
+        "{stderr}"
+    );
 }

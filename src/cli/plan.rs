@@ -117,7 +117,7 @@ pub struct OutputArgs {
     /// Also search prefill/decode split fleets (replayed with the `disaggregated` policy
     /// on the default KV links) and print the cheapest beside the aggregated plan: on or
     /// off (default on).
-    #[arg(long, default_value = "on", value_parser = on_off)]
+    #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub split: bool,
 }
 

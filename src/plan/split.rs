@@ -220,7 +220,7 @@ pub fn plan_split(
         let jobs: Vec<ReplayJob> = asks.iter().map(|&(i, c)| ctx.job(&pairs[i], c)).collect();
         replays += jobs.len() as u64;
         let results = runner.run_all(&jobs);
-        for i in 0..pairs.len() {
+        for (i, pair) in pairs.iter_mut().enumerate() {
             let mine: Vec<(&[u32; 2], &Result<PolicyReport, String>)> = asks
                 .iter()
                 .zip(&results)
@@ -230,7 +230,6 @@ pub fn plan_split(
             if mine.is_empty() {
                 continue;
             }
-            let pair = &mut pairs[i];
             let slo = &settings.slo;
             let deficit = slo.deficit(pair.report.as_ref().expect("reported"));
             let best = mine
