@@ -12,14 +12,15 @@
 //! daemon sent for one real request, over HTTP/1.1 keep-alive connections with 32 requests
 //! in flight, in the same run.
 
+#[path = "support/zero.rs"]
+mod zero;
+
 use criterion::{criterion_group, Criterion, Throughput};
 use dujiang::fleet::PoolConfig;
-use dujiang::profile::{Catalogue, Dtype, EngineCoefficients, PerfModel};
 use dujiang::serve::{FleetInput, ServeConfig};
 use dujiang::wire::inference_client::InferenceClient;
 use dujiang::wire::inference_server::{Inference, InferenceServer};
 use dujiang::wire::{self, CompleteResponse, GenerateRequest};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -60,22 +61,7 @@ impl Inference for Echo {
 }
 
 fn zero_latency_fleet() -> FleetInput {
-    let cat = Catalogue::embedded();
-    let mut chip = cat.chip("h20").unwrap().clone();
-    chip.id = "zero".into();
-    chip.bf16_tflops = 1e12;
-    chip.int8_tops = Some(1e12);
-    chip.bandwidth_tbps = 1e12;
-    chip.link_gbps = 1e12;
-    let mut engine = cat.engine_for("h20", None).unwrap();
-    let e = &mut engine.coefficients;
-    for (field, _, _) in EngineCoefficients::FITTED {
-        if field.ends_with("_us") || *field == "prefill_half_tokens" {
-            e.set(field, 0.0).unwrap();
-        }
-    }
-    let model = cat.model("llama-3-8b").unwrap();
-    let perf = Arc::new(PerfModel::new(&chip, &engine, model, 1, Dtype::Bf16).unwrap());
+    let perf = zero::zero_latency_perf();
     let step = perf
         .decode_step_ns(32, 32 * 256)
         .max(perf.prefill_ns(32 * 128, 0));
@@ -85,7 +71,7 @@ fn zero_latency_fleet() -> FleetInput {
     );
     FleetInput {
         name: "zero".into(),
-        model: model.id.clone(),
+        model: perf.model.id.clone(),
         pools: vec![PoolConfig::new("zero", perf, 4)],
     }
 }

@@ -11,10 +11,12 @@
 //!   the proxy (goal: the proxy reaches ≥ 0.8× the direct requests per second). Criterion
 //!   reports time per request; requests per second is its inverse.
 
+#[path = "support/zero.rs"]
+mod zero;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dujiang::fleet::{PoolConfig, UpstreamSpec};
 use dujiang::openai_client::sse::{read_chunk, SseDecoder};
-use dujiang::profile::{Catalogue, Dtype, EngineCoefficients, PerfModel};
 use dujiang::serve::{FleetInput, RunningDaemon, ServeConfig};
 use http_body_util::BodyExt as _;
 use std::sync::Arc;
@@ -30,24 +32,6 @@ type HttpClient = hyper_util::client::legacy::Client<
     http_body_util::Full<hyper::body::Bytes>,
 >;
 
-fn zero_latency_perf() -> Arc<PerfModel> {
-    let cat = Catalogue::embedded();
-    let mut chip = cat.chip("h20").unwrap().clone();
-    chip.id = "zero".into();
-    chip.bf16_tflops = 1e12;
-    chip.int8_tops = Some(1e12);
-    chip.bandwidth_tbps = 1e12;
-    chip.link_gbps = 1e12;
-    let mut engine = cat.engine_for("h20", None).unwrap();
-    for (field, _, _) in EngineCoefficients::FITTED {
-        if field.ends_with("_us") || *field == "prefill_half_tokens" {
-            engine.coefficients.set(field, 0.0).unwrap();
-        }
-    }
-    let model = cat.model("llama-3-8b").unwrap();
-    Arc::new(PerfModel::new(&chip, &engine, model, 1, Dtype::Bf16).unwrap())
-}
-
 fn config() -> ServeConfig {
     ServeConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
@@ -60,7 +44,7 @@ fn config() -> ServeConfig {
 
 /// The engine (zero-latency dujiang) and the router in front of it.
 async fn start() -> (RunningDaemon, RunningDaemon) {
-    let perf = zero_latency_perf();
+    let perf = zero::zero_latency_perf();
     let engine = dujiang::serve::start_with(
         config(),
         None,
