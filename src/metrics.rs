@@ -95,6 +95,10 @@ pub const BACKEND_STEP_TIME_RATIO: &str = "dujiang_backend_step_time_ratio";
 /// predicted time to first token and time per output token. Far from 1 means the chip
 /// catalogue is wrong for that stack; routing predictions are multiplied by it.
 pub const BACKEND_PREDICTION_RATIO: &str = "dujiang_backend_prediction_ratio";
+/// Prefill/decode fleets: time a handed-off request's KV took from the prefill backend's
+/// hand-off to its arrival at the decode backend (queueing on a shared link included),
+/// by prefill pool and decode pool.
+pub const KV_TRANSFER_SECONDS: &str = "dujiang_kv_transfer_seconds";
 /// Per pool, always 1: what it runs (chip, vendor, model, tp, domestic). Cost and domestic
 /// share rules join on it instead of inferring chips from latency series.
 pub const POOL_INFO: &str = "dujiang_pool_info";
@@ -236,6 +240,8 @@ pub struct Metrics {
     outcome_counts: [AtomicU64; Outcome::ALL.len()],
     accepted_count: AtomicU64,
     summaries: RwLock<BTreeMap<Arc<str>, Arc<LatencySummary>>>,
+    /// KV transfer histograms by (prefill pool, decode pool).
+    transfers: RwLock<HashMap<(Arc<str>, Arc<str>), Histogram>>,
 }
 
 impl Default for Metrics {
@@ -300,6 +306,7 @@ impl Metrics {
             outcome_counts: Default::default(),
             accepted_count: AtomicU64::new(0),
             summaries: RwLock::default(),
+            transfers: RwLock::default(),
         }
     }
 
@@ -309,6 +316,7 @@ impl Metrics {
             INTER_TOKEN_SECONDS,
             E2E_SECONDS,
             QUEUE_SECONDS,
+            KV_TRANSFER_SECONDS,
         ];
         let mut b = PrometheusBuilder::new();
         for name in latency {
@@ -416,6 +424,22 @@ impl Metrics {
     /// Counts a routing decision that raced another and is taken again.
     pub fn router_retry(&self, policy: &Arc<str>) {
         self.policy(policy).retries.increment(1);
+    }
+
+    /// The KV transfer histogram from prefill pool `from` to decode pool `to`.
+    pub fn kv_transfer(&self, from: &Arc<str>, to: &Arc<str>) -> Histogram {
+        let key = (from.clone(), to.clone());
+        if let Some(h) = self.transfers.read().get(&key) {
+            return h.clone();
+        }
+        let labels = vec![
+            Label::new("from_pool", from.to_string()),
+            Label::new("to_pool", to.to_string()),
+        ];
+        let h = self
+            .recorder
+            .register_histogram(&Key::from_parts(KV_TRANSFER_SECONDS, labels), &meta());
+        self.transfers.write().entry(key).or_insert(h).clone()
     }
 
     /// Counts an accepted request moved off a failed backend.

@@ -257,7 +257,7 @@ async fn every_known_series_exists_before_the_first_request() {
             assert_eq!(sample(&text, &s), Some(0.0), "{s}:\n{text}");
         }
         let info = format!(
-            "dujiang_pool_info{{pool=\"{pool}\",chip=\"{chip}\",vendor=\"{}\",model=\"{}\",engine=\"{}\",dtype=\"{}\",tp=\"1\",domestic=\"{}\"}}",
+            "dujiang_pool_info{{pool=\"{pool}\",chip=\"{chip}\",vendor=\"{}\",model=\"{}\",engine=\"{}\",dtype=\"{}\",tp=\"1\",domestic=\"{}\",role=\"mixed\"}}",
             p.perf.chip.vendor,
             p.perf.model.id,
             p.perf.engine.engine,

@@ -262,16 +262,21 @@ pub fn check_roles(pools: &[PoolConfig]) -> Result<(), (String, String)> {
     }
 }
 
-/// The daemon's backends serve whole requests only: prefill/decode roles run in virtual
-/// time (`dujiang replay`) so far. Returns the first pool with another role, and why, so
-/// `dujiang serve` refuses the fleet instead of silently serving it as mixed.
-pub fn check_whole_only(pools: &[PoolConfig]) -> Result<(), (String, String)> {
-    match pools.iter().find(|p| p.role != Role::Mixed) {
+/// The daemon's simulated backends run every role; a pool of real engines (endpoints)
+/// serves whole requests only, since a real engine's KV cannot be handed over by the
+/// daemon. Returns the first pool that breaks this, and why, so `dujiang serve` refuses
+/// the fleet instead of silently serving it as mixed. Also checks [`check_roles`].
+pub fn check_simulated_roles(pools: &[PoolConfig]) -> Result<(), (String, String)> {
+    check_roles(pools)?;
+    match pools
+        .iter()
+        .find(|p| p.role != Role::Mixed && p.upstream.is_some())
+    {
         Some(p) => Err((
             p.name.clone(),
             format!(
-                "pool `{}` is {}: the daemon's backends serve whole requests (mixed) only; \
-                 prefill/decode fleets run in `dujiang replay`",
+                "pool `{}` is {} and proxies real engines: prefill/decode roles run on \
+                 simulated backends only (real engines serve whole requests, role mixed)",
                 p.name,
                 p.role.as_str()
             ),
@@ -371,11 +376,16 @@ layerwise = true
         assert!(err.to_string().starts_with("pd.toml:7:"), "{err}");
         assert!(err.message.contains("nowhere to hand its KV off"), "{err}");
 
-        let (pools, _) = resolve(PD).unwrap();
-        let (pool, why) = check_whole_only(&pools).unwrap_err();
+        let (mut pools, _) = resolve(PD).unwrap();
+        assert!(check_simulated_roles(&pools).is_ok());
+        pools[0].upstream = Some(std::sync::Arc::new(crate::fleet::upstream::UpstreamSpec {
+            endpoints: vec!["http://127.0.0.1:8000/v1".into()],
+            served_model: "m".into(),
+            metrics: None,
+        }));
+        let (pool, why) = check_simulated_roles(&pools).unwrap_err();
         assert_eq!(pool, "ascend");
-        assert!(why.contains("dujiang replay"), "{why}");
-        assert!(check_whole_only(&pools[2..]).is_ok());
+        assert!(why.contains("simulated backends only"), "{why}");
 
         let err =
             FleetSpec::parse(&PD.replace("\"decode\"", "\"decoder\""), "pd.toml").unwrap_err();

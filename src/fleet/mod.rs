@@ -26,7 +26,7 @@ mod view;
 
 pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
 pub use links::{
-    check_roles, check_whole_only, Link, LinkSpec, LinkTable, DEFAULT_BANDWIDTH_GBPS,
+    check_roles, check_simulated_roles, Link, LinkSpec, LinkTable, DEFAULT_BANDWIDTH_GBPS,
     DEFAULT_LATENCY_US, DEFAULT_STAGING_GBPS,
 };
 pub use membership::{

@@ -33,6 +33,12 @@ pub(super) fn describe(recorder: &PrometheusRecorder) {
             2,
         ),
         (
+            KV_TRANSFER_SECONDS,
+            s,
+            "Prefill/decode hand-off to KV arrival at the decode backend in simulated seconds.",
+            2,
+        ),
+        (
             ROUTER_DECISION_SECONDS,
             s,
             "Wall time the routing policy took to choose a backend.",

@@ -18,6 +18,8 @@ pub struct PoolDescription {
     pub dtype: String,
     pub tp: u32,
     pub domestic: bool,
+    /// `mixed`, `prefill` or `decode` (prefill/decode disaggregation).
+    pub role: String,
     pub backends: u32,
     pub cost_usd_per_hour: f64,
 }
@@ -33,6 +35,7 @@ impl PoolDescription {
             dtype: pool.perf.dtype.to_string(),
             tp: pool.perf.tp,
             domestic: pool.domestic(),
+            role: pool.role.as_str().into(),
             backends: pool.count,
             cost_usd_per_hour: pool.cost_per_hour_usd(),
         }
@@ -85,6 +88,7 @@ impl PoolMetrics {
                 Label::new("dtype", d.dtype.clone()),
                 Label::new("tp", d.tp.to_string()),
                 Label::new("domestic", if d.domestic { "true" } else { "false" }),
+                Label::new("role", d.role.clone()),
             ];
             recorder
                 .register_gauge(&Key::from_parts(POOL_INFO, info), &meta())

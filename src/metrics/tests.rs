@@ -103,6 +103,7 @@ fn a_removed_pool_leaves_no_series_behind() {
         dtype: "bf16".into(),
         tp: 1,
         domestic: false,
+        role: "mixed".into(),
         backends: 2,
         cost_usd_per_hour: 2.6,
     };

@@ -71,6 +71,23 @@ impl Outbox {
                 return false;
             }
             let wake = wake || !s.quiet;
+            // A request handed off again (its decode backend failed while the KV was on
+            // the way) names only the latest backend: the bound on unread holds.
+            let d = match d {
+                Delivery::HandedOff(new) => {
+                    match s.queue.iter_mut().find_map(|q| match q {
+                        Delivery::HandedOff(old) => Some(old),
+                        _ => None,
+                    }) {
+                        Some(old) => {
+                            *old = new;
+                            return true;
+                        }
+                        None => Delivery::HandedOff(new),
+                    }
+                }
+                d => d,
+            };
             match (s.queue.back_mut(), d) {
                 (
                     Some(Delivery::Tokens { count, text }),
@@ -100,6 +117,13 @@ impl Outbox {
             w.wake();
         }
         true
+    }
+}
+
+impl Outbox {
+    /// The stream has gone, or has given up on the request ([`Inbox::abandon`]).
+    pub fn is_abandoned(&self) -> bool {
+        self.0.lock().abandoned
     }
 }
 
@@ -144,6 +168,19 @@ impl Inbox {
 
     pub async fn recv(&mut self) -> Option<Delivery> {
         poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next delivery if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.0.lock().queue.pop_front()
+    }
+
+    /// The stream gives up on the request: whatever is sent from now on is discarded, and
+    /// a driver about to take it on (a hand-off whose KV is on the way) sees it is gone.
+    pub fn abandon(&self) {
+        let mut s = self.0.lock();
+        s.abandoned = true;
+        s.queue.clear();
     }
 
     /// Deliveries waiting to be read (for tests and debugging).

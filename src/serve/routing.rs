@@ -2,9 +2,9 @@
 //! a policy from the registry in `crate::policy` paired with its name as a shared string
 //! for metric labels.
 
-use crate::fleet::{BackendId, LoadView};
+use crate::fleet::{BackendId, LinkTable, LoadView};
 use crate::metrics::{Metrics, PolicyMetrics};
-use crate::policy::{self, Policy, PolicyError};
+use crate::policy::{self, Policy, PolicyError, Route};
 use crate::request::{Nanos, Request};
 use std::sync::{Arc, OnceLock};
 
@@ -34,8 +34,16 @@ impl ActivePolicy {
         self.metrics.get_or_init(|| metrics.policy(&self.name))
     }
 
-    pub fn pick(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId> {
-        self.policy.pick(req, view, now)
+    /// A route: the backend that serves the request first, and where a prefill backend
+    /// hands it off when the policy pairs them (prefill/decode fleets).
+    pub fn pick_route(
+        &self,
+        req: &Request,
+        view: &dyn LoadView,
+        links: &LinkTable,
+        now: Nanos,
+    ) -> Option<Route> {
+        self.policy.pick_route(req, view, links, now)
     }
 
     pub fn reads_load(&self) -> bool {

@@ -37,6 +37,9 @@ pub struct RequestStream {
     model: String,
     client_id: String,
     backend: Arc<BackendHandle>,
+    /// Where a prefill backend hands the request off (prefill/decode fleets): the
+    /// policy's pair until the hand-off, then the backend that took it.
+    decode: Option<Arc<BackendHandle>>,
     deliveries: Inbox,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     received: Instant,
@@ -66,6 +69,7 @@ impl RequestStream {
             model: a.model,
             client_id: a.client_id,
             backend: a.backend,
+            decode: a.decode,
             deliveries: a.deliveries,
             deadline: a
                 .deadline
@@ -109,6 +113,12 @@ impl RequestStream {
         &self.backend
     }
 
+    /// The decode backend continuing it after a prefill backend, when known (the policy
+    /// paired them, or the hand-off happened).
+    pub fn decode_backend(&self) -> Option<&BackendHandle> {
+        self.decode.as_deref()
+    }
+
     /// Whether a real engine serves it: its tokens carry the engine's text, grouped as
     /// the engine sent them, and it may stop before `max_tokens`.
     pub fn proxied(&self) -> bool {
@@ -148,11 +158,27 @@ impl RequestStream {
     /// Ends the request from this side and tells its backend to drop it.
     fn abort(&mut self, outcome: Outcome) {
         if !self.ended() {
+            // A hand-off not read yet names the backend that holds it now; and once the
+            // mailbox is abandoned, a backend about to take it on (its KV on the way)
+            // drops it instead, so its KV is freed on whichever side holds it.
+            while let Some(d) = self.deliveries.try_recv() {
+                if let Delivery::HandedOff(d) = d {
+                    self.handed_to(d.0);
+                }
+            }
+            self.deliveries.abandon();
             self.backend.send(Command::Abort {
                 id: self.request.id,
             });
             self.end(outcome);
         }
+    }
+
+    /// A prefill backend handed the request to `decode`, which continues it.
+    fn handed_to(&mut self, decode: Arc<BackendHandle>) {
+        tracing::trace!(from = %self.backend.name, to = %decode.name, "request handed off");
+        self.backend = decode.clone();
+        self.decode = Some(decode);
     }
 
     /// Moves the request off its failed backend, or says why it cannot be.
@@ -178,7 +204,7 @@ impl RequestStream {
             first_token_at: self.first_token_at,
             queue_ns: self.queue_ns,
         });
-        let (backend, deliveries) = self
+        let (backend, decode, deliveries) = self
             .daemon
             .relocate(req, &self.model, resume, self.ask.clone())
             .map_err(|e| match e {
@@ -193,6 +219,7 @@ impl RequestStream {
             deliveries.wake_only_at_end();
         }
         self.backend = backend;
+        self.decode = decode;
         self.deliveries = deliveries;
         self.moves += 1;
         Ok(())
@@ -205,6 +232,9 @@ impl RequestStream {
             pool: self.backend.pool.to_string(),
             chip: self.backend.chip.to_string(),
             queue_seconds: queue_ns as f64 / 1e9,
+            decode_backend: self.decode.as_ref().map_or_else(String::new, |d| d.name.to_string()),
+            decode_pool: self.decode.as_ref().map_or_else(String::new, |d| d.pool.to_string()),
+            decode_chip: self.decode.as_ref().map_or_else(String::new, |d| d.chip.to_string()),
         }
     }
 }
@@ -252,6 +282,10 @@ impl Stream for RequestStream {
             let event = match delivery {
                 // The backend a moved request went to took it.
                 Some(Delivery::Admitted) => continue,
+                Some(Delivery::HandedOff(d)) => {
+                    this.handed_to(d.0);
+                    continue;
+                }
                 // Its backend failed, or the one it was moved to could not take it.
                 Some(Delivery::Displaced | Delivery::Refused(_)) => match this.relocate() {
                     Ok(()) => continue,

@@ -45,6 +45,7 @@ fn started() -> Event {
         pool: "stub".into(),
         chip: "h20".into(),
         queue_seconds: 0.0,
+        ..Default::default()
     })
 }
 

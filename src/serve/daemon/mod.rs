@@ -14,7 +14,7 @@ mod validate;
 
 pub use validate::estimate_tokens;
 
-use super::backend::{spawn_backend, BackendHandle, Command, DriverContext};
+use super::backend::{spawn_backend, BackendHandle, Command, DriverContext, KvLinks};
 use super::clock::SimClock;
 use super::config::{AdmissionLimits, ReliabilityConfig, ServeConfig};
 use super::error::ServeError;
@@ -43,8 +43,9 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
     pub board: Arc<AtomicLoadBoard>,
     ctx: Arc<DriverContext>,
-    /// Driver handles indexed by backend id (`None` once removed).
-    backends: ArcSwap<Vec<Option<Arc<BackendHandle>>>>,
+    /// Driver handles indexed by backend id (`None` once removed); shared with the
+    /// drivers, which hand prefilled requests to decode backends.
+    backends: Arc<ArcSwap<Vec<Option<Arc<BackendHandle>>>>>,
     policy: ArcSwap<ActivePolicy>,
     /// The fleet file's policy and parameters: a switch to that policy, at start, by
     /// `SetPolicy` or by reload, gets these parameters, any other policy its defaults.
@@ -88,6 +89,8 @@ pub struct FleetInput {
 pub struct Accepted {
     pub client_id: String,
     pub backend: Arc<BackendHandle>,
+    /// On a prefill backend: the decode backend the policy paired it with.
+    pub decode: Option<Arc<BackendHandle>>,
     pub deliveries: Inbox,
     pub deadline: Option<Instant>,
     pub received: Instant,
@@ -105,6 +108,8 @@ pub struct Accepted {
 /// Where the router would place a request.
 struct Placement {
     handle: Arc<BackendHandle>,
+    /// Where a prefill backend hands it off, when the policy chose the pair.
+    decode: Option<Arc<BackendHandle>>,
     /// The policy that chose it (latencies are labelled with it).
     policy: Arc<str>,
     target: Target,
@@ -138,12 +143,15 @@ impl Daemon {
         } else {
             Catalogue::load_with_engines(None, None, &config.engines)?
         };
-        let (spec, pools) = match fleet {
+        let (spec, pools, links) = match fleet {
             Some(f) => {
                 let mut spec = crate::fleet::FleetSpec::embedded_demo();
                 spec.name = f.name;
                 spec.model = f.model;
-                (spec, f.pools)
+                crate::fleet::check_roles(&f.pools).map_err(|(_, why)| anyhow::anyhow!(why))?;
+                let links = crate::fleet::LinkTable::resolve(&f.pools, &[])
+                    .map_err(|(field, why)| anyhow::anyhow!("{field}: {why}"))?;
+                (spec, f.pools, links)
             }
             None => {
                 let spec = if config.fleet.as_os_str().is_empty() {
@@ -152,9 +160,10 @@ impl Daemon {
                     crate::fleet::FleetSpec::load(&config.fleet)?
                 };
                 let pools = spec.resolve(&catalogue)?;
-                crate::fleet::check_whole_only(&pools)
+                crate::fleet::check_simulated_roles(&pools)
                     .map_err(|(pool, why)| spec.error(&format!("pools.{pool}.role"), why))?;
-                (spec, pools)
+                let links = spec.link_table(&pools)?;
+                (spec, pools, links)
             }
         };
         let board = Arc::new(AtomicLoadBoard::from_pools(pools)?);
@@ -167,13 +176,20 @@ impl Daemon {
             ActivePolicy::by_name(&policy_name, &policy_params(&spec.policy, &policy_name))?;
         let metrics = Arc::new(Metrics::new());
         let rel = config.reliability;
+        let clock = SimClock::new(config.time_scale);
+        let backends: Arc<ArcSwap<Vec<Option<Arc<BackendHandle>>>>> = Arc::default();
+        let (kv, link_task) = KvLinks::start(clock, metrics.clone());
         let ctx = Arc::new(DriverContext {
-            clock: SimClock::new(config.time_scale),
+            clock,
             metrics: metrics.clone(),
             board: board.clone(),
             ewma_alpha: rel.ewma_alpha,
             upstream: crate::serve::upstream::UpstreamContext::new(config.upstream),
+            backends: backends.clone(),
+            links,
+            kv,
         });
+        link_task.spawn(&ctx);
         let outliers = OutlierDetector::new(OutlierConfig {
             straggler_ratio: rel.straggler_ratio,
             recover_ratio: rel.recover_ratio,
@@ -188,7 +204,7 @@ impl Daemon {
             metrics,
             board: board.clone(),
             ctx,
-            backends: ArcSwap::default(),
+            backends,
             policy: ArcSwap::from_pointee(policy),
             fleet_policy: spec.policy.clone(),
             catalogue,

@@ -133,9 +133,12 @@ impl Daemon {
         // be retried. The client sees UNAVAILABLE only if no backend takes it.
         for attempt in 1.. {
             let backend = placement.handle;
+            let decode = placement.decode;
+            // A split route's output tokens come from its decode side (as in replay).
+            let counted = decode.as_ref().map_or(backend.id, |d| d.id);
             self.policy
                 .load()
-                .on_routed(&request, backend.id, &self.board.view(), request.arrival);
+                .on_routed(&request, counted, &self.board.view(), request.arrival);
             let (tx, mut deliveries) = mailbox();
             let answer = if backend.send(Command::Admit {
                 req: request.clone(),
@@ -144,6 +147,7 @@ impl Daemon {
                 resume: None,
                 policy: placement.policy,
                 ask: ask.clone(),
+                decode: decode.clone(),
             }) {
                 // The backend may now hold the request. Should this future be dropped
                 // before its answer (the client went away), the guard tells the backend
@@ -173,6 +177,7 @@ impl Daemon {
                     return Ok(Accepted {
                         client_id,
                         backend,
+                        decode,
                         deliveries,
                         deadline,
                         received,
@@ -228,7 +233,7 @@ impl Daemon {
         model: &str,
         resume: Option<Resume>,
         ask: Arc<Ask>,
-    ) -> Result<(Arc<BackendHandle>, Inbox), ServeError> {
+    ) -> Result<(Arc<BackendHandle>, Option<Arc<BackendHandle>>, Inbox), ServeError> {
         if !self.accepting.load(Relaxed) {
             return Err(ServeError::Unavailable(
                 "the daemon is shutting down".into(),
@@ -237,9 +242,11 @@ impl Daemon {
         let placement = self.place(&req, model)?;
         let backend = placement.handle;
         let policy = placement.policy;
+        let decode = placement.decode;
+        let counted = decode.as_ref().map_or(backend.id, |d| d.id);
         self.policy
             .load()
-            .on_routed(&req, backend.id, &self.board.view(), self.now());
+            .on_routed(&req, counted, &self.board.view(), self.now());
         let (tx, rx) = mailbox();
         let claim = Claim::of(&req);
         if !backend.send(Command::Admit {
@@ -249,6 +256,7 @@ impl Daemon {
             resume,
             policy,
             ask,
+            decode: decode.clone(),
         }) {
             self.board.release(backend.id, claim);
             return Err(ServeError::Unavailable(format!(
@@ -257,7 +265,7 @@ impl Daemon {
             )));
         }
         self.metrics.migration(resume.is_some());
-        Ok((backend, rx))
+        Ok((backend, decode, rx))
     }
 
     /// Asks the policy for a serving backend for `request`, claims it there (see
@@ -303,11 +311,12 @@ impl Daemon {
             )));
         }
         let t0 = Instant::now();
-        let picked = policy.pick(request, &masked, request.arrival);
+        let route = policy.pick_route(request, &masked, &self.ctx.links, request.arrival);
         policy
             .metrics(&self.metrics)
             .decision
             .record(t0.elapsed().as_secs_f64());
+        let picked = route.map(|r| r.first);
         let Some(id) = picked else {
             return Err(ServeError::Unavailable(format!(
                 "no healthy backend serves model `{model}`"
@@ -340,8 +349,13 @@ impl Daemon {
                 "backend {id:?} has no pool"
             )));
         };
+        // The pair's decode side, if the policy chose one and it is still there.
+        let decode = route
+            .and_then(|r| r.decode)
+            .and_then(|d| self.backends.load().get(d.index()).cloned().flatten());
         Ok(Some(Placement {
             handle,
+            decode,
             policy: policy.name.clone(),
             target: Target::predicted(id, pool, load, request),
         }))

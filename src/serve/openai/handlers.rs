@@ -160,6 +160,9 @@ static X_BACKEND: HeaderName = HeaderName::from_static("x-dujiang-backend");
 static X_POOL: HeaderName = HeaderName::from_static("x-dujiang-pool");
 static X_CHIP: HeaderName = HeaderName::from_static("x-dujiang-chip");
 static X_QUEUE_MS: HeaderName = HeaderName::from_static("x-dujiang-queue-ms");
+static X_DECODE_BACKEND: HeaderName = HeaderName::from_static("x-dujiang-decode-backend");
+static X_DECODE_POOL: HeaderName = HeaderName::from_static("x-dujiang-decode-pool");
+static X_DECODE_CHIP: HeaderName = HeaderName::from_static("x-dujiang-decode-chip");
 
 /// Where the request runs, for clients that report per pool (the load generator does).
 /// This runs on every request: the names are parsed once (statics), the map is the one
@@ -175,6 +178,12 @@ fn placement(stream: &RequestStream, queue_seconds: f64, h: &mut HeaderMap) {
     put(&X_BACKEND, &b.name);
     put(&X_POOL, &b.pool);
     put(&X_CHIP, &b.chip);
+    // Prefill/decode fleets: the backend continuing after `x-dujiang-backend` prefilled.
+    if let Some(d) = stream.decode_backend() {
+        put(&X_DECODE_BACKEND, &d.name);
+        put(&X_DECODE_POOL, &d.pool);
+        put(&X_DECODE_CHIP, &d.chip);
+    }
     // Whole microseconds: what `{:.3}` of the milliseconds prints, without float
     // formatting.
     let us = (queue_seconds * 1e6).round() as u64;

@@ -299,6 +299,7 @@ impl Proxy {
                 resume,
                 policy,
                 ask,
+                decode: _,
             } => {
                 let serving = ep.state_in_fleet() == Some(BackendState::Serving);
                 // A request moved here mid-stream cannot continue on a real engine
@@ -316,6 +317,9 @@ impl Proxy {
                 let _ = deliver.send(Delivery::Admitted);
                 self.start(req, ask, deliver, Some(hist), claim);
             }
+            // Real engines take no hand-offs (their pools are mixed): the request's stream
+            // moves it.
+            Command::Transferred(h) => h.displace(),
             Command::Abort { id } => self.cancel(id, End::Abort),
             Command::Probe => {
                 if ep.state_in_fleet() == Some(BackendState::Draining) && !self.retiring {

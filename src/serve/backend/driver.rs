@@ -1,265 +1,23 @@
-//! Backend drivers: each simulated backend is one tokio task that owns an [`Engine`] at
-//! per-token granularity and paces it in wall-clock time. The task sleeps until the wall
-//! instant of the engine's next event only while the engine holds work; an idle backend
-//! just waits on its command channel, so thousands of idle backends cost no timers and no
-//! CPU.
-//!
-//! Every accepted request has a delivery mailbox ([`super::mailbox`]) to the gRPC handler
-//! that streams it: bounded, and never waited on, so a client that stops reading neither
-//! grows the daemon's memory nor stalls the backend's other requests. The driver turns
-//! engine events into deliveries (Started, token chunks, Finished), records
-//! latency metrics, and after every change writes the engine's load into the fleet's
-//! atomic load board so routing policies read it without locks.
-//!
-//! Outcome accounting does not live here: a request may outlive its backend (it is moved
-//! to another one when its backend fails), so the handler that streams it owns its
-//! admission permit and records its one terminal outcome. A driver only reports what
-//! happened: finished, displaced by a failure, or ended by shutdown.
-//!
-//! Drivers also measure themselves for straggler detection: every step's time on the
-//! fleet clock (what clients observe) over its time in the engine's model (what the
-//! performance model predicts) feeds an EWMA that the daemon's outlier check reads.
+//! One simulated backend's driver task: an [`Engine`] at per-token granularity paced in
+//! wall-clock time, turning engine events into deliveries and metrics (see the parent
+//! module). The prefill/decode hand-off path is in [`super::pd`].
 
-use super::clock::{BackendClock, SimClock};
-use super::mailbox::Outbox;
-use super::outlier::StepRatio;
-pub use super::upstream::Ask;
-use crate::engine::{AdmitError, Engine, EngineConfig, EngineEvent, Granularity};
-// Probes are the core's, the same ones replay sends.
-use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
-use crate::fleet::{AtomicLoadBoard, BackendId, BackendState, Claim, LoadSlot, PoolConfig};
-use crate::metrics::{
-    BackendGauges, FinishedLatencies, LatencySummary, Metrics, Outcome, PoolHistograms, PoolMetrics,
+use super::{
+    record_finished, secs, BackendHandle, Command, Delivery, DriverContext, FinishReport,
+    Refusal,
 };
+use crate::engine::{Engine, EngineConfig, EngineEvent, Granularity, Role};
+use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
+use crate::fleet::{BackendId, BackendState, Claim, LoadSlot, PoolConfig};
+use crate::metrics::{BackendGauges, LatencySummary, Outcome, PoolHistograms};
 use crate::request::{Nanos, Priority, Request, RequestId, Slo};
+use crate::serve::clock::BackendClock;
+use crate::serve::mailbox::Outbox;
+use crate::serve::outlier::StepRatio;
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-
-/// What a driver tells the handler of one request, in order: `Admitted` or `Refused`
-/// first, then `Started`, `Tokens`…, and `Finished` or `Ended`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Delivery {
-    Admitted,
-    Refused(Refusal),
-    /// Scheduled into its first step after `queue_ns` simulated ns in the queue.
-    Started {
-        queue_ns: Nanos,
-    },
-    /// `count` tokens; `text` is theirs when a real engine produced them (a proxied
-    /// backend), `None` for simulated ones (the stream writes their placeholder text).
-    Tokens {
-        count: u32,
-        text: Option<String>,
-    },
-    Finished(FinishReport),
-    /// The backend failed after the client got tokens and the request cannot continue
-    /// elsewhere (a real engine's output cannot be resumed token-exactly): the handler
-    /// ends it as failed with this reason.
-    Failed(String),
-    /// The backend failed: the request is no longer on it, and every token it produced
-    /// was delivered before this. The handler moves it elsewhere or ends it.
-    Displaced,
-    /// Ended by the daemon before finishing (backend removed, or shutdown).
-    Ended(Outcome),
-}
-
-/// Why a backend did not take a request it was sent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Refusal {
-    /// The request can never fit this backend (KV capacity).
-    Engine(AdmitError),
-    /// The backend failed, is retired, or the daemon is shutting down.
-    Unavailable,
-}
-
-/// Latencies of a finished request, in simulated ns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FinishReport {
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-    pub queue_ns: Nanos,
-    pub ttft_ns: Nanos,
-    /// Mean gap between tokens after the first; 0 for a one-token answer.
-    pub mean_inter_token_ns: Nanos,
-    pub e2e_ns: Nanos,
-    /// The engine stopped before `max_tokens` (end of sequence or a stop string); only
-    /// real engines do.
-    pub stopped: bool,
-}
-
-/// Instructions to a driver. Unbounded: a handler never waits on a backend, and the
-/// number of commands in flight is bounded by admission.
-#[derive(Debug)]
-pub enum Command {
-    /// `req.arrival` is on the fleet clock; the driver re-bases it on its own.
-    Admit {
-        req: Request,
-        /// What the router counted on this backend for the request; given back once
-        /// the driver has published a load that includes it (or has refused it).
-        claim: Claim,
-        deliver: Outbox,
-        /// Set when the request was moved here from a failed backend.
-        resume: Option<Resume>,
-        /// The policy that routed it here: its latencies are labelled with this one, not
-        /// with whichever is in force when its tokens arrive.
-        policy: Arc<str>,
-        /// The request's text and what else a real engine is sent (simulated backends
-        /// need only `req`).
-        ask: Arc<Ask>,
-    },
-    /// The handler gave up on the request (client gone, deadline).
-    Abort { id: RequestId },
-    /// Runs a small synthetic request so an ejected straggler produces step samples.
-    Probe,
-    /// Fault: every request leaves (`Displaced`). Sent after the membership marks the
-    /// backend failed, which is what makes it refuse work until it serves again.
-    Fail,
-    /// Fault: multiply step times by this factor from now on.
-    Slowdown(f64),
-    /// Ends a slowdown (the membership says whether the backend serves).
-    ClearFault,
-    /// Ends everything it holds with `outcome` and exits (shutdown grace ran out).
-    Retire(Outcome),
-    /// Takes no new work and exits once what it holds has finished (pool removed).
-    RetireWhenIdle,
-}
-
-/// A request continued on this backend after its first one failed. Its `req` already
-/// carries the prompt plus the tokens delivered (to prefill again) and only the tokens
-/// still owed; this says what the client has already seen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Resume {
-    /// Tokens the client already has; the report counts them, and the driver records no
-    /// second time to first token.
-    pub delivered: u32,
-    /// Original prompt length, for the report.
-    pub prompt_tokens: u32,
-    /// Fleet time of the first token on the earlier backend, if there was one.
-    pub first_token_at: Option<Nanos>,
-    pub queue_ns: Nanos,
-}
-
-/// What the rest of the daemon knows about a backend: its identity and its channel.
-#[derive(Debug)]
-pub struct BackendHandle {
-    pub id: BackendId,
-    /// Server-assigned name, `<pool>-<index>`.
-    pub name: Arc<str>,
-    pub pool: Arc<str>,
-    pub chip: Arc<str>,
-    pub model: Arc<str>,
-    pub tp: u32,
-    /// The API base of the real engine this backend proxies to; `None`: simulated.
-    pub endpoint: Option<Arc<str>>,
-    commands: UnboundedSender<Command>,
-    /// Current slowdown factor, for listings (the driver owns the real clock).
-    slowdown: parking_lot::Mutex<f64>,
-    /// The driver's step-time EWMA (f64 bits) and sample count, for the outlier check.
-    step_ratio: AtomicU64,
-    step_samples: AtomicU64,
-    /// Whether the engine holds nothing (probes are sent only then).
-    idle: AtomicBool,
-    pub(super) gauges: GaugesHandle,
-    /// The pool's series (outcomes are counted there by the request's handler).
-    pub pool_metrics: Arc<PoolMetrics>,
-}
-
-/// A backend's gauges, shared by its driver and the straggler check.
-#[derive(Clone)]
-pub(super) struct GaugesHandle(pub BackendGauges);
-
-impl std::fmt::Debug for GaugesHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BackendGauges")
-    }
-}
-
-impl std::ops::Deref for GaugesHandle {
-    type Target = BackendGauges;
-    fn deref(&self) -> &BackendGauges {
-        &self.0
-    }
-}
-
-impl BackendHandle {
-    /// Sends a command; false when the driver has exited.
-    pub fn send(&self, cmd: Command) -> bool {
-        if let Command::Slowdown(f) = cmd {
-            *self.slowdown.lock() = f;
-        } else if matches!(cmd, Command::ClearFault) {
-            *self.slowdown.lock() = 1.0;
-        }
-        self.commands.send(cmd).is_ok()
-    }
-
-    pub fn slowdown(&self) -> f64 {
-        *self.slowdown.lock()
-    }
-
-    /// Observed over predicted step time (EWMA) and how many steps it covers.
-    pub fn step_ratio(&self) -> (f64, u64) {
-        (
-            f64::from_bits(self.step_ratio.load(Relaxed)),
-            self.step_samples.load(Relaxed),
-        )
-    }
-
-    pub fn is_idle(&self) -> bool {
-        self.idle.load(Relaxed)
-    }
-
-    /// A handle for a backend of `pool` whose driver reads `commands`.
-    pub(super) fn new(
-        ctx: &DriverContext,
-        id: BackendId,
-        name: String,
-        pool: &PoolConfig,
-        endpoint: Option<Arc<str>>,
-        commands: UnboundedSender<Command>,
-    ) -> BackendHandle {
-        let perf = &pool.perf;
-        let pool_metrics = ctx.metrics.pool_metrics(&pool.name, &perf.chip.id);
-        let gauges = pool_metrics.backend(&name);
-        BackendHandle {
-            id,
-            name: name.into(),
-            pool: pool.name.as_str().into(),
-            chip: perf.chip.id.as_str().into(),
-            model: perf.model.id.as_str().into(),
-            tp: perf.tp,
-            endpoint,
-            commands,
-            slowdown: parking_lot::Mutex::new(1.0),
-            step_ratio: AtomicU64::new(1f64.to_bits()),
-            step_samples: AtomicU64::new(0),
-            idle: AtomicBool::new(true),
-            gauges: GaugesHandle(gauges),
-            pool_metrics,
-        }
-    }
-
-    /// Publishes a driver's step-time EWMA and whether it holds nothing.
-    pub(super) fn publish_health(&self, ratio: f64, samples: u64, idle: bool) {
-        self.idle.store(idle, Relaxed);
-        self.step_ratio.store(ratio.to_bits(), Relaxed);
-        self.step_samples.store(samples, Relaxed);
-        self.gauges.step_time_ratio.set(ratio);
-    }
-}
-
-/// Shared context every driver reads.
-pub struct DriverContext {
-    pub clock: SimClock,
-    pub metrics: Arc<Metrics>,
-    pub board: Arc<AtomicLoadBoard>,
-    /// Weight of each step sample in the step-time EWMA.
-    pub ewma_alpha: f64,
-    /// How proxied backends talk to their real engines, and their shared HTTP client.
-    pub upstream: super::upstream::UpstreamContext,
-}
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// Starts the driver task of one backend and returns its handle.
 /// `index` is its place in its pool (a real engine's endpoint is the pool's `index`-th).
@@ -271,7 +29,7 @@ pub fn spawn_backend(
     pool: &PoolConfig,
 ) -> Arc<BackendHandle> {
     if let Some(upstream) = &pool.upstream {
-        return super::upstream::spawn_proxy(ctx, id, index, name, pool, upstream);
+        return crate::serve::upstream::spawn_proxy(ctx, id, index, name, pool, upstream);
     }
     let (tx, rx) = unbounded_channel();
     let perf = pool.perf.clone();
@@ -281,12 +39,14 @@ pub fn spawn_backend(
         max_batched_tokens: pool.max_batched_tokens,
         ..EngineConfig::for_perf(&perf)
     }
-    .with_granularity(Granularity::PerToken);
+    .with_granularity(Granularity::PerToken)
+    .with_role(pool.role);
     let handle = Arc::new(BackendHandle::new(ctx, id, name, pool, None, tx));
     let gauges = handle.gauges.0.clone();
     let slot = ctx.board.slot(id).unwrap_or_default();
     let driver = Driver {
         last_fleet: 0,
+        role: pool.role,
         engine: Engine::new(perf, cfg),
         clock: BackendClock::default(),
         ctx: ctx.clone(),
@@ -311,22 +71,35 @@ pub fn spawn_backend(
     handle
 }
 
-/// One request inside a driver.
-struct InFlight {
-    deliver: Outbox,
-    arrival: Nanos,
-    prompt_tokens: u32,
-    slo: Slo,
-    started: bool,
-    queue_ns: Nanos,
-    first_token: Option<Nanos>,
-    last_token: Nanos,
-    delivered: u32,
-    pending: u32,
+/// One request inside a driver. It moves whole to the decode backend at a hand-off.
+pub(super) struct InFlight {
+    pub(super) deliver: Outbox,
+    pub(super) arrival: Nanos,
+    pub(super) prompt_tokens: u32,
+    pub(super) slo: Slo,
+    pub(super) started: bool,
+    pub(super) queue_ns: Nanos,
+    pub(super) first_token: Option<Nanos>,
+    pub(super) last_token: Nanos,
+    pub(super) delivered: u32,
+    pub(super) pending: u32,
     /// Tokens the client had before this backend took over (0 unless moved here).
-    resumed: u32,
+    pub(super) resumed: u32,
     /// Series of the policy that routed it.
-    hist: Arc<PoolHistograms>,
+    pub(super) hist: Arc<PoolHistograms>,
+    /// The policy that routed it (a decode backend resolves its own series by it).
+    pub(super) policy: Arc<str>,
+    /// The request as this engine took it: prompt and output lengths, priority.
+    pub(super) engine_req: (u32, u32, Priority),
+    /// On a prefill backend: it will be handed off, so its first token is held (the
+    /// client gets it from the decode side, when the sequence joins a decode batch).
+    pub(super) split: bool,
+    /// On a decode backend: handed off, tokens held until it joins a batch.
+    pub(super) held: bool,
+    /// The decode backend the policy paired it with.
+    pub(super) decode: Option<Arc<BackendHandle>>,
+    /// Fleet time of its first step on this backend (a layer-wise link overlaps it).
+    pub(super) scheduled_at: Option<Nanos>,
 }
 
 /// tokio's timer fires on whole-millisecond ticks, so a sleep ends up to 1 ms after its
@@ -335,13 +108,14 @@ struct InFlight {
 /// on their modelled times instead (±0.5 ms).
 const TIMER_SLACK: Duration = Duration::from_micros(500);
 
-struct Driver {
+pub(super) struct Driver {
     /// The latest fleet time this driver has advanced its engine to.
     last_fleet: Nanos,
-    engine: Engine,
-    clock: BackendClock,
-    ctx: Arc<DriverContext>,
-    handle: Arc<BackendHandle>,
+    pub(super) role: Role,
+    pub(super) engine: Engine,
+    pub(super) clock: BackendClock,
+    pub(super) ctx: Arc<DriverContext>,
+    pub(super) handle: Arc<BackendHandle>,
     gauges: BackendGauges,
     ratio: StepRatio,
     /// (local, fleet) time of the last step end seen while busy.
@@ -356,11 +130,11 @@ struct Driver {
     claims: Vec<Claim>,
     /// Keyed by the daemon's sequential ids, looked up on every engine event: Fx, not
     /// SipHash (no untrusted keys; SipHash was ~5% of a zero-latency request's cost).
-    requests: FxHashMap<RequestId, InFlight>,
+    pub(super) requests: FxHashMap<RequestId, InFlight>,
     events: Vec<EngineEvent>,
-    touched: Vec<RequestId>,
+    pub(super) touched: Vec<RequestId>,
     gaps: Vec<u64>,
-    retiring: bool,
+    pub(super) retiring: bool,
     rx: UnboundedReceiver<Command>,
 }
 
@@ -443,7 +217,7 @@ impl Driver {
     }
 
     /// This pool's handles for requests `policy` routed.
-    fn histograms(&mut self, policy: &Arc<str>) -> Arc<PoolHistograms> {
+    pub(super) fn histograms(&mut self, policy: &Arc<str>) -> Arc<PoolHistograms> {
         if let Some((_, h)) = self.histograms.iter().find(|(p, _)| p == policy) {
             return h.clone();
         }
@@ -469,7 +243,20 @@ impl Driver {
         let h = r.hist.clone();
         match ev {
             EngineEvent::Scheduled { .. } => {
-                if !r.started && r.resumed > 0 {
+                r.scheduled_at.get_or_insert(at);
+                if r.held {
+                    // Handed off and now in a decode batch: the client's first token
+                    // leaves from here (as vLLM's and SGLang's P/D stream it).
+                    r.held = false;
+                    if r.first_token.is_none() {
+                        r.first_token = Some(at);
+                        h.ttft.record(secs(at.saturating_sub(r.arrival)));
+                    }
+                    r.last_token = at;
+                    if r.pending > 0 {
+                        self.touched.push(id);
+                    }
+                } else if !r.started && r.resumed > 0 {
                     // The client saw its Started on the first backend.
                     r.started = true;
                 } else if !r.started {
@@ -481,7 +268,9 @@ impl Driver {
                 }
             }
             EngineEvent::FirstToken { .. } => {
-                if r.first_token.is_none() && r.resumed > 0 {
+                if r.split {
+                    // Delivered with the hand-off, from the decode side.
+                } else if r.first_token.is_none() && r.resumed > 0 {
                     // Re-prefilled after a move: not a first token for the client.
                     r.first_token = Some(at);
                 } else if r.first_token.is_none() {
@@ -497,12 +286,15 @@ impl Driver {
                 }
                 r.last_token = at;
                 r.pending += 1;
-                if r.pending == 1 {
+                if r.pending == 1 && !r.split && !r.held {
                     self.touched.push(id);
                 }
             }
-            // The daemon's simulated backends run mixed engines, which never hand off.
-            EngineEvent::Handoff { .. } => {}
+            EngineEvent::Handoff {
+                kv_tokens,
+                generated,
+                ..
+            } => self.hand_off(id, at, kv_tokens, generated),
             EngineEvent::Finished { output_tokens, .. } => {
                 let mut r = self.requests.remove(&id).expect("checked above");
                 // Per-token granularity reports every token; make sure the count the client
@@ -541,7 +333,7 @@ impl Driver {
     /// takes work: one an operator resumes serves again at once, and one that failed, was
     /// drained or ejected after a request was routed to it refuses that request, which
     /// its handler then routes elsewhere.
-    fn state(&self) -> Option<BackendState> {
+    pub(super) fn state(&self) -> Option<BackendState> {
         self.ctx
             .board
             .membership()
@@ -560,6 +352,7 @@ impl Driver {
                 resume,
                 policy,
                 ask: _,
+                decode,
             } => {
                 self.claims.push(claim);
                 if self.retiring || self.state() != Some(BackendState::Serving) {
@@ -571,6 +364,8 @@ impl Driver {
                 let prompt_tokens = resume.map_or(req.prompt_tokens, |r| r.prompt_tokens);
                 let slo = req.slo.unwrap_or_default();
                 req.arrival = now;
+                let engine_req = (req.prompt_tokens, req.max_tokens, req.priority);
+                let split = self.role == Role::Prefill && req.max_tokens > 1;
                 let hist = self.histograms(&policy);
                 match self.engine.admit(req, now) {
                     Ok(()) => {
@@ -594,6 +389,12 @@ impl Driver {
                                 pending: 0,
                                 resumed: resume.map_or(0, |r| r.delivered),
                                 hist,
+                                policy,
+                                engine_req,
+                                split,
+                                held: false,
+                                decode: decode.filter(|_| split),
+                                scheduled_at: None,
                             },
                         );
                     }
@@ -602,6 +403,7 @@ impl Driver {
                     }
                 }
             }
+            Command::Transferred(h) => self.take_transferred(*h, now_fleet),
             Command::Abort { id } => {
                 if self.requests.remove(&id).is_some() {
                     self.engine.abort(id, now);
@@ -697,7 +499,7 @@ impl Driver {
 }
 
 /// Sends a request's coalesced tokens as one chunk.
-fn flush(r: &mut InFlight) {
+pub(super) fn flush(r: &mut InFlight) {
     if r.pending == 0 {
         return;
     }
@@ -710,32 +512,3 @@ fn flush(r: &mut InFlight) {
     r.pending = 0;
 }
 
-fn secs(ns: Nanos) -> f64 {
-    ns as f64 / 1e9
-}
-
-/// Records a finished request's SLO misses, E2E time and latency summary: the same for a
-/// simulated backend and a real engine.
-pub(super) fn record_finished(
-    summary: &LatencySummary,
-    h: &PoolHistograms,
-    slo: Slo,
-    r: &FinishReport,
-) {
-    let tpot = (r.completion_tokens > 1).then_some(r.mean_inter_token_ns);
-    let ttft_missed = r.ttft_ns > slo.ttft_ns;
-    let tpot_missed = tpot.is_some_and(|t| t > slo.tpot_ns);
-    if ttft_missed {
-        h.slo_ttft_violations.increment(1);
-    }
-    if tpot_missed {
-        h.slo_tpot_violations.increment(1);
-    }
-    h.e2e.record(secs(r.e2e_ns));
-    summary.record(&FinishedLatencies {
-        queue_ns: r.queue_ns,
-        ttft_ns: r.ttft_ns,
-        e2e_ns: r.e2e_ns,
-        slo_violated: ttft_missed || tpot_missed,
-    });
-}

@@ -1,0 +1,262 @@
+//! Prefill/decode fleets in the daemon (issue 16): a long prompt is prefilled on one
+//! backend, its KV crosses the fleet's link, and a backend of another pool decodes it on
+//! the same client stream; `Started` and `/metrics` name both sides. Cancelling while the
+//! KV is on the way frees it everywhere, and a decode backend failing meanwhile loses
+//! nothing. Real daemons on loopback; the fleet's link is slow (8 Gb/s) so tests can act
+//! while a transfer is in flight.
+
+mod serve_openai_support;
+mod serve_support;
+
+use serve_support::*;
+use std::time::Duration;
+
+use dujiang::serve::ServeConfig;
+use dujiang::wire::{self, generate_response::Event, inject_fault_request::Fault};
+
+fn pd() -> ServeConfig {
+    ServeConfig {
+        fleet: data("serve_pd.toml"),
+        ..config()
+    }
+}
+
+/// One sample of a scrape by its exact series (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn scrape(d: &dujiang::serve::RunningDaemon) -> String {
+    let (code, text) = http_get(d.http_addr, "/metrics").await;
+    assert_eq!(code, 200);
+    text
+}
+
+fn gauge(text: &str, name: &str, backend: &str, pool: &str) -> f64 {
+    sample(text, &format!("{name}{{backend=\"{backend}\",pool=\"{pool}\"}}"))
+        .unwrap_or_else(|| panic!("no {name} for {backend}:\n{text}"))
+}
+
+/// Waits until the prefill backend has handed its only request off (its running set is
+/// empty again after `Started`).
+async fn until_handed_off(d: &dujiang::serve::RunningDaemon) {
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let text = scrape(d).await;
+            gauge(
+                &text,
+                "dujiang_backend_running_requests",
+                "ascend-0",
+                "ascend",
+            ) == 0.0
+        })
+        .await,
+        "the prefill backend never handed off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_is_prefilled_on_one_chip_and_decoded_on_another() {
+    let d = start(pd()).await;
+    let mut c = inference(d.grpc_addr).await;
+    let long = generate(&mut c, tonic::Request::new(request(2000, 20))).await;
+    assert!(long.status.is_none(), "{:?}", long.status);
+    let s = long.started.expect("started");
+    assert_eq!((s.backend.as_str(), s.pool.as_str()), ("ascend-0", "ascend"));
+    assert_eq!((s.decode_pool.as_str(), s.decode_chip.as_str()), ("h20", "h20"));
+    assert!(s.decode_backend.starts_with("h20-"), "{s:?}");
+    assert_eq!(long.tokens, 20);
+    let f = long.finished.expect("finished");
+    assert_eq!(f.usage.unwrap().completion_tokens, 20);
+    // The first token leaves from the decode side, after the KV: 2,000 tokens × 128 KiB
+    // = 262,144,000 bytes at 1 byte/ns is 0.262 s of link alone.
+    let ttft = f.timings.unwrap().ttft_seconds;
+    assert!(ttft > 0.262, "TTFT {ttft} s does not include the transfer");
+
+    // A prompt under the policy's threshold is served whole on a decode backend.
+    let short = generate(&mut c, tonic::Request::new(request(100, 5))).await;
+    let s = short.started.expect("started");
+    assert_eq!(s.pool, "h20");
+    assert!(s.decode_backend.is_empty(), "{s:?}");
+    assert_eq!(short.tokens, 5);
+
+    let text = scrape(&d).await;
+    let transfer = "dujiang_kv_transfer_seconds_count{from_pool=\"ascend\",to_pool=\"h20\"}";
+    assert_eq!(sample(&text, transfer), Some(1.0), "{text}");
+    let secs = sample(
+        &text,
+        "dujiang_kv_transfer_seconds_sum{from_pool=\"ascend\",to_pool=\"h20\"}",
+    )
+    .unwrap();
+    assert!((0.262..1.0).contains(&secs), "transfer {secs} s");
+    assert!(
+        text.contains("dujiang_pool_info{pool=\"ascend\"") && text.contains("role=\"prefill\""),
+        "{text}"
+    );
+    // Both requests ended on the decode pool, which produced every output token.
+    assert_eq!(
+        sample(&text, "dujiang_pool_requests_total{pool=\"h20\",outcome=\"ok\"}"),
+        Some(2.0)
+    );
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_while_the_kv_is_on_the_link_frees_it_on_both_sides() {
+    let d = start(pd()).await;
+    let mut c = inference(d.grpc_addr).await;
+    // 400 output tokens: decoding would hold the decode backend for seconds.
+    let mut stream = c
+        .generate(request(2000, 400))
+        .await
+        .unwrap()
+        .into_inner();
+    let Event::Started(s) = stream.message().await.unwrap().unwrap().event.unwrap() else {
+        panic!("Started first");
+    };
+    until_handed_off(&d).await;
+    drop(stream);
+    // Well past the transfer's end (0.26 s): had the decode side taken it, it would be
+    // running for seconds yet.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let text = scrape(&d).await;
+    for (b, pool) in [("ascend-0", "ascend"), ("h20-0", "h20"), ("h20-1", "h20")] {
+        assert_eq!(
+            gauge(&text, "dujiang_backend_running_requests", b, pool),
+            0.0,
+            "{b} runs a cancelled request (decode side was {})",
+            s.decode_backend
+        );
+        assert_eq!(
+            gauge(&text, "dujiang_backend_kv_usage_ratio", b, pool),
+            0.0,
+            "{b} holds KV of a cancelled request"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            let text = scrape(&d).await;
+            sample(
+                &text,
+                "dujiang_requests_total{outcome=\"cancelled\",frontend=\"grpc\"}",
+            ) == Some(1.0)
+        })
+        .await
+    );
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decode_backend_failing_during_the_transfer_loses_nothing() {
+    let d = start(pd()).await;
+    let mut c = inference(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
+    let mut stream = c.generate(request(2000, 30)).await.unwrap().into_inner();
+    let Event::Started(s) = stream.message().await.unwrap().unwrap().event.unwrap() else {
+        panic!("Started first");
+    };
+    until_handed_off(&d).await;
+    a.inject_fault(wire::InjectFaultRequest {
+        backend: s.decode_backend.clone(),
+        fault: Some(Fault::Fail(true)),
+    })
+    .await
+    .unwrap();
+    let (mut tokens, mut text) = (0, String::new());
+    loop {
+        match stream.message().await.unwrap() {
+            Some(m) => match m.event.unwrap() {
+                Event::Tokens(t) => {
+                    tokens += t.count;
+                    text.push_str(&t.text);
+                }
+                Event::Finished(f) => assert_eq!(f.usage.unwrap().completion_tokens, 30),
+                Event::Started(_) => {}
+            },
+            None => break,
+        }
+    }
+    assert_eq!(tokens, 30);
+    assert_eq!(text, dujiang::serve::token_text(0, 30), "each token once, in order");
+    let scrape_text = scrape(&d).await;
+    let other = if s.decode_backend == "h20-0" { "h20-1" } else { "h20-0" };
+    assert_eq!(
+        gauge(&scrape_text, "dujiang_backend_running_requests", other, "h20"),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &scrape_text,
+            "dujiang_requests_total{outcome=\"ok\",frontend=\"grpc\"}"
+        ),
+        Some(1.0)
+    );
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefill_backend_failing_mid_prompt_loses_nothing() {
+    let d = start(pd()).await;
+    let mut c = inference(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
+    let mut stream = c.generate(request(4000, 10)).await.unwrap().into_inner();
+    let Event::Started(s) = stream.message().await.unwrap().unwrap().event.unwrap() else {
+        panic!("Started first");
+    };
+    assert_eq!(s.backend, "ascend-0");
+    a.inject_fault(wire::InjectFaultRequest {
+        backend: "ascend-0".into(),
+        fault: Some(Fault::Fail(true)),
+    })
+    .await
+    .unwrap();
+    let mut tokens = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Event::Tokens(t) = m.event.unwrap() {
+            tokens += t.count;
+        }
+    }
+    // With no prefill backend left the policy serves it whole on a decode backend.
+    assert_eq!(tokens, 10);
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+/// The OpenAI front end is unchanged for the client: the same answer, its placement
+/// headers naming the prefill backend as before and the decode side in new headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_front_end_names_both_backends() {
+    let d = start(pd()).await;
+    for stream in [false, true] {
+        let r = serve_openai_support::post(
+            d.openai_addr,
+            "/v1/chat/completions",
+            &[("x-dujiang-prompt-tokens", "2000")],
+            &serve_openai_support::chat_body("Why split the river?", 12, stream, true),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-dujiang-backend"), Some("ascend-0"));
+        assert_eq!(r.header("x-dujiang-pool"), Some("ascend"));
+        assert_eq!(r.header("x-dujiang-decode-pool"), Some("h20"));
+        assert_eq!(r.header("x-dujiang-decode-chip"), Some("h20"));
+        assert!(r
+            .header("x-dujiang-decode-backend")
+            .is_some_and(|b| b.starts_with("h20-")));
+        let usage = if stream {
+            let events = r.events();
+            let last = &events[events.len() - 2];
+            serde_json::from_str::<serde_json::Value>(last).unwrap()["usage"].clone()
+        } else {
+            r.json()["usage"].clone()
+        };
+        assert_eq!(usage["completion_tokens"], 12, "{}", r.body);
+        assert_eq!(usage["prompt_tokens"], 2000, "{}", r.body);
+    }
+    d.shutdown();
+    d.wait().await.unwrap();
+}
