@@ -218,6 +218,9 @@ pub struct PolicyMetrics {
 /// Migration kinds, as `dujiang_request_migrations_total{kind}` labels them.
 const MIGRATION_KINDS: [&str; 2] = ["rerouted", "migrated"];
 
+/// (prefill pool, decode pool).
+type PoolPair = (Arc<str>, Arc<str>);
+
 /// One daemon's metrics: the fleet-wide recorder, each pool's, cached handles, and exact
 /// per-pool latency summaries.
 pub struct Metrics {
@@ -241,7 +244,7 @@ pub struct Metrics {
     accepted_count: AtomicU64,
     summaries: RwLock<BTreeMap<Arc<str>, Arc<LatencySummary>>>,
     /// KV transfer histograms by (prefill pool, decode pool).
-    transfers: RwLock<HashMap<(Arc<str>, Arc<str>), Histogram>>,
+    transfers: RwLock<HashMap<PoolPair, Histogram>>,
 }
 
 impl Default for Metrics {

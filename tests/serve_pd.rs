@@ -34,8 +34,11 @@ async fn scrape(d: &dujiang::serve::RunningDaemon) -> String {
 }
 
 fn gauge(text: &str, name: &str, backend: &str, pool: &str) -> f64 {
-    sample(text, &format!("{name}{{backend=\"{backend}\",pool=\"{pool}\"}}"))
-        .unwrap_or_else(|| panic!("no {name} for {backend}:\n{text}"))
+    sample(
+        text,
+        &format!("{name}{{backend=\"{backend}\",pool=\"{pool}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no {name} for {backend}:\n{text}"))
 }
 
 /// Waits until the prefill backend has handed its only request off (its running set is
@@ -63,8 +66,14 @@ async fn a_long_prompt_is_prefilled_on_one_chip_and_decoded_on_another() {
     let long = generate(&mut c, tonic::Request::new(request(2000, 20))).await;
     assert!(long.status.is_none(), "{:?}", long.status);
     let s = long.started.expect("started");
-    assert_eq!((s.backend.as_str(), s.pool.as_str()), ("ascend-0", "ascend"));
-    assert_eq!((s.decode_pool.as_str(), s.decode_chip.as_str()), ("h20", "h20"));
+    assert_eq!(
+        (s.backend.as_str(), s.pool.as_str()),
+        ("ascend-0", "ascend")
+    );
+    assert_eq!(
+        (s.decode_pool.as_str(), s.decode_chip.as_str()),
+        ("h20", "h20")
+    );
     assert!(s.decode_backend.starts_with("h20-"), "{s:?}");
     assert_eq!(long.tokens, 20);
     let f = long.finished.expect("finished");
@@ -96,7 +105,10 @@ async fn a_long_prompt_is_prefilled_on_one_chip_and_decoded_on_another() {
     );
     // Both requests ended on the decode pool, which produced every output token.
     assert_eq!(
-        sample(&text, "dujiang_pool_requests_total{pool=\"h20\",outcome=\"ok\"}"),
+        sample(
+            &text,
+            "dujiang_pool_requests_total{pool=\"h20\",outcome=\"ok\"}"
+        ),
         Some(2.0)
     );
     d.shutdown();
@@ -108,11 +120,7 @@ async fn cancelling_while_the_kv_is_on_the_link_frees_it_on_both_sides() {
     let d = start(pd()).await;
     let mut c = inference(d.grpc_addr).await;
     // 400 output tokens: decoding would hold the decode backend for seconds.
-    let mut stream = c
-        .generate(request(2000, 400))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.generate(request(2000, 400)).await.unwrap().into_inner();
     let Event::Started(s) = stream.message().await.unwrap().unwrap().event.unwrap() else {
         panic!("Started first");
     };
@@ -166,25 +174,35 @@ async fn a_decode_backend_failing_during_the_transfer_loses_nothing() {
     .await
     .unwrap();
     let (mut tokens, mut text) = (0, String::new());
-    loop {
-        match stream.message().await.unwrap() {
-            Some(m) => match m.event.unwrap() {
-                Event::Tokens(t) => {
-                    tokens += t.count;
-                    text.push_str(&t.text);
-                }
-                Event::Finished(f) => assert_eq!(f.usage.unwrap().completion_tokens, 30),
-                Event::Started(_) => {}
-            },
-            None => break,
+    while let Some(m) = stream.message().await.unwrap() {
+        match m.event.unwrap() {
+            Event::Tokens(t) => {
+                tokens += t.count;
+                text.push_str(&t.text);
+            }
+            Event::Finished(f) => assert_eq!(f.usage.unwrap().completion_tokens, 30),
+            Event::Started(_) => {}
         }
     }
     assert_eq!(tokens, 30);
-    assert_eq!(text, dujiang::serve::token_text(0, 30), "each token once, in order");
-    let scrape_text = scrape(&d).await;
-    let other = if s.decode_backend == "h20-0" { "h20-1" } else { "h20-0" };
     assert_eq!(
-        gauge(&scrape_text, "dujiang_backend_running_requests", other, "h20"),
+        text,
+        dujiang::serve::token_text(0, 30),
+        "each token once, in order"
+    );
+    let scrape_text = scrape(&d).await;
+    let other = if s.decode_backend == "h20-0" {
+        "h20-1"
+    } else {
+        "h20-0"
+    };
+    assert_eq!(
+        gauge(
+            &scrape_text,
+            "dujiang_backend_running_requests",
+            other,
+            "h20"
+        ),
         0.0
     );
     assert_eq!(

@@ -232,9 +232,18 @@ impl RequestStream {
             pool: self.backend.pool.to_string(),
             chip: self.backend.chip.to_string(),
             queue_seconds: queue_ns as f64 / 1e9,
-            decode_backend: self.decode.as_ref().map_or_else(String::new, |d| d.name.to_string()),
-            decode_pool: self.decode.as_ref().map_or_else(String::new, |d| d.pool.to_string()),
-            decode_chip: self.decode.as_ref().map_or_else(String::new, |d| d.chip.to_string()),
+            decode_backend: self
+                .decode
+                .as_ref()
+                .map_or_else(String::new, |d| d.name.to_string()),
+            decode_pool: self
+                .decode
+                .as_ref()
+                .map_or_else(String::new, |d| d.pool.to_string()),
+            decode_chip: self
+                .decode
+                .as_ref()
+                .map_or_else(String::new, |d| d.chip.to_string()),
         }
     }
 }

@@ -3,8 +3,7 @@
 //! module). The prefill/decode hand-off path is in [`super::pd`].
 
 use super::{
-    record_finished, secs, BackendHandle, Command, Delivery, DriverContext, FinishReport,
-    Refusal,
+    record_finished, secs, BackendHandle, Command, Delivery, DriverContext, FinishReport, Refusal,
 };
 use crate::engine::{Engine, EngineConfig, EngineEvent, Granularity, Role};
 use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
@@ -511,4 +510,3 @@ pub(super) fn flush(r: &mut InFlight) {
     r.delivered += r.pending;
     r.pending = 0;
 }
-

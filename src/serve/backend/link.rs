@@ -7,7 +7,7 @@
 //! request's stream is told to move it.
 
 use super::pd::{choose_decode, takes_handoffs, Handed};
-use super::{secs, BackendHandle, Command, Delivery, DriverContext};
+use super::{secs, BackendHandle, Delivery, DriverContext};
 use crate::fleet::Link;
 use crate::metrics::Metrics;
 use crate::request::{Nanos, RequestId};
@@ -47,14 +47,7 @@ impl KvLinks {
     /// Starts the link task; it ends once every sender is gone.
     pub fn start(clock: SimClock, metrics: Arc<Metrics>) -> (KvLinks, LinkTask) {
         let (tx, rx) = unbounded_channel();
-        (
-            KvLinks { tx },
-            LinkTask {
-                clock,
-                metrics,
-                rx,
-            },
-        )
+        (KvLinks { tx }, LinkTask { clock, metrics, rx })
     }
 
     pub(super) fn start_transfer(&self, t: Transfer) {
@@ -118,7 +111,7 @@ impl LinkTask {
                     Some(None) => return,
                     Some(Some(t)) => {
                         let id = t.handed.id();
-                        transfers.start(t.at.max(0), t.from, t.to_pool, &t.link, id, t.bytes);
+                        transfers.start(t.at, t.from, t.to_pool, &t.link, id, t.bytes);
                         pending.insert(id, t);
                     }
                     None => {}
@@ -152,7 +145,7 @@ impl LinkTask {
                 None => return handed.displace(),
             }
         };
-        if let Err(Command::Transferred(h)) = decode.try_send(Command::Transferred(handed)) {
+        if let Err(h) = decode.send_transferred(handed) {
             // Its driver has exited (pool removed).
             let _ = h.flight.deliver.send(Delivery::Displaced);
         }

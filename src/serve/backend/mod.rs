@@ -213,17 +213,23 @@ impl std::ops::Deref for GaugesHandle {
 impl BackendHandle {
     /// Sends a command; false when the driver has exited.
     pub fn send(&self, cmd: Command) -> bool {
-        self.try_send(cmd).is_ok()
-    }
-
-    /// Sends a command, or gives it back when the driver has exited.
-    pub fn try_send(&self, cmd: Command) -> Result<(), Command> {
         if let Command::Slowdown(f) = cmd {
             *self.slowdown.lock() = f;
         } else if matches!(cmd, Command::ClearFault) {
             *self.slowdown.lock() = 1.0;
         }
-        self.commands.send(cmd).map_err(|e| e.0)
+        self.commands.send(cmd).is_ok()
+    }
+
+    /// Hands an arrived request to this (decode) backend, or gives it back when the
+    /// driver has exited.
+    fn send_transferred(&self, h: Box<pd::Handed>) -> Result<(), Box<pd::Handed>> {
+        self.commands
+            .send(Command::Transferred(h))
+            .map_err(|e| match e.0 {
+                Command::Transferred(h) => h,
+                _ => unreachable!("sent a Transferred"),
+            })
     }
 
     pub fn slowdown(&self) -> f64 {

@@ -19,6 +19,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Where a moved request went: its backend, the decode backend a prefill backend hands
+/// it to (when paired), and its new mailbox.
+pub(in crate::serve) type Relocated = (Arc<BackendHandle>, Option<Arc<BackendHandle>>, Inbox);
+
 impl Daemon {
     /// [`Daemon::submit_via`] the gRPC front end.
     pub async fn submit(
@@ -233,7 +237,7 @@ impl Daemon {
         model: &str,
         resume: Option<Resume>,
         ask: Arc<Ask>,
-    ) -> Result<(Arc<BackendHandle>, Option<Arc<BackendHandle>>, Inbox), ServeError> {
+    ) -> Result<Relocated, ServeError> {
         if !self.accepting.load(Relaxed) {
             return Err(ServeError::Unavailable(
                 "the daemon is shutting down".into(),
