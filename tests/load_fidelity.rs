@@ -115,6 +115,18 @@ async fn daemon_run(
     slow: Option<(&str, f64)>,
     api: &Api,
 ) -> (PolicyReport, String) {
+    daemon_run_on(None, policy, records, time_scale, slow, api).await
+}
+
+/// [`daemon_run`] on the fleet file `fleet` (`None`: the embedded demo fleet).
+async fn daemon_run_on(
+    fleet: Option<PathBuf>,
+    policy: &str,
+    records: &[TraceRecord],
+    time_scale: f64,
+    slow: Option<(&str, f64)>,
+    api: &Api,
+) -> (PolicyReport, String) {
     // One daemon at a time: each wants the machine's two cores to itself, and a client
     // starved by a concurrent test's daemon falls behind its schedule.
     let _one_at_a_time = ONE_DAEMON.lock().await;
@@ -135,6 +147,7 @@ async fn daemon_run(
                 time_scale,
                 policy: policy.into(),
                 grace_period_ms: 2_000,
+                fleet: fleet.unwrap_or_default(),
                 ..ServeConfig::default()
             },
             None,
@@ -334,6 +347,73 @@ async fn daemon_and_replay_agree_under_a_slowdown() {
     let r = replay_with("round-robin", &records, cfg, Some(plan));
     let l = daemon_slowed("round-robin", &records, scale, "h20-0", 3.0).await;
     check("round-robin", scale, &r, &l, "daemon");
+}
+
+/// The prefill/decode fleet of `tests/data/pd_fidelity.toml`: two 910Bs prefill, two
+/// H20s decode over the default staged link.
+fn pd_fleet() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/pd_fidelity.toml")
+}
+
+/// Replay of `records` on the prefill/decode fleet with its policy and links.
+fn replay_pd(records: &[TraceRecord]) -> PolicyReport {
+    let spec = FleetSpec::load(&pd_fleet()).unwrap();
+    let pools = spec.resolve(&Catalogue::embedded()).unwrap();
+    let links = spec.link_table(&pools).unwrap();
+    let policy = dujiang::policy::build(&spec.policy.name, &spec.policy.params, 1).unwrap();
+    let cfg = ReplayConfig {
+        links: Some(links),
+        ..ReplayConfig::default()
+    };
+    Replay::new(pools, policy, cfg)
+        .unwrap()
+        .run(
+            records
+                .iter()
+                .cloned()
+                .map(Ok::<_, std::convert::Infallible>),
+        )
+        .unwrap()
+}
+
+/// A prefill/decode fleet (issue 16): the daemon's simulated backends hand prompts of 512
+/// tokens or more from a 910B to an H20 over the modelled link in wall-clock time, replay
+/// in virtual time; both must agree within the same tolerance as the mixed fleets. Most of
+/// the trace's prompts (mean 1.2k tokens) are split, so TTFT includes prefill, transfer
+/// (about 5 ms for 1.2k tokens) and the decode side's join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_and_replay_agree_on_a_prefill_decode_fleet() {
+    let scale = 5.0;
+    let records = trace_records(300);
+    let r = replay_pd(&records);
+    let handoffs: u64 = r.pools.iter().map(|p| p.stats.handoffs).sum();
+    assert!(handoffs > 150, "most prompts split: {handoffs} hand-offs");
+    let (l, metrics) = daemon_run_on(
+        Some(pd_fleet()),
+        "disaggregated",
+        &records,
+        scale,
+        None,
+        &Api::Grpc,
+    )
+    .await;
+    let transfers = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "dujiang_kv_transfer_seconds_count{from_pool=\"ascend\",to_pool=\"h20\"} ",
+            )?
+            .trim()
+            .parse::<f64>()
+            .ok()
+        })
+        .unwrap_or(0.0) as u64;
+    eprintln!("hand-offs: replay {handoffs}, daemon {transfers}");
+    assert!(
+        transfers.abs_diff(handoffs) * 20 <= handoffs,
+        "replay {handoffs} hand-offs, daemon {transfers}"
+    );
+    check("disaggregated", scale, &r, &l, "daemon");
 }
 
 /// `records` with every arrival moved later by up to `spread_ns`, and one in 50 by up to

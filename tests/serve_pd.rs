@@ -41,22 +41,26 @@ fn gauge(text: &str, name: &str, backend: &str, pool: &str) -> f64 {
     .unwrap_or_else(|| panic!("no {name} for {backend}:\n{text}"))
 }
 
-/// Waits until the prefill backend has handed its only request off (its running set is
-/// empty again after `Started`).
-async fn until_handed_off(d: &dujiang::serve::RunningDaemon) {
+/// Waits until the prefill backend has handed its only request off (after `Started`,
+/// neither waiting nor running there); returns the scrape that showed it.
+async fn until_handed_off(d: &dujiang::serve::RunningDaemon) -> String {
+    let mut seen = String::new();
     assert!(
         eventually(Duration::from_secs(5), async || {
             let text = scrape(d).await;
-            gauge(
-                &text,
+            let idle = [
                 "dujiang_backend_running_requests",
-                "ascend-0",
-                "ascend",
-            ) == 0.0
+                "dujiang_backend_waiting_requests",
+            ]
+            .iter()
+            .all(|g| gauge(&text, g, "ascend-0", "ascend") == 0.0);
+            seen = text;
+            idle
         })
         .await,
         "the prefill backend never handed off"
     );
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,6 +279,50 @@ async fn the_openai_front_end_names_both_backends() {
         assert_eq!(usage["completion_tokens"], 12, "{}", r.body);
         assert_eq!(usage["prompt_tokens"], 2000, "{}", r.body);
     }
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
+/// The prefill backend keeps a handed-off prompt's KV until the link has sent it (the
+/// bytes are read from it), then frees it: its KV usage stays up for the transfer
+/// (2,000 tokens over 1 byte/ns: 0.262 s) and drops to 0 before the request ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefill_side_holds_the_kv_until_the_bytes_have_left() {
+    let d = start(pd()).await;
+    let mut c = inference(d.grpc_addr).await;
+    let mut stream = c.generate(request(2000, 200)).await.unwrap().into_inner();
+    let Event::Started(_) = stream.message().await.unwrap().unwrap().event.unwrap() else {
+        panic!("Started first");
+    };
+    let text = until_handed_off(&d).await;
+    let held = gauge(
+        &text,
+        "dujiang_backend_kv_usage_ratio",
+        "ascend-0",
+        "ascend",
+    );
+    assert!(held > 0.0, "KV freed at the hand-off, not when sent");
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            let text = scrape(&d).await;
+            gauge(
+                &text,
+                "dujiang_backend_kv_usage_ratio",
+                "ascend-0",
+                "ascend",
+            ) == 0.0
+        })
+        .await,
+        "the prefill backend never freed the KV"
+    );
+    // Freed at the transfer's end, long before the 200-token decode is done.
+    let mut tokens = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Event::Tokens(t) = m.event.unwrap() {
+            tokens += t.count;
+        }
+    }
+    assert_eq!(tokens, 200);
     d.shutdown();
     d.wait().await.unwrap();
 }

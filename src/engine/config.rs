@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// What part of a request an instance serves (prefill/decode disaggregation, as in
 /// DistServe and Splitwise). A `prefill` instance computes the prompt and the first output
-/// token, then hands the sequence off ([`EngineEvent::Handoff`]) and frees its KV; vLLM's
-/// and SGLang's P/D modes do the same (the prefill side produces one token, which the
-/// decode side continues from). A `decode` instance takes handed-off sequences
+/// token, then hands the sequence off ([`EngineEvent::Handoff`]), freeing its KV once the
+/// link has sent it; vLLM's and SGLang's P/D modes do the same (the prefill side produces
+/// one token, which the decode side continues from). A `decode` instance takes handed-off sequences
 /// ([`super::Engine::admit_transferred`]) once their KV has arrived, and may also serve
 /// short requests whole; a `mixed` one does both phases, as every engine did before roles.
 #[derive(
@@ -119,7 +119,8 @@ pub enum EngineEvent {
         output_tokens: u32,
     },
     /// A prefill instance finished the prompt and produced the first token (reported by
-    /// `FirstToken` just before); the sequence has left this engine and its KV is freed.
+    /// `FirstToken` just before); the sequence has left the running set, and its KV stays
+    /// until the driver says the link has sent it ([`super::Engine::release_handed_off`]).
     /// `kv_tokens` tokens of KV (the prompt) must move to a decode instance, which
     /// continues after `generated` output tokens. Prefill role only.
     Handoff {

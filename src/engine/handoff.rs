@@ -1,6 +1,8 @@
-//! The decode side of prefill/decode disaggregation: taking a sequence whose prompt was
-//! prefilled elsewhere and whose KV has arrived over a link, and letting it join the
-//! decoding set at a step boundary once there is room for its KV and a running slot.
+//! Both ends of a prefill/decode hand-off. The prefill side holds a handed-off sequence's
+//! KV until the link has sent it ([`Engine::release_handed_off`]). The decode side takes
+//! a sequence whose prompt was prefilled elsewhere and whose KV has arrived over a link,
+//! and lets it join the decoding set at a step boundary once there is room for its KV and
+//! a running slot.
 //!
 //! Arrived sequences wait in their own FIFO and join ahead of new prefills: they cost the
 //! step one token of budget each, their KV is already computed, and holding them back would
@@ -11,7 +13,7 @@
 use super::config::{AdmitError, EngineEvent, Role};
 use super::instance::Engine;
 use super::seq::{Phase, Seq, SlotRef};
-use crate::request::{Nanos, Request};
+use crate::request::{Nanos, Request, RequestId};
 
 impl Engine {
     /// Takes a handed-off sequence whose KV (the prompt, `req.prompt_tokens` tokens) has
@@ -73,6 +75,30 @@ impl Engine {
             self.kick_at = Some(now);
         }
         Ok(())
+    }
+
+    /// The link has sent request `id`'s KV (handed off at [`EngineEvent::Handoff`]): its
+    /// blocks are freed now. A prefill instance holds them until then, since the bytes
+    /// are read from them while they move (vLLM's NIXL connector likewise frees the
+    /// prefill side's blocks only once the decode side has read them). Returns whether the
+    /// engine held the sequence in that state. Call [`Engine::advance`] up to `now` first.
+    pub fn release_handed_off(&mut self, id: RequestId, now: Nanos) -> bool {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return false;
+        };
+        if self.slots[slot as usize]
+            .as_ref()
+            .is_none_or(|s| s.phase != Phase::Sending)
+        {
+            return false;
+        }
+        self.split_run_at(now);
+        self.remove(slot);
+        // Work held back for want of KV may fit now.
+        if self.run.is_none() && self.kick_at.is_none() && self.waiting_live > 0 {
+            self.kick_at = Some(now);
+        }
+        true
     }
 
     /// A free slot with a fresh epoch.

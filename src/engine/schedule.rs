@@ -125,7 +125,12 @@ impl Engine {
             if self.prefilling_live > 0 && self.preempt_one(t, out) {
                 continue;
             }
-            debug_assert!(self.waiting_live == 0, "waiting work that can never start");
+            // Unless handed-off sequences still hold KV the link is sending: it is freed
+            // by `release_handed_off`, which kicks the scheduler again.
+            debug_assert!(
+                self.waiting_live == 0 || self.other_blocks > 0,
+                "waiting work that can never start"
+            );
             self.spare_run = run;
             return;
         }

@@ -1,5 +1,5 @@
-//! Sequences: one admitted request's state inside the engine (waiting, prefilling or
-//! decoding), its slot and epoch, and its life cycle — admission, the end of its prefill,
+//! Sequences: one admitted request's state inside the engine (waiting, prefilling,
+//! decoding, or sending its KV after a hand-off), its slot and epoch, and its life cycle — admission, the end of its prefill,
 //! publishing its prompt's prefix blocks, preemption by recompute, abort and removal. Each
 //! change keeps the engine's running aggregates (queued prefill tokens, remaining decode
 //! tokens, the affine decode sums, KV block counts) in step with the sequence.
@@ -14,6 +14,9 @@ pub(super) enum Phase {
     Waiting,
     Prefilling,
     Decoding,
+    /// Prefill role: handed off, its KV still held while the link sends it; out of the
+    /// running set until the driver releases it ([`Engine::release_handed_off`]).
+    Sending,
 }
 
 #[derive(Clone, Debug)]
@@ -144,7 +147,7 @@ impl Engine {
         let s = self.slots[slot as usize].as_ref()?;
         Some(match s.phase {
             Phase::Decoding => s.generated + (self.step - s.join_step) as u32,
-            Phase::Waiting | Phase::Prefilling => s.generated,
+            Phase::Waiting | Phase::Prefilling | Phase::Sending => s.generated,
         })
     }
 
@@ -183,19 +186,22 @@ impl Engine {
         self.publish_prefix(slot);
         if generated == max_tokens {
             let s = self.slots[slot as usize].as_ref().expect("slot");
-            out.push(if s.handoff_max > max_tokens {
-                EngineEvent::Handoff {
+            if s.handoff_max > max_tokens {
+                out.push(EngineEvent::Handoff {
                     id,
                     at,
                     kv_tokens: s.prefill_target,
                     generated,
-                }
-            } else {
-                EngineEvent::Finished {
-                    id,
-                    at,
-                    output_tokens: max_tokens,
-                }
+                });
+                // Its KV stays until the bytes have left (the driver releases it).
+                self.prefilling_live -= 1;
+                self.seq_mut(slot).phase = Phase::Sending;
+                return;
+            }
+            out.push(EngineEvent::Finished {
+                id,
+                at,
+                output_tokens: max_tokens,
             });
             self.remove(slot);
             return;
@@ -276,6 +282,7 @@ impl Engine {
                 self.other_remaining_tokens -= u64::from(s.max_tokens - s.generated);
                 self.other_blocks -= s.private_blocks;
             }
+            Phase::Sending => self.other_blocks -= s.private_blocks,
             Phase::Decoding => {
                 let ctx_join = u64::from(s.prompt) + u64::from(s.generated);
                 let ctx_now = ctx_join + (self.step - s.join_step);

@@ -445,8 +445,9 @@ proptest! {
 }
 
 /// Drives a prefill engine and a decode engine: each handoff reaches the decode engine
-/// `delay(kv_tokens)` later (a stand-in for the link), and is admitted there. Checks KV on
-/// both after every call. Returns (prefill events, decode events).
+/// `delay(kv_tokens)` later (a stand-in for the link), and is admitted there; the prefill
+/// engine holds its KV until half that time (the bytes have left). Checks KV on both
+/// after every call. Returns (prefill events, decode events).
 fn drive_pd(
     perf: Arc<PerfModel>,
     cfg: EngineConfig,
@@ -460,11 +461,14 @@ fn drive_pd(
     let (mut pre_out, mut dec_out) = (Vec::new(), Vec::new());
     // Transfers in flight: (arrival at the decode engine, id, generated).
     let mut moving: Vec<(Nanos, u64, u32)> = Vec::new();
+    // KV being sent: (sent, id).
+    let mut sending: Vec<(Nanos, u64)> = Vec::new();
     let mut ri = 0;
     loop {
         let next = [
             reqs.get(ri).map(|r| r.arrival),
             moving.iter().map(|m| m.0).min(),
+            sending.iter().map(|m| m.0).min(),
             pre.next_event_at(),
             dec.next_event_at(),
         ]
@@ -484,7 +488,16 @@ fn drive_pd(
             {
                 assert_eq!(kv_tokens, by_id[&id].prompt_tokens);
                 moving.push((at + delay(kv_tokens), id, generated));
+                sending.push((at + delay(kv_tokens) / 2, id));
             }
+        }
+        sending.sort_unstable();
+        while sending.first().is_some_and(|m| m.0 == now) {
+            let (_, id) = sending.remove(0);
+            assert!(
+                pre.release_handed_off(id, now),
+                "request {id} held until sent"
+            );
         }
         dec.advance(now, &mut dec_out);
         moving.sort_unstable();
@@ -569,6 +582,60 @@ fn prefill_instance_hands_off_after_the_first_token_and_decode_continues() {
     assert!(!dec
         .iter()
         .any(|e| matches!(e, EngineEvent::FirstToken { .. })));
+}
+
+/// A prefill instance holds a handed-off sequence's KV until the link has sent it, then
+/// frees it; work waiting for that KV is scheduled once it is free.
+#[test]
+fn a_prefill_instance_holds_the_kv_until_the_bytes_have_left() {
+    let p = small_kv_perf();
+    let cfg = EngineConfig::for_perf(&p).with_role(Role::Prefill);
+    let mut pre = Engine::new(p, cfg);
+    let total = pre.kv_blocks().0;
+    let block = u64::from(cfg.block_size);
+    // A prompt taking over half the KV: a second one cannot start while it is held.
+    let prompt = ((total / 2 + 1) * block) as u32;
+    pre.admit(req(1, 0, prompt, 10), 0).unwrap();
+    pre.admit(req(2, 0, prompt, 10), 0).unwrap();
+    let mut out = Vec::new();
+    let mut handed = None;
+    while handed.is_none() {
+        let t = pre.next_event_at().expect("work");
+        pre.advance(t, &mut out);
+        handed = out.iter().find_map(|e| match *e {
+            EngineEvent::Handoff { id: 1, at, .. } => Some(at),
+            _ => None,
+        });
+    }
+    let at = handed.unwrap();
+    let held = pre.kv_blocks().1;
+    assert!(
+        held >= total / 2,
+        "KV freed at hand-off: {held} of {total} blocks in use"
+    );
+    assert_eq!(pre.load().running, 0, "a sending sequence does not run");
+    // Request 2 waits for the room request 1's KV holds.
+    assert_eq!(
+        pre.next_event_at(),
+        None,
+        "nothing can run while the KV is held"
+    );
+    assert!(!out
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Scheduled { id: 2, .. })));
+    let sent = at + 1_000_000;
+    assert!(pre.release_handed_off(1, sent));
+    assert!(!pre.release_handed_off(1, sent), "released once");
+    assert_eq!(pre.kv_blocks().1, 0);
+    assert_eq!(
+        pre.next_event_at(),
+        Some(sent),
+        "request 2 is scheduled now"
+    );
+    pre.advance(sent, &mut out);
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Scheduled { id: 2, at } if *at == sent)));
 }
 
 #[test]

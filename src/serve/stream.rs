@@ -40,6 +40,8 @@ pub struct RequestStream {
     /// Where a prefill backend hands the request off (prefill/decode fleets): the
     /// policy's pair until the hand-off, then the backend that took it.
     decode: Option<Arc<BackendHandle>>,
+    /// The prefill backend it was handed off from (it frees the KV once sent).
+    prefill: Option<Arc<BackendHandle>>,
     deliveries: Inbox,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     received: Instant,
@@ -70,6 +72,7 @@ impl RequestStream {
             client_id: a.client_id,
             backend: a.backend,
             decode: a.decode,
+            prefill: None,
             deliveries: a.deliveries,
             deadline: a
                 .deadline
@@ -170,6 +173,12 @@ impl RequestStream {
             self.backend.send(Command::Abort {
                 id: self.request.id,
             });
+            // The prefill side may still hold its KV while the link sends it.
+            if let Some(p) = self.prefill.take() {
+                p.send(Command::Abort {
+                    id: self.request.id,
+                });
+            }
             self.end(outcome);
         }
     }
@@ -177,6 +186,9 @@ impl RequestStream {
     /// A prefill backend handed the request to `decode`, which continues it.
     fn handed_to(&mut self, decode: Arc<BackendHandle>) {
         tracing::trace!(from = %self.backend.name, to = %decode.name, "request handed off");
+        if self.prefill.is_none() {
+            self.prefill = Some(self.backend.clone());
+        }
         self.backend = decode.clone();
         self.decode = Some(decode);
     }
@@ -220,6 +232,7 @@ impl RequestStream {
         }
         self.backend = backend;
         self.decode = decode;
+        self.prefill = None;
         self.deliveries = deliveries;
         self.moves += 1;
         Ok(())

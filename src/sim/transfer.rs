@@ -129,6 +129,18 @@ impl Transfers {
     /// Processes everything due at or before `now`, appending the requests whose KV has
     /// arrived (with the instant it did), in order.
     pub fn advance(&mut self, now: Nanos, arrived: &mut Vec<(RequestId, Nanos)>) {
+        self.advance_sent(now, arrived, &mut Vec::new());
+    }
+
+    /// [`Self::advance`], also appending to `sent` the transfers whose last byte has left
+    /// their prefill backend (request, prefill backend, instant), in order: the prefill
+    /// side's KV is free from then on, while the link's latency still runs.
+    pub fn advance_sent(
+        &mut self,
+        now: Nanos,
+        arrived: &mut Vec<(RequestId, Nanos)>,
+        sent_out: &mut Vec<(RequestId, u32, Nanos)>,
+    ) {
         while let Some(t) = self.next_at() {
             if t > now {
                 return;
@@ -153,6 +165,7 @@ impl Transfers {
             // swap_remove reorders; arrivals at one instant go out in request order.
             sent.sort_unstable_by_key(|f| f.id);
             for f in sent {
+                sent_out.push((f.id, (key >> 32) as u32, t));
                 self.order += 1;
                 self.heap
                     .push(Reverse((t + f.latency, self.order, DELIVERED, f.id, 0)));
@@ -226,5 +239,20 @@ mod tests {
         t.start(500, 0, 1, &link, 5, 1000.0);
         out.extend(run(&mut t));
         assert_eq!(out, vec![(4, 1500), (5, 2000)]);
+    }
+
+    #[test]
+    fn the_last_byte_leaves_one_latency_before_the_kv_arrives() {
+        let link = LinkTable::link(8.0, 3.0); // 1 byte per ns, 3 µs
+        let mut t = Transfers::default();
+        t.start(0, 4, 1, &link, 1, 1000.0);
+        t.start(0, 4, 1, &link, 2, 3000.0);
+        let (mut arrived, mut sent) = (Vec::new(), Vec::new());
+        while let Some(at) = t.next_at() {
+            t.advance_sent(at, &mut arrived, &mut sent);
+        }
+        // Shared: 1 sent at 2,000 ns; 2 has 2,000 left alone → sent at 4,000.
+        assert_eq!(sent, vec![(1, 4, 2000), (2, 4, 4000)]);
+        assert_eq!(arrived, vec![(1, 5000), (2, 7000)]);
     }
 }

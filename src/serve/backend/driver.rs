@@ -403,10 +403,16 @@ impl Driver {
                 }
             }
             Command::Transferred(h) => self.take_transferred(*h, now_fleet),
+            // Handled when it comes (its instant `at` has passed by a wake-up's jitter;
+            // engine time never runs backwards).
+            Command::Sent { id, at: _ } => {
+                self.engine.release_handed_off(id, now);
+            }
+            // Also a request this (prefill) backend handed off, whose KV it still holds
+            // while the link sends it: the client is gone, so it is freed now.
             Command::Abort { id } => {
-                if self.requests.remove(&id).is_some() {
-                    self.engine.abort(id, now);
-                }
+                self.requests.remove(&id);
+                self.engine.abort(id, now);
             }
             Command::Probe => {
                 // Probes go to ejected (draining) backends; not to failed ones.

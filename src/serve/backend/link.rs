@@ -1,13 +1,14 @@
 //! The fleet's KV links in wall-clock time: one task owns the pure link model replay uses
 //! ([`crate::sim::transfer::Transfers`]: each prefill backend's transfers to one decode
 //! pool share its link's rate, then pay its latency), sleeps until the model's next
-//! arrival (scaled by `--time-scale` like every driver's steps), and hands each arrived
-//! request to its decode backend. A decode backend that stopped taking work while the KV
+//! arrival (scaled by `--time-scale` like every driver's steps), tells each prefill
+//! backend when a transfer's last byte has left (it frees the KV then), and hands each
+//! arrived request to its decode backend. A decode backend that stopped taking work while the KV
 //! was on the way is replaced by another, chosen as replay does; with none left the
 //! request's stream is told to move it.
 
 use super::pd::{choose_decode, takes_handoffs, Handed};
-use super::{secs, BackendHandle, Delivery, DriverContext};
+use super::{secs, BackendHandle, Command, Delivery, DriverContext};
 use crate::fleet::Link;
 use crate::metrics::Metrics;
 use crate::request::{Nanos, RequestId};
@@ -76,6 +77,7 @@ impl LinkTask {
         let mut transfers = Transfers::default();
         let mut pending: FxHashMap<RequestId, Transfer> = FxHashMap::default();
         let mut arrived = Vec::new();
+        let mut sent = Vec::new();
         let mut last: Nanos = 0;
         loop {
             let due = transfers.next_at();
@@ -96,9 +98,15 @@ impl LinkTask {
                 now = now.max(due.unwrap_or(0));
             }
             last = now;
-            transfers.advance(now, &mut arrived);
-            if !arrived.is_empty() {
+            transfers.advance_sent(now, &mut arrived, &mut sent);
+            if !arrived.is_empty() || !sent.is_empty() {
                 let Some(ctx) = ctx.upgrade() else { return };
+                // The last byte has left: the prefill backend frees the KV.
+                for (id, from, at) in sent.drain(..) {
+                    if let Some(b) = ctx.handle(crate::fleet::BackendId(from)) {
+                        b.send(Command::Sent { id, at });
+                    }
+                }
                 for (id, at) in arrived.drain(..) {
                     if let Some(t) = pending.remove(&id) {
                         self.arrive(&ctx, t, at);

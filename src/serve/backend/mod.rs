@@ -136,6 +136,9 @@ pub enum Command {
     },
     /// A handed-off request's KV has arrived: it joins this (decode) backend's batch.
     Transferred(Box<pd::Handed>),
+    /// The link has sent the last byte of a request this (prefill) backend handed off,
+    /// at fleet time `at`: its KV is freed.
+    Sent { id: RequestId, at: Nanos },
     /// The handler gave up on the request (client gone, deadline).
     Abort { id: RequestId },
     /// Runs a small synthetic request so an ejected straggler produces step samples.

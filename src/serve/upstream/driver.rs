@@ -320,6 +320,7 @@ impl Proxy {
             // Real engines take no hand-offs (their pools are mixed): the request's stream
             // moves it.
             Command::Transferred(h) => h.displace(),
+            Command::Sent { .. } => {}
             Command::Abort { id } => self.cancel(id, End::Abort),
             Command::Probe => {
                 if ep.state_in_fleet() == Some(BackendState::Draining) && !self.retiring {

@@ -1,7 +1,7 @@
 //! Prefill/decode disaggregation in virtual time: a prefill backend's hand-off puts the
 //! prompt's KV on the link to the decode backend the policy paired it with (or one
-//! chosen now, for a policy that picks single backends), and the KV's arrival admits the
-//! request there. The request belongs to the decode pool from the hand-off on: that pool
+//! chosen now, for a policy that picks single backends); the prefill backend frees the KV
+//! when its last byte has left, and the KV's arrival admits the request there. The request belongs to the decode pool from the hand-off on: that pool
 //! completes it, and counts the transfer time (hand-off to arrival, queueing on a shared
 //! link included); the prefill pool counts the hand-off.
 
@@ -60,11 +60,22 @@ impl Replay {
         pick_decode(req, &self.live(now), &mut rng, 2).map(|(b, _)| b)
     }
 
-    /// KV that has arrived by `t` joins its decode backend's queue.
+    /// KV sent by `t` is freed on its prefill backend; KV that has arrived by `t` joins
+    /// its decode backend's queue.
     pub(super) fn deliver(&mut self, t: Nanos) {
         self.now = self.now.max(t);
         let mut arrived = std::mem::take(&mut self.arrived);
-        self.transfers.advance(t, &mut arrived);
+        let mut sent = Vec::new();
+        self.transfers.advance_sent(t, &mut arrived, &mut sent);
+        for (id, from, at) in sent {
+            let b = from as usize;
+            self.step_backend(b, at);
+            let local = self.clocks[b].local(at);
+            if self.engines[b].release_handed_off(id, local) {
+                self.publish_load(b, at);
+                self.reschedule(b);
+            }
+        }
         for (id, at) in arrived.drain(..) {
             let Some(f) = self.in_flight.get_mut(&id) else {
                 continue;
