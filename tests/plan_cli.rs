@@ -201,11 +201,17 @@ fn impossible_inputs_exit_with_a_clear_message() {
 
 /// The plan also searches prefill/decode splits (on by default) and prints the cheapest
 /// aggregated and the cheapest split fleet side by side; the split one really runs a
-/// prefill and a decode pool (the replay hands prefills off); `--split off` drops it.
+/// prefill and a decode pool (the replay hands prefills off), and `--split-fleet-out`
+/// writes it as a fleet file that replays within the SLO; `--split off` drops it.
 #[test]
 fn plan_puts_the_cheapest_split_fleet_beside_the_aggregated_one() {
-    let plan_json = tmp("split.json");
-    let stdout = ok(&run(&plan_args(&["--json", plan_json.to_str().unwrap()])));
+    let (plan_json, split_fleet) = (tmp("split.json"), tmp("split.toml"));
+    let stdout = ok(&run(&plan_args(&[
+        "--json",
+        plan_json.to_str().unwrap(),
+        "--split-fleet-out",
+        split_fleet.to_str().unwrap(),
+    ])));
     assert!(
         stdout.contains("aggregated vs prefill/decode split"),
         "{stdout}"
@@ -229,8 +235,63 @@ fn plan_puts_the_cheapest_split_fleet_beside_the_aggregated_one() {
     assert!(d["decode"]["count"].as_u64().unwrap() >= 1);
     assert!(split_row.unwrap().contains("P:D"), "{stdout}");
 
-    let off = ok(&run(&plan_args(&["--split", "off"])));
-    assert!(!off.contains("prefill/decode split"), "{off}");
+    // `--split-fleet-out` writes that fleet: it loads with its roles and link, costs what
+    // the plan says, and replayed on the same trace, rate and SLO it meets the SLO.
+    let spec = FleetSpec::load(&split_fleet).unwrap_or_else(|e| panic!("{e}"));
+    let resolved = spec.resolve(&Catalogue::embedded()).unwrap();
+    let roles: Vec<&str> = resolved.iter().map(|p| p.role.as_str()).collect();
+    assert_eq!(roles, ["prefill", "decode"]);
+    assert_eq!(spec.policy.name, "disaggregated");
+    spec.link_table(&resolved).unwrap();
+    let fleet_cost: f64 = resolved.iter().map(|p| p.cost_per_hour_usd()).sum();
+    let split_cost = d["cost_per_hour_usd"].as_f64().unwrap();
+    assert!(
+        (fleet_cost - split_cost).abs() < 0.01,
+        "{fleet_cost} vs {split_cost}"
+    );
+    let replay_json = tmp("split-replay.json");
+    ok(&dujiang(&[
+        "replay",
+        "--trace",
+        TRACE,
+        "--fleet",
+        split_fleet.to_str().unwrap(),
+        "--rate-scale",
+        "4",
+        "--slo-ttft-ms",
+        "2000",
+        "--slo-tpot-ms",
+        "100",
+        "--json",
+        replay_json.to_str().unwrap(),
+    ]));
+    let replayed = &json(&replay_json)["policies"][0];
+    assert_eq!(replayed["policy"], "disaggregated", "{replayed}");
+    assert!(replayed["handoffs"].as_u64().unwrap() > 0, "{replayed}");
+    let attained = replayed["slo_attainment"].as_f64().unwrap();
+    assert!(
+        attained >= 0.99,
+        "the written split fleet attains {attained}"
+    );
+
+    // Off: no split row, and so no split fleet to write (a clear error, no file).
+    let none = tmp("none.toml");
+    let off = run(&plan_args(&[
+        "--split",
+        "off",
+        "--split-fleet-out",
+        none.to_str().unwrap(),
+    ]));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&off.stdout),
+        String::from_utf8_lossy(&off.stderr),
+    );
+    assert!(!stdout.contains("prefill/decode split"), "{stdout}");
+    assert!(
+        !off.status.success() && stderr.contains("--split-fleet-out"),
+        "{stderr}"
+    );
+    assert!(!none.exists());
     let bad = run(&plan_args(&["--split", "maybe"]));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(

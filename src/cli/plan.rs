@@ -111,6 +111,10 @@ pub struct OutputArgs {
     /// Write the planned fleet as a fleet file (for `replay --fleet` and `serve`).
     #[arg(long)]
     pub fleet_out: Option<PathBuf>,
+    /// Write the cheapest prefill/decode split fleet the plan found as a fleet file
+    /// (roles, the `disaggregated` policy and its link); an error when none met the SLO.
+    #[arg(long)]
+    pub split_fleet_out: Option<PathBuf>,
     /// Replays run at once (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -286,6 +290,22 @@ fn finish(
     }
     if let Some(p) = &out.fleet_out {
         write(p, &report.fleet_toml())?;
+    }
+    if let Some(p) = &out.split_fleet_out {
+        let Some(split) = &report.disaggregated else {
+            bail!(
+                "--split-fleet-out {}: the split search is off (--split off)",
+                p.display()
+            );
+        };
+        let Some(text) = split.fleet_toml(&report.inputs) else {
+            bail!(
+                "--split-fleet-out {}: no split fleet met the SLO ({}); nothing written",
+                p.display(),
+                split.note.as_deref().unwrap_or("none found")
+            );
+        };
+        write(p, &text)?;
     }
     Ok(())
 }

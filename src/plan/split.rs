@@ -61,6 +61,58 @@ pub struct SplitPlan {
     pub note: Option<String>,
 }
 
+impl SplitPlan {
+    /// The split fleet as a fleet file (`config/fleets/*.toml` layout: roles, the
+    /// `disaggregated` policy, and the link restating the defaults it was replayed on),
+    /// or `None` when no split fleet met the SLO.
+    pub fn fleet_toml(&self, inputs: &super::PlanInputs) -> Option<String> {
+        use std::fmt::Write;
+        let (p, d) = (self.prefill.as_ref()?, self.decode.as_ref()?);
+        let q = |v: &str| toml::Value::String(v.to_string()).to_string();
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# Prefill/decode split planned by `dujiang plan` for {}: {} at {}% attainment.",
+            inputs.trace,
+            inputs.slo,
+            inputs.attainment * 100.0
+        );
+        let _ = writeln!(
+            s,
+            "# ${:.2}/h; domestic share {:.1}%. Replay predicts attainment {:.2}%, TTFT p99 {:.0} ms, TPOT p99 {:.1} ms.",
+            self.cost_per_hour_usd.unwrap_or(0.0),
+            self.domestic_share.unwrap_or(0.0) * 100.0,
+            self.slo_attainment.unwrap_or(0.0) * 100.0,
+            self.ttft_p99_ms.unwrap_or(0.0),
+            self.tpot_p99_ms.unwrap_or(0.0)
+        );
+        let _ = writeln!(s, "name = {}", q(&format!("plan-split-{}", inputs.model)));
+        let _ = writeln!(s, "model = {}\n", q(&inputs.model));
+        let _ = writeln!(s, "[policy]\nname = \"disaggregated\"");
+        for (role, pool) in [("prefill", p), ("decode", d)] {
+            let _ = writeln!(s, "\n[pools.{role}]\nchip = {}", q(&pool.chip));
+            if !pool.engine.is_empty() {
+                let _ = writeln!(s, "engine = {}", q(&pool.engine));
+            }
+            let _ = writeln!(
+                s,
+                "tp = {}\ncount = {}\nrole = \"{role}\"",
+                pool.tp, pool.count
+            );
+        }
+        // The defaults it was replayed on (a staging hop between vendors stays the
+        // default's, so it is not restated).
+        let _ = writeln!(s, "\n# {}", self.links);
+        let _ = writeln!(
+            s,
+            "[links.prefill-to-decode]\nfrom = \"prefill\"\nto = \"decode\"\nbandwidth_gbps = {}\nlatency_us = {}",
+            crate::fleet::DEFAULT_BANDWIDTH_GBPS,
+            crate::fleet::DEFAULT_LATENCY_US
+        );
+        Some(s)
+    }
+}
+
 /// One pair's search state.
 struct Pair {
     p: usize,
