@@ -326,3 +326,53 @@ async fn the_prefill_side_holds_the_kv_until_the_bytes_have_left() {
     d.shutdown();
     d.wait().await.unwrap();
 }
+
+/// Draining waits for requests whose KV is on the way: a decode backend drained while a
+/// transfer to it is in flight still takes and finishes that request (it takes no new
+/// work), and a daemon shut down meanwhile finishes it within its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_and_shutdown_wait_for_requests_in_transfer() {
+    let d = start(pd()).await;
+    let mut c = inference(d.grpc_addr).await;
+    let mut a = admin(d.admin_addr).await;
+    let mut stream = c.generate(request(2000, 30)).await.unwrap().into_inner();
+    let Event::Started(s) = stream.message().await.unwrap().unwrap().event.unwrap() else {
+        panic!("Started first");
+    };
+    until_handed_off(&d).await;
+    a.drain_backend(wire::BackendRef {
+        backend: s.decode_backend.clone(),
+    })
+    .await
+    .unwrap();
+    d.shutdown();
+    let mut tokens = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Event::Tokens(t) = m.event.unwrap() {
+            if tokens == 0 {
+                // Decoding where it was sent, though drained.
+                let text = scrape(&d).await;
+                let running = gauge(
+                    &text,
+                    "dujiang_backend_running_requests",
+                    &s.decode_backend,
+                    "h20",
+                );
+                assert_eq!(running, 1.0, "{text}");
+            }
+            tokens += t.count;
+        }
+    }
+    assert_eq!(tokens, 30);
+    let text = scrape(&d).await;
+    assert_eq!(
+        sample(
+            &text,
+            "dujiang_requests_total{outcome=\"ok\",frontend=\"grpc\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(metric_sum(&text, "dujiang_generated_tokens_total"), 30.0);
+    d.wait().await.unwrap();
+}

@@ -268,11 +268,11 @@ pub fn check_roles(pools: &[PoolConfig]) -> Result<(), (String, String)> {
 /// the fleet instead of silently serving it as mixed. Also checks [`check_roles`].
 pub fn check_simulated_roles(pools: &[PoolConfig]) -> Result<(), (String, String)> {
     check_roles(pools)?;
-    match pools
+    if let Some(p) = pools
         .iter()
         .find(|p| p.role != Role::Mixed && p.upstream.is_some())
     {
-        Some(p) => Err((
+        return Err((
             p.name.clone(),
             format!(
                 "pool `{}` is {} and proxies real engines: prefill/decode roles run on \
@@ -280,8 +280,22 @@ pub fn check_simulated_roles(pools: &[PoolConfig]) -> Result<(), (String, String
                 p.name,
                 p.role.as_str()
             ),
+        ));
+    }
+    // A hand-off needs a simulated backend to decode on: real engines take none.
+    let simulated_decode = pools
+        .iter()
+        .any(|p| p.role.serves_whole() && p.upstream.is_none());
+    match pools.iter().find(|p| p.role == Role::Prefill) {
+        Some(p) if !simulated_decode => Err((
+            p.name.clone(),
+            format!(
+                "prefill pool `{}` has nowhere to hand its KV off: real engines take no \
+                 hand-offs, so the fleet needs a simulated decode or mixed pool",
+                p.name
+            ),
         )),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 
@@ -386,6 +400,15 @@ layerwise = true
         let (pool, why) = check_simulated_roles(&pools).unwrap_err();
         assert_eq!(pool, "ascend");
         assert!(why.contains("simulated backends only"), "{why}");
+        // Prefill simulated, every decode side a real engine: nowhere to hand off.
+        let upstream = pools[0].upstream.take();
+        for p in &mut pools[1..] {
+            p.role = Role::Mixed;
+            p.upstream = upstream.clone();
+        }
+        let (pool, why) = check_simulated_roles(&pools).unwrap_err();
+        assert_eq!(pool, "ascend");
+        assert!(why.contains("real engines take no hand-offs"), "{why}");
 
         let err =
             FleetSpec::parse(&PD.replace("\"decode\"", "\"decoder\""), "pd.toml").unwrap_err();
