@@ -215,6 +215,13 @@ impl Driver {
         }
     }
 
+    /// Frees the KV of a hand-off that goes nowhere (the engine holds it until sent), at
+    /// the instant the engine has been advanced to.
+    pub(super) fn release_unsent(&mut self, id: RequestId) {
+        let now = self.clock.local(self.last_fleet);
+        self.engine.release_handed_off(id, now);
+    }
+
     /// This pool's handles for requests `policy` routed.
     pub(super) fn histograms(&mut self, policy: &Arc<str>) -> Arc<PoolHistograms> {
         if let Some((_, h)) = self.histograms.iter().find(|(p, _)| p == policy) {
@@ -231,8 +238,16 @@ impl Driver {
         let id = ev.id();
         // Probes are rare: skip their lookup while there are none.
         if !self.probes.is_empty() && self.probes.contains(&id) {
-            if let EngineEvent::Finished { .. } = ev {
-                self.probes.remove(&id);
+            match ev {
+                EngineEvent::Finished { .. } => {
+                    self.probes.remove(&id);
+                }
+                // A probe on a prefill backend ends at its hand-off: nothing to send.
+                EngineEvent::Handoff { .. } => {
+                    self.probes.remove(&id);
+                    self.release_unsent(id);
+                }
+                _ => {}
             }
             return;
         }

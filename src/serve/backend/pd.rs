@@ -114,10 +114,12 @@ impl Driver {
         let Some(decode) = planned.or_else(|| choose_decode(&self.ctx, &handed.req)) else {
             tracing::debug!(backend = %self.handle.name, id, "no decode backend for a hand-off");
             handed.displace();
+            self.release_unsent(id);
             return;
         };
         if !handed.handed_to(&decode) {
             // The client went away during the prefill.
+            self.release_unsent(id);
             return;
         }
         let perf = self.engine.perf();
@@ -127,6 +129,7 @@ impl Driver {
         let to_pool = membership.backend(decode.id).map(|e| e.pool.index());
         let (Some(from_pool), Some(to_pool)) = (from_pool, to_pool) else {
             handed.displace();
+            self.release_unsent(id);
             return;
         };
         let link = self.ctx.link(from_pool, to_pool);

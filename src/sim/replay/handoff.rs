@@ -20,6 +20,8 @@ impl Replay {
         generated: u32,
     ) {
         let Some(f) = self.in_flight.get(&id) else {
+            // A straggler probe: nothing to send, its KV is freed at once.
+            self.release_unsent(b, id);
             return;
         };
         let planned = f.decode.filter(|d| {
@@ -32,6 +34,7 @@ impl Replay {
         let Some(decode) = decode else {
             let f = self.in_flight.remove(&id).expect("in flight");
             self.lose(f);
+            self.release_unsent(b, id);
             return;
         };
         let (from_pool, to_pool) = (self.backend_pool[b], self.backend_pool[decode.index()]);
@@ -51,6 +54,12 @@ impl Replay {
         self.per_pool[f.pool].handoffs += 1;
         f.pool = to_pool;
         self.per_pool[to_pool].requests += 1;
+    }
+
+    /// Frees the KV of a hand-off that goes nowhere (the engine holds it until sent).
+    fn release_unsent(&mut self, b: usize, id: RequestId) {
+        let local = self.clocks[b].local(self.now);
+        self.engines[b].release_handed_off(id, local);
     }
 
     /// A decode backend for a request whose prefill pick did not name one, or whose
