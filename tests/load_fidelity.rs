@@ -460,6 +460,24 @@ fn the_tolerance_covers_the_daemons_timing_jitter() {
             check(policy, scale, &exact, &replay(policy, &moved), "jittered");
         }
     }
+    // And on the prefill/decode fleet, whose requests cross two backends and a link.
+    let records = trace_records(300);
+    let exact = replay_pd(&records);
+    for seed in 1..=6 {
+        let moved = jittered(
+            &records,
+            seed,
+            3_000_000 * scale as u64,
+            20_000_000 * scale as u64,
+        );
+        check(
+            "disaggregated",
+            scale,
+            &exact,
+            &replay_pd(&moved),
+            "jittered",
+        );
+    }
 }
 
 /// The trace's first 300 requests at 20× their rate: 300 arrivals in about 4 s of wall
