@@ -101,6 +101,29 @@ impl Transfers {
         }
     }
 
+    /// Stops sending request `id`'s KV at `now` (its client went away): the others on
+    /// its link share the rate without it from then on. Returns false when it is not
+    /// being sent (unknown, or already paying its latency; it then arrives as usual).
+    pub fn cancel(&mut self, now: Nanos, id: RequestId) -> bool {
+        let Some((&key, _)) = self
+            .channels
+            .iter()
+            .find(|(_, c)| c.flows.iter().any(|f| f.id == id))
+        else {
+            return false;
+        };
+        let ch = self.channels.get_mut(&key).expect("found");
+        ch.catch_up(now);
+        ch.flows.retain(|f| f.id != id);
+        self.in_flight -= 1;
+        if ch.flows.is_empty() {
+            self.channels.remove(&key);
+        } else {
+            self.reschedule(key);
+        }
+        true
+    }
+
     /// Transfers in flight (sending or paying their latency).
     pub fn len(&self) -> usize {
         self.in_flight
@@ -239,6 +262,22 @@ mod tests {
         t.start(500, 0, 1, &link, 5, 1000.0);
         out.extend(run(&mut t));
         assert_eq!(out, vec![(4, 1500), (5, 2000)]);
+    }
+
+    #[test]
+    fn a_cancelled_transfer_gives_its_share_of_the_link_back() {
+        let link = LinkTable::link(8.0, 0.0); // 1 byte per ns
+        let mut t = Transfers::default();
+        t.start(0, 0, 1, &link, 1, 1000.0);
+        t.start(0, 0, 1, &link, 2, 1000.0);
+        let mut out = Vec::new();
+        t.advance(500, &mut out);
+        // Each has 750 left at 500 ns; alone, 2 finishes at 1,250 instead of 2,000.
+        assert!(t.cancel(500, 1));
+        assert!(!t.cancel(500, 1), "once");
+        out.extend(run(&mut t));
+        assert_eq!(out, vec![(2, 1250)]);
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -424,10 +424,13 @@ impl Driver {
                 self.engine.release_handed_off(id, now);
             }
             // Also a request this (prefill) backend handed off, whose KV it still holds
-            // while the link sends it: the client is gone, so it is freed now.
+            // while the link sends it: the client is gone, so it is freed now and its
+            // transfer stops.
             Command::Abort { id } => {
-                self.requests.remove(&id);
-                self.engine.abort(id, now);
+                let here = self.requests.remove(&id).is_some();
+                if self.engine.abort(id, now) && !here {
+                    self.ctx.kv.cancel(id, now_fleet);
+                }
             }
             Command::Probe => {
                 // Probes go to ejected (draining) backends; not to failed ones.

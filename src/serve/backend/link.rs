@@ -38,10 +38,27 @@ pub(super) struct Transfer {
     pub handed: Box<Handed>,
 }
 
+/// What the link task is told.
+enum Msg {
+    Start(Transfer),
+    /// The client went away while request `id`'s KV was being sent: it stops (at fleet
+    /// time `at`), giving its share of the link back.
+    Cancel {
+        id: RequestId,
+        at: Nanos,
+    },
+}
+
 /// The sending end of the link task.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KvLinks {
-    tx: UnboundedSender<Transfer>,
+    tx: UnboundedSender<Msg>,
+}
+
+impl std::fmt::Debug for KvLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvLinks")
+    }
 }
 
 impl KvLinks {
@@ -52,10 +69,17 @@ impl KvLinks {
     }
 
     pub(super) fn start_transfer(&self, t: Transfer) {
-        if let Err(e) = self.tx.send(t) {
+        if let Err(e) = self.tx.send(Msg::Start(t)) {
             // Only during shutdown: the request's stream moves or ends it.
-            e.0.handed.displace();
+            if let Msg::Start(t) = e.0 {
+                t.handed.displace();
+            }
         }
+    }
+
+    /// Stops sending request `id`'s KV (its client went away) at fleet time `at`.
+    pub(super) fn cancel(&self, id: RequestId, at: Nanos) {
+        let _ = self.tx.send(Msg::Cancel { id, at });
     }
 }
 
@@ -63,7 +87,7 @@ impl KvLinks {
 pub struct LinkTask {
     clock: SimClock,
     metrics: Arc<Metrics>,
-    rx: UnboundedReceiver<Transfer>,
+    rx: UnboundedReceiver<Msg>,
 }
 
 impl LinkTask {
@@ -117,12 +141,17 @@ impl LinkTask {
             loop {
                 match msg {
                     Some(None) => return,
-                    Some(Some(t)) => {
+                    Some(Some(Msg::Start(t))) => {
                         let id = t.handed.id();
                         transfers.start(t.at, t.from, t.to_pool, &t.link, id, t.bytes);
                         pending.insert(id, t);
                     }
-                    None => {}
+                    // Off the link: nothing arrives for it. One already paying its
+                    // latency arrives, and is dropped (its client is gone).
+                    Some(Some(Msg::Cancel { id, at })) if transfers.cancel(at.max(now), id) => {
+                        pending.remove(&id);
+                    }
+                    Some(Some(Msg::Cancel { .. })) | None => {}
                 }
                 msg = match self.rx.try_recv() {
                     Ok(t) => Some(Some(t)),
