@@ -12,7 +12,9 @@
 //! a request that produced nothing yet is routed again; one already streaming continues on
 //! another backend, which prefills the prompt plus the tokens already sent and produces
 //! only the tokens still owed, so the client sees each token index exactly once. After
-//! `migration_retries` moves it ends with UNAVAILABLE.
+//! `migration_retries` moves it ends with UNAVAILABLE. On a prefill/decode fleet the
+//! prefill backend hands the request off (`Delivery::HandedOff`): the stream then follows
+//! the decode backend, and an abort reaches both sides, so the KV is freed wherever it is.
 
 use super::backend::{BackendHandle, Command, Delivery, FinishReport, Resume};
 use super::daemon::{Accepted, Daemon};
