@@ -11,6 +11,8 @@ mod plan;
 mod policies;
 mod profile;
 mod replay;
+mod replay_shard;
+mod replay_source;
 mod request;
 mod serve;
 mod trace;
@@ -60,7 +62,8 @@ pub enum Command {
     Serve(serve::Args),
     /// Send one chat request to a running daemon and print its token stream.
     Request(request::Args),
-    /// Replay a trace in virtual time through the scheduler; compare policies.
+    /// Replay a trace (or a generated day) in virtual time through the scheduler; compare
+    /// policies; `replay merge` adds up sharded runs.
     Replay(replay::Args),
     /// Plan the cheapest fleet that serves a trace within an SLO at a domestic-share floor.
     Plan(Box<plan::Args>),

@@ -1,21 +1,46 @@
-//! `dujiang replay`: streams a trace through the scheduler and engines in virtual time,
-//! once per `--policy`, and prints (or writes) the comparison. Admission is the daemon's:
-//! its default limits, or those of the daemon config file given with `--config`.
+//! `dujiang replay`: streams a trace (or a generated provider-scale day) through the
+//! scheduler and engines in virtual time, once per `--policy`, and prints (or writes) the
+//! comparison. Admission is the daemon's: its default limits, or those of the daemon config
+//! file given with `--config`. A fleet of `cells` identical cells replays cell by cell, each
+//! on its own slice of the traffic; `--shard I/N --partial-out FILE` replays only the cells
+//! `c ≡ I (mod N)` and writes their raw sums, which `dujiang replay merge` adds up into the
+//! report one process would have written (see `replay_shard`).
 
+use super::replay_shard::{self, Partial, RunInputs};
+use super::replay_source::{DayArgs, Source};
 use crate::fleet::{FleetSpec, PolicySpec, PoolConfig};
 use crate::request::{Slo, NANOS_PER_MS};
 use crate::serve::ServeConfig;
-use crate::sim::{html, FaultPlan, FaultSummary, PolicyReport, Replay, ReplayConfig, Report};
-use crate::trace::{self, Format, ReadOptions, TraceExt};
-use anyhow::{bail, Context, Result};
+use crate::sim::totals::cells_section;
+use crate::sim::{html, FaultPlan, FaultSummary, Replay, ReplayConfig, Report, RunTotals};
+use crate::trace::{self, Format, ReadOptions, Shard};
+use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<ReplayCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ReplayCommand {
+    /// Add up the partial reports of `dujiang replay --shard I/N --partial-out FILE` into
+    /// the report one process would have written.
+    Merge(replay_shard::MergeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
     /// Trace file (Azure CSV, BurstGPT CSV, Mooncake JSONL or dujiang JSONL).
-    #[arg(long)]
-    pub trace: PathBuf,
+    #[arg(long, required_unless_present = "day")]
+    pub trace: Option<PathBuf>,
+    #[command(flatten)]
+    pub day: DayArgs,
     /// Trace format: auto, azure, burstgpt, mooncake, jsonl.
     #[arg(long, default_value = "auto")]
     pub format: Format,
@@ -26,6 +51,7 @@ pub struct Args {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Fleet file (default: the config's, else the embedded demo fleet the daemon uses).
+    /// With `cells = N` in it, each of N cells replays on its share of the traffic.
     #[arg(long)]
     pub fleet: Option<PathBuf>,
     /// Routing policy; repeat to compare several on the same trace (default: the config's,
@@ -56,6 +82,13 @@ pub struct Args {
     /// Skip broken trace lines (counted) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
+    /// Replay only the cells `c` with `c mod N = I` of the fleet's cells (N <= cells) and
+    /// write their partial report to --partial-out, for `dujiang replay merge`.
+    #[arg(long, requires = "partial_out")]
+    pub shard: Option<Shard>,
+    /// Where --shard writes its partial report (raw counters and histograms, JSON).
+    #[arg(long, requires = "shard")]
+    pub partial_out: Option<PathBuf>,
     /// Write the report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -84,6 +117,13 @@ pub fn load_fleet(
 }
 
 pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        Some(ReplayCommand::Merge(m)) => replay_shard::merge(m),
+        None => replay(args.run),
+    }
+}
+
+fn replay(args: RunArgs) -> Result<()> {
     if !(args.rate_scale.is_finite() && args.rate_scale > 0.0) {
         bail!(
             "--rate-scale must be a positive number, got {}",
@@ -107,6 +147,15 @@ pub fn run(args: Args) -> Result<()> {
         .clone()
         .or_else(|| (!serve.fleet.as_os_str().is_empty()).then(|| serve.fleet.clone()));
     let (spec, pools) = load_fleet(fleet.as_deref(), &args.catalogue)?;
+    let cells = spec.cells.count;
+    let shard = args.shard.unwrap_or(Shard::WHOLE);
+    if shard.count > cells {
+        bail!(
+            "--shard {}/{}: the fleet has {cells} cell(s), and a shard replays whole cells (N <= cells)",
+            shard.index,
+            shard.count
+        );
+    }
     let names = if args.policies.is_empty() && !serve.policy.is_empty() {
         vec![serve.policy.clone()]
     } else {
@@ -134,13 +183,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     let faults = args.faults.as_deref().map(FaultPlan::load).transpose()?;
     if let Some(plan) = &faults {
+        if cells > 1 || args.shard.is_some() {
+            bail!("--faults replays one fleet: a fault plan names backends of one cell, so it does not go with `cells` > 1 or --shard");
+        }
         // Check the plan's targets before any replay starts.
         let policy = crate::policy::build(&policies[0].name, &policies[0].params, args.seed)?;
         Replay::new(pools.clone(), policy, ReplayConfig::default())
             .and_then(|r| r.with_faults(plan))
-            .map_err(|e| {
-                anyhow::anyhow!("{}: {e}", args.faults.as_ref().expect("set").display())
-            })?;
+            .map_err(|e| anyhow!("{}: {e}", args.faults.as_ref().expect("set").display()))?;
     }
     let cfg = ReplayConfig {
         admission: serve.admission,
@@ -155,34 +205,54 @@ pub fn run(args: Args) -> Result<()> {
         },
         ..ReplayConfig::default()
     };
-    let opts = ReadOptions {
-        on_error: if args.skip_bad_lines {
-            trace::OnError::Skip
-        } else {
-            trace::OnError::Fail
+    let source = match (Source::day(&args.day, cells)?, &args.trace) {
+        (Some(day), _) => day,
+        (None, Some(path)) => Source::File {
+            path: path.clone(),
+            format: args.format,
+            opts: ReadOptions {
+                on_error: if args.skip_bad_lines {
+                    trace::OnError::Skip
+                } else {
+                    trace::OnError::Fail
+                },
+                ..ReadOptions::default()
+            },
         },
-        ..ReadOptions::default()
+        (None, None) => bail!("--trace FILE or --day doubao is required"),
     };
     // Check the trace opens and its format is known before fanning out.
-    trace::open(&args.trace, args.format, opts)?;
+    source.check()?;
+    let owned: Vec<u32> = (0..cells).filter(|&c| shard.owns(c as usize)).collect();
 
     let started = Instant::now();
-    let results: Vec<Result<(PolicyReport, FaultSummary)>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(RunTotals, FaultSummary)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = policies
             .iter()
             .map(|p| {
-                let (pools, cfg, args, faults) = (pools.clone(), cfg.clone(), &args, &faults);
-                scope.spawn(move || -> Result<(PolicyReport, FaultSummary)> {
-                    let policy = crate::policy::build(&p.name, &p.params, args.seed)?;
-                    let mut replay = Replay::new(pools, policy, cfg).map_err(anyhow::Error::msg)?;
-                    if let Some(plan) = faults {
-                        replay = replay.with_faults(plan).map_err(anyhow::Error::msg)?;
+                let (pools, cfg, faults) = (&pools, &cfg, &faults);
+                let (source, owned, seed) = (&source, &owned, args.seed);
+                let rate_scale = args.rate_scale;
+                scope.spawn(move || -> Result<(RunTotals, FaultSummary)> {
+                    let mut acc: Option<(RunTotals, FaultSummary)> = None;
+                    // Cells one after another: each holds only its own requests in flight.
+                    for &cell in owned {
+                        let policy = crate::policy::build(&p.name, &p.params, seed)?;
+                        let mut replay = Replay::new(pools.clone(), policy, cfg.clone())
+                            .map_err(anyhow::Error::msg)?;
+                        if let Some(plan) = faults {
+                            replay = replay.with_faults(plan).map_err(anyhow::Error::msg)?;
+                        }
+                        let records = source.cell(cell, cells, rate_scale)?;
+                        let (totals, summary) = replay
+                            .run_totals(records)
+                            .with_context(|| format!("replaying {}", source.describe()))?;
+                        match &mut acc {
+                            None => acc = Some((totals, summary)),
+                            Some((a, _)) => a.merge(&totals).map_err(anyhow::Error::msg)?,
+                        }
                     }
-                    let reader = trace::open(&args.trace, args.format, opts)?;
-                    let records = reader.scale_rate(args.rate_scale);
-                    replay
-                        .run_with_faults(records)
-                        .with_context(|| format!("replaying {}", args.trace.display()))
+                    acc.ok_or_else(|| anyhow!("no cell to replay"))
                 })
             })
             .collect();
@@ -190,33 +260,35 @@ pub fn run(args: Args) -> Result<()> {
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a replay thread panicked")))
+                    .unwrap_or_else(|_| Err(anyhow!("a replay thread panicked")))
             })
             .collect()
     });
     let wall = started.elapsed().as_secs_f64();
-    let (policies, summaries): (Vec<PolicyReport>, Vec<FaultSummary>) = results
+    let (runs, summaries): (Vec<RunTotals>, Vec<FaultSummary>) = results
         .into_iter()
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
-    let simulated = policies
-        .iter()
-        .map(|p| p.simulated_seconds)
-        .fold(0.0, f64::max);
-    let report = Report {
-        source: "replay".into(),
-        trace: args.trace.display().to_string(),
+    let inputs = RunInputs {
+        trace: source.describe(),
         fleet: spec.name.clone(),
         seed: args.seed,
-        simulated_seconds: simulated,
-        wall_seconds: if args.reproducible {
-            0.0
-        } else {
-            (wall * 1000.0).round() / 1000.0
-        },
-        policies,
+        cells: cells_section(spec.cells, &pools),
+        cell_count: cells,
     };
+    let wall_seconds = if args.reproducible {
+        0.0
+    } else {
+        (wall * 1000.0).round() / 1000.0
+    };
+    if let (Some(path), Some(shard)) = (&args.partial_out, args.shard) {
+        let part = Partial::new(shard, inputs, owned, wall_seconds, runs);
+        part.write(path)?;
+        println!("{}", part.summary_line(path));
+        return Ok(());
+    }
+    let report = replay_shard::report(&inputs, &runs, wall_seconds);
     print!("{}", report.to_table());
     if faults.is_some() {
         for (p, s) in report.policies.iter().zip(&summaries) {
@@ -226,12 +298,21 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    if let Some(path) = &args.json {
+    write_outputs(&report, args.json.as_deref(), args.html.as_deref())
+}
+
+/// Writes the report's JSON and HTML where asked.
+pub(super) fn write_outputs(
+    report: &Report,
+    json: Option<&Path>,
+    html: Option<&Path>,
+) -> Result<()> {
+    if let Some(path) = json {
         std::fs::write(path, report.to_json() + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &args.html {
-        std::fs::write(path, html::render(&report))
+    if let Some(path) = html {
+        std::fs::write(path, html::render(report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -183,7 +183,7 @@ fn generate_day(a: GenArgs) -> Result<()> {
 const HOUR_NS: u64 = 3_600_000_000_000;
 
 /// `A-B` hours, `0 <= A < B`, as a ns window.
-fn parse_hours(s: &str) -> Result<std::ops::Range<u64>> {
+pub(super) fn parse_hours(s: &str) -> Result<std::ops::Range<u64>> {
     let bad = || anyhow::anyhow!("--hours must be A-B with 0 <= A < B (e.g. 0-1), got {s:?}");
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let a: f64 = a.trim().parse().map_err(|_| bad())?;

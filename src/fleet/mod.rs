@@ -15,6 +15,7 @@
 //! policy code runs on all of them.
 
 mod board;
+pub mod cells;
 mod links;
 mod membership;
 pub mod outlier;
@@ -25,6 +26,7 @@ pub mod upstream;
 mod view;
 
 pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
+pub use cells::{CellKey, CellSpec, FleetTotals, MAX_CELLS};
 pub use links::{
     check_roles, check_simulated_roles, Link, LinkSpec, LinkTable, DEFAULT_BANDWIDTH_GBPS,
     DEFAULT_LATENCY_US, DEFAULT_STAGING_GBPS,

@@ -6,6 +6,8 @@
 //! ```toml
 //! name = "demo"
 //! model = "llama-3-8b"          # default model for pools that do not name one
+//! cells = 1                     # identical cells of these pools (see `fleet::cells`)
+//! cell_key = "session"          # what traffic is split between cells by
 //!
 //! [policy]
 //! name = "predicted-latency"
@@ -35,6 +37,7 @@
 //! metrics = "vllm"               # default: the engine's dialect; "none": no scraping
 //! ```
 
+use super::cells::CellSpec;
 use super::links::{check_roles, LinkSpec, LinkTable};
 use super::membership::{PoolConfig, MAX_FLEET_BACKENDS, MAX_POOLS, MAX_POOL_BACKENDS};
 use super::upstream::{api_base, UpstreamSpec, METRICS_DIALECTS};
@@ -129,6 +132,9 @@ struct FleetFile {
     pools: BTreeMap<String, PoolSpec>,
     #[serde(default)]
     links: BTreeMap<String, LinkSpec>,
+    /// Identical cells the pools are deployed as (see `fleet::cells`).
+    cells: Option<i64>,
+    cell_key: Option<String>,
 }
 
 /// A parsed fleet file. Pools keep the order they are written in.
@@ -140,6 +146,9 @@ pub struct FleetSpec {
     pub pools: Vec<(String, PoolSpec)>,
     /// KV links between pools, by link name.
     pub links: Vec<(String, LinkSpec)>,
+    /// The pools are one cell of this many, traffic split by this key (`cells = 1`: the
+    /// pools are the whole fleet).
+    pub cells: CellSpec,
     /// File name for errors.
     pub file: String,
     /// Source text, kept so later (semantic) errors can point at a line.
@@ -190,6 +199,7 @@ impl FleetSpec {
     /// Parses a fleet file; `file` names it in errors.
     pub fn parse(src: &str, file: &str) -> Result<FleetSpec, ConfigError> {
         let raw: FleetFile = parse_toml(src, file)?;
+        let cells = CellSpec::from_file(file, src, raw.cells, raw.cell_key.as_deref())?;
         if raw.pools.is_empty() {
             return Err(ConfigError::at_field(
                 file,
@@ -220,6 +230,7 @@ impl FleetSpec {
             policy: raw.policy,
             pools,
             links: raw.links.into_iter().collect(),
+            cells,
             file: file.to_string(),
             source: src.to_string(),
         };
@@ -596,6 +607,44 @@ max_num_seqs = 32
         let err = FleetSpec::parse(&SMALL.replace("count = 2", "count = 0"), "t.toml").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("pools.zeta.count"));
         assert_eq!(err.line, Some(6), "{err}");
+    }
+
+    #[test]
+    fn cells_are_read_and_bad_ones_are_placed() {
+        assert_eq!(FleetSpec::parse(SMALL, "t.toml").unwrap().cells.count, 1);
+        let with = |extra: &str| {
+            FleetSpec::parse(
+                &SMALL.replace(
+                    "model = \"llama-3-8b\"\n",
+                    &format!("model = \"llama-3-8b\"\n{extra}"),
+                ),
+                "t.toml",
+            )
+        };
+        let spec = with("cells = 64\ncell_key = \"session\"\n").unwrap();
+        assert_eq!(spec.cells.count, 64);
+        for (extra, line, says) in [
+            (
+                "cells = 0\n",
+                3,
+                "field `cells`: 0: a fleet has at least 1 cell",
+            ),
+            (
+                "cells = 70000\n",
+                3,
+                "field `cells`: 70000 is above the limit",
+            ),
+            (
+                "cells = 2\ncell_key = \"user\"\n",
+                4,
+                "field `cell_key`: `user` needs user ids",
+            ),
+            ("cells = \"many\"\n", 3, "expected i64"),
+        ] {
+            let err = with(extra).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("t.toml:{line}")), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -360,6 +360,7 @@ impl Collector {
                 simulated_seconds: round3(seconds),
                 wall_seconds: round3(wall.as_secs_f64()),
                 policies: vec![policy],
+                cells: None,
             },
             load: LoadSummary {
                 target: cfg.target.clone(),

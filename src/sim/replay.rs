@@ -31,6 +31,7 @@ pub use stragglers::StragglerConfig;
 
 use super::faults::FaultAction;
 use super::report::{PolicyReport, Tally};
+use super::totals::RunTotals;
 use super::transfer::Transfers;
 use super::wake::WakeQueue;
 use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
@@ -40,7 +41,7 @@ use crate::policy::Policy;
 use crate::request::{check_request, Nanos, Request, RequestId, RequestLimits, Slo, NANOS_PER_SEC};
 use crate::trace::TraceRecord;
 use rustc_hash::FxHashMap;
-use timeline::Timeline;
+pub(crate) use timeline::Timeline;
 
 /// How a replay runs.
 #[derive(Clone, Debug)]
@@ -231,7 +232,23 @@ impl Replay {
     }
 
     /// [`Replay::run`], also returning what the fault plan did.
-    pub fn run_with_faults<E, I>(mut self, trace: I) -> Result<(PolicyReport, FaultSummary), E>
+    pub fn run_with_faults<E, I>(self, trace: I) -> Result<(PolicyReport, FaultSummary), E>
+    where
+        I: IntoIterator<Item = Result<TraceRecord, E>>,
+    {
+        self.drive(trace, Replay::finish)
+    }
+
+    /// Replays `trace` and returns the raw sums (to merge with other cells' before
+    /// reporting; see [`RunTotals`]) and what the fault plan did.
+    pub fn run_totals<E, I>(self, trace: I) -> Result<(RunTotals, FaultSummary), E>
+    where
+        I: IntoIterator<Item = Result<TraceRecord, E>>,
+    {
+        self.drive(trace, Replay::totals)
+    }
+
+    fn drive<E, I, T>(mut self, trace: I, end: fn(Replay) -> T) -> Result<(T, FaultSummary), E>
     where
         I: IntoIterator<Item = Result<TraceRecord, E>>,
     {
@@ -286,7 +303,7 @@ impl Replay {
             summary.ejected = s.ejected;
             summary.readmitted = s.readmitted;
         }
-        Ok((self.finish(), summary))
+        Ok((end(self), summary))
     }
 
     fn peek_wake(&mut self) -> Option<Nanos> {

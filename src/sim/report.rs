@@ -3,9 +3,11 @@
 //! cost and the domestic share of tokens. The JSON keys are a contract: `dujiang load`
 //! writes the same layout so `dujiang compare` can put the two side by side.
 
+use super::cells::CellsReport;
 use crate::request::{Nanos, Slo};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -26,9 +28,36 @@ pub const CDF_QUANTILES: [f64; 21] = [
     0.998, 0.999, 0.9999, 1.0,
 ];
 
-/// A latency distribution recorded in microseconds (3 significant digits).
-#[derive(Clone, Debug)]
+/// A latency distribution recorded in microseconds (3 significant digits). It serialises
+/// losslessly, as its recorded buckets: `[[value, count], …]` with each bucket's highest
+/// equivalent value, which records back into the same bucket, so counts, percentiles,
+/// mean, min and max all survive (a shard's partial report relies on it).
+#[derive(Clone, Debug, PartialEq)]
 pub struct LatencyHistogram(Histogram<u64>);
+
+impl Serialize for LatencyHistogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(None)?;
+        for v in self.0.iter_recorded() {
+            seq.serialize_element(&(v.value_iterated_to(), v.count_at_value()))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LatencyHistogram {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let buckets: Vec<(u64, u64)> = Vec::deserialize(d)?;
+        let mut h = LatencyHistogram::default();
+        for (value, count) in buckets {
+            h.0.record_n(value, count).map_err(|e| {
+                serde::de::Error::custom(format!("histogram bucket {value} × {count}: {e:?}"))
+            })?;
+        }
+        Ok(h)
+    }
+}
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
@@ -88,12 +117,15 @@ pub fn round3(x: f64) -> f64 {
     (x * 1_000.0).round() / 1_000.0
 }
 
-/// Everything counted for one pool, or for the whole fleet.
-#[derive(Clone, Debug, Default)]
+/// Everything counted for one pool, or for the whole fleet. Serialisable without loss
+/// (integers and [`LatencyHistogram`]s), and [`Tally::merge`] is exact, so tallies of cells
+/// replayed apart add up to the tally of all of them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
     pub requests: u64,
     pub completed: u64,
-    pub rejected: BTreeMap<&'static str, u64>,
+    /// By reason; the reasons are `&'static str`s while replaying, owned once read back.
+    pub rejected: BTreeMap<Cow<'static, str>, u64>,
     pub preempted: u64,
     pub ttft: LatencyHistogram,
     pub tpot: LatencyHistogram,
@@ -110,7 +142,7 @@ pub struct Tally {
 
 impl Tally {
     pub fn reject(&mut self, reason: &'static str) {
-        *self.rejected.entry(reason).or_default() += 1;
+        *self.rejected.entry(Cow::Borrowed(reason)).or_default() += 1;
     }
 
     /// Records a completed request; returns whether it met `slo`.
@@ -148,7 +180,7 @@ impl Tally {
         self.requests += other.requests;
         self.completed += other.completed;
         for (k, v) in &other.rejected {
-            *self.rejected.entry(k).or_default() += v;
+            *self.rejected.entry(k.clone()).or_default() += v;
         }
         self.preempted += other.preempted;
         self.ttft.merge(&other.ttft);
@@ -321,6 +353,10 @@ pub struct Report {
     pub simulated_seconds: f64,
     pub wall_seconds: f64,
     pub policies: Vec<PolicyReport>,
+    /// A fleet of identical cells (`cells` > 1 in its file): how the traffic was split
+    /// and the whole fleet's size; the figures above are over all cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cells: Option<CellsReport>,
 }
 
 impl Report {
@@ -336,6 +372,9 @@ impl Report {
             "{} of {} on fleet {}: {:.1} s simulated in {:.2} s wall",
             self.source, self.trace, self.fleet, self.simulated_seconds, self.wall_seconds
         );
+        if let Some(cells) = &self.cells {
+            s.push_str(&cells.to_text());
+        }
         let header = format!(
             "{:<22} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9} {:>7}",
             "policy / pool",
@@ -419,6 +458,23 @@ mod tests {
         assert!((p.p50 - 500.0).abs() <= 1.0, "{p:?}");
         assert!((p.p99 - 990.0).abs() <= 1.0, "{p:?}");
         assert!((p.max - 1000.0).abs() <= 1.0, "{p:?}");
+    }
+
+    #[test]
+    fn histograms_and_tallies_read_back_unchanged() {
+        let mut t = Tally::default();
+        for i in 0..5_000u64 {
+            // Microseconds to minutes, so buckets of many magnitudes are used.
+            t.ttft.record_ns(1_000 + i * i * 7_919);
+            t.e2e.record_ns(i * 123_456_789);
+        }
+        t.reject("queue_full");
+        t.requests = 5_001;
+        let back: Tally = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.ttft.percentiles(), t.ttft.percentiles());
+        assert_eq!(back.e2e.cdf_ms(), t.e2e.cdf_ms());
+        assert_eq!(back.stats(10.0, 1.0), t.stats(10.0, 1.0));
     }
 
     #[test]

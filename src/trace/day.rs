@@ -8,9 +8,10 @@
 //! Seekable by construction. Sessions are split into `buckets` (a power of two) by their
 //! key, and time into `slot_s` slots; the session starts of bucket `b` in slot `j` come
 //! from their own RNG stream keyed by `(seed, j, b)`, and the draws of turn `k` of a session
-//! from a stream keyed by `(seed, session key, k)`. So shard `I/N` (the buckets with
-//! `b % N == I`; when N divides `buckets` that is exactly `session key % N == I`) opens only
-//! its own streams, and a time window `[a, b)` starts at slot `(a − warm-up)` where the
+//! from a stream keyed by `(seed, session key, k)`. A session's key is built to hash into
+//! its bucket ([`super::cells`]: `cell_slot(key) == b`), so shard `I/N` (the buckets with
+//! `b % N == I`) is exactly cell `I` of a fleet of `N` cells (`cell_of(key, N) == I`), for
+//! any `N` up to `buckets`. It opens only its own streams, and a time window `[a, b)` starts at slot `(a − warm-up)` where the
 //! warm-up is the longest a session can last, `(max_turns − 1) × think_max_s`; turns before
 //! `a` are drawn but not emitted. The union of the shards (or of adjacent windows), merged
 //! by `(arrival, session, turn)`, is exactly the unsharded stream, which is itself in that
@@ -29,6 +30,7 @@
 //! - Session shape (turns, follow-up length, think time, context cap): `estimate`s, see
 //!   [`SessionShape::default`]. Hash ids use 512-token blocks, Mooncake's block size.
 
+use super::cells::{unmix53, CELL_SLOTS};
 use super::synth::{DiurnalProfile, LengthDist, LengthSampler};
 use super::{Shard, TraceRecord};
 use crate::request::{Nanos, Priority, NANOS_PER_SEC};
@@ -193,7 +195,6 @@ pub struct DayTrace {
     /// Sessions start before this (nothing later can land in the window).
     start_end_ns: Nanos,
     window: Range<Nanos>,
-    buckets_mask: u64,
     gens: Vec<BucketGen>,
     heap: BinaryHeap<Reverse<Pending>>,
     input: LengthSampler,
@@ -204,6 +205,8 @@ pub struct DayTrace {
     streams: u64,
     max_pending: usize,
     sessions_per_s: f64,
+    /// Mean tokens of a session (depends on the shape and lengths only, not the seed).
+    tokens_per_session: f64,
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -232,6 +235,27 @@ impl DayTrace {
     /// the profile repeats every 24 h, so windows past a day are allowed). Errors name the
     /// parameter at fault.
     pub fn new(cfg: &DayConfig, shard: Shard, window: Range<Nanos>) -> Result<DayTrace, String> {
+        DayTrace::build(cfg, shard, window, None)
+    }
+
+    /// Another shard or window of the day `self` is a part of (made from `cfg`), without
+    /// estimating its session rate again (a sample of 20,000 sessions): how a process
+    /// replaying many cells opens each.
+    pub fn sibling(
+        &self,
+        cfg: &DayConfig,
+        shard: Shard,
+        window: Range<Nanos>,
+    ) -> Result<DayTrace, String> {
+        DayTrace::build(cfg, shard, window, Some(self.tokens_per_session))
+    }
+
+    fn build(
+        cfg: &DayConfig,
+        shard: Shard,
+        window: Range<Nanos>,
+        tokens_per_session: Option<f64>,
+    ) -> Result<DayTrace, String> {
         if !(cfg.tokens_per_day.is_finite() && cfg.tokens_per_day > 0.0) {
             return Err(format!(
                 "tokens per day must be positive, got {}",
@@ -249,7 +273,7 @@ impl DayTrace {
         {
             return Err("diurnal hourly rates must all be positive".into());
         }
-        if !cfg.buckets.is_power_of_two() || cfg.buckets > 1 << 16 {
+        if !cfg.buckets.is_power_of_two() || cfg.buckets > CELL_SLOTS {
             return Err(format!(
                 "buckets must be a power of two up to 65536, got {}",
                 cfg.buckets
@@ -288,7 +312,6 @@ impl DayTrace {
             slot_ns: u64::from(cfg.slot_s) * NANOS_PER_SEC,
             start_end_ns: window.end,
             window: window.clone(),
-            buckets_mask: u64::from(cfg.buckets) - 1,
             gens: Vec::new(),
             heap: BinaryHeap::new(),
             input: cfg.input.sampler()?,
@@ -299,9 +322,13 @@ impl DayTrace {
             streams: 0,
             max_pending: 0,
             sessions_per_s: 0.0,
+            tokens_per_session: 0.0,
         };
-        day.sessions_per_s =
-            cfg.tokens_per_day * cfg.scale / SECS_PER_DAY / day.tokens_per_session();
+        day.tokens_per_session = match tokens_per_session {
+            Some(t) => t,
+            None => day.tokens_per_session(),
+        };
+        day.sessions_per_s = cfg.tokens_per_day * cfg.scale / SECS_PER_DAY / day.tokens_per_session;
         day.streams = 0;
         let bucket_peak_rate = day.sessions_per_s * day.peak_rel / f64::from(cfg.buckets);
         day.peak_gap_ns = NS_PER_SEC_F / bucket_peak_rate;
@@ -375,9 +402,10 @@ impl DayTrace {
             }
             g.last = Some(t);
             let h = mix(&[self.seed, SESSION_KEY, g.slot, g.bucket, g.idx]) & MASK53;
+            let slots = u64::from(CELL_SLOTS - 1);
             return Some(Pending {
                 t,
-                key: (h & !self.buckets_mask) | g.bucket,
+                key: unmix53((h & !slots) | g.bucket),
                 turn: 0,
                 context: 0,
                 turns: 0,

@@ -34,6 +34,7 @@
 //! to the previous arrival and counted in [`ReadCounts::out_of_order`]
 //! ([`OutOfOrder::Clamp`]); [`OutOfOrder::Reject`] makes it a line error instead.
 
+pub mod cells;
 pub mod day;
 mod error;
 mod format;
@@ -45,6 +46,7 @@ mod timestamp;
 pub mod transform;
 mod writer;
 
+pub use cells::{cell_filter, cell_of, partition_key};
 pub use day::{DayConfig, DayTrace, SessionShape};
 pub use error::{TraceError, TraceErrorKind};
 pub use format::Format;

@@ -5,25 +5,27 @@
 
 use crate::request::Nanos;
 use crate::sim::report::{round3, TimelineBucket};
+use serde::{Deserialize, Serialize};
 
-pub(super) struct Timeline {
-    pub(super) bucket_ns: Nanos,
-    pub(super) buckets: Vec<TimelineAcc>,
-    pub(super) max: usize,
-    pub(super) pools: usize,
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Timeline {
+    pub(crate) bucket_ns: Nanos,
+    pub(crate) buckets: Vec<TimelineAcc>,
+    pub(crate) max: usize,
+    pub(crate) pools: usize,
 }
 
-#[derive(Clone, Default)]
-pub(super) struct TimelineAcc {
-    pub(super) arrivals: u64,
-    pub(super) completed: u64,
-    pub(super) ttft_sum_ns: u128,
-    pub(super) e2e_sum_ns: u128,
-    pub(super) routed: Vec<u64>,
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TimelineAcc {
+    pub(crate) arrivals: u64,
+    pub(crate) completed: u64,
+    pub(crate) ttft_sum_ns: u128,
+    pub(crate) e2e_sum_ns: u128,
+    pub(crate) routed: Vec<u64>,
 }
 
 impl TimelineAcc {
-    pub(super) fn absorb(&mut self, o: &TimelineAcc) {
+    pub(crate) fn absorb(&mut self, o: &TimelineAcc) {
         self.arrivals += o.arrivals;
         self.completed += o.completed;
         self.ttft_sum_ns += o.ttft_sum_ns;
@@ -35,23 +37,10 @@ impl TimelineAcc {
 }
 
 impl Timeline {
-    pub(super) fn at(&mut self, t: Nanos) -> &mut TimelineAcc {
+    pub(crate) fn at(&mut self, t: Nanos) -> &mut TimelineAcc {
         let mut i = (t / self.bucket_ns) as usize;
         while i >= self.max {
-            // Halve the resolution: merge neighbours and double the width.
-            let merged: Vec<TimelineAcc> = self
-                .buckets
-                .chunks(2)
-                .map(|pair| {
-                    let mut acc = pair[0].clone();
-                    if let Some(b) = pair.get(1) {
-                        acc.absorb(b);
-                    }
-                    acc
-                })
-                .collect();
-            self.buckets = merged;
-            self.bucket_ns *= 2;
+            self.halve();
             i = (t / self.bucket_ns) as usize;
         }
         if self.buckets.len() <= i {
@@ -64,7 +53,65 @@ impl Timeline {
         &mut self.buckets[i]
     }
 
-    pub(super) fn report(&self) -> Vec<TimelineBucket> {
+    /// Halves the resolution: merges neighbours and doubles the width.
+    fn halve(&mut self) {
+        let merged: Vec<TimelineAcc> = self
+            .buckets
+            .chunks(2)
+            .map(|pair| {
+                let mut acc = pair[0].clone();
+                if let Some(b) = pair.get(1) {
+                    acc.absorb(b);
+                }
+                acc
+            })
+            .collect();
+        self.buckets = merged;
+        self.bucket_ns *= 2;
+    }
+
+    /// Adds another timeline of the same pools (another cell's), exactly: both are brought
+    /// to the wider of their widths (widths are the same start width doubled, so buckets
+    /// nest), added bucket by bucket, and halved again while over the bound. The result
+    /// depends only on the inputs taken together, not on the order they are merged in.
+    pub(crate) fn merge(&mut self, other: &Timeline) -> Result<(), String> {
+        if other.pools != self.pools || other.max != self.max {
+            return Err(format!(
+                "timelines of {} pools in at most {} buckets and of {} in {}",
+                self.pools, self.max, other.pools, other.max
+            ));
+        }
+        let mut other = other.clone();
+        while self.bucket_ns < other.bucket_ns {
+            self.halve();
+        }
+        while other.bucket_ns < self.bucket_ns {
+            other.halve();
+        }
+        if self.bucket_ns != other.bucket_ns {
+            return Err(format!(
+                "timeline widths {} and {} ns do not nest",
+                self.bucket_ns, other.bucket_ns
+            ));
+        }
+        if self.buckets.len() < other.buckets.len() {
+            let pools = self.pools;
+            self.buckets
+                .resize_with(other.buckets.len(), || TimelineAcc {
+                    routed: vec![0; pools],
+                    ..Default::default()
+                });
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            a.absorb(b);
+        }
+        while self.buckets.len() > self.max {
+            self.halve();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn report(&self) -> Vec<TimelineBucket> {
         self.buckets
             .iter()
             .enumerate()

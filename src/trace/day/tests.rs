@@ -37,8 +37,11 @@ fn cell_shards_union_is_the_day_and_each_opens_only_its_streams() {
         for i in 0..n {
             let (recs, s) = run(&cfg, Shard { index: i, count: n }, DAY);
             for r in &recs {
-                let bucket = r.session.unwrap() & u64::from(cfg.buckets - 1);
-                assert_eq!(bucket % u64::from(n), u64::from(i));
+                // The generator's shard is the fleet's cell, by the one partition rule.
+                let slot = crate::trace::cells::cell_slot(r.session.unwrap());
+                assert!(slot < cfg.buckets, "slot {slot}");
+                assert_eq!(slot % n, i);
+                assert_eq!(crate::trace::cell_of(r.session.unwrap(), n), i);
             }
             // A shard does about 1/N of the work, not the whole day's.
             assert!(
@@ -51,6 +54,23 @@ fn cell_shards_union_is_the_day_and_each_opens_only_its_streams() {
         assert_eq!(streams, whole_streams, "N = {n}");
         merged.sort_by_key(rank);
         assert_eq!(merged, whole, "N = {n}");
+    }
+}
+
+#[test]
+fn a_sibling_shard_is_the_shard_made_afresh() {
+    let cfg = small(9);
+    let whole = DayTrace::new(&cfg, Shard::WHOLE, DAY).unwrap();
+    for (shard, window) in [
+        (Shard { index: 1, count: 4 }, DAY),
+        (Shard { index: 2, count: 3 }, 5 * HOUR..7 * HOUR),
+    ] {
+        let fresh: Vec<_> = DayTrace::new(&cfg, shard, window.clone())
+            .unwrap()
+            .collect();
+        let sibling: Vec<_> = whole.sibling(&cfg, shard, window).unwrap().collect();
+        assert!(!fresh.is_empty());
+        assert_eq!(sibling, fresh);
     }
 }
 
@@ -89,9 +109,10 @@ fn volume_and_shape_follow_the_config() {
         by_hour[(r.arrival_ns / HOUR) as usize] += 1;
         n += 1;
     }
-    // Sessions cut at midnight lose a few late turns.
+    // Sessions cut at midnight lose a few late turns (about 2%), and ten thousand sessions
+    // of lognormal lengths spread a few percent more: seeds 1-6 gave 47.4M-50.0M tokens.
     let want = 50e12 * 1e-6;
-    assert!((tokens as f64 / want - 1.0).abs() < 0.05, "{tokens} tokens");
+    assert!((tokens as f64 / want - 1.0).abs() < 0.07, "{tokens} tokens");
     let peak = (0..24).max_by_key(|&h| by_hour[h]).unwrap();
     let trough = (0..24).min_by_key(|&h| by_hour[h]).unwrap();
     assert!((20..=22).contains(&peak), "peak {peak}: {by_hour:?}");

@@ -1,0 +1,152 @@
+//! Where `dujiang replay` gets its traffic, one cell at a time: a trace file (read whole and
+//! filtered to the cell by the partition hash) or a generated provider-scale day (only the
+//! cell's sessions generated, see `trace::day`). Either way a cell's records are exactly
+//! those `trace::cell_of` assigns to it, so the cells together are the whole traffic.
+
+use super::trace::{parse_hours, DayPreset};
+use crate::request::Nanos;
+use crate::trace::{
+    self, cell_filter, DayConfig, DayTrace, Format, ReadOptions, Shard, TraceExt, TraceRecord,
+};
+use anyhow::{bail, Result};
+use std::ops::Range;
+use std::path::PathBuf;
+
+/// `--day` and its parameters, as given on the command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DayArgs {
+    /// Replay a generated provider-scale day instead of a trace file, streamed and never
+    /// written (see `dujiang trace gen --day`); arrivals are shifted so the first hour of
+    /// --hours starts at 0.
+    #[arg(long, value_enum, conflicts_with = "trace")]
+    pub day: Option<DayPreset>,
+    /// With --day: tokens (prompt + output) of the full day [default: 5e13, Doubao Dec 2025].
+    #[arg(long, requires = "day")]
+    pub tokens_per_day: Option<f64>,
+    /// With --day: share of the day's sessions to generate [default: 1e-6].
+    #[arg(long, requires = "day")]
+    pub scale: Option<f64>,
+    /// With --day: hours of the day, A-B (fractions allowed) [default: 0-24]. Sessions
+    /// started before A are generated (a 55-minute warm-up) so later turns arrive as in
+    /// the whole day; the fleet starts empty at A.
+    #[arg(long, requires = "day")]
+    pub hours: Option<String>,
+    /// With --day: the generator's seed (the same seed gives the same day everywhere).
+    #[arg(long, requires = "day", default_value_t = 0)]
+    pub day_seed: u64,
+}
+
+/// A replay's traffic.
+pub enum Source {
+    File {
+        path: PathBuf,
+        format: Format,
+        opts: ReadOptions,
+    },
+    Day {
+        cfg: Box<DayConfig>,
+        window: Range<Nanos>,
+        tokens_per_day: f64,
+        hours: String,
+        /// The whole day, unread: each cell is opened as its sibling, so the session rate
+        /// is estimated once.
+        whole: Box<DayTrace>,
+    },
+}
+
+/// One cell's records, errors as `anyhow` so every source replays alike.
+pub type Records = Box<dyn Iterator<Item = Result<TraceRecord>> + Send>;
+
+impl Source {
+    /// `--day`, for a fleet of `cells` cells: the day needs at least as many buckets as
+    /// cells, so a fleet of more than 256 cells draws it in more buckets.
+    pub fn day(args: &DayArgs, cells: u32) -> Result<Option<Source>> {
+        if args.day.is_none() {
+            return Ok(None);
+        }
+        let tokens_per_day = args
+            .tokens_per_day
+            .unwrap_or(trace::day::DOUBAO_TOKENS_PER_DAY_DEC_2025);
+        if !(tokens_per_day.is_finite() && tokens_per_day > 0.0) {
+            bail!("--tokens-per-day must be positive, got {tokens_per_day}");
+        }
+        let scale = args.scale.unwrap_or(1e-6);
+        if !(scale.is_finite() && scale > 0.0) {
+            bail!("--scale must be positive, got {scale}");
+        }
+        let hours = args.hours.clone().unwrap_or_else(|| "0-24".into());
+        let window = parse_hours(&hours)?;
+        let mut cfg = DayConfig::doubao(tokens_per_day, scale, args.day_seed);
+        cfg.buckets = cfg.buckets.max(cells.next_power_of_two());
+        let whole =
+            DayTrace::new(&cfg, Shard::WHOLE, window.clone()).map_err(anyhow::Error::msg)?;
+        Ok(Some(Source::Day {
+            cfg: Box::new(cfg),
+            window,
+            tokens_per_day,
+            hours,
+            whole: Box::new(whole),
+        }))
+    }
+
+    /// What the report names as its trace.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File { path, .. } => path.display().to_string(),
+            Source::Day {
+                cfg,
+                tokens_per_day,
+                hours,
+                ..
+            } => format!(
+                "doubao day: {tokens_per_day:e} tokens/day x {:e}, hours {hours}, seed {}",
+                cfg.scale, cfg.seed
+            ),
+        }
+    }
+
+    /// Checks that the source opens, before any replay starts.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Source::File { path, format, opts } => {
+                trace::open(path, *format, *opts)?;
+            }
+            // Checked when made.
+            Source::Day { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The records of cell `cell` of `cells`, at `rate_scale` times their rate.
+    pub fn cell(&self, cell: u32, cells: u32, rate_scale: f64) -> Result<Records> {
+        match self {
+            Source::File { path, format, opts } => {
+                let reader = trace::open(path, *format, *opts)?;
+                let records = cell_filter(reader, cell, cells)
+                    .scale_rate(rate_scale)
+                    .map(|r| r.map_err(anyhow::Error::from));
+                Ok(Box::new(records))
+            }
+            Source::Day {
+                cfg, window, whole, ..
+            } => {
+                let shard = Shard {
+                    index: cell,
+                    count: cells,
+                };
+                let origin = window.start;
+                let day = whole
+                    .sibling(cfg, shard, window.clone())
+                    .map_err(anyhow::Error::msg)?;
+                let records = day
+                    .map(move |mut r| {
+                        r.arrival_ns -= origin;
+                        r
+                    })
+                    .scale_rate(rate_scale)
+                    .map(Ok);
+                Ok(Box::new(records))
+            }
+        }
+    }
+}

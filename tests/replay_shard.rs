@@ -1,0 +1,367 @@
+//! Fleets of cells and sharded replay, as a user runs them: a fleet file with `cells = N`
+//! replays each cell on its own slice of the traffic and reports the whole fleet; the same
+//! replay cut into 2, 3 or 4 processes (`--shard I/N --partial-out`) and added up by
+//! `dujiang replay merge` writes byte for byte the JSON of the single process; a file
+//! trace split by the partition hash and the generated day's own cells are the same cells;
+//! bad cells, shards and partials end with a clear message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TRACE: &str = "tests/data/azure-llm-2023-conv-head300.csv";
+
+fn dujiang(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dujiang"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("runs the binary")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = dujiang(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], says: &str) {
+    let out = dujiang(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(stderr.contains(says), "{args:?}: {stderr}");
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dujiang-replay-shard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A two-pool fleet cut into `cells` cells.
+fn fleet(name: &str, cells: u32) -> PathBuf {
+    let path = tmp(name);
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"cells\"\nmodel = \"llama-3-8b\"\ncells = {cells}\ncell_key = \"session\"\n\n\
+             [pools.h20]\nchip = \"h20\"\ncount = 1\n\n[pools.ascend]\nchip = \"ascend-910b\"\ncount = 1\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Replays `source` in one process and in `n` shards merged; returns both JSON texts.
+fn one_and_merged(source: &[&str], fleet: &Path, n: u32, tag: &str) -> (String, String) {
+    let one = tmp(&format!("{tag}-one.json"));
+    let mut args: Vec<&str> = vec!["replay"];
+    args.extend(source);
+    args.extend(["--fleet", s(fleet), "--reproducible"]);
+    let mut whole = args.clone();
+    whole.extend(["--json", s(&one)]);
+    ok(&whole);
+    let parts: Vec<PathBuf> = (0..n)
+        .map(|i| tmp(&format!("{tag}-part-{i}-of-{n}.json")))
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        let shard = format!("{i}/{n}");
+        let mut a = args.clone();
+        a.extend(["--shard", &shard, "--partial-out", s(part)]);
+        let out = ok(&a);
+        assert!(out.contains(&format!("shard {i}/{n}")), "{out}");
+    }
+    let merged = tmp(&format!("{tag}-merged-{n}.json"));
+    let mut m = vec!["replay", "merge", "--reproducible", "--json", s(&merged)];
+    // Any order.
+    m.extend(parts.iter().rev().map(|p| s(p)));
+    let out = ok(&m);
+    assert!(out.contains(&format!("merged {n} shard(s)")), "{out}");
+    (
+        std::fs::read_to_string(&one).unwrap(),
+        std::fs::read_to_string(&merged).unwrap(),
+    )
+}
+
+#[test]
+fn shards_of_a_trace_merge_to_the_single_process_report_byte_for_byte() {
+    let f = fleet("six.toml", 6);
+    let source = [
+        "--trace",
+        TRACE,
+        "--rate-scale",
+        "6",
+        "--policy",
+        "least-work",
+        "--policy",
+        "predicted-latency",
+    ];
+    let mut first = None;
+    // 2 and 3 divide the 6 cells; 4 does not (shards of 2, 2, 1 and 1 cells): all exact.
+    for n in [2, 3, 4] {
+        let (one, merged) = one_and_merged(&source, &f, n, "trace");
+        assert_eq!(one, merged, "{n} shards");
+        first.get_or_insert(one);
+    }
+    let v: serde_json::Value = serde_json::from_str(first.as_ref().unwrap()).unwrap();
+    // The whole fleet is 6 cells of one H20 and one 910B, all 300 requests served.
+    assert_eq!(v["cells"]["count"], 6);
+    assert_eq!(v["cells"]["key"], "session");
+    assert!(v["cells"]["assumption"]
+        .as_str()
+        .unwrap()
+        .contains("never crosses cells"));
+    assert_eq!(v["cells"]["fleet"]["backends"], 12);
+    assert_eq!(v["cells"]["fleet"]["chips"]["h20"], 6);
+    assert_eq!(v["cells"]["cell"]["chips"]["ascend-910b"], 1);
+    let cell_cost = v["cells"]["cell"]["cost_per_hour_usd"].as_f64().unwrap();
+    let fleet_cost = v["cells"]["fleet"]["cost_per_hour_usd"].as_f64().unwrap();
+    assert!(
+        (fleet_cost - 6.0 * cell_cost).abs() < 1e-6,
+        "{fleet_cost} vs {cell_cost}"
+    );
+    assert_eq!(
+        v["cells"]["cell"]["domestic_spend_share"],
+        v["cells"]["fleet"]["domestic_spend_share"]
+    );
+    for p in v["policies"].as_array().unwrap() {
+        assert_eq!(p["requests"], 300, "{p}");
+        assert_eq!(p["completed"], 300);
+        let backends: u64 = p["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pool| pool["backends"].as_u64().unwrap())
+            .sum();
+        assert_eq!(backends, 12);
+        let routed: u64 = p["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["arrivals"].as_u64().unwrap())
+            .sum();
+        assert_eq!(routed, 300);
+    }
+}
+
+#[test]
+fn a_generated_day_shards_exactly_and_its_cells_are_the_hash_cells_of_its_file() {
+    let f = fleet("four.toml", 4);
+    let day = [
+        "--day",
+        "doubao",
+        "--scale",
+        "2e-7",
+        "--hours",
+        "0-1",
+        "--day-seed",
+        "5",
+    ];
+    let (one, merged) = one_and_merged(&day, &f, 2, "day");
+    assert_eq!(one, merged);
+    let v: serde_json::Value = serde_json::from_str(&one).unwrap();
+    let requests = v["policies"][0]["requests"].as_u64().unwrap();
+    assert!(requests > 50, "{requests} requests");
+    assert!(
+        v["trace"].as_str().unwrap().starts_with("doubao day"),
+        "{}",
+        v["trace"]
+    );
+
+    // The same hour written to a file and replayed on the same cells: the file is split by
+    // the partition hash, the generator made each cell alone; the reports agree.
+    let file = tmp("day-h0.jsonl");
+    ok(&[
+        "trace",
+        "gen",
+        "--day",
+        "doubao",
+        "--scale",
+        "2e-7",
+        "--hours",
+        "0-1",
+        "--seed",
+        "5",
+        "--out",
+        s(&file),
+    ]);
+    let from_file = tmp("day-h0-file.json");
+    ok(&[
+        "replay",
+        "--trace",
+        s(&file),
+        "--fleet",
+        s(&f),
+        "--reproducible",
+        "--json",
+        s(&from_file),
+    ]);
+    let mut w = json(&from_file);
+    w["trace"] = v["trace"].clone();
+    assert_eq!(w, v);
+
+    // One cell alone is the traffic of that cell only: the shard's partial counts exactly
+    // the file's records whose session hashes into cell 1 of 4.
+    let part = tmp("day-cell1.json");
+    ok(&[
+        "replay",
+        "--trace",
+        s(&file),
+        "--fleet",
+        s(&f),
+        "--shard",
+        "1/4",
+        "--partial-out",
+        s(&part),
+    ]);
+    let p = json(&part);
+    assert_eq!(p["cells"], serde_json::json!([1]));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let in_cell = text
+        .lines()
+        .filter(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            dujiang::trace::cell_of(r["session"].as_u64().unwrap(), 4) == 1
+        })
+        .count() as u64;
+    assert_eq!(p["runs"][0]["requests"].as_u64().unwrap(), in_cell);
+    assert!(in_cell > 0 && in_cell < requests);
+}
+
+#[test]
+fn bad_cells_shards_and_partials_are_refused_clearly() {
+    let f = fleet("two.toml", 2);
+    let bad = tmp("bad-cells.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("cells = 2", "cells = 0"),
+    )
+    .unwrap();
+    fails(
+        &["replay", "--trace", TRACE, "--fleet", s(&bad)],
+        &format!(
+            "{}:3:1: field `cells`: 0: a fleet has at least 1 cell",
+            s(&bad)
+        ),
+    );
+    let user = tmp("user-cells.toml");
+    std::fs::write(
+        &user,
+        std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("\"session\"", "\"user\""),
+    )
+    .unwrap();
+    fails(
+        &["replay", "--trace", TRACE, "--fleet", s(&user)],
+        &format!("{}:4:1: field `cell_key`", s(&user)),
+    );
+    fails(
+        &[
+            "replay",
+            "--trace",
+            TRACE,
+            "--fleet",
+            s(&f),
+            "--shard",
+            "0/4",
+            "--partial-out",
+            s(&tmp("x.json")),
+        ],
+        "the fleet has 2 cell(s)",
+    );
+    fails(
+        &[
+            "replay",
+            "--trace",
+            TRACE,
+            "--shard",
+            "2/2",
+            "--partial-out",
+            "x.json",
+        ],
+        "bad shard `2/2`",
+    );
+    fails(
+        &["replay", "--trace", TRACE, "--shard", "0/1"],
+        "--partial-out",
+    );
+    fails(
+        &[
+            "replay",
+            "--trace",
+            TRACE,
+            "--fleet",
+            s(&f),
+            "--faults",
+            "tests/data/faults-h20-at-peak.toml",
+        ],
+        "does not go with `cells` > 1",
+    );
+
+    let (p0, p1) = (tmp("m-0.json"), tmp("m-1.json"));
+    ok(&[
+        "replay",
+        "--trace",
+        TRACE,
+        "--fleet",
+        s(&f),
+        "--shard",
+        "0/2",
+        "--partial-out",
+        s(&p0),
+    ]);
+    ok(&[
+        "replay",
+        "--trace",
+        TRACE,
+        "--fleet",
+        s(&f),
+        "--shard",
+        "1/2",
+        "--partial-out",
+        s(&p1),
+    ]);
+    fails(&["replay", "merge", s(&p0)], "shard 1/2 is missing");
+    fails(
+        &["replay", "merge", s(&p0), s(&p0)],
+        "shard 0/2 given twice",
+    );
+    let other = tmp("m-other.json");
+    ok(&[
+        "replay",
+        "--trace",
+        TRACE,
+        "--fleet",
+        s(&f),
+        "--seed",
+        "9",
+        "--shard",
+        "1/2",
+        "--partial-out",
+        s(&other),
+    ]);
+    fails(&["replay", "merge", s(&p0), s(&other)], "other inputs");
+    let garbage = tmp("m-garbage.json");
+    std::fs::write(&garbage, "{\"kind\": 3}").unwrap();
+    fails(
+        &["replay", "merge", s(&garbage)],
+        "not a `dujiang replay --shard` partial report",
+    );
+    ok(&["replay", "merge", s(&p1), s(&p0)]);
+}
