@@ -271,3 +271,86 @@ async fn dockerfile_healthcheck_command_works() {
     d.shutdown();
     d.wait().await.unwrap();
 }
+
+/// The shell command a Job's container runs, with line continuations joined.
+fn job_script(yaml: &str) -> String {
+    yaml.replace("\\\n", " ")
+}
+
+/// The replay Job runs the CLI as documented: its arguments (replay.args plus each pod's
+/// shard flags, and the merge's) parse as `dujiang replay`, the fleet it mounts resolves
+/// and has enough cells for the shards, and the two Jobs agree on SHARDS.
+#[test]
+fn replay_job_args_parse_and_its_shards_fit_the_fleet() {
+    use clap::Parser;
+    use dujiang::cli::{Cli, Command};
+    let dir = "deploy/k8s/replay-job";
+    let shard_job = read(&format!("{dir}/shard-job.yaml"));
+    let merge_job = read(&format!("{dir}/merge-job.yaml"));
+    let completions = yaml_number(&shard_job, "completions");
+    let parallelism = yaml_number(&shard_job, "parallelism");
+    assert_eq!(completions.len(), 1);
+    assert_eq!(parallelism, completions);
+    let shards = completions[0];
+    for (file, yaml) in [("shard-job", &shard_job), ("merge-job", &merge_job)] {
+        assert!(
+            yaml.contains(&format!(
+                "- name: SHARDS\n              value: \"{shards}\""
+            )),
+            "{file}.yaml: SHARDS must equal completions ({shards})"
+        );
+    }
+    let args_text = read(&format!("{dir}/replay.args"));
+    let args: Vec<&str> = args_text.split_whitespace().collect();
+    // The ConfigMap mounts at /etc/dujiang-replay; the args name the fleet there.
+    let fleet_at = args.iter().position(|a| *a == "--fleet").expect("--fleet");
+    assert_eq!(args[fleet_at + 1], "/etc/dujiang-replay/fleet.toml");
+    let fleet_file = format!("{dir}/fleet.toml");
+    let spec = dujiang::fleet::FleetSpec::parse(&read(&fleet_file), &fleet_file)
+        .unwrap_or_else(|e| panic!("{e}"));
+    spec.resolve(&dujiang::profile::Catalogue::embedded())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cells = u64::from(spec.cells.count);
+    assert!(
+        cells >= shards && cells % shards == 0,
+        "{cells} cells over {shards} shards: every pod should replay as many cells"
+    );
+
+    let script = job_script(&shard_job);
+    assert!(
+        script.contains("dujiang replay $(cat /etc/dujiang-replay/replay.args)"),
+        "shard-job.yaml runs replay.args"
+    );
+    for flag in [
+        "--shard \"${JOB_COMPLETION_INDEX}/${SHARDS}\"",
+        "--partial-out \"/data/results/part-${JOB_COMPLETION_INDEX}.json\"",
+    ] {
+        assert!(script.contains(flag), "shard-job.yaml: {flag}");
+    }
+    // What the last pod runs, as the shell expands it.
+    let last = format!("{}/{shards}", shards - 1);
+    let part = format!("/data/results/part-{}.json", shards - 1);
+    let mut argv = vec!["dujiang", "replay"];
+    argv.extend(&args);
+    argv.extend(["--shard", &last, "--partial-out", &part]);
+    let cli = Cli::try_parse_from(argv.clone()).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(matches!(cli.command, Command::Replay(_)));
+
+    let merge = job_script(&merge_job);
+    assert!(merge.contains("dujiang replay merge /data/results/part-*.json"));
+    let merge_argv = [
+        "dujiang",
+        "replay",
+        "merge",
+        "/data/results/part-0.json",
+        "/data/results/part-1.json",
+        "--json",
+        "/data/results/report.json",
+        "--html",
+        "/data/results/report.html",
+    ];
+    for flag in &merge_argv[5..] {
+        assert!(merge.contains(flag), "merge-job.yaml: {flag}");
+    }
+    Cli::try_parse_from(merge_argv).unwrap_or_else(|e| panic!("{e}"));
+}

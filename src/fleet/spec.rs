@@ -623,6 +623,19 @@ max_num_seqs = 32
         };
         let spec = with("cells = 64\ncell_key = \"session\"\n").unwrap();
         assert_eq!(spec.cells.count, 64);
+        // The shipped cellular fleet is doubao-2025's pools, four times.
+        let cells = FleetSpec::parse(
+            include_str!("../../config/fleets/doubao-2025-cells.toml"),
+            "doubao-2025-cells.toml",
+        )
+        .unwrap();
+        let one = FleetSpec::parse(
+            include_str!("../../config/fleets/doubao-2025.toml"),
+            "doubao-2025.toml",
+        )
+        .unwrap();
+        assert_eq!(cells.cells.count, 4);
+        assert_eq!((&cells.pools, &cells.policy), (&one.pools, &one.policy));
         for (extra, line, says) in [
             (
                 "cells = 0\n",
