@@ -115,6 +115,23 @@ async fn a_long_prompt_is_prefilled_on_one_chip_and_decoded_on_another() {
         ),
         Some(2.0)
     );
+    // The new series keep the exposition valid (CI installs promtool, as serve_metrics
+    // requires).
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool on PATH (Debian's prometheus package)");
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.shutdown();
     d.wait().await.unwrap();
 }
