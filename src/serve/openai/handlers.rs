@@ -13,6 +13,7 @@ use super::request::{self, Endpoint};
 use super::sse::{EventStream, Framer};
 use crate::admission::RejectReason;
 use crate::metrics::Frontend;
+use crate::serve::backend::BackendHandle;
 use crate::serve::daemon::Daemon;
 use crate::serve::stream::RequestStream;
 use crate::serve::MAX_REQUEST_BYTES;
@@ -165,29 +166,83 @@ static X_DECODE_POOL: HeaderName = HeaderName::from_static("x-dujiang-decode-poo
 static X_DECODE_CHIP: HeaderName = HeaderName::from_static("x-dujiang-decode-chip");
 
 /// Where the request runs, for clients that report per pool (the load generator does).
-/// This runs on every request: the names are parsed once (statics), the map is the one
-/// the response is sent with, and the queue time is formatted without float formatting.
+/// This runs on every request: the names are parsed once (statics), a backend's values
+/// are made once ([`backend_values`]), the map is the one the response is sent with, and
+/// the queue time is formatted without float formatting.
 fn placement(stream: &RequestStream, queue_seconds: f64, h: &mut HeaderMap) {
-    let b = stream.backend();
-    let mut put = |name: &HeaderName, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
+    if let Ok(v) = HeaderValue::from_str(stream.client_id()) {
+        h.insert(X_REQUEST_ID.clone(), v);
+    }
+    let [backend, pool, chip] = backend_values(stream.backend());
+    for (name, v) in [(&X_BACKEND, backend), (&X_POOL, pool), (&X_CHIP, chip)] {
+        if let Some(v) = v {
             h.insert(name.clone(), v);
         }
-    };
-    put(&X_REQUEST_ID, stream.client_id());
-    put(&X_BACKEND, &b.name);
-    put(&X_POOL, &b.pool);
-    put(&X_CHIP, &b.chip);
+    }
     // Prefill/decode fleets: the backend continuing after `x-dujiang-backend` prefilled.
     if let Some(d) = stream.decode_backend() {
-        put(&X_DECODE_BACKEND, &d.name);
-        put(&X_DECODE_POOL, &d.pool);
-        put(&X_DECODE_CHIP, &d.chip);
+        let [backend, pool, chip] = backend_values(d);
+        let names = [&X_DECODE_BACKEND, &X_DECODE_POOL, &X_DECODE_CHIP];
+        for (name, v) in names.into_iter().zip([backend, pool, chip]) {
+            if let Some(v) = v {
+                h.insert(name.clone(), v);
+            }
+        }
     }
-    // Whole microseconds: what `{:.3}` of the milliseconds prints, without float
-    // formatting.
-    let us = (queue_seconds * 1e6).round() as u64;
-    put(&X_QUEUE_MS, &format!("{}.{:03}", us / 1000, us % 1000));
+    h.insert(X_QUEUE_MS.clone(), queue_ms(queue_seconds));
+}
+
+/// Seconds as milliseconds with three decimals, what `{:.3}` of the milliseconds prints
+/// (whole microseconds), without float formatting.
+fn queue_ms(seconds: f64) -> HeaderValue {
+    let us = (seconds * 1e6).round() as u64;
+    let mut buf = [0u8; 32];
+    let mut at = buf.len();
+    let mut push = |d: u8| {
+        at -= 1;
+        buf[at] = d;
+    };
+    let mut frac = us % 1000;
+    for _ in 0..3 {
+        push(b'0' + (frac % 10) as u8);
+        frac /= 10;
+    }
+    push(b'.');
+    let mut ms = us / 1000;
+    loop {
+        push(b'0' + (ms % 10) as u8);
+        ms /= 10;
+        if ms == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[at..]).expect("digits and a point")
+}
+
+/// How many backends' header values a worker thread keeps.
+const BACKEND_VALUES_KEPT: usize = 64;
+
+thread_local! {
+    /// Recent backends' `x-dujiang-backend`, `-pool` and `-chip` values, by the backend's
+    /// name (the `Arc` itself: kept here, so its address names that backend alone).
+    static BACKEND_VALUES: std::cell::RefCell<Vec<(Arc<str>, [Option<HeaderValue>; 3])>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A backend's name, pool and chip as header values (`None`: not valid in a header),
+/// made once per backend and worker thread rather than checked and copied per request.
+fn backend_values(b: &BackendHandle) -> [Option<HeaderValue>; 3] {
+    BACKEND_VALUES.with_borrow_mut(|kept| {
+        if let Some((_, v)) = kept.iter().find(|(name, _)| Arc::ptr_eq(name, &b.name)) {
+            return v.clone();
+        }
+        let v = [&b.name, &b.pool, &b.chip].map(|s| HeaderValue::from_str(s).ok());
+        if kept.len() >= BACKEND_VALUES_KEPT {
+            kept.remove(0);
+        }
+        kept.push((b.name.clone(), v.clone()));
+        v
+    })
 }
 
 /// `GET /v1/models`: the models the fleet's pools serve.
@@ -232,5 +287,17 @@ pub async fn health(State(d): State<Arc<Daemon>>) -> Response {
             "the daemon is not serving (starting or draining)".into(),
         ))
         .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_ms_prints_as_float_formatting_does() {
+        for s in [0.0, 0.000_000_4, 0.000_001, 0.0123456, 1.5, 12.000_999_6, 3_600.25] {
+            assert_eq!(queue_ms(s), format!("{:.3}", s * 1e3), "{s}");
+        }
     }
 }

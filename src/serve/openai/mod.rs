@@ -12,6 +12,7 @@
 
 mod error;
 mod handlers;
+mod json;
 mod prompt;
 mod request;
 mod sse;

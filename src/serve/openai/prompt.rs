@@ -30,7 +30,7 @@ pub struct Shape {
 }
 
 /// A chat's messages as (role, content).
-pub fn chat(messages: &[(String, String)]) -> Shape {
+pub fn chat<'m>(messages: impl IntoIterator<Item = (&'m str, &'m str)>) -> Shape {
     let mut h = Blocks::default();
     let mut start = 0u64;
     for (role, content) in messages {
@@ -72,17 +72,32 @@ pub fn token_ids(ids: &[u64]) -> Shape {
 
 /// Feeds `content`'s characters at their token positions from `start`; returns its
 /// length, [`estimate_tokens`](crate::tokens::estimate_tokens) of it (the same rates, counted in the same pass).
+/// A run of ASCII characters within one block is fed at once (the hash absorbs bytes one
+/// by one either way, so the hashes are those of feeding each character).
 fn content_at(h: &mut Blocks, start: u64, content: &str) -> u64 {
+    let bytes = content.as_bytes();
+    let block = u64::from(PREFIX_BLOCK_TOKENS);
     let mut quarters = 0u64;
-    let mut buf = [0u8; 4];
-    for c in content.chars() {
+    let mut i = 0;
+    while i < bytes.len() {
         let at = start + quarters / 4;
-        if c.is_ascii() {
-            h.feed(at, &[c as u8]);
-            quarters += 1;
+        if bytes[i].is_ascii() {
+            // Quarter tokens left before the next block starts.
+            let room = ((at / block + 1) * block - start) * 4 - quarters;
+            let limit = bytes.len().min(i.saturating_add(room as usize));
+            let end = bytes[i..limit]
+                .iter()
+                .position(|b| !b.is_ascii())
+                .map_or(limit, |n| i + n);
+            h.feed(at, &bytes[i..end]);
+            quarters += (end - i) as u64;
+            i = end;
         } else {
-            h.feed(at, c.encode_utf8(&mut buf).as_bytes());
+            let c = content[i..].chars().next().expect("a char starts here");
+            let n = c.len_utf8();
+            h.feed(at, &bytes[i..i + n]);
             quarters += if is_cjk(c) { 4 } else { 2 };
+            i += n;
         }
     }
     quarters.div_ceil(4).max(1)
@@ -163,6 +178,10 @@ mod tests {
     use crate::request::{check_request, RequestLimits};
     use crate::tokens::{estimate_chat_tokens, estimate_tokens};
 
+    fn chat_of(m: &[(String, String)]) -> Shape {
+        chat(m.iter().map(|(r, c)| (r.as_str(), c.as_str())))
+    }
+
     fn msgs(turns: &[(&str, &str)]) -> Vec<(String, String)> {
         turns
             .iter()
@@ -182,8 +201,8 @@ mod tests {
             ("assistant", &answer),
             ("user", "And in the dry season?"),
         ]);
-        let a = chat(&first);
-        let b = chat(&second);
+        let a = chat_of(&first);
+        let b = chat_of(&second);
         let full = (a.tokens / u64::from(PREFIX_BLOCK_TOKENS)) as usize;
         assert!(full >= 3, "{a:?}");
         assert_eq!(a.prefix_hashes[..full], b.prefix_hashes[..full]);
@@ -195,8 +214,8 @@ mod tests {
     #[test]
     fn different_text_or_roles_hash_differently() {
         let long = "x".repeat(4000);
-        let a = chat(&msgs(&[("user", &long)]));
-        let b = chat(&msgs(&[("system", &long)]));
+        let a = chat_of(&msgs(&[("user", &long)]));
+        let b = chat_of(&msgs(&[("system", &long)]));
         assert_ne!(a.prefix_hashes[0], b.prefix_hashes[0]);
         let c = text(&format!("y{}", &long[1..]));
         let d = text(&long);
@@ -211,7 +230,7 @@ mod tests {
         assert_eq!(text(t).tokens, estimate_tokens(t));
         let m = msgs(&[("system", "Be brief."), ("user", t)]);
         assert_eq!(
-            chat(&m).tokens,
+            chat_of(&m).tokens,
             estimate_tokens("Be brief.") + estimate_tokens(t) + 2 * CHAT_TOKENS_PER_MESSAGE
         );
         assert_eq!(token_ids(&[1, 2, 3]).tokens, 3);
@@ -228,10 +247,43 @@ mod tests {
             assert_eq!(text(t).tokens, estimate_tokens(t), "{t}");
             let m = msgs(&[("user", t), ("assistant", "ok")]);
             assert_eq!(
-                chat(&m).tokens,
+                chat_of(&m).tokens,
                 estimate_chat_tokens(m.iter().map(|(_, c)| c.as_str())),
                 "{t}"
             );
+        }
+    }
+
+    /// Character by character, as the hashes are defined (the module's doc).
+    fn content_by_char(h: &mut Blocks, start: u64, content: &str) -> u64 {
+        let mut quarters = 0u64;
+        let mut buf = [0u8; 4];
+        for c in content.chars() {
+            h.feed(start + quarters / 4, c.encode_utf8(&mut buf).as_bytes());
+            quarters += if c.is_ascii() {
+                1
+            } else if is_cjk(c) {
+                4
+            } else {
+                2
+            };
+        }
+        quarters.div_ceil(4).max(1)
+    }
+
+    #[test]
+    fn ascii_runs_hash_as_their_characters_do() {
+        // Runs that cross block edges at every offset, between CJK and other characters.
+        for lead in [0usize, 1, 3, 2047, 2049] {
+            for t in ["a".repeat(5000), "ab字".repeat(900), "é".repeat(1100) + "x"] {
+                let text = format!("{}{t}字{}", "q".repeat(lead), "z".repeat(lead));
+                for start in [0u64, 3, 511] {
+                    let (mut fast, mut slow) = (Blocks::default(), Blocks::default());
+                    let n = content_at(&mut fast, start, &text);
+                    assert_eq!(n, content_by_char(&mut slow, start, &text));
+                    assert_eq!(fast.finish(), slow.finish(), "lead {lead} start {start}");
+                }
+            }
         }
     }
 
@@ -247,7 +299,7 @@ mod tests {
             for unit in ["a", "字", "é"] {
                 let s = text(&unit.repeat(n));
                 check_request(s.tokens, 1, &s.prefix_hashes, "", limits).unwrap();
-                let c = chat(&msgs(&[("user", &unit.repeat(n)), ("assistant", "ok")]));
+                let c = chat_of(&msgs(&[("user", &unit.repeat(n)), ("assistant", "ok")]));
                 check_request(c.tokens, 1, &c.prefix_hashes, "", limits).unwrap();
             }
             let ids: Vec<u64> = (0..n as u64).map(|i| i % 7).collect();

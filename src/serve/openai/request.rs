@@ -19,6 +19,8 @@ use crate::request::PREFIX_BLOCK_TOKENS;
 use crate::serve::upstream::PROMPT_IDS;
 use crate::wire;
 use axum::http::HeaderMap;
+use super::json::Val;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -68,6 +70,145 @@ pub const SAMPLING_FIELDS: [&str; 16] = [
     "response_format",
 ];
 
+/// A request body's fields that anything reads, each as it came (JSON `null` reads as
+/// absent); any other field is skipped unread, as vLLM ignores unknown fields.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Body<'a> {
+    #[serde(borrow)]
+    model: Option<Val<'a>>,
+    #[serde(borrow)]
+    messages: Option<Val<'a>>,
+    #[serde(borrow)]
+    prompt: Option<Val<'a>>,
+    #[serde(borrow)]
+    max_tokens: Option<Val<'a>>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<Val<'a>>,
+    #[serde(borrow)]
+    stream: Option<Val<'a>>,
+    #[serde(borrow)]
+    stream_options: Option<Val<'a>>,
+    #[serde(borrow)]
+    n: Option<Val<'a>>,
+    #[serde(borrow)]
+    tools: Option<Val<'a>>,
+    #[serde(borrow)]
+    functions: Option<Val<'a>>,
+    #[serde(borrow)]
+    tool_choice: Option<Val<'a>>,
+    #[serde(borrow)]
+    function_call: Option<Val<'a>>,
+    #[serde(borrow)]
+    prefix_hashes: Option<Val<'a>>,
+    #[serde(borrow)]
+    priority: Option<Val<'a>>,
+    #[serde(borrow)]
+    slo: Option<Val<'a>>,
+    #[serde(borrow)]
+    request_id: Option<Val<'a>>,
+    /// [`SAMPLING_FIELDS`], in that order.
+    #[serde(borrow)]
+    temperature: Option<Val<'a>>,
+    #[serde(borrow)]
+    top_p: Option<Val<'a>>,
+    #[serde(borrow)]
+    top_k: Option<Val<'a>>,
+    #[serde(borrow)]
+    min_p: Option<Val<'a>>,
+    #[serde(borrow)]
+    stop: Option<Val<'a>>,
+    #[serde(borrow)]
+    stop_token_ids: Option<Val<'a>>,
+    #[serde(borrow)]
+    seed: Option<Val<'a>>,
+    #[serde(borrow)]
+    ignore_eos: Option<Val<'a>>,
+    #[serde(borrow)]
+    min_tokens: Option<Val<'a>>,
+    #[serde(borrow)]
+    presence_penalty: Option<Val<'a>>,
+    #[serde(borrow)]
+    frequency_penalty: Option<Val<'a>>,
+    #[serde(borrow)]
+    repetition_penalty: Option<Val<'a>>,
+    #[serde(borrow)]
+    logit_bias: Option<Val<'a>>,
+    #[serde(borrow)]
+    skip_special_tokens: Option<Val<'a>>,
+    #[serde(borrow)]
+    user: Option<Val<'a>>,
+    #[serde(borrow)]
+    response_format: Option<Val<'a>>,
+}
+
+/// Field lookup by name, for a body and for the objects nested in it.
+trait Fields {
+    fn get(&self, field: &str) -> Option<&Val<'_>>;
+}
+
+impl Fields for Body<'_> {
+    fn get(&self, field: &str) -> Option<&Val<'_>> {
+        match field {
+            "model" => &self.model,
+            "messages" => &self.messages,
+            "prompt" => &self.prompt,
+            "max_tokens" => &self.max_tokens,
+            "max_completion_tokens" => &self.max_completion_tokens,
+            "stream" => &self.stream,
+            "stream_options" => &self.stream_options,
+            "n" => &self.n,
+            "tools" => &self.tools,
+            "functions" => &self.functions,
+            "tool_choice" => &self.tool_choice,
+            "function_call" => &self.function_call,
+            "prefix_hashes" => &self.prefix_hashes,
+            "priority" => &self.priority,
+            "slo" => &self.slo,
+            "request_id" => &self.request_id,
+            "temperature" => &self.temperature,
+            "top_p" => &self.top_p,
+            "top_k" => &self.top_k,
+            "min_p" => &self.min_p,
+            "stop" => &self.stop,
+            "stop_token_ids" => &self.stop_token_ids,
+            "seed" => &self.seed,
+            "ignore_eos" => &self.ignore_eos,
+            "min_tokens" => &self.min_tokens,
+            "presence_penalty" => &self.presence_penalty,
+            "frequency_penalty" => &self.frequency_penalty,
+            "repetition_penalty" => &self.repetition_penalty,
+            "logit_bias" => &self.logit_bias,
+            "skip_special_tokens" => &self.skip_special_tokens,
+            "user" => &self.user,
+            "response_format" => &self.response_format,
+            _ => &None,
+        }
+        .as_ref()
+    }
+}
+
+impl Fields for super::json::Obj<'_> {
+    fn get(&self, field: &str) -> Option<&Val<'_>> {
+        super::json::Obj::get(self, field)
+    }
+}
+
+/// The body read into [`Body`]; 400 naming `body` unless it is one JSON object.
+fn read_body(body: &[u8]) -> Result<Body<'_>, ApiError> {
+    // A struct also reads from a JSON array (field by field in order): only an object
+    // is a request.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => ApiError::invalid("body", "must be a JSON object"),
+            Err(e) => ApiError::invalid("body", format!("not valid JSON: {e}")),
+        });
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))
+}
+
 pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ApiError> {
     // Most clients send none of the headers read here; one pass over the names spares the
     // seven lookups (each parses and hashes its name) for them.
@@ -80,15 +221,11 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
     } else {
         &none
     };
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))?;
-    let Value::Object(b) = value else {
-        return Err(ApiError::invalid("body", "must be a JSON object"));
-    };
+    let b = read_body(body)?;
     refuse_unsupported(&b)?;
     let model = match b.get("model") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
+        None | Some(Val::Null) => String::new(),
+        Some(Val::Str(s)) => s.to_string(),
         Some(_) => return Err(ApiError::invalid("model", "must be a string")),
     };
     let mut wire = wire::GenerateRequest {
@@ -97,21 +234,20 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
     };
     let shape = match endpoint {
         Endpoint::Chat => {
-            let messages = messages(&b)?;
-            let shape = prompt::chat(&messages);
-            wire.messages = messages
-                .into_iter()
-                .map(|(role, content)| wire::ChatMessage { role, content })
-                .collect();
-            shape
+            wire.messages = messages(&b)?;
+            prompt::chat(
+                wire.messages
+                    .iter()
+                    .map(|m| (m.role.as_str(), m.content.as_str())),
+            )
         }
         Endpoint::Completions => completion_prompt(&b, &mut wire)?,
     };
     wire.max_tokens = max_tokens(&b)?;
     let stream = flag(&b, "stream")?;
     let (include_usage, continuous_usage) = match b.get("stream_options") {
-        None | Some(Value::Null) => (false, false),
-        Some(Value::Object(o)) => (
+        None | Some(Val::Null) => (false, false),
+        Some(Val::Obj(o)) => (
             flag(o, "include_usage").map_err(|e| nest("stream_options", e))?,
             flag(o, "continuous_usage_stats").map_err(|e| nest("stream_options", e))?,
         ),
@@ -125,8 +261,8 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
     wire.priority = priority(&b, headers)? as i32;
     wire.slo = slo(&b, headers)?;
     wire.request_id = match b.get("request_id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => header_str(headers, "x-request-id")?
+        Some(Val::Str(s)) => s.to_string(),
+        Some(Val::Null) | None => header_str(headers, "x-request-id")?
             .unwrap_or_default()
             .to_string(),
         Some(_) => return Err(ApiError::invalid("request_id", "must be a string")),
@@ -145,13 +281,13 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         .filter_map(|f| {
             b.get(*f)
                 .filter(|v| !v.is_null())
-                .map(|v| (f.to_string(), v.clone()))
+                .map(|v| (f.to_string(), v.to_value()))
         })
         .collect();
     // A prompt of token ids has no text for the daemon to carry: a real engine is sent
     // the ids themselves (the daemon's own prompt is a placeholder).
     if let Some(ids) = token_ids(&b) {
-        sampling.insert(PROMPT_IDS.into(), ids.clone());
+        sampling.insert(PROMPT_IDS.into(), ids.to_value());
     }
     Ok(Parsed {
         wire,
@@ -164,23 +300,23 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
 }
 
 /// `n > 1`, tools, function calls: refused rather than half-served.
-fn refuse_unsupported(b: &Map<String, Value>) -> Result<(), ApiError> {
+fn refuse_unsupported(b: &Body) -> Result<(), ApiError> {
     match b.get("n") {
-        None | Some(Value::Null) => {}
+        None | Some(Val::Null) => {}
         Some(v) if v.as_u64() == Some(1) => {}
         Some(_) => return Err(ApiError::invalid("n", "only n = 1 is supported")),
     }
     for field in ["tools", "functions"] {
         match b.get(field) {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
+            None | Some(Val::Null) => {}
+            Some(Val::Arr(a)) if a.is_empty() => {}
             Some(_) => return Err(ApiError::invalid(field, "tool calling is not supported")),
         }
     }
     for field in ["tool_choice", "function_call"] {
         match b.get(field) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "none" || s == "auto" => {}
+            None | Some(Val::Null) => {}
+            Some(Val::Str(s)) if s == "none" || s == "auto" => {}
             Some(_) => return Err(ApiError::invalid(field, "tool calling is not supported")),
         }
     }
@@ -197,10 +333,10 @@ fn nest(parent: &str, mut e: ApiError) -> ApiError {
     e
 }
 
-fn flag(b: &Map<String, Value>, field: &str) -> Result<bool, ApiError> {
+fn flag(b: &impl Fields, field: &str) -> Result<bool, ApiError> {
     match b.get(field) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(v)) => Ok(*v),
+        None | Some(Val::Null) => Ok(false),
+        Some(Val::Bool(v)) => Ok(*v),
         Some(_) => Err(ApiError::invalid(field, "must be true or false")),
     }
 }
@@ -208,8 +344,8 @@ fn flag(b: &Map<String, Value>, field: &str) -> Result<bool, ApiError> {
 const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
 
 /// The chat's (role, content) pairs, text parts joined.
-fn messages(b: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
-    let Some(Value::Array(list)) = b.get("messages") else {
+fn messages(b: &Body) -> Result<Vec<wire::ChatMessage>, ApiError> {
+    let Some(Val::Arr(list)) = b.get("messages") else {
         return Err(ApiError::invalid("messages", "must be a non-empty array"));
     };
     if list.is_empty() {
@@ -218,15 +354,15 @@ fn messages(b: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let at = |f: &str| format!("messages[{i}].{f}");
-        let Value::Object(m) = m else {
+        let Val::Obj(m) = m else {
             return Err(ApiError::invalid(
                 format!("messages[{i}]"),
                 "must be an object",
             ));
         };
         let role = match m.get("role") {
-            Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.clone(),
-            Some(Value::String(r)) if r == "tool" || r == "function" => {
+            Some(Val::Str(r)) if ROLES.contains(&r.as_ref()) => r.to_string(),
+            Some(Val::Str(r)) if r == "tool" || r == "function" => {
                 return Err(ApiError::invalid(
                     at("role"),
                     "tool calling is not supported",
@@ -246,13 +382,13 @@ fn messages(b: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
             ));
         }
         let content = match m.get("content") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => {
+            Some(Val::Str(s)) => s.to_string(),
+            Some(Val::Arr(parts)) => {
                 let mut text = String::new();
                 for (j, p) in parts.iter().enumerate() {
-                    let kind = p.get("type").and_then(Value::as_str);
+                    let kind = p.get("type").and_then(Val::as_str);
                     match (kind, p.get("text")) {
-                        (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                        (Some("text"), Some(Val::Str(t))) => text.push_str(t),
                         (Some("text"), _) => {
                             return Err(ApiError::invalid(
                                 at(&format!("content[{j}].text")),
@@ -285,29 +421,29 @@ fn messages(b: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
         if content.is_empty() {
             return Err(ApiError::invalid(at("content"), "is empty"));
         }
-        out.push((role, content));
+        out.push(wire::ChatMessage { role, content });
     }
     Ok(out)
 }
 
 /// A completion's prompt when it is token ids (`[1, 2]` or `[[1, 2]]`), as sent.
-fn token_ids(b: &Map<String, Value>) -> Option<&Value> {
+fn token_ids<'b>(b: &'b Body) -> Option<&'b Val<'b>> {
     let p = match b.get("prompt")? {
-        Value::Array(a) if a.len() == 1 && a[0].is_array() => &a[0],
+        Val::Arr(a) if a.len() == 1 && a[0].is_array() => &a[0],
         p => p,
     };
-    matches!(p, Value::Array(ids) if ids.first().is_some_and(Value::is_number)).then_some(p)
+    matches!(p, Val::Arr(ids) if ids.first().is_some_and(Val::is_number)).then_some(p)
 }
 
 /// `/v1/completions`' `prompt`: a string, token ids, or a one-element list of either.
 fn completion_prompt(
-    b: &Map<String, Value>,
+    b: &Body,
     wire: &mut wire::GenerateRequest,
 ) -> Result<Shape, ApiError> {
     let mut p = b
         .get("prompt")
         .ok_or_else(|| ApiError::invalid("prompt", "is required"))?;
-    if let Value::Array(a) = p {
+    if let Val::Arr(a) = p {
         if a.len() == 1 && (a[0].is_string() || a[0].is_array()) {
             p = &a[0];
         } else if a.iter().any(|v| v.is_string() || v.is_array()) {
@@ -318,14 +454,14 @@ fn completion_prompt(
         }
     }
     match p {
-        Value::String(s) if !s.is_empty() => {
-            wire.prompt = s.clone();
+        Val::Str(s) if !s.is_empty() => {
+            wire.prompt = s.to_string();
             Ok(prompt::text(s))
         }
-        Value::Array(ids) if !ids.is_empty() => {
+        Val::Arr(ids) if !ids.is_empty() => {
             let ids: Vec<u64> = ids
                 .iter()
-                .map(Value::as_u64)
+                .map(Val::as_u64)
                 .collect::<Option<_>>()
                 .ok_or_else(|| ApiError::invalid("prompt", "token ids must be integers ≥ 0"))?;
             // The daemon needs some text; the length is the ids' count.
@@ -339,10 +475,10 @@ fn completion_prompt(
     }
 }
 
-fn max_tokens(b: &Map<String, Value>) -> Result<u32, ApiError> {
+fn max_tokens(b: &Body) -> Result<u32, ApiError> {
     for field in ["max_completion_tokens", "max_tokens"] {
         match b.get(field) {
-            None | Some(Value::Null) => {}
+            None | Some(Val::Null) => {}
             Some(v) => {
                 return v
                     .as_u64()
@@ -355,17 +491,17 @@ fn max_tokens(b: &Map<String, Value>) -> Result<u32, ApiError> {
 }
 
 fn prefix_hashes(
-    b: &Map<String, Value>,
+    b: &Body,
     headers: &HeaderMap,
     shape: Shape,
     tokens: u64,
 ) -> Result<Vec<u64>, ApiError> {
     match b.get("prefix_hashes") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(a)) => {
+        None | Some(Val::Null) => {}
+        Some(Val::Arr(a)) => {
             return a
                 .iter()
-                .map(Value::as_u64)
+                .map(Val::as_u64)
                 .collect::<Option<_>>()
                 .ok_or_else(|| ApiError::invalid("prefix_hashes", "must be integers ≥ 0"));
         }
@@ -396,17 +532,17 @@ fn prefix_hashes(
     Ok(hashes)
 }
 
-fn priority(b: &Map<String, Value>, headers: &HeaderMap) -> Result<wire::Priority, ApiError> {
+fn priority(b: &Body, headers: &HeaderMap) -> Result<wire::Priority, ApiError> {
     let named = |s: &str, field: &str| match s {
         "interactive" => Ok(wire::Priority::Interactive),
         "batch" => Ok(wire::Priority::Batch),
         _ => Err(ApiError::invalid(field, "must be interactive or batch")),
     };
     match b.get("priority") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => return named(s, "priority"),
+        None | Some(Val::Null) => {}
+        Some(Val::Str(s)) => return named(s, "priority"),
         // vLLM's convention: lower values are served first, 0 the default.
-        Some(Value::Number(n)) if n.as_i64().is_some() => {
+        Some(Val::Num(n)) if n.as_i64().is_some() => {
             return Ok(if n.as_i64() > Some(0) {
                 wire::Priority::Batch
             } else {
@@ -426,17 +562,17 @@ fn priority(b: &Map<String, Value>, headers: &HeaderMap) -> Result<wire::Priorit
     }
 }
 
-fn slo(b: &Map<String, Value>, headers: &HeaderMap) -> Result<Option<wire::Slo>, ApiError> {
+fn slo(b: &Body, headers: &HeaderMap) -> Result<Option<wire::Slo>, ApiError> {
     let ms =
-        |v: Option<&Value>, field: &str| match v {
-            None | Some(Value::Null) => Ok(None),
+        |v: Option<&Val>, field: &str| match v {
+            None | Some(Val::Null) => Ok(None),
             Some(v) => v.as_u64().filter(|&n| n > 0).map(Some).ok_or_else(|| {
                 ApiError::invalid(field, "must be a positive integer (milliseconds)")
             }),
         };
     let (mut ttft, mut tpot) = match b.get("slo") {
-        None | Some(Value::Null) => (None, None),
-        Some(Value::Object(o)) => (
+        None | Some(Val::Null) => (None, None),
+        Some(Val::Obj(o)) => (
             ms(o.get("ttft_ms"), "slo.ttft_ms")?,
             ms(o.get("tpot_ms"), "slo.tpot_ms")?,
         ),

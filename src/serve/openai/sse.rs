@@ -31,7 +31,8 @@ pub struct Framer {
     endpoint: Endpoint,
     /// `"id":…,"object":…,"created":…,"model":…` with its values JSON-escaped once.
     head: String,
-    /// `data: {<head>,"choices":[{"index":0,`: how every token event starts.
+    /// `data: {<head>,"choices":[{"index":0,`: how every token event starts (empty for a
+    /// non-streaming answer).
     event_open: String,
     prompt_tokens: u32,
     continuous_usage: bool,
@@ -62,10 +63,14 @@ impl Framer {
         let _ = write!(head, "{created}");
         head.push_str(",\"model\":");
         push_json(&mut head, model);
-        let mut event_open = String::with_capacity(head.len() + 40);
-        event_open.push_str("data: {");
-        event_open.push_str(&head);
-        event_open.push_str(",\"choices\":[{\"index\":0,");
+        // Only a stream has events.
+        let mut event_open = String::new();
+        if streaming {
+            event_open.reserve(head.len() + 40);
+            event_open.push_str("data: {");
+            event_open.push_str(&head);
+            event_open.push_str(",\"choices\":[{\"index\":0,");
+        }
         Framer {
             endpoint,
             head,
