@@ -1,8 +1,11 @@
 //! Overhead of the proxy hop (issue 15): dujiang routing to a real engine over its OpenAI
-//! API, against calling that engine directly, in the same run. The engine is dujiang
-//! itself on a zero-latency chip (every step ~0 ns, so all its time is HTTP, framing and
-//! its own request path); the router's fleet is one `kind = "openai"` pool over it. Both
-//! run in this process on two worker threads, over loopback.
+//! API, against calling that engine directly, in the same run. The engine is the real
+//! `dujiang serve` binary in a process of its own (one simulated H20 at a time scale of
+//! 10^9, so a step takes ~0 wall time and all its time is HTTP, framing and its own request
+//! path); the router runs in this process, with the bench's client, on two worker threads,
+//! its fleet one `kind = "openai"` pool over that engine. Direct and proxied calls go to
+//! the same engine process, so the difference is the hop: the router's work and one more
+//! loopback round trip.
 //!
 //! - Latency, printed once before criterion runs: time to first token (first chunk with
 //!   text) and mean time per output token of streamed chats of 16 tokens, 8 in flight,
@@ -10,15 +13,25 @@
 //! - Throughput, criterion's groups: streamed chats with 32 in flight, direct and through
 //!   the proxy (goal: the proxy reaches ≥ 0.8× the direct requests per second). Criterion
 //!   reports time per request; requests per second is its inverse.
+//!
+//! `DUJIANG_PROXY_PIN=1` pins the engine process to CPU 1 and this process to CPU 0 (a
+//! router on a host of its own, as it would be in front of real accelerators, rather than
+//! one taking CPU from the engine it measures).
+//! `DUJIANG_PROXY_COUNT=<direct|through_proxy>:<n>` runs `n` streamed chats after a
+//! warm-up and exits, without criterion: under `valgrind --tool=callgrind` (which follows
+//! only this process) two counts give this process's instructions per request by
+//! difference, the client's alone direct and the client's plus the router's proxied.
 
 #[path = "support/zero.rs"]
 mod zero;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use dujiang::fleet::{PoolConfig, UpstreamSpec};
 use dujiang::openai_client::sse::{read_chunk, SseDecoder};
 use dujiang::serve::{FleetInput, RunningDaemon, ServeConfig};
 use http_body_util::BodyExt as _;
+use std::io::BufRead as _;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,27 +55,94 @@ fn config() -> ServeConfig {
     }
 }
 
-/// The engine (zero-latency dujiang) and the router in front of it.
-async fn start() -> (RunningDaemon, RunningDaemon) {
+/// The engine's fleet: one simulated H20 serving llama-3-8b.
+const ENGINE_FLEET: &str =
+    "name = \"engine\"\nmodel = \"llama-3-8b\"\n\n[pools.h20]\nchip = \"h20\"\ncount = 1\n";
+
+/// Simulated time per wall second in the engine: its modelled steps (milliseconds) take
+/// picoseconds, so it answers as fast as its own code runs.
+const ENGINE_TIME_SCALE: &str = "1e9";
+
+/// The engine process; killed when dropped.
+struct Engine {
+    child: Child,
+    openai: std::net::SocketAddr,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pins process `pid` (0: this one) to `cpu`, when asked and possible.
+fn pin(pid: u32, cpu: usize) {
+    if std::env::var("DUJIANG_PROXY_PIN").as_deref() != Ok("1") {
+        return;
+    }
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset could not pin pid {pid} to CPU {cpu}");
+}
+
+/// Starts `dujiang serve` on the engine fleet and waits for its `serving` line.
+fn start_engine() -> Engine {
+    let fleet =
+        std::env::temp_dir().join(format!("dujiang-proxy-bench-{}.toml", std::process::id()));
+    std::fs::write(&fleet, ENGINE_FLEET).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dujiang"))
+        .args(["serve", "--fleet"])
+        .arg(&fleet)
+        .args(["--time-scale", ENGINE_TIME_SCALE])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--openai-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dujiang serve");
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut openai = None;
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(fields) = line.strip_prefix("serving ") {
+            openai = fields
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("openai="))
+                .and_then(|a| a.parse().ok());
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&fleet);
+    let Some(openai) = openai else {
+        let _ = child.kill();
+        panic!("the engine printed no serving line");
+    };
+    pin(child.id(), 1);
+    pin(0, 0);
+    Engine { child, openai }
+}
+
+/// The router in front of `engine`: this process, its fleet one real-engine pool.
+async fn start_router(engine: std::net::SocketAddr) -> RunningDaemon {
+    // The router's prior for the pool: a chip as fast as the engine is (its steps take ~0
+    // wall time), so the router predicts what it will see and sheds nothing.
     let perf = zero::zero_latency_perf();
-    let engine = dujiang::serve::start_with(
-        config(),
-        None,
-        Some(FleetInput {
-            name: "engine".into(),
-            model: "llama-3-8b".into(),
-            pools: vec![PoolConfig::new("zero", perf.clone(), 1)],
-        }),
-    )
-    .await
-    .unwrap();
     let mut pool = PoolConfig::new("real", perf, 1);
     pool.upstream = Some(Arc::new(UpstreamSpec {
-        endpoints: vec![format!("http://{}/v1", engine.openai_addr)],
+        endpoints: vec![format!("http://{engine}/v1")],
         served_model: "llama-3-8b".into(),
         metrics: Some("none".into()),
     }));
-    let router = dujiang::serve::start_with(
+    dujiang::serve::start_with(
         config(),
         None,
         Some(FleetInput {
@@ -72,8 +152,7 @@ async fn start() -> (RunningDaemon, RunningDaemon) {
         }),
     )
     .await
-    .unwrap();
-    (engine, router)
+    .unwrap()
 }
 
 fn body() -> hyper::body::Bytes {
@@ -166,20 +245,29 @@ fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-fn proxy(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn url(addr: std::net::SocketAddr) -> hyper::Uri {
+    format!("http://{addr}/v1/chat/completions")
+        .parse()
+        .unwrap()
+}
+
+fn proxy(c: &mut Criterion) {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` probes every bench target.
+    }
+    let rt = runtime();
     let client = client();
-    let (engine, router) = rt.block_on(start());
-    let url = |addr: std::net::SocketAddr| -> hyper::Uri {
-        format!("http://{addr}/v1/chat/completions")
-            .parse()
-            .unwrap()
-    };
-    let (direct, proxied) = (url(engine.openai_addr), url(router.openai_addr));
+    let engine = start_engine();
+    let router = rt.block_on(start_router(engine.openai));
+    let (direct, proxied) = (url(engine.openai), url(router.openai_addr));
 
     // Latency, direct and proxied alternately in rounds so machine noise hits both alike.
     rt.block_on(async {
@@ -227,7 +315,31 @@ fn proxy(c: &mut Criterion) {
         });
     }
     g.finish();
-    std::mem::forget((engine, router));
+    drop(engine);
+    std::mem::forget(router);
+}
+
+/// See the module's doc: a fixed number of chats to one target, for instruction counts.
+fn count_mode(spec: &str) {
+    let (name, n) = spec
+        .split_once(':')
+        .expect("DUJIANG_PROXY_COUNT is <target>:<n>");
+    let n: usize = n.parse().expect("a count of chats");
+    let rt = runtime();
+    let client = client();
+    let engine = start_engine();
+    let router = rt.block_on(start_router(engine.openai));
+    let target = match name {
+        "direct" => url(engine.openai),
+        "through_proxy" => url(router.openai_addr),
+        other => panic!("no target `{other}`"),
+    };
+    rt.block_on(run(&client, &target, 256, IN_FLIGHT as usize));
+    let start = Instant::now();
+    rt.block_on(run(&client, &target, n, IN_FLIGHT as usize));
+    eprintln!("{name}: {n} chats in {:?}", start.elapsed());
+    drop(engine);
+    std::mem::forget(router);
 }
 
 criterion_group! {
@@ -235,4 +347,12 @@ criterion_group! {
     config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(5));
     targets = proxy
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("DUJIANG_PROXY_COUNT") {
+        count_mode(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

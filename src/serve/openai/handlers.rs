@@ -222,16 +222,19 @@ fn queue_ms(seconds: f64) -> HeaderValue {
 /// How many backends' header values a worker thread keeps.
 const BACKEND_VALUES_KEPT: usize = 64;
 
+/// A backend's `x-dujiang-backend`, `-pool` and `-chip` values.
+type BackendValues = [Option<HeaderValue>; 3];
+
 thread_local! {
-    /// Recent backends' `x-dujiang-backend`, `-pool` and `-chip` values, by the backend's
-    /// name (the `Arc` itself: kept here, so its address names that backend alone).
-    static BACKEND_VALUES: std::cell::RefCell<Vec<(Arc<str>, [Option<HeaderValue>; 3])>> =
+    /// Recent backends' values, by the backend's name (the `Arc` itself: kept here, so its
+    /// address names that backend alone).
+    static BACKEND_VALUES: std::cell::RefCell<Vec<(Arc<str>, BackendValues)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A backend's name, pool and chip as header values (`None`: not valid in a header),
 /// made once per backend and worker thread rather than checked and copied per request.
-fn backend_values(b: &BackendHandle) -> [Option<HeaderValue>; 3] {
+fn backend_values(b: &BackendHandle) -> BackendValues {
     BACKEND_VALUES.with_borrow_mut(|kept| {
         if let Some((_, v)) = kept.iter().find(|(name, _)| Arc::ptr_eq(name, &b.name)) {
             return v.clone();
@@ -296,7 +299,15 @@ mod tests {
 
     #[test]
     fn queue_ms_prints_as_float_formatting_does() {
-        for s in [0.0, 0.000_000_4, 0.000_001, 0.0123456, 1.5, 12.000_999_6, 3_600.25] {
+        for s in [
+            0.0,
+            0.000_000_4,
+            0.000_001,
+            0.0123456,
+            1.5,
+            12.000_999_6,
+            3_600.25,
+        ] {
             assert_eq!(queue_ms(s), format!("{:.3}", s * 1e3), "{s}");
         }
     }

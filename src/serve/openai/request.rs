@@ -14,12 +14,12 @@
 //! timeout header `x-dujiang-timeout-ms` is enforced like gRPC's `grpc-timeout`.
 
 use super::error::ApiError;
+use super::json::Val;
 use super::prompt::{self, Shape};
 use crate::request::PREFIX_BLOCK_TOKENS;
 use crate::serve::upstream::PROMPT_IDS;
 use crate::wire;
 use axum::http::HeaderMap;
-use super::json::Val;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -200,10 +200,12 @@ fn read_body(body: &[u8]) -> Result<Body<'_>, ApiError> {
     // is a request.
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => ApiError::invalid("body", "must be a JSON object"),
-            Err(e) => ApiError::invalid("body", format!("not valid JSON: {e}")),
-        });
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => ApiError::invalid("body", "must be a JSON object"),
+                Err(e) => ApiError::invalid("body", format!("not valid JSON: {e}")),
+            },
+        );
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))
@@ -279,7 +281,7 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
     let mut sampling: Map<String, Value> = SAMPLING_FIELDS
         .iter()
         .filter_map(|f| {
-            b.get(*f)
+            b.get(f)
                 .filter(|v| !v.is_null())
                 .map(|v| (f.to_string(), v.to_value()))
         })
@@ -436,10 +438,7 @@ fn token_ids<'b>(b: &'b Body) -> Option<&'b Val<'b>> {
 }
 
 /// `/v1/completions`' `prompt`: a string, token ids, or a one-element list of either.
-fn completion_prompt(
-    b: &Body,
-    wire: &mut wire::GenerateRequest,
-) -> Result<Shape, ApiError> {
+fn completion_prompt(b: &Body, wire: &mut wire::GenerateRequest) -> Result<Shape, ApiError> {
     let mut p = b
         .get("prompt")
         .ok_or_else(|| ApiError::invalid("prompt", "is required"))?;
