@@ -8,6 +8,7 @@
 //! error here; a malformed JSON payload is, and names the payload.
 
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// Splits a byte stream into SSE events and returns each event's data (its `data:` lines
 /// joined by `\n`), as the SSE specification frames them. Comments (`:` lines) and other
@@ -27,41 +28,57 @@ pub struct SseDecoder {
 const MAX_LINE: usize = 1 << 20;
 
 impl SseDecoder {
-    /// Feeds `bytes`; returns the data of every event they complete, in order.
+    /// Feeds `bytes`; returns the data of every event they complete, in order. Lines are
+    /// found by searching for their ends and copied a slice at a time, and the line buffer
+    /// is reused: this runs on every chunk a proxied engine sends.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
         let mut out = Vec::new();
-        for &b in bytes {
-            match b {
-                b'\n' if self.after_cr => self.after_cr = false,
-                b'\n' | b'\r' => {
-                    self.after_cr = b == b'\r';
+        let mut rest = bytes;
+        while let Some(&first) = rest.first() {
+            if self.after_cr && first == b'\n' {
+                // The `\n` of a `\r\n` line end.
+                self.after_cr = false;
+                rest = &rest[1..];
+                continue;
+            }
+            self.after_cr = false;
+            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(i) => {
+                    self.extend_line(&rest[..i])?;
+                    self.after_cr = rest[i] == b'\r';
+                    rest = &rest[i + 1..];
                     self.end_line(&mut out)?;
                 }
-                _ => {
-                    self.after_cr = false;
-                    if self.line.len() >= MAX_LINE {
-                        return Err(format!("an event-stream line longer than {MAX_LINE} bytes"));
-                    }
-                    self.line.push(b);
+                None => {
+                    self.extend_line(rest)?;
+                    break;
                 }
             }
         }
         Ok(out)
     }
 
+    fn extend_line(&mut self, part: &[u8]) -> Result<(), String> {
+        if self.line.len() + part.len() > MAX_LINE {
+            return Err(format!("an event-stream line longer than {MAX_LINE} bytes"));
+        }
+        self.line.extend_from_slice(part);
+        Ok(())
+    }
+
     fn end_line(&mut self, out: &mut Vec<String>) -> Result<(), String> {
-        let line = std::mem::take(&mut self.line);
-        if line.is_empty() {
+        if self.line.is_empty() {
             // A blank line dispatches the event.
             if let Some(data) = self.data.take() {
                 out.push(data);
             }
             return Ok(());
         }
-        let line = String::from_utf8(line).map_err(|_| "an event-stream line is not UTF-8")?;
+        let line =
+            std::str::from_utf8(&self.line).map_err(|_| "an event-stream line is not UTF-8")?;
         let (field, value) = match line.split_once(':') {
             Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line.as_str(), ""),
+            None => (line, ""),
         };
         if field == "data" {
             match &mut self.data {
@@ -72,6 +89,7 @@ impl SseDecoder {
                 None => self.data = Some(value.to_string()),
             }
         }
+        self.line.clear();
         Ok(())
     }
 }
@@ -97,10 +115,12 @@ pub struct Chunk {
     pub error: Option<String>,
 }
 
+// The chunk's strings borrow from the event's text (copied only when they hold escapes):
+// a proxied engine's every token passes through here.
 #[derive(Deserialize)]
-struct RawChunk {
-    #[serde(default)]
-    choices: Vec<RawChoice>,
+struct RawChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<RawChoice<'a>>,
     #[serde(default)]
     usage: Option<RawUsage>,
     #[serde(default)]
@@ -108,27 +128,35 @@ struct RawChunk {
 }
 
 #[derive(Deserialize)]
-struct RawChoice {
+struct RawChoice<'a> {
     /// Chat streams.
-    #[serde(default)]
-    delta: Option<RawDelta>,
+    #[serde(default, borrow)]
+    delta: Option<RawDelta<'a>>,
     /// Completion streams.
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    finish_reason: Option<String>,
+    #[serde(default, borrow, deserialize_with = "text")]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "text")]
+    finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct RawDelta {
-    #[serde(default)]
-    content: Option<String>,
+struct RawDelta<'a> {
+    #[serde(default, borrow, deserialize_with = "text")]
+    content: Option<Cow<'a, str>>,
     /// Reasoning models' thinking tokens (vLLM's and SGLang's reasoning parsers put them
     /// here rather than in `content`); they are output tokens all the same.
-    #[serde(default)]
-    reasoning_content: Option<String>,
-    #[serde(default)]
-    reasoning: Option<String>,
+    #[serde(default, borrow, deserialize_with = "text")]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "text")]
+    reasoning: Option<Cow<'a, str>>,
+}
+
+/// An optional string, borrowed when it has no escapes (serde borrows a `Cow<str>` only as
+/// a field of its own, not inside an `Option`).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'de>>::deserialize(d)?.map(|t| t.0))
 }
 
 #[derive(Deserialize)]
@@ -166,7 +194,7 @@ pub fn read_chunk(data: &str) -> Result<Chunk, String> {
             chunk.content.push_str(&t);
         }
         if chunk.finish_reason.is_none() {
-            chunk.finish_reason = c.finish_reason;
+            chunk.finish_reason = c.finish_reason.map(Cow::into_owned);
         }
     }
     chunk.text = !chunk.content.is_empty();
@@ -243,6 +271,15 @@ mod tests {
             read_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
         assert!(!fin.text && fin.finished);
         assert_eq!(fin.finish_reason.as_deref(), Some("stop"));
+        // Escaped text is unescaped (the other strings are borrowed as they are).
+        let esc = read_chunk(
+            r#"{"choices":[{"delta":{"content":"a\"b\n"},"finish_reason":"st\u006fp"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (esc.content.as_str(), esc.finish_reason.as_deref()),
+            ("a\"b\n", Some("stop"))
+        );
         // Reasoning tokens count as output.
         let think = read_chunk(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#).unwrap();
         assert!(think.text);

@@ -40,7 +40,7 @@ use crate::serve::mailbox::{mailbox, Outbox};
 use crate::serve::scrape::{scrape_once, MetricsDialect, ScrapedLoad};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -96,7 +96,8 @@ pub fn spawn_proxy(
             base.clone(),
         ),
         state: parking_lot::Mutex::new(State {
-            requests: HashMap::new(),
+            requests: FxHashMap::default(),
+            streaming: 0,
             ratio: PredictionRatio::new(ctx.upstream.config.ewma_alpha),
             failures: 0,
             taken_out: false,
@@ -133,7 +134,11 @@ struct Endpoint {
 }
 
 struct State {
-    requests: HashMap<RequestId, Live>,
+    /// Keyed by the daemon's sequential ids (no untrusted keys): Fx, not SipHash.
+    requests: FxHashMap<RequestId, Live>,
+    /// How many of `requests` are streaming, kept as they start and end: read at every
+    /// token, where counting them would cost a pass over every request in flight.
+    streaming: u32,
     ratio: PredictionRatio,
     /// Requests failed in a row by the endpoint's fault.
     failures: u32,
@@ -525,8 +530,11 @@ fn on_event(
                     );
                 }
                 if let Some(r) = st.requests.get_mut(&req.id) {
-                    r.streaming = true;
                     r.remaining = r.remaining.saturating_sub(1);
+                    if !r.streaming {
+                        r.streaming = true;
+                        st.streaming += 1;
+                    }
                 }
                 ep.publish(&st);
             } else {
@@ -536,7 +544,11 @@ fn on_event(
                     ep.summary.record_inter_token(&[gap]);
                 }
                 let mut st = ep.state.lock();
-                p.batch_sum += st.requests.values().filter(|r| r.streaming).count() as u64;
+                debug_assert_eq!(
+                    st.streaming as usize,
+                    st.requests.values().filter(|r| r.streaming).count()
+                );
+                p.batch_sum += u64::from(st.streaming);
                 p.batch_n += 1;
                 if let Some(r) = st.requests.get_mut(&req.id) {
                     r.remaining = r.remaining.saturating_sub(1);
@@ -574,7 +586,9 @@ fn conclude(
 ) {
     let now = ep.ctx.clock.now();
     let mut st = ep.state.lock();
-    st.requests.remove(&req.id);
+    if st.requests.remove(&req.id).is_some_and(|r| r.streaming) {
+        st.streaming -= 1;
+    }
     let delivery = match result {
         Ok(()) => {
             st.failures = 0;
