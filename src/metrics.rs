@@ -20,6 +20,7 @@
 
 mod describe;
 mod exposition;
+mod histogram;
 mod pool;
 mod summary;
 
@@ -29,6 +30,7 @@ pub use summary::{FinishedLatencies, LatencySummary, Percentiles, SummarySnapsho
 use crate::admission::RejectReason;
 use crate::request::Invalid;
 use describe::describe;
+use histogram::OwnHistograms;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -228,6 +230,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     pools: RwLock<BTreeMap<Arc<str>, Arc<PoolMetrics>>>,
     policies: RwLock<HashMap<Arc<str>, Arc<PolicyMetrics>>>,
+    /// The router-decision histograms ([`histogram`]), rendered beside the recorder's.
+    own: OwnHistograms,
     /// Refusal reasons: [`RejectReason`]s and the shared request check's [`Invalid`]s.
     refusal_labels: Vec<&'static str>,
     /// Indexed like `refusal_labels`, then by [`Frontend`].
@@ -299,6 +303,7 @@ impl Metrics {
             handle,
             pools: RwLock::default(),
             policies: RwLock::default(),
+            own: OwnHistograms::default(),
             refusals,
             refusal_counts: refusal_labels.iter().map(|_| AtomicU64::new(0)).collect(),
             refusal_labels,
@@ -313,31 +318,25 @@ impl Metrics {
         }
     }
 
+    /// The recorders' builder. The request-path histograms are the daemon's own
+    /// ([`histogram`]); the recorders hold counters, gauges and the KV transfer histogram.
     fn builder() -> PrometheusBuilder {
-        let latency = [
-            TTFT_SECONDS,
-            INTER_TOKEN_SECONDS,
-            E2E_SECONDS,
-            QUEUE_SECONDS,
-            KV_TRANSFER_SECONDS,
-        ];
-        let mut b = PrometheusBuilder::new();
-        for name in latency {
-            b = b
-                .set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS_SECONDS)
-                .expect("latency buckets are non-empty");
-        }
-        b.set_buckets_for_metric(
-            Matcher::Full(ROUTER_DECISION_SECONDS.to_string()),
-            ROUTER_BUCKETS_SECONDS,
-        )
-        .expect("router buckets are non-empty")
+        // The KV transfer histogram (one sample per prefill/decode hand-off) stays the
+        // exporter's.
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(KV_TRANSFER_SECONDS.to_string()),
+                LATENCY_BUCKETS_SECONDS,
+            )
+            .expect("latency buckets are non-empty")
     }
 
     /// The Prometheus text exposition of everything recorded so far, every pool included.
     pub fn render(&self) -> String {
         let pools: Vec<Arc<PoolMetrics>> = self.pools.read().values().cloned().collect();
-        let renders: Vec<String> = std::iter::once(self.handle.render())
+        let mut fleet = self.handle.render();
+        fleet.push_str(&self.own.render(describe::help));
+        let renders: Vec<String> = std::iter::once(fleet)
             .chain(pools.iter().map(|p| p.render()))
             .collect();
         exposition::merge(renders.iter().map(String::as_str))
@@ -391,22 +390,25 @@ impl Metrics {
         if let Some(p) = self.policies.read().get(policy) {
             return p.clone();
         }
+        // Registered under the lock: a second registration would render the series twice.
+        let mut policies = self.policies.write();
+        if let Some(p) = policies.get(policy) {
+            return p.clone();
+        }
         let labels = vec![Label::new("policy", policy.to_string())];
         let p = Arc::new(PolicyMetrics {
-            decision: self.recorder.register_histogram(
-                &Key::from_parts(ROUTER_DECISION_SECONDS, labels.clone()),
-                &meta(),
+            decision: self.own.register(
+                ROUTER_DECISION_SECONDS,
+                &[("policy", policy)],
+                ROUTER_BUCKETS_SECONDS,
             ),
             retries: self
                 .recorder
                 .register_counter(&Key::from_parts(ROUTER_RETRIES_TOTAL, labels), &meta()),
         });
         p.retries.increment(0);
-        self.policies
-            .write()
-            .entry(policy.clone())
-            .or_insert(p)
-            .clone()
+        policies.insert(policy.clone(), p.clone());
+        p
     }
 
     /// Registers everything a newly chosen policy will label (its router series and every

@@ -3,44 +3,45 @@
 
 use super::*;
 
-/// HELP lines for every family (a recorder prints them only for families it holds).
-pub(super) fn describe(recorder: &PrometheusRecorder) {
-    use metrics::Unit;
-    let s = Some(Unit::Seconds);
-    let families: &[(&'static str, Option<Unit>, &'static str, u8)] = &[
+use metrics::Unit;
+
+const S: Option<Unit> = Some(Unit::Seconds);
+
+/// Every family: name, unit, HELP text and kind (0 counter, 1 gauge, 2 histogram).
+const FAMILIES: &[(&str, Option<Unit>, &str, u8)] = &[
         (
             TTFT_SECONDS,
-            s,
+            S,
             "Time to first token in simulated seconds.",
             2,
         ),
         (
             INTER_TOKEN_SECONDS,
-            s,
+            S,
             "Gap between consecutive output tokens in simulated seconds.",
             2,
         ),
         (
             E2E_SECONDS,
-            s,
+            S,
             "Arrival to last token in simulated seconds.",
             2,
         ),
         (
             QUEUE_SECONDS,
-            s,
+            S,
             "Time waiting in a backend queue in simulated seconds.",
             2,
         ),
         (
             KV_TRANSFER_SECONDS,
-            s,
+            S,
             "Prefill/decode hand-off to KV arrival at the decode backend in simulated seconds.",
             2,
         ),
         (
             ROUTER_DECISION_SECONDS,
-            s,
+            S,
             "Wall time the routing policy took to choose a backend.",
             2,
         ),
@@ -171,7 +172,10 @@ pub(super) fn describe(recorder: &PrometheusRecorder) {
             1,
         ),
     ];
-    for &(name, unit, help, kind) in families {
+
+/// HELP lines for every family (a recorder prints them only for families it holds).
+pub(super) fn describe(recorder: &PrometheusRecorder) {
+    for &(name, unit, help, kind) in FAMILIES {
         let key = name.into();
         match kind {
             0 => recorder.describe_counter(key, unit, help.into()),
@@ -179,4 +183,9 @@ pub(super) fn describe(recorder: &PrometheusRecorder) {
             _ => recorder.describe_histogram(key, unit, help.into()),
         }
     }
+}
+
+/// A family's HELP text.
+pub(super) fn help(name: &str) -> Option<&'static str> {
+    FAMILIES.iter().find(|f| f.0 == name).map(|f| f.2)
 }

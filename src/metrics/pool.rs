@@ -3,6 +3,7 @@
 //! gauges, and its backends' gauges. Removing the pool drops the recorder, and with it
 //! every series that names the pool.
 
+use super::histogram::OwnHistograms;
 use super::*;
 
 /// What the metrics say about a pool besides its name: `dujiang_pool_info`'s labels and
@@ -49,6 +50,8 @@ pub struct PoolMetrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     by_policy: RwLock<HashMap<Arc<str>, Arc<PoolHistograms>>>,
+    /// The latency histograms ([`histogram`]), rendered beside the recorder's series.
+    own: OwnHistograms,
     outcomes: [Counter; Outcome::ALL.len()],
     ejections: Counter,
     readmissions: Counter,
@@ -106,6 +109,7 @@ impl PoolMetrics {
             recorder,
             handle,
             by_policy: RwLock::default(),
+            own: OwnHistograms::default(),
             outcomes,
             ejections,
             readmissions,
@@ -118,16 +122,19 @@ impl PoolMetrics {
         if let Some(h) = self.by_policy.read().get(policy) {
             return h.clone();
         }
-        let labels = vec![
-            Label::new("pool", self.name.to_string()),
-            Label::new("chip", self.chip.to_string()),
-            Label::new("policy", policy.to_string()),
+        // Registered under the lock: a second registration would render the series twice.
+        let mut by_policy = self.by_policy.write();
+        if let Some(h) = by_policy.get(policy) {
+            return h.clone();
+        }
+        let labels = [
+            ("pool", &*self.name),
+            ("chip", &*self.chip),
+            ("policy", &**policy),
         ];
         let pool_only = vec![Label::new("pool", self.name.to_string())];
         let r = &self.recorder;
-        let hist = |name: &'static str| {
-            r.register_histogram(&Key::from_parts(name, labels.clone()), &meta())
-        };
+        let hist = |name: &'static str| self.own.register(name, &labels, LATENCY_BUCKETS_SECONDS);
         let counter = |name: &'static str, extra: Option<(&'static str, &'static str)>| {
             let mut l = pool_only.clone();
             if let Some((k, v)) = extra {
@@ -147,11 +154,8 @@ impl PoolMetrics {
             slo_ttft_violations: counter(SLO_VIOLATIONS_TOTAL, Some(("objective", "ttft"))),
             slo_tpot_violations: counter(SLO_VIOLATIONS_TOTAL, Some(("objective", "tpot"))),
         });
-        self.by_policy
-            .write()
-            .entry(policy.clone())
-            .or_insert(h)
-            .clone()
+        by_policy.insert(policy.clone(), h.clone());
+        h
     }
 
     /// A real-engine backend's prediction-ratio gauges, `[prefill, decode]`, at 1.
@@ -212,7 +216,9 @@ impl PoolMetrics {
     }
 
     pub(super) fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        text.push_str(&self.own.render(describe::help));
+        text
     }
 
     pub(super) fn run_upkeep(&self) {
