@@ -60,7 +60,7 @@ impl Framer {
         head.push_str("\",\"object\":\"");
         head.push_str(object);
         head.push_str("\",\"created\":");
-        let _ = write!(head, "{created}");
+        push_u64(&mut head, created);
         head.push_str(",\"model\":");
         push_json(&mut head, model);
         // Only a stream has events.
@@ -81,12 +81,13 @@ impl Framer {
     }
 
     fn usage(&self, out: &mut String, completion: u32) {
-        let _ = write!(
-            out,
-            "\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{completion},\"total_tokens\":{}}}",
-            self.prompt_tokens,
-            u64::from(self.prompt_tokens) + u64::from(completion)
-        );
+        out.push_str("\"usage\":{\"prompt_tokens\":");
+        push_u64(out, u64::from(self.prompt_tokens));
+        out.push_str(",\"completion_tokens\":");
+        push_u64(out, u64::from(completion));
+        out.push_str(",\"total_tokens\":");
+        push_u64(out, u64::from(self.prompt_tokens) + u64::from(completion));
+        out.push('}');
     }
 
     /// The SSE event of simulated token `index` (0-based); `last` sets its
@@ -162,6 +163,21 @@ impl Framer {
         out.push('}');
         out
     }
+}
+
+/// `n` in decimal, without the formatting machinery (it runs for every usage object).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[at..]).expect("digits"));
 }
 
 /// `s` as a JSON string.
@@ -277,6 +293,15 @@ impl Stream for EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_print_as_display_does() {
+        for n in [0, 7, 10, 1_234_567_890, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+    }
 
     #[test]
     fn chunks_parse_and_carry_what_clients_read() {

@@ -170,7 +170,15 @@ enum End {
     Displace,
     /// The daemon ends everything (shutdown, pool removed).
     Retire(Outcome),
+    /// The exchange failed as the client's deadline ran out: the request's stream, which
+    /// enforces the deadline, ends it.
+    Deadline,
 }
+
+/// How close to the client's deadline a failed exchange counts as ended by it: the
+/// engine's copy of the deadline and the router's own timer may fire a few timer ticks
+/// apart.
+const DEADLINE_SLACK: Duration = Duration::from_millis(5);
 
 impl State {
     /// The load the router has put on the endpoint, uncorrected.
@@ -484,7 +492,24 @@ async fn serve(
             r = exchange::exchange(call, on) => r.map_err(Ok),
         }
     };
+    // A failure as the client's deadline runs out is the deadline's doing (the engine
+    // enforces its copy of it too, and its error may come first): the request's stream
+    // ends it as deadline-exceeded, and the endpoint is not blamed.
+    let deadline = ask
+        .deadline
+        .filter(|&d| Instant::now() + DEADLINE_SLACK >= d);
+    let result = match (result, deadline) {
+        (Err(Ok(_)), Some(_)) => Err(Err(End::Deadline)),
+        (r, _) => r,
+    };
+    let ended_by_deadline = matches!(result, Err(Err(End::Deadline)));
     conclude(&ep, &req, &out, hist.as_deref(), predicted, p, result);
+    if let (true, Some(d)) = (ended_by_deadline, deadline) {
+        // The mailbox stays open until the stream's own timer has ended the request: a
+        // closed mailbox would end it first, as failed.
+        tokio::time::sleep_until((d + DEADLINE_SLACK).into()).await;
+    }
+    drop(out);
 }
 
 /// Turns one event of the exchange into deliveries, latency samples and load.
@@ -632,7 +657,7 @@ fn conclude(
             }
             Some(Delivery::Finished(report))
         }
-        Err(Err(End::Abort)) => None,
+        Err(Err(End::Abort | End::Deadline)) => None,
         Err(Err(End::Retire(outcome))) => Some(Delivery::Ended(outcome)),
         Err(Err(End::Displace)) if p.tokens == 0 => Some(Delivery::Displaced),
         Err(Err(End::Displace)) => Some(Delivery::Failed(format!(
