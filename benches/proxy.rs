@@ -76,7 +76,7 @@ impl Drop for Engine {
     }
 }
 
-/// Pins process `pid` (0: this one) to `cpu`, when asked and possible.
+/// Pins every thread of process `pid` to `cpu`, when asked.
 fn pin(pid: u32, cpu: usize) {
     if std::env::var("DUJIANG_PROXY_PIN").as_deref() != Ok("1") {
         return;
@@ -127,7 +127,7 @@ fn start_engine() -> Engine {
         panic!("the engine printed no serving line");
     };
     pin(child.id(), 1);
-    pin(0, 0);
+    pin(std::process::id(), 0);
     Engine { child, openai }
 }
 
