@@ -95,6 +95,13 @@ impl Backend for CatalogueBackend {
         name.ends_with("_overhead_us") || name.ends_with("allreduce_latency_us")
     }
 
+    /// The KV cache's read efficiency is the weights' memory efficiency times a ratio
+    /// (`pool.rs`): the same memory read by the same engine, apart only where points read
+    /// much KV beside the weights.
+    fn tied(&self, name: &str) -> Option<&'static str> {
+        (name == "kv_read_efficiency").then_some("memory_efficiency")
+    }
+
     fn perf(&self, group: &str, values: &[f64], p: &Point) -> Result<PerfModel, String> {
         let cat = &self.catalogue;
         let chip = cat.chip(&p.chip).ok_or("unknown chip")?;
@@ -119,6 +126,8 @@ impl Backend for CatalogueBackend {
 fn typical(name: &str) -> f64 {
     match name {
         "prefill_half_tokens" => 64.0,
+        // One decoding sequence: a half point of 1 halves a batch-1 step's KV rate.
+        "kv_read_half_tokens" => 1.0,
         "prefill_step_overhead_us" | "decode_step_overhead_us" => 500.0,
         n if n.ends_with("_us") => 10.0,
         _ => 0.1,
@@ -173,6 +182,10 @@ pub fn overlay(backend: &CatalogueBackend, cal: &Calibration, origin: &str) -> S
                     ParamStatus::Unconstrained => {
                         "no measured point depends on it: catalogue value kept".to_string()
                     }
+                    ParamStatus::Tied => format!(
+                        "tied to memory_efficiency by the prior ratio; no point tells them apart ({})",
+                        super::pinned_ids(cal, g, j)
+                    ),
                     ParamStatus::Shared => format!(
                         "pooled with {}; no point of this family depends on it, pinned by {}",
                         g.pooled_with.join(", "),

@@ -82,6 +82,9 @@ pub enum ParamStatus {
     /// A pooled coefficient no point of this group depends on: it takes the pooled value
     /// that its sibling groups' points fit.
     Shared,
+    /// A tied coefficient no point tells apart from its base: it keeps the prior ratio to
+    /// the base's fitted value.
+    Tied,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -49,6 +49,11 @@ pub trait Backend {
     fn pooled(&self, _name: &str) -> bool {
         false
     }
+    /// The coefficient of the same group that `name` is tied to by a ratio (see
+    /// `pool.rs`), if any.
+    fn tied(&self, _name: &str) -> Option<&'static str> {
+        None
+    }
 }
 
 /// One group's fit and its check.
@@ -174,7 +179,12 @@ fn fit_pool<B: Backend + ?Sized>(
     pool: &[usize],
 ) -> Result<Vec<GroupFit>, CalibrateError> {
     let group_params: Vec<Vec<Param>> = pool.iter().map(|&k| backend.params(&names[k])).collect();
-    let layout = Layout::new(group_params, |n| backend.pooled(n), opts.pool_weight);
+    let layout = Layout::new(
+        group_params,
+        |n| backend.pooled(n),
+        |n| backend.tied(n),
+        opts.pool_weight,
+    );
     // The pool's points, group by group; `rows[k]` are group k's rows.
     let mut pool_points: Vec<(usize, &Point)> = Vec::new();
     let mut global: Vec<usize> = Vec::new();
@@ -248,6 +258,16 @@ fn fit_pool<B: Backend + ?Sized>(
                         // Nothing in the pool depends on it: the group's own prior.
                         (ParamStatus::Unconstrained, _) => (ParamStatus::Unconstrained, p.prior),
                         (_, ParamStatus::Unconstrained) => (ParamStatus::Shared, v),
+                        _ if v <= p.lo + 1e-9 * p.scale => (ParamStatus::AtLower, v),
+                        _ if v >= p.hi - 1e-9 * p.scale => (ParamStatus::AtUpper, v),
+                        _ => (ParamStatus::Fitted, v),
+                    }
+                }
+                Slot::Tied { ratio, .. } => {
+                    let v = layout.value(&joint.values, k, j);
+                    match joint.status[ratio] {
+                        // No point tells it apart from its base: it moves with the base.
+                        ParamStatus::Unconstrained => (ParamStatus::Tied, v),
                         _ if v <= p.lo + 1e-9 * p.scale => (ParamStatus::AtLower, v),
                         _ if v >= p.hi - 1e-9 * p.scale => (ParamStatus::AtUpper, v),
                         _ => (ParamStatus::Fitted, v),

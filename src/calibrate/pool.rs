@@ -10,6 +10,14 @@
 //! ([`POOL_WEIGHT`]). So a point left out still has its coefficients predicted from its
 //! siblings, and a family whose points say nothing about a pooled coefficient (a TP1 chip
 //! and a collective latency) takes the value its siblings fit.
+//!
+//! Within a group, a coefficient may be tied to another: the KV cache's read efficiency is
+//! the weights' memory efficiency times a ratio of its own, held at the ratio of their
+//! priors as firmly as a family's deviation from its pool. Both are reads of the same
+//! memory by the same engine; they differ only by the attention kernel's access pattern,
+//! so points that read little KV leave the ratio where it was and the two move together,
+//! and only points that read much KV beside the weights (long-context or large-batch
+//! decode) pull them apart.
 
 use super::fit::Param;
 
@@ -28,6 +36,10 @@ pub enum Slot {
     Own(usize),
     /// `shared + dev`, clamped to the coefficient's bounds.
     Pooled { shared: usize, dev: usize },
+    /// `(the group's coefficient base) × ratio`, clamped to the coefficient's bounds: a
+    /// coefficient tied to another of the same group (KV reads to weight reads), the
+    /// ratio pulled to its prior, so only points that tell the two apart move it.
+    Tied { base: usize, ratio: usize },
 }
 
 /// The parameter vector of a pool of groups fitted together.
@@ -42,8 +54,15 @@ pub struct Layout {
 
 impl Layout {
     /// Lays out `group_params` (one list per group of the pool). A coefficient for which
-    /// `pooled(name)` holds and that two or more groups have is shared.
-    pub fn new(group_params: Vec<Vec<Param>>, pooled: impl Fn(&str) -> bool, weight: f64) -> Self {
+    /// `pooled(name)` holds and that two or more groups have is shared. A coefficient for
+    /// which `tied(name)` names another coefficient of its group is that one times a ratio
+    /// of its own (prior: the ratio of the two priors), held at its prior with `weight`.
+    pub fn new(
+        group_params: Vec<Vec<Param>>,
+        pooled: impl Fn(&str) -> bool,
+        tied: impl Fn(&str) -> Option<&'static str>,
+        weight: f64,
+    ) -> Self {
         let mut params: Vec<Param> = Vec::new();
         let mut shared_of: Vec<(String, usize)> = Vec::new();
         let mut slots = Vec::with_capacity(group_params.len());
@@ -74,6 +93,22 @@ impl Layout {
         for (k, gp) in group_params.iter().enumerate() {
             let mut row = Vec::with_capacity(gp.len());
             for p in gp {
+                let base = tied(&p.name).and_then(|b| gp.iter().position(|q| q.name == b));
+                if let Some(base) = base {
+                    let b = &gp[base];
+                    let ratio = p.prior / b.prior.max(b.lo).max(1e-12);
+                    let lo = p.lo / b.hi.max(1e-12);
+                    let hi = p.hi / b.lo.max(1e-12);
+                    row.push(Slot::Tied {
+                        base,
+                        ratio: params.len(),
+                    });
+                    params.push(
+                        Param::new(format!("{}/{}@{k}", p.name, b.name), lo, hi, ratio)
+                            .with_pull(weight),
+                    );
+                    continue;
+                }
                 match shared_of.iter().find(|(n, _)| *n == p.name) {
                     Some(&(_, shared)) => {
                         let span = p.hi - p.lo;
@@ -108,6 +143,7 @@ impl Layout {
         match self.slots[k][j] {
             Slot::Own(i) => x[i],
             Slot::Pooled { shared, dev } => (x[shared] + x[dev]).clamp(p.lo, p.hi),
+            Slot::Tied { base, ratio } => (self.value(x, k, base) * x[ratio]).clamp(p.lo, p.hi),
         }
     }
 
@@ -119,12 +155,14 @@ impl Layout {
     }
 
     /// The pool parameter whose sensitivity says what pins group `k`'s coefficient `j`:
-    /// its own, or the shared value (which the group's points move exactly as they move
-    /// their deviation, and which every sibling's points move too).
+    /// its own, the shared value (which the group's points move exactly as they move
+    /// their deviation, and which every sibling's points move too), or a tied
+    /// coefficient's ratio (what the points say about it apart from its base).
     pub fn pin_column(&self, k: usize, j: usize) -> usize {
         match self.slots[k][j] {
             Slot::Own(i) => i,
             Slot::Pooled { shared, .. } => shared,
+            Slot::Tied { ratio, .. } => ratio,
         }
     }
 
@@ -149,6 +187,7 @@ mod tests {
         let l = Layout::new(
             vec![group(1000.0, 0.5), group(3000.0, 0.7)],
             |n| n == "step_us",
+            |_| None,
             POOL_WEIGHT,
         );
         // shared step, then per group: dev, eff.
@@ -167,8 +206,37 @@ mod tests {
     }
 
     #[test]
+    fn a_tied_coefficient_follows_its_base_by_a_ratio_of_its_own() {
+        let group = vec![
+            Param::new("mem", 0.01, 1.0, 0.6),
+            Param::new("kv", 0.01, 1.0, 0.48),
+        ];
+        let l = Layout::new(
+            vec![group],
+            |_| false,
+            |n| (n == "kv").then_some("mem"),
+            POOL_WEIGHT,
+        );
+        assert_eq!(l.params.len(), 2);
+        assert!((l.params[1].prior - 0.8).abs() < 1e-12, "{:?}", l.params[1]);
+        assert_eq!(l.params[1].pull, Some(POOL_WEIGHT));
+        let mut x: Vec<f64> = l.params.iter().map(|p| p.prior).collect();
+        assert!((l.value(&x, 0, 1) - 0.48).abs() < 1e-12);
+        // Moving the base moves the tied coefficient with it; the ratio moves it alone.
+        x[0] = 0.3;
+        assert!((l.value(&x, 0, 1) - 0.24).abs() < 1e-12);
+        x[1] = 0.5;
+        assert!((l.value(&x, 0, 1) - 0.15).abs() < 1e-12);
+        // Never outside the tied coefficient's own bounds.
+        x[1] = 50.0;
+        assert_eq!(l.value(&x, 0, 1), 1.0);
+        assert_eq!(l.pin_column(0, 1), 1);
+        assert!(!l.is_pooled(0, 1));
+    }
+
+    #[test]
     fn a_group_alone_keeps_its_own_coefficients() {
-        let l = Layout::new(vec![group(1000.0, 0.5)], |_| true, POOL_WEIGHT);
+        let l = Layout::new(vec![group(1000.0, 0.5)], |_| true, |_| None, POOL_WEIGHT);
         assert_eq!(l.params.len(), 2);
         assert!(!l.is_pooled(0, 0));
         let x: Vec<f64> = l.params.iter().map(|p| p.prior).collect();

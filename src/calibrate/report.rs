@@ -96,6 +96,9 @@ fn status_text(g: &GroupFit, j: usize) -> &'static str {
         (ParamStatus::Shared, _) => {
             "pooled: no point of this group depends on it; the value its siblings fit"
         }
+        (ParamStatus::Tied, _) => {
+            "tied: no point tells it apart from its base; the prior ratio to the base's fit"
+        }
     }
 }
 

@@ -37,8 +37,25 @@ pub struct EngineCoefficients {
     /// Fraction of peak the decode GEMMs reach per decoding token. Decode feeds a GEMM one
     /// row per sequence, so this is a small-M efficiency, fitted apart from prefill's.
     pub decode_compute_efficiency: f64,
-    /// Fraction of memory bandwidth reached reading weights and KV cache (decode MBU).
+    /// Fraction of memory bandwidth reached streaming the weights (decode MBU).
     pub memory_efficiency: f64,
+    /// Fraction of memory bandwidth reached reading the KV cache in attention: the memory
+    /// cost that grows with context. Paged KV is gathered block by block, and one long
+    /// sequence gives the attention kernel only its KV heads (and context splits) to spread
+    /// over the cores, so it need not stream as fast as the weights' large contiguous
+    /// GEMV reads; only points that read much KV beside the weights (long-context or
+    /// large-batch decode) can tell it apart from `memory_efficiency`. An entry that omits
+    /// it gets `memory_efficiency`, the one figure both used before they were separated.
+    #[serde(default = "unset")]
+    pub kv_read_efficiency: f64,
+    /// New tokens (query rows) in a step at which KV reads reach half of
+    /// `kv_read_efficiency`: the efficiency at `n` tokens is `kv_read_efficiency · n /
+    /// (n + kv_read_half_tokens)`. An attention kernel that spreads its work over query
+    /// rows and KV heads only leaves most cores idle for one decoding sequence (a batch-1
+    /// step of a GQA model has 8 KV heads of work); kernels that also split the context
+    /// (Flash-Decoding, vLLM's paged attention v2) have ~0. Absent means 0.
+    #[serde(default)]
+    pub kv_read_half_tokens: f64,
     /// Fraction of the BF16 peak reached by attention arithmetic (score and value mixing
     /// against the context): the cost that grows with context length.
     pub attention_efficiency: f64,
@@ -92,8 +109,9 @@ fn is_chunked(on: &bool) -> bool {
     *on
 }
 
-/// Marks `prefill_allreduce_latency_us` as absent from a file, to be filled from
-/// `allreduce_latency_us` once the entry is read.
+/// Marks a coefficient as absent from a file, to be filled once the entry is read:
+/// `prefill_allreduce_latency_us` from `allreduce_latency_us`, `kv_read_efficiency` from
+/// `memory_efficiency`.
 fn unset() -> f64 {
     f64::NAN
 }
@@ -109,6 +127,8 @@ impl EngineCoefficients {
         ("prefill_half_tokens", 0.0, 8192.0),
         ("decode_compute_efficiency", 0.01, 1.0),
         ("memory_efficiency", 0.01, 1.0),
+        ("kv_read_efficiency", 0.01, 1.0),
+        ("kv_read_half_tokens", 0.0, 4096.0),
         ("attention_efficiency", 0.01, 1.0),
         ("prefill_step_overhead_us", 0.0, 1e6),
         ("prefill_layer_overhead_us", 0.0, 1e4),
@@ -126,6 +146,8 @@ impl EngineCoefficients {
             "prefill_half_tokens" => &mut self.prefill_half_tokens,
             "decode_compute_efficiency" => &mut self.decode_compute_efficiency,
             "memory_efficiency" => &mut self.memory_efficiency,
+            "kv_read_efficiency" => &mut self.kv_read_efficiency,
+            "kv_read_half_tokens" => &mut self.kv_read_half_tokens,
             "attention_efficiency" => &mut self.attention_efficiency,
             "prefill_step_overhead_us" => &mut self.prefill_step_overhead_us,
             "prefill_layer_overhead_us" => &mut self.prefill_layer_overhead_us,
@@ -155,6 +177,16 @@ impl EngineCoefficients {
         }
         *self.slot(field).expect("every FITTED name has a slot") = value;
         Ok(())
+    }
+
+    /// Fills the coefficients a file may omit from the ones they were split from.
+    pub fn fill_unset(&mut self) {
+        if self.prefill_allreduce_latency_us.is_nan() {
+            self.prefill_allreduce_latency_us = self.allreduce_latency_us;
+        }
+        if self.kv_read_efficiency.is_nan() {
+            self.kv_read_efficiency = self.memory_efficiency;
+        }
     }
 
     /// Rejects values outside the physical bounds: the first problem found, by field.
@@ -230,9 +262,7 @@ impl EngineCatalogue {
                 ));
             }
             for (key, c) in &mut engine.on {
-                if c.prefill_allreduce_latency_us.is_nan() {
-                    c.prefill_allreduce_latency_us = c.allreduce_latency_us;
-                }
+                c.fill_unset();
                 c.validate().map_err(|(f, m)| {
                     table_error(file, src, &format!("engines.{id}.on.{key}"), f, m)
                 })?;

@@ -45,6 +45,8 @@ pub(crate) mod fixtures {
             prefill_half_tokens: 0.0,
             decode_compute_efficiency: 0.5,
             memory_efficiency: 0.6,
+            kv_read_efficiency: 0.6,
+            kv_read_half_tokens: 0.0,
             attention_efficiency: 0.5,
             prefill_step_overhead_us: 1000.0,
             prefill_layer_overhead_us: 0.0,
@@ -165,6 +167,9 @@ mod tests {
                     engine.coefficients.decode_seq_overhead_us = 37.5;
                     engine.coefficients.prefill_half_tokens = 200.0;
                     engine.coefficients.decode_layer_overhead_us = 13.0;
+                    // KV read apart from the weights, slower still for few sequences.
+                    engine.coefficients.kv_read_efficiency = 0.3;
+                    engine.coefficients.kv_read_half_tokens = 2.5;
                     let p = PerfModel::new(&chip, &engine, &llama3_8b(), tp, Dtype::Bf16).unwrap();
                     for (seqs, ctx0) in [(1, 10), (7, 3000), (64, 100_000), (256, 1_000_000)] {
                         let mut total = 0;

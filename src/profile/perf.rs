@@ -12,9 +12,14 @@
 //!   the tensor cores. Decode tokens cost the same FLOPs at the decode (small-M) efficiency.
 //!   Attention costs `4·L·heads·head_dim` FLOPs per (token, context token) pair at the
 //!   attention efficiency of the BF16 peak;
-//! - memory = (weights touched + KV bytes read) / (bandwidth · memory efficiency); MoE
-//!   models read only the experts a batch touches: with E experts and k per token, T
-//!   tokens touch E·(1 − (1 − k/E)^T) of them in expectation;
+//! - memory = weights touched / (bandwidth · memory efficiency) + KV bytes read /
+//!   (bandwidth · KV-read efficiency): the weights stream as large contiguous reads, the
+//!   paged KV cache is gathered by the attention kernels, each at its own fraction of the
+//!   bandwidth, so a long context costs what it measures without slowing short-context
+//!   decode. KV reads reach their efficiency only with enough parallel work: at `n` new
+//!   tokens in the step it is scaled by `n/(n + n½)` (one decoding sequence gives a kernel
+//!   that does not split the context only its KV heads to spread over the cores). MoE models read only the experts a batch touches: with E experts and k per
+//!   token, T tokens touch E·(1 − (1 − k/E)^T) of them in expectation;
 //! - collectives: two all-reduces per layer over `tp · dies` ranks, at a latency of their
 //!   own in steps carrying prompt tokens (launched eagerly, every rank a barrier for the
 //!   others' host) and in pure decode steps (replayed from a captured graph);
@@ -149,6 +154,9 @@ pub struct PerfModel {
     decode_ps_per_token: u64,
     attn_ps_per_pair: u64,
     kv_read_ps_per_token: u64,
+    /// `kv_read_ps_per_token · kv_read_half_tokens`: a step of `n` new tokens reads each
+    /// KV token in `kv_read_ps_per_token + kv_half_ps / n` (see [`Self::kv_ps`]).
+    kv_half_ps: u64,
     weight_read_ps: u64,
     moe: Option<MoeWeights>,
     /// Collective latency of a pure decode step and of a step carrying prompt tokens.
@@ -203,6 +211,9 @@ impl PerfModel {
         let peak_flops = ranks * peak_tflops / dies * 1e12;
         let bf16_flops = ranks * chip.bf16_tflops / dies * 1e12;
         let bytes_per_s_per_rank = chip.bandwidth_tbps / dies * 1e12 * e.memory_efficiency;
+        // KV is read by the attention kernels at an efficiency of its own (paged blocks,
+        // parallel only over KV heads and context splits), not at the weights' rate.
+        let kv_bytes_per_s_per_rank = chip.bandwidth_tbps / dies * 1e12 * e.kv_read_efficiency;
 
         let dense_flops = 2.0 * model.params_active_b * 1e9;
         let prefill_s_per_token = dense_flops / (peak_flops * e.prefill_efficiency);
@@ -289,7 +300,8 @@ impl PerfModel {
             prefill_fixed_ps: to_ps(prefill_s_per_token * e.prefill_half_tokens),
             decode_ps_per_token: to_ps(dense_flops / (peak_flops * e.decode_compute_efficiency)),
             attn_ps_per_pair: to_ps(attn_flops_per_pair / (bf16_flops * e.attention_efficiency)),
-            kv_read_ps_per_token: to_ps(kv_per_rank / bytes_per_s_per_rank),
+            kv_read_ps_per_token: to_ps(kv_per_rank / kv_bytes_per_s_per_rank),
+            kv_half_ps: to_ps(kv_per_rank / kv_bytes_per_s_per_rank * e.kv_read_half_tokens),
             weight_read_ps: to_ps(weights_per_rank / bytes_per_s_per_rank),
             moe,
             decode_comm_fixed_ps,
@@ -357,6 +369,16 @@ impl PerfModel {
         }
     }
 
+    /// Time to read one KV token in a step of `tokens` new tokens: the KV-read efficiency
+    /// scaled by `n / (n + half)`. A run of decode steps keeps its batch, so this is one
+    /// constant over the run and the closed form of [`Self::decode_run_ns`] holds.
+    fn kv_ps(&self, tokens: u64) -> u64 {
+        if self.kv_half_ps == 0 || tokens == 0 {
+            return self.kv_read_ps_per_token;
+        }
+        self.kv_read_ps_per_token + (self.kv_half_ps + tokens / 2) / tokens
+    }
+
     /// The parts of a step's time in picoseconds: (compute, memory, everything else).
     pub(crate) fn step_parts_ps(&self, s: &StepShape) -> (u64, u64, u64) {
         let decode_tokens = s.tokens - s.prefill_tokens.min(s.tokens);
@@ -371,7 +393,7 @@ impl PerfModel {
         let compute = prefill
             + decode_tokens * self.decode_ps_per_token
             + s.attn_pairs * self.attn_ps_per_pair;
-        let memory = self.weight_ps(s.tokens) + s.kv_read_tokens * self.kv_read_ps_per_token;
+        let memory = self.weight_ps(s.tokens) + s.kv_read_tokens * self.kv_ps(s.tokens);
         let rest =
             overhead + s.tokens * self.comm_ps_per_token + decode_tokens * self.seq_overhead_ps;
         (compute, memory, rest)
@@ -442,7 +464,7 @@ impl PerfModel {
         // step i: compute = pc + qc·i, memory = pm + qm·i, plus a constant rest.
         let (pc, pm, rest) = self.step_parts_ps(&StepShape::decode(seqs, ctx0));
         let qc = seqs * self.attn_ps_per_pair;
-        let qm = seqs * self.kv_read_ps_per_token;
+        let qm = seqs * self.kv_ps(seqs);
         // First step index at which compute ≥ memory (the lines cross at most once).
         let switch = if pc >= pm {
             if qc >= qm {
