@@ -14,6 +14,9 @@
 //! requests; then it prints each policy's median against the goal and fails if one falls
 //! short. `cargo bench --bench replay`; DUJIANG_REPLAY_REQUESTS changes the size,
 //! DUJIANG_REPLAY_GOAL the goal in requests/s (0: report only, for a loaded machine).
+//! DUJIANG_REPLAY_ONCE=POLICY runs one replay of that policy and exits, nothing else: the
+//! run to put under `valgrind --tool=callgrind`, whose instruction counts per request stay
+//! steady on a busy machine where wall times do not.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use dujiang::engine::Role;
@@ -148,6 +151,14 @@ fn replay(c: &mut Criterion) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(GOAL_PER_S);
+    if let Ok(policy) = std::env::var("DUJIANG_REPLAY_ONCE") {
+        let wall = run(&policy, requests);
+        println!(
+            "replay/{policy}: one run of {requests} requests in {:.3} s",
+            wall.as_secs_f64()
+        );
+        return;
+    }
     println!("replay: {requests} requests, 1024 backends in 8 pools, Poisson {RATE} req/s");
     // Memory first: the peak resident set is the process's, and criterion's own analysis
     // afterwards would raise it.

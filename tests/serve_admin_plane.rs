@@ -146,7 +146,7 @@ async fn add_pool_bounds_counts_and_names() {
     let err = a.add_pool(add("huge", 100_000_000)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().starts_with("backends:"), "{}", err.message());
-    assert!(err.message().contains("4096"), "{}", err.message());
+    assert!(err.message().contains("8192"), "{}", err.message());
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     for bad in ["", "H20-extra", "a b", "x\"}", &"p".repeat(64)] {
         let err = a.add_pool(add(bad, 1)).await.unwrap_err();

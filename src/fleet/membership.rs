@@ -207,10 +207,12 @@ pub enum FleetError {
 
 /// Most backends in one pool. Each is a driver task with an engine, a load slot and a
 /// few metric series, and routing samples within pools, so thousands are cheap but
-/// millions would exhaust memory; the README's figures go up to 4,096 in a fleet.
-pub const MAX_POOL_BACKENDS: u32 = 4096;
+/// millions would exhaust memory. One cell of a Doubao-scale deployment has tens of
+/// thousands of backends of a few chip kinds (issue 17): the routing bench decides among
+/// 65,536 in 8 pools.
+pub const MAX_POOL_BACKENDS: u32 = 8192;
 /// Most backends in a fleet, across all its pools.
-pub const MAX_FLEET_BACKENDS: u32 = 16_384;
+pub const MAX_FLEET_BACKENDS: u32 = 65_536;
 /// Backend ids a fleet may allocate over its life. Ids are never reused (a removed pool's
 /// backends may still be finishing), so this bounds what add/remove cycles can allocate
 /// and keeps every id arithmetic far inside `u32`.

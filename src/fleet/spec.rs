@@ -838,8 +838,8 @@ metrics = "sglang"
             assert!(err.to_string().starts_with("t.toml:7:"), "{err}");
             assert!(err.to_string().contains("above the limit"), "{err}");
         }
-        let err =
-            FleetSpec::parse(&SMALL.replace("count = 2", "count = 4097"), "t.toml").unwrap_err();
+        let count = format!("count = {}", MAX_POOL_BACKENDS + 1);
+        let err = FleetSpec::parse(&SMALL.replace("count = 2", &count), "t.toml").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("pools.zeta.count"));
         assert_eq!(err.line, Some(6), "{err}");
         // Beyond u32 is a type error from the TOML reader, also placed.
