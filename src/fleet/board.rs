@@ -316,6 +316,16 @@ impl LoadView for BoardView {
             .map(|s| s.snapshot())
             .unwrap_or_default()
     }
+
+    fn loads(&self, ids: &[BackendId], out: &mut [LoadSnapshot]) {
+        let slots = &self.snap.slots;
+        for (o, &b) in out.iter_mut().zip(ids) {
+            *o = slots
+                .get(b.index())
+                .map(|s| s.snapshot())
+                .unwrap_or_default();
+        }
+    }
 }
 
 #[cfg(test)]

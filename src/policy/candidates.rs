@@ -3,6 +3,7 @@
 //! bounded scan-or-sample helper. A decision touches a few dozen backends at most, so it
 //! costs the same for 8 backends as for 4096.
 
+use crate::engine::LoadSnapshot;
 use crate::fleet::{BackendId, LoadView, Membership, PoolId, PoolInfo, MAX_POOLS};
 use crate::request::Request;
 
@@ -126,20 +127,6 @@ pub fn random_eligible<'v>(
     Eligible::of(view).random(rng)
 }
 
-/// One uniformly random serving backend of `pool`.
-pub fn random_in_pool(
-    view: &dyn LoadView,
-    pool: &PoolInfo,
-    rng: &mut PickRng,
-) -> Option<BackendId> {
-    let serving = view.membership().serving(pool.id);
-    if serving.is_empty() {
-        None
-    } else {
-        Some(serving[rng.below(serving.len())])
-    }
-}
-
 /// Scan-or-sample bounds shared by the "least X" policies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -161,14 +148,93 @@ impl Default for Reach {
     }
 }
 
-/// Calls `key` on the candidates of one decision: every eligible backend (starting at a
-/// random one, so ties do not always favour the lowest id) when there are few, otherwise a
-/// random sample. Returns the candidate with the smallest key.
+/// Candidates whose loads are read together: enough to cover a decision's usual sample
+/// (eight draws, or two in each of eight pools) in one pass, small enough that the stack
+/// arrays cost nothing to set up.
+const GATHER: usize = 16;
+
+/// Calls `f` with each candidate of `cands` and its load, in order. Loads are read
+/// [`GATHER`] candidates at a time through [`LoadView::loads`] before any is weighed, so
+/// their cache misses overlap; the candidates are drawn first, so the draws (and with
+/// them every pick) are the same as reading each load as it is drawn.
+pub fn for_each_load<'v>(
+    view: &dyn LoadView,
+    mut cands: impl Iterator<Item = (&'v PoolInfo, BackendId)>,
+    mut f: impl FnMut(&'v PoolInfo, BackendId, &LoadSnapshot),
+) {
+    let mut pools: [Option<&'v PoolInfo>; GATHER] = [None; GATHER];
+    let mut ids = [BackendId(0); GATHER];
+    let mut loads = [LoadSnapshot::default(); GATHER];
+    loop {
+        let mut n = 0;
+        while n < GATHER {
+            let Some((p, b)) = cands.next() else { break };
+            (pools[n], ids[n]) = (Some(p), b);
+            n += 1;
+        }
+        view.loads(&ids[..n], &mut loads[..n]);
+        for i in 0..n {
+            if let Some(p) = pools[i] {
+                f(p, ids[i], &loads[i]);
+            }
+        }
+        if n < GATHER {
+            return;
+        }
+    }
+}
+
+/// `per_pool` uniformly random serving backends of each pool of `pools` in turn (pools
+/// with none serving give none), drawn from `rng` in that order.
+pub struct PerPoolDraws<'v, 'r, P> {
+    membership: &'v Membership,
+    pools: P,
+    rng: &'r mut PickRng,
+    per_pool: usize,
+    current: Option<(&'v PoolInfo, &'v [BackendId])>,
+    left: usize,
+}
+
+impl<'v, 'r, P: Iterator<Item = &'v PoolInfo>> PerPoolDraws<'v, 'r, P> {
+    pub fn new(view: &'v dyn LoadView, pools: P, rng: &'r mut PickRng, per_pool: usize) -> Self {
+        PerPoolDraws {
+            membership: view.membership(),
+            pools,
+            rng,
+            per_pool: per_pool.max(1),
+            current: None,
+            left: 0,
+        }
+    }
+}
+
+impl<'v, P: Iterator<Item = &'v PoolInfo>> Iterator for PerPoolDraws<'v, '_, P> {
+    type Item = (&'v PoolInfo, BackendId);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.left == 0 {
+            let pool = self.pools.next()?;
+            let serving = self.membership.serving(pool.id);
+            if !serving.is_empty() {
+                self.current = Some((pool, serving));
+                self.left = self.per_pool;
+            }
+        }
+        let (pool, serving) = self.current?;
+        self.left -= 1;
+        Some((pool, serving[self.rng.below(serving.len())]))
+    }
+}
+
+/// Calls `key` on the candidates of one decision, with each one's load: every eligible
+/// backend (starting at a random one, so ties do not always favour the lowest id) when
+/// there are few, otherwise a random sample. Returns the candidate with the smallest key
+/// (the first drawn of equal ones).
 pub fn min_by_key<K: PartialOrd>(
     view: &dyn LoadView,
     rng: &mut PickRng,
     reach: Reach,
-    mut key: impl FnMut(&PoolInfo, BackendId) -> K,
+    mut key: impl FnMut(&PoolInfo, BackendId, &LoadSnapshot) -> K,
 ) -> Option<BackendId> {
     let eligible = Eligible::of(view);
     let n = eligible.total();
@@ -176,25 +242,19 @@ pub fn min_by_key<K: PartialOrd>(
         return None;
     }
     let mut best: Option<(K, BackendId)> = None;
-    let mut consider = |pool: &PoolInfo, b: BackendId| {
-        let k = key(pool, b);
+    let consider = |pool: &PoolInfo, b: BackendId, load: &LoadSnapshot| {
+        let k = key(pool, b, load);
         if best.as_ref().is_none_or(|(bk, _)| k < *bk) {
             best = Some((k, b));
         }
     };
     if n <= reach.scan_limit {
         let start = rng.below(n);
-        for j in 0..n {
-            if let Some((p, b)) = eligible.nth((start + j) % n) {
-                consider(p, b);
-            }
-        }
+        let all = (0..n).filter_map(|j| eligible.nth((start + j) % n));
+        for_each_load(view, all, consider);
     } else {
-        for _ in 0..reach.sample.max(1) {
-            if let Some((p, b)) = eligible.random(rng) {
-                consider(p, b);
-            }
-        }
+        let draws = (0..reach.sample.max(1)).filter_map(|_| eligible.random(rng));
+        for_each_load(view, draws, consider);
     }
     best.map(|(_, b)| b)
 }

@@ -17,7 +17,7 @@
 //! Composes with `domestic-share` (which passes its domestic-only view down), and falls
 //! back to whole requests when the fleet has no serving prefill or decode pool.
 
-use super::candidates::{random_in_pool, PickRng};
+use super::candidates::{for_each_load, PerPoolDraws, PickRng};
 use super::predict::predict;
 use super::{bad, params, Policy, PolicyError, PredictedLatency, Route};
 use crate::engine::Role;
@@ -113,24 +113,20 @@ pub fn pick_decode<'v>(
     let need = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
     // (lacks room, TPOT or -room) lower is better.
     let mut best: Option<((bool, i128), BackendId, &'v PoolInfo)> = None;
-    for pool in view.eligible_pools().filter(|p| mask.contains(p.id)) {
-        for _ in 0..per_pool.max(1) {
-            let Some(b) = random_in_pool(view, pool, rng) else {
-                break;
-            };
-            let load = view.load(b);
-            let free = u64::from(load.kv_total_blocks.saturating_sub(load.kv_used_blocks))
-                * u64::from(pool.config.block_size);
-            let key = if free >= need {
-                (false, i128::from(predict(pool, &load, req).tpot_ns))
-            } else {
-                (true, -i128::from(free))
-            };
-            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
-                best = Some((key, b, pool));
-            }
+    let pools = view.eligible_pools().filter(|p| mask.contains(p.id));
+    let draws = PerPoolDraws::new(view, pools, rng, per_pool);
+    for_each_load(view, draws, |pool, b, load| {
+        let free = u64::from(load.kv_total_blocks.saturating_sub(load.kv_used_blocks))
+            * u64::from(pool.config.block_size);
+        let key = if free >= need {
+            (false, i128::from(predict(pool, load, req).tpot_ns))
+        } else {
+            (true, -i128::from(free))
+        };
+        if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
+            best = Some((key, b, pool));
         }
-    }
+    });
     best.map(|(_, b, p)| (b, p))
 }
 
@@ -171,27 +167,36 @@ impl Policy for Disaggregated {
             [(0, 0.0, BackendId(0)); crate::fleet::MAX_POOLS];
         let mut n = 0;
         let mut fastest = u64::MAX;
-        for pool in view.eligible_pools().filter(|p| prefill.contains(p.id)) {
-            let link = links.between(pool.id.index(), dpool.id.index());
-            let transfer = link.alone_ns(bytes);
-            let mut best: Option<(u64, BackendId)> = None;
-            for _ in 0..self.per_pool {
-                let Some(b) = random_in_pool(view, pool, &mut rng) else {
-                    break;
-                };
-                let ttft = predict(pool, &view.load(b), &first)
-                    .ttft_ns
-                    .saturating_add(transfer);
-                if best.is_none_or(|(t, _)| ttft < t) {
-                    best = Some((ttft, b));
+        let mut take = |pool: &PoolInfo, ttft: u64, b: BackendId| {
+            let cost = pool.price_per_hour_usd * pool.prefill_ps_per_token as f64;
+            cands[n] = (ttft, cost, b);
+            n += 1;
+            fastest = fastest.min(ttft);
+        };
+        // Each pool's fastest sample (its transfer included) is its candidate.
+        let pools = view.eligible_pools().filter(|p| prefill.contains(p.id));
+        let draws = PerPoolDraws::new(view, pools, &mut rng, self.per_pool);
+        let mut best: Option<(&PoolInfo, u64, BackendId)> = None;
+        for_each_load(view, draws, |pool, b, load| {
+            let transfer = links
+                .between(pool.id.index(), dpool.id.index())
+                .alone_ns(bytes);
+            let ttft = predict(pool, load, &first).ttft_ns.saturating_add(transfer);
+            match &mut best {
+                Some((bp, bt, bb)) if bp.id == pool.id => {
+                    if ttft < *bt {
+                        (*bt, *bb) = (ttft, b);
+                    }
+                }
+                _ => {
+                    if let Some((bp, bt, bb)) = best.replace((pool, ttft, b)) {
+                        take(bp, bt, bb);
+                    }
                 }
             }
-            if let Some((ttft, b)) = best {
-                let cost = pool.price_per_hour_usd * pool.prefill_ps_per_token as f64;
-                cands[n] = (ttft, cost, b);
-                n += 1;
-                fastest = fastest.min(ttft);
-            }
+        });
+        if let Some((bp, bt, bb)) = best {
+            take(bp, bt, bb);
         }
         let limit = fastest as f64 * (1.0 + self.tie_tolerance);
         let first = cands[..n]

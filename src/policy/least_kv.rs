@@ -31,8 +31,7 @@ impl Policy for LeastKv {
 
     fn pick(&self, req: &Request, view: &dyn LoadView, _now: Nanos) -> Option<BackendId> {
         let mut rng = PickRng::for_request(self.seed, req);
-        min_by_key(view, &mut rng, self.reach, |_, b| {
-            let l = view.load(b);
+        min_by_key(view, &mut rng, self.reach, |_, _, l| {
             // Usage in parts per million keeps the key integral (and totally ordered).
             let usage = if l.kv_total_blocks == 0 {
                 0

@@ -37,8 +37,7 @@ impl Policy for LeastOutstanding {
 
     fn pick(&self, req: &Request, view: &dyn LoadView, _now: Nanos) -> Option<BackendId> {
         let mut rng = PickRng::for_request(self.seed, req);
-        min_by_key(view, &mut rng, self.reach, |_, b| {
-            let l = view.load(b);
+        min_by_key(view, &mut rng, self.reach, |_, _, l| {
             (
                 l.outstanding(),
                 l.queued_prefill_tokens + l.remaining_decode_tokens,

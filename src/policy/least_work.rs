@@ -33,8 +33,8 @@ impl Policy for LeastWork {
 
     fn pick(&self, req: &Request, view: &dyn LoadView, _now: Nanos) -> Option<BackendId> {
         let mut rng = PickRng::for_request(self.seed, req);
-        min_by_key(view, &mut rng, self.reach, |pool, b| {
-            work_ns(pool, &view.load(b), req)
+        min_by_key(view, &mut rng, self.reach, |pool, _, load| {
+            work_ns(pool, load, req)
         })
     }
 }

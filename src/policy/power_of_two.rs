@@ -2,7 +2,7 @@
 //! work (queued prefill plus remaining decode tokens). Mitzenmacher's "power of two
 //! choices": almost the balance of a full scan at the cost of two reads.
 
-use super::candidates::{Eligible, PickRng};
+use super::candidates::{for_each_load, Eligible, PickRng};
 use super::{bad, params, Policy, PolicyError};
 use crate::fleet::{BackendId, LoadView};
 use crate::request::{Nanos, Request};
@@ -51,9 +51,8 @@ pub(crate) fn best_of_random(
 ) -> Option<BackendId> {
     let eligible = Eligible::of(view);
     let mut best: Option<((u64, u32), BackendId)> = None;
-    for _ in 0..choices {
-        let (_, b) = eligible.random(rng)?;
-        let l = view.load(b);
+    let draws = (0..choices).map_while(|_| eligible.random(rng));
+    for_each_load(view, draws, |_, b, l| {
         let key = (
             l.queued_prefill_tokens + l.remaining_decode_tokens,
             l.outstanding(),
@@ -61,7 +60,7 @@ pub(crate) fn best_of_random(
         if best.is_none_or(|(k, _)| key < k) {
             best = Some((key, b));
         }
-    }
+    });
     best.map(|(_, b)| b)
 }
 

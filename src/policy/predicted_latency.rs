@@ -13,7 +13,7 @@
 //! that breaks the TPOT objective spreads prefill work by prefill speed and still keeps
 //! requests off backends too slow to stream within their SLO.
 
-use super::candidates::{random_in_pool, PickRng};
+use super::candidates::{for_each_load, PerPoolDraws, PickRng};
 use super::predict::{predict, Prediction};
 use super::{bad, params, Policy, PolicyError};
 use crate::fleet::{BackendId, LoadView, PoolInfo};
@@ -56,20 +56,25 @@ pub(crate) fn best_per_pool_by<'v>(
     key: impl Fn(&Prediction) -> u64,
     mut visit: impl FnMut(&'v PoolInfo, BackendId, Prediction),
 ) {
-    for pool in view.eligible_pools() {
-        let mut best: Option<(Prediction, BackendId)> = None;
-        for _ in 0..per_pool.max(1) {
-            let Some(b) = random_in_pool(view, pool, rng) else {
-                break;
-            };
-            let p = predict(pool, &view.load(b), req);
-            if best.is_none_or(|(bp, _)| key(&p) < key(&bp)) {
-                best = Some((p, b));
+    let draws = PerPoolDraws::new(view, view.eligible_pools(), rng, per_pool);
+    let mut best: Option<(&'v PoolInfo, Prediction, BackendId)> = None;
+    for_each_load(view, draws, |pool, b, load| {
+        let p = predict(pool, load, req);
+        match &mut best {
+            Some((bp, bpred, bb)) if bp.id == pool.id => {
+                if key(&p) < key(bpred) {
+                    (*bpred, *bb) = (p, b);
+                }
+            }
+            _ => {
+                if let Some((bp, bpred, bb)) = best.replace((pool, p, b)) {
+                    visit(bp, bb, bpred);
+                }
             }
         }
-        if let Some((p, b)) = best {
-            visit(pool, b, p);
-        }
+    });
+    if let Some((bp, bpred, bb)) = best {
+        visit(bp, bb, bpred);
     }
 }
 

@@ -10,7 +10,7 @@
 //! backends on the ring, which then hold that prefix too, instead of herding onto one
 //! backend. The mean is estimated from `probes` random backends, not a fleet scan.
 
-use super::candidates::{Eligible, PickRng};
+use super::candidates::{for_each_load, Eligible, PickRng};
 use super::power_of_two::best_of_random;
 use super::{bad, params, Policy, PolicyError};
 use crate::fleet::{mix64, BackendId, LoadView};
@@ -92,12 +92,11 @@ impl Policy for PrefixAffinity {
         let mut total = 0u64;
         let mut probed = 0u64;
         let eligible = Eligible::of(view);
-        for _ in 0..self.probes {
-            if let Some((_, b)) = eligible.random(&mut rng) {
-                total += u64::from(view.load(b).outstanding());
-                probed += 1;
-            }
-        }
+        let draws = (0..self.probes).filter_map(|_| eligible.random(&mut rng));
+        for_each_load(view, draws, |_, _, load| {
+            total += u64::from(load.outstanding());
+            probed += 1;
+        });
         if probed == 0 {
             return None;
         }
