@@ -100,10 +100,27 @@ impl WakeQueue {
         let len = self.heap.len();
         loop {
             let first = ARITY * i + 1;
+            if first + ARITY <= len {
+                // A full node (all but the last on the way down): a fixed-size array, so
+                // the four comparisons compile without bounds checks or a loop.
+                let c: &[Key; ARITY] = self.heap[first..first + ARITY]
+                    .try_into()
+                    .expect("four children");
+                let (m01, k01) = if c[1] < c[0] { (1, c[1]) } else { (0, c[0]) };
+                let (m23, k23) = if c[3] < c[2] { (3, c[3]) } else { (2, c[2]) };
+                let (m, mk) = if k23 < k01 { (m23, k23) } else { (m01, k01) };
+                if mk >= k {
+                    break;
+                }
+                self.heap[i] = mk;
+                self.pos[backend_of(mk)] = i as u32;
+                i = first + m;
+                continue;
+            }
             if first >= len {
                 break;
             }
-            let children = &self.heap[first..(first + ARITY).min(len)];
+            let children = &self.heap[first..len];
             let (mut m, mut mk) = (0, children[0]);
             for (c, &ck) in children.iter().enumerate().skip(1) {
                 if ck < mk {
