@@ -1,7 +1,7 @@
 //! Overhead of the proxy hop (issue 15): dujiang routing to a real engine over its OpenAI
 //! API, against calling that engine directly, in the same run. The engine is the real
 //! `dujiang serve` binary in a process of its own (one simulated H20 at a time scale of
-//! 10^9, so a step takes ~0 wall time and all its time is HTTP, framing and its own request
+//! 10^6, so a step takes ~0 wall time and all its time is HTTP, framing and its own request
 //! path); the router runs in this process, with the bench's client, on two worker threads,
 //! its fleet one `kind = "openai"` pool over that engine. Direct and proxied calls go to
 //! the same engine process, so the difference is the hop: the router's work and one more
@@ -60,8 +60,13 @@ const ENGINE_FLEET: &str =
     "name = \"engine\"\nmodel = \"llama-3-8b\"\n\n[pools.h20]\nchip = \"h20\"\ncount = 1\n";
 
 /// Simulated time per wall second in the engine: its modelled steps (milliseconds) take
-/// picoseconds, so it answers as fast as its own code runs.
-const ENGINE_TIME_SCALE: &str = "1e9";
+/// nanoseconds, so it answers as fast as its own code runs. (Not much more: simulated
+/// nanoseconds are a u64, which 10^9 would run through in 18 wall seconds.)
+const ENGINE_TIME_SCALE: &str = "1e6";
+
+/// The engine's serve config: no shedding by predicted latency (its H20 model predicts a
+/// queue of simulated milliseconds, which a time scale of 10^6 makes nothing).
+const ENGINE_CONFIG: &str = "[admission]\nslo_shed_factor = 0.0\n";
 
 /// The engine process; killed when dropped.
 struct Engine {
@@ -94,8 +99,12 @@ fn start_engine() -> Engine {
     let fleet =
         std::env::temp_dir().join(format!("dujiang-proxy-bench-{}.toml", std::process::id()));
     std::fs::write(&fleet, ENGINE_FLEET).unwrap();
+    let config = fleet.with_extension("serve.toml");
+    std::fs::write(&config, ENGINE_CONFIG).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_dujiang"))
-        .args(["serve", "--fleet"])
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--fleet")
         .arg(&fleet)
         .args(["--time-scale", ENGINE_TIME_SCALE])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
@@ -122,6 +131,7 @@ fn start_engine() -> Engine {
         }
     }
     let _ = std::fs::remove_file(&fleet);
+    let _ = std::fs::remove_file(&config);
     let Some(openai) = openai else {
         let _ = child.kill();
         panic!("the engine printed no serving line");
@@ -179,7 +189,14 @@ async fn chat(
         .body(http_body_util::Full::new(body.clone()))
         .unwrap();
     let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
+    if resp.status() != 200 {
+        let status = resp.status();
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        panic!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
     let mut body = resp.into_body();
     let mut sse = SseDecoder::default();
     let (mut first, mut last, mut chunks) = (None, Duration::ZERO, 0u32);
