@@ -166,7 +166,7 @@ fn a_generated_day_shards_exactly_and_its_cells_are_the_hash_cells_of_its_file()
         "--scale",
         "2e-7",
         "--hours",
-        "0-1",
+        "0-2",
         "--day-seed",
         "5",
     ];
@@ -180,8 +180,22 @@ fn a_generated_day_shards_exactly_and_its_cells_are_the_hash_cells_of_its_file()
         "{}",
         v["trace"]
     );
+    // SLO attainment by hour of arrival, over all cells.
+    let hourly = v["policies"][0]["hourly"].as_array().unwrap();
+    assert_eq!(hourly.len(), 2, "{hourly:?}");
+    let by_hour: u64 = hourly.iter().map(|h| h["requests"].as_u64().unwrap()).sum();
+    assert_eq!(by_hour, requests);
+    assert_eq!(v["day_start_hour"], 0.0);
+    let mut a: Vec<&str> = vec!["replay"];
+    a.extend(day);
+    a.extend(["--fleet", s(&f)]);
+    let table = ok(&a);
+    assert!(
+        table.contains("SLO tightest (by hour of arrival): 0"),
+        "{table}"
+    );
 
-    // The same hour written to a file and replayed on the same cells: the file is split by
+    // The same hours written to a file and replayed on the same cells: the file is split by
     // the partition hash, the generator made each cell alone; the reports agree.
     let file = tmp("day-h0.jsonl");
     ok(&[
@@ -192,7 +206,7 @@ fn a_generated_day_shards_exactly_and_its_cells_are_the_hash_cells_of_its_file()
         "--scale",
         "2e-7",
         "--hours",
-        "0-1",
+        "0-2",
         "--seed",
         "5",
         "--out",
@@ -211,6 +225,7 @@ fn a_generated_day_shards_exactly_and_its_cells_are_the_hash_cells_of_its_file()
     ]);
     let mut w = json(&from_file);
     w["trace"] = v["trace"].clone();
+    w["day_start_hour"] = v["day_start_hour"].clone();
     assert_eq!(w, v);
 
     // One cell alone is the traffic of that cell only: the shard's partial counts exactly

@@ -276,6 +276,7 @@ fn replay(args: RunArgs) -> Result<()> {
         seed: args.seed,
         cells: cells_section(spec.cells, &pools),
         cell_count: cells,
+        day_start_hour: source.day_start_hour(),
     };
     let wall_seconds = if args.reproducible {
         0.0

@@ -24,6 +24,8 @@ pub struct RunInputs {
     pub seed: u64,
     pub cell_count: u32,
     pub cells: Option<CellsReport>,
+    /// A generated day's window start, in hours of the day.
+    pub day_start_hour: Option<f64>,
 }
 
 /// One shard's share of a replay: every policy's raw sums over the shard's cells.
@@ -125,6 +127,7 @@ pub fn report(inputs: &RunInputs, runs: &[RunTotals], wall_seconds: f64) -> Repo
         wall_seconds,
         policies,
         cells: inputs.cells.clone(),
+        day_start_hour: inputs.day_start_hour,
     }
 }
 

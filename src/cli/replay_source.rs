@@ -105,6 +105,14 @@ impl Source {
         }
     }
 
+    /// For a generated day, the hour of the day its replay starts at (time 0).
+    pub fn day_start_hour(&self) -> Option<f64> {
+        match self {
+            Source::File { .. } => None,
+            Source::Day { window, .. } => Some(window.start as f64 / 3.6e12),
+        }
+    }
+
     /// Checks that the source opens, before any replay starts.
     pub fn check(&self) -> Result<()> {
         match self {

@@ -350,6 +350,7 @@ impl Collector {
             e2e_cdf: overall.e2e.cdf_ms(),
             timeline_bucket_s: bucket_ns as f64 / 1e9,
             timeline,
+            hourly: Vec::new(),
         };
         LoadReport {
             report: Report {
@@ -361,6 +362,7 @@ impl Collector {
                 wall_seconds: round3(wall.as_secs_f64()),
                 policies: vec![policy],
                 cells: None,
+                day_start_hour: None,
             },
             load: LoadSummary {
                 target: cfg.target.clone(),

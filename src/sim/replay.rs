@@ -31,7 +31,7 @@ pub use stragglers::StragglerConfig;
 
 use super::faults::FaultAction;
 use super::report::{PolicyReport, Tally};
-use super::totals::RunTotals;
+use super::totals::{HourlySlo, RunTotals};
 use super::transfer::Transfers;
 use super::wake::WakeQueue;
 use crate::admission::{Admission, AdmissionConfig, Outcome, Permit, Target};
@@ -113,6 +113,8 @@ pub struct Replay {
     fleet: Tally,
     per_pool: Vec<Tally>,
     timeline: Timeline,
+    /// Requests and SLO met by hour of arrival.
+    hourly: HourlySlo,
     events: Vec<EngineEvent>,
     now: Nanos,
     next_id: RequestId,
@@ -205,6 +207,7 @@ impl Replay {
                 max: cfg.max_timeline_buckets.max(2),
                 pools: npools,
             },
+            hourly: HourlySlo::default(),
             events: Vec::with_capacity(256),
             now: 0,
             next_id: 0,
@@ -424,7 +427,9 @@ impl Replay {
                 let e2e = at.saturating_sub(f.req.arrival);
                 let slo = f.req.slo.unwrap_or(self.cfg.slo);
                 let domestic = self.pools[f.pool].domestic();
-                self.per_pool[f.pool].complete(ttft, e2e, output_tokens, &slo, domestic);
+                if self.per_pool[f.pool].complete(ttft, e2e, output_tokens, &slo, domestic) {
+                    self.hourly.met(f.req.arrival);
+                }
                 let bucket = self.timeline.at(at);
                 bucket.completed += 1;
                 bucket.ttft_sum_ns += u128::from(ttft);
@@ -448,6 +453,7 @@ impl Replay {
         req.slo.get_or_insert(self.cfg.slo);
         self.next_id += 1;
         self.fleet.requests += 1;
+        self.hourly.arrived(t);
         self.timeline.at(t).arrivals += 1;
         // The daemon's own check, before routing: what it refuses is refused here too.
         // Trace records carry no client id to bound.

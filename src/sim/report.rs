@@ -309,6 +309,15 @@ pub struct TimelineBucket {
     pub routed_by_pool: Vec<u64>,
 }
 
+/// SLO attainment of the requests that arrived in one hour of a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HourSlo {
+    /// Hours from the run's time 0 (add the report's `day_start_hour` for a generated day).
+    pub hour: u32,
+    pub requests: u64,
+    pub slo_attainment: f64,
+}
+
 /// One policy's run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyReport {
@@ -324,6 +333,9 @@ pub struct PolicyReport {
     pub e2e_cdf: Vec<(f64, f64)>,
     pub timeline_bucket_s: f64,
     pub timeline: Vec<TimelineBucket>,
+    /// SLO attainment by hour of arrival (replay; empty from a load test).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hourly: Vec<HourSlo>,
 }
 
 /// The SLO a report was judged against.
@@ -357,6 +369,9 @@ pub struct Report {
     /// and the whole fleet's size; the figures above are over all cells.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cells: Option<CellsReport>,
+    /// A generated day's window: the hour of the day at the run's time 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day_start_hour: Option<f64>,
 }
 
 impl Report {
@@ -422,6 +437,9 @@ impl Report {
                 };
                 row(&mut s, &name, &pool.stats);
             }
+            if let Some(line) = tightest_hours(&p.hourly, self.day_start_hour) {
+                s.push_str(&line);
+            }
             if p.stats.kv_transfers > 0 {
                 let t = &p.stats.transfer_ms;
                 let _ = writeln!(
@@ -434,6 +452,46 @@ impl Report {
         let _ = writeln!(s, "latencies in ms; SLO = share of requests meeting TTFT and TPOT bounds; dom. = share of output tokens served by domestic chips");
         s
     }
+}
+
+/// `  SLO tightest: …`, the three hours of lowest attainment, for a run of several hours.
+fn tightest_hours(hourly: &[HourSlo], day_start: Option<f64>) -> Option<String> {
+    let mut hours: Vec<&HourSlo> = hourly.iter().filter(|h| h.requests > 0).collect();
+    if hours.len() < 2 {
+        return None;
+    }
+    hours.sort_by(|a, b| {
+        a.slo_attainment
+            .total_cmp(&b.slo_attainment)
+            .then(a.hour.cmp(&b.hour))
+    });
+    let label = |h: u32| match day_start {
+        Some(start) => {
+            let at = (start + f64::from(h)).rem_euclid(24.0);
+            format!(
+                "{:02}:{:02}",
+                at.floor() as u32,
+                ((at.fract() * 60.0).round() as u32).min(59)
+            )
+        }
+        None => format!("hour {h}"),
+    };
+    let worst: Vec<String> = hours
+        .iter()
+        .take(3)
+        .map(|h| {
+            format!(
+                "{} {:.2}% of {}",
+                label(h.hour),
+                h.slo_attainment * 100.0,
+                h.requests
+            )
+        })
+        .collect();
+    Some(format!(
+        "  SLO tightest (by hour of arrival): {}\n",
+        worst.join(", ")
+    ))
 }
 
 fn truncate(s: &str, n: usize) -> String {

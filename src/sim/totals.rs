@@ -8,7 +8,7 @@
 
 use super::cells::CellsReport;
 use super::replay::Timeline;
-use super::report::{round3, PolicyReport, PoolReport, SloReport, Tally};
+use super::report::{round3, HourSlo, PolicyReport, PoolReport, SloReport, Tally};
 use crate::fleet::PoolConfig;
 use crate::request::{Nanos, Slo};
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,66 @@ mod exact_f64 {
     }
 }
 
+const HOUR_NS: Nanos = 3_600_000_000_000;
+
+/// Requests and requests within their SLO by hour of arrival (from the run's time 0): where
+/// in a day the SLO is tightest. One pair of counters per hour, so memory stays flat.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HourlySlo {
+    pub requests: Vec<u64>,
+    pub met: Vec<u64>,
+}
+
+impl HourlySlo {
+    fn slot(v: &mut Vec<u64>, t: Nanos) -> &mut u64 {
+        let h = (t / HOUR_NS) as usize;
+        if v.len() <= h {
+            v.resize(h + 1, 0);
+        }
+        &mut v[h]
+    }
+
+    /// A request arrived at `t`.
+    pub fn arrived(&mut self, t: Nanos) {
+        *Self::slot(&mut self.requests, t) += 1;
+    }
+
+    /// The request that arrived at `arrival` met its SLO.
+    pub fn met(&mut self, arrival: Nanos) {
+        *Self::slot(&mut self.met, arrival) += 1;
+    }
+
+    pub fn merge(&mut self, o: &HourlySlo) {
+        for (mine, theirs) in [(&mut self.requests, &o.requests), (&mut self.met, &o.met)] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
+    }
+
+    pub fn report(&self) -> Vec<HourSlo> {
+        self.requests
+            .iter()
+            .enumerate()
+            .map(|(h, &requests)| {
+                let met = self.met.get(h).copied().unwrap_or(0);
+                HourSlo {
+                    hour: h as u32,
+                    requests,
+                    slo_attainment: if requests > 0 {
+                        (met as f64 / requests as f64 * 1e6).round() / 1e6
+                    } else {
+                        0.0
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
 /// One policy's replay over `cells` cells of the same fleet, as raw sums.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunTotals {
@@ -79,6 +139,7 @@ pub struct RunTotals {
     pub tallies: Vec<Tally>,
     /// Time each pool's backends held work, summed over backends and cells.
     pub busy_ns: Vec<u128>,
+    pub hourly: HourlySlo,
     pub(crate) timeline: Timeline,
 }
 
@@ -101,6 +162,7 @@ impl RunTotals {
             return Err(format!("policy `{}`: another fleet's pools", self.policy));
         }
         self.timeline.merge(&other.timeline)?;
+        self.hourly.merge(&other.hourly);
         self.cells += other.cells;
         self.end_ns = self.end_ns.max(other.end_ns);
         self.requests += other.requests;
@@ -162,6 +224,7 @@ impl RunTotals {
             e2e_cdf: overall.e2e.cdf_ms(),
             timeline_bucket_s: self.timeline.bucket_ns as f64 / 1e9,
             timeline: self.timeline.report(),
+            hourly: self.hourly.report(),
         }
     }
 }
@@ -340,6 +403,9 @@ mod tests {
         assert_eq!(report.pools[1].backends, 6, "3 cells of 2");
         let arrivals: u64 = report.timeline.iter().map(|b| b.arrivals).sum();
         assert_eq!(arrivals, 600);
+        let by_hour: u64 = report.hourly.iter().map(|h| h.requests).sum();
+        assert_eq!(by_hour, 600);
+        assert_eq!(report.hourly[0].slo_attainment, report.stats.slo_attainment);
         assert!(report.timeline.len() <= 8);
         // Another fleet's run does not merge.
         let mut other = cells[0].clone();

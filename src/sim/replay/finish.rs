@@ -40,6 +40,7 @@ impl Replay {
             rejected: std::mem::take(&mut self.fleet.rejected),
             tallies: std::mem::take(&mut self.per_pool),
             busy_ns,
+            hourly: std::mem::take(&mut self.hourly),
             timeline: self.timeline,
         }
     }
