@@ -333,8 +333,9 @@ pub struct PolicyReport {
     pub e2e_cdf: Vec<(f64, f64)>,
     pub timeline_bucket_s: f64,
     pub timeline: Vec<TimelineBucket>,
-    /// SLO attainment by hour of arrival (replay; empty from a load test).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// SLO attainment by hour of arrival (replay; empty from a load test, whose JSON keeps
+    /// the replay's keys so `dujiang compare` reads both).
+    #[serde(default)]
     pub hourly: Vec<HourSlo>,
 }
 
