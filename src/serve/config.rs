@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// The largest `time_scale` accepted: simulated nanoseconds are a `u64`, so at 1e6 the
+/// daemon's simulated clock runs out after ~5.1 hours of wall time.
+pub const MAX_TIME_SCALE: f64 = 1e6;
+
 /// The default config, as printed by `dujiang serve --print-default-config`. A test checks
 /// that it parses to [`ServeConfig::default`].
 pub const DEFAULT_CONFIG_TOML: &str = r#"# dujiang serve configuration. Every key is optional; command-line flags win.
@@ -217,6 +221,19 @@ impl ServeConfig {
                 format!("must be a positive number, got {}", self.time_scale),
             ));
         }
+        if self.time_scale > MAX_TIME_SCALE {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "time_scale",
+                format!(
+                    "must be at most {MAX_TIME_SCALE:e}, got {}: simulated time is kept in 64-bit \
+                     nanoseconds (584 years), which at scale S lasts 584 years / S of wall time \
+                     (5.1 hours at 1e6); past it every request would be shed",
+                    self.time_scale
+                ),
+            ));
+        }
         if !self.admin_addr.ip().is_loopback() && self.admin_token_file.as_os_str().is_empty() {
             return Err(ConfigError::at_field(
                 file,
@@ -342,6 +359,17 @@ mod tests {
         assert!(cfg.admin_addr.ip().is_unspecified());
         // Loopback needs no token.
         ServeConfig::parse("admin_addr = \"[::1]:7000\"\n", "s.toml").unwrap();
+    }
+
+    #[test]
+    fn a_time_scale_past_the_clocks_range_is_refused() {
+        assert!(ServeConfig::parse("time_scale = 1e6\n", "s.toml").is_ok());
+        let err = ServeConfig::parse("\ntime_scale = 1e9\n", "s.toml").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("s.toml:2:1: field `time_scale`: must be at most 1e6, got 1000000000"),
+            "{err}"
+        );
     }
 
     #[test]
