@@ -157,22 +157,34 @@ impl Engine {
         self.kv_total_blocks * u64::from(self.cfg.block_size)
     }
 
+    /// What a policy reads, plus the engine's own drain estimate for the Admin plane.
     pub fn load(&self) -> LoadSnapshot {
-        let (total, used) = self.kv_blocks();
         let remaining = self.remaining_decode_tokens();
         let running = self.prefilling_live + self.decoding.len() as u32;
         let batch = u64::from((running + self.waiting_live).min(self.cfg.max_num_seqs)).max(1);
         let ctx = self.decode_ctx_total().max(batch);
         let decode_ns = (remaining / batch) as f64 * self.perf.decode_step_ns(batch, ctx) as f64;
         LoadSnapshot {
-            waiting: self.waiting_live,
-            running,
-            queued_prefill_tokens: self.queued_prefill_tokens,
-            remaining_decode_tokens: remaining,
-            kv_used_blocks: used.min(u64::from(u32::MAX)) as u32,
-            kv_total_blocks: total.min(u64::from(u32::MAX)) as u32,
             predicted_drain_ns: (self.queued_prefill_tokens as f64 * self.prefill_ns_per_token
                 + decode_ns) as Nanos,
+            ..self.routing_load()
+        }
+    }
+
+    /// [`Self::load`] without `predicted_drain_ns` (left 0). Pricing a decode step for it
+    /// was about a tenth of replay's instructions per request, and no policy reads it
+    /// (`policy::tests::no_policy_reads_the_drain_estimate`): only the daemon's Admin
+    /// stats show it, so replay's routing view takes this one.
+    pub fn routing_load(&self) -> LoadSnapshot {
+        let (total, used) = self.kv_blocks();
+        LoadSnapshot {
+            waiting: self.waiting_live,
+            running: self.prefilling_live + self.decoding.len() as u32,
+            queued_prefill_tokens: self.queued_prefill_tokens,
+            remaining_decode_tokens: self.remaining_decode_tokens(),
+            kv_used_blocks: used.min(u64::from(u32::MAX)) as u32,
+            kv_total_blocks: total.min(u64::from(u32::MAX)) as u32,
+            predicted_drain_ns: 0,
         }
     }
 

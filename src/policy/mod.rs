@@ -287,6 +287,19 @@ pub(crate) mod testing {
     /// Routes `n` requests (one every `gap_ns`) through `policy`, draining each backend at
     /// its pool's speed between arrivals. Returns requests routed per pool.
     pub fn run_fluid(policy: &dyn Policy, membership: Membership, n: u64, gap_ns: u64) -> Vec<u64> {
+        run_fluid_picks(policy, membership, n, gap_ns, |_| 0).0
+    }
+
+    /// [`run_fluid`], publishing `drain(backend)` as each backend's drain estimate, and
+    /// returning the backends picked in order too.
+    pub fn run_fluid_picks(
+        policy: &dyn Policy,
+        membership: Membership,
+        n: u64,
+        gap_ns: u64,
+        drain: impl Fn(BackendId) -> u64,
+    ) -> (Vec<u64>, Vec<BackendId>) {
+        let mut picks = Vec::new();
         let mut view = PlainLoadView::new(membership);
         let mut per_pool = vec![0u64; view.membership().pool_slots()];
         // Remaining (prefill tokens, decode tokens, requests) per backend.
@@ -296,6 +309,7 @@ pub(crate) mod testing {
             let now = i * gap_ns;
             let r = req(i, 800, 200);
             let b = policy.route(&r, &view, now).expect("a serving backend");
+            picks.push(b);
             let pool = view.membership().backend(b).unwrap().pool;
             per_pool[pool.index()] += 1;
             let w = &mut work[b.index()];
@@ -338,12 +352,12 @@ pub(crate) mod testing {
                         remaining_decode_tokens: w.1,
                         kv_used_blocks: (w.1 / 16) as u32,
                         kv_total_blocks: 4096,
-                        predicted_drain_ns: 0,
+                        predicted_drain_ns: drain(id),
                     },
                 );
             }
         }
-        per_pool
+        (per_pool, picks)
     }
 }
 
@@ -356,6 +370,22 @@ mod tests {
         for info in POLICIES {
             let p = build(info.name, &toml::Table::new(), 7).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(p.name(), info.name);
+        }
+    }
+
+    /// Replay publishes loads without the drain estimate (`Engine::routing_load`); the
+    /// daemon publishes it. They agree only while no policy reads it.
+    #[test]
+    fn no_policy_reads_the_drain_estimate() {
+        use crate::fleet::test_fleets::fast_and_slow;
+        for info in POLICIES {
+            let run = |drain: fn(BackendId) -> u64| {
+                let p = build(info.name, &toml::Table::new(), 7).unwrap();
+                testing::run_fluid_picks(p.as_ref(), fast_and_slow(4), 300, 5_000_000, drain)
+            };
+            let without = run(|_| 0);
+            let with = run(|b| 1_000_000_007u64.wrapping_mul(u64::from(b.0) + 3) % 9_000_000_000);
+            assert_eq!(without, with, "{} reads predicted_drain_ns", info.name);
         }
     }
 

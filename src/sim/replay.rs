@@ -337,7 +337,8 @@ impl Replay {
 
     fn publish_load(&mut self, b: usize, t: Nanos) {
         let engine = &self.engines[b];
-        self.view.set_load(BackendId(b as u32), engine.load());
+        self.view
+            .set_load(BackendId(b as u32), engine.routing_load());
         let clock = self.clocks[b];
         self.stretches[b] = engine.decode_stretch().map(|s| DecodeStretch {
             start: clock.fleet(s.start),
