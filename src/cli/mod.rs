@@ -15,6 +15,7 @@ mod replay_shard;
 mod replay_source;
 mod request;
 mod serve;
+mod shards;
 mod trace;
 
 pub use plan::ThreadPool;

@@ -418,39 +418,10 @@ fn merge(m: MergeArgs) -> Result<()> {
                 part.kind
             );
         }
-        if let Some(first) = parts.first() {
-            if part.inputs != first.inputs {
-                bail!(
-                    "{}: planned with different inputs than {} (every shard must run the same command)",
-                    path.display(),
-                    m.parts[0].display()
-                );
-            }
-            if part.shard.count != first.shard.count {
-                bail!(
-                    "{}: shard of {} parts, but {} is a shard of {}",
-                    path.display(),
-                    part.shard.count,
-                    m.parts[0].display(),
-                    first.shard.count
-                );
-            }
-        }
         parts.push(part);
     }
-    let count = parts[0].shard.count;
-    let mut seen = vec![false; count as usize];
-    for p in &parts {
-        if std::mem::replace(&mut seen[p.shard.index as usize], true) {
-            bail!("shard {}/{count} given twice", p.shard.index);
-        }
-    }
-    if let Some(missing) = seen.iter().position(|s| !s) {
-        bail!(
-            "shard {missing}/{count} is missing ({} of {count} given)",
-            parts.len()
-        );
-    }
+    let shards: Vec<_> = parts.iter().map(|p| (p.shard, &p.inputs)).collect();
+    super::shards::check_whole(&shards, &m.parts, "planned with different inputs than")?;
     let mut inputs = parts[0].inputs.clone();
     if let Some(t) = &m.trace {
         inputs.trace = t.display().to_string();

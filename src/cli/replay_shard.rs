@@ -153,50 +153,10 @@ pub fn merge(m: MergeArgs) -> Result<()> {
     let mut parts: Vec<Partial> = Vec::new();
     for path in &m.parts {
         let part = Partial::read(path)?;
-        if let Some(first) = parts.first() {
-            if part.inputs != first.inputs {
-                bail!(
-                    "{}: a replay of other inputs than {} (every shard must run the same command but --shard)",
-                    path.display(),
-                    m.parts[0].display()
-                );
-            }
-            if part.shard.count != first.shard.count {
-                bail!(
-                    "{}: shard of {} parts, but {} is a shard of {}",
-                    path.display(),
-                    part.shard.count,
-                    m.parts[0].display(),
-                    first.shard.count
-                );
-            }
-        }
         parts.push(part);
     }
-    let count = parts[0].shard.count;
-    let mut seen = vec![false; count as usize];
-    for (p, path) in parts.iter().zip(&m.parts) {
-        let slot = seen.get_mut(p.shard.index as usize).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: shard {}/{count} out of range",
-                path.display(),
-                p.shard.index
-            )
-        })?;
-        if std::mem::replace(slot, true) {
-            bail!(
-                "{}: shard {}/{count} given twice",
-                path.display(),
-                p.shard.index
-            );
-        }
-    }
-    if let Some(missing) = seen.iter().position(|s| !s) {
-        bail!(
-            "shard {missing}/{count} is missing ({} of {count} given)",
-            parts.len()
-        );
-    }
+    let shards: Vec<_> = parts.iter().map(|p| (p.shard, &p.inputs)).collect();
+    let count = super::shards::check_whole(&shards, &m.parts, "a replay of other inputs than")?;
     let pieces: Vec<Vec<RunTotals>> = parts.iter().map(|p| p.runs.clone()).collect();
     let runs = merge_runs(&pieces).map_err(|e| anyhow::anyhow!("merging the shards: {e}"))?;
     let inputs = &parts[0].inputs;
