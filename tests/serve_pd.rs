@@ -41,6 +41,17 @@ fn gauge(text: &str, name: &str, backend: &str, pool: &str) -> f64 {
     .unwrap_or_else(|| panic!("no {name} for {backend}:\n{text}"))
 }
 
+/// Reads a stream to its end; the tokens it carried.
+async fn tokens_to_the_end(stream: &mut tonic::Streaming<wire::GenerateResponse>) -> u32 {
+    let mut tokens = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Event::Tokens(t) = m.event.unwrap() {
+            tokens += t.count;
+        }
+    }
+    tokens
+}
+
 /// Waits until the prefill backend has handed its only request off (after `Started`,
 /// neither waiting nor running there); returns the scrape that showed it.
 async fn until_handed_off(d: &dujiang::serve::RunningDaemon) -> String {
@@ -253,12 +264,7 @@ async fn a_prefill_backend_failing_mid_prompt_loses_nothing() {
     })
     .await
     .unwrap();
-    let mut tokens = 0;
-    while let Some(m) = stream.message().await.unwrap() {
-        if let Event::Tokens(t) = m.event.unwrap() {
-            tokens += t.count;
-        }
-    }
+    let tokens = tokens_to_the_end(&mut stream).await;
     // With no prefill backend left the policy serves it whole on a decode backend.
     assert_eq!(tokens, 10);
     d.shutdown();
@@ -333,12 +339,7 @@ async fn the_prefill_side_holds_the_kv_until_the_bytes_have_left() {
         "the prefill backend never freed the KV"
     );
     // Freed at the transfer's end, long before the 200-token decode is done.
-    let mut tokens = 0;
-    while let Some(m) = stream.message().await.unwrap() {
-        if let Event::Tokens(t) = m.event.unwrap() {
-            tokens += t.count;
-        }
-    }
+    let tokens = tokens_to_the_end(&mut stream).await;
     assert_eq!(tokens, 200);
     d.shutdown();
     d.wait().await.unwrap();

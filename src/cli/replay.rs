@@ -89,15 +89,8 @@ pub struct RunArgs {
     /// Where --shard writes its partial report (raw counters and histograms, JSON).
     #[arg(long, requires = "shard")]
     pub partial_out: Option<PathBuf>,
-    /// Write the report as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write a self-contained HTML report with plots.
-    #[arg(long)]
-    pub html: Option<PathBuf>,
-    /// Record wall_seconds as 0 so the JSON is byte-identical across runs.
-    #[arg(long)]
-    pub reproducible: bool,
+    #[command(flatten)]
+    pub out: ReportOut,
     #[command(flatten)]
     pub catalogue: super::CatalogueArgs,
 }
@@ -278,11 +271,7 @@ fn replay(args: RunArgs) -> Result<()> {
         cell_count: cells,
         day_start_hour: source.day_start_hour(),
     };
-    let wall_seconds = if args.reproducible {
-        0.0
-    } else {
-        (wall * 1000.0).round() / 1000.0
-    };
+    let wall_seconds = args.out.wall_seconds((wall * 1000.0).round() / 1000.0);
     if let (Some(path), Some(shard)) = (&args.partial_out, args.shard) {
         let part = Partial::new(shard, inputs, owned, wall_seconds, runs);
         part.write(path)?;
@@ -299,22 +288,44 @@ fn replay(args: RunArgs) -> Result<()> {
             );
         }
     }
-    write_outputs(&report, args.json.as_deref(), args.html.as_deref())
+    args.out.write(&report)
 }
 
-/// Writes the report's JSON and HTML where asked.
-pub(super) fn write_outputs(
-    report: &Report,
-    json: Option<&Path>,
-    html: Option<&Path>,
-) -> Result<()> {
-    if let Some(path) = json {
-        std::fs::write(path, report.to_json() + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+/// Where a replay report goes beside the table on stdout: `replay` and `replay merge`
+/// take the same options.
+#[derive(clap::Args, Debug)]
+pub struct ReportOut {
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with plots.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Record wall_seconds as 0 so the JSON is byte-identical across runs.
+    #[arg(long)]
+    pub reproducible: bool,
+}
+
+impl ReportOut {
+    /// The wall time to record: 0 under --reproducible.
+    pub(super) fn wall_seconds(&self, wall: f64) -> f64 {
+        if self.reproducible {
+            0.0
+        } else {
+            wall
+        }
     }
-    if let Some(path) = html {
-        std::fs::write(path, html::render(report))
-            .with_context(|| format!("writing {}", path.display()))?;
+
+    /// Writes the report's JSON and HTML where asked.
+    pub(super) fn write(&self, report: &Report) -> Result<()> {
+        if let Some(path) = &self.json {
+            std::fs::write(path, report.to_json() + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(path) = &self.html {
+            std::fs::write(path, html::render(report))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -5,7 +5,6 @@
 //! report is the one a single process replaying every cell writes, byte for byte. A time
 //! split would start each window with empty queues, which the whole run never has.
 
-use super::replay::write_outputs;
 use crate::sim::{merge_runs, CellsReport, Report, RunTotals};
 use crate::trace::Shard;
 use anyhow::{bail, Context, Result};
@@ -136,15 +135,8 @@ pub struct MergeArgs {
     /// The partial reports, one per shard (any order).
     #[arg(required = true)]
     pub parts: Vec<PathBuf>,
-    /// Write the report as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write a self-contained HTML report with plots.
-    #[arg(long)]
-    pub html: Option<PathBuf>,
-    /// Record wall_seconds as 0 so the JSON is byte-identical across runs.
-    #[arg(long)]
-    pub reproducible: bool,
+    #[command(flatten)]
+    pub out: super::replay::ReportOut,
 }
 
 /// `dujiang replay merge`: checks that the parts are the shards of one replay, each there
@@ -173,7 +165,7 @@ pub fn merge(m: MergeArgs) -> Result<()> {
     // The shards ran side by side: the slowest is the merged run's wall time.
     let slowest = parts.iter().map(|p| p.wall_seconds).fold(0.0, f64::max);
     let total: f64 = parts.iter().map(|p| p.wall_seconds).sum();
-    let report = report(inputs, &runs, if m.reproducible { 0.0 } else { slowest });
+    let report = report(inputs, &runs, m.out.wall_seconds(slowest));
     print!("{}", report.to_table());
     let requests: u64 = parts
         .iter()
@@ -183,5 +175,5 @@ pub fn merge(m: MergeArgs) -> Result<()> {
         "merged {count} shard(s): {requests} simulated requests; shard wall time max {slowest:.2} s, sum {total:.2} s ({:.0} simulated requests per shard-second)",
         if total > 0.0 { requests as f64 / total } else { 0.0 }
     );
-    write_outputs(&report, m.json.as_deref(), m.html.as_deref())
+    m.out.write(&report)
 }
