@@ -8,7 +8,7 @@ use dujiang::engine::LoadSnapshot;
 use dujiang::fleet::{
     AtomicLoadBoard, BackendId, BackendState, Claim, LoadView, PoolConfig, PoolId,
 };
-use dujiang::policy::{build, Policy, POLICIES};
+use dujiang::policy::{build, Policy, Route, POLICIES};
 use dujiang::profile::Catalogue;
 use dujiang::request::Request;
 use rand::rngs::StdRng;
@@ -86,7 +86,7 @@ fn picks_stay_on_serving_backends_while_the_fleet_changes() {
                                 p.name(),
                                 entry.state
                             );
-                            p.on_routed(&req, b, &view, req.arrival);
+                            p.on_routed(&req, Route::whole(b), &view, req.arrival);
                             picks.fetch_add(1, Ordering::Relaxed);
                         }
                         None => {

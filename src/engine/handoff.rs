@@ -4,6 +4,9 @@
 //! and lets it join the decoding set at a step boundary once there is room for its KV and
 //! a running slot.
 //!
+//! An arrived sequence's full prompt blocks join the decode side's prefix cache when it
+//! joins (when the request carries its prefix hashes), as a local prefill's do.
+//!
 //! Arrived sequences wait in their own FIFO and join ahead of new prefills: they cost the
 //! step one token of budget each, their KV is already computed, and holding them back would
 //! hold KV the link already paid for (vLLM's and SGLang's decode workers likewise admit
@@ -147,6 +150,11 @@ impl Engine {
             s.scheduled_once = true;
             self.waiting_live -= 1;
             out.push(EngineEvent::Scheduled { id, at: t });
+            // The arrived KV enters the prefix cache as a local prefill's does, so a later
+            // request sharing the prefix reuses it here (vLLM's scheduler caches a
+            // request's blocks once its remote KV has been received:
+            // `_update_waiting_for_remote_kv`, vllm/v1/core/sched/scheduler.py).
+            self.publish_prefix(r.slot);
             let step = self.step;
             self.join_decode(r.slot, step);
         }

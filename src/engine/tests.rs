@@ -643,6 +643,37 @@ fn a_prefill_instance_holds_the_kv_until_the_bytes_have_left() {
 }
 
 #[test]
+fn a_decode_instance_caches_the_prefix_of_an_arrived_kv() {
+    let p = perf();
+    let cfg = EngineConfig::for_perf(&p).with_role(Role::Decode);
+    let mut dec = Engine::new(p.clone(), cfg);
+    let mut out = Vec::new();
+    // A 2,048-token prompt prefilled elsewhere arrives with its four block hashes.
+    let mut handed = req(1, 0, 2048, 4);
+    handed.prefix_hashes = vec![11, 12, 13, 14];
+    dec.admit_transferred(handed, 1, 0).unwrap();
+    dec.advance(1_000_000_000, &mut out);
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, EngineEvent::Finished { id: 1, .. })));
+    // A request sharing three blocks, served whole here, computes only the last 512.
+    let at = 10_000_000_000;
+    let mut b = req(2, at, 2048, 1);
+    b.prefix_hashes = vec![11, 12, 13, 99];
+    dec.admit(b, at).unwrap();
+    out.clear();
+    dec.advance(at + 10_000_000_000, &mut out);
+    let first = out
+        .iter()
+        .find_map(|e| match *e {
+            EngineEvent::FirstToken { id: 2, at } => Some(at),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(first - at, p.prefill_ns(512, 1536));
+}
+
+#[test]
 fn roles_refuse_what_they_do_not_run() {
     let p = perf();
     let cfg = EngineConfig::for_perf(&p);

@@ -6,23 +6,34 @@
 //! and SGLang's P/D, so the transfer is part of TTFT). Ties within `tie_tolerance` go to
 //! the pool whose prefill costs least per token.
 //!
-//! Selective: a prompt shorter than `threshold` tokens is served whole on a mixed or
-//! decode backend (by `predicted-latency` over those pools), since moving a short
-//! prompt's KV costs about as much as prefilling it in place; llm-d's and AIBrix's
-//! P/D deciders split on the same quantity. The policy cannot see which prefix blocks a
-//! remote prefill backend has cached, so it counts the whole prompt as uncached. The
-//! default of 512 tokens is our `estimate` of where a 0.5 ms transfer and a decode-side
-//! prefill of the same prompt cross on the chips in `config/chips.toml`.
+//! Selective: a prompt with fewer than `threshold` *uncached* tokens is served whole on a
+//! mixed or decode backend, since moving a short prompt's KV costs about as much as
+//! prefilling it in place; llm-d's and AIBrix's P/D deciders split on the same quantity.
+//! The whole-serving candidate is picked first (by `predicted-latency` over those pools);
+//! its uncached tokens are the prompt less the leading 512-token prefix blocks the policy
+//! believes it holds. The policy cannot see the engines' caches: it keeps its own bounded
+//! record of the prefixes it sent to each whole-serving backend (`PrefixRecord`, up to
+//! `cache_entries` pairs, aged by each backend's KV capacity), so it may believe in a
+//! prefix the engine has already evicted, or miss one it still holds. It records a whole
+//! route's prompt on its backend, and a split route's on its decode backend, whose engine
+//! caches the arrived KV as vLLM's does; not on the prefill backend, which never serves
+//! whole. The decode side the driver picks at hand-off, when the paired one has failed,
+//! is not recorded. So a conversation's next turn, whose new tokens are few, stays on the
+//! decode backend holding the earlier turns instead of being prefilled and moved again. A
+//! prompt without prefix hashes counts whole, as before. The default of 512 tokens is our
+//! `estimate` of where a 0.5 ms transfer and a decode-side prefill of the same prompt
+//! cross on the chips in `config/chips.toml`.
 //!
 //! Composes with `domestic-share` (which passes its domestic-only view down), and falls
 //! back to whole requests when the fleet has no serving prefill or decode pool.
 
 use super::candidates::{for_each_load, PerPoolDraws, PickRng};
 use super::predict::predict;
+use super::prefix_record::{full_blocks, reusable_blocks, PrefixRecord};
 use super::{bad, params, Policy, PolicyError, PredictedLatency, Route};
 use crate::engine::Role;
 use crate::fleet::{BackendId, LinkTable, LoadView, MaskedView, PoolInfo, PoolMask};
-use crate::request::{Nanos, Request};
+use crate::request::{Nanos, Request, PREFIX_BLOCK_TOKENS};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,7 +41,13 @@ struct Params {
     threshold: u32,
     per_pool: usize,
     tie_tolerance: f64,
+    cache_entries: usize,
 }
+
+/// Default size of the prefix record: 65,536 (block, backend) pairs, 512 KiB once a
+/// request with prefix hashes arrives; 32M tokens of prefixes, beyond the prefix caches of
+/// a few dozen backends.
+pub(crate) const CACHE_ENTRIES: usize = 1 << 16;
 
 impl Default for Params {
     fn default() -> Self {
@@ -38,6 +55,7 @@ impl Default for Params {
             threshold: 512,
             per_pool: 2,
             tie_tolerance: 0.05,
+            cache_entries: CACHE_ENTRIES,
         }
     }
 }
@@ -50,16 +68,30 @@ pub struct Disaggregated {
     tie_tolerance: f64,
     seed: u64,
     whole: PredictedLatency,
+    /// Prefixes routed whole, by backend: what counts as cached.
+    record: PrefixRecord,
 }
 
 impl Disaggregated {
     pub fn new(threshold: u32, per_pool: usize, tie_tolerance: f64, seed: u64) -> Self {
+        Self::with_record(threshold, per_pool, tie_tolerance, seed, CACHE_ENTRIES)
+    }
+
+    /// As [`Self::new`], with a prefix record of `cache_entries` (block, backend) pairs.
+    pub fn with_record(
+        threshold: u32,
+        per_pool: usize,
+        tie_tolerance: f64,
+        seed: u64,
+        cache_entries: usize,
+    ) -> Self {
         Disaggregated {
             threshold,
             per_pool: per_pool.max(1),
             tie_tolerance,
             seed,
             whole: PredictedLatency::new(per_pool.max(1), tie_tolerance, seed),
+            record: PrefixRecord::new(cache_entries),
         }
     }
 
@@ -71,12 +103,45 @@ impl Disaggregated {
         if !(0.0..1.0).contains(&p.tie_tolerance) {
             return Err(bad("disaggregated", "tie_tolerance must be in [0, 1)"));
         }
-        Ok(Disaggregated::new(
+        if !(1..=1 << 24).contains(&p.cache_entries) {
+            return Err(bad(
+                "disaggregated",
+                "cache_entries must be between 1 and 16777216",
+            ));
+        }
+        Ok(Disaggregated::with_record(
             p.threshold,
             p.per_pool,
             p.tie_tolerance,
             seed,
+            p.cache_entries,
         ))
+    }
+
+    /// Tokens of `req`'s prompt that `backend` must compute, by the prefix record: the
+    /// prompt less its leading blocks recorded there (none without prefix hashes).
+    fn uncached(&self, req: &Request, view: &dyn LoadView, backend: BackendId) -> u32 {
+        if req.prefix_hashes.is_empty() || !self.record.is_allocated() {
+            return req.prompt_tokens;
+        }
+        let m = view.membership();
+        let Some(pool) = m.backend(backend).and_then(|e| m.pool(e.pool)) else {
+            return req.prompt_tokens;
+        };
+        // The engine's KV in prefix blocks bounds how much of what it was sent it keeps.
+        let kv_tokens =
+            u64::from(view.load(backend).kv_total_blocks) * u64::from(pool.config.block_size);
+        let kv_blocks = match kv_tokens / u64::from(PREFIX_BLOCK_TOKENS) {
+            0 => u64::MAX, // not reported: trust the record's own bound
+            n => n,
+        };
+        let cached = self.record.cached_blocks(
+            backend,
+            &req.prefix_hashes,
+            reusable_blocks(req.prompt_tokens),
+            kv_blocks,
+        ) as u32;
+        req.prompt_tokens - cached * PREFIX_BLOCK_TOKENS
     }
 
     /// The request served whole, on a mixed or decode pool.
@@ -151,6 +216,14 @@ impl Policy for Disaggregated {
         if req.prompt_tokens < self.threshold || prefill == PoolMask::NONE || req.max_tokens <= 1 {
             return self.whole(req, view, now).map(Route::whole);
         }
+        // A long prompt whose prefix the whole-serving pick holds is short there.
+        if !req.prefix_hashes.is_empty() && self.record.is_allocated() {
+            if let Some(b) = self.whole(req, view, now) {
+                if self.uncached(req, view, b) < self.threshold {
+                    return Some(Route::whole(b));
+                }
+            }
+        }
         let mut rng = PickRng::for_request(self.seed, req);
         let Some((decode, dpool)) = pick_decode(req, view, &mut rng, self.per_pool) else {
             return self.whole(req, view, now).map(Route::whole);
@@ -209,6 +282,29 @@ impl Policy for Disaggregated {
             decode: Some(decode),
         })
     }
+
+    /// Records the prompt's full prefix blocks on the backend that will hold them in a
+    /// cache this policy reads (a whole route's backend, a split route's decode side),
+    /// when the fleet has prefill pools, so that the record is ever read.
+    fn on_routed(&self, req: &Request, route: Route, view: &dyn LoadView, _now: Nanos) {
+        let full = full_blocks(req.prompt_tokens).min(req.prefix_hashes.len());
+        if full == 0
+            || !view
+                .eligible_pools()
+                .any(|p| p.config.role == Role::Prefill)
+        {
+            return;
+        }
+        let holder = route.output_side();
+        let m = view.membership();
+        let serves_whole = m
+            .backend(holder)
+            .and_then(|e| m.pool(e.pool))
+            .is_some_and(|p| p.config.role.serves_whole());
+        if serves_whole {
+            self.record.record(holder, &req.prefix_hashes[..full]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +314,7 @@ mod tests {
     use crate::fleet::test_fleets::pool;
     use crate::fleet::{Membership, PlainLoadView, PoolConfig};
     use crate::policy::testing::req;
+    use crate::request::PREFIX_BLOCK_TOKENS;
 
     fn with_role(mut p: PoolConfig, role: Role) -> PoolConfig {
         p.role = role;
@@ -257,6 +354,107 @@ mod tests {
             pool_of(&view, p.pick(&req(3, 4000, 100), &view, 0).unwrap()),
             2 | 3
         ));
+    }
+
+    fn with_hashes(id: u64, prompt: u32, first_hash: u64) -> Request {
+        let mut r = req(id, prompt, 100);
+        r.prefix_hashes = (0..u64::from(prompt.div_ceil(PREFIX_BLOCK_TOKENS)))
+            .map(|i| first_hash + i)
+            .collect();
+        r
+    }
+
+    #[test]
+    fn a_long_prompt_whose_prefix_a_mixed_backend_holds_is_served_whole_there() {
+        // Pools: 0 prefill (backends 0, 1), 1 mixed (backend 2).
+        let view = PlainLoadView::new(
+            Membership::from_pools([
+                with_role(pool("pfast", 2, 2.0, 1.0, true), Role::Prefill),
+                pool("mix", 1, 1.0, 1.0, false),
+            ])
+            .unwrap(),
+        );
+        let links = LinkTable::uniform(2, LinkTable::link(142.0, 500.0));
+        let p = Disaggregated::new(512, 2, 0.05, 1);
+        // A 4,096-token prompt was served whole on the mixed backend (eight blocks).
+        let first = with_hashes(1, 4096, 100);
+        p.on_routed(&first, Route::whole(BackendId(2)), &view, 0);
+        // Its next turn, 4,300 tokens sharing those eight blocks: 204 uncached, whole.
+        let next = with_hashes(2, 4300, 100);
+        assert_eq!(
+            p.pick_route(&next, &view, &links, 0),
+            Some(Route::whole(BackendId(2)))
+        );
+        // The same length with a fresh prefix is split, as is one without hashes.
+        let fresh = with_hashes(3, 4300, 900);
+        let r = p.pick_route(&fresh, &view, &links, 0).unwrap();
+        assert_eq!((pool_of(&view, r.first), r.decode), (0, Some(BackendId(2))));
+        let bare = req(4, 4300, 100);
+        assert!(p
+            .pick_route(&bare, &view, &links, 0)
+            .unwrap()
+            .decode
+            .is_some());
+        // A prefix sharing only four blocks leaves 2,252 uncached: split.
+        let mut partial = with_hashes(5, 4300, 100);
+        partial.prefix_hashes[4] = 7777;
+        assert!(p
+            .pick_route(&partial, &view, &links, 0)
+            .unwrap()
+            .decode
+            .is_some());
+    }
+
+    #[test]
+    fn a_split_routes_decode_side_holds_its_prefix_and_the_prefill_side_does_not() {
+        let view = fleet();
+        let links = LinkTable::uniform(4, LinkTable::link(142.0, 500.0));
+        let p = Disaggregated::new(512, 2, 0.05, 1);
+        let first = with_hashes(1, 4096, 100);
+        let r = p.pick_route(&first, &view, &links, 0).unwrap();
+        let d = r.decode.expect("split");
+        p.on_routed(&first, r, &view, 0);
+        // The next turn is whole wherever the whole-serving pick holds the prefix.
+        for id in 2..40 {
+            let next = with_hashes(id, 4300, 100);
+            let whole_pick = p.pick(&next, &view, 0).unwrap();
+            let r = p.pick_route(&next, &view, &links, 0).unwrap();
+            if whole_pick == d {
+                assert_eq!(r, Route::whole(d));
+            } else {
+                assert!(r.decode.is_some(), "{whole_pick:?} holds nothing");
+            }
+        }
+        // Nothing was recorded on the prefill side: a prompt routed whole there (as a
+        // driver may after a failure) is not believed to be cached anywhere else.
+        let q = Disaggregated::new(512, 2, 0.05, 1);
+        q.on_routed(&first, Route::whole(r.first), &view, 0);
+        assert!(!q.record.is_allocated());
+    }
+
+    #[test]
+    fn routes_from_the_record_are_deterministic() {
+        let view = fleet();
+        let links = LinkTable::uniform(4, LinkTable::link(142.0, 500.0));
+        let run = || {
+            let p = Disaggregated::new(512, 2, 0.05, 9);
+            let mut routes = Vec::new();
+            // 20 conversations of 8 turns, each turn 150 tokens longer.
+            for turn in 0..8u32 {
+                for conv in 0..20u64 {
+                    let r =
+                        with_hashes(u64::from(turn) * 100 + conv, 2048 + 150 * turn, conv * 1000);
+                    let route = p.pick_route(&r, &view, &links, 0).unwrap();
+                    p.on_routed(&r, route, &view, 0);
+                    routes.push(route);
+                }
+            }
+            routes
+        };
+        let a = run();
+        assert_eq!(a, run());
+        let whole = a.iter().filter(|r| r.decode.is_none()).count();
+        assert!(whole > 20 && whole < a.len(), "{whole} of {}", a.len());
     }
 
     #[test]

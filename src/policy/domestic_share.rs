@@ -218,8 +218,8 @@ impl Policy for DomesticShare {
 
     /// As [`Policy::pick`], passing the domestic-only view down to the inner policy's
     /// route, so a disaggregated inner policy pairs domestic pools when the share needs
-    /// it. Drivers report a split route to `on_routed` by its decode backend, which
-    /// produces the output tokens the window and the report count.
+    /// it. A split route counts in the window by its decode backend, which produces the
+    /// output tokens the window and the report count.
     fn pick_route(
         &self,
         req: &Request,
@@ -236,14 +236,14 @@ impl Policy for DomesticShare {
         self.inner.pick_route(req, view, links, now)
     }
 
-    fn on_routed(&self, req: &Request, backend: BackendId, view: &dyn LoadView, now: Nanos) {
+    fn on_routed(&self, req: &Request, route: Route, view: &dyn LoadView, now: Nanos) {
         let m = view.membership();
         let domestic = m
-            .backend(backend)
+            .backend(route.output_side())
             .and_then(|e| m.pool(e.pool))
             .is_some_and(|p| p.domestic);
         self.window.record(now, tokens(req), domestic);
-        self.inner.on_routed(req, backend, view, now);
+        self.inner.on_routed(req, route, view, now);
     }
 
     fn on_finished(&self, req: &Request, backend: BackendId, output_tokens: u32, now: Nanos) {

@@ -19,6 +19,7 @@ mod power_of_two;
 mod predict;
 mod predicted_latency;
 mod prefix_affinity;
+mod prefix_record;
 mod random;
 mod round_robin;
 mod slo_cost;
@@ -60,6 +61,11 @@ impl Route {
             decode: None,
         }
     }
+
+    /// The backend that produces the output tokens: the decode side of a split route.
+    pub fn output_side(&self) -> BackendId {
+        self.decode.unwrap_or(self.first)
+    }
 }
 
 /// A routing policy.
@@ -90,9 +96,11 @@ pub trait Policy: Send + Sync {
         true
     }
 
-    /// Called once the request has been handed to `backend` (after admission). Policies
-    /// that steer by what they have routed (the domestic-share window) learn here.
-    fn on_routed(&self, _req: &Request, _backend: BackendId, _view: &dyn LoadView, _now: Nanos) {}
+    /// Called once the request has been handed to `route` (after admission): `route.first`
+    /// serves it whole or prefills it, and a split route's `decode` side produces its
+    /// output. Policies that steer by what they have routed (the domestic-share window,
+    /// the disaggregated policy's prefix record) learn here.
+    fn on_routed(&self, _req: &Request, _route: Route, _view: &dyn LoadView, _now: Nanos) {}
 
     /// Called when a routed request reaches its terminal outcome, with the output tokens it
     /// actually produced. Both drivers call it: the daemon on every outcome (completed,
@@ -103,7 +111,7 @@ pub trait Policy: Send + Sync {
     /// between the two.
     fn route(&self, req: &Request, view: &dyn LoadView, now: Nanos) -> Option<BackendId> {
         let b = self.pick(req, view, now)?;
-        self.on_routed(req, b, view, now);
+        self.on_routed(req, Route::whole(b), view, now);
         Some(b)
     }
 }
@@ -171,8 +179,8 @@ pub const POLICIES: &[PolicyInfo] = &[
     },
     PolicyInfo {
         name: "disaggregated",
-        summary: "prefill/decode pairs: decode by predicted TPOT and free KV, prefill by predicted TTFT with the KV transfer; short prompts whole",
-        params: "threshold = 512, per_pool = 2, tie_tolerance = 0.05",
+        summary: "prefill/decode pairs: decode by predicted TPOT and free KV, prefill by predicted TTFT with the KV transfer; prompts with few uncached tokens (by a record of prefixes routed) whole",
+        params: "threshold = 512, per_pool = 2, tie_tolerance = 0.05, cache_entries = 65536",
     },
     PolicyInfo {
         name: "domestic-share",

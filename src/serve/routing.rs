@@ -50,8 +50,8 @@ impl ActivePolicy {
         self.policy.reads_load()
     }
 
-    pub fn on_routed(&self, req: &Request, backend: BackendId, view: &dyn LoadView, now: Nanos) {
-        self.policy.on_routed(req, backend, view, now);
+    pub fn on_routed(&self, req: &Request, route: Route, view: &dyn LoadView, now: Nanos) {
+        self.policy.on_routed(req, route, view, now);
     }
 
     pub fn on_finished(&self, req: &Request, backend: BackendId, output_tokens: u32, now: Nanos) {

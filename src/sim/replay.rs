@@ -516,9 +516,8 @@ impl Replay {
         };
         match self.engines[b].admit(engine_req, local) {
             Ok(()) => {
-                // A split route's output tokens come from its decode side.
-                let counted = route.and_then(|r| r.decode).unwrap_or(BackendId(b as u32));
-                self.policy.on_routed(&req, counted, &self.live(t), t);
+                let routed = route.expect("admitted requests have a route");
+                self.policy.on_routed(&req, routed, &self.live(t), t);
                 self.in_flight.insert(
                     id,
                     InFlight {

@@ -90,6 +90,9 @@ pub(super) struct InFlight {
     pub(super) policy: Arc<str>,
     /// The request as this engine took it: prompt and output lengths, priority.
     pub(super) engine_req: (u32, u32, Priority),
+    /// Its prefix hashes, kept only when it will be handed off: the decode side caches
+    /// the arrived KV under them.
+    pub(super) hashes: Vec<u64>,
     /// On a prefill backend: it will be handed off, so its first token is held (the
     /// client gets it from the decode side, when the sequence joins a decode batch).
     pub(super) split: bool,
@@ -380,6 +383,11 @@ impl Driver {
                 req.arrival = now;
                 let engine_req = (req.prompt_tokens, req.max_tokens, req.priority);
                 let split = self.role == Role::Prefill && req.max_tokens > 1;
+                let hashes = if split {
+                    req.prefix_hashes.clone()
+                } else {
+                    Vec::new()
+                };
                 let hist = self.histograms(&policy);
                 match self.engine.admit(req, now) {
                     Ok(()) => {
@@ -405,6 +413,7 @@ impl Driver {
                                 hist,
                                 policy,
                                 engine_req,
+                                hashes,
                                 split,
                                 held: false,
                                 decode: decode.filter(|_| split),

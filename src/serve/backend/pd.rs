@@ -27,8 +27,8 @@ const HANDOFF_SEED: u64 = 0x5eed_d1ce;
 
 /// A handed-off request on its way to a decode backend.
 pub struct Handed {
-    /// Lengths and priority as the prefill engine took it (the decode side needs no
-    /// prefix hashes: its KV came whole over the link).
+    /// Lengths, priority and prefix hashes as the prefill engine took it (the decode side
+    /// caches the arrived KV under the hashes).
     pub(super) req: Request,
     /// Output tokens the prefill side produced.
     pub(super) generated: u32,
@@ -89,7 +89,7 @@ impl Driver {
     /// The engine handed request `id` off at fleet time `at`: `kv_tokens` of KV move to a
     /// decode backend, which continues after `generated` output tokens.
     pub(super) fn hand_off(&mut self, id: RequestId, at: Nanos, kv_tokens: u32, generated: u32) {
-        let Some(flight) = self.requests.remove(&id) else {
+        let Some(mut flight) = self.requests.remove(&id) else {
             return;
         };
         let (prompt_tokens, max_tokens, priority) = flight.engine_req;
@@ -98,6 +98,7 @@ impl Driver {
             prompt_tokens,
             max_tokens,
             priority,
+            prefix_hashes: std::mem::take(&mut flight.hashes),
             ..Request::default()
         };
         let handed = Handed {

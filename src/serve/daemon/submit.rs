@@ -8,6 +8,7 @@ use crate::admission::{self, RejectReason, Target};
 use crate::engine::AdmitError;
 use crate::fleet::{BackendState, Claim, LoadView, MaskedView, PoolMask};
 use crate::metrics::Frontend;
+use crate::policy::Route;
 use crate::request::Request;
 use crate::serve::backend::{BackendHandle, Command, Delivery, Refusal, Resume};
 use crate::serve::error::ServeError;
@@ -138,11 +139,13 @@ impl Daemon {
         for attempt in 1.. {
             let backend = placement.handle;
             let decode = placement.decode;
-            // A split route's output tokens come from its decode side (as in replay).
-            let counted = decode.as_ref().map_or(backend.id, |d| d.id);
+            let route = Route {
+                first: backend.id,
+                decode: decode.as_ref().map(|d| d.id),
+            };
             self.policy
                 .load()
-                .on_routed(&request, counted, &self.board.view(), request.arrival);
+                .on_routed(&request, route, &self.board.view(), request.arrival);
             let (tx, mut deliveries) = mailbox();
             let answer = if backend.send(Command::Admit {
                 req: request.clone(),
@@ -247,10 +250,13 @@ impl Daemon {
         let backend = placement.handle;
         let policy = placement.policy;
         let decode = placement.decode;
-        let counted = decode.as_ref().map_or(backend.id, |d| d.id);
+        let route = Route {
+            first: backend.id,
+            decode: decode.as_ref().map(|d| d.id),
+        };
         self.policy
             .load()
-            .on_routed(&req, counted, &self.board.view(), self.now());
+            .on_routed(&req, route, &self.board.view(), self.now());
         let (tx, rx) = mailbox();
         let claim = Claim::of(&req);
         if !backend.send(Command::Admit {

@@ -8,6 +8,7 @@
 use super::{InFlight, Replay};
 use crate::admission::Outcome;
 use crate::fleet::{BackendId, BackendState};
+use crate::policy::Route;
 use crate::request::{Nanos, Request, RequestId};
 use crate::sim::faults::{FaultAction, FaultPlan, FaultTarget};
 
@@ -139,8 +140,12 @@ impl Replay {
                     } else {
                         self.summary.rerouted += 1;
                     }
-                    self.policy
-                        .on_routed(&moved, BackendId(nb as u32), &self.live(t), t);
+                    self.policy.on_routed(
+                        &moved,
+                        Route::whole(BackendId(nb as u32)),
+                        &self.live(t),
+                        t,
+                    );
                     f.req.prompt_tokens = moved.prompt_tokens;
                     f.req.max_tokens = moved.max_tokens;
                     f.resumed += produced;

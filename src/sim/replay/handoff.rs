@@ -94,14 +94,15 @@ impl Replay {
             let pool = f.pool;
             self.per_pool[pool].transfer.record_ns(at - handoff_at);
             let mut d = f.backend;
-            // The decode side needs lengths, not the prompt's prefix hashes (its KV came
-            // whole over the link), so none are copied.
+            // The decode side needs lengths, and the prompt's prefix hashes to cache the
+            // arrived KV under (`Engine::admit_transferred`).
             let req = Request {
                 id,
                 arrival: 0,
                 prompt_tokens: f.req.prompt_tokens,
                 max_tokens: f.req.max_tokens,
                 priority: f.req.priority,
+                prefix_hashes: f.req.prefix_hashes.clone(),
                 ..Request::default()
             };
             if self
