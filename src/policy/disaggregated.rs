@@ -12,17 +12,21 @@
 //! The whole-serving candidate is picked first (by `predicted-latency` over those pools);
 //! its uncached tokens are the prompt less the leading 512-token prefix blocks the policy
 //! believes it holds. The policy cannot see the engines' caches: it keeps its own bounded
-//! record of the prefixes it sent to each whole-serving backend (`PrefixRecord`, up to
-//! `cache_entries` pairs, aged by each backend's KV capacity), so it may believe in a
-//! prefix the engine has already evicted, or miss one it still holds. It records a whole
-//! route's prompt on its backend, and a split route's on its decode backend, whose engine
-//! caches the arrived KV as vLLM's does; not on the prefill backend, which never serves
-//! whole. The decode side the driver picks at hand-off, when the paired one has failed,
-//! is not recorded. So a conversation's next turn, whose new tokens are few, stays on the
-//! decode backend holding the earlier turns instead of being prefilled and moved again. A
-//! prompt without prefix hashes counts whole, as before. The default of 512 tokens is our
-//! `estimate` of where a 0.5 ms transfer and a decode-side prefill of the same prompt
-//! cross on the chips in `config/chips.toml`.
+//! record of what it saw served where (`PrefixRecord`, up to `cache_entries` block-backend
+//! pairs), so it may believe in a prefix the engine has evicted, or miss one it holds.
+//! A request's full prompt blocks are recorded when it ends having produced a token
+//! (`on_finished`), on the backend it ended on: a whole route's backend prefilled the
+//! prompt, and a split route's decode backend cached the arrived KV (as vLLM's does). Not
+//! at routing: a prefix still queued or in transfer is not there yet. An entry is
+//! believed only while the KV that requests on that backend took since (every block,
+//! since an arrived KV is allocated whole even where its prefix is cached) is within what
+//! its running sequences and queued prefills leave free now. On the full Mooncake trace
+//! (6×910B prefill + 1×H20 decode), counting only new prefix blocks as age let about a
+//! hundred turns reach a decode backend that had evicted their prefix and prefill it in
+//! full there; counting every block, six. A prompt without prefix hashes counts whole,
+//! as before. The default of 512 tokens is our `estimate` of where a
+//! 0.5 ms transfer and a decode-side prefill of the same prompt cross on the chips in
+//! `config/chips.toml`.
 //!
 //! Composes with `domestic-share` (which passes its domestic-only view down), and falls
 //! back to whole requests when the fleet has no serving prefill or decode pool.
@@ -128,12 +132,17 @@ impl Disaggregated {
         let Some(pool) = m.backend(backend).and_then(|e| m.pool(e.pool)) else {
             return req.prompt_tokens;
         };
-        // The engine's KV in prefix blocks bounds how much of what it was sent it keeps.
-        let kv_tokens =
-            u64::from(view.load(backend).kv_total_blocks) * u64::from(pool.config.block_size);
-        let kv_blocks = match kv_tokens / u64::from(PREFIX_BLOCK_TOKENS) {
-            0 => u64::MAX, // not reported: trust the record's own bound
-            n => n,
+        // What the engine can keep of what it was sent is bounded by the KV its running
+        // sequences and queued prefills leave: the free blocks and the evictable cached
+        // ones (`kv_used_blocks` counts running and pinned blocks only), in prefix blocks.
+        let load = view.load(backend);
+        let kv_blocks = if load.kv_total_blocks == 0 {
+            u64::MAX // not reported: trust the record's own bound
+        } else {
+            (u64::from(load.kv_total_blocks.saturating_sub(load.kv_used_blocks))
+                * u64::from(pool.config.block_size))
+            .saturating_sub(load.queued_prefill_tokens)
+                / u64::from(PREFIX_BLOCK_TOKENS)
         };
         let cached = self.record.cached_blocks(
             backend,
@@ -217,7 +226,8 @@ impl Policy for Disaggregated {
             return self.whole(req, view, now).map(Route::whole);
         }
         // A long prompt whose prefix the whole-serving pick holds is short there.
-        if !req.prefix_hashes.is_empty() && self.record.is_allocated() {
+        if !req.prefix_hashes.is_empty() {
+            self.record.arm();
             if let Some(b) = self.whole(req, view, now) {
                 if self.uncached(req, view, b) < self.threshold {
                     return Some(Route::whole(b));
@@ -283,27 +293,23 @@ impl Policy for Disaggregated {
         })
     }
 
-    /// Records the prompt's full prefix blocks on the backend that will hold them in a
-    /// cache this policy reads (a whole route's backend, a split route's decode side),
-    /// when the fleet has prefill pools, so that the record is ever read.
-    fn on_routed(&self, req: &Request, route: Route, view: &dyn LoadView, _now: Nanos) {
+    /// Records the prompt's full prefix blocks on the backend where the request ended,
+    /// once it produced a token there: a whole route's backend has prefilled the prompt,
+    /// a split route's decode side has received its KV, and their engines cache it.
+    /// Recording at the end rather than at routing keeps the record from claiming a
+    /// prefix still queued or in transfer, which a follow-up turn sent there would have to
+    /// prefill in full. Only once a long request with hashes met a fleet with prefill
+    /// pools (the record is allocated): otherwise nothing reads it. A prefill backend's
+    /// entries are never looked up, since it never serves whole.
+    fn on_finished(&self, req: &Request, backend: BackendId, output_tokens: u32, _now: Nanos) {
         let full = full_blocks(req.prompt_tokens).min(req.prefix_hashes.len());
-        if full == 0
-            || !view
-                .eligible_pools()
-                .any(|p| p.config.role == Role::Prefill)
-        {
+        if output_tokens == 0 || full == 0 || !self.record.is_allocated() {
             return;
         }
-        let holder = route.output_side();
-        let m = view.membership();
-        let serves_whole = m
-            .backend(holder)
-            .and_then(|e| m.pool(e.pool))
-            .is_some_and(|p| p.config.role.serves_whole());
-        if serves_whole {
-            self.record.record(holder, &req.prefix_hashes[..full]);
-        }
+        let footprint = (u64::from(req.prompt_tokens) + u64::from(output_tokens))
+            .div_ceil(u64::from(PREFIX_BLOCK_TOKENS));
+        self.record
+            .record(backend, &req.prefix_hashes[..full], footprint);
     }
 }
 
@@ -376,11 +382,19 @@ mod tests {
         );
         let links = LinkTable::uniform(2, LinkTable::link(142.0, 500.0));
         let p = Disaggregated::new(512, 2, 0.05, 1);
-        // A 4,096-token prompt was served whole on the mixed backend (eight blocks).
+        // A 4,096-token prompt (eight blocks), split to the mixed backend, ended there.
         let first = with_hashes(1, 4096, 100);
-        p.on_routed(&first, Route::whole(BackendId(2)), &view, 0);
-        // Its next turn, 4,300 tokens sharing those eight blocks: 204 uncached, whole.
+        let r = p.pick_route(&first, &view, &links, 0).unwrap();
+        assert_eq!(r.decode, Some(BackendId(2)));
         let next = with_hashes(2, 4300, 100);
+        assert!(p
+            .pick_route(&next, &view, &links, 0)
+            .unwrap()
+            .decode
+            .is_some());
+        p.on_finished(&first, BackendId(2), 100, 0);
+        // Its next turn, 4,300 tokens sharing those eight blocks, split while the first was
+        // in flight; now 204 tokens are uncached there: whole.
         assert_eq!(
             p.pick_route(&next, &view, &links, 0),
             Some(Route::whole(BackendId(2)))
@@ -414,6 +428,7 @@ mod tests {
         let r = p.pick_route(&first, &view, &links, 0).unwrap();
         let d = r.decode.expect("split");
         p.on_routed(&first, r, &view, 0);
+        p.on_finished(&first, d, 100, 0);
         // The next turn is whole wherever the whole-serving pick holds the prefix.
         for id in 2..40 {
             let next = with_hashes(id, 4300, 100);
@@ -425,11 +440,19 @@ mod tests {
                 assert!(r.decode.is_some(), "{whole_pick:?} holds nothing");
             }
         }
-        // Nothing was recorded on the prefill side: a prompt routed whole there (as a
-        // driver may after a failure) is not believed to be cached anywhere else.
+        // A prompt that ended on a prefill backend (failed over there, say) is not
+        // believed to be cached on any whole-serving one.
         let q = Disaggregated::new(512, 2, 0.05, 1);
-        q.on_routed(&first, Route::whole(r.first), &view, 0);
-        assert!(!q.record.is_allocated());
+        let r = q.pick_route(&first, &view, &links, 0).unwrap();
+        q.on_finished(&first, r.first, 100, 0);
+        for id in 2..40 {
+            let next = with_hashes(id, 4300, 100);
+            assert!(q
+                .pick_route(&next, &view, &links, 0)
+                .unwrap()
+                .decode
+                .is_some());
+        }
     }
 
     #[test]
@@ -446,6 +469,7 @@ mod tests {
                         with_hashes(u64::from(turn) * 100 + conv, 2048 + 150 * turn, conv * 1000);
                     let route = p.pick_route(&r, &view, &links, 0).unwrap();
                     p.on_routed(&r, route, &view, 0);
+                    p.on_finished(&r, route.output_side(), 100, 0);
                     routes.push(route);
                 }
             }

@@ -8,12 +8,13 @@
 //! the backend's clock when it was recorded. A key has one slot: a newer key landing
 //! there overwrites the older one, so memory is flat and the record forgets under churn.
 //! It also forgets what the engine would have evicted: each backend's clock counts the
-//! new prefix blocks recorded on it, and an entry older than the backend's KV capacity
-//! (in 512-token blocks) is no longer believed, since the engine's cache keeps its least
-//! recently used prefixes only while newer ones leave room. Seeing an entry again
-//! refreshes it, as a cache hit does in the engine. Both are approximations: the engine
-//! also evicts for running sequences' KV, and keeps partial blocks nowhere (neither does
-//! this record).
+//! KV blocks (of 512 tokens) that requests recorded on it took, and an entry older than
+//! a window the caller gives (the KV its running sequences leave free) is no longer
+//! believed, since the engine's cache keeps prefixes, least recently used evicted first,
+//! only in the room running sequences leave. Seeing an entry again refreshes it, as a
+//! cache hit does in the engine. Both are approximations: the clock counts a request's
+//! KV when it ends, not as it grows, and the window is read when asked, not when the
+//! request starts.
 //!
 //! Words are atomics, never a lock: the daemon records and looks up from many threads,
 //! and a race only loses or refreshes an entry, which an approximate record tolerates.
@@ -33,7 +34,7 @@ const STAMP_MASK: u64 = (1 << STAMP_BITS) - 1;
 const CLOCKS: usize = 4096;
 
 #[derive(Debug)]
-struct Table {
+pub(crate) struct Table {
     words: Box<[AtomicU64]>,
     clocks: Box<[AtomicU64]>,
 }
@@ -97,25 +98,27 @@ impl PrefixRecord {
         n
     }
 
-    /// Records that `backend` now holds `hashes` (the prompt's full blocks), refreshing
-    /// those it held and advancing its clock by those it did not.
-    pub(crate) fn record(&self, backend: BackendId, hashes: &[u64]) {
+    /// Allocates the table (once): from now on [`Self::record`] records.
+    pub(crate) fn arm(&self) -> &Table {
+        self.table.get_or_init(|| Table {
+            words: (0..self.capacity).map(|_| AtomicU64::new(0)).collect(),
+            clocks: (0..CLOCKS).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Records that `backend` now holds `hashes` (the prompt's full blocks), after the
+    /// request took `footprint` blocks of its KV: every entry on `backend` recorded before
+    /// ages by that much, since the engine evicts its least recently used prefixes to make
+    /// room for whatever a request allocates (on a decode backend an arrived KV is
+    /// allocated whole even where its prefix was cached), not only for new prefixes.
+    pub(crate) fn record(&self, backend: BackendId, hashes: &[u64], footprint: u64) {
         if hashes.is_empty() {
             return;
         }
-        let table = self.table.get_or_init(|| Table {
-            words: (0..self.capacity).map(|_| AtomicU64::new(0)).collect(),
-            clocks: (0..CLOCKS).map(|_| AtomicU64::new(0)).collect(),
-        });
-        let clock = Self::clock(table, backend);
+        let table = self.arm();
+        let now = Self::clock(table, backend).fetch_add(footprint.max(1), Relaxed);
         for &h in hashes {
             let (i, tag) = self.slot(h, backend);
-            let fresh = table.words[i].load(Relaxed) >> STAMP_BITS != tag;
-            let now = if fresh {
-                clock.fetch_add(1, Relaxed)
-            } else {
-                clock.load(Relaxed)
-            };
             table.words[i].store(tag << STAMP_BITS | (now & STAMP_MASK), Relaxed);
         }
     }
@@ -141,7 +144,7 @@ mod tests {
         let r = PrefixRecord::new(1 << 12);
         assert!(!r.is_allocated());
         assert_eq!(r.cached_blocks(BackendId(1), &[1, 2, 3], 3, 1000), 0);
-        r.record(BackendId(1), &[1, 2, 3]);
+        r.record(BackendId(1), &[1, 2, 3], 3);
         assert!(r.is_allocated());
         assert_eq!(r.cached_blocks(BackendId(1), &[1, 2, 3, 4], 4, 1000), 3);
         assert_eq!(r.cached_blocks(BackendId(1), &[1, 2, 3, 4], 2, 1000), 2);
@@ -153,18 +156,20 @@ mod tests {
     #[test]
     fn entries_older_than_the_backends_kv_are_not_believed_until_seen_again() {
         let r = PrefixRecord::new(1 << 12);
-        r.record(BackendId(0), &[1, 2]);
-        // 10 newer blocks on the same backend: a 12-block KV still holds the prefix, an
-        // 8-block one has evicted it.
-        r.record(BackendId(0), &(100..110).collect::<Vec<_>>());
+        r.record(BackendId(0), &[1, 2], 2);
+        // Requests taking 10 more blocks on the same backend: a 12-block window still
+        // holds the prefix, an 8-block one has evicted it.
+        r.record(BackendId(0), &[100, 101, 102], 4);
+        r.record(BackendId(0), &[103], 6);
         assert_eq!(r.cached_blocks(BackendId(0), &[1, 2], 2, 12), 2);
         assert_eq!(r.cached_blocks(BackendId(0), &[1, 2], 2, 8), 0);
-        // New blocks on another backend do not age this one's.
-        r.record(BackendId(5), &(200..300).collect::<Vec<_>>());
+        // Requests on another backend do not age this one's.
+        r.record(BackendId(5), &(200..300).collect::<Vec<_>>(), 100);
         assert_eq!(r.cached_blocks(BackendId(0), &[1, 2], 2, 12), 2);
-        // Routing the prefix again refreshes it without advancing the clock.
-        r.record(BackendId(0), &[1, 2]);
-        assert_eq!(r.cached_blocks(BackendId(0), &[1, 2], 2, 1), 2);
+        // Routing the prefix again refreshes it.
+        r.record(BackendId(0), &[1, 2], 2);
+        assert_eq!(r.cached_blocks(BackendId(0), &[1, 2], 2, 2), 2);
+        assert_eq!(r.cached_blocks(BackendId(0), &[100], 1, 8), 0);
     }
 
     #[test]
@@ -172,10 +177,8 @@ mod tests {
         let r = PrefixRecord::new(1000);
         assert_eq!(r.capacity, 1024);
         for b in 0..64 {
-            r.record(
-                BackendId(b),
-                &(0..10_000u64).map(|h| h * 64 + 7).collect::<Vec<_>>(),
-            );
+            let hashes: Vec<u64> = (0..10_000u64).map(|h| h * 64 + 7).collect();
+            r.record(BackendId(b), &hashes, 10_000);
         }
         let table = r.table.get().unwrap();
         assert_eq!((table.words.len(), table.clocks.len()), (1024, CLOCKS));

@@ -201,14 +201,14 @@ fn short_prompts_stay_whole_and_a_prefill_only_fleet_is_refused() {
 
 #[test]
 fn turns_whose_prefix_the_decode_side_holds_stay_whole() {
-    // 10 conversations of 6 turns, 3 s apart; each turn's prompt is 100 tokens longer and
+    // 10 conversations of 6 turns, 10 s apart; each turn's prompt is 100 tokens longer and
     // shares the previous turn's blocks.
     let trace: Vec<TraceRecord> = (0..6u64)
         .flat_map(|turn| {
             (0..10u64).map(move |conv| {
                 let prompt = 2048 + 100 * turn as u32;
                 TraceRecord {
-                    arrival_ns: turn * 3_000_000_000 + conv * 100_000_000,
+                    arrival_ns: turn * 10_000_000_000 + conv * 100_000_000,
                     prompt_tokens: prompt,
                     output_tokens: 50,
                     hash_ids: (0..u64::from(prompt.div_ceil(512)))
@@ -230,8 +230,9 @@ fn turns_whose_prefix_the_decode_side_holds_stay_whole() {
     let counted_whole = replay(pd_fleet(), "disaggregated", "", None, &bare);
     assert_eq!(counted_whole.stats.completed, 60);
     assert_eq!(counted_whole.stats.handoffs, 60);
-    // With them, the decode backend holds each conversation's first turn (its KV arrived
-    // with the hashes), so the later turns, 100 to 500 tokens uncached, run whole there.
+    // With them, the decode backend holds each conversation's first turn once it has
+    // ended (its KV arrived with the hashes), so the later turns, 100 to 500 tokens
+    // uncached, run whole there.
     let r = replay(pd_fleet(), "disaggregated", "", None, &trace);
     assert_eq!(r.stats.completed, 60);
     assert_eq!(r.stats.handoffs, 10, "one split per conversation");
