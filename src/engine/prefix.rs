@@ -68,6 +68,19 @@ impl PrefixCache {
         }
     }
 
+    /// Undoes a [`Self::pin`] that was not a use (a start that did not fit): an entry
+    /// left unpinned goes back to its place in the eviction order, not to the newest.
+    /// Were a refused start to count as a use, a sequence retried at every step boundary
+    /// would reorder the cache more often than one retried once per decode stretch, and
+    /// the two engine granularities would evict different entries.
+    pub(crate) fn unpin_unused(&mut self, hash: u64) {
+        let e = self.entries.get_mut(&hash).expect("unpin of a cached hash");
+        e.refs -= 1;
+        if e.refs == 0 {
+            self.lru.insert(e.stamp, hash);
+        }
+    }
+
     /// Evicts the least recently used unpinned entry; returns the blocks freed.
     pub(crate) fn evict_one(&mut self) -> u64 {
         match self.lru.pop_first() {
@@ -77,5 +90,31 @@ impl PrefixCache {
             }
             None => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrefixCache;
+
+    #[test]
+    fn a_pin_given_back_unused_keeps_the_eviction_order() {
+        let mut c = PrefixCache::new(1);
+        for h in [1, 2] {
+            c.insert_pinned(h);
+            c.unpin(h);
+        }
+        // 1 is the least recently used. Looked at and given back, it stays so.
+        c.pin(1);
+        c.unpin_unused(1);
+        c.evict_one();
+        assert!(!c.contains(1) && c.contains(2));
+        // A real use (unpinned after running) makes it the most recent.
+        c.insert_pinned(3);
+        c.unpin(3);
+        c.pin(2);
+        c.unpin(2);
+        c.evict_one();
+        assert!(!c.contains(3) && c.contains(2));
     }
 }

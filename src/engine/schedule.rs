@@ -177,8 +177,9 @@ impl Engine {
         // A waiting sequence holds no private blocks, so everything is new.
         let need = self.blocks_after(cached + chunk, s.prefill_target, u64::from(cached));
         if too_big || need + draft.reserved_blocks > self.available_blocks() {
+            // Not a use: the entries keep their places in the eviction order.
             for h in &matched {
-                self.cache.unpin(*h);
+                self.cache.unpin_unused(*h);
             }
             return false;
         }

@@ -503,12 +503,10 @@ fn drive_pd(
         moving.sort_unstable();
         while moving.first().is_some_and(|m| m.0 == now) {
             let (_, id, generated) = moving.remove(0);
-            // As both drivers send it: lengths only (the KV came whole over the link).
-            let r = Request {
-                prefix_hashes: Vec::new(),
-                ..by_id[&id].clone()
-            };
-            dec.admit_transferred(r, generated, now).unwrap();
+            // As both drivers send it: with its prefix hashes, which the decode side
+            // caches when the sequence joins.
+            dec.admit_transferred(by_id[&id].clone(), generated, now)
+                .unwrap();
         }
         while ri < reqs.len() && reqs[ri].arrival == now {
             pre.admit(reqs[ri].clone(), now).unwrap();
