@@ -8,6 +8,7 @@ mod calibrate;
 mod compare;
 mod load;
 mod plan;
+mod plan_day;
 mod policies;
 mod profile;
 mod replay;

@@ -12,7 +12,7 @@ use crate::plan::{
 };
 use crate::profile::Catalogue;
 use crate::sim::PolicyReport;
-use crate::trace::{self, Format, ReadOptions, TraceExt};
+use crate::trace::{self, Format, ReadOptions, TraceExt, TraceRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ pub enum PlanCommand {
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
     /// Trace file (Azure CSV, BurstGPT CSV, Mooncake JSONL or dujiang JSONL).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "day")]
     pub trace: Option<PathBuf>,
     /// Trace format: auto, azure, burstgpt, mooncake, jsonl.
     #[arg(long, default_value = "auto")]
@@ -96,6 +96,8 @@ pub struct SweepArgs {
     /// Engine catalogue overlay (e.g. what `dujiang calibrate` writes); repeatable.
     #[arg(long, value_name = "FILE")]
     pub engines: Vec<PathBuf>,
+    #[command(flatten)]
+    pub day: super::plan_day::DayPlanArgs,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -169,7 +171,7 @@ impl ReplayRunner for ThreadPool {
     }
 }
 
-fn threads(n: Option<usize>) -> Result<ThreadPool> {
+pub(super) fn threads(n: Option<usize>) -> Result<ThreadPool> {
     let threads = match n {
         Some(0) => bail!("--threads must be at least 1"),
         Some(n) => n,
@@ -179,13 +181,22 @@ fn threads(n: Option<usize>) -> Result<ThreadPool> {
 }
 
 /// Everything a plan needs in memory, built from its inputs.
-struct Prepared {
-    workload: Workload,
-    candidates: Vec<plan::Candidate>,
-    settings: PlanSettings,
+pub(super) struct Prepared {
+    pub(super) workload: Workload,
+    pub(super) candidates: Vec<plan::Candidate>,
+    pub(super) settings: PlanSettings,
 }
 
 fn prepare(inputs: &PlanInputs) -> Result<Prepared> {
+    prepare_with(inputs, None)
+}
+
+/// Checks the inputs and builds the workload: from `day_records` (a generated day's
+/// window, already in memory) when given, else from the trace file `inputs` names.
+pub(super) fn prepare_with(
+    inputs: &PlanInputs,
+    day_records: Option<Vec<TraceRecord>>,
+) -> Result<Prepared> {
     if !(inputs.rate_scale.is_finite() && inputs.rate_scale > 0.0) {
         bail!(
             "--rate-scale must be a positive number, got {}",
@@ -220,15 +231,20 @@ fn prepare(inputs: &PlanInputs) -> Result<Prepared> {
         params: toml::Table::new(),
     };
     crate::policy::build(&policy.name, &policy.params, inputs.seed)?;
-    let format: Format = inputs
-        .format
-        .parse()
-        .map_err(|e| anyhow!("--format: {e}"))?;
-    let reader = trace::open(Path::new(&inputs.trace), format, ReadOptions::default())?;
-    let records = reader
-        .scale_rate(inputs.rate_scale)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("reading {}", inputs.trace))?;
+    let records = match day_records {
+        Some(records) => records,
+        None => {
+            let format: Format = inputs
+                .format
+                .parse()
+                .map_err(|e| anyhow!("--format: {e}"))?;
+            let reader = trace::open(Path::new(&inputs.trace), format, ReadOptions::default())?;
+            reader
+                .scale_rate(inputs.rate_scale)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("reading {}", inputs.trace))?
+        }
+    };
     let workload = Workload::new(records, inputs.buckets, inputs.probe_requests)
         .map_err(|e| anyhow!("{}: {e}", inputs.trace))?;
     Ok(Prepared {
@@ -244,19 +260,21 @@ fn prepare(inputs: &PlanInputs) -> Result<Prepared> {
     })
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+pub(super) fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn finish(
+/// Plans from the measurements (and the split search, unless off), prints the plan table
+/// and returns the report.
+pub(super) fn plan_report(
     inputs: &PlanInputs,
     prepared: &Prepared,
     measurements: Vec<Measurement>,
     measure_replays: u64,
     runner: &ThreadPool,
-    out: &OutputArgs,
+    split: bool,
     started: Instant,
-) -> Result<()> {
+) -> Result<PlanReport> {
     let mut report: PlanReport = plan::plan(
         inputs,
         &prepared.workload,
@@ -267,7 +285,7 @@ fn finish(
         measure_replays,
     )
     .map_err(anyhow::Error::msg)?;
-    if out.split {
+    if split {
         plan::add_split(
             &mut report,
             &prepared.workload,
@@ -282,6 +300,27 @@ fn finish(
         started.elapsed().as_secs_f64(),
         runner.threads
     );
+    Ok(report)
+}
+
+fn finish(
+    inputs: &PlanInputs,
+    prepared: &Prepared,
+    measurements: Vec<Measurement>,
+    measure_replays: u64,
+    runner: &ThreadPool,
+    out: &OutputArgs,
+    started: Instant,
+) -> Result<()> {
+    let report = plan_report(
+        inputs,
+        prepared,
+        measurements,
+        measure_replays,
+        runner,
+        out.split,
+        started,
+    )?;
     if let Some(p) = &out.json {
         write(p, &(report.to_json() + "\n"))?;
     }
@@ -317,35 +356,54 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-fn sweep(a: SweepArgs) -> Result<()> {
-    let started = Instant::now();
-    let trace = a
-        .trace
-        .ok_or_else(|| anyhow!("--trace is required (or use `dujiang plan merge`)"))?;
-    let model = a.model.ok_or_else(|| anyhow!("--model is required"))?;
+/// The plan's inputs as given, with the traffic named `trace` (a file, or a generated
+/// day's window) read as `format`.
+pub(super) fn inputs_of(a: &SweepArgs, trace: String, format: String) -> Result<PlanInputs> {
+    let model = a
+        .model
+        .clone()
+        .ok_or_else(|| anyhow!("--model is required"))?;
     if a.chips.is_empty() {
         bail!("--chips is required (e.g. --chips h20,ascend-910b,mlu590)");
     }
-    let inputs = PlanInputs {
-        trace: trace.display().to_string(),
-        format: a.format.as_str().to_string(),
+    Ok(PlanInputs {
+        trace,
+        format,
         model,
         chips: a.chips.iter().map(|c| c.trim().to_string()).collect(),
-        slo: a.slo,
+        slo: a.slo.clone(),
         attainment: a.attainment,
         min_domestic_share: a.min_domestic_share,
         share_by: a.share_by.parse().map_err(|e| anyhow!("--share-by: {e}"))?,
-        policy: a.policy,
+        policy: a.policy.clone(),
         rate_scale: a.rate_scale,
         max_tp: a.max_tp,
         buckets: a.buckets,
         probe_requests: a.probe_requests,
         probe_seconds: a.probe_seconds,
         seed: a.seed,
-        chip_catalogue: a.chip_catalogue.map(|p| p.display().to_string()),
-        model_catalogue: a.model_catalogue.map(|p| p.display().to_string()),
+        chip_catalogue: a.chip_catalogue.as_ref().map(|p| p.display().to_string()),
+        model_catalogue: a.model_catalogue.as_ref().map(|p| p.display().to_string()),
         engine_catalogues: a.engines.iter().map(|p| p.display().to_string()).collect(),
-    };
+    })
+}
+
+fn sweep(a: SweepArgs) -> Result<()> {
+    let started = Instant::now();
+    if a.day.day.is_some() {
+        return super::plan_day::run(a, started);
+    }
+    if let Some(flag) = a.day.given_without_day() {
+        bail!("{flag} plans a generated day: it goes with --day doubao");
+    }
+    let trace = a.trace.clone().ok_or_else(|| {
+        anyhow!("--trace FILE or --day doubao is required (or use `dujiang plan merge`)")
+    })?;
+    let inputs = inputs_of(
+        &a,
+        trace.display().to_string(),
+        a.format.as_str().to_string(),
+    )?;
     let shard = match &a.shard {
         Some(s) => Shard::parse(s).map_err(|e| anyhow!("--shard: {e}"))?,
         None => Shard::WHOLE,

@@ -15,6 +15,7 @@ use crate::sim::totals::cells_section;
 use crate::sim::{html, FaultPlan, FaultSummary, Replay, ReplayConfig, Report, RunTotals};
 use crate::trace::{self, Format, ReadOptions, Shard};
 use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -89,6 +90,9 @@ pub struct RunArgs {
     /// Where --shard writes its partial report (raw counters and histograms, JSON).
     #[arg(long, requires = "shard")]
     pub partial_out: Option<PathBuf>,
+    /// Replays run at once, each one cell under one policy (default: one per --policy).
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub out: ReportOut,
     #[command(flatten)]
@@ -116,7 +120,47 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
+/// A replay run to its raw sums, before anything is printed: what `replay` prints and
+/// `plan --day` verifies a fleet with.
+pub(super) struct Ran {
+    pub inputs: RunInputs,
+    /// The cells replayed here (all of them without --shard).
+    pub owned: Vec<u32>,
+    /// Per policy, in the order given, summed over `owned`.
+    pub runs: Vec<RunTotals>,
+    /// Per policy: the first cell's fault summary (a fault plan goes with one cell only).
+    pub summaries: Vec<FaultSummary>,
+    pub faults: bool,
+    /// Wall time of the replays, seconds.
+    pub wall: f64,
+}
+
 fn replay(args: RunArgs) -> Result<()> {
+    let ran = run_cells(&args)?;
+    let wall_seconds = args.out.wall_seconds((ran.wall * 1000.0).round() / 1000.0);
+    if let (Some(path), Some(shard)) = (&args.partial_out, args.shard) {
+        let part = Partial::new(shard, ran.inputs, ran.owned, wall_seconds, ran.runs);
+        part.write(path)?;
+        println!("{}", part.summary_line(path));
+        return Ok(());
+    }
+    let report = replay_shard::report(&ran.inputs, &ran.runs, wall_seconds);
+    print!("{}", report.to_table());
+    if ran.faults {
+        for (p, s) in report.policies.iter().zip(&ran.summaries) {
+            println!(
+                "faults [{}]: {} applied; {} requests re-routed, {} migrated mid-stream, {} lost; {} stragglers ejected, {} re-admitted",
+                p.policy, s.faults, s.rerouted, s.migrated, s.failed, s.ejected, s.readmitted
+            );
+        }
+    }
+    args.out.write(&report)
+}
+
+/// Replays the cells `args` names (all, or those of its --shard) under every policy, on
+/// `--threads` threads, each (policy, cell) pair a job of its own; the cells' sums are
+/// added up as they finish, which is exact in any order (see `sim::totals`).
+pub(super) fn run_cells(args: &RunArgs) -> Result<Ran> {
     if !(args.rate_scale.is_finite() && args.rate_scale > 0.0) {
         bail!(
             "--rate-scale must be a positive number, got {}",
@@ -174,6 +218,11 @@ fn replay(args: RunArgs) -> Result<()> {
     for p in &policies {
         crate::policy::build(&p.name, &p.params, args.seed)?;
     }
+    let threads = match args.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => policies.len(),
+    };
     let faults = args.faults.as_deref().map(FaultPlan::load).transpose()?;
     if let Some(plan) = &faults {
         if cells > 1 || args.shard.is_some() {
@@ -218,48 +267,60 @@ fn replay(args: RunArgs) -> Result<()> {
     source.check()?;
     let owned: Vec<u32> = (0..cells).filter(|&c| shard.owns(c as usize)).collect();
 
+    // One cell under one policy. Each holds only its own requests in flight, so memory
+    // grows with the threads, not with the cells.
+    let one = |p: &PolicySpec, cell: u32| -> Result<(RunTotals, FaultSummary)> {
+        let policy = crate::policy::build(&p.name, &p.params, args.seed)?;
+        let mut replay =
+            Replay::new(pools.clone(), policy, cfg.clone()).map_err(anyhow::Error::msg)?;
+        if let Some(plan) = &faults {
+            replay = replay.with_faults(plan).map_err(anyhow::Error::msg)?;
+        }
+        let records = source.cell(cell, cells, args.rate_scale)?;
+        replay
+            .run_totals(records)
+            .with_context(|| format!("replaying {}", source.describe()))
+    };
+    let jobs: Vec<(usize, u32)> = (0..policies.len())
+        .flat_map(|p| owned.iter().map(move |&c| (p, c)))
+        .collect();
+    type Acc = Vec<Option<(RunTotals, FaultSummary)>>;
+    let add = |mut acc: Acc, (p, got): (usize, (RunTotals, FaultSummary))| -> Result<Acc> {
+        match &mut acc[p] {
+            slot @ None => *slot = Some(got),
+            Some((a, _)) => a.merge(&got.0).map_err(anyhow::Error::msg)?,
+        }
+        Ok(acc)
+    };
     let started = Instant::now();
-    let results: Vec<Result<(RunTotals, FaultSummary)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = policies
-            .iter()
-            .map(|p| {
-                let (pools, cfg, faults) = (&pools, &cfg, &faults);
-                let (source, owned, seed) = (&source, &owned, args.seed);
-                let rate_scale = args.rate_scale;
-                scope.spawn(move || -> Result<(RunTotals, FaultSummary)> {
-                    let mut acc: Option<(RunTotals, FaultSummary)> = None;
-                    // Cells one after another: each holds only its own requests in flight.
-                    for &cell in owned {
-                        let policy = crate::policy::build(&p.name, &p.params, seed)?;
-                        let mut replay = Replay::new(pools.clone(), policy, cfg.clone())
-                            .map_err(anyhow::Error::msg)?;
-                        if let Some(plan) = faults {
-                            replay = replay.with_faults(plan).map_err(anyhow::Error::msg)?;
-                        }
-                        let records = source.cell(cell, cells, rate_scale)?;
-                        let (totals, summary) = replay
-                            .run_totals(records)
-                            .with_context(|| format!("replaying {}", source.describe()))?;
-                        match &mut acc {
-                            None => acc = Some((totals, summary)),
-                            Some((a, _)) => a.merge(&totals).map_err(anyhow::Error::msg)?,
-                        }
-                    }
-                    acc.ok_or_else(|| anyhow!("no cell to replay"))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
+    let fold = || -> Result<Acc> {
+        jobs.par_iter()
+            .map(|&(p, cell)| {
+                // A replay that panics fails the run with a message, not a crash.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one(&policies[p], cell)))
                     .unwrap_or_else(|_| Err(anyhow!("a replay thread panicked")))
+                    .map(|got| (p, got))
             })
-            .collect()
-    });
+            .try_fold(|| vec![None; policies.len()], |acc, got| add(acc, got?))
+            .try_reduce(
+                || vec![None; policies.len()],
+                |a, b| {
+                    b.into_iter()
+                        .enumerate()
+                        .filter_map(|(p, got)| got.map(|g| (p, g)))
+                        .try_fold(a, add)
+                },
+            )
+    };
+    let acc = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(fold)?,
+        // No threads to be had: the replays still run, on this one.
+        Err(_) => fold()?,
+    };
     let wall = started.elapsed().as_secs_f64();
-    let (runs, summaries): (Vec<RunTotals>, Vec<FaultSummary>) = results
+    let (runs, summaries): (Vec<RunTotals>, Vec<FaultSummary>) = acc
         .into_iter()
+        .map(|got| got.ok_or_else(|| anyhow!("no cell to replay")))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
@@ -271,24 +332,14 @@ fn replay(args: RunArgs) -> Result<()> {
         cell_count: cells,
         day_start_hour: source.day_start_hour(),
     };
-    let wall_seconds = args.out.wall_seconds((wall * 1000.0).round() / 1000.0);
-    if let (Some(path), Some(shard)) = (&args.partial_out, args.shard) {
-        let part = Partial::new(shard, inputs, owned, wall_seconds, runs);
-        part.write(path)?;
-        println!("{}", part.summary_line(path));
-        return Ok(());
-    }
-    let report = replay_shard::report(&inputs, &runs, wall_seconds);
-    print!("{}", report.to_table());
-    if faults.is_some() {
-        for (p, s) in report.policies.iter().zip(&summaries) {
-            println!(
-                "faults [{}]: {} applied; {} requests re-routed, {} migrated mid-stream, {} lost; {} stragglers ejected, {} re-admitted",
-                p.policy, s.faults, s.rerouted, s.migrated, s.failed, s.ejected, s.readmitted
-            );
-        }
-    }
-    args.out.write(&report)
+    Ok(Ran {
+        inputs,
+        owned,
+        runs,
+        summaries,
+        faults: faults.is_some(),
+        wall,
+    })
 }
 
 /// Where a replay report goes beside the table on stdout: `replay` and `replay merge`

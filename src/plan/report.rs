@@ -376,6 +376,12 @@ impl PlanReport {
 
     /// The planned fleet as a fleet file (`config/fleets/*.toml` layout).
     pub fn fleet_toml(&self) -> String {
+        self.fleet_toml_cells(1)
+    }
+
+    /// The planned fleet as one cell of `cells` identical cells (`cells = N`, partitioned
+    /// by session; see `fleet::cells`): the whole fleet is `cells` times the pools below.
+    pub fn fleet_toml_cells(&self, cells: u32) -> String {
         let i = &self.inputs;
         let p = &self.predicted;
         let mut s = String::new();
@@ -397,7 +403,15 @@ impl PlanReport {
             p.tpot_ms.p99
         );
         let _ = writeln!(s, "name = {}", toml_str(&format!("plan-{}", i.model)));
-        let _ = writeln!(s, "model = {}\n", toml_str(&i.model));
+        let _ = writeln!(s, "model = {}", toml_str(&i.model));
+        if cells > 1 {
+            let _ = writeln!(
+                s,
+                "# {cells} identical cells, traffic split by session hash: the whole fleet is {cells} x the pools below."
+            );
+            let _ = writeln!(s, "cells = {cells}\ncell_key = \"session\"");
+        }
+        s.push('\n');
         let _ = writeln!(s, "[policy]\nname = {}", toml_str(&self.policy));
         for pool in &self.pools {
             let _ = writeln!(
