@@ -147,6 +147,44 @@ async fn a_long_prompt_is_prefilled_on_one_chip_and_decoded_on_another() {
     d.wait().await.unwrap();
 }
 
+/// The daemon runs the same uncached-token threshold as replay: a conversation's first turn
+/// (2,048 tokens, a fresh prefix) is split; once it has ended on an H20, whose engine
+/// cached the arrived KV, a next turn whose whole-serving pick is a backend holding those
+/// four blocks has 100 to 400 uncached tokens and is served whole there. With two H20s
+/// either may be picked, but each split turn leaves its prefix on the one it ended on,
+/// so of nine turns at least one is whole (every one splits without the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_whose_prefix_a_decode_backend_holds_is_served_whole_there() {
+    let d = start(pd()).await;
+    let mut c = inference(d.grpc_addr).await;
+    let turn = |k: u32| {
+        let prompt = 2048 + 40 * k;
+        wire::GenerateRequest {
+            prefix_hashes: (0..u64::from(prompt.div_ceil(512)))
+                .map(|b| 7000 + b)
+                .collect(),
+            ..request(prompt, 5)
+        }
+    };
+    let first = generate(&mut c, tonic::Request::new(turn(0))).await;
+    assert!(first.status.is_none(), "{:?}", first.status);
+    assert_eq!(first.started.expect("started").pool, "ascend");
+    let mut whole = 0;
+    for k in 1..=9 {
+        let r = generate(&mut c, tonic::Request::new(turn(k))).await;
+        assert!(r.status.is_none(), "{:?}", r.status);
+        assert_eq!(r.tokens, 5);
+        let s = r.started.expect("started");
+        if s.pool == "h20" {
+            assert!(s.decode_backend.is_empty(), "{s:?}");
+            whole += 1;
+        }
+    }
+    assert!(whole > 0, "every turn was split");
+    d.shutdown();
+    d.wait().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_while_the_kv_is_on_the_link_frees_it_on_both_sides() {
     let d = start(pd()).await;
