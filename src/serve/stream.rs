@@ -241,24 +241,18 @@ impl RequestStream {
     }
 
     fn started(&self, queue_ns: u64) -> wire::Started {
+        // Copies of the names (not `to_string`, which formats through `Display`).
+        let own = |s: &Arc<str>| String::from(&**s);
+        let decode = self.decode.as_deref();
         wire::Started {
             request_id: self.client_id.clone(),
-            backend: self.backend.name.to_string(),
-            pool: self.backend.pool.to_string(),
-            chip: self.backend.chip.to_string(),
+            backend: own(&self.backend.name),
+            pool: own(&self.backend.pool),
+            chip: own(&self.backend.chip),
             queue_seconds: queue_ns as f64 / 1e9,
-            decode_backend: self
-                .decode
-                .as_ref()
-                .map_or_else(String::new, |d| d.name.to_string()),
-            decode_pool: self
-                .decode
-                .as_ref()
-                .map_or_else(String::new, |d| d.pool.to_string()),
-            decode_chip: self
-                .decode
-                .as_ref()
-                .map_or_else(String::new, |d| d.chip.to_string()),
+            decode_backend: decode.map_or_else(String::new, |d| own(&d.name)),
+            decode_pool: decode.map_or_else(String::new, |d| own(&d.pool)),
+            decode_chip: decode.map_or_else(String::new, |d| own(&d.chip)),
         }
     }
 }

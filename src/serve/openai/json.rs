@@ -94,6 +94,234 @@ impl<'a> Val<'a> {
     }
 }
 
+/// Reads a body that is one JSON object, handing `member` each top-level key and value
+/// in order (a `null` value as [`Val::Null`]); `None` if the text is not exactly one
+/// object or `member` declines. A hand-written reader for the request path: the serde
+/// route ([`Val`]'s `Deserialize`) spends most of a small body's reading in its generic
+/// visitors. It accepts only what serde_json accepts and builds the same values; on
+/// anything it does not take (invalid JSON, a number other than a plain non-negative
+/// integer is still read, through serde_json's own number parser), the caller reads the
+/// body again through serde, so errors and edge cases are serde_json's.
+pub fn read_object<'a>(
+    text: &'a [u8],
+    mut member: impl FnMut(Cow<'a, str>, Val<'a>) -> Option<()>,
+) -> Option<()> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut r = Reader {
+        s: text.as_bytes(),
+        text,
+        at: 0,
+        depth: 0,
+    };
+    r.ws();
+    r.eat(b'{')?;
+    r.ws();
+    if r.peek() == Some(b'}') {
+        r.at += 1;
+    } else {
+        loop {
+            let key = r.string()?;
+            r.ws();
+            r.eat(b':')?;
+            let v = r.value()?;
+            member(key, v)?;
+            r.ws();
+            match r.next()? {
+                b',' => r.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    r.ws();
+    (r.at == r.s.len()).then_some(())
+}
+
+/// Nesting deeper than this is left to serde_json (which refuses past 128).
+const MAX_DEPTH: u32 = 100;
+
+struct Reader<'a> {
+    s: &'a [u8],
+    text: &'a str,
+    at: usize,
+    depth: u32,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn eat(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    /// JSON's whitespace (not all of ASCII's: serde_json refuses a form feed).
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn value(&mut self) -> Option<Val<'a>> {
+        self.ws();
+        match self.peek()? {
+            b'"' => self.string().map(Val::Str),
+            b'{' => {
+                self.deeper()?;
+                self.at += 1;
+                let mut out = Vec::new();
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.at += 1;
+                } else {
+                    loop {
+                        self.ws();
+                        let k = self.string()?;
+                        self.ws();
+                        self.eat(b':')?;
+                        out.push((k, self.value()?));
+                        self.ws();
+                        match self.next()? {
+                            b',' => {}
+                            b'}' => break,
+                            _ => return None,
+                        }
+                    }
+                }
+                self.depth -= 1;
+                Some(Val::Obj(Obj(out)))
+            }
+            b'[' => {
+                self.deeper()?;
+                self.at += 1;
+                let mut out = Vec::new();
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.at += 1;
+                } else {
+                    loop {
+                        out.push(self.value()?);
+                        self.ws();
+                        match self.next()? {
+                            b',' => {}
+                            b']' => break,
+                            _ => return None,
+                        }
+                    }
+                }
+                self.depth -= 1;
+                Some(Val::Arr(out))
+            }
+            b't' => self.word("true", Val::Bool(true)),
+            b'f' => self.word("false", Val::Bool(false)),
+            b'n' => self.word("null", Val::Null),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    fn deeper(&mut self) -> Option<()> {
+        self.depth += 1;
+        (self.depth <= MAX_DEPTH).then_some(())
+    }
+
+    fn word(&mut self, w: &str, v: Val<'a>) -> Option<Val<'a>> {
+        let end = self.at + w.len();
+        (self.s.get(self.at..end)? == w.as_bytes()).then_some(())?;
+        self.at = end;
+        Some(v)
+    }
+
+    /// A number by JSON's grammar; a plain non-negative integer that fits is made here,
+    /// anything else (sign, fraction, exponent, overflow) by serde_json's own parser, so
+    /// every number is the `Number` serde_json makes.
+    fn number(&mut self) -> Option<Val<'a>> {
+        let start = self.at;
+        let digits = |r: &mut Reader| {
+            let from = r.at;
+            while let Some(b'0'..=b'9') = r.peek() {
+                r.at += 1;
+            }
+            r.at > from
+        };
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.at += 1;
+        }
+        let int_start = self.at;
+        if !digits(self) {
+            return None;
+        }
+        let int_len = self.at - int_start;
+        if int_len > 1 && self.s[int_start] == b'0' {
+            return None;
+        }
+        let mut plain = !negative;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            plain = false;
+            if !digits(self) {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            plain = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if !digits(self) {
+                return None;
+            }
+        }
+        let text = &self.text[start..self.at];
+        if plain && int_len <= 19 {
+            // At most 19 digits: below 10^19, inside u64.
+            let n = text.bytes().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            return Some(Val::Num(n.into()));
+        }
+        let n: Number = text.parse().ok()?;
+        Some(Val::Num(n))
+    }
+
+    /// A string at `"`: borrowed from the body unless it has escapes (then decoded by
+    /// serde_json). Control characters are refused, as JSON does.
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let mut escaped = false;
+        loop {
+            let rest = &self.s[self.at..];
+            let i = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            self.at += i + 1;
+            match rest[i] {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    // The escaped character is never the closing quote.
+                    self.next()?;
+                }
+                _ => return None,
+            }
+        }
+        if !escaped {
+            return Some(Cow::Borrowed(&self.text[start..self.at - 1]));
+        }
+        serde_json::from_str::<String>(&self.text[start - 1..self.at])
+            .ok()
+            .map(Cow::Owned)
+    }
+}
+
 struct ValVisitor<'a>(PhantomData<&'a ()>);
 
 impl<'de: 'a, 'a> Visitor<'de> for ValVisitor<'a> {
@@ -201,6 +429,76 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The members the fast reader takes, as one object.
+    fn fast(text: &str) -> Option<Val<'_>> {
+        let mut members = Vec::new();
+        read_object(text.as_bytes(), |k, v| {
+            members.push((k, v));
+            Some(())
+        })?;
+        Some(Val::Obj(Obj(members)))
+    }
+
+    /// Whatever the fast reader takes, serde_json takes too and reads the same.
+    fn agrees(text: &str) {
+        let slow = serde_json::from_str::<Val>(text);
+        if let Some(v) = fast(text) {
+            assert_eq!(Ok(&v), slow.as_ref().map_err(|e| e.to_string()), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_fast_reader_reads_what_serde_reads_or_leaves_it() {
+        let taken = [
+            r#"{}"#,
+            r#" { "a" : 1 , "b":[true,false,null,{"c":"d"}] } "#,
+            r#"{"q":"say \"hi\"\n\u00e9\ud83d\ude00","n":-0,"f":2.5e-3,"big":18446744073709551615}"#,
+            r#"{"huge":18446744073709551616,"neg":-9223372036854775808,"z":0,"e":1E2}"#,
+            r#"{"a":1,"a":2,"":"","\u0061":"é 水"}"#,
+        ];
+        for t in taken {
+            assert!(fast(t).is_some(), "{t}");
+            agrees(t);
+        }
+        let left = [
+            "",
+            "[]",
+            "{",
+            "{}x",
+            "{} {}",
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":-}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":"\x"}"#,
+            "{\"a\":\"\u{1}\"}",
+            r#"{"a":[1,]}"#,
+            r#"{"a":1,}"#,
+            r#"{a:1}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":"\ud800"}"#,
+            "\u{c}{}",
+            r#"{"a":1e999}"#,
+        ];
+        for t in left {
+            assert!(fast(t).is_none(), "{t}");
+            agrees(t);
+        }
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(120), "]".repeat(120));
+        assert!(fast(&deep).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_reader_never_reads_differently(
+            text in r#"\{( ?"[a-c\\"\\u0-9]{0,3}" ?: ?(-?[0-9]{1,21}(\.[0-9]{0,2})?([eE][-+]?[0-9]{1,3})?|"[a-z\\"\\nu0-9 ]{0,4}"|true|null|\[[0-9, ]{0,6}\]|\{[":a1, ]{0,6}\}) ?,?){0,4}\} ?"#
+        ) {
+            agrees(&text);
+        }
+    }
 
     #[test]
     fn values_borrow_and_convert_like_serde_json() {

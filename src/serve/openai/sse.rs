@@ -80,6 +80,12 @@ impl Framer {
         }
     }
 
+    /// About how long one event is (its opening, the token's fields and usage), to size
+    /// a frame's buffer once instead of growing it event by event.
+    fn chunk_len(&self) -> usize {
+        self.event_open.len().max(self.head.len() + 16) + 160
+    }
+
     fn usage(&self, out: &mut String, completion: u32) {
         out.push_str("\"usage\":{\"prompt_tokens\":");
         push_u64(out, u64::from(self.prompt_tokens));
@@ -220,72 +226,84 @@ impl EventStream {
     }
 }
 
+impl EventStream {
+    /// Appends `item`'s events to `out` (and marks the stream done at its end).
+    fn frame(&mut self, out: &mut String, item: Option<Result<Event, crate::serve::ServeError>>) {
+        match item {
+            Some(Ok(Event::Started(_))) => {}
+            Some(Ok(Event::Tokens(t))) if self.inner.proxied() => {
+                // A real engine's text as it came; how it finished comes with Finished.
+                let first = self.sent == 0;
+                self.sent += t.count;
+                out.reserve(self.framer.chunk_len() + t.text.len());
+                self.framer.text_chunk(out, &t.text, first, None, self.sent);
+            }
+            Some(Ok(Event::Tokens(t))) => {
+                // One chunk per token, whatever the backend's delivery grouped.
+                let max = self.inner.max_tokens();
+                out.reserve(t.count as usize * (self.framer.chunk_len() + 16));
+                for _ in 0..t.count {
+                    let i = self.sent;
+                    self.sent += 1;
+                    self.framer.token_chunk(out, i, self.sent >= max);
+                }
+            }
+            Some(Ok(Event::Finished(f))) => {
+                let completion = f.usage.map_or(self.sent, |u| u.completion_tokens);
+                out.reserve(2 * self.framer.chunk_len() + DONE.len());
+                if self.inner.proxied() {
+                    let finish = super::handlers::finish_reason(&f);
+                    self.framer
+                        .text_chunk(out, "", self.sent == 0, Some(finish), completion);
+                }
+                if self.include_usage {
+                    self.framer.usage_chunk(out, completion);
+                }
+                out.push_str(DONE);
+                self.done = true;
+            }
+            Some(Err(e)) => {
+                let e = ApiError::from(e);
+                let _ = write!(out, "data: {}\n\n{DONE}", e.body());
+                self.done = true;
+            }
+            // The request ended without an event saying how (cannot happen once it
+            // started: every end is Finished or an error); the client still gets the
+            // terminator it waits for.
+            None => {
+                out.push_str(DONE);
+                self.done = true;
+            }
+        }
+    }
+}
+
+/// The most bytes gathered into one body frame before it is sent.
+const MAX_FRAME: usize = 64 * 1024;
+
 impl Stream for EventStream {
     type Item = Result<Bytes, Infallible>;
 
+    /// Everything the request stream has ready goes out as one body frame: a burst of
+    /// deliveries (tokens, then the end) is one chunk of the HTTP body and one write, not
+    /// one per delivery. The bytes, and each event's own framing, are the same.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        loop {
-            if this.done {
-                return Poll::Ready(None);
+        let mut out = String::new();
+        // Bounded, so a backend producing faster than the client reads still has its
+        // tokens sent as they come rather than gathered without end.
+        while !this.done && out.len() < MAX_FRAME {
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(item) => this.frame(&mut out, item),
             }
-            let item = match Pin::new(&mut this.inner).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(item) => item,
-            };
-            let mut out = String::new();
-            match item {
-                Some(Ok(Event::Started(_))) => continue,
-                Some(Ok(Event::Tokens(t))) if this.inner.proxied() => {
-                    // A real engine's text as it came; how it finished comes with
-                    // Finished.
-                    let first = this.sent == 0;
-                    this.sent += t.count;
-                    this.framer
-                        .text_chunk(&mut out, &t.text, first, None, this.sent);
-                }
-                Some(Ok(Event::Tokens(t))) => {
-                    // One chunk per token, whatever the backend's delivery grouped.
-                    let max = this.inner.max_tokens();
-                    out.reserve(t.count as usize * 200);
-                    for _ in 0..t.count {
-                        let i = this.sent;
-                        this.sent += 1;
-                        this.framer.token_chunk(&mut out, i, this.sent >= max);
-                    }
-                }
-                Some(Ok(Event::Finished(f))) => {
-                    let completion = f.usage.map_or(this.sent, |u| u.completion_tokens);
-                    if this.inner.proxied() {
-                        let finish = super::handlers::finish_reason(&f);
-                        this.framer.text_chunk(
-                            &mut out,
-                            "",
-                            this.sent == 0,
-                            Some(finish),
-                            completion,
-                        );
-                    }
-                    if this.include_usage {
-                        this.framer.usage_chunk(&mut out, completion);
-                    }
-                    out.push_str(DONE);
-                    this.done = true;
-                }
-                Some(Err(e)) => {
-                    let e = ApiError::from(e);
-                    let _ = write!(out, "data: {}\n\n{DONE}", e.body());
-                    this.done = true;
-                }
-                // The request ended without an event saying how (cannot happen once it
-                // started: every end is Finished or an error); the client still gets the
-                // terminator it waits for.
-                None => {
-                    out.push_str(DONE);
-                    this.done = true;
-                }
-            }
-            return Poll::Ready(Some(Ok(Bytes::from(out))));
+        }
+        if !out.is_empty() {
+            Poll::Ready(Some(Ok(Bytes::from(out))))
+        } else if this.done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 }

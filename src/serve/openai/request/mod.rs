@@ -144,6 +144,77 @@ struct Body<'a> {
     response_format: Option<Val<'a>>,
 }
 
+impl<'a> Body<'a> {
+    /// Takes one top-level member as serde's reading of the struct does: a known field
+    /// once (`None` for a second time, which serde refuses), `null` as absent, any other
+    /// field ignored.
+    fn set(&mut self, seen: &mut u64, key: &str, v: Val<'a>) -> Option<()> {
+        let (bit, slot) = match key {
+            "model" => (0, &mut self.model),
+            "messages" => (1, &mut self.messages),
+            "prompt" => (2, &mut self.prompt),
+            "max_tokens" => (3, &mut self.max_tokens),
+            "max_completion_tokens" => (4, &mut self.max_completion_tokens),
+            "stream" => (5, &mut self.stream),
+            "stream_options" => (6, &mut self.stream_options),
+            "n" => (7, &mut self.n),
+            "tools" => (8, &mut self.tools),
+            "functions" => (9, &mut self.functions),
+            "tool_choice" => (10, &mut self.tool_choice),
+            "function_call" => (11, &mut self.function_call),
+            "prefix_hashes" => (12, &mut self.prefix_hashes),
+            "priority" => (13, &mut self.priority),
+            "slo" => (14, &mut self.slo),
+            "request_id" => (15, &mut self.request_id),
+            "temperature" => (16, &mut self.temperature),
+            "top_p" => (17, &mut self.top_p),
+            "top_k" => (18, &mut self.top_k),
+            "min_p" => (19, &mut self.min_p),
+            "stop" => (20, &mut self.stop),
+            "stop_token_ids" => (21, &mut self.stop_token_ids),
+            "seed" => (22, &mut self.seed),
+            "ignore_eos" => (23, &mut self.ignore_eos),
+            "min_tokens" => (24, &mut self.min_tokens),
+            "presence_penalty" => (25, &mut self.presence_penalty),
+            "frequency_penalty" => (26, &mut self.frequency_penalty),
+            "repetition_penalty" => (27, &mut self.repetition_penalty),
+            "logit_bias" => (28, &mut self.logit_bias),
+            "skip_special_tokens" => (29, &mut self.skip_special_tokens),
+            "user" => (30, &mut self.user),
+            "response_format" => (31, &mut self.response_format),
+            _ => return Some(()),
+        };
+        if *seen & (1 << bit) != 0 {
+            return None;
+        }
+        *seen |= 1 << bit;
+        *slot = (!v.is_null()).then_some(v);
+        Some(())
+    }
+
+    /// The [`SAMPLING_FIELDS`], in that order, read without a lookup by name each.
+    fn sampling(&self) -> [&Option<Val<'a>>; SAMPLING_FIELDS.len()] {
+        [
+            &self.temperature,
+            &self.top_p,
+            &self.top_k,
+            &self.min_p,
+            &self.stop,
+            &self.stop_token_ids,
+            &self.seed,
+            &self.ignore_eos,
+            &self.min_tokens,
+            &self.presence_penalty,
+            &self.frequency_penalty,
+            &self.repetition_penalty,
+            &self.logit_bias,
+            &self.skip_special_tokens,
+            &self.user,
+            &self.response_format,
+        ]
+    }
+}
+
 /// Field lookup by name, for a body and for the objects nested in it.
 trait Fields {
     fn get(&self, field: &str) -> Option<&Val<'_>>;
@@ -208,6 +279,12 @@ fn read_body(body: &[u8]) -> Result<Body<'_>, ApiError> {
                 Err(e) => ApiError::invalid("body", format!("not valid JSON: {e}")),
             },
         );
+    }
+    // The fast reader, and serde for whatever it leaves (with serde's own errors).
+    let mut b = Body::default();
+    let mut seen = 0u64;
+    if super::json::read_object(body, |k, v| b.set(&mut seen, &k, v)).is_some() {
+        return Ok(b);
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))
@@ -280,14 +357,13 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         }
         t => t.map(Duration::from_millis),
     };
-    let mut sampling: Map<String, Value> = SAMPLING_FIELDS
-        .iter()
-        .filter_map(|f| {
-            b.get(f)
-                .filter(|v| !v.is_null())
-                .map(|v| (f.to_string(), v.to_value()))
-        })
-        .collect();
+    // Most requests carry none: then nothing is built.
+    let mut sampling = Map::new();
+    for (f, v) in SAMPLING_FIELDS.iter().zip(b.sampling()) {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
+            sampling.insert(f.to_string(), v.to_value());
+        }
+    }
     // A prompt of token ids has no text for the daemon to carry: a real engine is sent
     // the ids themselves (the daemon's own prompt is a placeholder).
     if let Some(ids) = token_ids(&b) {
@@ -512,6 +588,24 @@ mod tests {
     }
 
     #[test]
+    fn every_sampling_field_passes_through_under_its_own_name() {
+        let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let fields: Vec<String> = SAMPLING_FIELDS
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("\"{f}\":{i}"))
+            .collect();
+        let p = chat(&format!("{{{m},{}}}", fields.join(","))).unwrap();
+        assert_eq!(p.sampling.len(), SAMPLING_FIELDS.len());
+        for (i, f) in SAMPLING_FIELDS.iter().enumerate() {
+            assert_eq!(p.sampling[*f], serde_json::json!(i), "{f}");
+        }
+        // Absent and null fields are not sent.
+        let p = chat(&format!("{{{m},\"temperature\":null}}")).unwrap();
+        assert!(p.sampling.is_empty());
+    }
+
+    #[test]
     fn refusals_name_the_field() {
         let param = |body: &str| chat(body).unwrap_err().param.unwrap();
         let m = r#""messages":[{"role":"user","content":"hi"}]"#;
@@ -535,6 +629,15 @@ mod tests {
             "priority"
         );
         assert_eq!(param("{\"messages\":[]}"), "messages");
+        // A field given twice is refused with serde's reason, whichever reader read it.
+        let twice = chat(&format!("{{{m},\"model\":\"a\",\"model\":\"b\"}}")).unwrap_err();
+        assert!(
+            twice.message.contains("duplicate field `model`"),
+            "{}",
+            twice.message
+        );
+        let bad = chat(&format!("{{{m},\"max_tokens\":01}}")).unwrap_err();
+        assert_eq!(bad.param.as_deref(), Some("body"));
         assert_eq!(param("[1]"), "body");
     }
 
