@@ -1,7 +1,9 @@
 //! The client side of the OpenAI HTTP API, shared by the load generator (`dujiang load
 //! --api openai`) and the daemon's proxy backends (`serve::upstream`): one HTTP client
-//! type with its connection pool, and the reader of completion streams ([`sse`]).
+//! type with its connection pool, the reader of completion streams ([`sse`]), and the
+//! JSON reader both sides' hot paths share ([`json`]).
 
+pub mod json;
 pub mod sse;
 
 use anyhow::Context as _;

@@ -7,6 +7,7 @@
 //! send usage only when asked (or never), and may use `\r\n` line ends. None of that is an
 //! error here; a malformed JSON payload is, and names the payload.
 
+use super::json::Reader;
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -23,16 +24,54 @@ pub struct SseDecoder {
     after_cr: bool,
 }
 
+/// Why [`SseDecoder::push_each`] stopped: the stream itself was unreadable, or the
+/// event handler refused an event.
+#[derive(Debug, PartialEq)]
+pub enum Fed<E> {
+    Stream(String),
+    Event(E),
+}
+
+/// The value of a `data` field line (`data:value`, one leading space dropped); `None` for
+/// comments and other fields (`event:`, `id:`, `retry:`).
+fn data_value(line: &str) -> Option<&str> {
+    let (field, value) = match line.split_once(':') {
+        Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+        None => (line, ""),
+    };
+    (field == "data").then_some(value)
+}
+
 /// Longest line the decoder buffers: a chunk is a few hundred bytes, so a line this long
 /// is a server sending something that is not an event stream, not a stream to follow.
 const MAX_LINE: usize = 1 << 20;
 
 impl SseDecoder {
-    /// Feeds `bytes`; returns the data of every event they complete, in order. Lines are
-    /// found by searching for their ends and copied a slice at a time, and the line buffer
-    /// is reused: this runs on every chunk a proxied engine sends.
+    /// Feeds `bytes`; returns the data of every event they complete, in order.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
         let mut out = Vec::new();
+        self.push_each(bytes, |data| {
+            out.push(data.to_string());
+            Ok::<_, String>(())
+        })
+        .map_err(|e| match e {
+            Fed::Stream(e) | Fed::Event(e) => e,
+        })?;
+        Ok(out)
+    }
+
+    /// Feeds `bytes`, handing `on` the data of every event they complete, in order, and
+    /// stopping at `on`'s first error. This runs on every chunk a proxied engine sends:
+    /// an event whose one `data:` line and blank line both lie in `bytes` (what servers
+    /// send) is handed over as a slice of them, with no copy and no allocation; a line
+    /// split between reads is gathered in a reused buffer.
+    pub fn push_each<E>(
+        &mut self,
+        bytes: &[u8],
+        mut on: impl FnMut(&str) -> Result<(), E>,
+    ) -> Result<(), Fed<E>> {
+        // The data of the event being read while it is one line of `bytes`.
+        let mut borrowed: Option<&str> = None;
         let mut rest = bytes;
         while let Some(&first) = rest.first() {
             if self.after_cr && first == b'\n' {
@@ -42,20 +81,72 @@ impl SseDecoder {
                 continue;
             }
             self.after_cr = false;
-            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
-                Some(i) => {
-                    self.extend_line(&rest[..i])?;
-                    self.after_cr = rest[i] == b'\r';
-                    rest = &rest[i + 1..];
-                    self.end_line(&mut out)?;
+            let Some(i) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.extend_line(rest).map_err(Fed::Stream)?;
+                break;
+            };
+            let line = &rest[..i];
+            self.after_cr = rest[i] == b'\r';
+            rest = &rest[i + 1..];
+            if !self.line.is_empty() {
+                // The line began in an earlier read: it is finished in the buffer.
+                self.extend_line(line).map_err(Fed::Stream)?;
+                self.own(&mut borrowed);
+                let buffered = std::mem::take(&mut self.line);
+                let r = self.data_line(&buffered);
+                self.line = buffered;
+                self.line.clear();
+                r.map_err(Fed::Stream)?;
+            } else if line.is_empty() {
+                // A blank line dispatches the event.
+                if let Some(data) = borrowed.take() {
+                    on(data).map_err(Fed::Event)?;
+                } else if let Some(data) = self.data.take() {
+                    on(&data).map_err(Fed::Event)?;
                 }
-                None => {
-                    self.extend_line(rest)?;
-                    break;
+            } else {
+                let line = std::str::from_utf8(line)
+                    .map_err(|_| Fed::Stream("an event-stream line is not UTF-8".into()))?;
+                if let Some(value) = data_value(line) {
+                    if borrowed.is_none() && self.data.is_none() {
+                        borrowed = Some(value);
+                    } else {
+                        self.own(&mut borrowed);
+                        self.append_data(value);
+                    }
                 }
             }
         }
-        Ok(out)
+        // An event not ended in these bytes waits, owned, for the next read.
+        self.own(&mut borrowed);
+        Ok(())
+    }
+
+    /// Moves borrowed event data into the decoder's own buffer.
+    fn own(&mut self, borrowed: &mut Option<&str>) {
+        if let Some(data) = borrowed.take() {
+            self.append_data(data);
+        }
+    }
+
+    fn append_data(&mut self, value: &str) {
+        match &mut self.data {
+            Some(data) => {
+                data.push('\n');
+                data.push_str(value);
+            }
+            None => self.data = Some(value.to_string()),
+        }
+    }
+
+    /// A whole non-blank line from the buffer; a blank one never gets here (the buffer
+    /// is empty then).
+    fn data_line(&mut self, line: &[u8]) -> Result<(), String> {
+        let line = std::str::from_utf8(line).map_err(|_| "an event-stream line is not UTF-8")?;
+        if let Some(value) = data_value(line) {
+            self.append_data(value);
+        }
+        Ok(())
     }
 
     fn extend_line(&mut self, part: &[u8]) -> Result<(), String> {
@@ -63,33 +154,6 @@ impl SseDecoder {
             return Err(format!("an event-stream line longer than {MAX_LINE} bytes"));
         }
         self.line.extend_from_slice(part);
-        Ok(())
-    }
-
-    fn end_line(&mut self, out: &mut Vec<String>) -> Result<(), String> {
-        if self.line.is_empty() {
-            // A blank line dispatches the event.
-            if let Some(data) = self.data.take() {
-                out.push(data);
-            }
-            return Ok(());
-        }
-        let line =
-            std::str::from_utf8(&self.line).map_err(|_| "an event-stream line is not UTF-8")?;
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        if field == "data" {
-            match &mut self.data {
-                Some(data) => {
-                    data.push('\n');
-                    data.push_str(value);
-                }
-                None => self.data = Some(value.to_string()),
-            }
-        }
-        self.line.clear();
         Ok(())
     }
 }
@@ -176,6 +240,14 @@ pub fn read_chunk(data: &str) -> Result<Chunk, String> {
             ..Chunk::default()
         });
     }
+    match read_chunk_fast(data) {
+        Some(chunk) => Ok(chunk),
+        None => read_chunk_serde(data),
+    }
+}
+
+/// [`read_chunk`] through serde: every chunk the fast reader leaves, with serde's errors.
+fn read_chunk_serde(data: &str) -> Result<Chunk, String> {
     let raw: RawChunk = serde_json::from_str(data).map_err(|e| {
         let shown: String = data.chars().take(120).collect();
         format!("a stream chunk is not a completion chunk ({e}): `{shown}`")
@@ -214,6 +286,211 @@ pub fn read_chunk(data: &str) -> Result<Chunk, String> {
     Ok(chunk)
 }
 
+/// [`read_chunk`]'s reading of a chunk in one pass of [`Reader`], for the usual shapes:
+/// the same [`Chunk`] the serde route makes, or `None` to leave the chunk to it (an error
+/// event, a field of a type serde would refuse, a known field given twice, anything
+/// malformed), so its results and messages are serde's.
+fn read_chunk_fast(data: &str) -> Option<Chunk> {
+    let mut r = Reader::new(data);
+    r.ws();
+    if r.peek() != Some(b'{') {
+        return None;
+    }
+    let mut chunk = Chunk::default();
+    let mut seen = 0u8;
+    let mut once = |bit: u8| {
+        let first = seen & bit == 0;
+        seen |= bit;
+        first.then_some(())
+    };
+    r.enter()?;
+    if r.opens(b'}') {
+        loop {
+            match &*r.key()? {
+                "choices" => {
+                    once(1)?;
+                    if r.peek() != Some(b'[') {
+                        return None;
+                    }
+                    r.enter()?;
+                    if r.opens(b']') {
+                        loop {
+                            choice(&mut r, &mut chunk)?;
+                            if !r.more(b']')? {
+                                break;
+                            }
+                        }
+                    }
+                    r.leave();
+                }
+                "usage" => {
+                    once(2)?;
+                    if !r.null() {
+                        usage(&mut r, &mut chunk)?;
+                    }
+                }
+                "error" => {
+                    once(4)?;
+                    if !r.null() {
+                        return None;
+                    }
+                }
+                _ => r.skip()?,
+            }
+            if !r.more(b'}')? {
+                break;
+            }
+        }
+    }
+    r.leave();
+    if !r.at_end() {
+        return None;
+    }
+    chunk.text = !chunk.content.is_empty();
+    chunk.finished = chunk.finish_reason.is_some();
+    Some(chunk)
+}
+
+/// One element of `choices`, added to `chunk` as the serde route adds it: its text in
+/// the order `delta.reasoning_content`, `delta.reasoning`, `delta.content`, `text`, and
+/// the first `finish_reason` of the chunk's choices.
+fn choice(r: &mut Reader<'_>, chunk: &mut Chunk) -> Option<()> {
+    if r.peek() != Some(b'{') {
+        return None;
+    }
+    let mut seen = 0u8;
+    let mut parts: [Option<Cow<str>>; 4] = [None, None, None, None];
+    let mut finish = None;
+    r.enter()?;
+    if r.opens(b'}') {
+        loop {
+            let (bit, slot) = match &*r.key()? {
+                "delta" => {
+                    if seen & 1 != 0 {
+                        return None;
+                    }
+                    seen |= 1;
+                    if !r.null() {
+                        delta(r, &mut parts)?;
+                    }
+                    if !r.more(b'}')? {
+                        break;
+                    }
+                    continue;
+                }
+                "text" => (2, &mut parts[3]),
+                "finish_reason" => (4, &mut finish),
+                _ => {
+                    r.skip()?;
+                    if !r.more(b'}')? {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            *slot = text_or_null(r)?;
+            if !r.more(b'}')? {
+                break;
+            }
+        }
+    }
+    r.leave();
+    for part in parts.into_iter().flatten() {
+        chunk.content.push_str(&part);
+    }
+    if chunk.finish_reason.is_none() {
+        chunk.finish_reason = finish.map(Cow::into_owned);
+    }
+    Some(())
+}
+
+/// A choice's `delta` object into `parts` (reasoning_content, reasoning, content).
+fn delta<'a>(r: &mut Reader<'a>, parts: &mut [Option<Cow<'a, str>>; 4]) -> Option<()> {
+    if r.peek() != Some(b'{') {
+        return None;
+    }
+    let mut seen = 0u8;
+    r.enter()?;
+    if r.opens(b'}') {
+        loop {
+            let at = match &*r.key()? {
+                "reasoning_content" => Some(0),
+                "reasoning" => Some(1),
+                "content" => Some(2),
+                _ => None,
+            };
+            match at {
+                Some(i) => {
+                    if seen & (1 << i) != 0 {
+                        return None;
+                    }
+                    seen |= 1 << i;
+                    parts[i] = text_or_null(r)?;
+                }
+                None => r.skip()?,
+            }
+            if !r.more(b'}')? {
+                break;
+            }
+        }
+    }
+    r.leave();
+    Some(())
+}
+
+/// `usage`'s token counts (each a u32 or null).
+fn usage(r: &mut Reader<'_>, chunk: &mut Chunk) -> Option<()> {
+    if r.peek() != Some(b'{') {
+        return None;
+    }
+    let mut seen = 0u8;
+    r.enter()?;
+    if r.opens(b'}') {
+        loop {
+            let (bit, slot) = match &*r.key()? {
+                "completion_tokens" => (1, &mut chunk.completion_tokens),
+                "prompt_tokens" => (2, &mut chunk.prompt_tokens),
+                _ => {
+                    r.skip()?;
+                    if !r.more(b'}')? {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            *slot = if r.null() {
+                None
+            } else {
+                Some(u32::try_from(r.number()?.1?).ok()?)
+            };
+            if !r.more(b'}')? {
+                break;
+            }
+        }
+    }
+    r.leave();
+    Some(())
+}
+
+/// A string or `null`; `None` (leave it to serde) for anything else.
+fn text_or_null<'a>(r: &mut Reader<'a>) -> Option<Option<Cow<'a, str>>> {
+    if r.null() {
+        return Some(None);
+    }
+    if r.peek() != Some(b'"') {
+        return None;
+    }
+    r.string().map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +512,11 @@ mod tests {
         // Byte by byte gives the same events: a network read may end anywhere.
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(decode_all(&bytes), whole);
+        // Any one split in two reads, the events borrowed or gathered across it.
+        for at in 0..=stream.len() {
+            let (a, b) = stream.split_at(at);
+            assert_eq!(decode_all(&[a, b]), whole, "split at {at}");
+        }
         // CRLF and lone CR line ends, a CRLF split between two reads.
         let crlf = decode_all(&[b"data: x\r", b"\n\r\ndata: y\r\r"]);
         assert_eq!(crlf, ["x", "y"]);
@@ -293,6 +575,54 @@ mod tests {
         let null_usage =
             read_chunk(r#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#).unwrap();
         assert!(null_usage.text && null_usage.completion_tokens.is_none());
+    }
+
+    /// Whatever the fast reader takes, the serde route reads the same.
+    fn agrees(data: &str) -> bool {
+        let Some(fast) = read_chunk_fast(data) else {
+            return false;
+        };
+        assert_eq!(Ok(fast), read_chunk_serde(data), "{data}");
+        true
+    }
+
+    #[test]
+    fn the_fast_chunk_reader_reads_as_serde_does() {
+        let taken = [
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"."},"finish_reason":"length"}],"usage":null}"#,
+            r#"{"choices":[{"delta":{"content":"a\"b\n","reasoning":"r","reasoning_content":"q"},"finish_reason":"st\u006fp"},{"text":"t","finish_reason":"x"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#,
+            r#"{"object":"text_completion","choices":[{"index":0,"text":" a","finish_reason":null}],"error":null}"#,
+            r#" {"choices":[{"delta":null}],"extra":{"a":[1,2.5,-3e2,true,null,"s"]}} "#,
+        ];
+        for t in taken {
+            assert!(agrees(t), "{t}");
+        }
+        let left = [
+            r#"{"error":{"message":"backend failed"}}"#,
+            r#"{"choices":null}"#,
+            r#"{"choices":[{"delta":{"content":1}}]}"#,
+            r#"{"choices":[{"text":"a","text":"b"}]}"#,
+            r#"{"usage":{"completion_tokens":-1}}"#,
+            r#"{"usage":{"completion_tokens":4294967296}}"#,
+            r#"{"choices":[],"choices":[]}"#,
+            r#"["x"]"#,
+            "{not json",
+            r#"{"choices":[]} x"#,
+        ];
+        for t in left {
+            assert!(!agrees(t), "{t}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_chunk_reader_never_reads_differently(
+            data in r#"\{("(choices|usage|id|error)": ?(\[(\{("(delta|text|finish_reason|index)":(null|"[a-z\\]{0,3}"|1|\{("(content|reasoning|role)":(null|"[ a-z]{0,3}"|2),?){0,3}\}),?){0,3}\},?){0,2}\]|\{("(prompt_tokens|completion_tokens)":(null|[0-9]{1,11}|1\.5),?){0,2}\}|null|"x"),?){0,3}\}"#
+        ) {
+            agrees(&data);
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Numbers are `serde_json::Number`s made exactly as `Value` makes them, so a field passed
 //! through to a real engine ([`Val::to_value`]) is the same JSON it would have been.
 
+use crate::openai_client::json::Reader;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 use std::borrow::Cow;
@@ -96,229 +97,79 @@ impl<'a> Val<'a> {
 
 /// Reads a body that is one JSON object, handing `member` each top-level key and value
 /// in order (a `null` value as [`Val::Null`]); `None` if the text is not exactly one
-/// object or `member` declines. A hand-written reader for the request path: the serde
-/// route ([`Val`]'s `Deserialize`) spends most of a small body's reading in its generic
-/// visitors. It accepts only what serde_json accepts and builds the same values; on
-/// anything it does not take (invalid JSON, a number other than a plain non-negative
-/// integer is still read, through serde_json's own number parser), the caller reads the
-/// body again through serde, so errors and edge cases are serde_json's.
+/// object, or `member` declines, or the [`Reader`] gives up. The request path's reader:
+/// the serde route ([`Val`]'s `Deserialize`) spends most of a small body's reading in its
+/// generic visitors. Its values are the ones serde builds (numbers other than plain
+/// non-negative integers are made by serde_json's own parser); when it gives up, the
+/// caller reads the body again through serde, so errors stay serde_json's.
 pub fn read_object<'a>(
     text: &'a [u8],
     mut member: impl FnMut(Cow<'a, str>, Val<'a>) -> Option<()>,
 ) -> Option<()> {
-    let text = std::str::from_utf8(text).ok()?;
-    let mut r = Reader {
-        s: text.as_bytes(),
-        text,
-        at: 0,
-        depth: 0,
-    };
+    let mut r = Reader::new(std::str::from_utf8(text).ok()?);
     r.ws();
-    r.eat(b'{')?;
-    r.ws();
-    if r.peek() == Some(b'}') {
-        r.at += 1;
-    } else {
+    if r.peek() != Some(b'{') {
+        return None;
+    }
+    r.enter()?;
+    if r.opens(b'}') {
         loop {
-            let key = r.string()?;
-            r.ws();
-            r.eat(b':')?;
-            let v = r.value()?;
-            member(key, v)?;
-            r.ws();
-            match r.next()? {
-                b',' => r.ws(),
-                b'}' => break,
-                _ => return None,
+            let key = r.key()?;
+            member(key, value(&mut r)?)?;
+            if !r.more(b'}')? {
+                break;
             }
         }
     }
-    r.ws();
-    (r.at == r.s.len()).then_some(())
+    r.leave();
+    r.at_end().then_some(())
 }
 
-/// Nesting deeper than this is left to serde_json (which refuses past 128).
-const MAX_DEPTH: u32 = 100;
-
-struct Reader<'a> {
-    s: &'a [u8],
-    text: &'a str,
-    at: usize,
-    depth: u32,
-}
-
-impl<'a> Reader<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.at).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let b = self.peek()?;
-        self.at += 1;
-        Some(b)
-    }
-
-    fn eat(&mut self, want: u8) -> Option<()> {
-        (self.next()? == want).then_some(())
-    }
-
-    /// JSON's whitespace (not all of ASCII's: serde_json refuses a form feed).
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.at += 1;
-        }
-    }
-
-    fn value(&mut self) -> Option<Val<'a>> {
-        self.ws();
-        match self.peek()? {
-            b'"' => self.string().map(Val::Str),
-            b'{' => {
-                self.deeper()?;
-                self.at += 1;
-                let mut out = Vec::new();
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        let k = self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        out.push((k, self.value()?));
-                        self.ws();
-                        match self.next()? {
-                            b',' => {}
-                            b'}' => break,
-                            _ => return None,
-                        }
+/// One value, built.
+fn value<'a>(r: &mut Reader<'a>) -> Option<Val<'a>> {
+    match r.peek()? {
+        b'"' => r.string().map(Val::Str),
+        b'{' => {
+            r.enter()?;
+            let mut out = Vec::new();
+            if r.opens(b'}') {
+                loop {
+                    let k = r.key()?;
+                    out.push((k, value(r)?));
+                    if !r.more(b'}')? {
+                        break;
                     }
                 }
-                self.depth -= 1;
-                Some(Val::Obj(Obj(out)))
             }
-            b'[' => {
-                self.deeper()?;
-                self.at += 1;
-                let mut out = Vec::new();
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.at += 1;
-                } else {
-                    loop {
-                        out.push(self.value()?);
-                        self.ws();
-                        match self.next()? {
-                            b',' => {}
-                            b']' => break,
-                            _ => return None,
-                        }
+            r.leave();
+            Some(Val::Obj(Obj(out)))
+        }
+        b'[' => {
+            r.enter()?;
+            let mut out = Vec::new();
+            if r.opens(b']') {
+                loop {
+                    out.push(value(r)?);
+                    if !r.more(b']')? {
+                        break;
                     }
                 }
-                self.depth -= 1;
-                Some(Val::Arr(out))
             }
-            b't' => self.word("true", Val::Bool(true)),
-            b'f' => self.word("false", Val::Bool(false)),
-            b'n' => self.word("null", Val::Null),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
+            r.leave();
+            Some(Val::Arr(out))
         }
-    }
-
-    fn deeper(&mut self) -> Option<()> {
-        self.depth += 1;
-        (self.depth <= MAX_DEPTH).then_some(())
-    }
-
-    fn word(&mut self, w: &str, v: Val<'a>) -> Option<Val<'a>> {
-        let end = self.at + w.len();
-        (self.s.get(self.at..end)? == w.as_bytes()).then_some(())?;
-        self.at = end;
-        Some(v)
-    }
-
-    /// A number by JSON's grammar; a plain non-negative integer that fits is made here,
-    /// anything else (sign, fraction, exponent, overflow) by serde_json's own parser, so
-    /// every number is the `Number` serde_json makes.
-    fn number(&mut self) -> Option<Val<'a>> {
-        let start = self.at;
-        let digits = |r: &mut Reader| {
-            let from = r.at;
-            while let Some(b'0'..=b'9') = r.peek() {
-                r.at += 1;
-            }
-            r.at > from
-        };
-        let negative = self.peek() == Some(b'-');
-        if negative {
-            self.at += 1;
+        b't' => r.word("true").map(|()| Val::Bool(true)),
+        b'f' => r.word("false").map(|()| Val::Bool(false)),
+        b'n' => r.word("null").map(|()| Val::Null),
+        b'-' | b'0'..=b'9' => {
+            let (text, plain) = r.number()?;
+            let n: Number = match plain {
+                Some(n) => n.into(),
+                None => text.parse().ok()?,
+            };
+            Some(Val::Num(n))
         }
-        let int_start = self.at;
-        if !digits(self) {
-            return None;
-        }
-        let int_len = self.at - int_start;
-        if int_len > 1 && self.s[int_start] == b'0' {
-            return None;
-        }
-        let mut plain = !negative;
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            plain = false;
-            if !digits(self) {
-                return None;
-            }
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
-            plain = false;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.at += 1;
-            }
-            if !digits(self) {
-                return None;
-            }
-        }
-        let text = &self.text[start..self.at];
-        if plain && int_len <= 19 {
-            // At most 19 digits: below 10^19, inside u64.
-            let n = text.bytes().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            return Some(Val::Num(n.into()));
-        }
-        let n: Number = text.parse().ok()?;
-        Some(Val::Num(n))
-    }
-
-    /// A string at `"`: borrowed from the body unless it has escapes (then decoded by
-    /// serde_json). Control characters are refused, as JSON does.
-    fn string(&mut self) -> Option<Cow<'a, str>> {
-        self.eat(b'"')?;
-        let start = self.at;
-        let mut escaped = false;
-        loop {
-            let rest = &self.s[self.at..];
-            let i = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            self.at += i + 1;
-            match rest[i] {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    // The escaped character is never the closing quote.
-                    self.next()?;
-                }
-                _ => return None,
-            }
-        }
-        if !escaped {
-            return Some(Cow::Borrowed(&self.text[start..self.at - 1]));
-        }
-        serde_json::from_str::<String>(&self.text[start - 1..self.at])
-            .ok()
-            .map(Cow::Owned)
+        _ => None,
     }
 }
 

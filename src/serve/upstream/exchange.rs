@@ -4,7 +4,7 @@
 //! text, finish reason, usage), with failures classified once near their cause.
 
 use super::{Ask, PROMPT_IDS};
-use crate::openai_client::sse::{read_chunk, SseDecoder};
+use crate::openai_client::sse::{read_chunk, Fed, SseDecoder};
 use crate::openai_client::HttpClient;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
@@ -179,18 +179,21 @@ pub async fn exchange(call: Call<'_>, mut on: impl FnMut(Event)) -> Result<(), F
     let mut body = resp.into_body();
     let mut decoder = SseDecoder::default();
     let mut finished = false;
+    let mut done = false;
     while let Some(frame) = body.frame().await {
         let frame = frame
             .map_err(|e| Failure::Stream(format!("the stream broke: {}", source_chain(&e))))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let events = decoder
-            .push(&data)
-            .map_err(|e| Failure::Stream(format!("unreadable stream: {e}")))?;
-        for event in events {
-            let chunk = read_chunk(&event).map_err(Failure::Stream)?;
+        // Each event is read where it lies in the frame (no copy per event).
+        let read = decoder.push_each(&data, |event| {
+            if done {
+                return Ok(());
+            }
+            let chunk = read_chunk(event).map_err(Failure::Stream)?;
             if chunk.done {
+                done = true;
                 return Ok(());
             }
             if let Some(e) = chunk.error {
@@ -211,6 +214,15 @@ pub async fn exchange(call: Call<'_>, mut on: impl FnMut(Event)) -> Result<(), F
                     completion: chunk.completion_tokens,
                 });
             }
+            Ok(())
+        });
+        match read {
+            Ok(()) => {}
+            Err(Fed::Stream(e)) => return Err(Failure::Stream(format!("unreadable stream: {e}"))),
+            Err(Fed::Event(f)) => return Err(f),
+        }
+        if done {
+            return Ok(());
         }
     }
     if finished {

@@ -1,0 +1,231 @@
+//! A small JSON reader over borrowed text, for the two places that read OpenAI JSON on
+//! every request or token: the daemon's request bodies (`serve::openai`) and the stream
+//! chunks engines send (`sse::read_chunk`, on every token a proxied engine streams). For
+//! bodies of a few hundred bytes, serde's generic visitors cost several times the reading
+//! itself; this reader walks the bytes once and borrows strings without escapes.
+//!
+//! It accepts only what serde_json accepts (JSON's grammar, no control characters in
+//! strings, valid escapes). It gives up (`None`) on what it does not handle itself
+//! (nesting past [`MAX_DEPTH`]), and its users then read the text again through serde,
+//! so errors and edge cases stay serde_json's. Escaped strings are decoded by serde_json.
+
+use std::borrow::Cow;
+
+/// Nesting deeper than this is left to serde_json (which refuses past 128).
+pub const MAX_DEPTH: u32 = 100;
+
+pub struct Reader<'a> {
+    s: &'a [u8],
+    text: &'a str,
+    at: usize,
+    depth: u32,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(text: &'a str) -> Reader<'a> {
+        Reader {
+            s: text.as_bytes(),
+            text,
+            at: 0,
+            depth: 0,
+        }
+    }
+
+    pub fn peek(&self) -> Option<u8> {
+        self.s.get(self.at).copied()
+    }
+
+    pub fn bump(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    pub fn eat(&mut self, want: u8) -> Option<()> {
+        (self.bump()? == want).then_some(())
+    }
+
+    /// Skips JSON's whitespace (not all of ASCII's: serde_json refuses a form feed).
+    pub fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// Whitespace, then the end of the text.
+    pub fn at_end(&mut self) -> bool {
+        self.ws();
+        self.at == self.s.len()
+    }
+
+    /// Enters an object or array (at its opening byte); `None` past [`MAX_DEPTH`].
+    pub fn enter(&mut self) -> Option<()> {
+        self.depth += 1;
+        self.at += 1;
+        (self.depth <= MAX_DEPTH).then_some(())
+    }
+
+    pub fn leave(&mut self) {
+        self.depth -= 1;
+    }
+
+    /// After a member or element: `Some(true)` at `,`, `Some(false)` at `close`.
+    pub fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        match self.bump()? {
+            b',' => {
+                self.ws();
+                Some(true)
+            }
+            b if b == close => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Just inside `{` or `[`: false (and past it) if `close` comes first.
+    pub fn opens(&mut self, close: u8) -> bool {
+        self.ws();
+        if self.peek() == Some(close) {
+            self.at += 1;
+            return false;
+        }
+        true
+    }
+
+    /// An object key and its `:`.
+    pub fn key(&mut self) -> Option<Cow<'a, str>> {
+        let k = self.string()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(k)
+    }
+
+    /// `w` (`true`, `false`, `null`) if it comes next.
+    pub fn word(&mut self, w: &str) -> Option<()> {
+        let end = self.at + w.len();
+        (self.s.get(self.at..end)? == w.as_bytes()).then_some(())?;
+        self.at = end;
+        Some(())
+    }
+
+    /// `null` if it comes next (and past it).
+    pub fn null(&mut self) -> bool {
+        self.peek() == Some(b'n') && self.word("null").is_some()
+    }
+
+    /// A number by JSON's grammar: its text, and whether it is a plain non-negative
+    /// integer (no sign, fraction or exponent) of at most 19 digits, which fits a u64.
+    pub fn number(&mut self) -> Option<(&'a str, Option<u64>)> {
+        let start = self.at;
+        let digits = |r: &mut Reader| {
+            let from = r.at;
+            while let Some(b'0'..=b'9') = r.peek() {
+                r.at += 1;
+            }
+            r.at > from
+        };
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.at += 1;
+        }
+        let int_start = self.at;
+        if !digits(self) {
+            return None;
+        }
+        let int_len = self.at - int_start;
+        if int_len > 1 && self.s[int_start] == b'0' {
+            return None;
+        }
+        let mut plain = !negative && int_len <= 19;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            plain = false;
+            if !digits(self) {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            plain = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if !digits(self) {
+                return None;
+            }
+        }
+        let text = &self.text[start..self.at];
+        let value = plain.then(|| text.bytes().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+        Some((text, value))
+    }
+
+    /// A string at `"`: borrowed from the text unless it has escapes (then decoded by
+    /// serde_json). Control characters are refused, as JSON does.
+    pub fn string(&mut self) -> Option<Cow<'a, str>> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let mut escaped = false;
+        loop {
+            let rest = &self.s[self.at..];
+            let i = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            self.at += i + 1;
+            match rest[i] {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    // The escaped character is never the closing quote.
+                    self.bump()?;
+                }
+                _ => return None,
+            }
+        }
+        if !escaped {
+            return Some(Cow::Borrowed(&self.text[start..self.at - 1]));
+        }
+        serde_json::from_str::<String>(&self.text[start - 1..self.at])
+            .ok()
+            .map(Cow::Owned)
+    }
+
+    /// Skips one value, checking it as it goes.
+    pub fn skip(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' => {
+                self.enter()?;
+                if self.opens(b'}') {
+                    loop {
+                        self.key()?;
+                        self.skip()?;
+                        if !self.more(b'}')? {
+                            break;
+                        }
+                    }
+                }
+                self.leave();
+                Some(())
+            }
+            b'[' => {
+                self.enter()?;
+                if self.opens(b']') {
+                    loop {
+                        self.skip()?;
+                        if !self.more(b']')? {
+                            break;
+                        }
+                    }
+                }
+                self.leave();
+                Some(())
+            }
+            b't' => self.word("true"),
+            b'f' => self.word("false"),
+            b'n' => self.word("null"),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            _ => None,
+        }
+    }
+}
