@@ -316,6 +316,18 @@ fn bad_cells_shards_and_partials_are_refused_clearly() {
         &["replay", "--trace", TRACE, "--shard", "0/1"],
         "--partial-out",
     );
+    // A day's parameters with a trace file are refused, not quietly ignored.
+    for flag in [
+        ["--scale", "1"],
+        ["--hours", "1-2"],
+        ["--tokens-per-day", "1e9"],
+        ["--day-seed", "3"],
+    ] {
+        fails(
+            &["replay", "--trace", TRACE, flag[0], flag[1]],
+            &format!("{} applies to a generated day: add --day doubao", flag[0]),
+        );
+    }
     fails(
         &[
             "replay",

@@ -221,7 +221,7 @@ impl DayPlan {
             tokens_per_day,
             scale,
             hours: Some(hours.to_string()),
-            day_seed: self.day_seed,
+            day_seed: Some(self.day_seed),
         }
     }
 

@@ -32,8 +32,27 @@ pub struct DayArgs {
     #[arg(long, requires = "day")]
     pub hours: Option<String>,
     /// With --day: the generator's seed (the same seed gives the same day everywhere).
-    #[arg(long, requires = "day", default_value_t = 0)]
-    pub day_seed: u64,
+    #[arg(long, requires = "day")]
+    pub day_seed: Option<u64>,
+}
+
+impl DayArgs {
+    /// The `--day` parameters given without `--day`. clap's `requires` does not hold them
+    /// back here (flattened beside a subcommand), so `replay` checks by hand rather than
+    /// quietly replaying a trace file as if they had not been given.
+    pub fn given_without_day(&self) -> Option<&'static str> {
+        if self.day.is_some() {
+            return None;
+        }
+        [
+            ("--tokens-per-day", self.tokens_per_day.is_some()),
+            ("--scale", self.scale.is_some()),
+            ("--hours", self.hours.is_some()),
+            ("--day-seed", self.day_seed.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
 }
 
 /// A replay's traffic.
@@ -61,6 +80,9 @@ impl Source {
     /// `--day`, for a fleet of `cells` cells: the day needs at least as many buckets as
     /// cells, so a fleet of more than 256 cells draws it in more buckets.
     pub fn day(args: &DayArgs, cells: u32) -> Result<Option<Source>> {
+        if let Some(flag) = args.given_without_day() {
+            bail!("{flag} applies to a generated day: add --day doubao, or drop {flag}");
+        }
         if args.day.is_none() {
             return Ok(None);
         }
@@ -76,7 +98,7 @@ impl Source {
         }
         let hours = args.hours.clone().unwrap_or_else(|| "0-24".into());
         let window = parse_hours(&hours)?;
-        let mut cfg = DayConfig::doubao(tokens_per_day, scale, args.day_seed);
+        let mut cfg = DayConfig::doubao(tokens_per_day, scale, args.day_seed.unwrap_or(0));
         cfg.buckets = cfg.buckets.max(cells.next_power_of_two());
         let whole =
             DayTrace::new(&cfg, Shard::WHOLE, window.clone()).map_err(anyhow::Error::msg)?;
