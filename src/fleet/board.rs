@@ -3,6 +3,11 @@
 //! relaxed loads. Membership is an `ArcSwap`: a change builds a new snapshot and swaps it
 //! in, so a reader never blocks and never sees half a change.
 //!
+//! The slots live side by side in a few large segments that never move (see `Slots`),
+//! not one allocation each: at tens of thousands of backends every sampled load is a cache
+//! miss, and a slot found through a table of pointers costs two misses in a row where a
+//! slot found by arithmetic costs one (issue 17's 1 µs routing goal at 65,536 backends).
+//!
 //! A reader may see a slot's fields from two consecutive stores (say `waiting` from the
 //! newer one and `running` from the older). Routing only ranks backends by rough load, and
 //! the next decision sees the settled values, so this costs nothing worth a lock.
@@ -19,6 +24,7 @@ use crate::engine::LoadSnapshot;
 use arc_swap::{ArcSwap, Guard};
 use crossbeam::utils::CachePadded;
 use parking_lot::Mutex;
+use std::ops::Deref;
 use std::sync::atomic::{
     AtomicU32, AtomicU64,
     Ordering::{AcqRel, Acquire, Relaxed},
@@ -119,12 +125,93 @@ impl LoadSlot {
     }
 }
 
+/// Slots in segment 0; each later segment is twice the one before.
+const FIRST_SEGMENT: usize = 64;
+
+/// Where backend id `i`'s slot lives: segment `k` holds the ids from
+/// `FIRST_SEGMENT · (2^k − 1)` on, `FIRST_SEGMENT · 2^k` of them. Arithmetic only, so
+/// finding a slot reads no memory but the (few, always cached) segment pointers.
+fn locate(i: usize) -> (usize, usize) {
+    let j = i + FIRST_SEGMENT;
+    let k = (j.ilog2() - FIRST_SEGMENT.ilog2()) as usize;
+    (k, j - (FIRST_SEGMENT << k))
+}
+
+/// The load slots of backend ids `0..bound`, in segments of doubling size. A segment is
+/// allocated once and never moves or shrinks, so a driver's [`SlotHandle`] stays valid for
+/// the board's life, and a membership change copies only the segment pointers (at most 19
+/// for the 2^24 ids a fleet may allocate).
+#[derive(Clone, Debug, Default)]
+struct Slots {
+    segments: Vec<Arc<[LoadSlot]>>,
+    bound: usize,
+}
+
+impl Slots {
+    /// These slots extended to cover ids `0..bound` (kept as they are if they do).
+    fn covering(mut self, bound: usize) -> Slots {
+        if let Some(last) = bound.checked_sub(1) {
+            while self.segments.len() <= locate(last).0 {
+                let len = FIRST_SEGMENT << self.segments.len();
+                self.segments
+                    .push((0..len).map(|_| LoadSlot::default()).collect());
+            }
+        }
+        self.bound = self.bound.max(bound);
+        self
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> Option<&LoadSlot> {
+        if i >= self.bound {
+            return None;
+        }
+        let (k, off) = locate(i);
+        self.segments.get(k).and_then(|s| s.get(off))
+    }
+
+    fn handle(&self, i: usize) -> Option<SlotHandle> {
+        self.get(i)?;
+        let (k, index) = locate(i);
+        Some(SlotHandle {
+            segment: self.segments[k].clone(),
+            index,
+        })
+    }
+}
+
+/// A driver's handle on its backend's slot: keeps the slot's segment alive, so stores
+/// stay harmless even after the backend (or the board) is gone.
+#[derive(Clone, Debug)]
+pub struct SlotHandle {
+    segment: Arc<[LoadSlot]>,
+    index: usize,
+}
+
+impl Default for SlotHandle {
+    /// A slot of its own that no board reads (for a driver whose backend is unknown).
+    fn default() -> Self {
+        SlotHandle {
+            segment: Arc::new([LoadSlot::default()]),
+            index: 0,
+        }
+    }
+}
+
+impl Deref for SlotHandle {
+    type Target = LoadSlot;
+
+    fn deref(&self) -> &LoadSlot {
+        &self.segment[self.index]
+    }
+}
+
 /// What is published as one unit: the membership and the slots of every backend id ever
 /// allocated (slots outlive their backend so a late driver write lands harmlessly).
 #[derive(Debug, Default)]
 pub struct BoardSnapshot {
     membership: Arc<Membership>,
-    slots: Vec<Arc<LoadSlot>>,
+    slots: Slots,
 }
 
 /// Lock-free-to-read fleet state for the daemon.
@@ -147,9 +234,7 @@ pub struct BoardView {
 
 impl AtomicLoadBoard {
     pub fn new(membership: Membership) -> AtomicLoadBoard {
-        let slots = (0..membership.backend_id_bound())
-            .map(|_| Arc::new(LoadSlot::default()))
-            .collect();
+        let slots = Slots::default().covering(membership.backend_id_bound());
         AtomicLoadBoard {
             current: ArcSwap::from_pointee(BoardSnapshot {
                 membership: Arc::new(membership),
@@ -177,8 +262,8 @@ impl AtomicLoadBoard {
     }
 
     /// The slot a backend's driver writes its load into.
-    pub fn slot(&self, backend: BackendId) -> Option<Arc<LoadSlot>> {
-        self.current.load().slots.get(backend.index()).cloned()
+    pub fn slot(&self, backend: BackendId) -> Option<SlotHandle> {
+        self.current.load().slots.handle(backend.index())
     }
 
     /// Stores a backend's load (convenience for drivers that do not keep their slot).
@@ -248,8 +333,7 @@ impl AtomicLoadBoard {
         let _serialised = self.changes.lock();
         let old = self.current.load_full();
         let membership = f(&old.membership)?;
-        let mut slots = old.slots.clone();
-        slots.resize_with(membership.backend_id_bound(), Default::default);
+        let slots = old.slots.clone().covering(membership.backend_id_bound());
         self.current.store(Arc::new(BoardSnapshot {
             membership: Arc::new(membership),
             slots,
@@ -412,6 +496,45 @@ mod tests {
         assert_eq!(board.view().load(BackendId(0)).waiting, 1);
         assert!(board.claim(BackendId(0), c, Some(board.epoch())));
         assert_eq!(board.view().load(BackendId(0)).waiting, 2);
+    }
+
+    #[test]
+    fn slots_are_located_segment_by_segment() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(63), (0, 63));
+        assert_eq!(locate(64), (1, 0));
+        assert_eq!(locate(191), (1, 127));
+        assert_eq!(locate(192), (2, 0));
+        assert_eq!(locate(65_535), (10, 65_535 + 64 - (64 << 10)));
+    }
+
+    #[test]
+    fn every_id_has_its_own_slot_across_segments_and_growth() {
+        // 2 × 40 ids span segments 0 and 1; the added pool's 200 reach segment 2.
+        let board = AtomicLoadBoard::new(fast_and_slow(40));
+        let load = |i: u32| LoadSnapshot {
+            waiting: i,
+            running: i + 1,
+            ..Default::default()
+        };
+        let handles: Vec<SlotHandle> = (0..80).map(|i| board.slot(BackendId(i)).unwrap()).collect();
+        assert!(board.slot(BackendId(80)).is_none());
+        let (_, ids) = board.add_pool(pool("extra", 200, 1.0, 1.0, false)).unwrap();
+        assert_eq!(ids.last(), Some(&BackendId(279)));
+        for (i, h) in handles.iter().enumerate() {
+            h.store(&load(i as u32));
+        }
+        for &b in &ids {
+            board.store(b, &load(b.0));
+        }
+        let view = board.view();
+        for i in 0..280 {
+            assert_eq!(view.load(BackendId(i)), load(i), "b{i}");
+        }
+        assert_eq!(view.load(BackendId(280)), LoadSnapshot::default());
+        // A detached handle feeds no board.
+        SlotHandle::default().store(&load(7));
+        assert!(board.claim(BackendId(300), Claim::default(), None));
     }
 
     #[test]

@@ -248,6 +248,9 @@ pub struct Membership {
     epoch: u64,
     pools: Vec<Option<Arc<PoolInfo>>>,
     serving: Vec<Vec<BackendId>>,
+    /// Per pool slot: the first id of `serving` when it is a run of consecutive ids, else
+    /// [`NOT_A_RUN`]. See [`ServingList`].
+    serving_first: Vec<u32>,
     all_serving: Vec<BackendId>,
     backends: Vec<Option<BackendEntry>>,
     ring: Vec<(u64, BackendId)>,
@@ -255,6 +258,42 @@ pub struct Membership {
     serving_ends: Vec<(u32, u32)>,
     /// Bits of the live pools.
     live: u64,
+}
+
+/// `serving_first` of a pool whose serving ids are not consecutive (ids stay below 2^24).
+const NOT_A_RUN: u32 = u32::MAX;
+
+/// A pool's serving backends, to draw from. When they are consecutive ids (the usual case:
+/// a pool's backends are allocated together, and stay consecutive until one is drained or
+/// removed) the `i`-th is computed rather than read: at tens of thousands of backends the
+/// list does not stay in cache, and reading it would put a cache miss in front of every
+/// sampled load.
+#[derive(Clone, Copy, Debug)]
+pub struct ServingList<'a> {
+    list: &'a [BackendId],
+    first: u32,
+}
+
+impl<'a> ServingList<'a> {
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The `i`-th serving backend, as `Membership::serving(pool)[i]`.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<BackendId> {
+        if i >= self.list.len() {
+            None
+        } else if self.first != NOT_A_RUN {
+            Some(BackendId(self.first + i as u32))
+        } else {
+            Some(self.list[i])
+        }
+    }
 }
 
 /// splitmix64's finaliser: a fast, well-mixed 64-bit hash of an integer.
@@ -309,6 +348,19 @@ impl Membership {
     /// Serving backends of a pool (empty for an unknown pool).
     pub fn serving(&self, pool: PoolId) -> &[BackendId] {
         self.serving.get(pool.index()).map_or(&[], Vec::as_slice)
+    }
+
+    /// [`Self::serving`], for drawing from without reading the list when it is a run.
+    #[inline]
+    pub fn serving_list(&self, pool: PoolId) -> ServingList<'_> {
+        ServingList {
+            list: self.serving(pool),
+            first: self
+                .serving_first
+                .get(pool.index())
+                .copied()
+                .unwrap_or(NOT_A_RUN),
+        }
     }
 
     /// Every serving backend, pool by pool.
@@ -520,6 +572,13 @@ impl Membership {
                 serving[e.pool.index()].push(id);
             }
         }
+        self.serving_first = serving
+            .iter()
+            .map(|ids| match (ids.first(), ids.last()) {
+                (Some(a), Some(z)) if (z.0 - a.0) as usize + 1 == ids.len() => a.0,
+                _ => NOT_A_RUN,
+            })
+            .collect();
         self.serving = serving;
         self.all_serving = self.serving.iter().flatten().copied().collect();
         let mut end = 0u32;
@@ -552,182 +611,7 @@ impl Membership {
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures {
-    //! Hand-built pools for tests: a fast and a slow chip that differ only in speed and
-    //! price, so the policies' behaviour can be predicted without the catalogue.
-    use super::*;
-    use crate::profile::{ChipSpec, ModelSpec};
-
-    pub fn chip(id: &str, tflops: f64, tbps: f64, price: f64, domestic: bool) -> ChipSpec {
-        // Built from the profile fixture so new spec fields need no edit here.
-        let mut c = crate::profile::fixtures::h20();
-        c.id = id.into();
-        c.name = id.into();
-        c.domestic = domestic;
-        c.bf16_tflops = tflops;
-        c.int8_tops = Some(tflops * 2.0);
-        c.bandwidth_tbps = tbps;
-        c.price_per_hour_usd = price;
-        c
-    }
-
-    pub fn model() -> ModelSpec {
-        crate::profile::fixtures::llama3_8b()
-    }
-
-    /// A pool of `count` backends; `speed` scales compute and bandwidth (1.0 ≈ an H20).
-    pub fn pool(name: &str, count: u32, speed: f64, price: f64, domestic: bool) -> PoolConfig {
-        let c = chip(name, 148.0 * speed, 4.0 * speed, price, domestic);
-        let mut engine = crate::profile::fixtures::engine();
-        engine.coefficients.max_batch = 64;
-        PoolConfig::new(
-            name,
-            Arc::new(
-                PerfModel::new(&c, &engine, &model(), 1, crate::profile::Dtype::Bf16).unwrap(),
-            ),
-            count,
-        )
-    }
-
-    /// A fast foreign pool and a slow, cheap domestic one, `n` backends each.
-    pub fn fast_and_slow(n: u32) -> Membership {
-        Membership::from_pools([
-            pool("fast", n, 1.0, 2.0, false),
-            pool("slow", n, 0.25, 0.8, true),
-        ])
-        .unwrap()
-    }
-}
+pub(crate) mod fixtures;
 
 #[cfg(test)]
-mod tests {
-    use super::fixtures::*;
-    use super::*;
-
-    #[test]
-    fn pool_names_are_label_safe() {
-        for ok in ["h20", "ascend-910b", "a", &"x".repeat(63)] {
-            assert_eq!(check_pool_name(ok), Ok(()), "{ok}");
-        }
-        for bad in ["", "H20", "a b", "a_b", "pool\"}", "é", &"x".repeat(64)] {
-            assert!(check_pool_name(bad).is_err(), "{bad:?}");
-            let err = Membership::new().with_pool(pool(bad, 1, 1.0, 1.0, false));
-            assert!(
-                matches!(err, Err(FleetError::InvalidPoolName(..))),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn backend_counts_are_capped_per_pool_and_per_fleet() {
-        let m = Membership::new();
-        let err = m.with_pool(pool("huge", 100_000_000, 1.0, 1.0, false));
-        assert!(
-            matches!(err, Err(FleetError::PoolTooLarge(_, 100_000_000))),
-            "{err:?}"
-        );
-        let mut m = Membership::new();
-        let per_fleet = MAX_FLEET_BACKENDS / MAX_POOL_BACKENDS;
-        for i in 0..per_fleet {
-            m = m
-                .with_pool(pool(&format!("p{i}"), MAX_POOL_BACKENDS, 1.0, 1.0, false))
-                .unwrap()
-                .0;
-        }
-        let err = m.with_pool(pool("one-more", 1, 1.0, 1.0, false));
-        assert!(matches!(err, Err(FleetError::FleetTooLarge(..))), "{err:?}");
-    }
-
-    #[test]
-    fn backend_ids_run_out_with_an_error_not_a_wrap() {
-        // Ids are never reused: add/remove cycles use them up. With a bound of 10, the
-        // third pool of four does not fit even though only one pool is live.
-        let mut m = Membership::new();
-        for round in 0..2 {
-            let (next, id, ids) = m
-                .with_pool_within(pool("cycle", 4, 1.0, 1.0, false), 10)
-                .unwrap();
-            assert_eq!(ids[0], BackendId(round * 4));
-            m = next.without_pool(id).unwrap();
-        }
-        let err = m.with_pool_within(pool("cycle", 4, 1.0, 1.0, false), 10);
-        assert!(
-            matches!(err, Err(FleetError::BackendIdsExhausted(8))),
-            "{err:?}"
-        );
-        assert!(m
-            .with_pool_within(pool("cycle", 2, 1.0, 1.0, false), 10)
-            .is_ok());
-    }
-
-    #[test]
-    fn pools_get_dense_ids_and_serving_lists() {
-        let m = fast_and_slow(3);
-        assert_eq!(m.pools().count(), 2);
-        assert_eq!(
-            m.serving(PoolId(0)),
-            &[BackendId(0), BackendId(1), BackendId(2)]
-        );
-        assert_eq!(
-            m.serving(PoolId(1)),
-            &[BackendId(3), BackendId(4), BackendId(5)]
-        );
-        assert_eq!(m.all_serving().len(), 6);
-        assert_eq!(m.ring().len(), 6 * RING_VNODES as usize);
-        assert!(m.ring().windows(2).all(|w| w[0].0 <= w[1].0));
-    }
-
-    #[test]
-    fn drain_fail_resume_and_remove() {
-        let m = fast_and_slow(2);
-        let m = m.with_state(BackendId(1), BackendState::Draining).unwrap();
-        let m = m.with_state(BackendId(2), BackendState::Failed).unwrap();
-        assert_eq!(m.serving(PoolId(0)), &[BackendId(0)]);
-        assert_eq!(m.serving(PoolId(1)), &[BackendId(3)]);
-        assert!(m
-            .ring()
-            .iter()
-            .all(|(_, b)| *b == BackendId(0) || *b == BackendId(3)));
-        let m = m.with_state(BackendId(1), BackendState::Serving).unwrap();
-        assert_eq!(m.serving(PoolId(0)), &[BackendId(0), BackendId(1)]);
-
-        let m = m.without_pool(PoolId(0)).unwrap();
-        assert!(m.backend(BackendId(0)).is_none());
-        assert_eq!(m.all_serving(), &[BackendId(3)]);
-        assert_eq!(
-            m.with_state(BackendId(0), BackendState::Serving)
-                .unwrap_err(),
-            FleetError::UnknownBackend(BackendId(0))
-        );
-        // The freed slot is reused; backend ids are not.
-        let (m, id, ids) = m.with_pool(pool("again", 2, 1.0, 1.0, false)).unwrap();
-        assert_eq!(id, PoolId(0));
-        assert_eq!(ids, vec![BackendId(4), BackendId(5)]);
-        assert_eq!(m.backend_id_bound(), 6);
-    }
-
-    #[test]
-    fn duplicate_and_empty_pools_are_refused() {
-        let m = fast_and_slow(1);
-        assert!(matches!(
-            m.with_pool(pool("fast", 1, 1.0, 1.0, false)),
-            Err(FleetError::DuplicatePoolName(_))
-        ));
-        assert!(matches!(
-            m.with_pool(pool("none", 0, 1.0, 1.0, false)),
-            Err(FleetError::EmptyPool(_))
-        ));
-    }
-
-    #[test]
-    fn speed_tables_rank_the_fast_pool_first() {
-        let m = fast_and_slow(1);
-        let fast = m.pool(PoolId(0)).unwrap();
-        let slow = m.pool(PoolId(1)).unwrap();
-        assert!(fast.prefill_ps_per_token * 3 < slow.prefill_ps_per_token);
-        assert!(fast.decode_step_ns(32) < slow.decode_step_ns(32));
-        assert!(fast.decode_tokens_per_s > 3.0 * slow.decode_tokens_per_s);
-        assert!(fast.decode_step_ns(1000) == fast.decode_step_ns(64));
-    }
-}
+mod tests;

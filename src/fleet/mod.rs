@@ -25,7 +25,7 @@ mod stretch;
 pub mod upstream;
 mod view;
 
-pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot};
+pub use board::{AtomicLoadBoard, BoardView, Claim, LoadSlot, SlotHandle};
 pub use cells::{CellKey, CellSpec, FleetTotals, MAX_CELLS};
 pub use links::{
     check_roles, check_simulated_roles, Link, LinkSpec, LinkTable, DEFAULT_BANDWIDTH_GBPS,
@@ -33,7 +33,7 @@ pub use links::{
 };
 pub use membership::{
     check_pool_name, mix64, BackendEntry, BackendId, BackendState, FleetError, Membership,
-    PoolConfig, PoolId, PoolInfo, MAX_FLEET_BACKENDS, MAX_POOLS, MAX_POOL_BACKENDS,
+    PoolConfig, PoolId, PoolInfo, ServingList, MAX_FLEET_BACKENDS, MAX_POOLS, MAX_POOL_BACKENDS,
     MAX_POOL_NAME_LEN, NOMINAL_CONTEXT_TOKENS,
 };
 pub use plain::PlainLoadView;

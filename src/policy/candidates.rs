@@ -4,7 +4,7 @@
 //! costs the same for 8 backends as for 4096.
 
 use crate::engine::LoadSnapshot;
-use crate::fleet::{BackendId, LoadView, Membership, PoolId, PoolInfo, MAX_POOLS};
+use crate::fleet::{BackendId, LoadView, Membership, PoolId, PoolInfo, ServingList, MAX_POOLS};
 use crate::request::Request;
 
 /// splitmix64: a tiny counter-based generator. Seeded from the policy's seed and the
@@ -105,7 +105,7 @@ impl<'v> Eligible<'v> {
         let start = if k == 0 { 0 } else { ends[k - 1].0 as usize };
         let id = PoolId(ends[k].1);
         let pool = self.membership.pool(id)?;
-        let b = *self.membership.serving(id).get(i - start)?;
+        let b = self.membership.serving_list(id).get(i - start)?;
         Some((pool, b))
     }
 
@@ -191,7 +191,7 @@ pub struct PerPoolDraws<'v, 'r, P> {
     pools: P,
     rng: &'r mut PickRng,
     per_pool: usize,
-    current: Option<(&'v PoolInfo, &'v [BackendId])>,
+    current: Option<(&'v PoolInfo, ServingList<'v>)>,
     left: usize,
 }
 
@@ -214,7 +214,7 @@ impl<'v, P: Iterator<Item = &'v PoolInfo>> Iterator for PerPoolDraws<'v, '_, P> 
     fn next(&mut self) -> Option<Self::Item> {
         while self.left == 0 {
             let pool = self.pools.next()?;
-            let serving = self.membership.serving(pool.id);
+            let serving = self.membership.serving_list(pool.id);
             if !serving.is_empty() {
                 self.current = Some((pool, serving));
                 self.left = self.per_pool;
@@ -222,7 +222,7 @@ impl<'v, P: Iterator<Item = &'v PoolInfo>> Iterator for PerPoolDraws<'v, '_, P> 
         }
         let (pool, serving) = self.current?;
         self.left -= 1;
-        Some((pool, serving[self.rng.below(serving.len())]))
+        Some((pool, serving.get(self.rng.below(serving.len()))?))
     }
 }
 

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::engine::{Engine, EngineConfig, EngineEvent, Granularity, Role};
 use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
-use crate::fleet::{BackendId, BackendState, Claim, LoadSlot, PoolConfig};
+use crate::fleet::{BackendId, BackendState, Claim, PoolConfig, SlotHandle};
 use crate::metrics::{BackendGauges, LatencySummary, Outcome, PoolHistograms};
 use crate::request::{Nanos, Priority, Request, RequestId, Slo};
 use crate::serve::clock::BackendClock;
@@ -127,7 +127,7 @@ pub(super) struct Driver {
     summary: Arc<LatencySummary>,
     /// Handles per routing policy seen, resolved once each.
     histograms: Vec<(Arc<str>, Arc<PoolHistograms>)>,
-    slot: Arc<LoadSlot>,
+    slot: SlotHandle,
     /// Claims of requests taken in since the last publish.
     claims: Vec<Claim>,
     /// Keyed by the daemon's sequential ids, looked up on every engine event: Fx, not

@@ -29,7 +29,7 @@ use crate::calibrate::observed::Stack;
 use crate::engine::LoadSnapshot;
 use crate::fleet::outlier::{PROBE_ID_BASE, PROBE_MAX_TOKENS, PROBE_PROMPT_TOKENS};
 use crate::fleet::upstream::server_root;
-use crate::fleet::{BackendId, BackendState, Claim, LoadSlot, PoolConfig, UpstreamSpec};
+use crate::fleet::{BackendId, BackendState, Claim, PoolConfig, SlotHandle, UpstreamSpec};
 use crate::metrics::{LatencySummary, Outcome, PoolHistograms};
 use crate::policy::{predict, Prediction};
 use crate::request::{Nanos, Priority, Request, RequestId};
@@ -125,7 +125,7 @@ struct Endpoint {
     /// API base (`http://host:8000/v1`).
     base: Arc<str>,
     served_model: String,
-    slot: Arc<LoadSlot>,
+    slot: SlotHandle,
     summary: Arc<LatencySummary>,
     /// `dujiang_backend_prediction_ratio{phase="prefill"|"decode"}`.
     ratio_gauges: [metrics::Gauge; 2],
