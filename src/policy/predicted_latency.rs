@@ -123,7 +123,9 @@ impl Policy for PredictedLatency {
         let mut n = 0;
         let mut fastest = u64::MAX;
         let slo = req.slo.unwrap_or_default();
-        let score = |p: &Prediction| slo_score(p, &slo, req.max_tokens);
+        // The bound is the same for every candidate: worked out once, not per comparison.
+        let bound = tpot_bound(&slo);
+        let score = |p: &Prediction| slo_score(p, bound, req.max_tokens);
         best_per_pool_by(view, req, &mut rng, self.per_pool, score, |pool, b, p| {
             let s = score(&p);
             cands[n] = (s, pool.usd_per_mtok, b);
@@ -143,9 +145,14 @@ impl Policy for PredictedLatency {
 /// predictions are estimates, and interference from later prefills comes on top.
 const TPOT_HEADROOM: f64 = 0.8;
 
+/// The part of the TPOT objective a prediction may use, ns.
+fn tpot_bound(slo: &crate::request::Slo) -> u64 {
+    (slo.tpot_ns as f64 * TPOT_HEADROOM) as u64
+}
+
 /// Predicted TTFT plus the decode time this request would spend beyond its TPOT bound.
-fn slo_score(p: &Prediction, slo: &crate::request::Slo, max_tokens: u32) -> u64 {
-    let bound = (slo.tpot_ns as f64 * TPOT_HEADROOM) as u64;
+#[inline]
+fn slo_score(p: &Prediction, bound: u64, max_tokens: u32) -> u64 {
     let excess = p.tpot_ns.saturating_sub(bound);
     p.ttft_ns
         .saturating_add(excess.saturating_mul(u64::from(max_tokens.saturating_sub(1))))
