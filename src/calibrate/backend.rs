@@ -83,16 +83,19 @@ impl Backend for CatalogueBackend {
             .collect()
     }
 
-    /// An engine version's groups (one per chip family) share their software.
-    fn pool(&self, group: &str) -> Option<String> {
-        Some(split_group(group).0.to_string())
-    }
-
     /// Host overheads and collective latencies are the engine's code path (Python
-    /// scheduler, kernel launches, the collective library's call): pooled. Efficiencies,
-    /// the prefill half point and link efficiency are silicon × software: per family.
-    fn pooled(&self, name: &str) -> bool {
-        name.ends_with("_overhead_us") || name.ends_with("allreduce_latency_us")
+    /// scheduler, kernel launches, the collective library's call): shared by an engine
+    /// release across the chip families it runs on. Efficiencies, half points and link
+    /// efficiency are silicon × kernels: shared by the releases of one engine project on
+    /// one silicon family (`vllm-0.7` and `vllm-0.20` on the A100; a chip's own entry with
+    /// its family's, the 910C die with the 910B), never across families.
+    fn share(&self, group: &str, name: &str) -> Option<String> {
+        let (engine, on) = split_group(group);
+        if software(name) {
+            return Some(engine.to_string());
+        }
+        let family = self.catalogue.chip(on).map_or(on, |c| c.family.as_str());
+        Some(format!("{} on {family}", project(engine)))
     }
 
     /// The KV cache's read efficiency is the weights' memory efficiency times a ratio
@@ -117,6 +120,20 @@ impl Backend for CatalogueBackend {
             }
         }
         .map_err(|e| e.to_string())
+    }
+}
+
+/// Host costs: the engine release's code path, whatever chip it drives.
+fn software(name: &str) -> bool {
+    name.ends_with("_overhead_us") || name.ends_with("allreduce_latency_us")
+}
+
+/// The project an engine release belongs to: its catalogue id without the trailing
+/// release number (`vllm-0.20` → `vllm`, `vllm-ascend-0.18` → `vllm-ascend`).
+fn project(engine: &str) -> &str {
+    match engine.rsplit_once('-') {
+        Some((p, release)) if release.starts_with(|c: char| c.is_ascii_digit()) => p,
+        _ => engine,
     }
 }
 
@@ -212,4 +229,60 @@ pub fn overlay(backend: &CatalogueBackend, cal: &Calibration, origin: &str) -> S
 
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibrate::Backend;
+
+    fn key(b: &CatalogueBackend, group: &str, name: &str) -> Option<String> {
+        b.share(group, name)
+    }
+
+    #[test]
+    fn silicon_is_shared_within_a_family_software_within_a_release() {
+        let b = CatalogueBackend::new(Catalogue::embedded());
+        let (b910, c910) = (
+            "vllm-ascend-0.18 on ascend",
+            "vllm-ascend-0.18 on ascend-910c",
+        );
+        // The 910C's own entry shares the 910B family's silicon and the release's software.
+        for name in [
+            "prefill_efficiency",
+            "memory_efficiency",
+            "decode_step_overhead_us",
+        ] {
+            assert_eq!(key(&b, b910, name), key(&b, c910, name), "{name}");
+        }
+        // Two vLLM releases on the A100 share silicon, not host costs.
+        let (v07, v020) = ("vllm-0.7 on ampere", "vllm-0.20 on ampere");
+        assert_eq!(
+            key(&b, v07, "memory_efficiency"),
+            key(&b, v020, "memory_efficiency")
+        );
+        assert_ne!(
+            key(&b, v07, "decode_step_overhead_us"),
+            key(&b, v020, "decode_step_overhead_us")
+        );
+        // The H20 is a family of its own: its efficiencies are not the H100's, though the
+        // release's host costs are.
+        let (h100, h20) = ("vllm-0.7 on hopper", "vllm-0.7 on h20");
+        assert_ne!(
+            key(&b, h100, "memory_efficiency"),
+            key(&b, h20, "memory_efficiency")
+        );
+        assert_eq!(
+            key(&b, h100, "prefill_layer_overhead_us"),
+            key(&b, h20, "prefill_layer_overhead_us")
+        );
+        // Different projects never share.
+        assert_ne!(
+            key(&b, "sglang on h20", "memory_efficiency"),
+            key(&b, h20, "memory_efficiency")
+        );
+        assert_eq!(project("vllm-ascend-0.18"), "vllm-ascend");
+        assert_eq!(project("vllm-mlu"), "vllm-mlu");
+        assert_eq!(project("trtllm"), "trtllm");
+    }
 }

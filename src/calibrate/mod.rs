@@ -2,9 +2,11 @@
 //!
 //! A points file lists measurements (a prefill, a decode step, or a closed-loop served
 //! run) of one serving stack each. Points are grouped by the coefficient set they inform
-//! (an engine on a chip family). Groups of one engine version are fitted together by
-//! bounded least squares on log residuals ([`fit`]), their software coefficients pooled
-//! (`pool.rs`), then every point is checked by a leave-one-out refit of its pool. A
+//! (an engine on a chip family). Groups that share coefficients are fitted together as one
+//! pool by bounded least squares on log residuals ([`fit`]) — an engine release's software
+//! across the chip families it runs on, an engine project's silicon coefficients across
+//! its releases on one family (`pool.rs`) — then every point is checked by a leave-one-out
+//! refit of its pool. A
 //! [`Backend`] ties the generic fitter to a concrete performance model: which group a
 //! point belongs to, which coefficients that group has, and the [`PerfModel`] a given
 //! coefficient vector makes for a point. Pure: no I/O beyond what the caller passes in.
@@ -40,14 +42,12 @@ pub trait Backend {
     fn params(&self, group: &str) -> Vec<Param>;
     /// The performance model for `point` with the group's coefficients set to `values`.
     fn perf(&self, group: &str, values: &[f64], point: &Point) -> Result<PerfModel, String>;
-    /// The pool whose groups share their pooled coefficients (an engine version across
-    /// the chip families it runs on); `None` fits the group alone.
-    fn pool(&self, _group: &str) -> Option<String> {
+    /// The key under which `group`'s coefficient `name` is shared (`pool.rs`): every group
+    /// of the points giving the same coefficient the same key fits one shared value plus
+    /// a deviation of its own held at zero. `None` keeps the coefficient the group's own.
+    /// Groups that share any coefficient form one pool, fitted and left out together.
+    fn share(&self, _group: &str, _name: &str) -> Option<String> {
         None
-    }
-    /// Whether a coefficient is shared within a pool (software) or per group (silicon).
-    fn pooled(&self, _name: &str) -> bool {
-        false
     }
     /// The coefficient of the same group that `name` is tied to by a ratio (see
     /// `pool.rs`), if any.
@@ -148,17 +148,11 @@ pub fn calibrate<B: Backend + ?Sized>(
             }
         }
     }
-    // Pools in order of their first group; a group without a pool is its own.
-    let mut pools: Vec<(Option<String>, Vec<usize>)> = Vec::new();
-    for (k, name) in names.iter().enumerate() {
-        let key = backend.pool(name);
-        match pools.iter_mut().find(|(p, _)| key.is_some() && *p == key) {
-            Some((_, gs)) => gs.push(k),
-            None => pools.push((key, vec![k])),
-        }
-    }
+    // Pools: groups joined by any shared coefficient (connected components), in order of
+    // their first group; a group that shares nothing is its own pool.
+    let pools = pools_of(backend, &names);
     let mut groups: Vec<GroupFit> = Vec::new();
-    for (_, pool) in pools {
+    for pool in pools {
         groups.extend(fit_pool(
             &points, backend, opts, with_loo, &names, &members, &pool,
         )?);
@@ -166,6 +160,47 @@ pub fn calibrate<B: Backend + ?Sized>(
     // Report in the order groups first appear in the points.
     groups.sort_by_key(|g| names.iter().position(|n| *n == g.group));
     Ok(Calibration { points, groups })
+}
+
+/// Groups (indices into `names`) joined into pools by the coefficients they share, each
+/// pool in order of its first group.
+fn pools_of<B: Backend + ?Sized>(backend: &B, names: &[String]) -> Vec<Vec<usize>> {
+    let keys: Vec<Vec<(String, String)>> = names
+        .iter()
+        .map(|g| {
+            backend
+                .params(g)
+                .iter()
+                .filter_map(|p| backend.share(g, &p.name).map(|k| (p.name.clone(), k)))
+                .collect()
+        })
+        .collect();
+    // Union-find over groups: two groups giving one coefficient the same key are joined.
+    let mut root: Vec<usize> = (0..names.len()).collect();
+    fn find(root: &mut [usize], mut i: usize) -> usize {
+        while root[i] != i {
+            root[i] = root[root[i]];
+            i = root[i];
+        }
+        i
+    }
+    for a in 0..names.len() {
+        for b in a + 1..names.len() {
+            if keys[a].iter().any(|k| keys[b].contains(k)) {
+                let (ra, rb) = (find(&mut root, a), find(&mut root, b));
+                root[ra.max(rb)] = ra.min(rb);
+            }
+        }
+    }
+    let mut pools: Vec<(usize, Vec<usize>)> = Vec::new();
+    for k in 0..names.len() {
+        let r = find(&mut root, k);
+        match pools.iter_mut().find(|(pr, _)| *pr == r) {
+            Some((_, gs)) => gs.push(k),
+            None => pools.push((r, vec![k])),
+        }
+    }
+    pools.into_iter().map(|(_, gs)| gs).collect()
 }
 
 /// Fits the groups `pool` (indices into `names`/`members`) together.
@@ -181,7 +216,7 @@ fn fit_pool<B: Backend + ?Sized>(
     let group_params: Vec<Vec<Param>> = pool.iter().map(|&k| backend.params(&names[k])).collect();
     let layout = Layout::new(
         group_params,
-        |n| backend.pooled(n),
+        |k, n| backend.share(&names[pool[k]], n),
         |n| backend.tied(n),
         opts.pool_weight,
     );

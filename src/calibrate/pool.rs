@@ -1,15 +1,23 @@
-//! Partial pooling: the software coefficients of one engine version are shared by the chip
-//! families it runs on, so a family's few points are helped by its siblings'.
+//! Partial pooling: a coefficient shared by the groups that give it one key is a shared
+//! value plus a deviation per group, so a group's few points are helped by its siblings'.
 //!
-//! Host overheads (per step, per layer, per sequence) and collective latencies are the
-//! engine's code paths: vLLM 0.7's Python scheduler costs much the same whether it drives
-//! an H100, an A100 or an H20, and vLLM-Ascend's on a 910B or a 910C. Efficiencies are
-//! silicon × software and stay per family. A pooled coefficient of group `g` is
-//! `shared + deviation_g`: the shared value is fitted to every point of the pool, each
-//! deviation only to its group's points, and deviations are pulled to zero
-//! ([`POOL_WEIGHT`]). So a point left out still has its coefficients predicted from its
-//! siblings, and a family whose points say nothing about a pooled coefficient (a TP1 chip
-//! and a collective latency) takes the value its siblings fit.
+//! Two levels (the keys come from the backend, `backend.rs`):
+//! - Host overheads (per step, per layer, per sequence) and collective latencies are the
+//!   engine release's code paths: vLLM 0.7's Python scheduler costs much the same whether
+//!   it drives an H100, an A100 or an H20, and vLLM-Ascend's on a 910B or a 910C. Shared
+//!   by the release's groups on every chip family.
+//! - Efficiencies, half points and link efficiency are silicon × kernels: how much of one
+//!   chip family's peaks a project's kernels reach. Shared by the releases of one engine
+//!   project on one silicon family (vLLM 0.7.3 and 0.20.1 on the A100; a chip's own entry
+//!   with its family's, the 910C die with the 910B, which is the same Da Vinci die), never
+//!   across families (the H20's cut-down compute is a family of its own).
+//!
+//! A pooled coefficient of group `g` is `shared + deviation_g`: the shared value is fitted
+//! to every point of the groups sharing it, each deviation only to its group's points,
+//! and deviations are pulled to zero ([`POOL_WEIGHT`]). So a point left out still has its
+//! coefficients predicted from its siblings, and a group whose points say nothing about a
+//! pooled coefficient (a TP1 chip and a collective latency) takes the value its siblings
+//! fit.
 //!
 //! Within a group, a coefficient may be tied to another: the KV cache's read efficiency is
 //! the weights' memory efficiency times a ratio of its own, held at the ratio of their
@@ -26,7 +34,10 @@ use super::fit::Param;
 /// costs as much as a point missed by a factor e^0.15. Put as a prior: host CPUs of
 /// different generations and clocks run the same Python path some 30% apart (estimate),
 /// and a published p50 is reproducible to ~5%, so a 30% deviation should cost about what
-/// one 5% miss does: 0.05 / 0.3 ≈ 0.15.
+/// one 5% miss does: 0.05 / 0.3 ≈ 0.15. The same weight holds silicon coefficients shared
+/// across releases or SKUs (estimate: two releases' kernels, or two clocks of one die,
+/// reach fractions of the peaks some 30% apart); it was set before the silicon pooling
+/// was fitted and not tuned to the leave-one-out result.
 pub const POOL_WEIGHT: f64 = 0.15;
 
 /// Where one group coefficient lives in the pool's parameter vector.
@@ -53,46 +64,68 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Lays out `group_params` (one list per group of the pool). A coefficient for which
-    /// `pooled(name)` holds and that two or more groups have is shared. A coefficient for
-    /// which `tied(name)` names another coefficient of its group is that one times a ratio
-    /// of its own (prior: the ratio of the two priors), held at its prior with `weight`.
+    /// Lays out `group_params` (one list per group of the pool). A coefficient to which
+    /// `share(k, name)` gives a key that two or more groups give it too is shared by them.
+    /// A coefficient for which `tied(name)` names another coefficient of its group is that
+    /// one times a ratio of its own (prior: the ratio of the two priors), held at its prior
+    /// with `weight`; a tied coefficient is never shared.
     pub fn new(
         group_params: Vec<Vec<Param>>,
-        pooled: impl Fn(&str) -> bool,
+        share: impl Fn(usize, &str) -> Option<String>,
         tied: impl Fn(&str) -> Option<&'static str>,
         weight: f64,
     ) -> Self {
+        let key = |k: usize, p: &Param| {
+            let tied_here =
+                tied(&p.name).is_some_and(|b| group_params[k].iter().any(|q| q.name == b));
+            if tied_here {
+                None
+            } else {
+                share(k, &p.name)
+            }
+        };
+        let keys: Vec<Vec<Option<String>>> = group_params
+            .iter()
+            .enumerate()
+            .map(|(k, gp)| gp.iter().map(|p| key(k, p)).collect())
+            .collect();
         let mut params: Vec<Param> = Vec::new();
-        let mut shared_of: Vec<(String, usize)> = Vec::new();
+        // (coefficient, key) → the shared parameter's index.
+        let mut shared_of: Vec<((String, String), usize)> = Vec::new();
         let mut slots = Vec::with_capacity(group_params.len());
-        for gp in &group_params {
-            for p in gp {
-                let count = group_params
-                    .iter()
-                    .filter(|o| o.iter().any(|q| q.name == p.name))
-                    .count();
-                if pooled(&p.name) && count >= 2 && !shared_of.iter().any(|(n, _)| *n == p.name) {
-                    // The pool's value starts from (and is weakly pulled to) the mean of
-                    // the groups' priors.
-                    let priors: Vec<f64> = group_params
-                        .iter()
-                        .filter_map(|o| o.iter().find(|q| q.name == p.name))
-                        .map(|q| q.prior)
-                        .collect();
-                    let mean = priors.iter().sum::<f64>() / priors.len() as f64;
-                    let mut shared = Param::new(p.name.clone(), p.lo, p.hi, mean);
-                    if mean <= 0.0 {
-                        shared.scale = p.scale;
-                    }
-                    shared_of.push((p.name.clone(), params.len()));
-                    params.push(shared);
+        for (k, gp) in group_params.iter().enumerate() {
+            for (j, p) in gp.iter().enumerate() {
+                let Some(key) = &keys[k][j] else { continue };
+                let id = (p.name.clone(), key.clone());
+                if shared_of.iter().any(|(n, _)| *n == id) {
+                    continue;
                 }
+                // The groups giving this coefficient the same key.
+                let priors: Vec<f64> = group_params
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(o, og)| {
+                        let i = og.iter().position(|q| q.name == p.name)?;
+                        (keys[o][i].as_ref() == Some(key)).then_some(og[i].prior)
+                    })
+                    .collect();
+                if priors.len() < 2 {
+                    continue;
+                }
+                // The shared value starts from (and is weakly pulled to) the mean of the
+                // groups' priors.
+                let mean = priors.iter().sum::<f64>() / priors.len() as f64;
+                let mut shared = Param::new(p.name.clone(), p.lo, p.hi, mean);
+                if mean <= 0.0 {
+                    shared.scale = p.scale;
+                }
+                shared_of.push((id, params.len()));
+                params.push(shared);
             }
         }
         for (k, gp) in group_params.iter().enumerate() {
             let mut row = Vec::with_capacity(gp.len());
-            for p in gp {
+            for (j, p) in gp.iter().enumerate() {
                 let base = tied(&p.name).and_then(|b| gp.iter().position(|q| q.name == b));
                 if let Some(base) = base {
                     let b = &gp[base];
@@ -109,7 +142,12 @@ impl Layout {
                     );
                     continue;
                 }
-                match shared_of.iter().find(|(n, _)| *n == p.name) {
+                let found = keys[k][j].as_ref().and_then(|key| {
+                    shared_of
+                        .iter()
+                        .find(|((n, kk), _)| *n == p.name && kk == key)
+                });
+                match found {
                     Some(&(_, shared)) => {
                         let span = p.hi - p.lo;
                         let scale = params[shared].scale;
@@ -186,7 +224,7 @@ mod tests {
     fn software_is_shared_silicon_is_not() {
         let l = Layout::new(
             vec![group(1000.0, 0.5), group(3000.0, 0.7)],
-            |n| n == "step_us",
+            |_, n| (n == "step_us").then(|| "engine".to_string()),
             |_| None,
             POOL_WEIGHT,
         );
@@ -206,6 +244,33 @@ mod tests {
     }
 
     #[test]
+    fn a_coefficient_is_shared_only_by_the_groups_giving_it_one_key() {
+        // Three groups: the step overhead shared by all (one engine), the efficiency only
+        // by groups 0 and 1 (one silicon family), group 2's its own.
+        let family = ["davinci", "davinci", "hopper"];
+        let l = Layout::new(
+            vec![group(1000.0, 0.5), group(3000.0, 0.7), group(2000.0, 0.9)],
+            |k, n| match n {
+                "step_us" => Some("engine".to_string()),
+                _ => Some(family[k].to_string()),
+            },
+            |_| None,
+            POOL_WEIGHT,
+        );
+        assert!((0..3).all(|k| l.is_pooled(k, 0)));
+        assert!(l.is_pooled(0, 1) && l.is_pooled(1, 1));
+        assert!(!l.is_pooled(2, 1), "a family of one keeps its own");
+        // Shared: step, davinci eff; then devs and group 2's own eff.
+        assert_eq!(l.params[1].prior, 0.6, "the family's mean prior");
+        let mut x: Vec<f64> = l.params.iter().map(|p| p.prior).collect();
+        assert_eq!(l.values(&x, 2), vec![2000.0, 0.9]);
+        x[1] = 0.8; // the shared davinci efficiency moves both its groups, not group 2
+        assert!((l.value(&x, 0, 1) - 0.8).abs() < 1e-12);
+        assert!((l.value(&x, 1, 1) - 0.8).abs() < 1e-12);
+        assert_eq!(l.value(&x, 2, 1), 0.9);
+    }
+
+    #[test]
     fn a_tied_coefficient_follows_its_base_by_a_ratio_of_its_own() {
         let group = vec![
             Param::new("mem", 0.01, 1.0, 0.6),
@@ -213,7 +278,7 @@ mod tests {
         ];
         let l = Layout::new(
             vec![group],
-            |_| false,
+            |_, _| Some("all".to_string()),
             |n| (n == "kv").then_some("mem"),
             POOL_WEIGHT,
         );
@@ -236,7 +301,12 @@ mod tests {
 
     #[test]
     fn a_group_alone_keeps_its_own_coefficients() {
-        let l = Layout::new(vec![group(1000.0, 0.5)], |_| true, |_| None, POOL_WEIGHT);
+        let l = Layout::new(
+            vec![group(1000.0, 0.5)],
+            |_, _| Some("all".to_string()),
+            |_| None,
+            POOL_WEIGHT,
+        );
         assert_eq!(l.params.len(), 2);
         assert!(!l.is_pooled(0, 0));
         let x: Vec<f64> = l.params.iter().map(|p| p.prior).collect();

@@ -113,12 +113,13 @@ pub fn goal_counts(cal: &Calibration) -> (usize, usize, usize) {
     (rows.len(), in_sample, loo)
 }
 
-/// " (pooled with …)" for a group fitted with siblings.
+/// ", pooled with …" for a group fitted with siblings (its software with the engine's
+/// other families, its silicon coefficients with its own family's).
 fn pooled_note(g: &GroupFit) -> String {
     if g.pooled_with.is_empty() {
         String::new()
     } else {
-        format!(", software pooled with {}", g.pooled_with.join(", "))
+        format!(", pooled with {}", g.pooled_with.join(", "))
     }
 }
 
