@@ -79,6 +79,9 @@ pub struct PlanReport {
     /// Backends the repair step added and the trim step removed after the solver.
     pub repaired_added: u32,
     pub trimmed_removed: u32,
+    /// Backends exchanged one for one for a cheaper kind after trimming.
+    #[serde(default)]
+    pub swapped_cheaper: u32,
     pub frontier: Vec<FrontierPoint>,
     pub buckets: Vec<Bucket>,
     pub capacity: Vec<Measurement>,
@@ -161,6 +164,7 @@ pub(super) fn build(
         },
         repaired_added: settled.added,
         trimmed_removed: settled.removed,
+        swapped_cheaper: settled.swapped,
         frontier: frontier
             .into_iter()
             .map(|(floor, s)| match s {
@@ -245,14 +249,15 @@ impl PlanReport {
         };
         let _ = writeln!(
             s,
-            "total ${:.2}/h; domestic share {:.1}% of {basis} (floor {:.0}%); solver estimate ${:.2}/h ({}), then +{} / -{} backends by replay",
+            "total ${:.2}/h; domestic share {:.1}% of {basis} (floor {:.0}%); solver estimate ${:.2}/h ({}), then +{} / -{} backends and {} exchanged for a cheaper kind by replay",
             self.cost_per_hour_usd,
             self.domestic_share * 100.0,
             self.min_domestic_share * 100.0,
             self.solver.cost_per_hour_usd,
             pools_line(&self.solver.pools),
             self.repaired_added,
-            self.trimmed_removed
+            self.trimmed_removed,
+            self.swapped_cheaper
         );
         let p = &self.predicted;
         let _ = writeln!(

@@ -1,8 +1,10 @@
 //! From the solver's mix to a fleet that a replay of the whole trace says passes: verify,
 //! repair (add the backend that most cuts the SLO deficit per dollar, within the share
 //! floor) until it passes, then trim (remove the backend whose removal saves the most and
-//! still passes) until no single removal passes. The result is near-minimal by
-//! construction: taking any one backend away breaks the SLO or the floor.
+//! still passes) until no single removal passes, then exchange one backend for one of a
+//! strictly cheaper kind while a replay still passes (trimming again after each). The
+//! result is near-minimal by construction: taking any one backend away, or trading one
+//! for a cheaper kind, breaks the SLO or the floor.
 
 use super::candidate::Candidate;
 use super::runner::{ReplayJob, ReplayRunner, Timing};
@@ -64,6 +66,8 @@ pub struct Settled {
     pub report: PolicyReport,
     pub added: u32,
     pub removed: u32,
+    /// Backends exchanged one for one for a cheaper kind after trimming.
+    pub swapped: u32,
     pub replays: u64,
 }
 
@@ -97,7 +101,8 @@ impl Verifier<'_> {
         self.runner.run_all(&jobs).into_iter().collect()
     }
 
-    /// Verifies `counts`, repairs until it passes, then trims.
+    /// Verifies `counts`, repairs until it passes, then trims: removes backends, and
+    /// exchanges one for a cheaper kind, while the replay still meets the SLO.
     pub fn settle(&self, counts: Vec<u32>) -> Result<Settled, String> {
         let slo = &self.settings.slo;
         let mut replays = 0;
@@ -108,7 +113,8 @@ impl Verifier<'_> {
         let mut report = self
             .run(std::slice::from_ref(&counts), &mut replays)?
             .remove(0);
-        let (mut added, mut removed, mut stalled) = (0, 0, 0);
+        let (mut added, mut stalled) = (0, 0);
+        let mut removed;
         while !slo.meets(&report) {
             let deficit = slo.deficit(&report);
             let total: u32 = counts.iter().sum();
@@ -161,6 +167,40 @@ impl Verifier<'_> {
             report = reports[best].clone();
             added += 1;
         }
+        (counts, report, removed) = self.trim(counts, report, &mut replays)?;
+        // The solver's capacity estimates are probes, not the replay: a fleet trimmed to its
+        // last backend of one kind may still pass on a cheaper kind (one 910B where the
+        // solver bought a TP2 pair). Exchange one backend for one of any strictly cheaper
+        // kind while a replay still passes, then trim again; each exchange lowers the cost,
+        // so this ends, and a fleet of the cheapest kinds costs no replay.
+        let mut swapped = 0;
+        while let Some((m, r)) = self.cheaper_swap(&counts, &mut replays)? {
+            (counts, report) = (m, r);
+            swapped += 1;
+            let (c, r, n) = self.trim(counts, report, &mut replays)?;
+            (counts, report) = (c, r);
+            removed += n;
+        }
+        Ok(Settled {
+            counts,
+            report,
+            added,
+            removed,
+            swapped,
+            replays,
+        })
+    }
+
+    /// Removes backends one at a time, the costliest whose removal still meets the SLO
+    /// first, while one does; returns the fleet, its replay and how many were removed.
+    fn trim(
+        &self,
+        mut counts: Vec<u32>,
+        mut report: PolicyReport,
+        replays: &mut u64,
+    ) -> Result<(Vec<u32>, PolicyReport, u32), String> {
+        let slo = &self.settings.slo;
+        let mut removed = 0;
         loop {
             let options: Vec<usize> = (0..counts.len())
                 .filter(|&c| {
@@ -183,7 +223,7 @@ impl Verifier<'_> {
                     m
                 })
                 .collect();
-            let reports = self.run(&mixes, &mut replays)?;
+            let reports = self.run(&mixes, replays)?;
             let best = options
                 .iter()
                 .zip(&reports)
@@ -205,12 +245,98 @@ impl Verifier<'_> {
             report = reports[best].clone();
             removed += 1;
         }
-        Ok(Settled {
-            counts,
-            report,
-            added,
-            removed,
-            replays,
-        })
+        Ok((counts, report, removed))
+    }
+
+    /// The cheapest fleet that exchanges one backend of `counts` for one of a strictly
+    /// cheaper kind, keeps the domestic floor and still meets the SLO, with its replay.
+    fn cheaper_swap(
+        &self,
+        counts: &[u32],
+        replays: &mut u64,
+    ) -> Result<Option<(Vec<u32>, PolicyReport)>, String> {
+        let mut mixes = Vec::new();
+        for from in (0..counts.len()).filter(|&c| counts[c] > 0) {
+            for to in 0..counts.len() {
+                if self.candidates[to].cost_per_hour_usd
+                    >= self.candidates[from].cost_per_hour_usd - 1e-9
+                {
+                    continue;
+                }
+                let mut m = counts.to_vec();
+                m[from] -= 1;
+                m[to] += 1;
+                if self.floor_ok(&m) {
+                    mixes.push(m);
+                }
+            }
+        }
+        if mixes.is_empty() {
+            return Ok(None);
+        }
+        let reports = self.run(&mixes, replays)?;
+        let slo = &self.settings.slo;
+        Ok(mixes
+            .into_iter()
+            .zip(reports)
+            .filter(|(_, r)| slo.meets(r))
+            .min_by(|(a, ra), (b, rb)| {
+                cost(self.candidates, a)
+                    .total_cmp(&cost(self.candidates, b))
+                    .then(rb.stats.slo_attainment.total_cmp(&ra.stats.slo_attainment))
+            }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::PolicySpec;
+    use crate::plan::runner::Sequential;
+    use crate::plan::{candidates, SloSpec};
+    use crate::profile::Catalogue;
+    use crate::trace::{ArrivalProcess, SynthConfig, SyntheticTrace};
+
+    /// The solver's capacity probes can overbuy: handed one TP2 910B for a load one TP1
+    /// 910B serves, verification ends on the cheaper kind, not on what it was handed.
+    #[test]
+    fn a_passing_fleet_is_exchanged_for_a_cheaper_kind_that_also_passes() {
+        let cands = candidates(
+            &Catalogue::embedded(),
+            "qwen3-8b",
+            &["ascend-910b".to_string()],
+            Some(2),
+        )
+        .unwrap();
+        let tp = |t: u32| cands.iter().position(|c| c.tp == t).unwrap();
+        let (one, two) = (tp(1), tp(2));
+        assert!(cands[one].cost_per_hour_usd < cands[two].cost_per_hour_usd);
+        let settings = PlanSettings {
+            slo: SloSpec::parse("ttft_p99<=2s,tpot_p99<=100ms", 0.99).unwrap(),
+            share_by: ShareBy::Chips,
+            policy: PolicySpec::default(),
+            seed: 1,
+            probe_seconds: 40.0,
+        };
+        let records: Arc<[TraceRecord]> =
+            SyntheticTrace::new(SynthConfig::new(ArrivalProcess::Poisson, 0.5, 7))
+                .unwrap()
+                .take(200)
+                .collect();
+        let verifier = Verifier {
+            candidates: &cands,
+            settings: &settings,
+            records,
+            runner: &Sequential,
+            floor: 0.0,
+        };
+        let mut handed = vec![0; cands.len()];
+        handed[two] = 1;
+        let settled = verifier.settle(handed).unwrap();
+        let mut cheaper = vec![0; cands.len()];
+        cheaper[one] = 1;
+        assert_eq!(settled.counts, cheaper);
+        assert_eq!((settled.swapped, settled.removed), (1, 0));
+        assert!(settings.slo.meets(&settled.report));
     }
 }
