@@ -6,45 +6,15 @@
 //! bad cells, shards and partials end with a clear message.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 const TRACE: &str = "tests/data/azure-llm-2023-conv-head300.csv";
 
-fn dujiang(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dujiang"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("runs the binary")
-}
+mod cli_support;
 
-fn ok(args: &[&str]) -> String {
-    let out = dujiang(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], says: &str) {
-    let out = dujiang(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(stderr.contains(says), "{args:?}: {stderr}");
-}
+use cli_support::{fails, ok, s};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dujiang-replay-shard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    cli_support::tmp("replay-shard", name)
 }
 
 /// A two-pool fleet cut into `cells` cells.
