@@ -35,6 +35,10 @@ pub enum Fed<E> {
 /// The value of a `data` field line (`data:value`, one leading space dropped); `None` for
 /// comments and other fields (`event:`, `id:`, `retry:`).
 fn data_value(line: &str) -> Option<&str> {
+    // What every event line of a completion stream is; the same answer as below.
+    if let Some(value) = line.strip_prefix("data:") {
+        return Some(value.strip_prefix(' ').unwrap_or(value));
+    }
     let (field, value) = match line.split_once(':') {
         Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
         None => (line, ""),

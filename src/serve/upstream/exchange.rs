@@ -8,8 +8,8 @@ use crate::openai_client::sse::{read_chunk, Fed, SseDecoder};
 use crate::openai_client::HttpClient;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
-use hyper::{Method, Request};
+use hyper::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Method, Request, Uri};
 use std::time::{Duration, Instant};
 
 /// Fields the proxy sets itself; a client's sampling fields never override them.
@@ -23,39 +23,105 @@ const OWN_FIELDS: [&str; 6] = [
 ];
 
 /// The JSON body for `ask` on an engine serving `served_model`: chat when the request
-/// came with messages, a completion otherwise.
+/// came with messages, a completion otherwise. Its members come in key order, the
+/// client's sampling fields among the proxy's own, as a `serde_json::Map` would print
+/// them; it is written straight out (building that map cost about ten thousand
+/// instructions a request).
 pub fn body(served_model: &str, ask: &Ask, max_tokens: u32) -> Vec<u8> {
-    let mut body = serde_json::Map::new();
-    for (k, v) in &ask.sampling {
-        if !OWN_FIELDS.contains(&k.as_str()) {
-            body.insert(k.clone(), v.clone());
-        }
-    }
-    body.insert("model".into(), served_model.into());
-    if ask.messages.is_empty() {
-        // Token ids come as the client sent them; text otherwise.
-        let prompt = match ask.sampling.get(PROMPT_IDS) {
-            Some(ids @ serde_json::Value::Array(_)) => ids.clone(),
-            _ => ask.prompt.as_str().into(),
-        };
-        body.insert("prompt".into(), prompt);
+    let chat = !ask.messages.is_empty();
+    let text: usize = ask
+        .messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len() + 32)
+        .sum();
+    let mut out = Vec::with_capacity(160 + served_model.len() + ask.prompt.len() + text);
+    // The proxy's own members, in key order: what the client sent under those names is
+    // never forwarded.
+    let own: [(&str, Own); 5] = if chat {
+        [
+            ("max_tokens", Own::MaxTokens),
+            ("messages", Own::Messages),
+            ("model", Own::Model),
+            ("stream", Own::Stream),
+            ("stream_options", Own::StreamOptions),
+        ]
     } else {
-        let messages = ask
-            .messages
-            .iter()
-            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-            .collect();
-        body.insert("messages".into(), serde_json::Value::Array(messages));
+        [
+            ("max_tokens", Own::MaxTokens),
+            ("model", Own::Model),
+            ("prompt", Own::Prompt),
+            ("stream", Own::Stream),
+            ("stream_options", Own::StreamOptions),
+        ]
+    };
+    let mut own = own.iter().peekable();
+    let mut first = true;
+    let write_own = |out: &mut Vec<u8>, first: &mut bool, key: &str, what: Own| {
+        member(out, first, key);
+        match what {
+            Own::MaxTokens => write_json(out, &max_tokens),
+            Own::Messages => {
+                for (i, m) in ask.messages.iter().enumerate() {
+                    out.extend_from_slice(if i == 0 { b"[" } else { b"," });
+                    out.extend_from_slice(b"{\"content\":");
+                    write_json(out, &m.content);
+                    out.extend_from_slice(b",\"role\":");
+                    write_json(out, &m.role);
+                    out.push(b'}');
+                }
+                out.push(b']');
+            }
+            // Token ids come as the client sent them; text otherwise.
+            Own::Prompt => match ask.sampling.get(PROMPT_IDS) {
+                Some(ids @ serde_json::Value::Array(_)) => write_json(out, ids),
+                _ => write_json(out, &ask.prompt),
+            },
+            Own::Model => write_json(out, served_model),
+            Own::Stream => out.extend_from_slice(b"true"),
+            // Usage is asked for always, for accounting; the client's own stream is
+            // written by dujiang's front end and carries usage only if the client asked.
+            Own::StreamOptions => out.extend_from_slice(b"{\"include_usage\":true}"),
+        }
+    };
+    for (k, v) in &ask.sampling {
+        if OWN_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        while let Some(&&(key, what)) = own.peek().filter(|(key, _)| *key < k.as_str()) {
+            write_own(&mut out, &mut first, key, what);
+            own.next();
+        }
+        member(&mut out, &mut first, k);
+        write_json(&mut out, v);
     }
-    body.insert("max_tokens".into(), max_tokens.into());
-    body.insert("stream".into(), true.into());
-    // Usage is asked for always, for accounting; the client's own stream is written by
-    // dujiang's front end and carries usage only if the client asked.
-    body.insert(
-        "stream_options".into(),
-        serde_json::json!({"include_usage": true}),
-    );
-    serde_json::to_vec(&serde_json::Value::Object(body)).expect("a JSON value serialises")
+    for &(key, what) in own {
+        write_own(&mut out, &mut first, key, what);
+    }
+    out.push(b'}');
+    out
+}
+
+/// The members of an upstream body the proxy writes itself.
+#[derive(Clone, Copy)]
+enum Own {
+    MaxTokens,
+    Messages,
+    Prompt,
+    Model,
+    Stream,
+    StreamOptions,
+}
+
+/// Opens an object member: `{` or `,`, the key, `:`.
+fn member(out: &mut Vec<u8>, first: &mut bool, key: &str) {
+    out.push(if *first { b'{' } else { b',' });
+    *first = false;
+    write_json(out, key);
+    out.push(b':');
+}
+
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(out, v).expect("a JSON value serialises");
 }
 
 /// What happened during an exchange, in order.
@@ -116,11 +182,48 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// Where an endpoint's requests of one kind go, worked out once per endpoint rather than
+/// per request: the URI (`{base}/chat/completions` or `{base}/completions`), and the
+/// `Host` header the HTTP client would otherwise format for each request.
+pub struct Target {
+    /// Err: the URL does not parse (the request fails as it is built).
+    uri: Result<Uri, String>,
+    host: Option<HeaderValue>,
+}
+
+impl Target {
+    pub fn new(url: &str) -> Target {
+        match url.parse::<Uri>() {
+            Ok(uri) => Target {
+                host: host_header(&uri),
+                uri: Ok(uri),
+            },
+            Err(e) => Target {
+                uri: Err(e.to_string()),
+                host: None,
+            },
+        }
+    }
+}
+
+/// The `Host` header for `uri` as hyper-util's client writes it: the host, with the port
+/// unless it is the scheme's default.
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let secure = matches!(uri.scheme_str(), Some("https" | "wss"));
+    let text = match uri.port() {
+        Some(p) if !matches!((p.as_u16(), secure), (443, true) | (80, false)) => {
+            format!("{host}:{p}")
+        }
+        _ => host.to_string(),
+    };
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
+}
+
 /// Where and how to send one request.
 pub struct Call<'a> {
     pub http: &'a HttpClient,
-    /// `{base}/chat/completions` or `{base}/completions`.
-    pub url: String,
+    pub target: &'a Target,
     pub body: Vec<u8>,
     pub first_byte_timeout: Duration,
     pub deadline: Option<Instant>,
@@ -131,13 +234,27 @@ pub struct Call<'a> {
 /// Sends the request and reads its stream to the end, reporting each event to `on`.
 /// Returns once the stream has finished (`[DONE]`, or its end after a finish reason).
 pub async fn exchange(call: Call<'_>, mut on: impl FnMut(Event)) -> Result<(), Failure> {
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(&call.url)
-        .header(CONTENT_TYPE, "application/json")
-        .header(ACCEPT, "text/event-stream")
-        .header(USER_AGENT, concat!("dujiang/", env!("CARGO_PKG_VERSION")))
-        .header("x-dujiang-prompt-tokens", call.prompt_tokens.to_string());
+    let uri = call
+        .target
+        .uri
+        .clone()
+        .map_err(|e| Failure::Stream(format!("building the request: {e}")))?;
+    let mut req = Request::new(Full::new(Bytes::from(call.body)));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    // Names and values known in advance, not parsed from text per request.
+    let headers = req.headers_mut();
+    headers.reserve(6);
+    headers.append(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.append(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    headers.append(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("dujiang/", env!("CARGO_PKG_VERSION"))),
+    );
+    headers.append(
+        HeaderName::from_static("x-dujiang-prompt-tokens"),
+        HeaderValue::from(call.prompt_tokens),
+    );
     if let Some(d) = call.deadline {
         // The engine may enforce the client's deadline itself (dujiang does); either way
         // the router ends the exchange when it runs out.
@@ -145,11 +262,15 @@ pub async fn exchange(call: Call<'_>, mut on: impl FnMut(Event)) -> Result<(), F
             .saturating_duration_since(Instant::now())
             .as_millis()
             .max(1);
-        req = req.header("x-dujiang-timeout-ms", ms.to_string());
+        headers.append(
+            HeaderName::from_static("x-dujiang-timeout-ms"),
+            HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)),
+        );
     }
-    let req = req
-        .body(Full::new(Bytes::from(call.body)))
-        .map_err(|e| Failure::Stream(format!("building the request: {e}")))?;
+    // Last, where the client would have added it.
+    if let Some(host) = &call.target.host {
+        headers.append(HOST, host.clone());
+    }
     let resp = match tokio::time::timeout(call.first_byte_timeout, call.http.request(req)).await {
         Err(_) => return Err(Failure::FirstByte(call.first_byte_timeout)),
         Ok(Err(e)) if e.is_connect() => return Err(Failure::Connect(source_chain(&e))),
@@ -302,6 +423,94 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&body("m", &ask, 1)).unwrap();
         assert_eq!(v["prompt"], serde_json::json!([1, 2, 3]));
+    }
+
+    /// The body as it was built before: a `serde_json::Map` of every member, printed.
+    fn body_by_map(served_model: &str, ask: &Ask, max_tokens: u32) -> Vec<u8> {
+        let mut body = serde_json::Map::new();
+        for (k, v) in &ask.sampling {
+            if !OWN_FIELDS.contains(&k.as_str()) {
+                body.insert(k.clone(), v.clone());
+            }
+        }
+        body.insert("model".into(), served_model.into());
+        if ask.messages.is_empty() {
+            let prompt = match ask.sampling.get(PROMPT_IDS) {
+                Some(ids @ serde_json::Value::Array(_)) => ids.clone(),
+                _ => ask.prompt.as_str().into(),
+            };
+            body.insert("prompt".into(), prompt);
+        } else {
+            let messages = ask
+                .messages
+                .iter()
+                .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+                .collect();
+            body.insert("messages".into(), serde_json::Value::Array(messages));
+        }
+        body.insert("max_tokens".into(), max_tokens.into());
+        body.insert("stream".into(), true.into());
+        body.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+        serde_json::to_vec(&serde_json::Value::Object(body)).unwrap()
+    }
+
+    #[test]
+    fn bodies_are_written_as_the_map_printed_them() {
+        let sampling: super::super::Sampling = serde_json::from_value(serde_json::json!({
+            "a": 1, "frequency_penalty": 0.5, "max_tokens": 99, "min_p": null, "n": 2,
+            "seed": 7, "stop": ["\n", "é\"x"], "stream": false, "stream_options": {"x": 1},
+            "stream_p": "q", "temperature": 0.7, "we\"ird": {"k": [true]}, "z\u{1}": "\u{7f}",
+            "model": "client's", "messages": [], "prompt": "p"
+        }))
+        .unwrap();
+        let messages = vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "be \"brief\"\n".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "héllo".into(),
+            },
+        ];
+        let mut ids = super::super::Sampling::new();
+        ids.insert(PROMPT_IDS.into(), serde_json::json!([1, 2, 3]));
+        ids.insert("logprobs".into(), 2.into());
+        let asks = [
+            Ask::default(),
+            Ask {
+                messages: messages.clone(),
+                ..Ask::default()
+            },
+            Ask {
+                messages,
+                sampling: sampling.clone(),
+                ..Ask::default()
+            },
+            Ask {
+                prompt: "once \u{0} upon".into(),
+                sampling,
+                ..Ask::default()
+            },
+            Ask {
+                prompt: " ".into(),
+                sampling: ids,
+                ..Ask::default()
+            },
+        ];
+        for ask in &asks {
+            for (model, max) in [("m", 0), ("Qwen/Qwen3-8B \"q\"", u32::MAX)] {
+                let (new, old) = (body(model, ask, max), body_by_map(model, ask, max));
+                assert_eq!(
+                    String::from_utf8(new).unwrap(),
+                    String::from_utf8(old).unwrap(),
+                    "{ask:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! router's, and its KV-cache fill is the backend's. A scrape that fails leaves the last
 //! figures to go stale (dropped after four intervals); it never takes the endpoint out.
 
-use super::exchange::{self, Call, Event, Failure};
+use super::exchange::{self, Call, Event, Failure, Target};
 use super::ratio::PredictionRatio;
 use super::{Ask, Observed};
 use crate::calibrate::observed::Stack;
@@ -86,6 +86,10 @@ pub fn spawn_proxy(
         slot: ctx.board.slot(id).unwrap_or_default(),
         handle: handle.clone(),
         base: base.clone(),
+        targets: [
+            Target::new(&format!("{base}/completions")),
+            Target::new(&format!("{base}/chat/completions")),
+        ],
         served_model: upstream.served_model.clone(),
         ratio_gauges,
         observed: ctx.upstream.observe(
@@ -124,6 +128,8 @@ struct Endpoint {
     handle: Arc<BackendHandle>,
     /// API base (`http://host:8000/v1`).
     base: Arc<str>,
+    /// Where completions (`[0]`) and chats (`[1]`) go.
+    targets: [Target; 2],
     served_model: String,
     slot: SlotHandle,
     summary: Arc<LatencySummary>,

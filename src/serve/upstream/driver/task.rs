@@ -34,14 +34,9 @@ pub(super) async fn serve(
     mut cancelled: oneshot::Receiver<End>,
 ) {
     let cfg = ep.ctx.upstream.config;
-    let path = if ask.messages.is_empty() {
-        "/completions"
-    } else {
-        "/chat/completions"
-    };
     let call = Call {
         http: ep.ctx.upstream.http(),
-        url: format!("{}{path}", ep.base),
+        target: &ep.targets[usize::from(!ask.messages.is_empty())],
         body: exchange::body(&ep.served_model, &ask, req.max_tokens),
         first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms),
         deadline: ask.deadline,
