@@ -169,7 +169,46 @@ impl<'a> Reader<'a> {
 
     /// A string at `"`: borrowed from the text unless it has escapes (then decoded by
     /// serde_json). Control characters are refused, as JSON does.
+    #[inline]
     pub fn string(&mut self) -> Option<Cow<'a, str>> {
+        match self.plain_string() {
+            Some(s) => Some(Cow::Borrowed(s)),
+            None => self.escaped_string(),
+        }
+    }
+
+    /// A string at `"` without escapes, and past it; `None`, not moved, for anything
+    /// else. Most strings are plain: this path stays short (the general loop's set-up
+    /// cost more than the scan of a chunk's short keys).
+    #[inline]
+    pub fn plain_string(&mut self) -> Option<&'a str> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let start = self.at + 1;
+        let end = start + plain_run(&self.s[start..])?;
+        if self.s[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        self.text.get(start..end)
+    }
+
+    /// An object key without escapes and its `:`; `None` for an escaped key (whose
+    /// reader then leaves the text to serde) or anything invalid.
+    #[inline]
+    pub fn plain_key(&mut self) -> Option<&'a str> {
+        let k = self.plain_string()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(k)
+    }
+
+    /// [`Reader::string`] for the rest: escapes, or not a string at all.
+    #[cold]
+    #[inline(never)]
+    fn escaped_string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
         let start = self.at;
         let mut escaped = false;

@@ -292,8 +292,8 @@ fn read_chunk_serde(data: &str) -> Result<Chunk, String> {
 
 /// [`read_chunk`]'s reading of a chunk in one pass of [`Reader`], for the usual shapes:
 /// the same [`Chunk`] the serde route makes, or `None` to leave the chunk to it (an error
-/// event, a field of a type serde would refuse, a known field given twice, anything
-/// malformed), so its results and messages are serde's.
+/// event, a field of a type serde would refuse, a known field given twice, a key with
+/// escapes, anything malformed), so its results and messages are serde's.
 fn read_chunk_fast(data: &str) -> Option<Chunk> {
     let mut r = Reader::new(data);
     r.ws();
@@ -310,7 +310,7 @@ fn read_chunk_fast(data: &str) -> Option<Chunk> {
     r.enter()?;
     if r.opens(b'}') {
         loop {
-            match &*r.key()? {
+            match r.plain_key()? {
                 "choices" => {
                     once(1)?;
                     if r.peek() != Some(b'[') {
@@ -368,7 +368,7 @@ fn choice(r: &mut Reader<'_>, chunk: &mut Chunk) -> Option<()> {
     r.enter()?;
     if r.opens(b'}') {
         loop {
-            let (bit, slot) = match &*r.key()? {
+            let (bit, slot) = match r.plain_key()? {
                 "delta" => {
                     if seen & 1 != 0 {
                         return None;
@@ -421,7 +421,7 @@ fn delta<'a>(r: &mut Reader<'a>, parts: &mut [Option<Cow<'a, str>>; 4]) -> Optio
     r.enter()?;
     if r.opens(b'}') {
         loop {
-            let at = match &*r.key()? {
+            let at = match r.plain_key()? {
                 "reasoning_content" => Some(0),
                 "reasoning" => Some(1),
                 "content" => Some(2),
@@ -455,7 +455,7 @@ fn usage(r: &mut Reader<'_>, chunk: &mut Chunk) -> Option<()> {
     r.enter()?;
     if r.opens(b'}') {
         loop {
-            let (bit, slot) = match &*r.key()? {
+            let (bit, slot) = match r.plain_key()? {
                 "completion_tokens" => (1, &mut chunk.completion_tokens),
                 "prompt_tokens" => (2, &mut chunk.prompt_tokens),
                 _ => {
