@@ -63,6 +63,9 @@ pub struct RequestStream {
     ask: Arc<super::upstream::Ask>,
     /// The reader wants only the end ([`RequestStream::wake_only_at_end`]).
     quiet: bool,
+    /// The reader names the placement and writes simulated tokens' text itself
+    /// ([`RequestStream::bare_events`]).
+    bare: bool,
 }
 
 impl RequestStream {
@@ -89,6 +92,7 @@ impl RequestStream {
             frontend: a.frontend,
             ask: a.ask,
             quiet: false,
+            bare: false,
         }
     }
 
@@ -137,6 +141,16 @@ impl RequestStream {
     pub fn wake_only_at_end(&mut self) {
         self.quiet = true;
         self.deliveries.wake_only_at_end();
+    }
+
+    /// For a reader that takes the placement from [`RequestStream::backend`] and
+    /// [`RequestStream::client_id`], and writes simulated tokens' text itself from their
+    /// index ([`token_word`]), as the OpenAI front end does: `Started` then carries only
+    /// its queue time, and a simulated backend's token chunks no text (a real engine's
+    /// keep theirs), so neither is copied into strings nobody reads. Events, their order,
+    /// counts and the deadline are unchanged.
+    pub fn bare_events(&mut self) {
+        self.bare = true;
     }
 
     fn ended(&self) -> bool {
@@ -241,6 +255,12 @@ impl RequestStream {
     }
 
     fn started(&self, queue_ns: u64) -> wire::Started {
+        if self.bare {
+            return wire::Started {
+                queue_seconds: queue_ns as f64 / 1e9,
+                ..wire::Started::default()
+            };
+        }
         // Copies of the names (not `to_string`, which formats through `Display`).
         let own = |s: &Arc<str>| String::from(&**s);
         let decode = self.decode.as_deref();
@@ -324,7 +344,11 @@ impl Stream for RequestStream {
                     if this.first_token_at.is_none() {
                         this.first_token_at = Some(this.daemon.now());
                     }
-                    let text = text.unwrap_or_else(|| token_text(this.tokens, count));
+                    let text = match text {
+                        Some(text) => text,
+                        None if this.bare => String::new(),
+                        None => token_text(this.tokens, count),
+                    };
                     this.tokens += count;
                     Event::Tokens(wire::TokenChunk { text, count })
                 }

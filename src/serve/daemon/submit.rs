@@ -177,7 +177,7 @@ impl Daemon {
                     // The request id is optional on the wire: one the client left empty
                     // is generated here, so every Started names its request.
                     let client_id = if v.client_id.is_empty() {
-                        format!("dj-{}", request.id)
+                        generated_id(request.id)
                     } else {
                         v.client_id
                     };
@@ -377,6 +377,26 @@ impl Daemon {
     }
 }
 
+/// `dj-<id>`, the id of a request whose client named none: digits written directly, not
+/// through the formatting machinery (it runs for most requests).
+fn generated_id(id: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = id;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut s = String::with_capacity(3 + digits.len() - at);
+    s.push_str("dj-");
+    s.push_str(std::str::from_utf8(&digits[at..]).expect("digits"));
+    s
+}
+
 /// Tells a backend to drop a request handed to it, unless forgotten first: the
 /// hand-over's guard against its future being dropped while it waits for the answer.
 struct AbortOnDrop<'a> {
@@ -449,6 +469,16 @@ impl Daemon {
             RejectReason::NoHealthyBackend | RejectReason::Draining => {
                 ServeError::Unavailable(reason.message().into())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_ids_print_as_format_does() {
+        for id in [0, 7, 10, 1_234_567_890, u64::MAX] {
+            assert_eq!(super::generated_id(id), format!("dj-{id}"));
         }
     }
 }

@@ -15,10 +15,10 @@ use crate::admission::RejectReason;
 use crate::metrics::Frontend;
 use crate::serve::backend::BackendHandle;
 use crate::serve::daemon::Daemon;
-use crate::serve::stream::RequestStream;
+use crate::serve::stream::{token_word, RequestStream};
 use crate::serve::MAX_REQUEST_BYTES;
 use crate::wire::generate_response::Event;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -54,16 +54,14 @@ async fn try_complete(
             .shed(RejectReason::InvalidRequest.as_str(), Frontend::Openai);
         e
     };
-    let body = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
-        .await
-        .map_err(|_| {
-            let mut e = ApiError::invalid(
-                "body",
-                format!("larger than {MAX_REQUEST_BYTES} bytes, or unreadable"),
-            );
-            e.status = StatusCode::PAYLOAD_TOO_LARGE;
-            refused(e)
-        })?;
+    let body = read_body(body).await.map_err(|()| {
+        let mut e = ApiError::invalid(
+            "body",
+            format!("larger than {MAX_REQUEST_BYTES} bytes, or unreadable"),
+        );
+        e.status = StatusCode::PAYLOAD_TOO_LARGE;
+        refused(e)
+    })?;
     let parsed = request::parse(endpoint, &parts.headers, &body).map_err(refused)?;
     let deadline = parsed.timeout.map(|t| received + t);
     let accepted = d
@@ -76,6 +74,9 @@ async fn try_complete(
         )
         .await?;
     let mut stream = RequestStream::new(d.clone(), accepted);
+    // The placement headers come from the stream's backend, simulated text from the
+    // token index (here and in [`EventStream`]).
+    stream.bare_events();
     if !parsed.stream {
         // Answered once at the end: no wake-up (a poll of the whole connection) per chunk.
         stream.wake_only_at_end();
@@ -105,7 +106,16 @@ async fn try_complete(
             }
         }
     };
-    let mut placed = HeaderMap::with_capacity(8);
+    // Sized to what it will hold: request id, backend, pool, chip, queue time (and the
+    // decode side's three) and the content type, plus cache-control when streamed. A
+    // map for six is small enough for the allocator's per-thread cache; one for eight
+    // is not.
+    let decode = if stream.decode_backend().is_some() {
+        3
+    } else {
+        0
+    };
+    let mut placed = HeaderMap::with_capacity(6 + decode + usize::from(parsed.stream));
     placement(&stream, queue_seconds, &mut placed);
     if parsed.stream {
         placed.insert(
@@ -123,8 +133,16 @@ async fn try_complete(
     let mut finish = "length";
     while let Some(item) = stream.next().await {
         match item? {
-            Event::Tokens(t) => {
+            // A real engine's text as it came; a simulated backend's words by index.
+            Event::Tokens(t) if stream.proxied() => {
                 text.push_str(&t.text);
+                tokens += t.count;
+            }
+            Event::Tokens(t) => {
+                text.reserve(t.count as usize * 8);
+                for i in tokens..tokens + t.count {
+                    text.push_str(token_word(i));
+                }
                 tokens += t.count;
             }
             Event::Finished(f) => {
@@ -145,6 +163,39 @@ async fn try_complete(
     let mut r = Response::new(Body::from(framer.complete(&text, tokens, finish)));
     *r.headers_mut() = placed;
     Ok(r)
+}
+
+/// A request body of at most [`MAX_REQUEST_BYTES`]. A body that comes as one frame (a
+/// small JSON body always does) is taken as it is, without collecting it into a list of
+/// frames first; a longer one is gathered into one buffer.
+async fn read_body(mut body: Body) -> Result<Bytes, ()> {
+    use http_body_util::BodyExt as _;
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| ())?.into_data() else {
+            continue; // trailers carry nothing a request reads
+        };
+        let len = first.as_ref().map_or(0, Bytes::len) + more.len() + data.len();
+        if len > MAX_REQUEST_BYTES {
+            return Err(());
+        }
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if more.is_empty() {
+                    more.reserve(len);
+                    more.extend_from_slice(f);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(if more.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(more)
+    })
 }
 
 /// OpenAI's name for how a request finished.

@@ -34,6 +34,10 @@ pub struct Framer {
     /// `data: {<head>,"choices":[{"index":0,`: how every token event starts (empty for a
     /// non-streaming answer).
     event_open: String,
+    /// `event_open` and the text's opening quote of every token event but the first
+    /// (`"delta":{"content":"` or `"text":"`): a middle token event is this, the word and
+    /// [`Framer::token_close`].
+    token_open: String,
     prompt_tokens: u32,
     continuous_usage: bool,
 }
@@ -71,10 +75,18 @@ impl Framer {
             event_open.push_str(&head);
             event_open.push_str(",\"choices\":[{\"index\":0,");
         }
+        let mut token_open = String::new();
+        if streaming {
+            token_open.reserve(event_open.len() + 24);
+            token_open.push_str(&event_open);
+            token_open.push_str(text_open(endpoint, false));
+            token_open.push('"');
+        }
         Framer {
             endpoint,
             head,
             event_open,
+            token_open,
             prompt_tokens,
             continuous_usage,
         }
@@ -99,8 +111,25 @@ impl Framer {
     /// The SSE event of simulated token `index` (0-based); `last` sets its
     /// `finish_reason`.
     pub fn token_chunk(&self, out: &mut String, index: u32, last: bool) {
+        let word = token_word(index);
+        if index > 0 && !last && !self.continuous_usage {
+            // The common event, from pieces made once; the words need no escaping.
+            out.push_str(&self.token_open);
+            out.push_str(word);
+            out.push_str(self.token_close());
+            return;
+        }
         let finish = if last { Some("length") } else { None };
-        self.text_chunk(out, token_word(index), index == 0, finish, index + 1);
+        self.chunk(out, word, true, index == 0, finish, index + 1);
+    }
+
+    /// What follows a middle token event's word: its closing quote (and the delta's brace),
+    /// no logprobs, `finish_reason` null, and the event's end.
+    fn token_close(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Chat => "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+            Endpoint::Completions => "\",\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        }
     }
 
     /// One SSE event carrying `text` (the first with the chat role), `finish` as its
@@ -113,13 +142,28 @@ impl Framer {
         finish: Option<&str>,
         completion: u32,
     ) {
+        self.chunk(out, text, false, first, finish, completion);
+    }
+
+    /// [`Framer::text_chunk`]; `plain`: `text` is known to need no escaping.
+    fn chunk(
+        &self,
+        out: &mut String,
+        text: &str,
+        plain: bool,
+        first: bool,
+        finish: Option<&str>,
+        completion: u32,
+    ) {
         out.push_str(&self.event_open);
-        out.push_str(match self.endpoint {
-            Endpoint::Chat if first => "\"delta\":{\"role\":\"assistant\",\"content\":",
-            Endpoint::Chat => "\"delta\":{\"content\":",
-            Endpoint::Completions => "\"text\":",
-        });
-        push_json(out, text);
+        out.push_str(text_open(self.endpoint, first));
+        if plain {
+            out.push('"');
+            out.push_str(text);
+            out.push('"');
+        } else {
+            push_json(out, text);
+        }
         if self.endpoint == Endpoint::Chat {
             out.push('}');
         }
@@ -171,6 +215,16 @@ impl Framer {
     }
 }
 
+/// What opens a token event's text after [`Framer::event_open`] (the first chat chunk
+/// also names the role).
+fn text_open(endpoint: Endpoint, first: bool) -> &'static str {
+    match endpoint {
+        Endpoint::Chat if first => "\"delta\":{\"role\":\"assistant\",\"content\":",
+        Endpoint::Chat => "\"delta\":{\"content\":",
+        Endpoint::Completions => "\"text\":",
+    }
+}
+
 /// `n` in decimal, without the formatting machinery (it runs for every usage object).
 fn push_u64(out: &mut String, mut n: u64) {
     let mut buf = [0u8; 20];
@@ -196,12 +250,38 @@ fn push_json(out: &mut String, s: &str) {
 /// `s` escaped for the inside of a JSON string: as is when nothing needs escaping (every
 /// simulated token, most ids and names), else serde_json's escaping.
 fn push_escaped(out: &mut String, s: &str) {
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push_str(s);
         return;
     }
     let quoted = serde_json::to_string(s).expect("a string serialises");
     out.push_str(&quoted[1..quoted.len() - 1]);
+}
+
+/// Whether any byte of `s` must be escaped in a JSON string (a control character, `"` or
+/// `\\`). Eight bytes a step (the usual "has a zero byte" bit tricks, exact for whether
+/// any lane matches), as it runs over every text a response carries.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes(c.try_into().expect("eight bytes"));
+        // A lane below 0x20: (v - 0x20 each) borrows into a lane's high bit only where
+        // that lane was below 0x20 and had its high bit clear.
+        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH != 0;
+        if control
+            || has_zero(v ^ (ONES * u64::from(b'"')))
+            || has_zero(v ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// The event stream of one accepted request, from its first token on (the handler has
@@ -318,6 +398,58 @@ mod tests {
             let mut s = String::new();
             push_u64(&mut s, n);
             assert_eq!(s, n.to_string());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn needs_escape_finds_what_a_byte_scan_finds(s in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let slow = s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            proptest::prop_assert_eq!(needs_escape(&s), slow);
+        }
+    }
+
+    #[test]
+    fn token_events_from_pieces_are_the_general_events() {
+        for word in 0..32 {
+            assert!(!needs_escape(token_word(word).as_bytes()), "{word}");
+        }
+        for endpoint in [Endpoint::Chat, Endpoint::Completions] {
+            let f = Framer::new(endpoint, "r", 7, "m", 10, true, false);
+            for index in 0..20 {
+                let last = index == 19;
+                let (mut fast, mut general) = (String::new(), String::new());
+                f.token_chunk(&mut fast, index, last);
+                let finish = if last { Some("length") } else { None };
+                f.text_chunk(
+                    &mut general,
+                    token_word(index),
+                    index == 0,
+                    finish,
+                    index + 1,
+                );
+                assert_eq!(fast, general, "{endpoint:?} {index}");
+            }
+        }
+    }
+
+    #[test]
+    fn needs_escape_at_every_lane() {
+        for len in 0..20 {
+            let plain = vec![b'a'; len];
+            assert!(!needs_escape(&plain));
+            for at in 0..len {
+                for b in [0u8, 0x1f, b'"', b'\\'] {
+                    let mut s = plain.clone();
+                    s[at] = b;
+                    assert!(needs_escape(&s), "{s:?}");
+                }
+                for b in [0x20u8, b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+                    let mut s = plain.clone();
+                    s[at] = b;
+                    assert!(!needs_escape(&s), "{s:?}");
+                }
+            }
         }
     }
 
