@@ -85,8 +85,9 @@ impl Backend for CatalogueBackend {
 
     /// Host overheads and collective latencies are the engine's code path (Python
     /// scheduler, kernel launches, the collective library's call): shared by an engine
-    /// release across the chip families it runs on. Efficiencies, half points and link
-    /// efficiency are silicon × kernels: shared by the releases of one engine project on
+    /// release across the chip families it runs on. Efficiencies, half points, link
+    /// efficiency and the all-reduce hop latency (the link and its collective library, the
+    /// same at every rank count) are silicon × kernels: shared by the releases of one engine project on
     /// one silicon family (`vllm-0.7` and `vllm-0.20` on the A100; a chip's own entry with
     /// its family's, the 910C die with the 910B), never across families.
     fn share(&self, group: &str, name: &str) -> Option<String> {
@@ -255,6 +256,16 @@ mod tests {
         ] {
             assert_eq!(key(&b, b910, name), key(&b, c910, name), "{name}");
         }
+        // The ring's hop latency is the link's: shared by the 910B and the 910C die, apart
+        // from the release's collective launch latency.
+        assert_eq!(
+            key(&b, b910, "allreduce_hop_latency_us"),
+            key(&b, c910, "allreduce_hop_latency_us")
+        );
+        assert_ne!(
+            key(&b, b910, "allreduce_hop_latency_us"),
+            key(&b, b910, "allreduce_latency_us")
+        );
         // Two vLLM releases on the A100 share silicon, not host costs.
         let (v07, v020) = ("vllm-0.7 on ampere", "vllm-0.20 on ampere");
         assert_eq!(

@@ -6,7 +6,8 @@
 //!   engine release's code paths: vLLM 0.7's Python scheduler costs much the same whether
 //!   it drives an H100, an A100 or an H20, and vLLM-Ascend's on a 910B or a 910C. Shared
 //!   by the release's groups on every chip family.
-//! - Efficiencies, half points and link efficiency are silicon × kernels: how much of one
+//! - Efficiencies, half points, link efficiency and the all-reduce hop latency are
+//!   silicon × kernels (the hop is the link's and its collective library's): how much of one
 //!   chip family's peaks a project's kernels reach. Shared by the releases of one engine
 //!   project on one silicon family (vLLM 0.7.3 and 0.20.1 on the A100; a chip's own entry
 //!   with its family's, the 910C die with the 910B, which is the same Da Vinci die), never

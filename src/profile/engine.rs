@@ -85,6 +85,14 @@ pub struct EngineCoefficients {
     /// decode figure.
     #[serde(default = "unset")]
     pub prefill_allreduce_latency_us: f64,
+    /// Latency of one step of a ring all-reduce over the scale-up link: a collective over
+    /// `r` ranks takes `2·(r − 1)` such steps on top of its launch latency (the two fields
+    /// above), each a send, a receive and a flag wait on a peer. This is the part of a
+    /// collective that grows with the rank count and belongs to the link and the collective
+    /// library, not to the engine's call path: the same at TP4, TP8 and TP16 of one family.
+    /// Absent means 0: a collective then costs its launch latency whatever the rank count.
+    #[serde(default)]
+    pub allreduce_hop_latency_us: f64,
     /// Fraction of the scale-up link's bandwidth a collective reaches.
     pub link_efficiency: f64,
     /// Fraction of device memory the engine may use (vLLM's `gpu_memory_utilization`).
@@ -137,6 +145,9 @@ impl EngineCoefficients {
         ("decode_seq_overhead_us", 0.0, 1e4),
         ("allreduce_latency_us", 0.0, 1e4),
         ("prefill_allreduce_latency_us", 0.0, 1e4),
+        // A hop on NVLink, HCCS or a switched fabric is ~1–5 µs with the library's flag
+        // handshake; 100 µs would be a slower network than any scale-up link.
+        ("allreduce_hop_latency_us", 0.0, 100.0),
         ("link_efficiency", 0.01, 1.0),
     ];
 
@@ -156,6 +167,7 @@ impl EngineCoefficients {
             "decode_seq_overhead_us" => &mut self.decode_seq_overhead_us,
             "allreduce_latency_us" => &mut self.allreduce_latency_us,
             "prefill_allreduce_latency_us" => &mut self.prefill_allreduce_latency_us,
+            "allreduce_hop_latency_us" => &mut self.allreduce_hop_latency_us,
             "link_efficiency" => &mut self.link_efficiency,
             _ => return None,
         })

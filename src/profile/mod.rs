@@ -55,6 +55,7 @@ pub(crate) mod fixtures {
             decode_seq_overhead_us: 0.0,
             allreduce_latency_us: 10.0,
             prefill_allreduce_latency_us: 10.0,
+            allreduce_hop_latency_us: 0.0,
             link_efficiency: 1.0,
             memory_utilization: 0.9,
             reserve_gb: 2.0,
@@ -360,6 +361,30 @@ mod tests {
         assert_eq!(
             at(510.0, 1).prefill_ns(256, 0),
             at(10.0, 1).prefill_ns(256, 0)
+        );
+    }
+
+    #[test]
+    fn a_collective_pays_a_ring_of_hops_that_grows_with_the_ranks() {
+        let model = llama3_8b();
+        let at = |hop_us: f64, tp: u32| {
+            let mut e = engine();
+            e.coefficients.allreduce_hop_latency_us = hop_us;
+            PerfModel::new(&h20(), &e, &model, tp, Dtype::Bf16).unwrap()
+        };
+        // 32 layers, two collectives each, 2·(r − 1) hops of 1 µs per collective: 64 · 6 µs
+        // at TP4, 64 · 14 µs at TP8, in decode and prompt steps alike.
+        for (tp, hops) in [(4u32, 6i64), (8, 14)] {
+            let (base, ring) = (at(0.0, tp), at(1.0, tp));
+            let want = 64 * hops * 1_000;
+            let decode = ring.decode_step_ns(4, 4 * 512) - base.decode_step_ns(4, 4 * 512);
+            let prompt = ring.prefill_ns(256, 0) - base.prefill_ns(256, 0);
+            assert!((decode as i64 - want).abs() <= 1, "tp{tp}: {decode}");
+            assert!((prompt as i64 - want).abs() <= 1, "tp{tp}: {prompt}");
+        }
+        assert_eq!(
+            at(1.0, 1).decode_step_ns(4, 2048),
+            at(0.0, 1).decode_step_ns(4, 2048)
         );
     }
 

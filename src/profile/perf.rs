@@ -20,9 +20,11 @@
 //!   tokens in the step it is scaled by `n/(n + n½)` (one decoding sequence gives a kernel
 //!   that does not split the context only its KV heads to spread over the cores). MoE models read only the experts a batch touches: with E experts and k per
 //!   token, T tokens touch E·(1 − (1 − k/E)^T) of them in expectation;
-//! - collectives: two all-reduces per layer over `tp · dies` ranks, at a latency of their
-//!   own in steps carrying prompt tokens (launched eagerly, every rank a barrier for the
-//!   others' host) and in pure decode steps (replayed from a captured graph);
+//! - collectives: two all-reduces per layer over `tp · dies` ranks `r`, each a launch
+//!   latency of its own in steps carrying prompt tokens (launched eagerly, every rank a
+//!   barrier for the others' host) and in pure decode steps (replayed from a captured
+//!   graph), plus a ring's `2·(r − 1)` hops of link latency and its `2·(r − 1)/r` of the
+//!   message over the link: the hops are what grows with the rank count;
 //! - host overhead: per step and per layer, one pair for steps carrying prompt tokens
 //!   (typically eager) and one for pure decode steps (typically graph replay), plus a
 //!   cost per decoding sequence (scheduling, sampling).
@@ -274,15 +276,17 @@ impl PerfModel {
         });
 
         // Two all-reduces of the hidden state per layer (after attention and after the MLP),
-        // ring algorithm: each rank sends and receives 2·(r−1)/r of the message over its
-        // share of the package's link.
+        // ring algorithm: 2·(r−1) steps, each a hop's latency, in which each rank sends and
+        // receives 2·(r−1)/r of the message over its share of the package's link; on top,
+        // the collective's launch latency (graph-replayed in decode, eager in prompt steps).
         let (decode_comm_fixed_ps, prefill_comm_fixed_ps, comm_ps_per_token) = if ranks_u > 1 {
             let ops = 2.0 * f64::from(model.layers);
             let bytes_per_token = f64::from(model.hidden_size) * 2.0 * 2.0 * (ranks - 1.0) / ranks;
             let link = chip.link_gbps / dies * 1e9 * e.link_efficiency;
+            let hops_us = 2.0 * (ranks - 1.0) * e.allreduce_hop_latency_us;
             (
-                to_ps(ops * e.allreduce_latency_us * 1e-6),
-                to_ps(ops * e.prefill_allreduce_latency_us * 1e-6),
+                to_ps(ops * (e.allreduce_latency_us + hops_us) * 1e-6),
+                to_ps(ops * (e.prefill_allreduce_latency_us + hops_us) * 1e-6),
                 to_ps(ops * bytes_per_token / link),
             )
         } else {
