@@ -33,30 +33,17 @@ impl Engine {
 
     /// New KV blocks decoding sequences need to grow by `k` tokens each.
     pub(super) fn kv_growth(&self, k: u64) -> u64 {
-        let b = u64::from(self.cfg.block_size);
-        let shift = self.step % b;
-        if k == 1 {
-            // Only sequences whose context fills its last block exactly need a new one.
-            return self.residue[((b - shift) % b) as usize];
-        }
-        // A sequence with context ≡ r (mod b) crosses ⌈(r+k)/b⌉ − [r>0] block boundaries
-        // in k steps; with k = q·b + rem and r + rem < 2b that is q plus two comparisons,
-        // which keeps divisions out of this loop.
-        let (q, rem) = (k / b, k % b);
-        let mut total = 0;
-        for (key, &count) in self.residue.iter().enumerate() {
-            if count == 0 {
-                continue;
-            }
-            let mut r = key as u64 + shift;
-            if r >= b {
-                r -= b;
-            }
-            let x = r + rem;
-            let crossings = q + u64::from(x > 0) + u64::from(x > b) - u64::from(r > 0);
-            total += count * crossings;
-        }
-        total
+        debug_assert_eq!(
+            self.residue.iter().sum::<u64>(),
+            self.decoding.len() as u64,
+            "residues count the decoding sequences"
+        );
+        growth(
+            &self.residue,
+            self.step % u64::from(self.cfg.block_size),
+            self.decoding.len() as u64,
+            k,
+        )
     }
 
     /// Largest number of decode steps whose KV growth fits in what is available.
@@ -105,5 +92,72 @@ impl Engine {
     pub(super) fn blocks_after(&self, after: u32, target: u32, cached_tokens: u64) -> u64 {
         let tokens = u64::from(after) + u64::from(after == target);
         self.block_of(tokens - cached_tokens)
+    }
+}
+
+/// Blocks that `n` decoding sequences open over `k` more tokens each, where `residue[key]`
+/// counts those whose context is now ≡ key + shift (mod b = `residue.len()`).
+///
+/// A sequence with context ≡ r (mod b) crosses ⌈(r+k)/b⌉ − [r>0] block boundaries in `k`
+/// steps; with k = q·b + rem that is q, plus one when r = 0 < rem (its context fills its
+/// last block exactly, so its first token opens one) or when r + rem > b (it fills its
+/// last block and opens another). So every sequence counts q, and only residue 0 and
+/// residues b − rem + 1 .. b − 1 (contiguous keys, wrapping at most once) add one: a sum
+/// over fewer than `rem` counters, not a pass over all b with a comparison each (this runs
+/// for every decode stretch and every split of one).
+fn growth(residue: &[u64], shift: u64, n: u64, k: u64) -> u64 {
+    let b = residue.len() as u64;
+    let key_of = |r: u64| (if r >= shift { r - shift } else { r + b - shift }) as usize;
+    if k == 1 {
+        // Only sequences whose context fills its last block exactly need a new one.
+        return residue[key_of(0)];
+    }
+    let (q, rem) = (k / b, k % b);
+    let mut total = q * n;
+    if rem > 0 {
+        total += residue[key_of(0)];
+        // rem − 1 keys from residue b − rem + 1's (for rem = 1 an empty range, whose start
+        // may be b itself).
+        let start = key_of(b - rem + 1);
+        let end = start + (rem - 1) as usize;
+        if end <= residue.len() {
+            total += residue[start..end].iter().sum::<u64>();
+        } else {
+            total += residue[start..].iter().sum::<u64>();
+            total += residue[..end - residue.len()].iter().sum::<u64>();
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::growth;
+    use proptest::prelude::*;
+
+    /// The count one sequence at a time: ⌈(r+k)/b⌉ − [r>0] boundaries for residue r.
+    fn by_sequence(residue: &[u64], shift: u64, k: u64) -> u64 {
+        let b = residue.len() as u64;
+        residue
+            .iter()
+            .enumerate()
+            .map(|(key, &count)| {
+                let r = (key as u64 + shift) % b;
+                count * ((r + k).div_ceil(b) - u64::from(r > 0))
+            })
+            .sum()
+    }
+
+    proptest! {
+        #[test]
+        fn growth_counts_each_sequences_boundaries(
+            residue in proptest::collection::vec(0u64..5, 1..40),
+            shift in 0u64..1000,
+            k in 1u64..300,
+        ) {
+            let shift = shift % residue.len() as u64;
+            let n = residue.iter().sum();
+            prop_assert_eq!(growth(&residue, shift, n, k), by_sequence(&residue, shift, k));
+        }
     }
 }
