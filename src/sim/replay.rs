@@ -14,10 +14,9 @@
 //! engine jumping over a decode stretch has done part of it by then, as the daemon's
 //! engines, publishing after every step, show.
 //!
-//! Engines are woken through a min-heap of their next event times, with lazy deletion: a
-//! backend's entry is pushed whenever its next event time changes and stale entries are
-//! skipped when popped. Only requests in flight are held, so memory stays flat however
-//! long the trace.
+//! Engines are woken through a queue with one entry per backend, its next event time,
+//! re-keyed in place whenever that time changes ([`WakeQueue`]). Only requests in flight
+//! are held, so memory stays flat however long the trace.
 
 mod failover;
 mod finish;

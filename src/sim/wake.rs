@@ -1,31 +1,37 @@
-//! The queue of engine wake-up times: an indexed 4-ary min-heap (half the depth of a
-//! binary one; four 16-byte children fill 64 bytes) with one slot per backend, so a backend
-//! whose next event moves (every arrival can split a decode stretch) is re-keyed in place
-//! instead of leaving stale entries behind. Ties break by backend id, which keeps replays
-//! deterministic. Sifting moves a hole rather than swapping, and a key is one integer
-//! (time, then backend), so each level costs one comparison per child and one write.
+//! The queue of engine wake-up times: a tournament tree (a complete binary tree over one
+//! leaf per backend, each inner node holding the smaller of its children's keys), so the
+//! earliest wake-up is the root and re-keying a backend (every engine step does, and
+//! every arrival can split a decode stretch) rewrites its leaf and the winners on the way
+//! up, stopping at the first one that does not change. An indexed heap did the same with
+//! a sift through up to four children per level and a position table to keep in step;
+//! here each level is one comparison of two siblings and one write, and the common case,
+//! the backend just woken (the root's winner) moving later, costs one pass of ~log2(n)
+//! levels with no data-dependent branching on which child to follow. Ties break by backend
+//! id, which keeps replays deterministic: a key is one integer (time, then backend), so
+//! one comparison orders by both.
 //!
 //! The key is a `u64` (time shifted left by just enough bits for the backend ids) while the
 //! times fit, which they do for any replay under 78 hours at 65,536 backends or 200 days
 //! at 1,024; a later time switches the queue to `u128` keys, once. Both encodings order
-//! entries alike, so the switch keeps the heap as it is and no replay can tell them apart;
-//! the narrow keys halve the bytes and the work of each comparison on the hot path (every
-//! engine wake-up re-keys its backend, sifting it down the heap).
+//! entries alike, so the switch converts the tree in place and no replay can tell them
+//! apart; the narrow keys halve the bytes and the work of each comparison on the hot path.
+//! An empty leaf holds the key type's maximum, which no real key reaches (a narrow key
+//! that would is widened).
 
 use crate::request::Nanos;
 
-const ABSENT: u32 = u32::MAX;
-const ARITY: usize = 4;
-
-/// A heap entry's encoding: the time in the high bits, the backend in the low `bits`, so
+/// A tree entry's encoding: the time in the high bits, the backend in the low `bits`, so
 /// one integer comparison orders by time and then by backend.
 pub(crate) trait Key: Copy + Ord + std::fmt::Debug {
+    /// The empty leaf, larger than every real key.
+    const NONE: Self;
     fn new(t: Nanos, backend: usize, bits: u32) -> Self;
     fn time(self, bits: u32) -> Nanos;
     fn backend(self, bits: u32) -> usize;
 }
 
 impl Key for u64 {
+    const NONE: u64 = u64::MAX;
     fn new(t: Nanos, backend: usize, bits: u32) -> u64 {
         (t << bits) | backend as u64
     }
@@ -38,6 +44,8 @@ impl Key for u64 {
 }
 
 impl Key for u128 {
+    // Backends take the low 32 bits of the 64 below the time, so no key is all ones.
+    const NONE: u128 = u128::MAX;
     fn new(t: Nanos, backend: usize, _: u32) -> u128 {
         (u128::from(t) << 64) | backend as u128
     }
@@ -50,10 +58,11 @@ impl Key for u128 {
 }
 
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Heap<K> {
-    /// Keys stored inline so sifting touches one array.
-    heap: Vec<K>,
-    pos: Vec<u32>,
+pub(crate) struct Tree<K> {
+    /// Node 1 is the root, node i's children are 2i and 2i + 1, and backend b's leaf is
+    /// `leaves + b` (node 0 is unused).
+    nodes: Vec<K>,
+    leaves: usize,
     /// Low bits of a key that hold the backend.
     bits: u32,
 }
@@ -61,8 +70,8 @@ pub(crate) struct Heap<K> {
 /// The queue of wake-up times, in whichever key width its times need.
 #[derive(Clone, Debug)]
 pub(crate) enum WakeQueue {
-    Narrow(Heap<u64>),
-    Wide(Heap<u128>),
+    Narrow(Tree<u64>),
+    Wide(Tree<u128>),
 }
 
 impl Default for WakeQueue {
@@ -74,9 +83,10 @@ impl Default for WakeQueue {
 impl WakeQueue {
     pub(crate) fn new(backends: usize) -> Self {
         let bits = usize::BITS - backends.saturating_sub(1).leading_zeros();
-        WakeQueue::Narrow(Heap {
-            heap: Vec::with_capacity(backends),
-            pos: vec![ABSENT; backends],
+        let leaves = backends.max(1).next_power_of_two();
+        WakeQueue::Narrow(Tree {
+            nodes: vec![u64::NONE; 2 * leaves],
+            leaves,
             bits,
         })
     }
@@ -92,7 +102,9 @@ impl WakeQueue {
     /// Sets or clears a backend's wake-up time.
     pub(crate) fn set(&mut self, backend: usize, at: Option<Nanos>) {
         if let (WakeQueue::Narrow(h), Some(t)) = (&*self, at) {
-            if t > u64::MAX >> h.bits {
+            // Past the narrow range, or exactly the all-ones key an empty leaf holds.
+            let last = u64::MAX >> h.bits;
+            if t > last || (t == last && u64::new(t, backend, h.bits) == u64::NONE) {
                 self.widen();
             }
         }
@@ -103,133 +115,52 @@ impl WakeQueue {
     }
 
     /// Switches to `u128` keys. The encodings order entries alike, so each key is
-    /// converted in place and the heap's shape stays valid.
+    /// converted in place and every inner node still holds its children's minimum.
     fn widen(&mut self) {
         let WakeQueue::Narrow(h) = self else { return };
         let bits = h.bits;
-        let heap = h
-            .heap
+        let nodes = h
+            .nodes
             .iter()
-            .map(|&k| u128::new(k.time(bits), k.backend(bits), bits))
+            .map(|&k| {
+                if k == u64::NONE {
+                    u128::NONE
+                } else {
+                    u128::new(k.time(bits), k.backend(bits), bits)
+                }
+            })
             .collect();
-        let pos = std::mem::take(&mut h.pos);
-        *self = WakeQueue::Wide(Heap { heap, pos, bits });
+        *self = WakeQueue::Wide(Tree {
+            nodes,
+            leaves: h.leaves,
+            bits,
+        });
     }
 }
 
-impl<K: Key> Heap<K> {
+impl<K: Key> Tree<K> {
     fn peek(&self) -> Option<(Nanos, usize)> {
-        self.heap
-            .first()
-            .map(|&k| (k.time(self.bits), k.backend(self.bits)))
-    }
-
-    fn key(&self, t: Nanos, backend: usize) -> K {
-        K::new(t, backend, self.bits)
-    }
-
-    fn backend_of(&self, k: K) -> usize {
-        k.backend(self.bits)
+        let k = self.nodes[1];
+        (k != K::NONE).then(|| (k.time(self.bits), k.backend(self.bits)))
     }
 
     fn set(&mut self, backend: usize, at: Option<Nanos>) {
-        let p = self.pos[backend];
-        match (at, p) {
-            (None, ABSENT) => {}
-            (None, p) => self.remove_at(p as usize),
-            (Some(t), ABSENT) => {
-                let k = self.key(t, backend);
-                self.heap.push(k);
-                self.up(self.heap.len() - 1, k);
-            }
-            (Some(t), p) => {
-                let (old, new) = (self.heap[p as usize], self.key(t, backend));
-                if new < old {
-                    self.up(p as usize, new);
-                } else if new > old {
-                    self.down(p as usize, new);
-                }
-            }
+        let k = at.map_or(K::NONE, |t| K::new(t, backend, self.bits));
+        let mut i = self.leaves + backend;
+        if self.nodes[i] == k {
+            return;
         }
-    }
-
-    fn remove_at(&mut self, i: usize) {
-        let gone = self.heap.swap_remove(i);
-        let b = self.backend_of(gone);
-        self.pos[b] = ABSENT;
-        if let Some(&moved) = self.heap.get(i) {
-            // The last entry fills the hole: it may belong above or below it.
-            if i > 0 && moved < self.heap[(i - 1) / ARITY] {
-                self.up(i, moved);
-            } else {
-                self.down(i, moved);
+        self.nodes[i] = k;
+        // Replay each match on the way up; once a winner stays the same, so does every
+        // one above it.
+        while i > 1 {
+            let won = self.nodes[i].min(self.nodes[i ^ 1]);
+            i >>= 1;
+            if self.nodes[i] == won {
+                return;
             }
+            self.nodes[i] = won;
         }
-    }
-
-    /// Places `k` at or above hole `i`, moving larger parents down into the hole (one
-    /// write per level instead of a swap).
-    fn up(&mut self, mut i: usize, k: K) {
-        while i > 0 {
-            let parent = (i - 1) / ARITY;
-            let pk = self.heap[parent];
-            if k >= pk {
-                break;
-            }
-            self.heap[i] = pk;
-            let b = self.backend_of(pk);
-            self.pos[b] = i as u32;
-            i = parent;
-        }
-        self.heap[i] = k;
-        let b = self.backend_of(k);
-        self.pos[b] = i as u32;
-    }
-
-    /// Places `k` at or below hole `i`, moving the smallest child up while it is smaller.
-    fn down(&mut self, mut i: usize, k: K) {
-        let len = self.heap.len();
-        loop {
-            let first = ARITY * i + 1;
-            if first + ARITY <= len {
-                // A full node (all but the last on the way down): a fixed-size array, so
-                // the four comparisons compile without bounds checks or a loop.
-                let c: &[K; ARITY] = self.heap[first..first + ARITY]
-                    .try_into()
-                    .expect("four children");
-                let (m01, k01) = if c[1] < c[0] { (1, c[1]) } else { (0, c[0]) };
-                let (m23, k23) = if c[3] < c[2] { (3, c[3]) } else { (2, c[2]) };
-                let (m, mk) = if k23 < k01 { (m23, k23) } else { (m01, k01) };
-                if mk >= k {
-                    break;
-                }
-                self.heap[i] = mk;
-                let b = self.backend_of(mk);
-                self.pos[b] = i as u32;
-                i = first + m;
-                continue;
-            }
-            if first >= len {
-                break;
-            }
-            let children = &self.heap[first..len];
-            let (mut m, mut mk) = (0, children[0]);
-            for (c, &ck) in children.iter().enumerate().skip(1) {
-                if ck < mk {
-                    (m, mk) = (c, ck);
-                }
-            }
-            if mk >= k {
-                break;
-            }
-            self.heap[i] = mk;
-            let b = self.backend_of(mk);
-            self.pos[b] = i as u32;
-            i = first + m;
-        }
-        self.heap[i] = k;
-        let b = self.backend_of(k);
-        self.pos[b] = i as u32;
     }
 }
 
@@ -288,5 +219,18 @@ mod tests {
         assert_eq!(q.peek(), Some((u64::MAX >> 10, 7)));
         q.set(7, None);
         assert_eq!(q.peek(), Some(((u64::MAX >> 10) + 1, 8)));
+    }
+
+    #[test]
+    fn the_all_ones_narrow_key_widens_rather_than_reading_as_empty() {
+        let mut q = WakeQueue::new(4);
+        let last = u64::MAX >> 2;
+        q.set(2, Some(last));
+        assert!(matches!(q, WakeQueue::Narrow(_)));
+        // Backend 3 at the last narrow time would encode as all ones: an empty leaf's key.
+        q.set(3, Some(last));
+        assert!(matches!(q, WakeQueue::Wide(_)));
+        q.set(2, None);
+        assert_eq!(q.peek(), Some((last, 3)));
     }
 }
