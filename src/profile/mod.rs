@@ -4,13 +4,15 @@
 
 mod catalogue;
 mod engine;
+mod floor_sum;
 mod perf;
 mod spec;
 mod table;
 
 pub use catalogue::{Catalogue, EMBEDDED_CHIPS, EMBEDDED_ENGINES, EMBEDDED_MODELS};
 pub use engine::{EngineCatalogue, EngineCoefficients, EngineProfile, EngineSpec, FieldBounds};
-pub use perf::{floor_sum, PerfModel, ProfileError, StepShape};
+pub use floor_sum::floor_sum;
+pub use perf::{PerfModel, ProfileError, StepShape};
 pub use spec::{ChipSpec, Dtype, ModelSpec, SpecViolation};
 pub use table::{interpolate, MeasuredTable, MeasuredTables};
 

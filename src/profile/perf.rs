@@ -47,6 +47,7 @@
 //! of steps and still land on the same nanosecond as stepping one at a time.
 
 use super::engine::{EngineCoefficients, EngineProfile};
+use super::floor_sum::{floor_sum, floor_sum_u64};
 use super::spec::{ChipSpec, Dtype, ModelSpec};
 use super::table::MeasuredTable;
 use crate::request::Nanos;
@@ -550,61 +551,4 @@ impl PerfModel {
         }
         lo
     }
-}
-
-/// [`floor_sum`] in 64-bit arithmetic, `None` if anything would overflow. Replay calls
-/// this on every decode stretch, and 128-bit division is several times slower.
-fn floor_sum_u64(mut n: u64, mut m: u64, mut a: u64, mut b: u64) -> Option<u64> {
-    let mut ans = 0u64;
-    if n == 0 {
-        return Some(0);
-    }
-    loop {
-        if a >= m {
-            let pairs = if n.is_multiple_of(2) {
-                (n / 2).checked_mul(n - 1)?
-            } else {
-                n.checked_mul((n - 1) / 2)?
-            };
-            ans = ans.checked_add(pairs.checked_mul(a / m)?)?;
-            a %= m;
-        }
-        if b >= m {
-            ans = ans.checked_add(n.checked_mul(b / m)?)?;
-            b %= m;
-        }
-        let y_max = a.checked_mul(n)?.checked_add(b)?;
-        if y_max < m {
-            return Some(ans);
-        }
-        n = y_max / m;
-        b = y_max % m;
-        std::mem::swap(&mut m, &mut a);
-    }
-}
-
-/// Σ_{i=0}^{n-1} floor((a·i + b) / m), the classic Euclid-like reduction (O(log m)).
-pub fn floor_sum(mut n: u128, mut m: u128, mut a: u128, mut b: u128) -> u128 {
-    let mut ans = 0u128;
-    if n == 0 {
-        return 0;
-    }
-    loop {
-        if a >= m {
-            ans += n * (n - 1) / 2 * (a / m);
-            a %= m;
-        }
-        if b >= m {
-            ans += n * (b / m);
-            b %= m;
-        }
-        let y_max = a * n + b;
-        if y_max < m {
-            break;
-        }
-        n = y_max / m;
-        b = y_max % m;
-        std::mem::swap(&mut m, &mut a);
-    }
-    ans
 }
