@@ -377,23 +377,14 @@ impl Daemon {
     }
 }
 
-/// `dj-<id>`, the id of a request whose client named none: digits written directly, not
-/// through the formatting machinery (it runs for most requests).
+/// `dj-<id>`, the id of a request whose client named none: digits by `itoa`, not through
+/// the formatting machinery (it runs for most requests).
 fn generated_id(id: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = id;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut s = String::with_capacity(3 + digits.len() - at);
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(id);
+    let mut s = String::with_capacity(3 + digits.len());
     s.push_str("dj-");
-    s.push_str(std::str::from_utf8(&digits[at..]).expect("digits"));
+    s.push_str(digits);
     s
 }
 

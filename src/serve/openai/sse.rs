@@ -225,19 +225,10 @@ fn text_open(endpoint: Endpoint, first: bool) -> &'static str {
     }
 }
 
-/// `n` in decimal, without the formatting machinery (it runs for every usage object).
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&buf[at..]).expect("digits"));
+/// `n` in decimal, by `itoa` rather than the formatting machinery (it runs for every
+/// usage object).
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// `s` as a JSON string.
