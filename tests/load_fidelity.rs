@@ -130,6 +130,36 @@ async fn daemon_run_on(
     // One daemon at a time: each wants the machine's two cores to itself, and a client
     // starved by a concurrent test's daemon falls behind its schedule.
     let _one_at_a_time = ONE_DAEMON.lock().await;
+    // A run in which the client could not keep its schedule compares nothing (see
+    // `client_kept_up`): it is run again, a bounded number of times, and only a run that
+    // kept the schedule is compared. A daemon that makes the client late every time
+    // still fails here.
+    for attempt in 1.. {
+        let (report, metrics) =
+            daemon_run_once(fleet.clone(), policy, records, time_scale, slow, api).await;
+        match client_kept_up(policy, &report.load) {
+            Ok(()) => return (report.report.policies.into_iter().next().unwrap(), metrics),
+            Err(why) if attempt < VOID_RUNS => {
+                eprintln!("{why}: void run {attempt}, running again")
+            }
+            Err(why) => panic!("{why} in {VOID_RUNS} runs out of {VOID_RUNS}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
+}
+
+/// Runs a comparison may void (the client fell behind) before the test fails.
+const VOID_RUNS: u32 = 3;
+
+/// One daemon started, driven by the load generator and shut down.
+async fn daemon_run_once(
+    fleet: Option<PathBuf>,
+    policy: &str,
+    records: &[TraceRecord],
+    time_scale: f64,
+    slow: Option<(&str, f64)>,
+    api: &Api,
+) -> (loadgen::LoadReport, String) {
     // The daemon gets its own runtime and threads, as in its own process, so the load
     // generator's sends never queue behind the daemon's tasks on shared workers.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -184,21 +214,24 @@ async fn daemon_run_on(
     d.shutdown();
     rt.spawn(d.wait()).await.unwrap().unwrap();
     rt.shutdown_background();
-    // Latency is measured from the actual send, so a send more than 10 ms late only
-    // moves that one request's arrival, which moves no percentile here beyond the
-    // tolerance (`the_tolerance_covers_the_daemons_timing_jitter`). This shared 2-core machine delays the odd
-    // send by 10–20 ms; more than 2% late would mean the client could not keep the
-    // schedule at all and the comparison is void.
-    let load = &report.load;
+    (report, metrics)
+}
+
+/// Latency is measured from the actual send, so a send more than 10 ms late only moves
+/// that one request's arrival, which moves no percentile here beyond the tolerance
+/// (`the_tolerance_covers_the_daemons_timing_jitter`). This shared 2-core machine delays
+/// the odd send by 10–20 ms; more than 2% late means the client could not keep the
+/// schedule at all (another process had the cores) and the comparison is void.
+fn client_kept_up(policy: &str, load: &loadgen::LoadSummary) -> Result<(), String> {
     eprintln!(
         "{policy}: send lag p99 {:.1} ms, max {:.1} ms; {} of {} sent late",
         load.send_lag_ms.p99, load.send_lag_ms.max, load.late_sent, load.scheduled
     );
-    assert!(
-        load.late_sent * 50 <= load.scheduled,
-        "the client fell behind: {load:?}"
-    );
-    (report.report.policies.into_iter().next().unwrap(), metrics)
+    if load.late_sent * 50 <= load.scheduled {
+        Ok(())
+    } else {
+        Err(format!("the client fell behind: {load:?}"))
+    }
 }
 
 fn check(policy: &str, time_scale: f64, replay: &PolicyReport, load: &PolicyReport, what: &str) {
