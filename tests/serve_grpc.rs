@@ -72,9 +72,14 @@ async fn time_scale_speeds_up_wall_time() {
     })
     .await;
     let mut c = inference(d.grpc_addr).await;
-    let seen = generate(&mut c, tonic::Request::new(request(2000, 60))).await;
+    // Long enough (about 9.4 simulated s) that the wall time the client adds around the
+    // daemon's own (the connection's first stream, loopback hops, a busy machine's
+    // scheduling: tens of wall ms at worst, times ten) stays within the tolerance; a
+    // wrong time scale (2×, or none) is still far outside it.
+    let seen = generate(&mut c, tonic::Request::new(request(2000, 600))).await;
     let t = seen.finished.unwrap().timings.unwrap();
     let wall = seen.chunks.last().unwrap().0.as_secs_f64();
+    eprintln!("wall {wall:.3} s, simulated e2e {:.3} s", t.e2e_seconds);
     // Simulated e2e is ten times the wall time the client waited (less the network hop).
     assert!(
         (wall * 10.0 - t.e2e_seconds).abs() <= 0.15 * t.e2e_seconds + 0.05,
