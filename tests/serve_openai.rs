@@ -153,6 +153,16 @@ async fn non_streaming_answers_models_and_health() {
 
     let e = error_of(&get(d.openai_addr, "/chat/completions").await, 404);
     assert_eq!(e["code"], "not_found");
+    // The wrong method on a known path: 405 in the same shape (not an empty body), with
+    // the method to use in the message and in `Allow`.
+    let r = get(d.openai_addr, CHAT).await;
+    let e = error_of(&r, 405);
+    assert_eq!(e["code"], "method_not_allowed");
+    assert!(e["message"].as_str().unwrap().contains("use POST"), "{e}");
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = post(d.openai_addr, "/v1/models", &[], "{}").await;
+    let e = error_of(&r, 405);
+    assert!(e["message"].as_str().unwrap().contains("use GET"), "{e}");
     // (503 while draining: serve_openai_lifecycle's SIGTERM test.)
     assert_eq!(get(d.openai_addr, "/health").await.status, 200);
 }

@@ -331,6 +331,24 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
     e.into_response()
 }
 
+/// A known path with the wrong method (a `GET` of `/v1/chat/completions`, a `POST` to
+/// `/v1/models`): 405 in OpenAI's shape, naming the method to use, rather than axum's
+/// empty body, which a client's error handling cannot read. axum adds the `Allow` header.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let allowed = match path {
+        "/v1/chat/completions" | "/v1/completions" => "POST",
+        _ => "GET",
+    };
+    let mut e = ApiError::invalid(
+        "method",
+        format!("`{method}` is not allowed on `{path}`; use {allowed}"),
+    );
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
+    e.code = "method_not_allowed".into();
+    e.into_response()
+}
+
 /// `GET /health`: 200 while the daemon takes requests, 503 (with `Retry-After`) before
 /// it is ready and once it drains.
 pub async fn health(State(d): State<Arc<Daemon>>) -> Response {

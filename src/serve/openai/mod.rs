@@ -42,5 +42,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))
         .fallback(handlers::not_found)
+        // After the routes: it applies to the ones registered before it.
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(daemon)
 }
