@@ -334,8 +334,21 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         ),
         Some(_) => return Err(ApiError::invalid("stream_options", "must be an object")),
     };
-    // The length: the client's override, else the estimate.
-    let tokens = header_u64(headers, "x-dujiang-prompt-tokens")?.unwrap_or(shape.tokens);
+    // The length: the client's override, else the estimate. An override the shared
+    // checks would refuse is refused here, naming the header the client sent (they would
+    // name the wire's `prompt_tokens`, or the u32 it was clamped to).
+    const PROMPT_TOKENS: &str = "x-dujiang-prompt-tokens";
+    let tokens = match header_u64(headers, PROMPT_TOKENS)? {
+        Some(0) => return Err(ApiError::invalid(PROMPT_TOKENS, "must be at least 1")),
+        Some(n) if n > u64::from(u32::MAX) => {
+            return Err(ApiError::invalid(
+                PROMPT_TOKENS,
+                format!("{n} tokens is longer than any model's context"),
+            ))
+        }
+        Some(n) => n,
+        None => shape.tokens,
+    };
     // Beyond u32 is beyond any context: the shared check refuses it as too long.
     wire.prompt_tokens = Some(u32::try_from(tokens).unwrap_or(u32::MAX));
     wire.prefix_hashes = prefix_hashes(&b, headers, shape, tokens)?;
