@@ -570,10 +570,16 @@ fn max_tokens(b: &Body) -> Result<u32, ApiError> {
         match b.get(field) {
             None | Some(Val::Null) => {}
             Some(v) => {
-                return v
+                let n = v
                     .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| ApiError::invalid(field, "must be a non-negative integer"));
+                    .ok_or_else(|| ApiError::invalid(field, "must be a non-negative integer"))?;
+                // A count no context holds: said so, not that it is not an integer.
+                return u32::try_from(n).map_err(|_| {
+                    ApiError::invalid(
+                        field,
+                        format!("{n} tokens is longer than any model's context"),
+                    )
+                });
             }
         }
     }

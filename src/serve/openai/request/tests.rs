@@ -140,3 +140,17 @@ fn a_prompt_length_header_out_of_range_is_refused_naming_the_header() {
     assert_eq!(e.param.as_deref(), Some("x-dujiang-prompt-tokens"));
     assert!(e.message.contains("99999999999 tokens"), "{}", e.message);
 }
+
+#[test]
+fn a_max_tokens_beyond_any_context_is_called_too_long_not_a_non_integer() {
+    let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+    for field in ["max_tokens", "max_completion_tokens"] {
+        let e = chat(&format!("{{{m},\"{field}\":99999999999999}}")).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some(field));
+        assert!(
+            e.message.contains("99999999999999 tokens is longer"),
+            "{}",
+            e.message
+        );
+    }
+}
