@@ -536,7 +536,9 @@ fn completion_prompt(b: &Body, wire: &mut wire::GenerateRequest) -> Result<Shape
     if let Val::Arr(a) = p {
         if a.len() == 1 && (a[0].is_string() || a[0].is_array()) {
             p = &a[0];
-        } else if a.iter().any(|v| v.is_string() || v.is_array()) {
+        } else if a.first().is_some_and(|v| v.is_string() || v.is_array()) {
+            // A list of prompts; one that starts with a number is token ids, and a
+            // string among them is a bad id (below), not a second prompt.
             return Err(ApiError::invalid(
                 "prompt",
                 "one prompt per request; lists of prompts are not supported",

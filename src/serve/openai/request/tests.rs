@@ -154,3 +154,19 @@ fn a_max_tokens_beyond_any_context_is_called_too_long_not_a_non_integer() {
         );
     }
 }
+
+#[test]
+fn a_token_id_prompt_with_a_string_in_it_is_a_bad_id_not_a_list_of_prompts() {
+    let e = parse(
+        Endpoint::Completions,
+        &HeaderMap::new(),
+        br#"{"prompt":[1,"a"]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("prompt"));
+    assert!(
+        e.message.contains("token ids must be integers"),
+        "{}",
+        e.message
+    );
+}
