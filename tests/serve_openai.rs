@@ -236,6 +236,44 @@ async fn bad_requests_are_400_naming_the_field_and_an_unknown_model_404() {
 }
 
 #[tokio::test]
+async fn a_refusal_of_a_field_given_as_a_header_names_the_header() {
+    let d = start(two_h20()).await;
+    let body = r#"{"prompt":"hi","max_tokens":1}"#;
+    let long_id = "r".repeat(200);
+    let cases = [
+        (("x-request-id", long_id.as_str()), "x-request-id"),
+        (
+            ("x-dujiang-prefix-hashes", "1,2,3"),
+            "x-dujiang-prefix-hashes",
+        ),
+        (
+            ("x-dujiang-prompt-tokens", "9000"),
+            "x-dujiang-prompt-tokens",
+        ),
+    ];
+    for (header, param) in cases {
+        let e = error_of(
+            &post(d.openai_addr, COMPLETIONS, &[header], body).await,
+            400,
+        );
+        assert_eq!(e["param"], param, "{e}");
+        assert!(e["message"].as_str().unwrap().starts_with(param), "{e}");
+    }
+    // The same field in the body keeps its own name.
+    let e = error_of(
+        &post(
+            d.openai_addr,
+            COMPLETIONS,
+            &[("x-request-id", "short")],
+            &format!(r#"{{"prompt":"hi","max_tokens":1,"request_id":"{long_id}"}}"#),
+        )
+        .await,
+        400,
+    );
+    assert_eq!(e["param"], "request_id", "{e}");
+}
+
+#[tokio::test]
 async fn shed_is_429_with_retry_after() {
     let mut cfg = two_h20();
     cfg.time_scale = 1.0;

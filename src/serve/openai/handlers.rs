@@ -72,7 +72,8 @@ async fn try_complete(
             received,
             deadline,
         )
-        .await?;
+        .await
+        .map_err(|e| parsed.from_headers.rename(e.into()))?;
     let mut stream = RequestStream::new(d.clone(), accepted);
     // The placement headers come from the stream's backend, simulated text from the
     // token index (here and in [`EventStream`]).

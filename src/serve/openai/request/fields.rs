@@ -12,6 +12,34 @@ use crate::request::PREFIX_BLOCK_TOKENS;
 use crate::wire;
 use axum::http::HeaderMap;
 
+/// The wire fields a request's headers gave (rather than its body or the text), so that
+/// the shared checks' refusals, which name the wire's field (`request_id`,
+/// `prefix_hashes`, `prompt`), name the header the client actually sent instead.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FromHeaders {
+    pub(super) request_id: bool,
+    pub(super) prefix_hashes: bool,
+    pub(super) prompt_tokens: bool,
+}
+
+impl FromHeaders {
+    /// `e` with its field renamed to the header that gave it, if one did.
+    pub fn rename(self, mut e: ApiError) -> ApiError {
+        let header = match e.param.as_deref() {
+            Some("request_id") if self.request_id => "x-request-id",
+            Some("prefix_hashes") if self.prefix_hashes => "x-dujiang-prefix-hashes",
+            Some("prompt" | "prompt_tokens") if self.prompt_tokens => "x-dujiang-prompt-tokens",
+            _ => return e,
+        };
+        if let Some(p) = e.param.replace(header.into()) {
+            if let Some(rest) = e.message.strip_prefix(p.as_str()) {
+                e.message = format!("{header}{rest}");
+            }
+        }
+        e
+    }
+}
+
 pub(super) fn prefix_hashes(
     b: &Body,
     headers: &HeaderMap,

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 
 mod fields;
+pub use fields::FromHeaders;
 use fields::{header_str, header_u64, prefix_hashes, priority, slo};
 
 /// Output tokens when a request names no limit: OpenAI's documented default for
@@ -49,6 +50,8 @@ pub struct Parsed {
     pub timeout: Option<Duration>,
     /// Sampling fields a real engine is sent as they came ([`SAMPLING_FIELDS`]).
     pub sampling: Map<String, Value>,
+    /// Which of the wire's fields came from headers.
+    pub from_headers: FromHeaders,
 }
 
 /// Fields passed through, untouched, to a real engine serving the request (vLLM's and
@@ -338,7 +341,8 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
     // checks would refuse is refused here, naming the header the client sent (they would
     // name the wire's `prompt_tokens`, or the u32 it was clamped to).
     const PROMPT_TOKENS: &str = "x-dujiang-prompt-tokens";
-    let tokens = match header_u64(headers, PROMPT_TOKENS)? {
+    let length = header_u64(headers, PROMPT_TOKENS)?;
+    let tokens = match length {
         Some(0) => return Err(ApiError::invalid(PROMPT_TOKENS, "must be at least 1")),
         Some(n) if n > u64::from(u32::MAX) => {
             return Err(ApiError::invalid(
@@ -360,6 +364,16 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
             .unwrap_or_default()
             .to_string(),
         Some(_) => return Err(ApiError::invalid("request_id", "must be a string")),
+    };
+    // Only a header the body did not override counts (and most requests have none).
+    let from_headers = FromHeaders {
+        request_id: b.get("request_id").is_none()
+            && !headers.is_empty()
+            && headers.contains_key("x-request-id"),
+        prefix_hashes: b.get("prefix_hashes").is_none()
+            && !headers.is_empty()
+            && headers.contains_key("x-dujiang-prefix-hashes"),
+        prompt_tokens: length.is_some(),
     };
     let timeout = match header_u64(headers, "x-dujiang-timeout-ms")? {
         Some(0) => {
@@ -389,6 +403,7 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         continuous_usage,
         timeout,
         sampling,
+        from_headers,
     })
 }
 
