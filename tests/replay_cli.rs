@@ -238,3 +238,24 @@ fn replay_refuses_prompts_past_the_models_context_as_the_daemon_does() {
     );
     assert_eq!(p["completed"].as_u64().unwrap(), 200 - past - output_past);
 }
+
+/// A reader that closes the pipe before the report is printed (`dujiang replay … | head`)
+/// ends the command quietly with 141, as SIGPIPE ends other tools, not with a panic and a
+/// backtrace from `println!`.
+#[test]
+fn a_closed_stdout_ends_quietly_without_a_panic() {
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(["replay", "--trace"])
+        .arg(data("azure-llm-2023-conv-head300.csv"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the replay has printed anything: every write to stdout fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}

@@ -81,6 +81,7 @@ pub enum Command {
 
 /// Parses arguments, runs the subcommand, and turns an error into a message and exit code 1.
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Profile(args) => profile::run(args),
@@ -101,4 +102,28 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit status of a command whose reader went away: what a shell reports for a process
+/// ended by SIGPIPE (128 + 13), as `yes | head` leaves it.
+pub const CLOSED_STDOUT_EXIT: i32 = 141;
+
+/// A reader that closes the pipe early (`dujiang replay … | head -3`) ends the command
+/// quietly, as it ends other Unix tools. Rust ignores SIGPIPE, so `println!` panics
+/// instead ("failed printing to stdout: Broken pipe", with a backtrace); this hook turns
+/// that one panic into exit status 141 and leaves every other panic to the default hook.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(CLOSED_STDOUT_EXIT);
+        }
+        default(info)
+    }));
 }
