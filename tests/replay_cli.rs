@@ -259,3 +259,47 @@ fn a_closed_stdout_ends_quietly_without_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{err}");
 }
+
+/// The fleet file's policy, when it cannot be built, is blamed on the fleet file's lines
+/// (it was a bare "unknown policy" with no file); a `--policy` name on the flag.
+#[test]
+fn a_fleet_files_bad_policy_names_the_file_and_line() {
+    let fleet = tmp("bad-policy.toml");
+    let src = "name = \"x\"\nmodel = \"llama-3-8b\"\n[policy]\nname = \"least_work\"\n[pools.h20]\nchip = \"h20\"\ncount = 1\n";
+    let trace = data("azure-llm-2023-conv-head300.csv");
+    for (text, place) in [
+        (
+            src.to_string(),
+            "bad-policy.toml:4:1: field `policy.name`: unknown policy `least_work`",
+        ),
+        (
+            src.replace(
+                "least_work\"\n",
+                "least-work\"\n[policy.params]\nsampel = 2\n",
+            ),
+            "bad-policy.toml:6:1: field `policy.params.sampel`",
+        ),
+    ] {
+        std::fs::write(&fleet, text).unwrap();
+        let out = bin()
+            .args(["replay", "--trace"])
+            .arg(&trace)
+            .arg("--fleet")
+            .arg(&fleet)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(place), "{err}");
+    }
+    let out = bin()
+        .args(["replay", "--policy", "least_work", "--trace"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--policy: unknown policy `least_work`"),
+        "{err}"
+    );
+}

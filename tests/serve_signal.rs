@@ -130,3 +130,52 @@ fn bad_config_file_names_file_and_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A policy the daemon cannot build is blamed on the file and line that name it: the fleet
+/// file's `[policy]` (a parameter typo) and the config file's `policy` key (a name typo).
+#[test]
+fn bad_policy_in_fleet_or_config_names_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("dujiang-serve-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fleet = dir.join("fleet.toml");
+    std::fs::write(
+        &fleet,
+        "name = \"x\"\nmodel = \"llama-3-8b\"\n[policy]\nname = \"least-work\"\n[policy.params]\nsampel = 2\n[pools.h20]\nchip = \"h20\"\ncount = 1\n",
+    )
+    .unwrap();
+    let config = dir.join("serve.toml");
+    std::fs::write(&config, "time_scale = 2.0\npolicy = \"least_work\"\n").unwrap();
+    let ports = [
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--openai-addr",
+        "127.0.0.1:0",
+    ];
+    for (flag, file, place) in [
+        (
+            "--fleet",
+            &fleet,
+            "fleet.toml:6:1: field `policy.params.sampel`",
+        ),
+        (
+            "--config",
+            &config,
+            "serve.toml:2:1: field `policy`: unknown policy `least_work`",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
+            .args(["serve", flag])
+            .arg(file)
+            .args(ports)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(place), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

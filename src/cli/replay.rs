@@ -214,9 +214,20 @@ pub(super) fn run_cells(args: &RunArgs) -> Result<Ran> {
             })
             .collect()
     };
-    // Build every policy up front so a typo fails before any replay starts.
+    // Build every policy up front so a typo fails before any replay starts. The fleet
+    // file's own policy is blamed on its `[policy]` lines, a named one on the flag.
     for p in &policies {
-        crate::policy::build(&p.name, &p.params, args.seed)?;
+        if p.name == spec.policy.name {
+            crate::policy::from_fleet(&spec, args.seed)?;
+        } else {
+            crate::policy::build(&p.name, &p.params, args.seed).map_err(|e| {
+                if args.policies.is_empty() {
+                    anyhow!("{e}")
+                } else {
+                    anyhow!("--policy: {e}")
+                }
+            })?;
+        }
     }
     let threads = match args.threads {
         Some(0) => bail!("--threads must be at least 1"),

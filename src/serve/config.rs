@@ -234,6 +234,26 @@ impl ServeConfig {
                 ),
             ));
         }
+        if !self.policy.is_empty()
+            && !crate::policy::POLICIES
+                .iter()
+                .any(|p| p.name == self.policy)
+        {
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "policy",
+                format!(
+                    "unknown policy `{}`; known policies: {}",
+                    self.policy,
+                    crate::policy::POLICIES
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         if !self.admin_addr.ip().is_loopback() && self.admin_token_file.as_os_str().is_empty() {
             return Err(ConfigError::at_field(
                 file,
@@ -370,6 +390,17 @@ mod tests {
                 .starts_with("s.toml:2:1: field `time_scale`: must be at most 1e6, got 1000000000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn unknown_policy_is_placed() {
+        let err = ServeConfig::parse("\npolicy = \"least_work\"\n", "s.toml").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("s.toml:2:1: field `policy`: unknown policy `least_work`; known policies: round-robin"),
+            "{err}"
+        );
+        ServeConfig::parse("policy = \"least-work\"\n", "s.toml").unwrap();
     }
 
     #[test]

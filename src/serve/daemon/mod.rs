@@ -172,6 +172,10 @@ impl Daemon {
         } else {
             config.policy.clone()
         };
+        if policy_name == spec.policy.name {
+            // The fleet file's policy: a bad name or parameter is placed on its lines.
+            crate::policy::from_fleet(&spec, 0)?;
+        }
         let policy =
             ActivePolicy::by_name(&policy_name, &policy_params(&spec.policy, &policy_name))?;
         let metrics = Arc::new(Metrics::new());
