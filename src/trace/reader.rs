@@ -420,10 +420,17 @@ impl<R: BufRead> TraceReader<R> {
         let err = self
             .err(TraceErrorKind::Line, message)
             .at_column(e.column());
+        // A key serde names itself (an unknown or a missing one) is the field. Otherwise
         // serde_json does not say which key held a value of the wrong type; in a flat
         // object it is the last key before the error's column.
-        match e.classify() {
-            serde_json::error::Category::Data => match key_before(line, e.column()) {
+        let named = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| err.message.strip_prefix(p))
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(key, _)| key.to_string());
+        match (named, e.classify()) {
+            (Some(key), _) => err.in_field(key),
+            (None, serde_json::error::Category::Data) => match key_before(line, e.column()) {
                 Some(key) => err.in_field(key),
                 None => err,
             },
@@ -431,7 +438,25 @@ impl<R: BufRead> TraceReader<R> {
         }
     }
 
+    /// A JSON trace line must be an object: serde would also take an array of the
+    /// struct's fields in order, and name the struct in its error.
+    fn json_object(&self, line: &str) -> Result<(), TraceError> {
+        if line.trim_start().starts_with('{') {
+            return Ok(());
+        }
+        Err(self
+            .err(
+                TraceErrorKind::Line,
+                format!(
+                    "not a JSON object: each line of a {} trace is one request as {{\"key\": value, ...}}",
+                    self.format
+                ),
+            )
+            .at_column(line.len() - line.trim_start().len() + 1))
+    }
+
     fn parse_mooncake(&self, line: &str) -> Result<(i64, TraceRecord), TraceError> {
+        self.json_object(line)?;
         let row: MooncakeLine = serde_json::from_str(line).map_err(|e| self.json_err(line, e))?;
         let at = ms_to_ns(&row.timestamp)
             .map_err(|msg| self.err(TraceErrorKind::Line, msg).in_field("timestamp"))?;
@@ -447,6 +472,7 @@ impl<R: BufRead> TraceReader<R> {
     }
 
     fn parse_jsonl(&self, line: &str) -> Result<(i64, TraceRecord), TraceError> {
+        self.json_object(line)?;
         let row: JsonlLine = serde_json::from_str(line).map_err(|e| self.json_err(line, e))?;
         let field_err =
             |field: &str, msg: String| self.err(TraceErrorKind::Line, msg).in_field(field);
@@ -951,6 +977,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.message.contains("urgent"), "{err}");
+        // Unknown and missing keys are the field, not the key before them.
+        let err = read_all(
+            "{\"arrival_ms\": 1, \"input_tokens\": 1, \"output_tokens\": 2, \"foo\": 1}\n",
+            Format::Jsonl,
+        )
+        .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("foo"), "{err}");
+        let err =
+            read_all("{\"arrival_ms\": 1, \"input_tokens\": 1}\n", Format::Jsonl).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("output_tokens"), "{err}");
+        let err = read_all(
+            "{\"timestamp\": 1, \"input_length\": 1}\n",
+            Format::Mooncake,
+        )
+        .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("output_length"), "{err}");
+        // An array is not a request, even one with every field in order.
+        for line in [
+            "[1, 2]",
+            "[0, null, 1, 2, [], null, null, null, null, null]",
+            "7",
+        ] {
+            let err = read_all(&format!("{line}\n"), Format::Jsonl).unwrap_err();
+            assert_eq!(err.to_string(), "t:1:1: not a JSON object: each line of a jsonl trace is one request as {\"key\": value, ...}");
+        }
     }
 
     #[test]
