@@ -303,3 +303,59 @@ fn a_fleet_files_bad_policy_names_the_file_and_line() {
         "{err}"
     );
 }
+
+/// What the trace held that was not replayed as written is said, not left silent: broken
+/// lines skipped under --skip-bad-lines (with the first), arrivals clamped because they go
+/// backwards; and a trace with no request at all is an error, not a report of zeros.
+#[test]
+fn skipped_and_clamped_lines_are_reported_and_an_empty_trace_is_refused() {
+    let out = bin()
+        .args(["replay", "--skip-bad-lines", "--trace"])
+        .arg(data("azure-broken.csv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skipped 1 broken line(s) (--skip-bad-lines); the first: ")
+            && err.contains("azure-broken.csv:5:29: ContextTokens"),
+        "{err}"
+    );
+
+    let header = "TIMESTAMP,ContextTokens,GeneratedTokens\n";
+    let backwards = tmp("backwards.csv");
+    std::fs::write(
+        &backwards,
+        format!("{header}2023-11-16 18:15:46.0,374,44\n2023-11-16 18:15:40.0,374,44\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("replay")
+        .arg("--trace")
+        .arg(&backwards)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("backwards.csv: 1 arrival(s) earlier than the line before them"),
+        "{err}"
+    );
+
+    for (name, text) in [("empty.csv", ""), ("header-only.csv", header)] {
+        let path = tmp(name);
+        std::fs::write(&path, text).unwrap();
+        let out = bin()
+            .arg("replay")
+            .arg("--trace")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{name}: no request to replay")),
+            "{err}"
+        );
+    }
+}

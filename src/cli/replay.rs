@@ -260,10 +260,10 @@ pub(super) fn run_cells(args: &RunArgs) -> Result<Ran> {
     };
     let source = match (Source::day(&args.day, cells)?, &args.trace) {
         (Some(day), _) => day,
-        (None, Some(path)) => Source::File {
-            path: path.clone(),
-            format: args.format,
-            opts: ReadOptions {
+        (None, Some(path)) => Source::file(
+            path.clone(),
+            args.format,
+            ReadOptions {
                 on_error: if args.skip_bad_lines {
                     trace::OnError::Skip
                 } else {
@@ -271,7 +271,7 @@ pub(super) fn run_cells(args: &RunArgs) -> Result<Ran> {
                 },
                 ..ReadOptions::default()
             },
-        },
+        ),
         (None, None) => bail!("--trace FILE or --day doubao is required"),
     };
     // Check the trace opens and its format is known before fanning out.
@@ -329,6 +329,12 @@ pub(super) fn run_cells(args: &RunArgs) -> Result<Ran> {
         Err(_) => fold()?,
     };
     let wall = started.elapsed().as_secs_f64();
+    // What the file held that was not replayed as written, said rather than left silent.
+    if let Some(tally) = source.tally() {
+        for note in tally.notes(&source.describe())? {
+            eprintln!("note: {note}");
+        }
+    }
     let (runs, summaries): (Vec<RunTotals>, Vec<FaultSummary>) = acc
         .into_iter()
         .map(|got| got.ok_or_else(|| anyhow!("no cell to replay")))

@@ -6,11 +6,14 @@
 use super::trace::{parse_hours, DayPreset};
 use crate::request::Nanos;
 use crate::trace::{
-    self, cell_filter, DayConfig, DayTrace, Format, ReadOptions, Shard, TraceExt, TraceRecord,
+    self, cell_filter, DayConfig, DayTrace, Format, ReadCounts, ReadOptions, Shard, TraceError,
+    TraceExt, TraceReader, TraceRecord,
 };
 use anyhow::{bail, Result};
+use std::io::BufRead;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 /// `--day` and its parameters, as given on the command line.
 #[derive(clap::Args, Debug, Clone)]
@@ -61,6 +64,9 @@ pub enum Source {
         path: PathBuf,
         format: Format,
         opts: ReadOptions,
+        /// What the reader tallied over the whole file, set by the first read to reach its
+        /// end (every cell reads the whole file, so every read tallies the same).
+        tally: Arc<OnceLock<Tally>>,
     },
     Day {
         cfg: Box<DayConfig>,
@@ -71,6 +77,77 @@ pub enum Source {
         /// is estimated once.
         whole: Box<DayTrace>,
     },
+}
+
+/// What reading a trace file skipped or changed, for the notes under the report.
+#[derive(Clone, Debug)]
+pub struct Tally {
+    pub counts: ReadCounts,
+    /// The first broken line skipped under --skip-bad-lines.
+    pub first_skipped: Option<TraceError>,
+}
+
+impl Tally {
+    /// Lines for people about what the replay did not take as written, each naming the
+    /// file; an error when the file held no request at all, which is never what was meant.
+    pub fn notes(&self, file: &str) -> Result<Vec<String>> {
+        let c = &self.counts;
+        let first = self
+            .first_skipped
+            .as_ref()
+            .map(|e| format!("; the first: {e}"))
+            .unwrap_or_default();
+        if c.records == 0 {
+            if c.malformed > 0 {
+                bail!("{file}: no request to replay: all {} request lines are broken and were skipped{first}", c.malformed);
+            }
+            if c.failed > 0 {
+                bail!("{file}: no request to replay: all {} requests are marked failed by the trace (zero response tokens)", c.failed);
+            }
+            bail!("{file}: no request to replay: the trace is empty (or only a header)");
+        }
+        let mut notes = Vec::new();
+        if c.malformed > 0 {
+            notes.push(format!(
+                "{file}: skipped {} broken line(s) (--skip-bad-lines){first}",
+                c.malformed
+            ));
+        }
+        if c.failed > 0 {
+            notes.push(format!(
+                "{file}: skipped {} request(s) the trace marks as failed (zero response tokens)",
+                c.failed
+            ));
+        }
+        if c.out_of_order > 0 {
+            notes.push(format!(
+                "{file}: {} arrival(s) earlier than the line before them, replayed at that line's arrival",
+                c.out_of_order
+            ));
+        }
+        Ok(notes)
+    }
+}
+
+/// A reader that leaves its tally in `into` once it has read the whole file.
+struct Tallied<R> {
+    reader: TraceReader<R>,
+    into: Arc<OnceLock<Tally>>,
+}
+
+impl<R: BufRead> Iterator for Tallied<R> {
+    type Item = Result<TraceRecord, TraceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.reader.next();
+        if item.is_none() {
+            let _ = self.into.set(Tally {
+                counts: self.reader.counts(),
+                first_skipped: self.reader.first_skipped().cloned(),
+            });
+        }
+        item
+    }
 }
 
 /// One cell's records, errors as `anyhow` so every source replays alike.
@@ -135,10 +212,31 @@ impl Source {
         }
     }
 
+    /// A trace file of `format`, read with `opts`.
+    pub fn file(path: PathBuf, format: Format, opts: ReadOptions) -> Source {
+        Source::File {
+            path,
+            format,
+            opts,
+            tally: Arc::default(),
+        }
+    }
+
+    /// What reading the trace file skipped or changed, once a replay has read it whole
+    /// (`None` for a generated day, or before).
+    pub fn tally(&self) -> Option<&Tally> {
+        match self {
+            Source::File { tally, .. } => tally.get(),
+            Source::Day { .. } => None,
+        }
+    }
+
     /// Checks that the source opens, before any replay starts.
     pub fn check(&self) -> Result<()> {
         match self {
-            Source::File { path, format, opts } => {
+            Source::File {
+                path, format, opts, ..
+            } => {
                 trace::open(path, *format, *opts)?;
             }
             // Checked when made.
@@ -150,8 +248,16 @@ impl Source {
     /// The records of cell `cell` of `cells`, at `rate_scale` times their rate.
     pub fn cell(&self, cell: u32, cells: u32, rate_scale: f64) -> Result<Records> {
         match self {
-            Source::File { path, format, opts } => {
-                let reader = trace::open(path, *format, *opts)?;
+            Source::File {
+                path,
+                format,
+                opts,
+                tally,
+            } => {
+                let reader = Tallied {
+                    reader: trace::open(path, *format, *opts)?,
+                    into: tally.clone(),
+                };
                 let records = cell_filter(reader, cell, cells)
                     .scale_rate(rate_scale)
                     .map(|r| r.map_err(anyhow::Error::from));
