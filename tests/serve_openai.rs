@@ -440,4 +440,28 @@ async fn an_oversized_body_is_refused_in_openai_shape() {
     );
     let e = error_of(&post(d.openai_addr, CHAT, &[], &huge).await, 413);
     assert_eq!(e["param"], "body");
+    // A body that cannot be read is a bad request, not one too large: broken chunked
+    // framing, and a client that stops sending short of its Content-Length.
+    let head = |framing: &str| {
+        format!(
+            "POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\n{framing}\r\n\r\n"
+        )
+    };
+    let chunked = head("Transfer-Encoding: chunked") + "zz\r\n{}\r\n0\r\n\r\n";
+    let short = head("Content-Length: 100") + "{}";
+    for raw in [chunked, short] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(d.openai_addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let e = error_of(&parse(&buf), 400);
+        assert_eq!(e["param"], "body", "{raw:?}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("could not be read"),
+            "{e}"
+        );
+    }
 }

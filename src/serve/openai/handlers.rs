@@ -54,13 +54,20 @@ async fn try_complete(
             .shed(RejectReason::InvalidRequest.as_str(), Frontend::Openai);
         e
     };
-    let body = read_body(body).await.map_err(|()| {
-        let mut e = ApiError::invalid(
-            "body",
-            format!("larger than {MAX_REQUEST_BYTES} bytes, or unreadable"),
-        );
-        e.status = StatusCode::PAYLOAD_TOO_LARGE;
-        refused(e)
+    let body = read_body(body).await.map_err(|e| {
+        refused(match e {
+            BodyError::TooLarge => {
+                let mut e =
+                    ApiError::invalid("body", format!("larger than {MAX_REQUEST_BYTES} bytes"));
+                e.status = StatusCode::PAYLOAD_TOO_LARGE;
+                e
+            }
+            // Malformed chunked framing, or fewer bytes than `Content-Length` before the
+            // client stopped sending: a bad request, not one too large.
+            BodyError::Unreadable(why) => {
+                ApiError::invalid("body", format!("could not be read: {why}"))
+            }
+        })
     })?;
     let parsed = request::parse(endpoint, &parts.headers, &body).map_err(refused)?;
     let deadline = parsed.timeout.map(|t| received + t);
@@ -166,20 +173,29 @@ async fn try_complete(
     Ok(r)
 }
 
+/// Why a request body was not read.
+enum BodyError {
+    /// Over [`MAX_REQUEST_BYTES`]: 413.
+    TooLarge,
+    /// The transport's reason (bad chunked framing, the body cut short): 400.
+    Unreadable(String),
+}
+
 /// A request body of at most [`MAX_REQUEST_BYTES`]. A body that comes as one frame (a
 /// small JSON body always does) is taken as it is, without collecting it into a list of
 /// frames first; a longer one is gathered into one buffer.
-async fn read_body(mut body: Body) -> Result<Bytes, ()> {
+async fn read_body(mut body: Body) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt as _;
     let mut first: Option<Bytes> = None;
     let mut more: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(|_| ())?.into_data() else {
+        let frame = frame.map_err(|e| BodyError::Unreadable(root_cause(&e)))?;
+        let Ok(data) = frame.into_data() else {
             continue; // trailers carry nothing a request reads
         };
         let len = first.as_ref().map_or(0, Bytes::len) + more.len() + data.len();
         if len > MAX_REQUEST_BYTES {
-            return Err(());
+            return Err(BodyError::TooLarge);
         }
         match &first {
             None => first = Some(data),
@@ -197,6 +213,16 @@ async fn read_body(mut body: Body) -> Result<Bytes, ()> {
     } else {
         Bytes::from(more)
     })
+}
+
+/// An error's root cause: axum's body error and hyper's both say only "error reading a
+/// body from connection"; the innermost source says what was wrong.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut e = e;
+    while let Some(inner) = e.source() {
+        e = inner;
+    }
+    e.to_string()
 }
 
 /// OpenAI's name for how a request finished.
