@@ -494,6 +494,13 @@ fn messages(b: &Body) -> Result<Vec<wire::ChatMessage>, ApiError> {
             Some(Val::Arr(parts)) => {
                 let mut text = String::new();
                 for (j, p) in parts.iter().enumerate() {
+                    // A bare string in the list is not a part missing its `type`.
+                    if !matches!(p, Val::Obj(_)) {
+                        return Err(ApiError::invalid(
+                            at(&format!("content[{j}]")),
+                            "must be an object {\"type\": \"text\", \"text\": ...}",
+                        ));
+                    }
                     let kind = p.get("type").and_then(Val::as_str);
                     match (kind, p.get("text")) {
                         (Some("text"), Some(Val::Str(t))) => text.push_str(t),

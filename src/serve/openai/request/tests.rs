@@ -170,3 +170,10 @@ fn a_token_id_prompt_with_a_string_in_it_is_a_bad_id_not_a_list_of_prompts() {
         e.message
     );
 }
+
+#[test]
+fn a_content_part_that_is_not_an_object_is_named_as_such() {
+    let e = chat(r#"{"messages":[{"role":"user","content":["hi"]}]}"#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
+    assert!(e.message.contains("must be an object"), "{}", e.message);
+}
