@@ -209,9 +209,7 @@ pub fn check_request(
         return Err(err(
             Invalid::PromptTooLong,
             "prompt",
-            format!(
-                "prompt is {prompt_tokens} tokens; model `{model}` has a {context}-token context"
-            ),
+            format!("{prompt_tokens} tokens; model `{model}` has a {context}-token context"),
         ));
     }
     if max_tokens == 0 {
@@ -322,6 +320,12 @@ mod tests {
         assert_eq!(reason(0, 1, &[], ""), Invalid::EmptyPrompt);
         assert_eq!(reason(8192, 1, &[], ""), Invalid::PromptTooLong);
         assert_eq!(reason(u64::MAX, 1, &[], ""), Invalid::PromptTooLong);
+        // Shown after the field's name, so it does not repeat it ("prompt: prompt is").
+        let e = check_request(9000, 1, &[], "", limits()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "field `prompt`: 9000 tokens; model `m` has a 8192-token context"
+        );
         assert_eq!(reason(10, 0, &[], ""), Invalid::NoOutput);
         assert_eq!(reason(8000, 193, &[], ""), Invalid::OutputTooLong);
         assert!(check_request(8000, 192, &[], "", limits()).is_ok());

@@ -135,7 +135,7 @@ fn a_prompt_length_header_out_of_range_is_refused_naming_the_header() {
     // Not the wire's `prompt_tokens`, which the client never sent.
     let e = refused("0");
     assert_eq!(e.param.as_deref(), Some("x-dujiang-prompt-tokens"));
-    // Not "prompt is 4294967295 tokens", the u32 it would have been clamped to.
+    // Not "4294967295 tokens; ...", the u32 it would have been clamped to.
     let e = refused("99999999999");
     assert_eq!(e.param.as_deref(), Some("x-dujiang-prompt-tokens"));
     assert!(e.message.contains("99999999999 tokens"), "{}", e.message);
