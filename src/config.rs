@@ -128,12 +128,19 @@ pub fn parse_toml<T: DeserializeOwned>(src: &str, file: &str) -> Result<T, Confi
             }
             None => (None, None),
         };
+        let mut message = e.message().trim().to_string();
+        // toml says only "duplicate key"; its span is the key written the second time.
+        if message == "duplicate key" {
+            if let Some(key) = e.span().and_then(|s| src.get(s)) {
+                message = format!("duplicate key `{}`", key.trim());
+            }
+        }
         ConfigError {
             file: file.to_string(),
             line,
             column,
             field: None,
-            message: e.message().trim().to_string(),
+            message,
         }
     })
 }
@@ -180,6 +187,16 @@ mod tests {
         let src = "[pools.a]\nchip = \"h20\"\ncount = -2\n";
         let err = parse_toml::<Fleet>(src, "f.toml").unwrap_err();
         assert_eq!(err.line, Some(3), "{err}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_named() {
+        let src = "[pools.a]\nchip = \"h20\"\ncount = 2\n[pools.a]\nchip = \"h20\"\n";
+        let err = parse_toml::<Fleet>(src, "f.toml").unwrap_err();
+        assert_eq!(err.to_string(), "f.toml:4:8: duplicate key `a`");
+        let src = "[pools.a]\nchip = \"h20\"\ncount = 2\ncount = 3\n";
+        let err = parse_toml::<Fleet>(src, "f.toml").unwrap_err();
+        assert_eq!(err.to_string(), "f.toml:4:1: duplicate key `count`");
     }
 
     #[test]
