@@ -145,11 +145,34 @@ pub fn parse_toml<T: DeserializeOwned>(src: &str, file: &str) -> Result<T, Confi
     })
 }
 
+/// Reads a config file's text; `name` names it in errors. Bytes that are not UTF-8 are
+/// placed at their line and column (the I/O error alone said neither).
+pub fn read_text(path: &Path, name: &str) -> Result<String, ConfigError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| ConfigError::new(name, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // The valid prefix is text, so lines and columns count as everywhere else.
+        let valid = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+        let (line, column) = line_col(valid, at);
+        ConfigError {
+            file: name.to_string(),
+            line: Some(line),
+            column: Some(column),
+            field: None,
+            message: format!(
+                "not UTF-8 text (byte 0x{:02x}); the file must be UTF-8",
+                bytes[at]
+            ),
+        }
+    })
+}
+
 /// Reads and parses a TOML file.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let name = path.display().to_string();
-    let src = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+    let src = read_text(path, &name)?;
     parse_toml(&src, &name)
 }
 
@@ -197,6 +220,18 @@ mod tests {
         let src = "[pools.a]\nchip = \"h20\"\ncount = 2\ncount = 3\n";
         let err = parse_toml::<Fleet>(src, "f.toml").unwrap_err();
         assert_eq!(err.to_string(), "f.toml:4:1: duplicate key `count`");
+    }
+
+    #[test]
+    fn non_utf8_text_is_placed() {
+        let path = std::env::temp_dir().join(format!("dujiang-utf8-{}.toml", std::process::id()));
+        std::fs::write(&path, b"[pools.a]\nchip = \"h2\xff0\"\n").unwrap();
+        let err = read_text(&path, "f.toml").unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            err.to_string(),
+            "f.toml:2:11: not UTF-8 text (byte 0xff); the file must be UTF-8"
+        );
     }
 
     #[test]

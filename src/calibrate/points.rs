@@ -595,8 +595,7 @@ pub fn load_points(paths: &[&Path]) -> Result<Vec<Point>, ConfigError> {
     let mut all: Vec<Point> = Vec::new();
     for path in paths {
         let name = path.display().to_string();
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+        let src = crate::config::read_text(path, &name)?;
         let points = parse_points(&src, &name)?;
         for p in points {
             if let Some(q) = all.iter().find(|q| q.id == p.id) {

@@ -254,8 +254,7 @@ fn read_or_embedded(
     match path {
         Some(p) => {
             let name = p.display().to_string();
-            let src = std::fs::read_to_string(p)
-                .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+            let src = crate::config::read_text(p, &name)?;
             Ok((src, name))
         }
         None => Ok((

@@ -211,8 +211,7 @@ impl MeasuredTables {
 
     pub fn load(path: &Path) -> Result<MeasuredTables, ConfigError> {
         let name = path.display().to_string();
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+        let src = crate::config::read_text(path, &name)?;
         MeasuredTables::parse(&src, &name)
     }
 

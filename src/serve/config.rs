@@ -206,8 +206,7 @@ impl ServeConfig {
 
     pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
         let name = path.display().to_string();
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+        let src = crate::config::read_text(path, &name)?;
         ServeConfig::parse(&src, &name)
     }
 

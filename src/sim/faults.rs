@@ -159,8 +159,7 @@ impl FaultPlan {
 
     pub fn load(path: &Path) -> Result<FaultPlan, ConfigError> {
         let name = path.display().to_string();
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+        let src = crate::config::read_text(path, &name)?;
         FaultPlan::parse(&src, &name)
     }
 }

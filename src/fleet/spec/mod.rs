@@ -296,8 +296,7 @@ impl FleetSpec {
     /// Reads and parses a fleet file.
     pub fn load(path: &Path) -> Result<FleetSpec, ConfigError> {
         let name = path.display().to_string();
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&name, format!("cannot read: {e}")))?;
+        let src = crate::config::read_text(path, &name)?;
         FleetSpec::parse(&src, &name)
     }
 
