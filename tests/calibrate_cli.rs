@@ -186,6 +186,29 @@ fn bad_points_files_name_the_file_line_and_field() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A points file read twice is refused as such; each of its points was refused instead as
+/// a duplicate of itself, at its own place.
+#[test]
+fn a_points_file_given_twice_is_named_as_such() {
+    let dir = scratch("twice");
+    let path = dir.join("p.toml");
+    std::fs::write(&path, point("a", 4, 1024, 7.4)).unwrap();
+    let p = path.to_str().unwrap();
+    let out = dujiang(&["calibrate", p, "--points", p]);
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stderr), format!("error: {p}: given twice\n"));
+    let out = dujiang(&["calibrate", "--points", "config/measured/gpustack.toml"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "config/measured/gpustack.toml: given twice (with no POINTS named, the shipped"
+        ),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The shipped points, every file in config/measured.
 fn shipped() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/measured");

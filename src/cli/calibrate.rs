@@ -56,6 +56,22 @@ pub fn run(args: Args) -> Result<()> {
         files = shipped_points()?;
     }
     files.extend(args.extra.iter().cloned());
+    // A file read twice would make each of its points a duplicate of itself ("`a` already
+    // names the point at" its own place), which hides that the file was named twice.
+    let same = |a: &PathBuf, b: &PathBuf| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    for (i, f) in files.iter().enumerate() {
+        if files[..i].iter().any(|g| same(g, f)) {
+            let why = if args.points.is_empty() {
+                " (with no POINTS named, the shipped config/measured/*.toml are fitted and --points adds to them)"
+            } else {
+                ""
+            };
+            anyhow::bail!("{}: given twice{why}", f.display());
+        }
+    }
     let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
     let points = load_points(&paths)?;
     if !(args.prior_weight.is_finite() && args.prior_weight >= 0.0) {
