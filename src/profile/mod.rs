@@ -320,6 +320,29 @@ mod tests {
     }
 
     #[test]
+    fn tp_must_split_the_heads_evenly() {
+        // Llama 3 8B: 32 attention heads, 8 KV heads.
+        for tp in [3, 5, 6, 12, 64] {
+            let err = perf(&h20(), &llama3_8b(), tp).unwrap_err();
+            assert!(
+                matches!(err, ProfileError::HeadsDoNotSplit { .. })
+                    && err.to_string().ends_with("tp 1, 2, 4, 8, 16, 32 would"),
+                "tp {tp}: {err}"
+            );
+        }
+        // Fewer KV heads than ranks replicates them, as vLLM does.
+        for tp in [1, 2, 4, 8, 16, 32] {
+            assert!(perf(&h20(), &llama3_8b(), tp).is_ok(), "tp {tp}");
+        }
+        // A two-die package runs twice the ranks.
+        let mut two_dies = h20();
+        two_dies.dies = 2;
+        assert!(perf(&two_dies, &llama3_8b(), 16).is_ok());
+        let err = perf(&two_dies, &llama3_8b(), 32).unwrap_err();
+        assert!(err.to_string().contains("(64 ranks)"), "{err}");
+    }
+
+    #[test]
     fn eager_stacks_pay_overhead_per_layer() {
         let cat = Catalogue::embedded();
         let eager = Some("vllm-ascend-0.9");

@@ -118,6 +118,17 @@ pub enum ProfileError {
     },
     #[error("tensor parallelism must be at least 1")]
     ZeroTp,
+    #[error("{model}'s {heads} attention heads ({kv_heads} KV heads) do not split evenly over {chip} x{tp} ({ranks} ranks): the ranks must divide the attention heads, and divide or be a multiple of the KV heads, as vLLM requires; tp {valid} would")]
+    HeadsDoNotSplit {
+        model: String,
+        chip: String,
+        tp: u32,
+        ranks: u32,
+        heads: u32,
+        kv_heads: u32,
+        /// The tensor-parallel degrees up to 64 that would split them.
+        valid: String,
+    },
     #[error("{chip} has no {dtype} tensor-core peak; serve {model} in {supported}")]
     UnsupportedDtype {
         chip: String,
@@ -188,6 +199,33 @@ impl PerfModel {
     ) -> Result<Self, ProfileError> {
         if tp == 0 {
             return Err(ProfileError::ZeroTp);
+        }
+        // Tensor parallelism gives each rank an equal share of the attention heads, and of
+        // the GQA KV heads or whole copies of them; engines refuse any other split, and the
+        // per-rank figures below assume one.
+        let dies = chip.dies.max(1);
+        let splits = |ranks: u32| {
+            let kv = model.kv_heads.max(1);
+            model.attention_heads.is_multiple_of(ranks)
+                && (model.mla_kv_lora_rank > 0
+                    || kv.is_multiple_of(ranks)
+                    || ranks.is_multiple_of(kv))
+        };
+        let ranks = tp.saturating_mul(dies);
+        if !splits(ranks) {
+            return Err(ProfileError::HeadsDoNotSplit {
+                model: model.id.clone(),
+                chip: chip.id.clone(),
+                tp,
+                ranks,
+                heads: model.attention_heads,
+                kv_heads: model.kv_heads,
+                valid: (1..=64u32)
+                    .filter(|&t| splits(t * dies))
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
         }
         let e: &EngineCoefficients = &engine.coefficients;
         let peak_tflops =

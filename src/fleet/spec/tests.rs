@@ -74,6 +74,18 @@ fn weights_that_do_not_fit_point_at_tp() {
 }
 
 #[test]
+fn tp_that_does_not_split_the_heads_points_at_tp() {
+    let spec = FleetSpec::parse(&SMALL.replace("tp = 2", "tp = 3"), "t.toml").unwrap();
+    let err = spec.resolve(&catalogue()).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "t.toml:10:1: field `pools.alpha.tp`: llama-3-8b's 32 attention heads (8 KV heads) do not split evenly over h20 x3 (3 ranks)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn engine_and_dtype_are_per_pool_and_errors_name_them() {
     let src = SMALL.replace(
         "chip = \"h20\"\ntp = 2",
