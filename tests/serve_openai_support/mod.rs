@@ -158,14 +158,17 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 }
 
 /// A chat request body.
+/// `stream_options` only with a stream, as vLLM and the daemon require.
 pub fn chat_body(content: &str, max_tokens: u32, stream: bool, usage: bool) -> String {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "model": "llama-3-8b",
         "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
         "stream": stream,
-        "stream_options": {"include_usage": usage},
         "ignore_eos": true,
-    })
-    .to_string()
+    });
+    if stream {
+        body["stream_options"] = serde_json::json!({"include_usage": usage});
+    }
+    body.to_string()
 }

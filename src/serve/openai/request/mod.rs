@@ -4,9 +4,10 @@
 //! Accepted as vLLM does: `messages[].content` as a string or a list of text parts;
 //! `max_tokens` or `max_completion_tokens`; `ignore_eos`, `stop`, `temperature`, `seed`
 //! and any unknown field are accepted and ignored (the simulated backends always produce
-//! `max_tokens` tokens). Refused with 400: `n` other than 1, tools and function calls, and
-//! content parts other than text (images, audio). dujiang's own fields: `priority`
-//! (`"interactive"`/`"batch"`, or vLLM's integer, where above 0 is batch), `slo`
+//! `max_tokens` tokens). Refused with 400: `n` other than 1, tools and function calls,
+//! content parts other than text (images, audio), and `stream_options` without a stream.
+//! dujiang's own fields: `priority` (`"interactive"`/`"batch"`, or vLLM's integer, where
+//! above 0 is batch), `slo`
 //! (`{ttft_ms, tpot_ms}`), `prefix_hashes`; the same as headers for clients that cannot
 //! add body fields (body fields win): `x-dujiang-priority`, `x-dujiang-slo-ttft-ms`,
 //! `x-dujiang-slo-tpot-ms`, `x-dujiang-prefix-hashes` (comma-separated), and
@@ -337,6 +338,14 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         ),
         Some(_) => return Err(ApiError::invalid("stream_options", "must be an object")),
     };
+    // As vLLM and OpenAI refuse it: a client that gets it through here would be refused
+    // by the engines it is tested for. An empty object is let through, as vLLM does.
+    if !stream && matches!(b.get("stream_options"), Some(Val::Obj(o)) if !o.0.is_empty()) {
+        return Err(ApiError::invalid(
+            "stream_options",
+            "only allowed with \"stream\": true",
+        ));
+    }
     // The length: the client's override, else the estimate. An override the shared
     // checks would refuse is refused here, naming the header the client sent (they would
     // name the wire's `prompt_tokens`, or the u32 it was clamped to).

@@ -177,3 +177,23 @@ fn a_content_part_that_is_not_an_object_is_named_as_such() {
     assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
     assert!(e.message.contains("must be an object"), "{}", e.message);
 }
+
+#[test]
+fn stream_options_without_stream_are_refused_as_vllm_refuses_them() {
+    let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+    for body in [
+        format!("{{{m},\"stream_options\":{{\"include_usage\":true}}}}"),
+        format!("{{{m},\"stream\":false,\"stream_options\":{{\"include_usage\":false}}}}"),
+    ] {
+        let e = chat(&body).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stream_options"), "{body}");
+    }
+    // With a stream, absent, null or empty: accepted.
+    for extra in [
+        r#","stream":true,"stream_options":{"include_usage":true}"#,
+        r#","stream_options":null"#,
+        r#","stream_options":{}"#,
+    ] {
+        chat(&format!("{{{m}{extra}}}")).unwrap();
+    }
+}
