@@ -234,8 +234,11 @@ async fn a_server_that_is_not_there_is_a_clear_error_or_counted_failures() {
     .await
     .unwrap_err();
     let msg = format!("{err:#}");
+    // Not "give --model": with one, every request fails to connect the same way.
     assert!(
-        msg.contains(&format!("GET http://{addr}/v1/models")) && msg.contains("--model"),
+        msg.starts_with(&format!(
+            "cannot connect to http://{addr}/v1 (GET http://{addr}/v1/models); is the server running there?"
+        )) && !msg.contains("--model"),
         "{msg}"
     );
     // With a model every request is sent, and each refused connection is counted.
@@ -246,6 +249,53 @@ async fn a_server_that_is_not_there_is_a_clear_error_or_counted_failures() {
     let report = run(config(addr, opts), records(3, 64, 4)).await;
     assert_eq!(report.load.status_codes.get("connect_error"), Some(&3));
     assert_eq!(report.report.policies[0].stats.completed, 0);
+}
+
+/// Through the binary, a target nobody listens on fails the command (the report is still
+/// written): every request failing to connect is not a load test's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_fails_when_no_request_could_connect() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("dujiang-load-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("t.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"arrival_ms\": 0, \"input_tokens\": 64, \"output_tokens\": 8}\n{\"arrival_ms\": 5, \"input_tokens\": 64, \"output_tokens\": 8}\n",
+    )
+    .unwrap();
+    let json = dir.join("load.json");
+    let target = format!("http://{addr}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dujiang"))
+        .args([
+            "load",
+            "--target",
+            &target,
+            "--model",
+            "m",
+            "--progress",
+            "off",
+        ])
+        .arg("--trace")
+        .arg(&trace)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "no request reached {target}: all 2 failed to connect; is the server running there?"
+        )),
+        "{err}"
+    );
+    assert!(json.exists(), "the report is still written");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Through the binary: `--api auto` takes a non-50051 http target for OpenAI, and the

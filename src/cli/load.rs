@@ -299,6 +299,16 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::write(path, html::render(&report.report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    // A target nobody listens on is not a load test's result: the report is written for
+    // the record, and the command fails.
+    let s = &report.load;
+    if s.sent > 0 && s.status_codes.get("connect_error") == Some(&s.sent) {
+        bail!(
+            "no request reached {}: all {} failed to connect; is the server running there?",
+            args.target,
+            s.sent
+        );
+    }
     Ok(())
 }
 

@@ -415,10 +415,20 @@ async fn first_model(
     }
     let req = req.body(Full::new(Bytes::new()))?;
     let hint = "give --model, or --api grpc if this is a dujiang gRPC port";
-    let resp = tokio::time::timeout(Duration::from_secs(30), http.request(req))
+    let resp = match tokio::time::timeout(Duration::from_secs(30), http.request(req))
         .await
         .with_context(|| format!("GET {url} timed out; {hint}"))?
-        .with_context(|| format!("GET {url} failed; {hint}"))?;
+    {
+        Ok(resp) => resp,
+        // Nothing listens there: neither hint would help (with --model every request
+        // would fail to connect the same way).
+        Err(e) if e.is_connect() => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot connect to {base} (GET {url}); is the server running there?"
+            )))
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("GET {url} failed; {hint}"))),
+    };
     let status = resp.status();
     let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
         .await
