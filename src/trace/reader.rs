@@ -168,15 +168,33 @@ impl<R: BufRead> TraceReader<R> {
         TraceError::new(kind, &self.name, message).at_line(self.line_no)
     }
 
-    /// Reads the next line into `buf`; `false` at the end of input.
+    /// Reads the next line into `buf`; `false` at the end of input. A line that is not
+    /// UTF-8 is a broken line (skippable like any other), placed at its first bad byte:
+    /// `read_line` would make it an I/O error that ends the read.
     fn next_line(&mut self, buf: &mut String) -> Result<bool, TraceError> {
-        buf.clear();
-        match self.src.read_line(buf) {
+        let mut bytes = std::mem::take(buf).into_bytes();
+        bytes.clear();
+        match self.src.read_until(b'\n', &mut bytes) {
             Ok(0) => Ok(false),
             Ok(_) => {
                 self.line_no += 1;
                 self.counts.lines += 1;
-                Ok(true)
+                match String::from_utf8(bytes) {
+                    Ok(text) => {
+                        *buf = text;
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        let at = e.utf8_error().valid_up_to();
+                        let byte = e.as_bytes()[at];
+                        Err(self
+                            .err(
+                                TraceErrorKind::Line,
+                                format!("not UTF-8 text (byte 0x{byte:02x})"),
+                            )
+                            .at_column(at + 1))
+                    }
+                }
             }
             Err(e) => {
                 Err(
@@ -560,6 +578,16 @@ impl<R: BufRead> TraceReader<R> {
             match self.next_line(buf) {
                 Ok(true) => {}
                 Ok(false) => return None,
+                // A line past the header that is not text is skipped like a broken one.
+                Err(e)
+                    if e.kind == TraceErrorKind::Line
+                        && self.opts.on_error == OnError::Skip
+                        && !matches!(self.layout, Layout::Undetected) =>
+                {
+                    self.counts.malformed += 1;
+                    self.first_skipped.get_or_insert(e);
+                    continue;
+                }
                 Err(e) => return Some(Err(e)),
             }
             let mut line = buf.trim_end_matches(['\n', '\r']);
@@ -911,6 +939,25 @@ mod tests {
             r.first_skipped().unwrap().to_string(),
             "a.csv:3:23: ContextTokens: invalid digit \"1x\""
         );
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_a_broken_line() {
+        let text: &[u8] = b"TIMESTAMP,ContextTokens,GeneratedTokens\n\
+                            2023-11-16 18:00:00.0,1,1\n\
+                            2023-11-16 18:00:01.0,1\xff,1\n\
+                            2023-11-16 18:00:02.0,2,2\n";
+        let err = TraceReader::new(text, "a.csv", Format::Auto)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_err();
+        assert_eq!(err.kind, TraceErrorKind::Line);
+        assert_eq!(err.to_string(), "a.csv:3:24: not UTF-8 text (byte 0xff)");
+        let mut r = TraceReader::new(text, "a.csv", Format::Auto).with_options(ReadOptions {
+            on_error: OnError::Skip,
+            ..ReadOptions::default()
+        });
+        let n = r.by_ref().collect::<Result<Vec<_>, _>>().unwrap().len();
+        assert_eq!((n, r.counts().malformed, r.counts().lines), (2, 1, 4));
     }
 
     #[test]
