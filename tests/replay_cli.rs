@@ -359,3 +359,20 @@ fn skipped_and_clamped_lines_are_reported_and_an_empty_trace_is_refused() {
         );
     }
 }
+
+/// A negative number given to a flag reaches the command's own check, which names the flag
+/// and the value; clap took it for a flag and said "unexpected argument '-1' found".
+#[test]
+fn a_negative_value_gets_the_commands_own_check() {
+    let out = bin()
+        .args(["replay", "--rate-scale", "-1", "--trace"])
+        .arg(data("azure-llm-2023-conv-head300.csv"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err,
+        "error: --rate-scale must be a positive number, got -1\n"
+    );
+}

@@ -1,7 +1,7 @@
 //! The command-line front end: one file per subcommand, each with its clap `Args` and a
 //! `run` function. Only this layer prints for people; the library returns data.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 mod calibrate;
@@ -82,7 +82,7 @@ pub enum Command {
 /// Parses arguments, runs the subcommand, and turns an error into a message and exit code 1.
 pub fn main() -> ExitCode {
     quiet_on_closed_stdout();
-    let cli = Cli::parse();
+    let cli = parse();
     let result = match cli.command {
         Command::Profile(args) => profile::run(args),
         Command::Policies(args) => policies::run(args),
@@ -102,6 +102,17 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with negative numbers taken as values everywhere: `--rate-scale -1`
+/// reaches the command's own check ("must be a positive number, got -1") rather than
+/// clap's "unexpected argument '-1' found", which says the value was not even seen.
+fn parse() -> Cli {
+    fn negatives(cmd: clap::Command) -> clap::Command {
+        cmd.allow_negative_numbers(true).mut_subcommands(negatives)
+    }
+    let matches = negatives(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Exit status of a command whose reader went away: what a shell reports for a process
