@@ -43,6 +43,9 @@ pub enum FaultTarget {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct FaultEvent {
+    /// Its `[[fault]]` table's position in the file (0-based), which errors name: the
+    /// events are kept in time order, not the file's.
+    pub entry: usize,
     pub at_ns: Nanos,
     pub target: FaultTarget,
     pub action: FaultAction,
@@ -111,7 +114,10 @@ impl FaultPlan {
             if !(f.at_s.is_finite() && f.at_s >= 0.0 && f.at_s < 1e9) {
                 return Err(err(
                     "at_s",
-                    format!("must be a time in seconds ≥ 0, got {}", f.at_s),
+                    format!(
+                        "must be a time in seconds from 0 to below 1e9 (31 years), got {}",
+                        f.at_s
+                    ),
                 ));
             }
             let target = match (f.pool, f.backend) {
@@ -148,6 +154,7 @@ impl FaultPlan {
                 }
             };
             events.push(FaultEvent {
+                entry: i,
                 at_ns: (f.at_s * NANOS_PER_SEC as f64).round() as Nanos,
                 target,
                 action,
@@ -192,16 +199,19 @@ kind = "recover"
             plan.events,
             [
                 FaultEvent {
+                    entry: 1,
                     at_ns: 60_500_000_000,
                     target: FaultTarget::Pool("h20".into()),
                     action: FaultAction::Fail
                 },
                 FaultEvent {
+                    entry: 2,
                     at_ns: 120_000_000_000,
                     target: FaultTarget::Pool("h20".into()),
                     action: FaultAction::Recover
                 },
                 FaultEvent {
+                    entry: 0,
                     at_ns: 900_000_000_000,
                     target: FaultTarget::Backend("h20-1".into()),
                     action: FaultAction::Slowdown(3.0)
@@ -222,6 +232,17 @@ kind = "recover"
             .unwrap_err()
             .to_string();
         assert!(e.contains("exactly one of `pool` or `backend`"), "{e}");
+        // Past the range is not "below 0".
+        let e = FaultPlan::parse(
+            "[[fault]]\nat_s = 1e30\npool = \"a\"\nkind = \"fail\"\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("from 0 to below 1e9 (31 years), got 1000000000000000000000000000000"),
+            "{e}"
+        );
         let e = FaultPlan::parse(
             "[[fault]]\nat_s = 1\npool = \"a\"\nkind = \"slowdown\"\nfactor = -2\n",
             "f.toml",

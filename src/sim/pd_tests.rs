@@ -303,16 +303,19 @@ fn failing_prefill_and_decode_backends_loses_no_request_in_transfer() {
     let plan = FaultPlan {
         events: vec![
             FaultEvent {
+                entry: 0,
                 at_ns: at(10.0),
                 target: FaultTarget::Backend("dec-0".into()),
                 action: FaultAction::Fail,
             },
             FaultEvent {
+                entry: 1,
                 at_ns: at(20.0),
                 target: FaultTarget::Backend("pre-1".into()),
                 action: FaultAction::Fail,
             },
             FaultEvent {
+                entry: 2,
                 at_ns: at(30.0),
                 target: FaultTarget::Backend("dec-0".into()),
                 action: FaultAction::Recover,

@@ -330,6 +330,27 @@ fn unknown_fault_targets_are_named() {
         .err()
         .unwrap();
     assert!(err.contains("a-9") && err.contains("a-0, a-1"), "{err}");
+    // Named by the entry in the file (events are kept in time order), and a pool by the
+    // fleet's pool names.
+    let plan = FaultPlan::parse(
+        "[[fault]]\nat_s = 9\npool = \"a\"\nkind = \"fail\"\n[[fault]]\nat_s = 1\npool = \"z\"\nkind = \"fail\"\n",
+        "f.toml",
+    )
+    .unwrap();
+    let policy = crate::policy::build("round-robin", &toml::Table::new(), 7).unwrap();
+    let err = Replay::new(
+        vec![pool("a", 2, 1.0), pool("b", 1, 1.0)],
+        policy,
+        ReplayConfig::default(),
+    )
+    .unwrap()
+    .with_faults(&plan)
+    .err()
+    .unwrap();
+    assert_eq!(
+        err,
+        "field `fault[1].pool`: no pool `z` in this fleet (pools: a, b)"
+    );
 }
 
 #[test]

@@ -43,7 +43,7 @@ impl Replay {
                 ));
             }
         }
-        for (i, ev) in plan.events.iter().enumerate() {
+        for ev in &plan.events {
             let backends: Vec<usize> = match &ev.target {
                 FaultTarget::Pool(p) => names.iter().filter(|n| n.0 == *p).map(|n| n.2).collect(),
                 FaultTarget::Backend(b) => {
@@ -51,10 +51,26 @@ impl Replay {
                 }
             };
             if backends.is_empty() {
-                let known: Vec<&str> = names.iter().map(|n| n.1.as_str()).collect();
+                // Named as the file has it: its `[[fault]]` entry and key, and the names
+                // of the kind it asked for.
+                let (field, kind, name, mut known) = match &ev.target {
+                    FaultTarget::Pool(p) => (
+                        "pool",
+                        "pool",
+                        p,
+                        names.iter().map(|n| n.0.as_str()).collect::<Vec<_>>(),
+                    ),
+                    FaultTarget::Backend(b) => (
+                        "backend",
+                        "backend",
+                        b,
+                        names.iter().map(|n| n.1.as_str()).collect(),
+                    ),
+                };
+                known.dedup();
                 return Err(format!(
-                    "fault {i}: {:?} names no pool or backend of this fleet (backends: {})",
-                    ev.target,
+                    "field `fault[{}].{field}`: no {kind} `{name}` in this fleet ({kind}s: {})",
+                    ev.entry,
                     known.join(", ")
                 ));
             }
