@@ -298,6 +298,25 @@ fn gen_gamma_has_the_rate_and_cv_asked_for() {
     assert!((p50_out / 151.0 - 1.0).abs() < 0.05, "output p50 {p50_out}");
 }
 
+/// `trace gen` never writes a trace that replay refuses: none with no request, none with
+/// an arrival past the readers' clock (a rate so low the generator saturated at 2^64 ns).
+#[test]
+fn gen_refuses_traces_the_readers_refuse() {
+    let out = dujiang(&["trace", "gen", "--requests", "0", "--rate", "1"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --requests must be at least 1\n"
+    );
+    let out = dujiang(&["trace", "gen", "--requests", "3", "--rate", "1e-300"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: request 2: its arrival is past the 292 years of simulated time"),
+        "{err}"
+    );
+}
+
 #[test]
 fn gen_is_deterministic_by_seed_and_writes_stdout() {
     let args = |seed: &'static str| {

@@ -125,6 +125,10 @@ fn generate(a: GenArgs) -> Result<()> {
     let (Some(requests), Some(rate)) = (a.requests, a.rate) else {
         anyhow::bail!("--requests and --rate are required without --day");
     };
+    if requests == 0 {
+        // An empty trace is one that replay and plan refuse.
+        anyhow::bail!("--requests must be at least 1");
+    }
     let process = match a.process {
         Process::Poisson => ArrivalProcess::Poisson,
         Process::Gamma => ArrivalProcess::Gamma { cv: a.cv },
@@ -204,7 +208,15 @@ fn write_all(out: &Option<PathBuf>, recs: impl Iterator<Item = trace::TraceRecor
         None => Box::new(io::stdout().lock()),
     };
     let mut w = JsonlWriter::new(BufWriter::with_capacity(1 << 16, out));
-    for rec in recs {
+    for (n, rec) in recs.enumerate() {
+        // The readers hold arrivals in signed 64-bit nanoseconds; a generator at a rate
+        // so low that it passes them saturates, and would write what no reader takes.
+        if rec.arrival_ns > i64::MAX as u64 {
+            anyhow::bail!(
+                "request {}: its arrival is past the 292 years of simulated time a trace holds; the rate is too low for this many requests",
+                n + 1
+            );
+        }
         w.write(&rec).context("writing the trace")?;
     }
     w.flush().context("writing the trace")?;
