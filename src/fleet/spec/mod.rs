@@ -199,6 +199,15 @@ impl FleetSpec {
     /// Parses a fleet file; `file` names it in errors.
     pub fn parse(src: &str, file: &str) -> Result<FleetSpec, ConfigError> {
         let raw: FleetFile = parse_toml(src, file)?;
+        if raw.name.trim().is_empty() {
+            // Required so that reports say which fleet they are about; "" says nothing.
+            return Err(ConfigError::at_field(
+                file,
+                src,
+                "name",
+                "must not be empty: it names the fleet in reports",
+            ));
+        }
         let cells = CellSpec::from_file(file, src, raw.cells, raw.cell_key.as_deref())?;
         if raw.pools.is_empty() {
             return Err(ConfigError::at_field(

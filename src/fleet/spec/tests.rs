@@ -74,6 +74,16 @@ fn weights_that_do_not_fit_point_at_tp() {
 }
 
 #[test]
+fn an_empty_name_is_refused() {
+    let err =
+        FleetSpec::parse(&SMALL.replace("name = \"t\"", "name = \" \""), "t.toml").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "t.toml:1:1: field `name`: must not be empty: it names the fleet in reports"
+    );
+}
+
+#[test]
 fn tp_that_does_not_split_the_heads_points_at_tp() {
     let spec = FleetSpec::parse(&SMALL.replace("tp = 2", "tp = 3"), "t.toml").unwrap();
     let err = spec.resolve(&catalogue()).unwrap_err();
