@@ -245,12 +245,21 @@ impl FleetSpec {
         };
         for (name, pool) in &mut spec.pools {
             if let Err(why) = super::check_pool_name(name) {
-                return Err(ConfigError::at_field(
-                    file,
-                    src,
-                    &format!("pools.{name}.chip"),
-                    format!("pool name {name:?} {why} (pool names are [a-z0-9-]{{1,63}})"),
-                ));
+                // The name is the table's key: placed on its `[pools.NAME]` header (else
+                // on its chip line), and the field is the pool, not one of its keys.
+                let header = format!("[pools.{name}]");
+                let line = src
+                    .lines()
+                    .position(|l| l.trim() == header)
+                    .map(|i| (i + 1, 1))
+                    .or_else(|| locate_key(src, &format!("pools.{name}.chip")));
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    line: line.map(|(l, _)| l),
+                    column: line.map(|(_, c)| c),
+                    field: Some(format!("pools.{name}")),
+                    message: format!("pool name {name:?} {why} (pool names are [a-z0-9-]{{1,63}})"),
+                });
             }
             check_kind(file, src, name, pool)?;
         }

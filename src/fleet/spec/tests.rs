@@ -47,7 +47,13 @@ fn pools_keep_file_order_and_engine_settings() {
 fn pool_names_must_be_label_safe() {
     let err =
         FleetSpec::parse(&SMALL.replace("[pools.alpha]", "[pools.Alpha_1]"), "t.toml").unwrap_err();
-    assert_eq!(err.line, Some(9), "{err}");
+    // On the pool's header and named as the pool: its chip is not what is wrong.
+    assert_eq!(err.line, Some(8), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("t.toml:8:1: field `pools.Alpha_1`: pool name \"Alpha_1\""),
+        "{err}"
+    );
     assert!(err.to_string().contains("[a-z0-9-]{1,63}"), "{err}");
 }
 
