@@ -112,6 +112,8 @@ async fn the_sdk_streams_completes_and_lists_models() {
     assert!(m["id"].as_str().is_some_and(|id| !id.is_empty()), "{v}");
     assert!(m["created"].is_u64() && m["owned_by"].is_string(), "{v}");
     assert_eq!(m["root"], m["id"], "{v}");
+    // models.retrieve(id): the same object.
+    assert_eq!(&v["retrieved"], m, "{v}");
 
     // A streaming chat asking for usage: 24 content chunks, one token each, usage 24.
     let (ok, v) = sdk(addr, &["chat-stream", "--max-tokens", "24"]).await;

@@ -150,6 +150,22 @@ async fn non_streaming_answers_models_and_health() {
     assert!(model["created"].as_u64().unwrap() > 1_700_000_000);
     assert!(model["owned_by"].is_string());
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    // One model by name (the SDKs' models.retrieve): the list's object, or 404 naming
+    // what is served.
+    let one = get(d.openai_addr, "/v1/models/llama-3-8b").await;
+    assert_eq!(one.status, 200);
+    assert_eq!(&one.json(), model);
+    let e = error_of(
+        &get(d.openai_addr, "/v1/models/org/no-such-model").await,
+        404,
+    );
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(e["param"], "model");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("`org/no-such-model`") && message.contains("serves llama-3-8b"),
+        "{e}"
+    );
 
     let e = error_of(&get(d.openai_addr, "/chat/completions").await, 404);
     assert_eq!(e["code"], "not_found");

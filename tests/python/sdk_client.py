@@ -63,6 +63,8 @@ def main() -> int:
             models = client.models.list()
             out["models"] = [m.model_dump() for m in models.data]
             model = model or models.data[0].id
+            if args.call == "models":
+                out["retrieved"] = client.models.retrieve(model).model_dump()
         if args.call == "chat-stream":
             out.update(chat_stream(client, model, args))
         elif args.call == "chat":

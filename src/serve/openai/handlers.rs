@@ -19,7 +19,7 @@ use crate::serve::stream::{token_word, RequestStream};
 use crate::serve::MAX_REQUEST_BYTES;
 use crate::wire::generate_response::Event;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -330,23 +330,44 @@ fn backend_values(b: &BackendHandle) -> BackendValues {
 pub async fn models(State(d): State<Arc<Daemon>>) -> Response {
     let data: Vec<serde_json::Value> = d
         .served_models()
-        .into_iter()
-        .map(|id| {
-            serde_json::json!({
-                "id": id,
-                "object": "model",
-                "created": super::started_unix(),
-                "owned_by": "dujiang",
-                "root": id,
-                "parent": null,
-            })
-        })
+        .iter()
+        .map(|id| model_object(id))
         .collect();
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({ "object": "list", "data": data }).to_string(),
-    )
-        .into_response()
+    json_response(serde_json::json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{model}` (the SDKs' `models.retrieve`): one served model, or 404
+/// `model_not_found` naming the ones served. A name with slashes (`org/name`) is one
+/// model, as the chat endpoints take it.
+pub async fn model(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Response {
+    let served = d.served_models();
+    if served.contains(&id) {
+        return json_response(model_object(&id));
+    }
+    ApiError::from(crate::serve::ServeError::invalid(
+        "model",
+        format!(
+            "the model `{id}` does not exist here; this server serves {}",
+            served.join(", ")
+        ),
+    ))
+    .into_response()
+}
+
+/// A model as OpenAI's `Model` object, with vLLM's `root` and `parent`.
+fn model_object(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "object": "model",
+        "created": super::started_unix(),
+        "owned_by": "dujiang",
+        "root": id,
+        "parent": null,
+    })
+}
+
+fn json_response(v: serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
 /// Any other path: 404 in OpenAI's shape, naming the path, so a client pointed at the

@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP front end (`--openai-addr`, default `127.0.0.1:8000`, the
 //! port vLLM's and SGLang's users' tools default to): `POST /v1/chat/completions` and
-//! `POST /v1/completions`, streaming (SSE) and not, `GET /v1/models` and `GET /health`.
+//! `POST /v1/completions`, streaming (SSE) and not, `GET /v1/models` (and one model by
+//! name) and `GET /health`.
 //!
 //! A thin translation: a request is read into the daemon's one request type and goes down
 //! the same submit path as a gRPC request (validation, routing, admission, pacing,
@@ -40,6 +41,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/chat/completions", post(handlers::chat))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/models/{*model}", get(handlers::model))
         .route("/health", get(handlers::health))
         .fallback(handlers::not_found)
         // After the routes: it applies to the ones registered before it.
