@@ -146,6 +146,17 @@ impl SloSpec {
             };
             let ms = parse_duration_ms(rhs)
                 .ok_or_else(|| bad(&format!("`{}` is not a positive duration", rhs.trim())))?;
+            // Two bounds on one percentile: only the tighter would count, so the other is
+            // a typo or a leftover.
+            if bounds
+                .iter()
+                .any(|b: &Bound| b.metric == metric && b.quantile == quantile)
+            {
+                return Err(bad(&format!(
+                    "`{}` is bounded twice; give one bound per metric and percentile",
+                    lhs.trim()
+                )));
+            }
             bounds.push(Bound {
                 metric,
                 quantile,
@@ -228,11 +239,17 @@ mod tests {
             ("ttft_p95<=2s", "unknown percentile `p95`"),
             ("ttft_p99<=2", "not a positive duration"),
             ("", "names no bound"),
+            (
+                "ttft_p99<=1s, tpot_p99<=90ms,ttft_p99<=2s",
+                "bad SLO term `ttft_p99<=2s`: `ttft_p99` is bounded twice",
+            ),
         ] {
             let err = SloSpec::parse(text, 0.99).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
         }
         assert!(SloSpec::parse(DEFAULT_SLO, 1.5).is_err());
+        // Two percentiles of one metric are two bounds.
+        assert!(SloSpec::parse("ttft_p50<=1s,ttft_p99<=2s", 0.99).is_ok());
     }
 
     #[test]
