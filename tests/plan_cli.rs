@@ -299,3 +299,20 @@ fn plan_puts_the_cheapest_split_fleet_beside_the_aggregated_one() {
         "{stderr}"
     );
 }
+
+/// An output the plan cannot write is refused before planning, not after it: a plan of
+/// minutes ended in "writing …: No such file or directory".
+#[test]
+fn an_output_that_cannot_be_written_is_refused_before_planning() {
+    let args = plan_args(&["--fleet-out", "/nonexistent-dujiang-dir/f.toml"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let out = dujiang(&args);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --fleet-out /nonexistent-dujiang-dir/f.toml: there is no directory /nonexistent-dujiang-dir to write it in\n"
+    );
+    assert!(out.stdout.is_empty(), "nothing planned");
+    assert!(started.elapsed().as_secs() < 30);
+}

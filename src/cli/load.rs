@@ -238,6 +238,8 @@ fn traffic(args: &Args) -> Result<(Records, String, Option<u64>)> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    super::check_output("--json", args.json.as_deref())?;
+    super::check_output("--html", args.html.as_deref())?;
     for (name, v) in [
         ("--slo-ttft-ms", args.slo_ttft_ms),
         ("--slo-tpot-ms", args.slo_tpot_ms),

@@ -104,6 +104,30 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Checks, before any work, that an output file named by `flag` can be created: its
+/// directory exists and it is not itself a directory. A plan of minutes should not end in
+/// "No such file or directory".
+pub(crate) fn check_output(flag: &str, path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{flag} {}: there is no directory {} to write it in",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        anyhow::bail!("{flag} {}: is a directory", path.display());
+    }
+    Ok(())
+}
+
 /// The command line, with negative numbers taken as values everywhere: `--rate-scale -1`
 /// reaches the command's own check ("must be a positive number, got -1") rather than
 /// clap's "unexpected argument '-1' found", which says the value was not even seen.

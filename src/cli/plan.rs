@@ -390,6 +390,14 @@ pub(super) fn inputs_of(a: &SweepArgs, trace: String, format: String) -> Result<
 
 fn sweep(a: SweepArgs) -> Result<()> {
     let started = Instant::now();
+    for (flag, path) in [
+        ("--json", &a.out.json),
+        ("--html", &a.out.html),
+        ("--fleet-out", &a.out.fleet_out),
+        ("--split-fleet-out", &a.out.split_fleet_out),
+    ] {
+        super::check_output(flag, path.as_deref())?;
+    }
     if a.day.day.is_some() {
         return super::plan_day::run(a, started);
     }

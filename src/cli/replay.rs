@@ -136,6 +136,13 @@ pub(super) struct Ran {
 }
 
 fn replay(args: RunArgs) -> Result<()> {
+    for (flag, path) in [
+        ("--json", &args.out.json),
+        ("--html", &args.out.html),
+        ("--partial-out", &args.partial_out),
+    ] {
+        super::check_output(flag, path.as_deref())?;
+    }
     let ran = run_cells(&args)?;
     let wall_seconds = args.out.wall_seconds((ran.wall * 1000.0).round() / 1000.0);
     if let (Some(path), Some(shard)) = (&args.partial_out, args.shard) {
