@@ -316,3 +316,26 @@ fn an_output_that_cannot_be_written_is_refused_before_planning() {
     assert!(out.stdout.is_empty(), "nothing planned");
     assert!(started.elapsed().as_secs() < 30);
 }
+
+/// `--max-tp 0` is refused as a value, not reported as a model that fits on none of the
+/// chips "at tensor parallelism up to 0".
+#[test]
+fn max_tp_zero_is_a_bad_value() {
+    let out = dujiang(&[
+        "plan",
+        "--trace",
+        TRACE,
+        "--model",
+        "llama-3-8b",
+        "--chips",
+        "h20",
+        "--max-tp",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: invalid value '0' for '--max-tp <MAX_TP>': 0 is not in 1.."),
+        "{err}"
+    );
+}

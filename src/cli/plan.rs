@@ -70,7 +70,7 @@ pub struct SweepArgs {
     pub rate_scale: f64,
     /// Try every power-of-two tensor parallelism up to N (default: the smallest that
     /// fits and twice that).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tp: Option<u32>,
     /// Request-size classes per dimension (prompt length, output length).
     #[arg(long, default_value_t = 3)]
