@@ -298,6 +298,44 @@ async fn the_cli_fails_when_no_request_could_connect() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A trace with no request is refused before anything is sent (it was "sent 0 of 0",
+/// exit 0), and lines skipped under --skip-bad-lines are said, as replay says them.
+#[test]
+fn the_cli_refuses_an_empty_trace_and_says_what_it_skipped() {
+    let dir = std::env::temp_dir().join(format!("dujiang-load-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let broken = dir.join("broken.jsonl");
+    std::fs::write(
+        &broken,
+        "{\"arrival_ms\": 0, \"input_tokens\": 64, \"output_tokens\": 8}\n{\"arrival_ms\": 5}\n",
+    )
+    .unwrap();
+    let load = |trace: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dujiang"))
+            .args(["load", "--target", "http://127.0.0.1:1", "--model", "m"])
+            .args(["--progress", "off", "--skip-bad-lines", "--trace"])
+            .arg(trace)
+            .output()
+            .unwrap()
+    };
+    let out = load(&empty);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("empty.jsonl: holds no request: the trace is empty"),
+        "{err}"
+    );
+    let err = String::from_utf8_lossy(&load(&broken).stderr).into_owned();
+    assert!(
+        err.contains("broken.jsonl: skipped 1 broken line(s) (--skip-bad-lines); the first: ")
+            && err.contains("broken.jsonl:2:"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Through the binary: `--api auto` takes a non-50051 http target for OpenAI, and the
 /// JSON report has a replay's keys (plus `load`), so `dujiang compare` lines them up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

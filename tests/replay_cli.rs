@@ -353,10 +353,7 @@ fn skipped_and_clamped_lines_are_reported_and_an_empty_trace_is_refused() {
             .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(&format!("{name}: no request to replay")),
-            "{err}"
-        );
+        assert!(err.contains(&format!("{name}: holds no request")), "{err}");
     }
 }
 

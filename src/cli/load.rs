@@ -199,12 +199,23 @@ fn traffic(args: &Args) -> Result<(Records, String, Option<u64>)> {
             ..ReadOptions::default()
         };
         let limit = args.limit.unwrap_or(u64::MAX);
+        if limit == 0 {
+            bail!("--limit must be at least 1");
+        }
         // A first pass counts the requests for the progress bar and finds a broken file
-        // before anything is sent.
+        // (or one with no request) before anything is sent, and says what it skipped.
         let mut count = 0u64;
-        for rec in trace::open(path, args.format, opts)?.limit(limit) {
+        let mut reader = trace::open(path, args.format, opts)?;
+        for rec in reader.by_ref().limit(limit) {
             rec?;
             count += 1;
+        }
+        let tally = super::replay_source::Tally {
+            counts: reader.counts(),
+            first_skipped: reader.first_skipped().cloned(),
+        };
+        for note in tally.notes(&path.display().to_string())? {
+            eprintln!("note: {note}");
         }
         let records = trace::open(path, args.format, opts)?
             .scale_rate(args.rate_scale)

@@ -79,7 +79,8 @@ pub enum Source {
     },
 }
 
-/// What reading a trace file skipped or changed, for the notes under the report.
+/// What reading a trace file skipped or changed, for the notes beside the report (of a
+/// replay, or of a load test, which reads the file the same way).
 #[derive(Clone, Debug)]
 pub struct Tally {
     pub counts: ReadCounts,
@@ -99,12 +100,12 @@ impl Tally {
             .unwrap_or_default();
         if c.records == 0 {
             if c.malformed > 0 {
-                bail!("{file}: no request to replay: all {} request lines are broken and were skipped{first}", c.malformed);
+                bail!("{file}: holds no request: all {} request lines are broken and were skipped{first}", c.malformed);
             }
             if c.failed > 0 {
-                bail!("{file}: no request to replay: all {} requests are marked failed by the trace (zero response tokens)", c.failed);
+                bail!("{file}: holds no request: all {} requests are marked failed by the trace (zero response tokens)", c.failed);
             }
-            bail!("{file}: no request to replay: the trace is empty (or only a header)");
+            bail!("{file}: holds no request: the trace is empty (or only a header)");
         }
         let mut notes = Vec::new();
         if c.malformed > 0 {
