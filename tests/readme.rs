@@ -180,6 +180,8 @@ fn every_readme_command_runs() {
 
     let mut background = Background(Vec::new());
     let mut ran = 0;
+    // The latest `dujiang load` line, which a failed `compare` may run again.
+    let mut last_load: Option<String> = None;
     let text = readme();
     for block in blocks(&text, "sh") {
         for raw in block.lines() {
@@ -208,13 +210,35 @@ fn every_readme_command_runs() {
                 // The set-up line: the tour's background daemon already proved it serves.
                 continue;
             }
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(&line)
-                .current_dir(&work)
-                .env("PATH", &path)
-                .output()
-                .unwrap();
+            let run = |line: &str| {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(line)
+                    .current_dir(&work)
+                    .env("PATH", &path)
+                    .output()
+                    .unwrap()
+            };
+            let mut out = run(&line);
+            if line.starts_with("dujiang load ") {
+                last_load = Some(line.clone());
+            }
+            // `compare --max-diff` of a wall-clock load test against its replay: a daemon
+            // or client starved of the two cores by another process for a moment moves a
+            // tail by more than the README's 15%. The load test is run once more and
+            // compared again; a real difference (a wrong time scale, a lost length) fails
+            // both. tests/load_fidelity.rs is the strict check.
+            if !out.status.success() && line.starts_with("dujiang compare ") {
+                if let Some(load) = &last_load {
+                    eprintln!(
+                        "`{line}` failed once, running `{load}` again:\n{}",
+                        String::from_utf8_lossy(&out.stdout)
+                    );
+                    let again = run(load);
+                    assert!(again.status.success(), "README command failed: {load}");
+                    out = run(&line);
+                }
+            }
             assert!(
                 out.status.success(),
                 "README command failed: {line}\nstdout:\n{}\nstderr:\n{}",
