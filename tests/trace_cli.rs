@@ -308,6 +308,27 @@ fn gen_refuses_traces_the_readers_refuse() {
         String::from_utf8_lossy(&out.stderr),
         "error: --requests must be at least 1\n"
     );
+    // Bad values are named by their flags (the generator's own messages cannot).
+    for (args, want) in [
+        (
+            &["--rate", "0"][..],
+            "error: --rate must be a positive number of requests per second, got 0\n",
+        ),
+        (
+            &["--rate", "1", "--batch-fraction", "2"][..],
+            "error: --batch-fraction must be in [0, 1], got 2\n",
+        ),
+        (
+            &["--rate", "1", "--process", "gamma", "--cv", "0"][..],
+            "error: --cv must be a positive number, got 0\n",
+        ),
+    ] {
+        let mut all = vec!["trace", "gen", "--requests", "3"];
+        all.extend_from_slice(args);
+        let out = dujiang(&all);
+        assert!(!out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stderr), want);
+    }
     let out = dujiang(&["trace", "gen", "--requests", "3", "--rate", "1e-300"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

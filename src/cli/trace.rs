@@ -129,6 +129,19 @@ fn generate(a: GenArgs) -> Result<()> {
         // An empty trace is one that replay and plan refuse.
         anyhow::bail!("--requests must be at least 1");
     }
+    // The generator checks these too, but its messages cannot name the flags.
+    if !(rate.is_finite() && rate > 0.0) {
+        anyhow::bail!("--rate must be a positive number of requests per second, got {rate}");
+    }
+    if !(0.0..=1.0).contains(&a.batch_fraction) {
+        anyhow::bail!(
+            "--batch-fraction must be in [0, 1], got {}",
+            a.batch_fraction
+        );
+    }
+    if matches!(a.process, Process::Gamma) && !(a.cv.is_finite() && a.cv > 0.0) {
+        anyhow::bail!("--cv must be a positive number, got {}", a.cv);
+    }
     let process = match a.process {
         Process::Poisson => ArrivalProcess::Poisson,
         Process::Gamma => ArrivalProcess::Gamma { cv: a.cv },
