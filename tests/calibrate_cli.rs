@@ -209,6 +209,26 @@ fn a_points_file_given_twice_is_named_as_such() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The same measurement under two ids is refused; the same conditions with another value
+/// (or source) is another measurement.
+#[test]
+fn a_point_repeated_under_another_id_is_refused() {
+    let dir = scratch("repeat");
+    let path = dir.join("p.toml");
+    std::fs::write(&path, point("a", 4, 1024, 7.4) + &point("b", 4, 1024, 7.4)).unwrap();
+    let p = path.to_str().unwrap();
+    let out = dujiang(&["calibrate", p]);
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        format!("error: {p}:15: point `b` repeats point `a` at {p}:1: the same conditions, value and source would count twice in the fit\n")
+    );
+    let paths = [path.as_path()];
+    std::fs::write(&path, point("a", 4, 1024, 7.4) + &point("b", 4, 1024, 7.5)).unwrap();
+    assert_eq!(load_points(&paths).unwrap().len(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The shipped points, every file in config/measured.
 fn shipped() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/measured");

@@ -607,6 +607,30 @@ pub fn load_points(paths: &[&Path]) -> Result<Vec<Point>, ConfigError> {
                     message: format!("`{}` already names the point at {}", p.id, q.place()),
                 });
             }
+            // The same measurement under another id (a copied table) would weigh twice in
+            // the fit; two sources, or two values, are two measurements.
+            let same = |q: &Point| {
+                *q == Point {
+                    id: q.id.clone(),
+                    file: q.file.clone(),
+                    line: q.line,
+                    ..p.clone()
+                }
+            };
+            if let Some(q) = all.iter().find(|q| same(q)) {
+                return Err(ConfigError {
+                    file: p.file.clone(),
+                    line: Some(p.line),
+                    column: None,
+                    field: None,
+                    message: format!(
+                        "point `{}` repeats point `{}` at {}: the same conditions, value and source would count twice in the fit",
+                        p.id,
+                        q.id,
+                        q.place()
+                    ),
+                });
+            }
             all.push(p);
         }
     }
