@@ -312,7 +312,7 @@ fn gen_refuses_traces_the_readers_refuse() {
     for (args, want) in [
         (
             &["--rate", "0"][..],
-            "error: --rate must be a positive number of requests per second, got 0\n",
+            "error: --rate must be positive (requests per second), got 0\n",
         ),
         (
             &["--rate", "1", "--batch-fraction", "2"][..],

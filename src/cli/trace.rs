@@ -131,7 +131,7 @@ fn generate(a: GenArgs) -> Result<()> {
     }
     // The generator checks these too, but its messages cannot name the flags.
     if !(rate.is_finite() && rate > 0.0) {
-        anyhow::bail!("--rate must be a positive number of requests per second, got {rate}");
+        anyhow::bail!("--rate must be positive (requests per second), got {rate}");
     }
     if !(0.0..=1.0).contains(&a.batch_fraction) {
         anyhow::bail!(
