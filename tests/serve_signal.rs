@@ -179,3 +179,56 @@ fn bad_policy_in_fleet_or_config_names_file_and_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A fleet file the config file names and that cannot be read is blamed on the config
+/// file's `fleet` line, saying relative paths are from the current directory; a `--fleet`
+/// flag replaces it, so then it is not read at all.
+#[test]
+fn a_missing_fleet_named_by_the_config_names_the_config_line() {
+    let dir = std::env::temp_dir().join(format!("dujiang-serve-cfgfleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("serve.toml");
+    std::fs::write(
+        &config,
+        "time_scale = 2.0\nfleet = \"no-such-fleet.toml\"\n",
+    )
+    .unwrap();
+    let ports = [
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--openai-addr",
+        "127.0.0.1:0",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(ports)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("serve.toml:2:1: field `fleet`: no-such-fleet.toml: cannot read: ")
+            && err.contains("(a relative path is taken from the current directory)"),
+        "{err}"
+    );
+    // With --fleet the config's fleet is not used: replay runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
+        .args(["replay", "--config"])
+        .arg(&config)
+        .args(["--fleet", "config/fleets/demo.toml", "--trace"])
+        .arg("tests/data/azure-llm-2023-conv-head300.csv")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -128,6 +128,32 @@ pub(crate) fn check_output(flag: &str, path: Option<&std::path::Path>) -> anyhow
     Ok(())
 }
 
+/// Checks that a file the config file `config` names under `field` (its fleet, an engine
+/// overlay) opens, and if not, blames the config file's line: the bare "fleet.toml: cannot
+/// read" did not say where the name came from, nor that it is taken from the current
+/// directory rather than the config file's.
+pub(crate) fn check_config_path(
+    config: &std::path::Path,
+    field: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let Err(e) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let name = config.display().to_string();
+    let src = crate::config::read_text(config, &name).unwrap_or_default();
+    Err(crate::config::ConfigError::at_field(
+        &name,
+        &src,
+        field,
+        format!(
+            "{}: cannot read: {e} (a relative path is taken from the current directory)",
+            path.display()
+        ),
+    )
+    .into())
+}
+
 /// The command line, with negative numbers taken as values everywhere: `--rate-scale -1`
 /// reaches the command's own check ("must be a positive number, got -1") rather than
 /// clap's "unexpected argument '-1' found", which says the value was not even seen.

@@ -186,6 +186,11 @@ pub(super) fn run_cells(args: &RunArgs) -> Result<Ran> {
         Some(path) => ServeConfig::load(path)?,
         None => ServeConfig::default(),
     };
+    if let (Some(path), None) = (&args.config, &args.fleet) {
+        if !serve.fleet.as_os_str().is_empty() {
+            super::check_config_path(path, "fleet", &serve.fleet)?;
+        }
+    }
     let fleet = args
         .fleet
         .clone()

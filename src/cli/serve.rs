@@ -60,6 +60,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => ServeConfig::load(path)?,
         None => ServeConfig::default(),
     };
+    // The config file's own fleet and overlays, unless flags replace them.
+    if let Some(path) = &args.config {
+        if args.fleet.is_none() && !config.fleet.as_os_str().is_empty() {
+            super::check_config_path(path, "fleet", &config.fleet)?;
+        }
+        if args.engines.is_empty() {
+            for file in &config.engines {
+                super::check_config_path(path, "engines", file)?;
+            }
+        }
+    }
     if let Some(a) = args.grpc_addr {
         config.grpc_addr = a;
     }
