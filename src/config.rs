@@ -135,13 +135,45 @@ pub fn parse_toml<T: DeserializeOwned>(src: &str, file: &str) -> Result<T, Confi
                 message = format!("duplicate key `{}`", key.trim());
             }
         }
+        // A value of the wrong type: serde names the Rust type it wanted ("expected struct
+        // PolicySpec"), and nothing names the key; the key is the one its line assigns.
+        let mut field = None;
+        if message.starts_with("invalid type") || message.starts_with("invalid value") {
+            field = line.and_then(|l| key_on_line(src, l));
+            if let Some(at) = message.find("expected struct ") {
+                message.replace_range(at.., "expected a table");
+            }
+        }
         ConfigError {
             file: file.to_string(),
             line,
             column,
-            field: None,
+            field,
             message,
         }
+    })
+}
+
+/// The dotted key assigned on 1-based `line` (`key = …` under the nearest `[table]`
+/// header above it), if that line is an assignment.
+fn key_on_line(src: &str, line: usize) -> Option<String> {
+    let text = src.lines().nth(line.checked_sub(1)?)?.trim();
+    let (key, _) = text.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with(['[', '#', '"', '\'']) || key.contains(char::is_whitespace)
+    {
+        return None;
+    }
+    let table = src
+        .lines()
+        .take(line - 1)
+        .map(str::trim)
+        .filter(|l| l.starts_with('['))
+        .last()
+        .map(|h| h.trim_matches(['[', ']']).trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
     })
 }
 
@@ -210,6 +242,32 @@ mod tests {
         let src = "[pools.a]\nchip = \"h20\"\ncount = -2\n";
         let err = parse_toml::<Fleet>(src, "f.toml").unwrap_err();
         assert_eq!(err.line, Some(3), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_no_rust_type() {
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct File {
+            name: String,
+            policy: Option<Pool>,
+            pools: std::collections::BTreeMap<String, Pool>,
+        }
+        let src = "name = \"x\"\npolicy = \"least-work\"\n[pools.a]\nchip = \"h20\"\ncount = 2\n";
+        let err = parse_toml::<File>(src, "f.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.toml:2:10: field `policy`: invalid type: string \"least-work\", expected a table"
+        );
+        let src = src
+            .replace("policy = \"least-work\"\n", "")
+            .replace("count = 2", "count = \"two\"");
+        let err = parse_toml::<File>(&src, "f.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.toml:4:9: field `pools.a.count`: invalid type: string \"two\", expected u32"
+        );
     }
 
     #[test]
