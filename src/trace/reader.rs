@@ -209,13 +209,17 @@ impl<R: BufRead> TraceReader<R> {
     /// Returns whether the line is also a record.
     fn settle_layout(&mut self, line: &str) -> Result<bool, TraceError> {
         let format = match self.requested {
-            Format::Auto => Format::detect(line).ok_or_else(|| {
-                self.err(
-                    TraceErrorKind::Layout,
-                    "cannot tell the trace format from the first line (expected an Azure or \
+            // A line with some of a layout's keys but not all is read as that layout, so
+            // the error names what it lacks instead of "cannot tell the trace format".
+            Format::Auto => Format::detect(line)
+                .or_else(|| resembles(line))
+                .ok_or_else(|| {
+                    self.err(
+                        TraceErrorKind::Layout,
+                        "cannot tell the trace format from the first line (expected an Azure or \
                      BurstGPT CSV header or a Mooncake/dujiang JSON object); pass --format",
-                )
-            })?,
+                    )
+                })?,
             f => f,
         };
         self.format = format;
@@ -668,6 +672,35 @@ struct JsonlLine {
     model: Option<String>,
 }
 
+/// The layout a first line has some of the keys of (see [`Format::detect`] for all of
+/// them): a header missing a token column, a JSON object missing its prompt length.
+fn resembles(line: &str) -> Option<Format> {
+    let line = line.trim_start_matches('\u{feff}').trim();
+    let any = |names: &[&str]| {
+        line.split(',')
+            .any(|c| names.contains(&c.trim().trim_matches('"')))
+    };
+    if line.starts_with('{') {
+        if line.contains("\"output_length\"") {
+            return Some(Format::Mooncake);
+        }
+        if ["\"output_tokens\"", "\"arrival_ms\"", "\"arrival_ns\""]
+            .iter()
+            .any(|k| line.contains(k))
+        {
+            return Some(Format::Jsonl);
+        }
+        return None;
+    }
+    if any(&["ContextTokens", "GeneratedTokens"]) {
+        Some(Format::Azure)
+    } else if any(&["Request tokens", "Response tokens"]) {
+        Some(Format::BurstGpt)
+    } else {
+        None
+    }
+}
+
 /// The last `"key":` that starts before byte column `column` (1-based) of a JSON line.
 fn key_before(line: &str, column: usize) -> Option<&str> {
     let head = line.get(..column.min(line.len()))?;
@@ -1056,6 +1089,17 @@ mod tests {
         let err = read_all("hello,world\n1,2\n", Format::Auto).unwrap_err();
         assert_eq!(err.kind, TraceErrorKind::Layout);
         assert_eq!(err.line, Some(1));
+        // A header with some of a layout's columns names the one it lacks.
+        let err = read_all("Timestamp,Model,Request tokens\n5,m,1\n", Format::Auto).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t:1: burstgpt header has no `Response tokens` column (columns: Timestamp, Model, Request tokens)"
+        );
+        let err = read_all("TIMESTAMP,ContextTokens\n", Format::Auto).unwrap_err();
+        assert!(err.message.contains("no `GeneratedTokens` column"), "{err}");
+        let err =
+            read_all("{\"arrival_ms\": 1, \"output_tokens\": 2}\n", Format::Auto).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("input_tokens"), "{err}");
     }
 
     #[test]
