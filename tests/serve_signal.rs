@@ -1,8 +1,10 @@
 //! The real binary under SIGTERM: an in-flight stream finishes within the grace period, new
 //! work is refused while draining, and the process exits 0. Also `--print-default-config`.
 
+mod cli_support;
 mod serve_support;
 
+use cli_support::{dujiang, fails, ok, s, tmp};
 use serve_support::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,6 +100,18 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
 
 use dujiang::wire;
 
+/// Every listener on a free port, so a daemon that does start cannot collide with another.
+const FREE_PORTS: &[&str] = &[
+    "--grpc-addr",
+    "127.0.0.1:0",
+    "--admin-addr",
+    "127.0.0.1:0",
+    "--http-addr",
+    "127.0.0.1:0",
+    "--openai-addr",
+    "127.0.0.1:0",
+];
+
 #[test]
 fn print_default_config_round_trips() {
     let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
@@ -135,26 +149,14 @@ fn bad_config_file_names_file_and_line() {
 /// file's `[policy]` (a parameter typo) and the config file's `policy` key (a name typo).
 #[test]
 fn bad_policy_in_fleet_or_config_names_file_and_line() {
-    let dir = std::env::temp_dir().join(format!("dujiang-serve-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fleet = dir.join("fleet.toml");
+    let fleet = tmp("serve-policy", "fleet.toml");
     std::fs::write(
         &fleet,
         "name = \"x\"\nmodel = \"llama-3-8b\"\n[policy]\nname = \"least-work\"\n[policy.params]\nsampel = 2\n[pools.h20]\nchip = \"h20\"\ncount = 1\n",
     )
     .unwrap();
-    let config = dir.join("serve.toml");
+    let config = tmp("serve-policy", "serve.toml");
     std::fs::write(&config, "time_scale = 2.0\npolicy = \"least_work\"\n").unwrap();
-    let ports = [
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--openai-addr",
-        "127.0.0.1:0",
-    ];
     for (flag, file, place) in [
         (
             "--fleet",
@@ -167,17 +169,9 @@ fn bad_policy_in_fleet_or_config_names_file_and_line() {
             "serve.toml:2:1: field `policy`: unknown policy `least_work`",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
-            .args(["serve", flag])
-            .arg(file)
-            .args(ports)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(place), "{err}");
+        fails(&[&["serve", flag, s(file)], FREE_PORTS].concat(), place);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(fleet.parent().unwrap());
 }
 
 /// A fleet file the config file names and that cannot be read is blamed on the config
@@ -185,30 +179,13 @@ fn bad_policy_in_fleet_or_config_names_file_and_line() {
 /// flag replaces it, so then it is not read at all.
 #[test]
 fn a_missing_fleet_named_by_the_config_names_the_config_line() {
-    let dir = std::env::temp_dir().join(format!("dujiang-serve-cfgfleet-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("serve.toml");
+    let config = tmp("serve-cfgfleet", "serve.toml");
     std::fs::write(
         &config,
         "time_scale = 2.0\nfleet = \"no-such-fleet.toml\"\n",
     )
     .unwrap();
-    let ports = [
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--openai-addr",
-        "127.0.0.1:0",
-    ];
-    let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(ports)
-        .output()
-        .unwrap();
+    let out = dujiang(&[&["serve", "--config", s(&config)], FREE_PORTS].concat());
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -217,18 +194,14 @@ fn a_missing_fleet_named_by_the_config_names_the_config_line() {
         "{err}"
     );
     // With --fleet the config's fleet is not used: replay runs.
-    let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
-        .args(["replay", "--config"])
-        .arg(&config)
-        .args(["--fleet", "config/fleets/demo.toml", "--trace"])
-        .arg("tests/data/azure-llm-2023-conv-head300.csv")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    ok(&[
+        "replay",
+        "--config",
+        s(&config),
+        "--fleet",
+        "config/fleets/demo.toml",
+        "--trace",
+        "tests/data/azure-llm-2023-conv-head300.csv",
+    ]);
+    let _ = std::fs::remove_dir_all(config.parent().unwrap());
 }
