@@ -362,3 +362,117 @@ fn bad_cells_shards_and_partials_are_refused_clearly() {
     );
     ok(&["replay", "merge", s(&p1), s(&p0)]);
 }
+
+/// Every integer in `v`, as a JSON pointer.
+fn integer_pointers(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Number(n) if n.is_u64() => out.push(at),
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                integer_pointers(x, format!("{at}/{i}"), out);
+            }
+        }
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                integer_pointers(
+                    x,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn a_corrupted_counter_in_a_partial_is_refused_naming_file_and_field_never_a_panic() {
+    let f = fleet("fuzz.toml", 2);
+    let parts: Vec<PathBuf> = (0..2).map(|i| tmp(&format!("fuzz-{i}.json"))).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let shard = format!("{i}/2");
+        ok(&[
+            "replay",
+            "--trace",
+            TRACE,
+            "--fleet",
+            s(&f),
+            "--shard",
+            &shard,
+            "--partial-out",
+            s(part),
+        ]);
+    }
+    let originals: Vec<serde_json::Value> = parts.iter().map(|p| json(p)).collect();
+    let bad: Vec<PathBuf> = (0..2).map(|i| tmp(&format!("fuzz-bad-{i}.json"))).collect();
+    let write = |docs: &[serde_json::Value]| {
+        for (doc, path) in docs.iter().zip(&bad) {
+            std::fs::write(path, doc.to_string()).unwrap();
+        }
+    };
+
+    // The reported case: one shard's request count set to 2^64 - 1.
+    let mut docs = originals.clone();
+    docs[0]["runs"][0]["requests"] = u64::MAX.into();
+    write(&docs);
+    let policy = docs[0]["runs"][0]["policy"].as_str().unwrap().to_string();
+    let arrivals = docs[1]["runs"][0]["requests"].as_u64().unwrap();
+    fails(
+        &["replay", "merge", s(&bad[0]), s(&bad[1])],
+        &format!(
+            "merging the shards: adding {} to {}: runs[0] (policy `{policy}`): requests: {} + {arrivals} overflows u64",
+            s(&bad[1]),
+            s(&bad[0]),
+            u64::MAX
+        ),
+    );
+    // A histogram whose counts sum past u64 when added up across the shards.
+    let mut docs = originals.clone();
+    for doc in &mut docs {
+        doc["runs"][0]["tallies"][0]["ttft"] = serde_json::json!([[1000, u64::MAX / 2 + 1]]);
+    }
+    write(&docs);
+    fails(
+        &["replay", "merge", s(&bad[0]), s(&bad[1])],
+        "runs[0] (policy",
+    );
+    fails(
+        &["replay", "merge", s(&bad[0]), s(&bad[1])],
+        "tallies[0].ttft: 9223372036854775808 + 9223372036854775808 samples overflow u64",
+    );
+
+    // Fuzz-ish, bounded: set integers picked by a fixed LCG (in one shard or in both) to
+    // values near the limits; the merge may succeed or refuse, but never panic.
+    let mut pointers = Vec::new();
+    integer_pointers(&originals[0], String::new(), &mut pointers);
+    assert!(pointers.len() > 100, "{}", pointers.len());
+    let values = [u64::MAX, u64::MAX / 2 + 1, u64::from(u32::MAX), 1 << 32, 0];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut refused = 0;
+    for round in 0..60 {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let ptr = &pointers[(x >> 33) as usize % pointers.len()];
+        let value = values[(x >> 20) as usize % values.len()];
+        let mut docs = originals.clone();
+        for doc in docs.iter_mut().take(if round % 2 == 0 { 1 } else { 2 }) {
+            if let Some(slot) = doc.pointer_mut(ptr) {
+                *slot = value.into();
+            }
+        }
+        write(&docs);
+        let out = cli_support::dujiang(&["replay", "merge", s(&bad[0]), s(&bad[1])]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1) && !stderr.contains("panicked"),
+            "{ptr} = {value}: exit {:?}\n{stderr}",
+            out.status
+        );
+        refused += usize::from(!out.status.success());
+    }
+    assert!(
+        refused > 0,
+        "no mutation was refused: the fuzzing tests nothing"
+    );
+}

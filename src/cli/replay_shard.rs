@@ -91,7 +91,7 @@ impl Partial {
     }
 
     pub fn summary_line(&self, path: &Path) -> String {
-        let requests = self.requests() * self.runs.len() as u64;
+        let requests = self.requests().saturating_mul(self.runs.len() as u64);
         format!(
             "shard {}/{}: {} of {} cells, {} requests x {} policies in {:.2} s wall ({:.0} simulated requests/s) -> {}",
             self.shard.index,
@@ -149,7 +149,11 @@ pub fn merge(m: MergeArgs) -> Result<()> {
     }
     let shards: Vec<_> = parts.iter().map(|p| (p.shard, &p.inputs)).collect();
     let count = super::shards::check_whole(&shards, &m.parts, "a replay of other inputs than")?;
-    let pieces: Vec<Vec<RunTotals>> = parts.iter().map(|p| p.runs.clone()).collect();
+    let pieces: Vec<(std::path::Display, Vec<RunTotals>)> = parts
+        .iter()
+        .zip(&m.parts)
+        .map(|(p, path)| (path.display(), p.runs.clone()))
+        .collect();
     let runs = merge_runs(&pieces).map_err(|e| anyhow::anyhow!("merging the shards: {e}"))?;
     let inputs = &parts[0].inputs;
     for r in &runs {
@@ -167,10 +171,10 @@ pub fn merge(m: MergeArgs) -> Result<()> {
     let total: f64 = parts.iter().map(|p| p.wall_seconds).sum();
     let report = report(inputs, &runs, m.out.wall_seconds(slowest));
     print!("{}", report.to_table());
-    let requests: u64 = parts
-        .iter()
-        .map(|p| p.requests() * p.runs.len() as u64)
-        .sum();
+    // Saturating: a figure for the eye only, of counts the merge has checked.
+    let requests: u64 = parts.iter().fold(0, |sum, p| {
+        sum.saturating_add(p.requests().saturating_mul(p.runs.len() as u64))
+    });
     println!(
         "merged {count} shard(s): {requests} simulated requests; shard wall time max {slowest:.2} s, sum {total:.2} s ({:.0} simulated requests per shard-second)",
         if total > 0.0 { requests as f64 / total } else { 0.0 }

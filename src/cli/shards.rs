@@ -2,7 +2,7 @@
 //! given are the shards of one run, each there once, none missing.
 
 use crate::trace::Shard;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 /// Checks that `parts` (each one's shard and inputs, read from the same-indexed `paths`)
@@ -18,7 +18,9 @@ pub(crate) fn check_whole<I: PartialEq>(
         bail!("no shards given");
     };
     let count = first.count;
-    let mut seen = vec![false; count as usize];
+    // A set of the indices given, not a flag per shard: a corrupted count near 2^32 would
+    // ask for gigabytes.
+    let mut seen = std::collections::BTreeSet::new();
     for (&(shard, inputs), path) in parts.iter().zip(paths) {
         if inputs != first_inputs {
             bail!(
@@ -35,14 +37,14 @@ pub(crate) fn check_whole<I: PartialEq>(
                 paths[0].display(),
             );
         }
-        let slot = seen.get_mut(shard.index as usize).ok_or_else(|| {
-            anyhow!(
+        if shard.index >= count {
+            bail!(
                 "{}: shard {}/{count} out of range",
                 path.display(),
                 shard.index
-            )
-        })?;
-        if std::mem::replace(slot, true) {
+            );
+        }
+        if !seen.insert(shard.index) {
             bail!(
                 "{}: shard {}/{count} given twice",
                 path.display(),
@@ -50,7 +52,8 @@ pub(crate) fn check_whole<I: PartialEq>(
             );
         }
     }
-    if let Some(missing) = seen.iter().position(|s| !s) {
+    // The first index not given; at most parts.len() + 1 steps, as the set is that small.
+    if let Some(missing) = (0..count).find(|i| !seen.contains(i)) {
         bail!(
             "shard {missing}/{count} is missing ({} of {count} given)",
             parts.len()

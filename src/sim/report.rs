@@ -50,6 +50,17 @@ impl<'de> Deserialize<'de> for LatencyHistogram {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let buckets: Vec<(u64, u64)> = Vec::deserialize(d)?;
         let mut h = LatencyHistogram::default();
+        // The crate saturates a count that does not fit; a file whose counts sum past
+        // u64 is corrupted, and saturated counts would give wrong percentiles silently.
+        let mut total = 0u64;
+        for &(value, count) in &buckets {
+            total = total.checked_add(count).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "histogram bucket {value} × {count}: the counts sum past {}",
+                    u64::MAX
+                ))
+            })?;
+        }
         for (value, count) in buckets {
             h.0.record_n(value, count).map_err(|e| {
                 serde::de::Error::custom(format!("histogram bucket {value} × {count}: {e:?}"))
@@ -83,6 +94,20 @@ impl LatencyHistogram {
 
     pub fn merge(&mut self, other: &LatencyHistogram) {
         let _ = self.0.add(&other.0);
+    }
+
+    /// [`merge`](Self::merge) for counts read back from files: refuses, where the crate
+    /// would saturate, a total count past u64. No bucket holds more than the total, so
+    /// when the total fits no bucket saturates either.
+    pub fn try_merge(&mut self, other: &LatencyHistogram) -> Result<(), String> {
+        if self.len().checked_add(other.len()).is_none() {
+            return Err(format!(
+                "{} + {} samples overflow u64",
+                self.len(),
+                other.len()
+            ));
+        }
+        self.0.add(&other.0).map_err(|e| format!("{e:?}"))
     }
 
     fn ms_at(&self, q: f64) -> f64 {
@@ -176,6 +201,49 @@ impl Tally {
         self.rejected.values().sum()
     }
 
+    /// [`merge`](Self::merge) with checked sums, for tallies read back from files (a
+    /// shard's partial report): a sum that does not fit is an error naming the field, as
+    /// its JSON key, instead of a panic (debug) or a wrapped count (release).
+    pub fn try_merge(&mut self, other: &Tally) -> Result<(), String> {
+        add("requests", &mut self.requests, other.requests)?;
+        add("completed", &mut self.completed, other.completed)?;
+        for (k, v) in &other.rejected {
+            let mine = self.rejected.entry(k.clone()).or_default();
+            add(format_args!("rejected.{k}"), mine, *v)?;
+        }
+        add("preempted", &mut self.preempted, other.preempted)?;
+        for (field, a, b) in [
+            ("ttft", &mut self.ttft, &other.ttft),
+            ("tpot", &mut self.tpot, &other.tpot),
+            ("e2e", &mut self.e2e, &other.e2e),
+            ("queue", &mut self.queue, &other.queue),
+            ("transfer", &mut self.transfer, &other.transfer),
+        ] {
+            a.try_merge(b).map_err(|e| format!("{field}: {e}"))?;
+        }
+        add(
+            "output_tokens",
+            &mut self.output_tokens,
+            other.output_tokens,
+        )?;
+        add("slo_met", &mut self.slo_met, other.slo_met)?;
+        add(
+            "domestic_tokens",
+            &mut self.domestic_tokens,
+            other.domestic_tokens,
+        )?;
+        add("handoffs", &mut self.handoffs, other.handoffs)
+    }
+
+    /// The sum of `rejected`, or an error when it does not fit.
+    pub fn try_rejected_total(&self) -> Result<u64, String> {
+        let mut total = 0u64;
+        for (k, v) in &self.rejected {
+            add(format_args!("rejected.{k}"), &mut total, *v)?;
+        }
+        Ok(total)
+    }
+
     pub fn merge(&mut self, other: &Tally) {
         self.requests += other.requests;
         self.completed += other.completed;
@@ -242,6 +310,40 @@ impl Tally {
         }
     }
 }
+
+/// `*a += b`, or an error naming `field` when the sum does not fit: for sums of counters
+/// read back from files, where a corrupted number must not panic or wrap.
+pub(crate) fn add<T: CheckedSum>(
+    field: impl std::fmt::Display,
+    a: &mut T,
+    b: T,
+) -> Result<(), String> {
+    match a.checked_sum(b) {
+        Some(s) => {
+            *a = s;
+            Ok(())
+        }
+        None => Err(format!("{field}: {a} + {b} overflows {}", T::NAME)),
+    }
+}
+
+/// The unsigned integers [`add`] sums.
+pub(crate) trait CheckedSum: Copy + std::fmt::Display + Sized {
+    const NAME: &'static str;
+    fn checked_sum(self, b: Self) -> Option<Self>;
+}
+
+macro_rules! checked_sum {
+    ($($t:ty),*) => {$(
+        impl CheckedSum for $t {
+            const NAME: &'static str = stringify!($t);
+            fn checked_sum(self, b: Self) -> Option<Self> {
+                self.checked_add(b)
+            }
+        }
+    )*};
+}
+checked_sum!(u32, u64, u128);
 
 fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6

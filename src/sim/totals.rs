@@ -8,7 +8,7 @@
 
 use super::cells::CellsReport;
 use super::replay::Timeline;
-use super::report::{round3, HourSlo, PolicyReport, PoolReport, SloReport, Tally};
+use super::report::{add, round3, HourSlo, PolicyReport, PoolReport, SloReport, Tally};
 use crate::fleet::PoolConfig;
 use crate::request::{Nanos, Slo};
 use serde::{Deserialize, Serialize};
@@ -100,6 +100,22 @@ impl HourlySlo {
         }
     }
 
+    /// [`merge`](Self::merge) with checked sums, for counts read back from files.
+    pub fn try_merge(&mut self, o: &HourlySlo) -> Result<(), String> {
+        for (name, mine, theirs) in [
+            ("requests", &mut self.requests, &o.requests),
+            ("met", &mut self.met, &o.met),
+        ] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (h, (a, b)) in mine.iter_mut().zip(theirs).enumerate() {
+                add(format_args!("{name}[{h}]"), a, *b)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn report(&self) -> Vec<HourSlo> {
         self.requests
             .iter()
@@ -161,19 +177,75 @@ impl RunTotals {
         if other.pools != self.pools {
             return Err(format!("policy `{}`: another fleet's pools", self.policy));
         }
-        self.timeline.merge(&other.timeline)?;
-        self.hourly.merge(&other.hourly);
-        self.cells += other.cells;
+        // Checked sums throughout: `other` may come from a file (a shard's partial report),
+        // and a corrupted counter must be an error naming it, not a panic (debug build)
+        // or a silently wrapped sum (release). The error names the field by its JSON path.
+        self.timeline
+            .merge(&other.timeline)
+            .map_err(|e| format!("timeline: {e}"))?;
+        self.hourly
+            .try_merge(&other.hourly)
+            .map_err(|e| format!("hourly.{e}"))?;
+        add("cells", &mut self.cells, other.cells)?;
         self.end_ns = self.end_ns.max(other.end_ns);
-        self.requests += other.requests;
+        add("requests", &mut self.requests, other.requests)?;
         for (k, v) in &other.rejected {
-            *self.rejected.entry(k.clone()).or_default() += v;
+            let mine = self.rejected.entry(k.clone()).or_default();
+            add(format_args!("rejected.{k}"), mine, *v)?;
         }
-        for (a, b) in self.tallies.iter_mut().zip(&other.tallies) {
-            a.merge(b);
+        if other.tallies.len() != self.tallies.len() || other.busy_ns.len() != self.busy_ns.len() {
+            return Err(format!(
+                "policy `{}`: {} tallies and {} busy times against {} and {}",
+                self.policy,
+                other.tallies.len(),
+                other.busy_ns.len(),
+                self.tallies.len(),
+                self.busy_ns.len()
+            ));
         }
-        for (a, b) in self.busy_ns.iter_mut().zip(&other.busy_ns) {
-            *a += b;
+        for (p, (a, b)) in self.tallies.iter_mut().zip(&other.tallies).enumerate() {
+            a.try_merge(b).map_err(|e| format!("tallies[{p}].{e}"))?;
+        }
+        for (p, (a, b)) in self.busy_ns.iter_mut().zip(&other.busy_ns).enumerate() {
+            add(format_args!("busy_ns[{p}]"), a, *b)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what [`report`](Self::report) assumes of totals read back from a file: one
+    /// tally and one busy time per pool, a timeline of those pools, and sums that fit
+    /// (each pool's backends over the cells, the pools added up fleet-wide, the rejection
+    /// reasons added up). The error names the field by its JSON path.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.pools.len();
+        if self.tallies.len() != n {
+            return Err(format!("tallies: {} for {n} pools", self.tallies.len()));
+        }
+        if self.busy_ns.len() != n {
+            return Err(format!("busy_ns: {} for {n} pools", self.busy_ns.len()));
+        }
+        self.timeline
+            .check(n)
+            .map_err(|e| format!("timeline.{e}"))?;
+        for (p, pf) in self.pools.iter().enumerate() {
+            if pf.count.checked_mul(self.cells).is_none() {
+                return Err(format!(
+                    "pools[{p}].count: {} backends × {} cells overflows u32",
+                    pf.count, self.cells
+                ));
+            }
+        }
+        let mut overall = Tally::default();
+        for (p, t) in self.tallies.iter().enumerate() {
+            t.try_rejected_total()
+                .map_err(|e| format!("tallies[{p}].{e}"))?;
+            overall
+                .try_merge(t)
+                .map_err(|e| format!("tallies[{p}].{e} (adding up the pools)"))?;
+        }
+        let mut rejected = 0u64;
+        for (k, v) in &self.rejected {
+            add(format_args!("rejected.{k}"), &mut rejected, *v)?;
         }
         Ok(())
     }
@@ -229,25 +301,46 @@ impl RunTotals {
     }
 }
 
-/// Merges per-cell (or per-shard) runs of several policies, in policy order: `runs[i]` is
-/// one piece's list of policies. Errors say which piece and policy disagree.
-pub fn merge_runs(pieces: &[Vec<RunTotals>]) -> Result<Vec<RunTotals>, String> {
-    let Some((first, rest)) = pieces.split_first() else {
+/// Merges per-cell (or per-shard) runs of several policies, in policy order: each piece
+/// is its label (a file name) and its list of policies. Every piece is checked
+/// ([`RunTotals::check`]) before it is added and the sum after, so a corrupted piece ends
+/// in an error naming the piece, the policy (`runs[j]`) and the field, never a panic.
+pub fn merge_runs<L: std::fmt::Display>(
+    pieces: &[(L, Vec<RunTotals>)],
+) -> Result<Vec<RunTotals>, String> {
+    let Some(((first_label, first), rest)) = pieces.split_first() else {
         return Err("nothing to merge".into());
     };
+    let at = |j: usize, r: &RunTotals| format!("runs[{j}] (policy `{}`)", r.policy);
+    for (label, piece) in pieces {
+        for (j, r) in piece.iter().enumerate() {
+            r.check()
+                .map_err(|e| format!("{label}: {}: {e}", at(j, r)))?;
+        }
+    }
     let mut acc = first.clone();
-    for (i, piece) in rest.iter().enumerate() {
+    let mut summed = first_label.to_string();
+    for (n, (label, piece)) in rest.iter().enumerate() {
         if piece.len() != acc.len() {
             return Err(format!(
-                "piece {} has {} policies, the first {}",
-                i + 1,
+                "{label} has {} policies, {first_label} {}",
                 piece.len(),
                 acc.len()
             ));
         }
-        for (a, b) in acc.iter_mut().zip(piece) {
-            a.merge(b).map_err(|e| format!("piece {}: {e}", i + 1))?;
+        for (j, (a, b)) in acc.iter_mut().zip(piece).enumerate() {
+            a.merge(b)
+                .map_err(|e| format!("adding {label} to {summed}: {}: {e}", at(j, b)))?;
         }
+        // Names every piece summed so far, up to a few: `a + b`, `a + … + e (5 pieces)`.
+        summed = match n {
+            0 => format!("{first_label} + {label}"),
+            _ => format!("{first_label} + … + {label} ({} pieces)", n + 2),
+        };
+    }
+    for (j, r) in acc.iter().enumerate() {
+        r.check()
+            .map_err(|e| format!("the sum of {summed}: {}: {e}", at(j, r)))?;
     }
     Ok(acc)
 }
@@ -375,21 +468,29 @@ mod tests {
                 .len()
                 > 1
         );
-        let forward =
-            merge_runs(&cells.iter().map(|c| vec![c.clone()]).collect::<Vec<_>>()).unwrap();
+        let forward = merge_runs(
+            &cells
+                .iter()
+                .map(|c| ("cell", vec![c.clone()]))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         let backward = merge_runs(
             &cells
                 .iter()
                 .rev()
-                .map(|c| vec![c.clone()])
+                .map(|c| ("cell", vec![c.clone()]))
                 .collect::<Vec<_>>(),
         )
         .unwrap();
         assert_eq!(forward, backward);
         // Through JSON, as shards hand them over: the same report to the byte.
-        let read: Vec<Vec<RunTotals>> = cells
+        let read: Vec<(&str, Vec<RunTotals>)> = cells
             .iter()
-            .map(|c| vec![serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap()])
+            .map(|c| {
+                let back = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
+                ("cell", vec![back])
+            })
             .collect();
         let merged = merge_runs(&read).unwrap();
         assert_eq!(merged, forward);

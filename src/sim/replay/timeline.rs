@@ -4,7 +4,7 @@
 //! stays flat however long the trace.
 
 use crate::request::Nanos;
-use crate::sim::report::{round3, TimelineBucket};
+use crate::sim::report::{add, round3, TimelineBucket};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,7 +36,78 @@ impl TimelineAcc {
     }
 }
 
+impl TimelineAcc {
+    /// [`absorb`](Self::absorb) with checked sums, for buckets read back from files.
+    fn try_absorb(&mut self, o: &TimelineAcc) -> Result<(), String> {
+        add("arrivals", &mut self.arrivals, o.arrivals)?;
+        add("completed", &mut self.completed, o.completed)?;
+        add("ttft_sum_ns", &mut self.ttft_sum_ns, o.ttft_sum_ns)?;
+        add("e2e_sum_ns", &mut self.e2e_sum_ns, o.e2e_sum_ns)?;
+        for (i, (a, b)) in self.routed.iter_mut().zip(&o.routed).enumerate() {
+            add(format_args!("routed[{i}]"), a, *b)?;
+        }
+        Ok(())
+    }
+}
+
 impl Timeline {
+    /// Checks a timeline read back from a file against what [`merge`](Self::merge) and
+    /// [`report`](Self::report) assume, so a corrupted one is an error naming the field
+    /// instead of a division by zero, an endless halving or a wrapped bucket start.
+    pub(crate) fn check(&self, pools: usize) -> Result<(), String> {
+        if self.pools != pools {
+            return Err(format!("pools: {} for a fleet of {pools}", self.pools));
+        }
+        if self.bucket_ns == 0 {
+            return Err("bucket_ns: 0".into());
+        }
+        if self.max == 0 {
+            return Err("max: 0".into());
+        }
+        if self.buckets.len() > self.max {
+            return Err(format!(
+                "buckets: {} of at most {} (max)",
+                self.buckets.len(),
+                self.max
+            ));
+        }
+        if self.bucket_ns.checked_mul(self.max as u64).is_none() {
+            return Err(format!(
+                "bucket_ns: {} ns × {} buckets (max) overflows u64",
+                self.bucket_ns, self.max
+            ));
+        }
+        for (i, b) in self.buckets.iter().enumerate() {
+            if b.routed.len() != pools {
+                return Err(format!(
+                    "buckets[{i}].routed: {} counts for {pools} pools",
+                    b.routed.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`halve`](Self::halve) with checked sums, for timelines read back from files.
+    fn try_halve(&mut self) -> Result<(), String> {
+        let wider = self
+            .bucket_ns
+            .checked_mul(2)
+            .ok_or_else(|| format!("bucket_ns: {} × 2 overflows u64", self.bucket_ns))?;
+        let mut merged = Vec::with_capacity(self.buckets.len().div_ceil(2));
+        for (i, pair) in self.buckets.chunks(2).enumerate() {
+            let mut acc = pair[0].clone();
+            if let Some(b) = pair.get(1) {
+                acc.try_absorb(b)
+                    .map_err(|e| format!("buckets[{}].{e}", 2 * i))?;
+            }
+            merged.push(acc);
+        }
+        self.buckets = merged;
+        self.bucket_ns = wider;
+        Ok(())
+    }
+
     pub(crate) fn at(&mut self, t: Nanos) -> &mut TimelineAcc {
         let mut i = (t / self.bucket_ns) as usize;
         while i >= self.max {
@@ -81,18 +152,25 @@ impl Timeline {
                 self.pools, self.max, other.pools, other.max
             ));
         }
-        let mut other = other.clone();
-        while self.bucket_ns < other.bucket_ns {
-            self.halve();
-        }
-        while other.bucket_ns < self.bucket_ns {
-            other.halve();
-        }
-        if self.bucket_ns != other.bucket_ns {
+        // Widths nest when the wider is the narrower doubled k times; checked before
+        // halving, so a corrupted width cannot halve forever or overflow.
+        let (narrow, wide) = if self.bucket_ns <= other.bucket_ns {
+            (self.bucket_ns, other.bucket_ns)
+        } else {
+            (other.bucket_ns, self.bucket_ns)
+        };
+        if narrow == 0 || wide % narrow != 0 || !(wide / narrow).is_power_of_two() {
             return Err(format!(
                 "timeline widths {} and {} ns do not nest",
                 self.bucket_ns, other.bucket_ns
             ));
+        }
+        let mut other = other.clone();
+        while self.bucket_ns < other.bucket_ns {
+            self.try_halve()?;
+        }
+        while other.bucket_ns < self.bucket_ns {
+            other.try_halve()?;
         }
         if self.buckets.len() < other.buckets.len() {
             let pools = self.pools;
@@ -102,11 +180,11 @@ impl Timeline {
                     ..Default::default()
                 });
         }
-        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            a.absorb(b);
+        for (i, (a, b)) in self.buckets.iter_mut().zip(&other.buckets).enumerate() {
+            a.try_absorb(b).map_err(|e| format!("buckets[{i}].{e}"))?;
         }
         while self.buckets.len() > self.max {
-            self.halve();
+            self.try_halve()?;
         }
         Ok(())
     }
