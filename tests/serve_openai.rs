@@ -481,3 +481,76 @@ async fn an_oversized_body_is_refused_in_openai_shape() {
         );
     }
 }
+
+#[tokio::test]
+async fn without_max_tokens_the_default_shrinks_to_fit_the_context_as_vllm_does() {
+    let d = start(two_h20()).await;
+    // Llama 3 8B's context in the catalogue: 8,192 tokens.
+    const CONTEXT: u32 = 8192;
+    let msg = r#""model":"llama-3-8b","messages":[{"role":"user","content":"hi"}]"#;
+    // 5 tokens of room, less than the default 16: answered with those 5, not refused
+    // naming a `max_tokens` the client never sent.
+    for (path, body) in [
+        (CHAT, format!("{{{msg}}}")),
+        (
+            COMPLETIONS,
+            r#"{"model":"llama-3-8b","prompt":"hi"}"#.to_string(),
+        ),
+    ] {
+        let room = (CONTEXT - 5).to_string();
+        let r = post(
+            d.openai_addr,
+            path,
+            &[("x-dujiang-prompt-tokens", &room)],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    }
+    // With room to spare the default stays 16.
+    let r = post(
+        d.openai_addr,
+        CHAT,
+        &[("x-dujiang-prompt-tokens", "100")],
+        &format!("{{{msg}}}"),
+    )
+    .await;
+    assert_eq!(r.json()["usage"]["completion_tokens"], 16, "{}", r.body);
+    // A limit the client did send is still held to the context, and named.
+    let e = error_of(
+        &post(
+            d.openai_addr,
+            CHAT,
+            &[("x-dujiang-prompt-tokens", &(CONTEXT - 5).to_string())],
+            &format!("{{{msg},\"max_tokens\":6}}"),
+        )
+        .await,
+        400,
+    );
+    assert_eq!(e["param"], "max_tokens", "{e}");
+    // A chat whose messages alone fill the context is refused naming them.
+    let long = "word ".repeat(CONTEXT as usize * 2);
+    let body = serde_json::json!({
+        "model": "llama-3-8b",
+        "messages": [{"role": "user", "content": long}],
+    })
+    .to_string();
+    let e = error_of(&post(d.openai_addr, CHAT, &[], &body).await, 400);
+    assert_eq!(e["param"], "messages", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().starts_with("messages: "),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("8192-token context"),
+        "{e}"
+    );
+    d.shutdown();
+    d.wait().await.unwrap();
+}

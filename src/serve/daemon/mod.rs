@@ -315,6 +315,17 @@ impl Daemon {
         &self.default_model
     }
 
+    /// The context, in tokens, of `model` (the default model when empty); none for a
+    /// model the catalogue does not know (the request's validation refuses it).
+    pub fn max_context(&self, model: &str) -> Option<u32> {
+        let model = if model.is_empty() {
+            self.default_model.as_str()
+        } else {
+            model
+        };
+        self.catalogue.model(model).map(|spec| spec.max_context)
+    }
+
     /// Every live backend's handle.
     pub fn backends(&self) -> Vec<Arc<BackendHandle>> {
         self.backends.load().iter().flatten().cloned().collect()

@@ -71,14 +71,20 @@ async fn try_complete(
     })?;
     let parsed = request::parse(endpoint, &parts.headers, &body).map_err(refused)?;
     let deadline = parsed.timeout.map(|t| received + t);
+    let mut wire = parsed.wire;
+    if !parsed.max_tokens_given {
+        // As vLLM: no limit named, the default shrinks to the room the context leaves
+        // after the prompt. A prompt that leaves none is refused by the shared check,
+        // naming the prompt (`messages` for a chat), not a `max_tokens` never sent.
+        if let (Some(context), Some(prompt)) = (d.max_context(&wire.model), wire.prompt_tokens) {
+            let room = context.saturating_sub(prompt);
+            if room > 0 {
+                wire.max_tokens = wire.max_tokens.min(room);
+            }
+        }
+    }
     let accepted = d
-        .submit_with(
-            Frontend::Openai,
-            parsed.wire,
-            parsed.sampling,
-            received,
-            deadline,
-        )
+        .submit_with(Frontend::Openai, wire, parsed.sampling, received, deadline)
         .await
         .map_err(|e| parsed.from_headers.rename(e.into()))?;
     let mut stream = RequestStream::new(d.clone(), accepted);

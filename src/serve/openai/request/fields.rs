@@ -14,12 +14,14 @@ use axum::http::HeaderMap;
 
 /// The wire fields a request's headers gave (rather than its body or the text), so that
 /// the shared checks' refusals, which name the wire's field (`request_id`,
-/// `prefix_hashes`, `prompt`), name the header the client actually sent instead.
+/// `prefix_hashes`, `prompt`), name the header the client actually sent instead; and
+/// whether the prompt came as a chat's `messages`, the field a chat client sent.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FromHeaders {
     pub(super) request_id: bool,
     pub(super) prefix_hashes: bool,
     pub(super) prompt_tokens: bool,
+    pub(super) chat: bool,
 }
 
 impl FromHeaders {
@@ -29,6 +31,7 @@ impl FromHeaders {
             Some("request_id") if self.request_id => "x-request-id",
             Some("prefix_hashes") if self.prefix_hashes => "x-dujiang-prefix-hashes",
             Some("prompt" | "prompt_tokens") if self.prompt_tokens => "x-dujiang-prompt-tokens",
+            Some("prompt") if self.chat => "messages",
             _ => return e,
         };
         if let Some(p) = e.param.replace(header.into()) {

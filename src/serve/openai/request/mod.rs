@@ -31,7 +31,8 @@ use fields::{header_str, header_u64, prefix_hashes, priority, slo};
 /// Output tokens when a request names no limit: OpenAI's documented default for
 /// `/v1/completions` (`max_tokens` defaults to 16); used for chat too, which upstream
 /// bounds only by the context (`estimate`: a simulator must not stream 100k tokens
-/// because a field was left out).
+/// because a field was left out). As vLLM does, the default shrinks to what fits in the
+/// model's context after the prompt ([`Parsed::max_tokens_given`]).
 pub const DEFAULT_MAX_TOKENS: u32 = 16;
 
 /// Which endpoint a request came to.
@@ -53,6 +54,11 @@ pub struct Parsed {
     pub sampling: Map<String, Value>,
     /// Which of the wire's fields came from headers.
     pub from_headers: FromHeaders,
+    /// The client named an output limit. Without one the wire carries
+    /// [`DEFAULT_MAX_TOKENS`], which the handler shrinks to the room the model's context
+    /// leaves after the prompt: a refusal then names the prompt, never a `max_tokens`
+    /// the client did not send.
+    pub max_tokens_given: bool,
 }
 
 /// Fields passed through, untouched, to a real engine serving the request (vLLM's and
@@ -328,7 +334,8 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         }
         Endpoint::Completions => completion_prompt(&b, &mut wire)?,
     };
-    wire.max_tokens = max_tokens(&b)?;
+    let given = max_tokens(&b)?;
+    wire.max_tokens = given.unwrap_or(DEFAULT_MAX_TOKENS);
     let stream = flag(&b, "stream")?;
     let (include_usage, continuous_usage) = match b.get("stream_options") {
         None | Some(Val::Null) => (false, false),
@@ -383,6 +390,7 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
             && !headers.is_empty()
             && headers.contains_key("x-dujiang-prefix-hashes"),
         prompt_tokens: length.is_some(),
+        chat: endpoint == Endpoint::Chat,
     };
     let timeout = match header_u64(headers, "x-dujiang-timeout-ms")? {
         Some(0) => {
@@ -413,6 +421,7 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
         timeout,
         sampling,
         from_headers,
+        max_tokens_given: given.is_some(),
     })
 }
 
@@ -598,7 +607,8 @@ fn completion_prompt(b: &Body, wire: &mut wire::GenerateRequest) -> Result<Shape
     }
 }
 
-fn max_tokens(b: &Body) -> Result<u32, ApiError> {
+/// The client's output limit, if it named one.
+fn max_tokens(b: &Body) -> Result<Option<u32>, ApiError> {
     for field in ["max_completion_tokens", "max_tokens"] {
         match b.get(field) {
             None | Some(Val::Null) => {}
@@ -607,7 +617,7 @@ fn max_tokens(b: &Body) -> Result<u32, ApiError> {
                     .as_u64()
                     .ok_or_else(|| ApiError::invalid(field, "must be a non-negative integer"))?;
                 // A count no context holds: said so, not that it is not an integer.
-                return u32::try_from(n).map_err(|_| {
+                return u32::try_from(n).map(Some).map_err(|_| {
                     ApiError::invalid(
                         field,
                         format!("{n} tokens is longer than any model's context"),
@@ -616,7 +626,7 @@ fn max_tokens(b: &Body) -> Result<u32, ApiError> {
             }
         }
     }
-    Ok(DEFAULT_MAX_TOKENS)
+    Ok(None)
 }
 
 #[cfg(test)]
