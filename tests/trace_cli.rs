@@ -322,12 +322,31 @@ fn gen_refuses_traces_the_readers_refuse() {
             &["--rate", "1", "--process", "gamma", "--cv", "0"][..],
             "error: --cv must be a positive number, got 0\n",
         ),
+        // Flags that would do nothing are refused, not silently ignored.
+        (
+            &["--rate", "1", "--cv", "3"][..],
+            "error: --cv applies to --process gamma only (the arrivals here are poisson): add --process gamma\n",
+        ),
+        (
+            &["--rate", "1", "--process", "diurnal", "--cv", "3"][..],
+            "error: --cv applies to --process gamma only (the arrivals here are diurnal): add --process gamma\n",
+        ),
     ] {
         let mut all = vec!["trace", "gen", "--requests", "3"];
         all.extend_from_slice(args);
         let out = dujiang(&all);
         assert!(!out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stderr), want);
+    }
+    for (flag, value) in [("--cv", "3"), ("--process", "gamma")] {
+        let out = dujiang(&["trace", "gen", "--day", "doubao", flag, value]);
+        assert!(!out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "error: {flag} does not apply to --day, whose arrivals follow its own day curve\n"
+            )
+        );
     }
     let out = dujiang(&["trace", "gen", "--requests", "3", "--rate", "1e-300"]);
     assert!(!out.status.success());

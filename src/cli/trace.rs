@@ -60,17 +60,19 @@ pub struct GenArgs {
     /// With --day: hours of the day to write, A-B (fractions allowed) [default: 0-24].
     #[arg(long, requires = "day")]
     pub hours: Option<String>,
-    #[arg(long, value_enum, default_value_t = Process::Poisson)]
-    pub process: Process,
+    /// How arrivals are spaced [default: poisson]. Not with --day, whose curve is its own.
+    #[arg(long, value_enum)]
+    pub process: Option<Process>,
     /// Number of requests to write (with --day: at most this many).
     #[arg(long, required_unless_present = "day")]
     pub requests: Option<u64>,
     /// Mean arrival rate, requests per second.
     #[arg(long, required_unless_present = "day", conflicts_with = "day")]
     pub rate: Option<f64>,
-    /// Inter-arrival coefficient of variation for --process gamma (> 1 is bursty).
-    #[arg(long, default_value_t = 2.0)]
-    pub cv: f64,
+    /// Inter-arrival coefficient of variation for --process gamma (> 1 is bursty)
+    /// [default: 2]. Refused with another process rather than ignored.
+    #[arg(long)]
+    pub cv: Option<f64>,
     /// Seed of the random generator: the same seed gives byte-identical output.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -109,9 +111,35 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn generate(a: GenArgs) -> Result<()> {
+    // Flags that do nothing here are refused, not ignored: a user who asked for bursty
+    // arrivals must not get Poisson ones without a word. (--cv does not imply gamma: with
+    // --process poisson or diurnal the two flags contradict each other, and with no
+    // --process the refusal costs one flag while a silent switch hides a typo.)
     if a.day.is_some() {
+        if a.process.is_some() || a.cv.is_some() {
+            let flag = if a.process.is_some() {
+                "--process"
+            } else {
+                "--cv"
+            };
+            anyhow::bail!(
+                "{flag} does not apply to --day, whose arrivals follow its own day curve"
+            );
+        }
         return generate_day(a);
     }
+    let process = a.process.unwrap_or(Process::Poisson);
+    if let (Some(_), false) = (a.cv, process == Process::Gamma) {
+        anyhow::bail!(
+            "--cv applies to --process gamma only (the arrivals here are {}): add --process gamma",
+            match process {
+                Process::Poisson => "poisson",
+                Process::Gamma => "gamma",
+                Process::Diurnal => "diurnal",
+            }
+        );
+    }
+    let cv = a.cv.unwrap_or(2.0);
     for (flag, given) in [
         ("--tokens-per-day", a.tokens_per_day.is_some()),
         ("--scale", a.scale.is_some()),
@@ -139,12 +167,12 @@ fn generate(a: GenArgs) -> Result<()> {
             a.batch_fraction
         );
     }
-    if matches!(a.process, Process::Gamma) && !(a.cv.is_finite() && a.cv > 0.0) {
-        anyhow::bail!("--cv must be a positive number, got {}", a.cv);
+    if process == Process::Gamma && !(cv.is_finite() && cv > 0.0) {
+        anyhow::bail!("--cv must be a positive number, got {cv}");
     }
-    let process = match a.process {
+    let process = match process {
         Process::Poisson => ArrivalProcess::Poisson,
-        Process::Gamma => ArrivalProcess::Gamma { cv: a.cv },
+        Process::Gamma => ArrivalProcess::Gamma { cv },
         Process::Diurnal => ArrivalProcess::Diurnal(DiurnalProfile::default()),
     };
     let prefix = match a.prefix_share {
