@@ -246,11 +246,13 @@ impl LinkTable {
     }
 }
 
-/// Checks a fleet's roles: every prefill pool needs somewhere to hand off to. Returns the
-/// offending pool's name.
+/// Checks a fleet's roles: every prefill pool needs somewhere to hand off to, and a decode
+/// pool needs a prefill pool to hand off to it (else it only ever gets whole requests and
+/// runs as a mixed pool under another name). Returns the offending pool's name.
 pub fn check_roles(pools: &[PoolConfig]) -> Result<(), (String, String)> {
     let decodes = pools.iter().any(|p| p.role.serves_whole());
-    match pools.iter().find(|p| p.role == Role::Prefill) {
+    let prefill = pools.iter().find(|p| p.role == Role::Prefill);
+    match prefill {
         Some(p) if !decodes => Err((
             p.name.clone(),
             format!(
@@ -258,6 +260,17 @@ pub fn check_roles(pools: &[PoolConfig]) -> Result<(), (String, String)> {
                 p.name
             ),
         )),
+        None => match pools.iter().find(|p| p.role == Role::Decode) {
+            Some(d) => Err((
+                d.name.clone(),
+                format!(
+                    "decode pool `{}` would get no hand-offs: the fleet has no prefill pool, so it \
+                     would serve whole requests as a mixed pool (make it mixed, or add a prefill pool)",
+                    d.name
+                ),
+            )),
+            None => Ok(()),
+        },
         _ => Ok(()),
     }
 }
@@ -409,6 +422,23 @@ layerwise = true
         let (pool, why) = check_simulated_roles(&pools).unwrap_err();
         assert_eq!(pool, "ascend");
         assert!(why.contains("real engines take no hand-offs"), "{why}");
+
+        // Decode pools and no prefill pool: the decode pool would run as mixed.
+        let err = resolve(&PD.replace("role = \"prefill\"", "role = \"mixed\"")).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("pools.h20.role"));
+        assert!(err.to_string().starts_with("pd.toml:12:"), "{err}");
+        assert!(
+            err.message
+                .contains("decode pool `h20` would get no hand-offs"),
+            "{err}"
+        );
+        // Only decode pools: the same.
+        let only_decode = PD
+            .replace("role = \"prefill\"", "role = \"decode\"")
+            .replace("count = 1\n", "count = 1\nrole = \"decode\"\n");
+        let err = resolve(&only_decode).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("pools.ascend.role"), "{err}");
+        assert!(err.message.contains("has no prefill pool"), "{err}");
 
         let err =
             FleetSpec::parse(&PD.replace("\"decode\"", "\"decoder\""), "pd.toml").unwrap_err();
