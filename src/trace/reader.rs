@@ -521,9 +521,19 @@ impl<R: BufRead> TraceReader<R> {
         let slo_part = |v: Option<f64>, field: &str| -> Result<Option<Nanos>, TraceError> {
             match v {
                 None => Ok(None),
-                Some(ms) if ms.is_finite() && ms >= 0.0 => {
-                    Ok(Some((ms * NANOS_PER_MS as f64).round() as Nanos))
-                }
+                // A 0 target (or one under half a nanosecond) no request can meet: every
+                // request would count as missing its SLO. Refused, as the OpenAI front end
+                // refuses `slo.ttft_ms: 0`, rather than read as a typo's nonsense.
+                Some(ms) if ms.is_finite() && ms >= 0.0 => match (ms * NANOS_PER_MS as f64).round()
+                {
+                    ns if ns >= 1.0 => Ok(Some(ns as Nanos)),
+                    _ => Err(field_err(
+                        field,
+                        format!(
+                            "{ms} ms: an SLO must be above 0 (leave the key out for the default)"
+                        ),
+                    )),
+                },
                 Some(ms) => Err(field_err(field, format!("{ms} is not a duration in ms"))),
             }
         };

@@ -253,6 +253,20 @@ fn jsonl_errors_name_the_key() {
     )
     .unwrap_err();
     assert!(err.message.contains("urgent"), "{err}");
+    // An SLO of 0 ms no request can meet: refused naming the line and key.
+    for key in ["slo_ttft_ms", "slo_tpot_ms"] {
+        let err = read_all(
+            &format!(
+                "{{\"arrival_ms\": 0, \"input_tokens\": 1, \"output_tokens\": 2}}\n\
+                 {{\"arrival_ms\": 1, \"input_tokens\": 1, \"output_tokens\": 2, \"{key}\": 0}}\n"
+            ),
+            Format::Jsonl,
+        )
+        .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some(key), "{err}");
+        assert!(err.to_string().starts_with("t:2:"), "{err}");
+        assert!(err.message.contains("an SLO must be above 0"), "{err}");
+    }
     // Unknown and missing keys are the field, not the key before them.
     let err = read_all(
         "{\"arrival_ms\": 1, \"input_tokens\": 1, \"output_tokens\": 2, \"foo\": 1}\n",
