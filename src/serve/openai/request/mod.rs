@@ -13,20 +13,28 @@
 //! `x-dujiang-slo-tpot-ms`, `x-dujiang-prefix-hashes` (comma-separated), and
 //! `x-dujiang-prompt-tokens` to override the length estimated from the text. The request
 //! timeout header `x-dujiang-timeout-ms` is enforced like gRPC's `grpc-timeout`.
+//!
+//! Here: [`parse`], which checks what the fields say and builds the wire request. How the
+//! fields are found in the body is [`body`]'s, the prompt (`messages` or `prompt`) is
+//! [`input`]'s, and dujiang's own fields and the headers are [`fields`]'.
 
 use super::error::ApiError;
 use super::json::Val;
-use super::prompt::{self, Shape};
+use super::prompt;
 use crate::serve::upstream::PROMPT_IDS;
 use crate::wire;
 use axum::http::HeaderMap;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
+mod body;
 mod fields;
+mod input;
+pub use body::SAMPLING_FIELDS;
+use body::{read_body, Body, Fields};
 pub use fields::FromHeaders;
 use fields::{header_str, header_u64, prefix_hashes, priority, slo};
+use input::{completion_prompt, messages, token_ids};
 
 /// Output tokens when a request names no limit: OpenAI's documented default for
 /// `/v1/completions` (`max_tokens` defaults to 16); used for chat too, which upstream
@@ -59,245 +67,6 @@ pub struct Parsed {
     /// leaves after the prompt: a refusal then names the prompt, never a `max_tokens`
     /// the client did not send.
     pub max_tokens_given: bool,
-}
-
-/// Fields passed through, untouched, to a real engine serving the request (vLLM's and
-/// SGLang's sampling parameters); simulated backends ignore them.
-pub const SAMPLING_FIELDS: [&str; 16] = [
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "stop",
-    "stop_token_ids",
-    "seed",
-    "ignore_eos",
-    "min_tokens",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "logit_bias",
-    "skip_special_tokens",
-    "user",
-    "response_format",
-];
-
-/// A request body's fields that anything reads, each as it came (JSON `null` reads as
-/// absent); any other field is skipped unread, as vLLM ignores unknown fields.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Body<'a> {
-    #[serde(borrow)]
-    model: Option<Val<'a>>,
-    #[serde(borrow)]
-    messages: Option<Val<'a>>,
-    #[serde(borrow)]
-    prompt: Option<Val<'a>>,
-    #[serde(borrow)]
-    max_tokens: Option<Val<'a>>,
-    #[serde(borrow)]
-    max_completion_tokens: Option<Val<'a>>,
-    #[serde(borrow)]
-    stream: Option<Val<'a>>,
-    #[serde(borrow)]
-    stream_options: Option<Val<'a>>,
-    #[serde(borrow)]
-    n: Option<Val<'a>>,
-    #[serde(borrow)]
-    tools: Option<Val<'a>>,
-    #[serde(borrow)]
-    functions: Option<Val<'a>>,
-    #[serde(borrow)]
-    tool_choice: Option<Val<'a>>,
-    #[serde(borrow)]
-    function_call: Option<Val<'a>>,
-    #[serde(borrow)]
-    prefix_hashes: Option<Val<'a>>,
-    #[serde(borrow)]
-    priority: Option<Val<'a>>,
-    #[serde(borrow)]
-    slo: Option<Val<'a>>,
-    #[serde(borrow)]
-    request_id: Option<Val<'a>>,
-    /// [`SAMPLING_FIELDS`], in that order.
-    #[serde(borrow)]
-    temperature: Option<Val<'a>>,
-    #[serde(borrow)]
-    top_p: Option<Val<'a>>,
-    #[serde(borrow)]
-    top_k: Option<Val<'a>>,
-    #[serde(borrow)]
-    min_p: Option<Val<'a>>,
-    #[serde(borrow)]
-    stop: Option<Val<'a>>,
-    #[serde(borrow)]
-    stop_token_ids: Option<Val<'a>>,
-    #[serde(borrow)]
-    seed: Option<Val<'a>>,
-    #[serde(borrow)]
-    ignore_eos: Option<Val<'a>>,
-    #[serde(borrow)]
-    min_tokens: Option<Val<'a>>,
-    #[serde(borrow)]
-    presence_penalty: Option<Val<'a>>,
-    #[serde(borrow)]
-    frequency_penalty: Option<Val<'a>>,
-    #[serde(borrow)]
-    repetition_penalty: Option<Val<'a>>,
-    #[serde(borrow)]
-    logit_bias: Option<Val<'a>>,
-    #[serde(borrow)]
-    skip_special_tokens: Option<Val<'a>>,
-    #[serde(borrow)]
-    user: Option<Val<'a>>,
-    #[serde(borrow)]
-    response_format: Option<Val<'a>>,
-}
-
-impl<'a> Body<'a> {
-    /// Takes one top-level member as serde's reading of the struct does: a known field
-    /// once (`None` for a second time, which serde refuses), `null` as absent, any other
-    /// field ignored.
-    fn set(&mut self, seen: &mut u64, key: &str, v: Val<'a>) -> Option<()> {
-        let (bit, slot) = match key {
-            "model" => (0, &mut self.model),
-            "messages" => (1, &mut self.messages),
-            "prompt" => (2, &mut self.prompt),
-            "max_tokens" => (3, &mut self.max_tokens),
-            "max_completion_tokens" => (4, &mut self.max_completion_tokens),
-            "stream" => (5, &mut self.stream),
-            "stream_options" => (6, &mut self.stream_options),
-            "n" => (7, &mut self.n),
-            "tools" => (8, &mut self.tools),
-            "functions" => (9, &mut self.functions),
-            "tool_choice" => (10, &mut self.tool_choice),
-            "function_call" => (11, &mut self.function_call),
-            "prefix_hashes" => (12, &mut self.prefix_hashes),
-            "priority" => (13, &mut self.priority),
-            "slo" => (14, &mut self.slo),
-            "request_id" => (15, &mut self.request_id),
-            "temperature" => (16, &mut self.temperature),
-            "top_p" => (17, &mut self.top_p),
-            "top_k" => (18, &mut self.top_k),
-            "min_p" => (19, &mut self.min_p),
-            "stop" => (20, &mut self.stop),
-            "stop_token_ids" => (21, &mut self.stop_token_ids),
-            "seed" => (22, &mut self.seed),
-            "ignore_eos" => (23, &mut self.ignore_eos),
-            "min_tokens" => (24, &mut self.min_tokens),
-            "presence_penalty" => (25, &mut self.presence_penalty),
-            "frequency_penalty" => (26, &mut self.frequency_penalty),
-            "repetition_penalty" => (27, &mut self.repetition_penalty),
-            "logit_bias" => (28, &mut self.logit_bias),
-            "skip_special_tokens" => (29, &mut self.skip_special_tokens),
-            "user" => (30, &mut self.user),
-            "response_format" => (31, &mut self.response_format),
-            _ => return Some(()),
-        };
-        if *seen & (1 << bit) != 0 {
-            return None;
-        }
-        *seen |= 1 << bit;
-        *slot = (!v.is_null()).then_some(v);
-        Some(())
-    }
-
-    /// The [`SAMPLING_FIELDS`], in that order, read without a lookup by name each.
-    fn sampling(&self) -> [&Option<Val<'a>>; SAMPLING_FIELDS.len()] {
-        [
-            &self.temperature,
-            &self.top_p,
-            &self.top_k,
-            &self.min_p,
-            &self.stop,
-            &self.stop_token_ids,
-            &self.seed,
-            &self.ignore_eos,
-            &self.min_tokens,
-            &self.presence_penalty,
-            &self.frequency_penalty,
-            &self.repetition_penalty,
-            &self.logit_bias,
-            &self.skip_special_tokens,
-            &self.user,
-            &self.response_format,
-        ]
-    }
-}
-
-/// Field lookup by name, for a body and for the objects nested in it.
-trait Fields {
-    fn get(&self, field: &str) -> Option<&Val<'_>>;
-}
-
-impl Fields for Body<'_> {
-    fn get(&self, field: &str) -> Option<&Val<'_>> {
-        match field {
-            "model" => &self.model,
-            "messages" => &self.messages,
-            "prompt" => &self.prompt,
-            "max_tokens" => &self.max_tokens,
-            "max_completion_tokens" => &self.max_completion_tokens,
-            "stream" => &self.stream,
-            "stream_options" => &self.stream_options,
-            "n" => &self.n,
-            "tools" => &self.tools,
-            "functions" => &self.functions,
-            "tool_choice" => &self.tool_choice,
-            "function_call" => &self.function_call,
-            "prefix_hashes" => &self.prefix_hashes,
-            "priority" => &self.priority,
-            "slo" => &self.slo,
-            "request_id" => &self.request_id,
-            "temperature" => &self.temperature,
-            "top_p" => &self.top_p,
-            "top_k" => &self.top_k,
-            "min_p" => &self.min_p,
-            "stop" => &self.stop,
-            "stop_token_ids" => &self.stop_token_ids,
-            "seed" => &self.seed,
-            "ignore_eos" => &self.ignore_eos,
-            "min_tokens" => &self.min_tokens,
-            "presence_penalty" => &self.presence_penalty,
-            "frequency_penalty" => &self.frequency_penalty,
-            "repetition_penalty" => &self.repetition_penalty,
-            "logit_bias" => &self.logit_bias,
-            "skip_special_tokens" => &self.skip_special_tokens,
-            "user" => &self.user,
-            "response_format" => &self.response_format,
-            _ => &None,
-        }
-        .as_ref()
-    }
-}
-
-impl Fields for super::json::Obj<'_> {
-    fn get(&self, field: &str) -> Option<&Val<'_>> {
-        super::json::Obj::get(self, field)
-    }
-}
-
-/// The body read into [`Body`]; 400 naming `body` unless it is one JSON object.
-fn read_body(body: &[u8]) -> Result<Body<'_>, ApiError> {
-    // A struct also reads from a JSON array (field by field in order): only an object
-    // is a request.
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                Ok(_) => ApiError::invalid("body", "must be a JSON object"),
-                Err(e) => ApiError::invalid("body", format!("not valid JSON: {e}")),
-            },
-        );
-    }
-    // The fast reader, and serde for whatever it leaves (with serde's own errors).
-    let mut b = Body::default();
-    let mut seen = 0u64;
-    if super::json::read_object(body, |k, v| b.set(&mut seen, &k, v)).is_some() {
-        return Ok(b);
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))
 }
 
 pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ApiError> {
@@ -464,146 +233,6 @@ fn flag(b: &impl Fields, field: &str) -> Result<bool, ApiError> {
         None | Some(Val::Null) => Ok(false),
         Some(Val::Bool(v)) => Ok(*v),
         Some(_) => Err(ApiError::invalid(field, "must be true or false")),
-    }
-}
-
-const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
-
-/// The chat's (role, content) pairs, text parts joined.
-fn messages(b: &Body) -> Result<Vec<wire::ChatMessage>, ApiError> {
-    let Some(Val::Arr(list)) = b.get("messages") else {
-        return Err(ApiError::invalid("messages", "must be a non-empty array"));
-    };
-    if list.is_empty() {
-        return Err(ApiError::invalid("messages", "must be a non-empty array"));
-    }
-    let mut out = Vec::with_capacity(list.len());
-    for (i, m) in list.iter().enumerate() {
-        let at = |f: &str| format!("messages[{i}].{f}");
-        let Val::Obj(m) = m else {
-            return Err(ApiError::invalid(
-                format!("messages[{i}]"),
-                "must be an object",
-            ));
-        };
-        let role = match m.get("role") {
-            Some(Val::Str(r)) if ROLES.contains(&r.as_ref()) => r.to_string(),
-            Some(Val::Str(r)) if r == "tool" || r == "function" => {
-                return Err(ApiError::invalid(
-                    at("role"),
-                    "tool calling is not supported",
-                ))
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    at("role"),
-                    "must be one of system, developer, user, assistant",
-                ))
-            }
-        };
-        if m.get("tool_calls").is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::invalid(
-                at("tool_calls"),
-                "tool calling is not supported",
-            ));
-        }
-        let content = match m.get("content") {
-            Some(Val::Str(s)) => s.to_string(),
-            Some(Val::Arr(parts)) => {
-                let mut text = String::new();
-                for (j, p) in parts.iter().enumerate() {
-                    // A bare string in the list is not a part missing its `type`.
-                    if !matches!(p, Val::Obj(_)) {
-                        return Err(ApiError::invalid(
-                            at(&format!("content[{j}]")),
-                            "must be an object {\"type\": \"text\", \"text\": ...}",
-                        ));
-                    }
-                    let kind = p.get("type").and_then(Val::as_str);
-                    match (kind, p.get("text")) {
-                        (Some("text"), Some(Val::Str(t))) => text.push_str(t),
-                        (Some("text"), _) => {
-                            return Err(ApiError::invalid(
-                                at(&format!("content[{j}].text")),
-                                "must be a string",
-                            ))
-                        }
-                        (Some(other), _) => {
-                            return Err(ApiError::invalid(
-                                at(&format!("content[{j}].type")),
-                                format!("`{other}` parts are not supported; only text"),
-                            ))
-                        }
-                        (None, _) => {
-                            return Err(ApiError::invalid(
-                                at(&format!("content[{j}].type")),
-                                "is missing",
-                            ))
-                        }
-                    }
-                }
-                text
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    at("content"),
-                    "must be a string or a list of text parts",
-                ))
-            }
-        };
-        if content.is_empty() {
-            return Err(ApiError::invalid(at("content"), "is empty"));
-        }
-        out.push(wire::ChatMessage { role, content });
-    }
-    Ok(out)
-}
-
-/// A completion's prompt when it is token ids (`[1, 2]` or `[[1, 2]]`), as sent.
-fn token_ids<'b>(b: &'b Body) -> Option<&'b Val<'b>> {
-    let p = match b.get("prompt")? {
-        Val::Arr(a) if a.len() == 1 && a[0].is_array() => &a[0],
-        p => p,
-    };
-    matches!(p, Val::Arr(ids) if ids.first().is_some_and(Val::is_number)).then_some(p)
-}
-
-/// `/v1/completions`' `prompt`: a string, token ids, or a one-element list of either.
-fn completion_prompt(b: &Body, wire: &mut wire::GenerateRequest) -> Result<Shape, ApiError> {
-    let mut p = b
-        .get("prompt")
-        .ok_or_else(|| ApiError::invalid("prompt", "is required"))?;
-    if let Val::Arr(a) = p {
-        if a.len() == 1 && (a[0].is_string() || a[0].is_array()) {
-            p = &a[0];
-        } else if a.first().is_some_and(|v| v.is_string() || v.is_array()) {
-            // A list of prompts; one that starts with a number is token ids, and a
-            // string among them is a bad id (below), not a second prompt.
-            return Err(ApiError::invalid(
-                "prompt",
-                "one prompt per request; lists of prompts are not supported",
-            ));
-        }
-    }
-    match p {
-        Val::Str(s) if !s.is_empty() => {
-            wire.prompt = s.to_string();
-            Ok(prompt::text(s))
-        }
-        Val::Arr(ids) if !ids.is_empty() => {
-            let ids: Vec<u64> = ids
-                .iter()
-                .map(Val::as_u64)
-                .collect::<Option<_>>()
-                .ok_or_else(|| ApiError::invalid("prompt", "token ids must be integers ≥ 0"))?;
-            // The daemon needs some text; the length is the ids' count.
-            wire.prompt = " ".into();
-            Ok(prompt::token_ids(&ids))
-        }
-        _ => Err(ApiError::invalid(
-            "prompt",
-            "must be a non-empty string or a non-empty list of token ids",
-        )),
     }
 }
 
