@@ -167,6 +167,27 @@ fn plan_writes_a_fleet_that_replay_loads_and_shards_merge_to_the_same_plan() {
         parts[0].to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("given twice"));
+    // A corrupted replay count is refused naming the file and field, never a panic.
+    let mut doc = json(&parts[1]);
+    doc["replays"] = u64::MAX.into();
+    let corrupted = tmp("part-1-corrupted.json");
+    std::fs::write(&corrupted, doc.to_string()).unwrap();
+    let err = dujiang(&[
+        "plan",
+        "merge",
+        parts[0].to_str().unwrap(),
+        corrupted.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert_eq!(err.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: replays: {} + ",
+            corrupted.display(),
+            u64::MAX
+        )) && stderr.contains("overflows u64"),
+        "{stderr}"
+    );
 }
 
 fn fails_with(args: &[String], needle: &str) {

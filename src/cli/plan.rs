@@ -503,7 +503,19 @@ fn merge(m: MergeArgs) -> Result<()> {
             }
         }
     }
-    let replays = parts.iter().map(|p| p.replays).sum();
+    // Checked: a corrupted count must be an error naming the file, not a panic (debug
+    // build) or a wrapped total (release).
+    let mut replays = 0u64;
+    for (p, path) in parts.iter().zip(&m.parts) {
+        replays = replays.checked_add(p.replays).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: replays: {} + {} (the shards before it) overflows u64",
+                path.display(),
+                p.replays,
+                replays
+            )
+        })?;
+    }
     let runner = threads(m.out.threads)?;
     let prepared = prepare(&inputs)?;
     finish(
