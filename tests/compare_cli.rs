@@ -111,3 +111,62 @@ fn a_bad_check_is_an_error_not_a_pass() {
         "{stderr}"
     );
 }
+
+/// A load report of `report`'s figures whose client sent `late` of 200 requests late.
+fn load_report(late: u64) -> String {
+    dujiang::loadgen::LoadReport {
+        report: report("least-work", 480.0, 5100.0),
+        load: dujiang::loadgen::LoadSummary {
+            target: "http://127.0.0.1:8000".into(),
+            time_scale: 10.0,
+            late_after_ms: 10.0,
+            scheduled: 200,
+            sent: 200,
+            late_sent: late,
+            ..Default::default()
+        },
+    }
+    .to_json()
+}
+
+#[test]
+fn a_load_client_that_fell_behind_is_named_as_a_cause() {
+    let (a, b) = files();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
+            .arg("compare")
+            .arg(&a)
+            .arg(&b)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // 12 of 200 late (6%): a note under the table, and the failed check says the
+    // difference may be the client's.
+    std::fs::write(&b, load_report(12)).unwrap();
+    let (ok, stdout, stderr) = run(&["--max-diff", "10"]);
+    assert!(!ok);
+    let note = "the load client fell behind: 12 of 200 requests were sent more than 10 ms late or not at all (6.0%)";
+    assert!(
+        stdout.contains(note) && stdout.contains("note: B ("),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("may be the load client's, not the server's") && stderr.contains(note),
+        "{stderr}"
+    );
+    // Within the limit the note is still printed; the check passes.
+    let (ok, stdout, _) = run(&["--max-diff", "25"]);
+    assert!(ok && stdout.contains(note), "{stdout}");
+    // 1 of 200 (0.5%) is within what a load test normally has: no note, no blame.
+    std::fs::write(&b, load_report(1)).unwrap();
+    let (ok, stdout, stderr) = run(&["--max-diff", "10"]);
+    assert!(!ok);
+    assert!(!stdout.contains("fell behind"), "{stdout}");
+    assert!(!stderr.contains("load client"), "{stderr}");
+}
