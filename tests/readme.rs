@@ -225,19 +225,23 @@ fn every_readme_command_runs() {
             }
             // `compare --max-diff` of a wall-clock load test against its replay: a daemon
             // or client starved of the two cores by another process for a moment moves a
-            // tail by more than the README's 15%. The load test is run once more and
-            // compared again; a real difference (a wrong time scale, a lost length) fails
-            // both. tests/load_fidelity.rs is the strict check.
-            if !out.status.success() && line.starts_with("dujiang compare ") {
-                if let Some(load) = &last_load {
-                    eprintln!(
-                        "`{line}` failed once, running `{load}` again:\n{}",
-                        String::from_utf8_lossy(&out.stdout)
-                    );
-                    let again = run(load);
-                    assert!(again.status.success(), "README command failed: {load}");
-                    out = run(&line);
+            // tail by more than the README's 15%. The load test is run again and compared
+            // again, up to twice more (one retry still failed in 1 of 4 forced runs at
+            // load 3-3.7); a real difference (a wrong time scale, a lost length) fails
+            // every time. tests/load_fidelity.rs is the strict check.
+            for retry in 1..=2 {
+                if out.status.success() || !line.starts_with("dujiang compare ") {
+                    break;
                 }
+                let Some(load) = &last_load else { break };
+                eprintln!(
+                    "`{line}` failed ({retry} of 3), running `{load}` again:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let again = run(load);
+                assert!(again.status.success(), "README command failed: {load}");
+                out = run(&line);
             }
             assert!(
                 out.status.success(),
