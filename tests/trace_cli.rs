@@ -623,3 +623,22 @@ fn gen_day_errors_name_the_flag() {
         assert!(err.contains(flag), "{args:?}: {err}");
     }
 }
+
+/// `dujiang trace gen … | head`: a reader that closes the pipe ends the generator quietly
+/// with 141, as SIGPIPE ends other tools. It used to fail with "error: writing the trace:
+/// Broken pipe (os error 32)" and exit 1, as if the trace were at fault.
+#[test]
+fn trace_gen_into_a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dujiang"))
+        .args(["trace", "gen", "--requests", "100000", "--rate", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}

@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let backend = CatalogueBackend::new(cat);
     let cal = calibrate(points, &backend, opts, !args.no_loo)?;
-    print!("{}", render_text(&cal));
+    out!("{}", render_text(&cal))?;
     let origin = files
         .iter()
         .map(|p| p.display().to_string())
@@ -95,10 +95,10 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.out {
         std::fs::write(path, overlay(&backend, &cal, &origin))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        println!(
+        outln!(
             "wrote the fitted coefficients to {} (use --engines {0})",
             path.display()
-        );
+        )?;
     }
     if let Some(path) = &args.markdown {
         let tables = render_markdown(&cal);

@@ -79,9 +79,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => None,
     };
-    print!("{}", compare::render(&a, &b));
+    out!("{}", compare::render(&a, &b))?;
     for n in &notes {
-        println!("note: {n}");
+        outln!("note: {n}")?;
     }
     let Some(over) = over else {
         return Ok(());
@@ -103,6 +103,6 @@ pub fn run(args: Args) -> Result<()> {
             lines.join("\n")
         );
     }
-    println!("every checked figure is within {pct}%");
+    outln!("every checked figure is within {pct}%")?;
     Ok(())
 }

@@ -303,7 +303,7 @@ pub fn run(args: Args) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let report = runtime.block_on(loadgen::run(cfg, records))?;
-    print!("{}", report.to_table());
+    out!("{}", report.to_table())?;
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json() + "\n")
             .with_context(|| format!("writing {}", path.display()))?;

@@ -4,6 +4,8 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
+#[macro_use]
+mod stdout;
 mod calibrate;
 mod compare;
 mod load;
@@ -81,7 +83,6 @@ pub enum Command {
 
 /// Parses arguments, runs the subcommand, and turns an error into a message and exit code 1.
 pub fn main() -> ExitCode {
-    quiet_on_closed_stdout();
     let cli = parse();
     let result = match cli.command {
         Command::Profile(args) => profile::run(args),
@@ -97,6 +98,7 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if stdout::is_closed_stdout(&err) => ExitCode::from(stdout::CLOSED_STDOUT_EXIT),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -163,28 +165,4 @@ fn parse() -> Cli {
     }
     let matches = negatives(Cli::command()).get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
-/// Exit status of a command whose reader went away: what a shell reports for a process
-/// ended by SIGPIPE (128 + 13), as `yes | head` leaves it.
-pub const CLOSED_STDOUT_EXIT: i32 = 141;
-
-/// A reader that closes the pipe early (`dujiang replay … | head -3`) ends the command
-/// quietly, as it ends other Unix tools. Rust ignores SIGPIPE, so `println!` panics
-/// instead ("failed printing to stdout: Broken pipe", with a backtrace); this hook turns
-/// that one panic into exit status 141 and leaves every other panic to the default hook.
-fn quiet_on_closed_stdout() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or_default();
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(CLOSED_STDOUT_EXIT);
-        }
-        default(info)
-    }));
 }

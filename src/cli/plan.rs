@@ -294,12 +294,12 @@ pub(super) fn plan_report(
             runner,
         );
     }
-    print!("{}", report.to_table());
-    println!(
+    out!("{}", report.to_table())?;
+    outln!(
         "planned in {:.1} s on {} thread(s)",
         started.elapsed().as_secs_f64(),
         runner.threads
-    );
+    )?;
     Ok(report)
 }
 
@@ -444,7 +444,7 @@ fn sweep(a: SweepArgs) -> Result<()> {
             path,
             &(serde_json::to_string_pretty(&part).expect("shard serialises") + "\n"),
         )?;
-        println!(
+        outln!(
             "shard {}/{}: {} measurements, {} replays in {:.1} s -> {}",
             shard.index,
             shard.count,
@@ -455,7 +455,7 @@ fn sweep(a: SweepArgs) -> Result<()> {
             replays,
             started.elapsed().as_secs_f64(),
             path.display()
-        );
+        )?;
         return Ok(());
     }
     finish(

@@ -367,7 +367,7 @@ pub(super) fn run(a: SweepArgs, started: Instant) -> Result<()> {
         bail!("{describe}: cell 0 of {} has no requests in hours {}; raise --scale/--tokens-per-day or lower --cells", day.cells, day.plan_hours);
     }
     let plan_requests = records.len();
-    println!(
+    outln!(
         "day: {:e} tokens/day in {} cell(s); planning cell 0 on {} ({}): {} requests, generated in {:.1} s",
         day.volume.tokens_per_day(),
         day.cells,
@@ -375,7 +375,7 @@ pub(super) fn run(a: SweepArgs, started: Instant) -> Result<()> {
         day.plan_hours_why,
         plan_requests,
         generated.elapsed().as_secs_f64()
-    );
+    )?;
 
     // 2. The cell's plan, exactly as `dujiang plan --trace` makes it.
     inputs.trace = format!("{describe}, cell 0 of {}", day.cells);
@@ -413,20 +413,20 @@ pub(super) fn run(a: SweepArgs, started: Instant) -> Result<()> {
     let (_, pools) = replay::load_fleet(Some(&fleet_out), &line.run.catalogue)?;
     let cell = FleetTotals::of(&pools, 1);
     let fleet = FleetTotals::of(&pools, day.cells);
-    println!(
+    outln!(
         "\nfleet -> {}: {} cell(s) of {} backends\n  one cell:    {}\n  whole fleet: {}",
         fleet_out.display(),
         day.cells,
         cell.backends,
         totals_line(&cell),
         totals_line(&fleet)
-    );
+    )?;
 
     // 4. The whole day on that fleet, every cell, or the commands that do it elsewhere.
     let verification = if a.day.verify.unwrap_or(true) {
         Some(verify(line.run, &slo, a.out.threads, &argv)?)
     } else {
-        print_commands(&day, &argv, a.day.verify_shards);
+        print_commands(&day, &argv, a.day.verify_shards)?;
         None
     };
 
@@ -467,14 +467,14 @@ fn verify(
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     run.threads = Some(threads);
-    println!(
+    outln!(
         "\nverifying: the whole day on every cell, {threads} thread(s) (= dujiang replay {})",
         argv.join(" ")
-    );
+    )?;
     let ran = replay::run_cells(&run)?;
     let wall = (ran.wall * 1000.0).round() / 1000.0;
     let report = super::replay_shard::report(&ran.inputs, &ran.runs, wall);
-    print!("{}", report.to_table());
+    out!("{}", report.to_table())?;
     let day = report
         .policies
         .first()
@@ -492,7 +492,7 @@ fn verify(
     });
     tightest.truncate(3);
     let bounds: Vec<String> = slo.bounds.iter().map(|b| b.to_string()).collect();
-    println!(
+    outln!(
         "\nthe day: {} requests, {:.2}% within the per-request SLO (target {}%), TTFT p99 {:.0} ms, TPOT p99 {:.1} ms, {:.1} s wall on {threads} thread(s)",
         day.stats.requests,
         day.stats.slo_attainment * 100.0,
@@ -500,37 +500,37 @@ fn verify(
         day.stats.ttft_ms.p99,
         day.stats.tpot_ms.p99,
         ran.wall
-    );
+    )?;
     if held {
-        println!(
+        outln!(
             "plan HELD for the whole day: {:.2}% >= {}% and {} over the day",
             day.stats.slo_attainment * 100.0,
             slo.attainment * 100.0,
             bounds.join(", ")
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "plan DID NOT HOLD for the whole day: {slo} missed (attainment {:.2}%); re-plan with a busier --plan-hours window, a higher --attainment, or more cells",
             day.stats.slo_attainment * 100.0
-        );
+        )?;
     }
     if below.is_empty() {
-        println!("hours below {}%: none", slo.attainment * 100.0);
+        outln!("hours below {}%: none", slo.attainment * 100.0)?;
     } else {
-        println!(
+        outln!(
             "hours below {}%: {}",
             slo.attainment * 100.0,
             below.iter().map(hour_label).collect::<Vec<_>>().join(", ")
-        );
+        )?;
     }
-    println!(
+    outln!(
         "tightest hours: {}",
         tightest
             .iter()
             .map(hour_label)
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )?;
     Ok(Verification {
         held,
         requests: day.stats.requests,
@@ -545,13 +545,14 @@ fn verify(
 
 /// `--verify off`: the sharded replay and its merge, to run on other machines (or as
 /// deploy/k8s/replay-job with these arguments in replay.args).
-fn print_commands(day: &DayPlan, argv: &[String], shards: Option<u32>) {
+fn print_commands(day: &DayPlan, argv: &[String], shards: Option<u32>) -> Result<()> {
     let n = shards.unwrap_or_else(|| day.cells.min(8));
     let cmd = argv.join(" ");
-    println!("\nverify elsewhere: the whole day in {n} shard(s) of whole cells, then the merge (or deploy/k8s/replay-job with replay.args = {cmd}):");
+    outln!("\nverify elsewhere: the whole day in {n} shard(s) of whole cells, then the merge (or deploy/k8s/replay-job with replay.args = {cmd}):")?;
     for i in 0..n {
-        println!("dujiang replay {cmd} --shard {i}/{n} --partial-out day-part-{i}.json");
+        outln!("dujiang replay {cmd} --shard {i}/{n} --partial-out day-part-{i}.json")?;
     }
     let parts: Vec<String> = (0..n).map(|i| format!("day-part-{i}.json")).collect();
-    println!("dujiang replay merge {} --json day.json", parts.join(" "));
+    outln!("dujiang replay merge {} --json day.json", parts.join(" "))?;
+    Ok(())
 }

@@ -25,7 +25,7 @@ pub fn render(args: &Args) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    print!("{}", render(&args));
+    out!("{}", render(&args))?;
     Ok(())
 }
 

@@ -78,9 +78,9 @@ pub fn run(args: Args) -> Result<()> {
     let perf = build(&args)?;
     if args.json {
         let point = point(&perf, args.prompt, args.batch, args.context);
-        println!("{}", serde_json::to_string_pretty(&point)?);
+        outln!("{}", serde_json::to_string_pretty(&point)?)?;
     } else {
-        print!("{}", sweep(&perf, args.context));
+        out!("{}", sweep(&perf, args.context))?;
     }
     Ok(())
 }

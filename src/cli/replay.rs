@@ -148,17 +148,17 @@ fn replay(args: RunArgs) -> Result<()> {
     if let (Some(path), Some(shard)) = (&args.partial_out, args.shard) {
         let part = Partial::new(shard, ran.inputs, ran.owned, wall_seconds, ran.runs);
         part.write(path)?;
-        println!("{}", part.summary_line(path));
+        outln!("{}", part.summary_line(path))?;
         return Ok(());
     }
     let report = replay_shard::report(&ran.inputs, &ran.runs, wall_seconds);
-    print!("{}", report.to_table());
+    out!("{}", report.to_table())?;
     if ran.faults {
         for (p, s) in report.policies.iter().zip(&ran.summaries) {
-            println!(
+            outln!(
                 "faults [{}]: {} applied; {} requests re-routed, {} migrated mid-stream, {} lost; {} stragglers ejected, {} re-admitted",
                 p.policy, s.faults, s.rerouted, s.migrated, s.failed, s.ejected, s.readmitted
-            );
+            )?;
         }
     }
     args.out.write(&report)

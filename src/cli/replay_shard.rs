@@ -170,14 +170,14 @@ pub fn merge(m: MergeArgs) -> Result<()> {
     let slowest = parts.iter().map(|p| p.wall_seconds).fold(0.0, f64::max);
     let total: f64 = parts.iter().map(|p| p.wall_seconds).sum();
     let report = report(inputs, &runs, m.out.wall_seconds(slowest));
-    print!("{}", report.to_table());
+    out!("{}", report.to_table())?;
     // Saturating: a figure for the eye only, of counts the merge has checked.
     let requests: u64 = parts.iter().fold(0, |sum, p| {
         sum.saturating_add(p.requests().saturating_mul(p.runs.len() as u64))
     });
-    println!(
+    outln!(
         "merged {count} shard(s): {requests} simulated requests; shard wall time max {slowest:.2} s, sum {total:.2} s ({:.0} simulated requests per shard-second)",
         if total > 0.0 { requests as f64 / total } else { 0.0 }
-    );
+    )?;
     m.out.write(&report)
 }

@@ -56,7 +56,7 @@ async fn send(args: Args) -> Result<()> {
         ..Default::default()
     };
     let mut stream = client.generate(req).await?.into_inner();
-    let mut out = std::io::stdout();
+    let mut out = super::stdout::stdout();
     let mut tokens = 0u32;
     while let Some(msg) = stream.message().await? {
         match msg.event {

@@ -53,7 +53,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.print_default_config {
-        print!("{DEFAULT_CONFIG_TOML}");
+        out!("{DEFAULT_CONFIG_TOML}")?;
         return Ok(());
     }
     let mut config = match &args.config {
@@ -120,8 +120,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // One line on stdout once the ports accept connections, with the addresses bound (port
     // 0 picks a free one) and the pid, so whoever started the daemon knows where it serves
     // and that the daemon answering there is this one.
+    // Whoever reads it may close the pipe once it has the line: the daemon serves on.
     let ready = |d: &crate::serve::RunningDaemon| {
-        println!(
+        let printed = outln!(
             "serving grpc={} admin={} http={} openai={} pid={}",
             d.grpc_addr,
             d.admin_addr,
@@ -129,6 +130,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             d.openai_addr,
             std::process::id()
         );
+        if let Err(e) = printed {
+            tracing::warn!("could not print the ready line to stdout: {e}");
+        }
     };
     runtime.block_on(crate::serve::run_until_signal(config, args.config, ready))
 }

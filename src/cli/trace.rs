@@ -246,7 +246,7 @@ fn write_all(out: &Option<PathBuf>, recs: impl Iterator<Item = trace::TraceRecor
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
         ),
-        None => Box::new(io::stdout().lock()),
+        None => Box::new(super::stdout::stdout()),
     };
     let mut w = JsonlWriter::new(BufWriter::with_capacity(1 << 16, out));
     for (n, rec) in recs.enumerate() {
@@ -280,7 +280,7 @@ fn stats(a: StatsArgs) -> Result<()> {
         summarise(trace::open(&a.file, a.format, opts)?)?
     };
     let (stats, first_skipped) = summary;
-    let mut out = io::stdout().lock();
+    let mut out = super::stdout::stdout();
     if a.json {
         let mut v = serde_json::to_value(&stats)?;
         v["file"] = serde_json::Value::String(name);
