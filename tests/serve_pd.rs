@@ -432,3 +432,50 @@ async fn drains_and_shutdown_wait_for_requests_in_transfer() {
     assert_eq!(f.finish_reason, wire::FinishReason::Length as i32);
     d.wait().await.unwrap();
 }
+
+/// Admin RemovePool keeps a prefill/decode fleet whole: the last prefill pool cannot go
+/// while decode pools remain (they would serve whole requests as mixed pools under a
+/// decode name), nor the last pool to decode on while prefill pools remain. With a mixed
+/// pool added, the fleet is taken apart in an order that keeps it sound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_pool_never_leaves_a_prefill_or_decode_pool_stranded() {
+    let d = start(pd()).await;
+    let mut a = admin(d.admin_addr).await;
+    let remove = |pool: &str| wire::RemovePoolRequest { pool: pool.into() };
+    let err = a.remove_pool(remove("ascend")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("pool `ascend` cannot be removed")
+            && err
+                .message()
+                .contains("decode pool `h20` would get no hand-offs"),
+        "{}",
+        err.message()
+    );
+    let err = a.remove_pool(remove("h20")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .contains("prefill pool `ascend` has nowhere to hand its KV off"),
+        "{}",
+        err.message()
+    );
+    // Both refusals left the fleet serving as it was.
+    let mut c = inference(d.grpc_addr).await;
+    let mut stream = c.generate(request(2000, 4)).await.unwrap().into_inner();
+    assert_eq!(tokens_to_the_end(&mut stream).await, 4);
+    a.add_pool(wire::AddPoolRequest {
+        pool: "spare".into(),
+        chip: "h20".into(),
+        backends: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let removed = a.remove_pool(remove("h20")).await.unwrap().into_inner();
+    assert_eq!(removed.backends_removed, 2);
+    a.remove_pool(remove("ascend")).await.unwrap();
+    let mut stream = c.generate(request(2000, 4)).await.unwrap().into_inner();
+    assert_eq!(tokens_to_the_end(&mut stream).await, 4);
+    d.shutdown();
+}

@@ -256,6 +256,21 @@ impl Daemon {
         let pool = membership
             .pool_by_name(name)
             .ok_or_else(|| ServeError::NotFound(format!("pool: no pool named `{name}`")))?;
+        // The fleet left must still make sense as prefill/decode: without its last
+        // prefill pool, decode pools would serve whole requests as mixed ones; without
+        // the last pool to decode on, prefill pools would have nowhere to hand off.
+        let rest: Vec<_> = membership
+            .pools()
+            .filter(|p| p.id != pool.id)
+            .map(|p| p.config.clone())
+            .collect();
+        if !rest.is_empty() {
+            crate::fleet::check_roles(&rest).map_err(|(_, why)| {
+                ServeError::FailedPrecondition(format!(
+                    "pool `{name}` cannot be removed: without it, {why}"
+                ))
+            })?;
+        }
         let ids: Vec<BackendId> = membership
             .pool_backends(pool.id)
             .map(|(id, _)| id)
