@@ -4,7 +4,9 @@
 //! costs the same for 8 backends as for 4096.
 
 use crate::engine::LoadSnapshot;
-use crate::fleet::{BackendId, LoadView, Membership, PoolId, PoolInfo, ServingList, MAX_POOLS};
+use crate::fleet::{
+    BackendId, LoadView, Membership, PoolId, PoolInfo, PoolMask, ServingList, MAX_POOLS,
+};
 use crate::request::Request;
 
 /// splitmix64: a tiny counter-based generator. Seeded from the policy's seed and the
@@ -179,6 +181,9 @@ pub fn for_each_load<'v>(
             (pools[n], ids[n]) = (Some(p), b);
             n += 1;
         }
+        if n == 0 {
+            return;
+        }
         view.loads(&ids[..n], &mut loads[..n]);
         for i in 0..n {
             if let Some(p) = pools[i] {
@@ -191,22 +196,33 @@ pub fn for_each_load<'v>(
     }
 }
 
-/// `per_pool` uniformly random serving backends of each pool of `pools` in turn (pools
-/// with none serving give none), drawn from `rng` in that order.
-pub struct PerPoolDraws<'v, 'r, P> {
+/// `per_pool` uniformly random serving backends of each allowed pool of `pools` in turn,
+/// by ascending pool id (pools with none serving give none), drawn from `rng` in that
+/// order: the order [`LoadView::eligible_pools`] gives, with the view's allowed pools
+/// read once. The pools left are a bit mask, so moving to the next pool is a
+/// trailing-zeros count rather than a walk over every pool slot through
+/// `eligible_pools`: drawing by that walk cost ~1,200 instructions of a
+/// `predicted-latency` decision's 4,700 (callgrind, routing bench, 8 pools).
+pub struct PerPoolDraws<'v, 'r> {
     membership: &'v Membership,
-    pools: P,
+    pools: u64,
     rng: &'r mut PickRng,
     per_pool: usize,
     current: Option<(&'v PoolInfo, ServingList<'v>)>,
     left: usize,
 }
 
-impl<'v, 'r, P: Iterator<Item = &'v PoolInfo>> PerPoolDraws<'v, 'r, P> {
-    pub fn new(view: &'v dyn LoadView, pools: P, rng: &'r mut PickRng, per_pool: usize) -> Self {
+impl<'v, 'r> PerPoolDraws<'v, 'r> {
+    pub fn new(
+        view: &'v dyn LoadView,
+        pools: PoolMask,
+        rng: &'r mut PickRng,
+        per_pool: usize,
+    ) -> Self {
+        let membership = view.membership();
         PerPoolDraws {
-            membership: view.membership(),
-            pools,
+            membership,
+            pools: pools.and(view.allowed()).0 & membership.live_mask(),
             rng,
             per_pool: per_pool.max(1),
             current: None,
@@ -215,14 +231,22 @@ impl<'v, 'r, P: Iterator<Item = &'v PoolInfo>> PerPoolDraws<'v, 'r, P> {
     }
 }
 
-impl<'v, P: Iterator<Item = &'v PoolInfo>> Iterator for PerPoolDraws<'v, '_, P> {
+impl<'v> Iterator for PerPoolDraws<'v, '_> {
     type Item = (&'v PoolInfo, BackendId);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         while self.left == 0 {
-            let pool = self.pools.next()?;
-            let serving = self.membership.serving_list(pool.id);
-            if !serving.is_empty() {
+            if self.pools == 0 {
+                return None;
+            }
+            let id = PoolId(self.pools.trailing_zeros());
+            self.pools &= self.pools - 1;
+            let serving = self.membership.serving_list(id);
+            if serving.is_empty() {
+                continue;
+            }
+            if let Some(pool) = self.membership.pool(id) {
                 self.current = Some((pool, serving));
                 self.left = self.per_pool;
             }
@@ -264,4 +288,42 @@ pub fn min_by_key<K: PartialOrd>(
         for_each_load(view, draws, consider);
     }
     best.map(|(_, b)| b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::test_fleets::pool;
+    use crate::fleet::{BackendState, MaskedView, PlainLoadView};
+
+    /// Draws walk the allowed pools with serving backends in ascending id, `per_pool`
+    /// each, and skip a removed pool, a pool with none serving and a masked-out pool.
+    #[test]
+    fn per_pool_draws_visit_each_eligible_pool_in_order() {
+        // Pools 0..5 of 3 backends: ids 0-2, 3-5, 6-8, 9-11, 12-14.
+        let m = Membership::from_pools((0..5).map(|i| pool(&format!("p{i}"), 3, 1.0, 1.0, false)))
+            .unwrap();
+        let m = m.without_pool(PoolId(1)).unwrap();
+        let m = (6..9).fold(m, |m, b| {
+            m.with_state(BackendId(b), BackendState::Draining).unwrap()
+        });
+        let view = PlainLoadView::new(m);
+        let masked = MaskedView {
+            inner: &view,
+            mask: PoolMask::ALL.and(PoolMask(!(1 << 4))),
+        };
+        let mut rng = PickRng::new(3);
+        let got: Vec<(u32, u32)> = PerPoolDraws::new(&masked, PoolMask::ALL, &mut rng, 3)
+            .map(|(p, b)| (p.id.0, b.0))
+            .collect();
+        let pools: Vec<u32> = got.iter().map(|g| g.0).collect();
+        assert_eq!(pools, [0, 0, 0, 3, 3, 3]);
+        assert!(got.iter().all(|&(p, b)| b / 3 == p), "{got:?}");
+        // The pools argument narrows further; the view's mask still applies.
+        let mut rng = PickRng::new(3);
+        let only: Vec<u32> = PerPoolDraws::new(&masked, PoolMask(0b1_1001), &mut rng, 1)
+            .map(|(p, _)| p.id.0)
+            .collect();
+        assert_eq!(only, [0, 3]);
+    }
 }

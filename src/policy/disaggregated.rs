@@ -36,7 +36,7 @@ use super::predict::predict;
 use super::prefix_record::{full_blocks, reusable_blocks, PrefixRecord};
 use super::{bad, params, Policy, PolicyError, PredictedLatency, Route};
 use crate::engine::Role;
-use crate::fleet::{BackendId, LinkTable, LoadView, MaskedView, PoolInfo, PoolMask};
+use crate::fleet::{BackendId, LinkTable, LoadView, MaskedView, PoolId, PoolInfo, PoolMask};
 use crate::request::{Nanos, Request, PREFIX_BLOCK_TOKENS};
 
 #[derive(Debug, serde::Deserialize)]
@@ -160,11 +160,24 @@ impl Disaggregated {
     }
 }
 
+/// The eligible pools whose role `keep` accepts. Walks the allowed live pools' bits
+/// rather than [`LoadView::eligible_pools`]: it runs on every decision (`whole` calls it),
+/// and the walk over every pool slot cost more than the rest of building the mask.
 fn mask_of(view: &dyn LoadView, keep: impl Fn(Role) -> bool) -> PoolMask {
-    view.eligible_pools()
-        .filter(|p| keep(p.config.role))
-        .map(|p| p.id)
-        .collect()
+    let m = view.membership();
+    let mut left = view.allowed().0 & m.live_mask();
+    let mut mask = PoolMask::NONE;
+    while left != 0 {
+        let id = PoolId(left.trailing_zeros());
+        left &= left - 1;
+        if m.serving(id).is_empty() {
+            continue;
+        }
+        if m.pool(id).is_some_and(|p| keep(p.config.role)) {
+            mask = mask.with(id);
+        }
+    }
+    mask
 }
 
 /// The decode backend for a request whose prompt is (or will be) prefilled on a backend of
@@ -187,8 +200,7 @@ pub fn pick_decode<'v>(
     let need = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
     // (lacks room, TPOT or -room) lower is better.
     let mut best: Option<((bool, i128), BackendId, &'v PoolInfo)> = None;
-    let pools = view.eligible_pools().filter(|p| mask.contains(p.id));
-    let draws = PerPoolDraws::new(view, pools, rng, per_pool);
+    let draws = PerPoolDraws::new(view, mask, rng, per_pool);
     for_each_load(view, draws, |pool, b, load| {
         let free = u64::from(load.kv_total_blocks.saturating_sub(load.kv_used_blocks))
             * u64::from(pool.config.block_size);
@@ -257,8 +269,7 @@ impl Policy for Disaggregated {
             fastest = fastest.min(ttft);
         };
         // Each pool's fastest sample (its transfer included) is its candidate.
-        let pools = view.eligible_pools().filter(|p| prefill.contains(p.id));
-        let draws = PerPoolDraws::new(view, pools, &mut rng, self.per_pool);
+        let draws = PerPoolDraws::new(view, prefill, &mut rng, self.per_pool);
         let mut best: Option<(&PoolInfo, u64, BackendId)> = None;
         for_each_load(view, draws, |pool, b, load| {
             let transfer = links

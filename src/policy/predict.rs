@@ -32,6 +32,7 @@ impl Prediction {
 }
 
 /// Predicted latency of `req` if sent now to a backend of `pool` with load `load`.
+#[inline]
 pub fn predict(pool: &PoolInfo, load: &LoadSnapshot, req: &Request) -> Prediction {
     let max_seqs = pool.config.max_num_seqs.max(1);
     let outstanding = load.outstanding();

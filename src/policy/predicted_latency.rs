@@ -16,7 +16,7 @@
 use super::candidates::{for_each_load, PerPoolDraws, PickRng};
 use super::predict::{predict, Prediction};
 use super::{bad, params, Policy, PolicyError};
-use crate::fleet::{BackendId, LoadView, PoolInfo};
+use crate::fleet::{BackendId, LoadView, PoolInfo, PoolMask};
 use crate::request::{Nanos, Request};
 
 #[derive(Debug, serde::Deserialize)]
@@ -56,7 +56,7 @@ pub(crate) fn best_per_pool_by<'v>(
     key: impl Fn(&Prediction) -> u64,
     mut visit: impl FnMut(&'v PoolInfo, BackendId, Prediction),
 ) {
-    let draws = PerPoolDraws::new(view, view.eligible_pools(), rng, per_pool);
+    let draws = PerPoolDraws::new(view, PoolMask::ALL, rng, per_pool);
     let mut best: Option<(&'v PoolInfo, Prediction, BackendId)> = None;
     for_each_load(view, draws, |pool, b, load| {
         let p = predict(pool, load, req);
