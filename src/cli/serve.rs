@@ -30,6 +30,11 @@ pub struct Args {
     /// /v1/completions, /v1/models, /health).
     #[arg(long, value_name = "ADDR")]
     openai_addr: Option<SocketAddr>,
+    /// Origins whose web pages may call the OpenAI API from a browser (CORS), as vLLM's
+    /// flag: `*` any (the default), else exact origins (`https://chat.example.com`),
+    /// comma-separated or repeated; `''` none. Replaces the config file's list.
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
     /// Run simulated time this many times faster than wall time.
     #[arg(long, value_name = "X")]
     time_scale: Option<f64>,
@@ -86,6 +91,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(a) = args.openai_addr {
         config.openai_addr = a;
     }
+    if let Some(origins) = args.allowed_origins {
+        config.allowed_origins = origins.into_iter().filter(|o| !o.is_empty()).collect();
+    }
     if let Some(x) = args.time_scale {
         config.time_scale = x;
     }
@@ -103,7 +111,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     config
         .validate("command line", "")
-        .map_err(|e| anyhow::anyhow!("{}", e.message))
+        .map_err(|e| match e.field {
+            // A flag's value (the file's own were checked when it was read): named by its
+            // flag, which is the key's name with dashes.
+            Some(f) if !f.contains('.') => {
+                anyhow::anyhow!("--{}: {}", f.replace('_', "-"), e.message)
+            }
+            _ => anyhow::anyhow!("{}", e.message),
+        })
         .context("invalid command-line value")?;
     tracing_subscriber::fmt()
         .with_env_filter(

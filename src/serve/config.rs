@@ -27,6 +27,11 @@ admin_token_file = ""
 http_addr = "127.0.0.1:9464"
 # OpenAI-compatible HTTP API: /v1/chat/completions, /v1/completions, /v1/models, /health.
 openai_addr = "127.0.0.1:8000"
+# Origins whose web pages may call the OpenAI API from a browser (CORS), as vLLM's
+# --allowed-origins: ["*"] any; else exact origins as browsers send them, scheme://host
+# and an optional :port ("https://chat.example.com"); [] none (no CORS headers are sent,
+# so browsers refuse cross-origin calls). Clients that are not browsers are unaffected.
+allowed_origins = ["*"]
 # Simulated time runs this many times faster than wall time (load tests use > 1).
 time_scale = 1.0
 # Fleet file (config/fleets/*.toml). Empty: the embedded demo fleet.
@@ -105,6 +110,8 @@ pub struct ServeConfig {
     pub http_addr: SocketAddr,
     /// The OpenAI-compatible HTTP API's listener.
     pub openai_addr: SocketAddr,
+    /// Origins allowed to call the OpenAI API from a browser: `*` any, empty none.
+    pub allowed_origins: Vec<String>,
     pub time_scale: f64,
     /// Fleet file; empty means the embedded demo fleet.
     pub fleet: PathBuf,
@@ -184,6 +191,8 @@ impl Default for ServeConfig {
             admin_token_file: PathBuf::new(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             openai_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            // vLLM's default: a browser playground on any origin can call the API.
+            allowed_origins: vec!["*".into()],
             time_scale: 1.0,
             fleet: PathBuf::new(),
             engines: Vec::new(),
@@ -265,6 +274,9 @@ impl ServeConfig {
                     self.admin_addr
                 ),
             ));
+        }
+        if let Some(problem) = origins_problem(&self.allowed_origins) {
+            return Err(ConfigError::at_field(file, src, "allowed_origins", problem));
         }
         if let Err((field, message)) = self.admission.validate() {
             return Err(ConfigError::at_field(
@@ -349,6 +361,72 @@ impl ServeConfig {
     }
 }
 
+/// What is wrong with an `allowed_origins` list, if anything. Entries are compared with a
+/// request's `Origin` byte for byte, so each must be written as browsers send it (lower
+/// case, no path, no trailing slash); one that never could match is refused rather than
+/// left to refuse every page silently.
+fn origins_problem(origins: &[String]) -> Option<String> {
+    if origins.len() > 1 && origins.iter().any(|o| o == "*") {
+        return Some(format!(
+            "`*` allows every origin, so it must be the only entry; got {origins:?}"
+        ));
+    }
+    origins.iter().enumerate().find_map(|(i, o)| {
+        if o == "*" {
+            return None;
+        }
+        origin_problem(o).map(|why| {
+            format!(
+                "entry {} (`{o}`) is not an origin: {why}; an origin is scheme://host or \
+                 scheme://host:port, as browsers send it in `Origin` (e.g. \
+                 \"https://chat.example.com\"), or `*` alone for any",
+                i + 1
+            )
+        })
+    })
+}
+
+fn origin_problem(origin: &str) -> Option<&'static str> {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Some("no `://` after a scheme");
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !scheme_ok {
+        return Some("the scheme is not a lower-case URL scheme");
+    }
+    if authority.is_empty() {
+        return Some("no host");
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Some("it has a path, query or fragment (a trailing `/` counts)");
+    }
+    if !authority.bytes().all(|b| b.is_ascii_graphic()) || authority.contains('@') {
+        return Some("the host has spaces, user info or characters outside ASCII");
+    }
+    if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some("browsers send hosts in lower case, so upper-case letters never match");
+    }
+    // The port follows the last `:` outside an IPv6 literal's brackets.
+    let after_host = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((_, rest)) => rest,
+            None => return Some("an IPv6 host without its closing `]`"),
+        },
+        None => authority.rsplit_once(':').map_or("", |(_, p)| p),
+    };
+    let port = after_host.strip_prefix(':').unwrap_or(after_host);
+    if authority.starts_with('[') && !after_host.is_empty() && !after_host.starts_with(':') {
+        return Some("text after the IPv6 host that is not a `:port`");
+    }
+    if (authority.ends_with(':') || !port.is_empty()) && port.parse::<u16>().is_err() {
+        return Some("the port is not a number from 0 to 65535");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +478,46 @@ mod tests {
             "{err}"
         );
         ServeConfig::parse("policy = \"least-work\"\n", "s.toml").unwrap();
+    }
+
+    #[test]
+    fn allowed_origins_are_origins_as_browsers_send_them() {
+        for ok in [
+            "allowed_origins = []\n",
+            "allowed_origins = [\"*\"]\n",
+            "allowed_origins = [\"https://chat.example.com\", \"http://localhost:3000\"]\n",
+            "allowed_origins = [\"http://[::1]:8080\", \"chrome-extension://abcdef\"]\n",
+        ] {
+            ServeConfig::parse(ok, "s.toml").unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, why) in [
+            (
+                "[\"https://chat.example.com/\"]",
+                "entry 1 (`https://chat.example.com/`) is not an origin: it has a path",
+            ),
+            (
+                "[\"http://a.com\", \"a.com\"]",
+                "entry 2 (`a.com`) is not an origin: no `://`",
+            ),
+            ("[\"https://Chat.example.com\"]", "upper-case"),
+            ("[\"http://localhost:80000\"]", "the port is not a number"),
+            ("[\"http://localhost:\"]", "the port is not a number"),
+            ("[\"http://[::1\"]", "closing `]`"),
+            (
+                "[\"*\", \"https://a.com\"]",
+                "`*` allows every origin, so it must be the only entry",
+            ),
+        ] {
+            let src = format!("time_scale = 1.0\nallowed_origins = {bad}\n");
+            let err = ServeConfig::parse(&src, "s.toml").unwrap_err().to_string();
+            assert!(
+                err.starts_with("s.toml:2:1: field `allowed_origins`: ") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        // Not a list of strings: serde's error, placed too.
+        let err = ServeConfig::parse("\nallowed_origins = \"*\"\n", "s.toml").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
     }
 
     #[test]

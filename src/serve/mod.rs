@@ -205,9 +205,15 @@ pub async fn start_with(
         let _ = tcp.set_nodelay(true);
     });
     let openai_server = tokio::spawn(
-        axum::serve(openai, openai::router(daemon.clone()))
-            .with_graceful_shutdown(closed(close_rx))
-            .into_future(),
+        axum::serve(
+            openai,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service(openai::service(
+                daemon.clone(),
+                &config.allowed_origins,
+            )),
+        )
+        .with_graceful_shutdown(closed(close_rx))
+        .into_future(),
     );
     let upkeep = {
         let metrics = daemon.metrics.clone();

@@ -69,6 +69,33 @@ pub async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: 
     parse(&buf)
 }
 
+/// Sends `method path` with `headers` (and `body`, if any) and reads the whole response.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    parse(&buf)
+}
+
 /// GETs `path`.
 pub async fn get(addr: SocketAddr, path: &str) -> Resp {
     let mut s = TcpStream::connect(addr).await.expect("connect");

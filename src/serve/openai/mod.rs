@@ -1,7 +1,8 @@
 //! The OpenAI-compatible HTTP front end (`--openai-addr`, default `127.0.0.1:8000`, the
 //! port vLLM's and SGLang's users' tools default to): `POST /v1/chat/completions` and
 //! `POST /v1/completions`, streaming (SSE) and not, `GET /v1/models` (and one model by
-//! name) and `GET /health`.
+//! name) and `GET /health`, with CORS for browser pages on the origins configured
+//! ([`cors`]).
 //!
 //! A thin translation: a request is read into the daemon's one request type and goes down
 //! the same submit path as a gRPC request (validation, routing, admission, pacing,
@@ -11,6 +12,7 @@
 //! length and prefix hashes from text ([`prompt`]), the event framing ([`sse`]) and the
 //! error shape and status codes ([`error`]).
 
+mod cors;
 mod error;
 mod handlers;
 mod json;
@@ -35,7 +37,13 @@ fn started_unix() -> u64 {
     })
 }
 
-pub fn router(daemon: Arc<Daemon>) -> Router {
+/// The front end's service: the router behind the CORS check for `allowed_origins`
+/// ([`cors`]).
+pub fn service(daemon: Arc<Daemon>, allowed_origins: &[String]) -> cors::Cors<Router> {
+    cors::Cors::new(router(daemon), cors::Policy::new(allowed_origins))
+}
+
+fn router(daemon: Arc<Daemon>) -> Router {
     started_unix();
     Router::new()
         .route("/v1/chat/completions", post(handlers::chat))
