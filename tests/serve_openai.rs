@@ -466,7 +466,7 @@ async fn an_oversized_body_is_refused_in_openai_shape() {
     };
     let chunked = head("Transfer-Encoding: chunked") + "zz\r\n{}\r\n0\r\n\r\n";
     let short = head("Content-Length: 100") + "{}";
-    for raw in [chunked, short] {
+    for raw in [chunked, short.clone()] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(d.openai_addr).await.unwrap();
         s.write_all(raw.as_bytes()).await.unwrap();
@@ -480,6 +480,30 @@ async fn an_oversized_body_is_refused_in_openai_shape() {
             "{e}"
         );
     }
+    // The oversized body and the broken framing are refusals; the body cut short is the
+    // client going away, which is no invalid request (nor an accepted one).
+    let invalid = || {
+        d.daemon
+            .metrics
+            .shed_counts()
+            .get("invalid_request")
+            .copied()
+    };
+    assert_eq!(invalid(), Some(2));
+    // Cut short by a reset rather than a FIN: the same, once the daemon has seen it.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(d.openai_addr).await.unwrap();
+        s.write_all(short.as_bytes()).await.unwrap();
+        // Once the daemon is waiting for the rest of the body.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.set_zero_linger().unwrap();
+    }
+    // Nothing to wait for when it is not counted: time for the daemon to read the reset.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(post(d.openai_addr, CHAT, &[], "{").await.status, 400);
+    assert_eq!(invalid(), Some(3), "only the malformed JSON since");
+    assert_eq!(d.daemon.metrics.accepted_count(), 0);
 }
 
 #[tokio::test]

@@ -54,20 +54,24 @@ async fn try_complete(
             .shed(RejectReason::InvalidRequest.as_str(), Frontend::Openai);
         e
     };
-    let body = read_body(body).await.map_err(|e| {
-        refused(match e {
-            BodyError::TooLarge => {
-                let mut e =
-                    ApiError::invalid("body", format!("larger than {MAX_REQUEST_BYTES} bytes"));
-                e.status = StatusCode::PAYLOAD_TOO_LARGE;
-                e
-            }
-            // Malformed chunked framing, or fewer bytes than `Content-Length` before the
-            // client stopped sending: a bad request, not one too large.
-            BodyError::Unreadable(why) => {
-                ApiError::invalid("body", format!("could not be read: {why}"))
-            }
-        })
+    let body = read_body(body).await.map_err(|e| match e {
+        BodyError::TooLarge => {
+            let mut e = ApiError::invalid("body", format!("larger than {MAX_REQUEST_BYTES} bytes"));
+            e.status = StatusCode::PAYLOAD_TOO_LARGE;
+            refused(e)
+        }
+        // Malformed chunked framing: a bad request, not one too large.
+        BodyError::Unreadable(why) => refused(ApiError::invalid(
+            "body",
+            format!("could not be read: {why}"),
+        )),
+        // Not a refusal, so not counted as one: the request was never whole, as a gRPC
+        // call cut off mid-message never reaches the daemon at all. Still answered, for a
+        // client that only closed its sending half and reads on.
+        BodyError::ClientGone(why) => {
+            tracing::debug!(why, "an OpenAI client went away while sending its request");
+            ApiError::invalid("body", format!("could not be read: {why}"))
+        }
     })?;
     let parsed = request::parse(endpoint, &parts.headers, &body).map_err(refused)?;
     let deadline = parsed.timeout.map(|t| received + t);
@@ -183,8 +187,32 @@ async fn try_complete(
 enum BodyError {
     /// Over [`MAX_REQUEST_BYTES`]: 413.
     TooLarge,
-    /// The transport's reason (bad chunked framing, the body cut short): 400.
+    /// The transport's reason (bad chunked framing): 400.
     Unreadable(String),
+    /// The connection ended or was reset before the whole body came (fewer bytes than
+    /// `Content-Length`, or no last chunk): the client went away.
+    ClientGone(String),
+}
+
+/// Whether a body error is the client's connection ending early rather than what it sent
+/// being malformed: hyper reports a body cut short as an I/O error (`UnexpectedEof`)
+/// under its own, a reset as `ConnectionReset`. (An HTTP/2 client's `RST_STREAM` is an
+/// h2 error that names no cause here, and stays `Unreadable`.)
+fn client_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut e = Some(e);
+    while let Some(at) = e {
+        if let Some(io) = at.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        e = at.source();
+    }
+    false
 }
 
 /// A request body of at most [`MAX_REQUEST_BYTES`]. A body that comes as one frame (a
@@ -195,7 +223,13 @@ async fn read_body(mut body: Body) -> Result<Bytes, BodyError> {
     let mut first: Option<Bytes> = None;
     let mut more: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Unreadable(root_cause(&e)))?;
+        let frame = frame.map_err(|e| {
+            if client_gone(&e) {
+                BodyError::ClientGone(root_cause(&e))
+            } else {
+                BodyError::Unreadable(root_cause(&e))
+            }
+        })?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers carry nothing a request reads
         };
