@@ -2,7 +2,7 @@
 //! non-zero and names each figure (policy, printed name and `--metric` key); within it, it
 //! exits 0; `--metric` limits the check; a mistyped metric is an error, not a pass.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn report(policy: &str, ttft_p99: f64, e2e_p50: f64) -> dujiang::sim::Report {
@@ -42,6 +42,10 @@ fn files() -> (PathBuf, PathBuf) {
 
 fn compare(extra: &[&str]) -> (Output, String, String) {
     let (a, b) = files();
+    compare_files(&a, &b, extra)
+}
+
+fn compare_files(a: &Path, b: &Path, extra: &[&str]) -> (Output, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
         .arg("compare")
         .arg(&a)
@@ -133,18 +137,8 @@ fn load_report(late: u64) -> String {
 fn a_load_client_that_fell_behind_is_named_as_a_cause() {
     let (a, b) = files();
     let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
-            .arg("compare")
-            .arg(&a)
-            .arg(&b)
-            .args(extra)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let (out, stdout, stderr) = compare_files(&a, &b, extra);
+        (out.status.success(), stdout, stderr)
     };
     // 12 of 200 late (6%): a note under the table, and the failed check says the
     // difference may be the client's.
