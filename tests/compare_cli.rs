@@ -48,8 +48,8 @@ fn compare(extra: &[&str]) -> (Output, String, String) {
 fn compare_files(a: &Path, b: &Path, extra: &[&str]) -> (Output, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dujiang"))
         .arg("compare")
-        .arg(&a)
-        .arg(&b)
+        .arg(a)
+        .arg(b)
         .args(extra)
         .output()
         .unwrap();
