@@ -36,6 +36,18 @@ fn preflight_headers(origin: &str) -> [(&str, &str); 3] {
     ]
 }
 
+/// A page on `origin` POSTing a short chat, non-streamed.
+async fn chat_from(a: std::net::SocketAddr, origin: &str) -> Resp {
+    send(
+        a,
+        "POST",
+        CHAT,
+        &[("Origin", origin)],
+        &chat_body("hi", 2, false, false),
+    )
+    .await
+}
+
 /// The response's `access-control-*` headers.
 fn cors_headers(r: &Resp) -> Vec<&(String, String)> {
     r.headers
@@ -118,14 +130,7 @@ async fn only_the_listed_origins_get_cors_headers() {
         assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
         assert_eq!(r.header("access-control-max-age"), Some("600"));
         assert_eq!(r.header("vary"), Some("origin"));
-        let r = send(
-            a,
-            "POST",
-            CHAT,
-            &[("Origin", origin)],
-            &chat_body("hi", 2, false, false),
-        )
-        .await;
+        let r = chat_from(a, origin).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.header("access-control-allow-origin"), Some(origin));
         assert_eq!(r.header("vary"), Some("origin"));
@@ -149,14 +154,7 @@ async fn only_the_listed_origins_get_cors_headers() {
             e["message"].as_str().unwrap().contains("--allowed-origins"),
             "{e}"
         );
-        let r = send(
-            a,
-            "POST",
-            CHAT,
-            &[("Origin", origin)],
-            &chat_body("hi", 2, false, false),
-        )
-        .await;
+        let r = chat_from(a, origin).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(cors_headers(&r).is_empty(), "{origin}: {r:?}");
         assert_eq!(r.header("vary"), Some("origin"), "{origin}");
@@ -173,29 +171,11 @@ async fn an_empty_list_turns_cors_off() {
     let r = send(a, "OPTIONS", CHAT, &preflight_headers(PAGE), "").await;
     assert_eq!(r.status, 405, "{r:?}");
     assert!(cors_headers(&r).is_empty(), "{r:?}");
-    let r = send(
-        a,
-        "POST",
-        CHAT,
-        &[("Origin", PAGE)],
-        &chat_body("hi", 2, false, false),
-    )
-    .await;
+    let r = chat_from(a, PAGE).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(cors_headers(&r).is_empty(), "{r:?}");
     assert_eq!(r.header("vary"), None);
 }
-
-const FREE_PORTS: &[&str] = &[
-    "--grpc-addr",
-    "127.0.0.1:0",
-    "--admin-addr",
-    "127.0.0.1:0",
-    "--http-addr",
-    "127.0.0.1:0",
-    "--openai-addr",
-    "127.0.0.1:0",
-];
 
 /// A bad origin is refused before anything listens, named by file, line and key from a
 /// config file, and as a command-line value from `--allowed-origins`.

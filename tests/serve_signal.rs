@@ -4,7 +4,7 @@
 mod cli_support;
 mod serve_support;
 
-use cli_support::{dujiang, fails, ok, s, tmp};
+use cli_support::{dujiang, fails, ok, s, tmp, FREE_PORTS};
 use serve_support::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,18 +99,6 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
 }
 
 use dujiang::wire;
-
-/// Every listener on a free port, so a daemon that does start cannot collide with another.
-const FREE_PORTS: &[&str] = &[
-    "--grpc-addr",
-    "127.0.0.1:0",
-    "--admin-addr",
-    "127.0.0.1:0",
-    "--http-addr",
-    "127.0.0.1:0",
-    "--openai-addr",
-    "127.0.0.1:0",
-];
 
 #[test]
 fn print_default_config_round_trips() {

@@ -44,3 +44,17 @@ pub fn tmp(suite: &str, name: &str) -> PathBuf {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// `dujiang serve` flags putting every listener on a free port, so a daemon that does
+/// start cannot collide with another (for the tests that expect it to refuse first).
+#[allow(dead_code)] // the serve tests' only
+pub const FREE_PORTS: &[&str] = &[
+    "--grpc-addr",
+    "127.0.0.1:0",
+    "--admin-addr",
+    "127.0.0.1:0",
+    "--http-addr",
+    "127.0.0.1:0",
+    "--openai-addr",
+    "127.0.0.1:0",
+];
