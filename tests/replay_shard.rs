@@ -35,6 +35,21 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Writes shard `shard` of a replay of [`TRACE`] on `fleet` to the partial file `out`.
+fn write_partial(fleet: &Path, shard: &str, out: &Path) {
+    ok(&[
+        "replay",
+        "--trace",
+        TRACE,
+        "--fleet",
+        s(fleet),
+        "--shard",
+        shard,
+        "--partial-out",
+        s(out),
+    ]);
+}
+
 /// Replays `source` in one process and in `n` shards merged; returns both JSON texts.
 fn one_and_merged(source: &[&str], fleet: &Path, n: u32, tag: &str) -> (String, String) {
     let one = tmp(&format!("{tag}-one.json"));
@@ -312,28 +327,8 @@ fn bad_cells_shards_and_partials_are_refused_clearly() {
     );
 
     let (p0, p1) = (tmp("m-0.json"), tmp("m-1.json"));
-    ok(&[
-        "replay",
-        "--trace",
-        TRACE,
-        "--fleet",
-        s(&f),
-        "--shard",
-        "0/2",
-        "--partial-out",
-        s(&p0),
-    ]);
-    ok(&[
-        "replay",
-        "--trace",
-        TRACE,
-        "--fleet",
-        s(&f),
-        "--shard",
-        "1/2",
-        "--partial-out",
-        s(&p1),
-    ]);
+    write_partial(&f, "0/2", &p0);
+    write_partial(&f, "1/2", &p1);
     fails(&["replay", "merge", s(&p0)], "shard 1/2 is missing");
     fails(
         &["replay", "merge", s(&p0), s(&p0)],
@@ -390,18 +385,7 @@ fn a_corrupted_counter_in_a_partial_is_refused_naming_file_and_field_never_a_pan
     let f = fleet("fuzz.toml", 2);
     let parts: Vec<PathBuf> = (0..2).map(|i| tmp(&format!("fuzz-{i}.json"))).collect();
     for (i, part) in parts.iter().enumerate() {
-        let shard = format!("{i}/2");
-        ok(&[
-            "replay",
-            "--trace",
-            TRACE,
-            "--fleet",
-            s(&f),
-            "--shard",
-            &shard,
-            "--partial-out",
-            s(part),
-        ]);
+        write_partial(&f, &format!("{i}/2"), part);
     }
     let originals: Vec<serde_json::Value> = parts.iter().map(|p| json(p)).collect();
     let bad: Vec<PathBuf> = (0..2).map(|i| tmp(&format!("fuzz-bad-{i}.json"))).collect();
