@@ -13,11 +13,17 @@
 //! - Throughput, criterion's groups: streamed chats with 32 in flight, direct and through
 //!   the proxy (goal: the proxy reaches ≥ 0.8× the direct requests per second). Criterion
 //!   reports time per request; requests per second is its inverse.
+//! - The floor any HTTP router stands on, in both: `bare_forward`, a reverse proxy with
+//!   nothing of a router in it (axum accepts, a pooled hyper client sends the request's
+//!   bytes to the engine unread, and the engine's response body goes back unread). It
+//!   parses no JSON, routes nothing, counts nothing and cancels nothing, so what it costs
+//!   over `direct` is the cost of one more HTTP hop itself; a router cannot reach more of
+//!   the direct rate on this host than it does.
 //!
 //! `DUJIANG_PROXY_PIN=1` pins the engine process to CPU 1 and this process to CPU 0 (a
 //! router on a host of its own, as it would be in front of real accelerators, rather than
 //! one taking CPU from the engine it measures).
-//! `DUJIANG_PROXY_COUNT=<direct|through_proxy>:<n>` runs `n` streamed chats after a
+//! `DUJIANG_PROXY_COUNT=<direct|through_proxy|bare_forward>:<n>` runs `n` streamed chats after a
 //! warm-up and exits, without criterion: under `valgrind --tool=callgrind` (which follows
 //! only this process) two counts give this process's instructions per request by
 //! difference, the client's alone direct and the client's plus the router's proxied.
@@ -165,6 +171,38 @@ async fn start_router(engine: std::net::SocketAddr) -> RunningDaemon {
     .unwrap()
 }
 
+/// The bare forwarding proxy in front of `engine` (see the module's doc), on this runtime.
+async fn bare_forward(engine: std::net::SocketAddr) -> std::net::SocketAddr {
+    let upstream: hyper_util::client::legacy::Client<_, axum::body::Body> = {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(IN_FLIGHT as usize)
+            .build(http)
+    };
+    let forward = move |req: axum::extract::Request| {
+        let upstream = upstream.clone();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = format!("http://{engine}{path}").parse().unwrap();
+            let resp = upstream
+                .request(hyper::Request::from_parts(parts, body))
+                .await
+                .unwrap();
+            resp.map(axum::body::Body::new)
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 fn body() -> hyper::body::Bytes {
     serde_json::to_vec(&serde_json::json!({
         "model": "llama-3-8b",
@@ -284,16 +322,19 @@ fn proxy(c: &mut Criterion) {
     let client = client();
     let engine = start_engine();
     let router = rt.block_on(start_router(engine.openai));
-    let (direct, proxied) = (url(engine.openai), url(router.openai_addr));
+    let forward = rt.block_on(bare_forward(engine.openai));
+    let (direct, proxied, bare) = (url(engine.openai), url(router.openai_addr), url(forward));
 
     // Latency, direct and proxied alternately in rounds so machine noise hits both alike.
     rt.block_on(async {
         run(&client, &direct, 64, LATENCY_IN_FLIGHT).await;
         run(&client, &proxied, 64, LATENCY_IN_FLIGHT).await;
-        let (mut d, mut p) = (Vec::new(), Vec::new());
+        run(&client, &bare, 64, LATENCY_IN_FLIGHT).await;
+        let (mut d, mut p, mut f) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..4 {
             d.extend(run(&client, &direct, LATENCY_REQUESTS / 4, LATENCY_IN_FLIGHT).await);
             p.extend(run(&client, &proxied, LATENCY_REQUESTS / 4, LATENCY_IN_FLIGHT).await);
+            f.extend(run(&client, &bare, LATENCY_REQUESTS / 4, LATENCY_IN_FLIGHT).await);
         }
         let ms = |x: Duration| x.as_secs_f64() * 1e3;
         let ttft = |v: &[(Duration, Duration)], q| pct(v.iter().map(|s| s.0).collect(), q);
@@ -313,6 +354,12 @@ fn proxy(c: &mut Criterion) {
             ms(ttft(&p, 0.99)) - ms(ttft(&d, 0.99))
         );
         println!(
+            "  bare forwarding proxy: TTFT p50 {:.3} ms, p99 {:.3} ms: added p99 {:.3} ms",
+            ms(ttft(&f, 0.5)),
+            ms(ttft(&f, 0.99)),
+            ms(ttft(&f, 0.99)) - ms(ttft(&d, 0.99))
+        );
+        println!(
             "  time per output token (mean) direct {:.4} ms, proxied {:.4} ms: added {:.4} ms",
             ms(tok(&d)),
             ms(tok(&p)),
@@ -322,7 +369,11 @@ fn proxy(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("proxy_stream_chat");
     g.throughput(Throughput::Elements(1));
-    for (name, url) in [("direct", &direct), ("through_proxy", &proxied)] {
+    for (name, url) in [
+        ("direct", &direct),
+        ("through_proxy", &proxied),
+        ("bare_forward", &bare),
+    ] {
         g.bench_function(name, |b| {
             b.iter_custom(|n| {
                 let start = Instant::now();
@@ -349,6 +400,7 @@ fn count_mode(spec: &str) {
     let target = match name {
         "direct" => url(engine.openai),
         "through_proxy" => url(router.openai_addr),
+        "bare_forward" => url(rt.block_on(bare_forward(engine.openai))),
         other => panic!("no target `{other}`"),
     };
     rt.block_on(run(&client, &target, 256, IN_FLIGHT as usize));
