@@ -88,6 +88,75 @@ async fn a_non_streaming_client_that_disconnects_cancels_too() {
     assert_kv_freed_and_one_cancel(&d).await;
 }
 
+/// A request body that sends `first` and then, if `stall`, nothing more for ever: a
+/// client still uploading.
+struct Upload {
+    first: Option<hyper::body::Bytes>,
+    stall: bool,
+}
+
+impl hyper::body::Body for Upload {
+    type Data = hyper::body::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        match self.first.take() {
+            Some(data) => Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+            None if self.stall => Poll::Pending,
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// An HTTP/2 client that gives up on a request before its body is all sent resets the
+/// stream (`RST_STREAM CANCEL`): that is a client gone, as a TCP reset mid-upload is over
+/// HTTP/1.1, not an invalid request. It used to be counted as one.
+#[tokio::test]
+async fn an_http2_client_that_cancels_mid_upload_is_no_invalid_request() {
+    let d = start(two_h20(1.0)).await;
+    let tcp = tokio::net::TcpStream::connect(d.openai_addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let post = |first: &'static [u8], stall| {
+        hyper::Request::post(format!("http://{}{CHAT}", d.openai_addr))
+            .header("content-type", "application/json")
+            .body(Upload {
+                first: Some(hyper::body::Bytes::from_static(first)),
+                stall,
+            })
+            .unwrap()
+    };
+    // Dropping the unanswered request is what resets its stream.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        send.send_request(post(b"{\"model\":", true)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "answered before its body was all sent");
+    // A malformed body on the same connection after it: that one is a refusal.
+    let bad = send.send_request(post(b"{", false)).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let invalid = || {
+        d.daemon
+            .metrics
+            .shed_counts()
+            .get("invalid_request")
+            .copied()
+    };
+    // Time for the first request's handler to have read the reset, in case it comes last.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(invalid(), Some(1), "only the malformed body");
+    assert_eq!(d.daemon.metrics.accepted_count(), 0);
+}
+
 /// Multi-turn chats sent as a real client sends them (the whole history each turn, no
 /// prefix hashes) stay with the backend holding their prefix under `prefix-affinity`,
 /// because the hashes derived from the text agree on the shared blocks.

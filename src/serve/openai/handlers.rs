@@ -196,19 +196,25 @@ enum BodyError {
 
 /// Whether a body error is the client's connection ending early rather than what it sent
 /// being malformed: hyper reports a body cut short as an I/O error (`UnexpectedEof`)
-/// under its own, a reset as `ConnectionReset`. (An HTTP/2 client's `RST_STREAM` is an
-/// h2 error that names no cause here, and stays `Unreadable`.)
+/// under its own, a reset as `ConnectionReset`; an HTTP/2 client that gives up resets its
+/// stream (`RST_STREAM`, e.g. `CANCEL` when its request is dropped) or leaves the
+/// connection (`GOAWAY`), which h2 reports as an error received from the remote.
 fn client_gone(e: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let gone = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+        )
+    };
     let mut e = Some(e);
     while let Some(at) = e {
-        if let Some(io) = at.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-            ) {
-                return true;
-            }
+        if at.downcast_ref::<std::io::Error>().is_some_and(gone) {
+            return true;
+        }
+        // h2's error names no source: its I/O error is asked for.
+        if let Some(h2) = at.downcast_ref::<h2::Error>() {
+            return h2.is_remote() || h2.get_io().is_some_and(gone);
         }
         e = at.source();
     }
