@@ -47,12 +47,13 @@
 //! of steps and still land on the same nanosecond as stepping one at a time.
 
 use super::engine::{EngineCoefficients, EngineProfile};
-use super::floor_sum::{floor_sum, floor_sum_u64};
+use super::floor_sum::{floor_sum, floor_sum_u64, short_ceil_sum, SHORT_SUM};
 use super::spec::{ChipSpec, Dtype, ModelSpec};
 use super::table::MeasuredTable;
 use crate::request::Nanos;
 
 const PS_PER_NS: u64 = 1_000;
+
 const PS_PER_S: f64 = 1e12;
 
 /// What one engine step processes.
@@ -531,6 +532,13 @@ impl PerfModel {
     fn line_sum(&self, p: u64, q: u64, n: u64) -> u64 {
         if n == 0 {
             return 0;
+        }
+        // Most decode stretches end at the next finish a few steps on, and a split of
+        // one at an arrival prices fewer still: such runs are summed term by term.
+        if n <= SHORT_SUM {
+            if let Some(total) = short_ceil_sum::<PS_PER_NS>(p, q, n) {
+                return total;
+            }
         }
         let b = p.saturating_add(PS_PER_NS - 1);
         if let Some(total) = floor_sum_u64(n, PS_PER_NS, q, b) {
