@@ -40,18 +40,20 @@ impl Engine {
         run.prefill.clear();
         loop {
             // Decoding sequences each need room for one more token.
-            while self.kv_growth(1) > self.available_blocks() {
+            let mut decode_need = self.kv_growth(1);
+            while decode_need > self.available_blocks() {
                 if !self.preempt_one(t, out) {
                     break;
                 }
+                decode_need = self.kv_growth(1);
             }
             // Handed-off sequences whose KV has arrived join before new prefills start.
             if !self.arrived.is_empty() {
                 self.join_arrived(t, out);
+                decode_need = self.kv_growth(1);
             }
             // Blocks the decoding sequences will take at the end of this step are held
             // back from the prefills scheduled beside them.
-            let decode_need = self.kv_growth(1);
             let mut draft = StepDraft {
                 budget: u64::from(self.cfg.max_batched_tokens) - self.decoding.len() as u64,
                 shape: StepShape::decode(self.decoding.len() as u64, self.decode_ctx_total()),
@@ -63,7 +65,13 @@ impl Engine {
             while i < self.prefilling.len() && draft.budget > 0 {
                 let r = self.prefilling[i];
                 let Some(s) = self.seq(r).filter(|s| s.phase == Phase::Prefilling) else {
-                    self.prefilling.remove(i);
+                    // Finished prefills leave from the front (the oldest ends first), where
+                    // a pop is cheaper than `remove`'s general shift.
+                    if i == 0 {
+                        self.prefilling.pop_front();
+                    } else {
+                        self.prefilling.remove(i);
+                    }
                     continue;
                 };
                 let chunk = (s.prefill_target - s.prefilled).min(draft.budget as u32);
@@ -105,7 +113,7 @@ impl Engine {
             }
             if !self.decoding.is_empty() {
                 let mut steps = match self.finish_heap.peek() {
-                    Some(&Reverse((finish, _, _))) => finish.saturating_sub(self.step).max(1),
+                    Some(&Reverse(key)) => key.finish().saturating_sub(self.step).max(1),
                     None => 1,
                 };
                 if self.cfg.granularity == Granularity::PerToken {

@@ -5,7 +5,7 @@
 //! tokens, the affine decode sums, KV block counts) in step with the sequence.
 
 use super::config::{AdmitError, EngineEvent, Granularity, Role};
-use super::instance::Engine;
+use super::instance::{Engine, FinishKey};
 use crate::request::{Nanos, Priority, Request, RequestId};
 use std::cmp::Reverse;
 
@@ -238,7 +238,7 @@ impl Engine {
         self.residue[Self::residue_key(ctx, step, b)] += 1;
         self.decoding.push(slot);
         self.finish_heap
-            .push(Reverse((step + remaining, slot, epoch)));
+            .push(Reverse(FinishKey::new(step + remaining, slot, epoch)));
     }
 
     /// After a prefill, the prompt's full hash blocks not yet cached become cache entries
