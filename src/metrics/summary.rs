@@ -105,6 +105,14 @@ impl LatencySummary {
         }
     }
 
+    /// [`LatencySummary::record_inter_token`] of gaps given as (gap, how many times).
+    pub fn record_inter_token_runs(&self, runs: &[(u64, u64)]) {
+        let mut g = self.inner.lock();
+        for &(gap, count) in runs {
+            g.inter_token.saturating_record_n(gap, count);
+        }
+    }
+
     pub fn snapshot(&self) -> SummarySnapshot {
         let g = self.inner.lock();
         SummarySnapshot {
