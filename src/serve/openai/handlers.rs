@@ -124,23 +124,8 @@ async fn try_complete(
             }
         }
     };
-    // Sized to what it will hold: request id, backend, pool, chip, queue time (and the
-    // decode side's three) and the content type, plus cache-control when streamed. A
-    // map for six is small enough for the allocator's per-thread cache; one for eight
-    // is not.
-    let decode = if stream.decode_backend().is_some() {
-        3
-    } else {
-        0
-    };
-    let mut placed = HeaderMap::with_capacity(6 + decode + usize::from(parsed.stream));
-    placement(&stream, queue_seconds, &mut placed);
+    let placed = response_headers(&stream, queue_seconds, parsed.stream);
     if parsed.stream {
-        placed.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        placed.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         let body = Body::from_stream(EventStream::new(stream, framer, parsed.include_usage));
         let mut r = Response::new(body);
         *r.headers_mut() = placed;
@@ -174,10 +159,6 @@ async fn try_complete(
             Event::Started(_) => {}
         }
     }
-    placed.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     let mut r = Response::new(Body::from(framer.complete(&text, tokens, finish)));
     *r.headers_mut() = placed;
     Ok(r)
@@ -289,31 +270,55 @@ static X_DECODE_BACKEND: HeaderName = HeaderName::from_static("x-dujiang-decode-
 static X_DECODE_POOL: HeaderName = HeaderName::from_static("x-dujiang-decode-pool");
 static X_DECODE_CHIP: HeaderName = HeaderName::from_static("x-dujiang-decode-chip");
 
-/// Where the request runs, for clients that report per pool (the load generator does).
-/// This runs on every request: the names are parsed once (statics), a backend's values
-/// are made once ([`backend_values`]), the map is the one the response is sent with, and
-/// the queue time is formatted without float formatting.
-fn placement(stream: &RequestStream, queue_seconds: f64, h: &mut HeaderMap) {
-    if let Ok(v) = HeaderValue::from_str(stream.client_id()) {
-        h.insert(X_REQUEST_ID.clone(), v);
-    }
-    let [backend, pool, chip] = backend_values(stream.backend());
-    for (name, v) in [(&X_BACKEND, backend), (&X_POOL, pool), (&X_CHIP, chip)] {
-        if let Some(v) = v {
-            h.insert(name.clone(), v);
+/// A response's headers: where the request runs, for clients that report per pool (the
+/// load generator does), and the body's content type (and, streamed, `no-cache`).
+///
+/// This runs on every request, so the map is a copy of one made once per backend (pair)
+/// and worker thread ([`HeaderTemplate`]) with only the request id and the queue time
+/// written in: building it header by header hashed and checked every name and value each
+/// time. A copy is also only as large as it needs to be, where a map made for the seven
+/// headers of a stream reserves room for twelve, too large for the allocator's per-thread
+/// cache.
+fn response_headers(stream: &RequestStream, queue_seconds: f64, streamed: bool) -> HeaderMap {
+    let backend = stream.backend();
+    let decode = stream.decode_backend();
+    let (mut h, queue_at) = HEADER_TEMPLATES.with_borrow_mut(|kept| {
+        let same = |t: &HeaderTemplate| {
+            Arc::ptr_eq(&t.backend, &backend.name)
+                && t.streamed == streamed
+                && match (&t.decode, decode) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, &b.name),
+                    _ => false,
+                }
+        };
+        if let Some(t) = kept.iter().find(|t| same(t)) {
+            return (t.map.clone(), t.queue_at);
         }
-    }
-    // Prefill/decode fleets: the backend continuing after `x-dujiang-backend` prefilled.
-    if let Some(d) = stream.decode_backend() {
-        let [backend, pool, chip] = backend_values(d);
-        let names = [&X_DECODE_BACKEND, &X_DECODE_POOL, &X_DECODE_CHIP];
-        for (name, v) in names.into_iter().zip([backend, pool, chip]) {
-            if let Some(v) = v {
-                h.insert(name.clone(), v);
-            }
+        let t = HeaderTemplate::new(backend, decode, streamed);
+        let made = (t.map.clone(), t.queue_at);
+        if kept.len() >= HEADER_TEMPLATES_KEPT {
+            kept.remove(0);
         }
+        kept.push(t);
+        made
+    });
+    // The template's entries are in insertion order: the request id first, the queue time
+    // at `queue_at` (no lookup by name).
+    let id = HeaderValue::from_str(stream.client_id()).ok();
+    let valid = id.is_some();
+    let mut values = h.values_mut();
+    if let (Some(slot), Some(id)) = (values.next(), id) {
+        *slot = id;
     }
-    h.insert(X_QUEUE_MS.clone(), queue_ms(queue_seconds));
+    if let Some(slot) = values.nth(queue_at - 1) {
+        *slot = queue_ms(queue_seconds);
+    }
+    if !valid {
+        // Not valid in a header: left out.
+        h.remove(&X_REQUEST_ID);
+    }
+    h
 }
 
 /// Seconds as milliseconds with three decimals, what `{:.3}` of the milliseconds prints
@@ -343,33 +348,74 @@ fn queue_ms(seconds: f64) -> HeaderValue {
     HeaderValue::from_bytes(&buf[at..]).expect("digits and a point")
 }
 
-/// How many backends' header values a worker thread keeps.
-const BACKEND_VALUES_KEPT: usize = 64;
+/// How many backends' header templates a worker thread keeps.
+const HEADER_TEMPLATES_KEPT: usize = 64;
 
-/// A backend's `x-dujiang-backend`, `-pool` and `-chip` values.
-type BackendValues = [Option<HeaderValue>; 3];
-
-thread_local! {
-    /// Recent backends' values, by the backend's name (the `Arc` itself: kept here, so its
-    /// address names that backend alone).
-    static BACKEND_VALUES: std::cell::RefCell<Vec<(Arc<str>, BackendValues)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+/// A response's headers for one backend (and decode backend), streamed or not, with
+/// placeholders for the per-request values: `x-request-id` (the first entry) and
+/// `x-dujiang-queue-ms` (entry `queue_at`).
+struct HeaderTemplate {
+    /// The backend's name (the `Arc` itself: kept here, so its address names that
+    /// backend alone), and the decode backend's.
+    backend: Arc<str>,
+    decode: Option<Arc<str>>,
+    streamed: bool,
+    map: HeaderMap,
+    queue_at: usize,
 }
 
-/// A backend's name, pool and chip as header values (`None`: not valid in a header),
-/// made once per backend and worker thread rather than checked and copied per request.
-fn backend_values(b: &BackendHandle) -> BackendValues {
-    BACKEND_VALUES.with_borrow_mut(|kept| {
-        if let Some((_, v)) = kept.iter().find(|(name, _)| Arc::ptr_eq(name, &b.name)) {
-            return v.clone();
+impl HeaderTemplate {
+    fn new(backend: &BackendHandle, decode: Option<&BackendHandle>, streamed: bool) -> Self {
+        // A name, pool or chip not valid in a header is left out.
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        let mut map = HeaderMap::new();
+        map.insert(X_REQUEST_ID.clone(), HeaderValue::from_static(""));
+        let names = [&X_BACKEND, &X_POOL, &X_CHIP];
+        for (name, v) in names
+            .into_iter()
+            .zip([&backend.name, &backend.pool, &backend.chip])
+        {
+            if let Some(v) = value(v) {
+                map.insert(name.clone(), v);
+            }
         }
-        let v = [&b.name, &b.pool, &b.chip].map(|s| HeaderValue::from_str(s).ok());
-        if kept.len() >= BACKEND_VALUES_KEPT {
-            kept.remove(0);
+        // Prefill/decode fleets: the backend continuing after `x-dujiang-backend` prefilled.
+        if let Some(d) = decode {
+            let names = [&X_DECODE_BACKEND, &X_DECODE_POOL, &X_DECODE_CHIP];
+            for (name, v) in names.into_iter().zip([&d.name, &d.pool, &d.chip]) {
+                if let Some(v) = value(v) {
+                    map.insert(name.clone(), v);
+                }
+            }
         }
-        kept.push((b.name.clone(), v.clone()));
-        v
-    })
+        let queue_at = map.len();
+        map.insert(X_QUEUE_MS.clone(), HeaderValue::from_static("0.000"));
+        if streamed {
+            map.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            map.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        } else {
+            map.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        HeaderTemplate {
+            backend: backend.name.clone(),
+            decode: decode.map(|d| d.name.clone()),
+            streamed,
+            map,
+            queue_at,
+        }
+    }
+}
+
+thread_local! {
+    /// Recent backends' header templates.
+    static HEADER_TEMPLATES: std::cell::RefCell<Vec<HeaderTemplate>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `GET /v1/models`: the models the fleet's pools serve.
