@@ -16,6 +16,7 @@ use crate::serve::stream::token_word;
 use crate::serve::stream::RequestStream;
 use crate::wire::generate_response::Event;
 use axum::body::Bytes;
+use bytes::BytesMut;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::pin::Pin;
@@ -29,15 +30,18 @@ pub const DONE: &str = "data: [DONE]\n\n";
 /// than the rest of the stream's path).
 pub struct Framer {
     endpoint: Endpoint,
+    /// The pieces made once per request, in one string. Streamed: `data: {<head>,
+    /// "choices":[{"index":0,` (how every token event starts: `event_open`), then the
+    /// text's opening quote of every token event but the first (`"delta":{"content":"` or
+    /// `"text":"`): all of it is `token_open`, and a middle token event is that, the word
+    /// and [`Framer::token_close`]. Not streamed: `{<head>`, the start of the answer,
+    /// which [`Framer::complete`] finishes in place. `<head>` is
     /// `"id":…,"object":…,"created":…,"model":…` with its values JSON-escaped once.
-    head: String,
-    /// `data: {<head>,"choices":[{"index":0,`: how every token event starts (empty for a
-    /// non-streaming answer).
-    event_open: String,
-    /// `event_open` and the text's opening quote of every token event but the first
-    /// (`"delta":{"content":"` or `"text":"`): a middle token event is this, the word and
-    /// [`Framer::token_close`].
-    token_open: String,
+    pieces: String,
+    /// Where `<head>` starts and ends in `pieces`.
+    head: (usize, usize),
+    /// How long `event_open` is (0: not streamed).
+    event_open: usize,
     prompt_tokens: u32,
     continuous_usage: bool,
 }
@@ -57,64 +61,76 @@ impl Framer {
             (Endpoint::Chat, false) => ("chatcmpl-", "chat.completion"),
             (Endpoint::Completions, _) => ("cmpl-", "text_completion"),
         };
-        let mut head = String::with_capacity(96 + id.len() + model.len());
-        head.push_str("\"id\":\"");
-        head.push_str(prefix);
-        push_escaped(&mut head, id);
-        head.push_str("\",\"object\":\"");
-        head.push_str(object);
-        head.push_str("\",\"created\":");
-        push_u64(&mut head, created);
-        head.push_str(",\"model\":");
-        push_json(&mut head, model);
+        // Streamed: room for the openings; not: for a short answer's text and usage too.
+        let mut pieces = String::with_capacity(id.len() + model.len() + 400);
+        pieces.push_str(if streaming { "data: {" } else { "{" });
+        let start = pieces.len();
+        pieces.push_str("\"id\":\"");
+        pieces.push_str(prefix);
+        push_escaped(&mut pieces, id);
+        pieces.push_str("\",\"object\":\"");
+        pieces.push_str(object);
+        pieces.push_str("\",\"created\":");
+        push_u64(&mut pieces, created);
+        pieces.push_str(",\"model\":");
+        push_json(&mut pieces, model);
+        let head = (start, pieces.len());
         // Only a stream has events.
-        let mut event_open = String::new();
+        let mut event_open = 0;
         if streaming {
-            event_open.reserve(head.len() + 40);
-            event_open.push_str("data: {");
-            event_open.push_str(&head);
-            event_open.push_str(",\"choices\":[{\"index\":0,");
-        }
-        let mut token_open = String::new();
-        if streaming {
-            token_open.reserve(event_open.len() + 24);
-            token_open.push_str(&event_open);
-            token_open.push_str(text_open(endpoint, false));
-            token_open.push('"');
+            pieces.push_str(",\"choices\":[{\"index\":0,");
+            event_open = pieces.len();
+            pieces.push_str(text_open(endpoint, false));
+            pieces.push('"');
         }
         Framer {
             endpoint,
+            pieces,
             head,
             event_open,
-            token_open,
             prompt_tokens,
             continuous_usage,
         }
     }
 
+    /// `"id":…,"object":…,"created":…,"model":…`.
+    fn head(&self) -> &str {
+        &self.pieces[self.head.0..self.head.1]
+    }
+
+    /// How every event starts (streamed).
+    fn event_open(&self) -> &str {
+        &self.pieces[..self.event_open]
+    }
+
+    /// How every token event but the first starts, up to its text (streamed).
+    fn token_open(&self) -> &str {
+        &self.pieces
+    }
+
     /// About how long one event is (its opening, the token's fields and usage), to size
     /// a frame's buffer once instead of growing it event by event.
     fn chunk_len(&self) -> usize {
-        self.event_open.len().max(self.head.len() + 16) + 160
+        self.event_open.max(self.head.1 - self.head.0 + 16) + 160
     }
 
-    fn usage(&self, out: &mut String, completion: u32) {
+    fn usage(&self, out: &mut impl Out, completion: u32) {
         out.push_str("\"usage\":{\"prompt_tokens\":");
         push_u64(out, u64::from(self.prompt_tokens));
         out.push_str(",\"completion_tokens\":");
         push_u64(out, u64::from(completion));
         out.push_str(",\"total_tokens\":");
         push_u64(out, u64::from(self.prompt_tokens) + u64::from(completion));
-        out.push('}');
+        out.push_str("}");
     }
 
     /// The SSE event of simulated token `index` (0-based); `last` sets its
     /// `finish_reason`.
-    pub fn token_chunk(&self, out: &mut String, index: u32, last: bool) {
+    pub fn token_chunk(&self, out: &mut impl Out, index: u32, last: bool) {
         let word = token_word(index);
         if index > 0 && !last && !self.continuous_usage {
             // The common event, from pieces made once; the words need no escaping.
-            out.push_str(&self.token_open);
+            out.push_str(self.token_open());
             out.push_str(word);
             out.push_str(self.token_close());
             return;
@@ -136,7 +152,7 @@ impl Framer {
     /// `finish_reason`, and with continuous usage `completion` tokens so far.
     pub fn text_chunk(
         &self,
-        out: &mut String,
+        out: &mut impl Out,
         text: &str,
         first: bool,
         finish: Option<&str>,
@@ -148,24 +164,24 @@ impl Framer {
     /// [`Framer::text_chunk`]; `plain`: `text` is known to need no escaping.
     fn chunk(
         &self,
-        out: &mut String,
+        out: &mut impl Out,
         text: &str,
         plain: bool,
         first: bool,
         finish: Option<&str>,
         completion: u32,
     ) {
-        out.push_str(&self.event_open);
+        out.push_str(self.event_open());
         out.push_str(text_open(self.endpoint, first));
         if plain {
-            out.push('"');
+            out.push_str("\"");
             out.push_str(text);
-            out.push('"');
+            out.push_str("\"");
         } else {
             push_json(out, text);
         }
         if self.endpoint == Endpoint::Chat {
-            out.push('}');
+            out.push_str("}");
         }
         out.push_str(",\"logprobs\":null,\"finish_reason\":");
         match finish {
@@ -174,26 +190,27 @@ impl Framer {
         }
         out.push_str("}]");
         if self.continuous_usage {
-            out.push(',');
+            out.push_str(",");
             self.usage(out, completion);
         }
         out.push_str("}\n\n");
     }
 
     /// The closing usage event (`choices: []`).
-    pub fn usage_chunk(&self, out: &mut String, completion: u32) {
+    pub fn usage_chunk(&self, out: &mut impl Out, completion: u32) {
         out.push_str("data: {");
-        out.push_str(&self.head);
+        out.push_str(self.head());
         out.push_str(",\"choices\":[],");
         self.usage(out, completion);
         out.push_str("}\n\n");
     }
 
-    /// A whole non-streaming answer.
-    pub fn complete(&self, text: &str, completion: u32, finish: &str) -> String {
-        let mut out = String::with_capacity(self.head.len() + text.len() + 200);
-        out.push('{');
-        out.push_str(&self.head);
+    /// A whole non-streaming answer (of a framer made for one), written after the
+    /// opening made with the framer.
+    pub fn complete(mut self, text: &str, completion: u32, finish: &str) -> String {
+        let mut out = std::mem::take(&mut self.pieces);
+        out.truncate(self.head.1);
+        out.reserve(text.len() + 200);
         out.push_str(",\"choices\":[{\"index\":0,");
         match self.endpoint {
             Endpoint::Chat => {
@@ -227,20 +244,20 @@ fn text_open(endpoint: Endpoint, first: bool) -> &'static str {
 
 /// `n` in decimal, by `itoa` rather than the formatting machinery (it runs for every
 /// usage object).
-fn push_u64(out: &mut String, n: u64) {
+fn push_u64(out: &mut impl Out, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// `s` as a JSON string.
-fn push_json(out: &mut String, s: &str) {
-    out.push('"');
+fn push_json(out: &mut impl Out, s: &str) {
+    out.push_str("\"");
     push_escaped(out, s);
-    out.push('"');
+    out.push_str("\"");
 }
 
 /// `s` escaped for the inside of a JSON string: as is when nothing needs escaping (every
 /// simulated token, most ids and names), else serde_json's escaping.
-fn push_escaped(out: &mut String, s: &str) {
+fn push_escaped(out: &mut impl Out, s: &str) {
     if !needs_escape(s.as_bytes()) {
         out.push_str(s);
         return;
@@ -299,7 +316,7 @@ impl EventStream {
 
 impl EventStream {
     /// Appends `item`'s events to `out` (and marks the stream done at its end).
-    fn frame(&mut self, out: &mut String, item: Option<Result<Event, crate::serve::ServeError>>) {
+    fn frame(&mut self, out: &mut BytesMut, item: Option<Result<Event, crate::serve::ServeError>>) {
         match item {
             Some(Ok(Event::Started(_))) => {}
             Some(Ok(Event::Tokens(t))) if self.inner.proxied() => {
@@ -349,6 +366,43 @@ impl EventStream {
     }
 }
 
+thread_local! {
+    /// The worker thread's frame buffer: each frame is split off it, and once the
+    /// transport has written and dropped a frame the next one reuses its memory. A frame
+    /// of a stream's tokens is a few kilobytes, past what the allocator keeps per
+    /// thread: a fresh buffer each time cost more than framing the events.
+    static FRAMES: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Runs `f` on the thread's frame buffer (empty), or on a new one should the thread's
+/// be in use.
+fn with_frame_buffer<T>(f: impl FnOnce(&mut BytesMut) -> T) -> T {
+    FRAMES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            f(&mut buf)
+        }
+        Err(_) => f(&mut BytesMut::new()),
+    })
+}
+
+/// Where events are written: a frame buffer, or a `String` (a whole answer, tests).
+pub trait Out: std::fmt::Write {
+    fn push_str(&mut self, s: &str);
+}
+
+impl Out for String {
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s);
+    }
+}
+
+impl Out for BytesMut {
+    fn push_str(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+}
+
 /// The most bytes gathered into one body frame before it is sent.
 const MAX_FRAME: usize = 64 * 1024;
 
@@ -360,17 +414,19 @@ impl Stream for EventStream {
     /// one per delivery. The bytes, and each event's own framing, are the same.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let mut out = String::new();
-        // Bounded, so a backend producing faster than the client reads still has its
-        // tokens sent as they come rather than gathered without end.
-        while !this.done && out.len() < MAX_FRAME {
-            match Pin::new(&mut this.inner).poll_next(cx) {
-                Poll::Pending => break,
-                Poll::Ready(item) => this.frame(&mut out, item),
+        let frame = with_frame_buffer(|out| {
+            // Bounded, so a backend producing faster than the client reads still has its
+            // tokens sent as they come rather than gathered without end.
+            while !this.done && out.len() < MAX_FRAME {
+                match Pin::new(&mut this.inner).poll_next(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(item) => this.frame(out, item),
+                }
             }
-        }
-        if !out.is_empty() {
-            Poll::Ready(Some(Ok(Bytes::from(out))))
+            (!out.is_empty()).then(|| out.split().freeze())
+        });
+        if let Some(frame) = frame {
+            Poll::Ready(Some(Ok(frame)))
         } else if this.done {
             Poll::Ready(None)
         } else {
