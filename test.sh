@@ -15,12 +15,17 @@
 #     and numpy, pinned below, for the tests that run a real llama.cpp OpenAI server
 #     (tests/llamacpp_backend.rs); its python is exported as DUJIANG_LLAMA_PYTHON. A C++
 #     compiler (Debian's g++) is installed first if there is none.
+#   - a third virtualenv at $DUJIANG_CACHE/aiperf-venv with NVIDIA's AIPerf load tester
+#     (PyPI `aiperf`, pinned below, ~1.2 GB with its dependencies, no torch; about four
+#     minutes to install on two cores), for tests/aiperf.rs; its python is exported as
+#     DUJIANG_AIPERF_PYTHON, its `aiperf` command sits beside it.
 # Later needs go in their own function and keep their files under $DUJIANG_CACHE.
 #
 # Runs without prompts as root; as another user it uses `sudo -n` for the installs.
 #   --setup-only             install what is missing, do not run the tests
-#   --setup NAME             only ensure NAME (prometheus, openai-venv, llama-venv), do not run the
-#                            tests (what a test run by plain `cargo test` calls itself)
+#   --setup NAME             only ensure NAME (prometheus, openai-venv, llama-venv, aiperf-venv),
+#                            do not run the tests (what a test run by plain `cargo test` calls
+#                            itself)
 #   DUJIANG_SETUP_DRY_RUN=1  print the installing commands instead of running them
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -163,6 +168,46 @@ sys.exit(m.version('llama_cpp_python') != '$LLAMA_CPP_PYTHON_VERSION' or m.versi
   export DUJIANG_LLAMA_PYTHON="$py"
 }
 
+# What the AIPerf test runs (PyPI's `aiperf`, NVIDIA's load tester, genai-perf's successor);
+# change it here only. Its own dependencies (transformers, tokenizers, ...) come with it.
+AIPERF_VERSION=0.13.0
+
+ensure_aiperf_venv() {
+  local venv="$DUJIANG_CACHE/aiperf-venv"
+  local py="$venv/bin/python"
+  # Metadata only for transformers: importing it prints a warning that torch is missing
+  # (AIPerf needs its tokenizers, not its models).
+  local check="import sys, importlib.metadata as m, tokenizers; m.version('transformers'); \
+sys.exit(m.version('aiperf') != '$AIPERF_VERSION')"
+  if [ -x "$py" ] && [ -x "$venv/bin/aiperf" ] && "$py" -c "$check" 2>/dev/null; then
+    export DUJIANG_AIPERF_PYTHON="$py"
+    return
+  fi
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    say "installing Debian's python3 and python3-venv (first use)"
+    apt_install python3 python3-venv
+  fi
+  say "creating $venv with aiperf==$AIPERF_VERSION from PyPI (first use)"
+  if [ -n "$dry_run" ]; then
+    echo "would run: python3 -m venv $venv && $venv/bin/pip install aiperf==$AIPERF_VERSION"
+    return
+  fi
+  mkdir -p "$DUJIANG_CACHE"
+  (
+    flock 9
+    if [ -x "$py" ] && [ -x "$venv/bin/aiperf" ] && "$py" -c "$check" 2>/dev/null; then
+      exit 0
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    local started=$SECONDS
+    "$py" -m pip install --quiet --disable-pip-version-check "aiperf==$AIPERF_VERSION"
+    "$py" -c "$check"
+    say "aiperf-venv ready in $((SECONDS - started)) s"
+  ) 9>"$DUJIANG_CACHE/aiperf-venv.lock"
+  export DUJIANG_AIPERF_PYTHON="$py"
+}
+
 case "${1:-}" in
   --setup)
     case "${2:-}" in
@@ -170,7 +215,8 @@ case "${1:-}" in
       # Prints the venv's python, for the test that called it.
       openai-venv) ensure_openai_venv && echo "${DUJIANG_OPENAI_PYTHON:-}" ;;
       llama-venv) ensure_llama_venv && echo "${DUJIANG_LLAMA_PYTHON:-}" ;;
-      *) say "--setup takes prometheus, openai-venv or llama-venv, not '${2:-}'"; exit 2 ;;
+      aiperf-venv) ensure_aiperf_venv && echo "${DUJIANG_AIPERF_PYTHON:-}" ;;
+      *) say "--setup takes prometheus, openai-venv, llama-venv or aiperf-venv, not '${2:-}'"; exit 2 ;;
     esac
     exit 0
     ;;
@@ -179,6 +225,7 @@ esac
 ensure_prometheus
 ensure_openai_venv
 ensure_llama_venv
+ensure_aiperf_venv
 
 if [ "${1:-}" = "--setup-only" ]; then
   exit 0

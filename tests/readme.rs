@@ -585,15 +585,27 @@ fn the_readme_test_command_sets_itself_up_and_is_what_ci_runs() {
         ),
         "no llama.cpp venv on a bare machine:\n{would}"
     );
+    // A third venv with the pinned AIPerf, for tests/aiperf.rs.
+    let aiperf_venv = bare.join("cache/aiperf-venv");
+    assert!(
+        would.lines().any(
+            |l| l.contains(&format!("python3 -m venv {}", aiperf_venv.display()))
+                && l.contains("pip install aiperf==")
+        ),
+        "no aiperf venv on a bare machine:\n{would}"
+    );
     // Once installed, nothing more is installed.
     std::fs::create_dir_all(venv.join("bin")).unwrap();
     std::fs::create_dir_all(llama_venv.join("bin")).unwrap();
+    std::fs::create_dir_all(aiperf_venv.join("bin")).unwrap();
     for p in [
         bare.join("prometheus"),
         bare.join("promtool"),
         // Venvs whose python says the pinned packages are there.
         venv.join("bin/python"),
         llama_venv.join("bin/python"),
+        aiperf_venv.join("bin/python"),
+        aiperf_venv.join("bin/aiperf"),
     ] {
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
