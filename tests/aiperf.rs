@@ -5,7 +5,8 @@
 //! AIPerf's own JSON export: every request completed without an error, each with exactly 16
 //! output tokens by AIPerf's count and by the usage it parsed, and TTFT and inter-token
 //! latency that agree with what the daemon measured itself (its /metrics, which AIPerf
-//! also scrapes through `--server-metrics`, must count the same 32 requests).
+//! also scrapes at its default place, the OpenAI port's `/metrics`, must count the same 32
+//! requests).
 //!
 //! Nothing is downloaded while it runs: AIPerf's tokenizer is one the test writes
 //! (tests/python/make_tiny_tokenizer.py) into a HuggingFace cache of its own, and
@@ -136,8 +137,8 @@ async fn aiperf_profiles_streaming_chat_and_agrees_with_the_daemon() {
         .args(["--osl", &OUTPUT_TOKENS.to_string()])
         .args(["--extra-inputs", "ignore_eos:true"])
         .args(["--random-seed", "7"])
-        // The daemon's Prometheus port, for AIPerf's own scrape of the server.
-        .args(["--server-metrics", &format!("http://{http}/metrics")])
+        // No `--server-metrics`: AIPerf scrapes `<url>/metrics` by default, as vLLM serves
+        // it, and so does the daemon's OpenAI port.
         .args(["--no-gpu-telemetry", "--ui-type", "none"])
         .arg("--artifact-dir")
         .arg(&artifacts)
@@ -275,7 +276,7 @@ async fn aiperf_profiles_streaming_chat_and_agrees_with_the_daemon() {
         "AIPerf's inter-token latency {itl_ms:.2} ms against the daemon's {daemon_itl_ms:.2} ms"
     );
 
-    // AIPerf's scrape of the daemon's Prometheus port saw the same requests.
+    // AIPerf's own scrape of the OpenAI port's /metrics saw the same requests.
     let path = artifacts.join("server_metrics_export.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let server: Value =

@@ -181,6 +181,12 @@ async fn non_streaming_answers_models_and_health() {
     assert!(e["message"].as_str().unwrap().contains("use GET"), "{e}");
     // (503 while draining: serve_openai_lifecycle's SIGTERM test.)
     assert_eq!(get(d.openai_addr, "/health").await.status, 200);
+    // The metrics port's exposition, also where vLLM serves it (load testers look there).
+    let m = get(d.openai_addr, "/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(m
+        .body
+        .contains("dujiang_requests_accepted_total{frontend=\"openai\"}"));
 }
 
 /// Checks OpenAI's error shape and returns the error object.

@@ -21,7 +21,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
-async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
+/// The Prometheus exposition; also served on the OpenAI port, where vLLM serves it.
+pub(super) async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,8 @@
 //! The OpenAI-compatible HTTP front end (`--openai-addr`, default `127.0.0.1:8000`, the
 //! port vLLM's and SGLang's users' tools default to): `POST /v1/chat/completions` and
 //! `POST /v1/completions`, streaming (SSE) and not, `GET /v1/models` (and one model by
-//! name) and `GET /health`, with CORS for browser pages on the origins configured
+//! name), `GET /health` and `GET /metrics` (the metrics port's exposition, where vLLM
+//! serves it), with CORS for browser pages on the origins configured
 //! ([`cors`]).
 //!
 //! A thin translation: a request is read into the daemon's one request type and goes down
@@ -51,6 +52,10 @@ fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/models", get(handlers::models))
         .route("/v1/models/{*model}", get(handlers::model))
         .route("/health", get(handlers::health))
+        // As vLLM and SGLang serve it beside their API, so load testers (AIPerf, vllm bench)
+        // find the server's metrics where they look by default; the same text as the
+        // metrics port's.
+        .route("/metrics", get(super::http::metrics))
         .fallback(handlers::not_found)
         // After the routes: it applies to the ones registered before it.
         .method_not_allowed_fallback(handlers::method_not_allowed)
