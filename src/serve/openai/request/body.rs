@@ -100,120 +100,54 @@ pub(super) struct Body<'a> {
     user: Option<Val<'a>>,
     #[serde(borrow)]
     response_format: Option<Val<'a>>,
-    /// Which fields were given (bit `i`: [`Body::set`]'s field `i`; all of them when serde
-    /// read the body), so [`Body::dispose`] visits only those.
-    #[serde(skip)]
-    held: u64,
 }
 
 impl<'a> Body<'a> {
     /// Takes one top-level member as serde's reading of the struct does: a known field
     /// once (`None` for a second time, which serde refuses), `null` as absent, any other
     /// field ignored.
-    pub(super) fn set(&mut self, key: &str, v: Val<'a>) -> Option<()> {
-        let bit = match key {
-            "model" => 0,
-            "messages" => 1,
-            "prompt" => 2,
-            "max_tokens" => 3,
-            "max_completion_tokens" => 4,
-            "stream" => 5,
-            "stream_options" => 6,
-            "n" => 7,
-            "tools" => 8,
-            "functions" => 9,
-            "tool_choice" => 10,
-            "function_call" => 11,
-            "prefix_hashes" => 12,
-            "priority" => 13,
-            "slo" => 14,
-            "request_id" => 15,
-            "temperature" => 16,
-            "top_p" => 17,
-            "top_k" => 18,
-            "min_p" => 19,
-            "stop" => 20,
-            "stop_token_ids" => 21,
-            "seed" => 22,
-            "ignore_eos" => 23,
-            "min_tokens" => 24,
-            "presence_penalty" => 25,
-            "frequency_penalty" => 26,
-            "repetition_penalty" => 27,
-            "logit_bias" => 28,
-            "skip_special_tokens" => 29,
-            "user" => 30,
-            "response_format" => 31,
+    pub(super) fn set(&mut self, seen: &mut u64, key: &str, v: Val<'a>) -> Option<()> {
+        let (bit, slot) = match key {
+            "model" => (0, &mut self.model),
+            "messages" => (1, &mut self.messages),
+            "prompt" => (2, &mut self.prompt),
+            "max_tokens" => (3, &mut self.max_tokens),
+            "max_completion_tokens" => (4, &mut self.max_completion_tokens),
+            "stream" => (5, &mut self.stream),
+            "stream_options" => (6, &mut self.stream_options),
+            "n" => (7, &mut self.n),
+            "tools" => (8, &mut self.tools),
+            "functions" => (9, &mut self.functions),
+            "tool_choice" => (10, &mut self.tool_choice),
+            "function_call" => (11, &mut self.function_call),
+            "prefix_hashes" => (12, &mut self.prefix_hashes),
+            "priority" => (13, &mut self.priority),
+            "slo" => (14, &mut self.slo),
+            "request_id" => (15, &mut self.request_id),
+            "temperature" => (16, &mut self.temperature),
+            "top_p" => (17, &mut self.top_p),
+            "top_k" => (18, &mut self.top_k),
+            "min_p" => (19, &mut self.min_p),
+            "stop" => (20, &mut self.stop),
+            "stop_token_ids" => (21, &mut self.stop_token_ids),
+            "seed" => (22, &mut self.seed),
+            "ignore_eos" => (23, &mut self.ignore_eos),
+            "min_tokens" => (24, &mut self.min_tokens),
+            "presence_penalty" => (25, &mut self.presence_penalty),
+            "frequency_penalty" => (26, &mut self.frequency_penalty),
+            "repetition_penalty" => (27, &mut self.repetition_penalty),
+            "logit_bias" => (28, &mut self.logit_bias),
+            "skip_special_tokens" => (29, &mut self.skip_special_tokens),
+            "user" => (30, &mut self.user),
+            "response_format" => (31, &mut self.response_format),
             _ => return Some(()),
         };
-        if self.held & (1 << bit) != 0 {
+        if *seen & (1 << bit) != 0 {
             return None;
         }
-        self.held |= 1 << bit;
-        // The slot is empty (its bit was clear): nothing to drop.
-        std::mem::forget(std::mem::replace(
-            self.slot(bit),
-            (!v.is_null()).then_some(v),
-        ));
+        *seen |= 1 << bit;
+        *slot = (!v.is_null()).then_some(v);
         Some(())
-    }
-
-    /// The field of [`Body::set`]'s bit `bit`.
-    fn slot(&mut self, bit: u32) -> &mut Option<Val<'a>> {
-        match bit {
-            0 => &mut self.model,
-            1 => &mut self.messages,
-            2 => &mut self.prompt,
-            3 => &mut self.max_tokens,
-            4 => &mut self.max_completion_tokens,
-            5 => &mut self.stream,
-            6 => &mut self.stream_options,
-            7 => &mut self.n,
-            8 => &mut self.tools,
-            9 => &mut self.functions,
-            10 => &mut self.tool_choice,
-            11 => &mut self.function_call,
-            12 => &mut self.prefix_hashes,
-            13 => &mut self.priority,
-            14 => &mut self.slo,
-            15 => &mut self.request_id,
-            16 => &mut self.temperature,
-            17 => &mut self.top_p,
-            18 => &mut self.top_k,
-            19 => &mut self.min_p,
-            20 => &mut self.stop,
-            21 => &mut self.stop_token_ids,
-            22 => &mut self.seed,
-            23 => &mut self.ignore_eos,
-            24 => &mut self.min_tokens,
-            25 => &mut self.presence_penalty,
-            26 => &mut self.frequency_penalty,
-            27 => &mut self.repetition_penalty,
-            28 => &mut self.logit_bias,
-            29 => &mut self.skip_special_tokens,
-            30 => &mut self.user,
-            31 => &mut self.response_format,
-            _ => unreachable!("a body has 32 fields"),
-        }
-    }
-
-    /// Drops the body visiting only the fields that were set: dropping it whole visits
-    /// all 32, each a call into the drop of a nested value, for the handful a request
-    /// has.
-    pub(super) fn dispose(mut self) {
-        let mut held = self.held;
-        while held != 0 {
-            let bit = held.trailing_zeros();
-            drop(self.slot(bit).take());
-            held &= held - 1;
-        }
-        // Every field is empty now.
-        std::mem::forget(self);
-    }
-
-    /// Whether any of the [`SAMPLING_FIELDS`] was given (most requests give none).
-    pub(super) fn any_sampling(&self) -> bool {
-        self.held >> 16 != 0
     }
 
     /// The [`SAMPLING_FIELDS`], in that order, read without a lookup by name each.
@@ -306,11 +240,10 @@ pub(super) fn read_body(body: &[u8]) -> Result<Body<'_>, ApiError> {
     }
     // The fast reader, and serde for whatever it leaves (with serde's own errors).
     let mut b = Body::default();
-    if super::super::json::read_object(body, |k, v| b.set(&k, v)).is_some() {
+    let mut seen = 0u64;
+    if super::super::json::read_object(body, |k, v| b.set(&mut seen, &k, v)).is_some() {
         return Ok(b);
     }
-    let mut b: Body = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))?;
-    b.held = u64::MAX >> (64 - 32);
-    Ok(b)
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))
 }

@@ -172,11 +172,9 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
     };
     // Most requests carry none: then nothing is built.
     let mut sampling = Map::new();
-    if b.any_sampling() {
-        for (f, v) in SAMPLING_FIELDS.iter().zip(b.sampling()) {
-            if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
-                sampling.insert(f.to_string(), v.to_value());
-            }
+    for (f, v) in SAMPLING_FIELDS.iter().zip(b.sampling()) {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
+            sampling.insert(f.to_string(), v.to_value());
         }
     }
     // A prompt of token ids has no text for the daemon to carry: a real engine is sent
@@ -184,7 +182,6 @@ pub fn parse(endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<Par
     if let Some(ids) = token_ids(&b) {
         sampling.insert(PROMPT_IDS.into(), ids.to_value());
     }
-    b.dispose();
     Ok(Parsed {
         wire,
         stream,
