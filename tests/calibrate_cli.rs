@@ -163,8 +163,8 @@ fn bad_points_files_name_the_file_line_and_field() {
         ),
         (
             "chip.toml",
-            good.replace("\"h100\"", "\"h200\""),
-            "chip.toml:1: point `a`: unknown chip `h200`",
+            good.replace("\"h100\"", "\"b200\""),
+            "chip.toml:1: point `a`: unknown chip `b200`",
         ),
         (
             "bad.csv",
@@ -351,11 +351,11 @@ fn the_calibration_goals_as_they_stand() {
         in_sample += usize::from(error.abs() <= 15.0);
         loo += usize::from(factor <= 1.25);
     }
-    assert_eq!(n, 65, "shipped points");
-    assert_eq!(in_sample, 65, "points within ±15% after the fit");
-    assert_eq!(loo, 59, "points within ×1.25 leave-one-out");
+    assert_eq!(n, 68, "shipped points");
+    assert_eq!(in_sample, 68, "points within ±15% after the fit");
+    assert_eq!(loo, 64, "points within ×1.25 leave-one-out");
     assert!(
-        doc.contains("65/65 within ±15%, 59/65 within ×1.25 leave-one-out"),
+        doc.contains("68/68 within ±15%, 64/68 within ×1.25 leave-one-out"),
         "docs/calibration.md's summary must quote the counts"
     );
 }
