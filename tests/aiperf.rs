@@ -16,6 +16,7 @@
 //! naming the command, if that cannot be done. Nothing is skipped.
 
 mod serve_support;
+mod venv_support;
 
 use dujiang::serve::{RunningDaemon, ServeConfig};
 use serde_json::Value;
@@ -34,26 +35,9 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// The venv's python: from test.sh, else made now by test.sh's own set-up.
+/// The AIPerf venv's python.
 fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("DUJIANG_AIPERF_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let out = std::process::Command::new("bash")
-        .arg(repo("test.sh"))
-        .args(["--setup", "aiperf-venv"])
-        .output()
-        .expect("running bash test.sh --setup aiperf-venv");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().unwrap_or("").trim().to_string();
-    assert!(
-        out.status.success() && !path.is_empty(),
-        "no aiperf venv: `./test.sh --setup aiperf-venv` failed ({}):\n{}\n\
-         Run the tests with ./test.sh, which sets up what they need.",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(path)
+    venv_support::python("DUJIANG_AIPERF_PYTHON", "aiperf-venv")
 }
 
 /// A scratch directory (AIPerf's artifacts, the tokenizer's cache, AIPerf's temporary

@@ -10,6 +10,7 @@
 //! fails, naming the command, if that cannot be done. Nothing is skipped.
 
 mod serve_support;
+mod venv_support;
 
 use dujiang::serve::{RunningDaemon, ServeConfig};
 use std::path::{Path, PathBuf};
@@ -22,31 +23,9 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// The venv's python: from test.sh, else made now by test.sh's own set-up.
+/// The `openai` SDK venv's python.
 fn python() -> PathBuf {
-    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("DUJIANG_OPENAI_PYTHON").filter(|p| !p.is_empty()) {
-                return PathBuf::from(p);
-            }
-            let out = std::process::Command::new("bash")
-                .arg(repo("test.sh"))
-                .args(["--setup", "openai-venv"])
-                .output()
-                .expect("running bash test.sh --setup openai-venv");
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let path = stdout.lines().last().unwrap_or("").trim().to_string();
-            assert!(
-                out.status.success() && !path.is_empty(),
-                "no openai venv: `./test.sh --setup openai-venv` failed ({}):\n{}\n\
-                 Run the tests with ./test.sh, which sets up what they need.",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            PathBuf::from(path)
-        })
-        .clone()
+    venv_support::python("DUJIANG_OPENAI_PYTHON", "openai-venv")
 }
 
 /// Runs one SDK call against `addr`; returns whether it succeeded and what it printed.

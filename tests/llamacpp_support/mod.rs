@@ -8,6 +8,8 @@
 //! `cargo test` it is made here through `./test.sh --setup llama-venv` (the first time
 //! compiles llama.cpp: minutes). A failure names the command; nothing is skipped.
 #![allow(dead_code)]
+#[path = "../venv_support/mod.rs"]
+mod venv;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -26,31 +28,9 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// The llama venv's python: from test.sh, else made now by test.sh's own set-up.
+/// The llama venv's python.
 pub fn python() -> PathBuf {
-    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("DUJIANG_LLAMA_PYTHON").filter(|p| !p.is_empty()) {
-                return PathBuf::from(p);
-            }
-            let out = Command::new("bash")
-                .arg(repo("test.sh"))
-                .args(["--setup", "llama-venv"])
-                .output()
-                .expect("running bash test.sh --setup llama-venv");
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let path = stdout.lines().last().unwrap_or("").trim().to_string();
-            assert!(
-                out.status.success() && !path.is_empty(),
-                "no llama venv: `./test.sh --setup llama-venv` failed ({}):\n{}\n\
-                 Run the tests with ./test.sh, which sets up what they need.",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            PathBuf::from(path)
-        })
-        .clone()
+    venv::python("DUJIANG_LLAMA_PYTHON", "llama-venv")
 }
 
 /// Writes the tiny model into `dir` (seeded: the same file every time) and returns its path.
