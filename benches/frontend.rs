@@ -12,6 +12,8 @@
 //! daemon sent for one real request, over HTTP/1.1 keep-alive connections with 32 requests
 //! in flight, in the same run.
 
+#[path = "support/bare.rs"]
+mod bare;
 #[path = "support/zero.rs"]
 mod zero;
 
@@ -258,14 +260,7 @@ async fn bare_axum(
             }),
         );
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // TCP_NODELAY as the daemon's OpenAI listener sets it.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    bare::serve(app).await
 }
 
 /// The OpenAI targets in the group's order: (name, url, body). The daemon and the bare

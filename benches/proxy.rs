@@ -28,6 +28,8 @@
 //! only this process) two counts give this process's instructions per request by
 //! difference, the client's alone direct and the client's plus the router's proxied.
 
+#[path = "support/bare.rs"]
+mod bare;
 #[path = "support/zero.rs"]
 mod zero;
 
@@ -193,14 +195,7 @@ async fn bare_forward(engine: std::net::SocketAddr) -> std::net::SocketAddr {
             resp.map(axum::body::Body::new)
         }
     };
-    let app = axum::Router::new().fallback(forward);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    bare::serve(axum::Router::new().fallback(forward)).await
 }
 
 fn body() -> hyper::body::Bytes {

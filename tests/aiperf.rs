@@ -18,7 +18,7 @@
 mod serve_support;
 mod venv_support;
 
-use dujiang::serve::{RunningDaemon, ServeConfig};
+use dujiang::serve::ServeConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -48,22 +48,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A daemon on its own runtime (as in its own process), so AIPerf's load is served by
-/// threads the test's own waiting does not share.
-async fn daemon(config: ServeConfig) -> (RunningDaemon, tokio::runtime::Runtime) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let d = rt
-        .spawn(dujiang::serve::start(config, None))
-        .await
-        .unwrap()
-        .expect("daemon starts");
-    (d, rt)
 }
 
 /// `export[metric][stat]` as a number, or a panic naming it.
@@ -100,7 +84,7 @@ async fn aiperf_profiles_streaming_chat_and_agrees_with_the_daemon() {
 
     // Time scale 1: simulated seconds are wall seconds, so AIPerf's latencies and the
     // daemon's can be compared.
-    let (d, rt) = daemon(ServeConfig {
+    let (d, rt) = serve_support::start_apart(ServeConfig {
         time_scale: 1.0,
         ..serve_support::config()
     })

@@ -52,21 +52,6 @@ async fn sdk(addr: std::net::SocketAddr, args: &[&str]) -> (bool, serde_json::Va
     (out.status.success(), value)
 }
 
-/// A daemon on its own runtime (as in its own process) on free loopback ports.
-async fn daemon(config: ServeConfig) -> (RunningDaemon, tokio::runtime::Runtime) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let d = rt
-        .spawn(dujiang::serve::start(config, None))
-        .await
-        .unwrap()
-        .expect("daemon starts");
-    (d, rt)
-}
-
 async fn stop(d: RunningDaemon, rt: tokio::runtime::Runtime) {
     d.shutdown();
     rt.spawn(d.wait()).await.unwrap().unwrap();
@@ -76,7 +61,7 @@ async fn stop(d: RunningDaemon, rt: tokio::runtime::Runtime) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_streams_completes_and_lists_models() {
     let _one = ONE_DAEMON.lock().await;
-    let (d, rt) = daemon(ServeConfig {
+    let (d, rt) = serve_support::start_apart(ServeConfig {
         time_scale: 20.0,
         ..serve_support::config()
     })
@@ -149,7 +134,7 @@ async fn the_sdk_retries_a_429_after_retry_after() {
     };
     config.admission.max_in_flight = 1;
     config.admission.retry_after_ms = 1_000;
-    let (d, rt) = daemon(config).await;
+    let (d, rt) = serve_support::start_apart(config).await;
     let (openai, http) = (d.openai_addr, d.http_addr);
 
     // The busy stream: thousands of tokens at time scale 1, started before the SDK runs.

@@ -488,13 +488,7 @@ async fn an_oversized_body_is_refused_in_openai_shape() {
     }
     // The oversized body and the broken framing are refusals; the body cut short is the
     // client going away, which is no invalid request (nor an accepted one).
-    let invalid = || {
-        d.daemon
-            .metrics
-            .shed_counts()
-            .get("invalid_request")
-            .copied()
-    };
+    let invalid = || shed_count(&d, "invalid_request");
     assert_eq!(invalid(), Some(2));
     // Cut short by a reset rather than a FIN: the same, once the daemon has seen it.
     {

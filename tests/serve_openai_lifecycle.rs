@@ -144,13 +144,7 @@ async fn an_http2_client_that_cancels_mid_upload_is_no_invalid_request() {
     // A malformed body on the same connection after it: that one is a refusal.
     let bad = send.send_request(post(b"{", false)).await.unwrap();
     assert_eq!(bad.status(), 400);
-    let invalid = || {
-        d.daemon
-            .metrics
-            .shed_counts()
-            .get("invalid_request")
-            .copied()
-    };
+    let invalid = || shed_count(&d, "invalid_request");
     // Time for the first request's handler to have read the reset, in case it comes last.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(invalid(), Some(1), "only the malformed body");

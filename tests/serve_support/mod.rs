@@ -36,6 +36,27 @@ pub async fn start(config: ServeConfig) -> RunningDaemon {
         .expect("daemon starts")
 }
 
+/// A daemon on a runtime of its own (as in its own process), so load a test drives is
+/// served by threads the test's own waiting does not share. Shut it down on that runtime.
+pub async fn start_apart(config: ServeConfig) -> (RunningDaemon, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = rt
+        .spawn(dujiang::serve::start(config, None))
+        .await
+        .unwrap()
+        .expect("daemon starts");
+    (d, rt)
+}
+
+/// Requests refused for `reason` (`dujiang_requests_shed_total`, all front ends), if any.
+pub fn shed_count(d: &RunningDaemon, reason: &str) -> Option<u64> {
+    d.daemon.metrics.shed_counts().get(reason).copied()
+}
+
 pub async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
