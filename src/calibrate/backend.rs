@@ -146,7 +146,7 @@ fn typical(name: &str) -> f64 {
         "prefill_half_tokens" => 64.0,
         // One decoding sequence: a half point of 1 halves a batch-1 step's KV rate.
         "kv_read_half_tokens" => 1.0,
-        "prefill_step_overhead_us" | "decode_step_overhead_us" => 500.0,
+        "prefill_step_overhead_us" | "decode_step_overhead_us" | "rank_step_overhead_us" => 500.0,
         n if n.ends_with("_us") => 10.0,
         _ => 0.1,
     }

@@ -93,6 +93,14 @@ pub struct EngineCoefficients {
     /// Absent means 0: a collective then costs its launch latency whatever the rank count.
     #[serde(default)]
     pub allreduce_hop_latency_us: f64,
+    /// Host time per step for each tensor-parallel rank beyond the first: an executor that
+    /// hands every step's inputs to each worker rank (vLLM 0.7's V0 multi-process executor
+    /// broadcasts them; vLLM-Ascend's likewise) pays it `r − 1` times a step, in prompt and
+    /// decode steps alike, whatever the model's layer count. Nothing of it exists at one
+    /// rank, so only points at two or more rank counts can tell it from the collectives.
+    /// Absent means 0.
+    #[serde(default)]
+    pub rank_step_overhead_us: f64,
     /// Fraction of the scale-up link's bandwidth a collective reaches.
     pub link_efficiency: f64,
     /// Fraction of device memory the engine may use (vLLM's `gpu_memory_utilization`).
@@ -148,6 +156,8 @@ impl EngineCoefficients {
         // A hop on NVLink, HCCS or a switched fabric is ~1–5 µs with the library's flag
         // handshake; 100 µs would be a slower network than any scale-up link.
         ("allreduce_hop_latency_us", 0.0, 100.0),
+        // A host hand-off per step and rank: 100 ms would exceed any step measured.
+        ("rank_step_overhead_us", 0.0, 1e5),
         ("link_efficiency", 0.01, 1.0),
     ];
 
@@ -168,6 +178,7 @@ impl EngineCoefficients {
             "allreduce_latency_us" => &mut self.allreduce_latency_us,
             "prefill_allreduce_latency_us" => &mut self.prefill_allreduce_latency_us,
             "allreduce_hop_latency_us" => &mut self.allreduce_hop_latency_us,
+            "rank_step_overhead_us" => &mut self.rank_step_overhead_us,
             "link_efficiency" => &mut self.link_efficiency,
             _ => return None,
         })

@@ -4,6 +4,7 @@
 
 mod catalogue;
 mod engine;
+mod error;
 mod floor_sum;
 mod perf;
 mod spec;
@@ -11,8 +12,9 @@ mod table;
 
 pub use catalogue::{Catalogue, EMBEDDED_CHIPS, EMBEDDED_ENGINES, EMBEDDED_MODELS};
 pub use engine::{EngineCatalogue, EngineCoefficients, EngineProfile, EngineSpec, FieldBounds};
+pub use error::ProfileError;
 pub use floor_sum::floor_sum;
-pub use perf::{PerfModel, ProfileError, StepShape};
+pub use perf::{PerfModel, StepShape};
 pub use spec::{ChipSpec, Dtype, ModelSpec, SpecViolation};
 pub use table::{interpolate, MeasuredTable, MeasuredTables};
 
@@ -58,6 +60,7 @@ pub(crate) mod fixtures {
             allreduce_latency_us: 10.0,
             prefill_allreduce_latency_us: 10.0,
             allreduce_hop_latency_us: 0.0,
+            rank_step_overhead_us: 0.0,
             link_efficiency: 1.0,
             memory_utilization: 0.9,
             reserve_gb: 2.0,
@@ -411,6 +414,37 @@ mod tests {
             at(1.0, 1).decode_step_ns(4, 2048),
             at(0.0, 1).decode_step_ns(4, 2048)
         );
+    }
+
+    #[test]
+    fn every_extra_rank_costs_a_step_its_own_hand_off() {
+        let model = llama3_8b();
+        let at = |rank_us: f64, tp: u32| {
+            let mut e = engine();
+            e.coefficients.rank_step_overhead_us = rank_us;
+            PerfModel::new(&h20(), &e, &model, tp, Dtype::Bf16).unwrap()
+        };
+        // (r − 1) · 100 µs a step, whatever the layers or the batch, in decode and prompt
+        // steps alike; nothing at one rank.
+        for (tp, extra) in [(1u32, 0u64), (2, 1), (8, 7)] {
+            let (base, cost) = (at(0.0, tp), at(100.0, tp));
+            let want = extra * 100_000;
+            for seqs in [1u64, 64] {
+                let d =
+                    cost.decode_step_ns(seqs, seqs * 512) - base.decode_step_ns(seqs, seqs * 512);
+                assert_eq!(d, want, "tp{tp}, {seqs} sequences");
+            }
+            assert_eq!(
+                cost.prefill_ns(256, 0) - base.prefill_ns(256, 0),
+                want,
+                "tp{tp}"
+            );
+            // A decode run keeps its closed form: the step-by-step sum, exactly.
+            let stepwise: u64 = (0..300)
+                .map(|i| cost.decode_step_ns(16, 16 * (700 + i)))
+                .sum();
+            assert_eq!(cost.decode_run_ns(16, 16 * 700, 300), stepwise, "tp{tp}");
+        }
     }
 
     #[test]

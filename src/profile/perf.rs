@@ -27,7 +27,8 @@
 //!   message over the link: the hops are what grows with the rank count;
 //! - host overhead: per step and per layer, one pair for steps carrying prompt tokens
 //!   (typically eager) and one for pure decode steps (typically graph replay), plus a
-//!   cost per decoding sequence (scheduling, sampling).
+//!   cost per decoding sequence (scheduling, sampling), plus a cost per step for each rank
+//!   beyond the first (an executor handing every step's inputs to each worker rank).
 //!
 //! Every figure is computed per rank (one die): a multi-die package is `dies` ranks.
 //!
@@ -47,6 +48,7 @@
 //! of steps and still land on the same nanosecond as stepping one at a time.
 
 use super::engine::{EngineCoefficients, EngineProfile};
+use super::error::ProfileError;
 use super::floor_sum::{floor_sum, floor_sum_u64, short_ceil_sum, SHORT_SUM};
 use super::spec::{ChipSpec, Dtype, ModelSpec};
 use super::table::MeasuredTable;
@@ -97,52 +99,6 @@ impl StepShape {
         self.kv_read_tokens += other.kv_read_tokens;
         self.prefill_tokens += other.prefill_tokens;
     }
-}
-
-/// Why a model cannot be served on a given chip set.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ProfileError {
-    #[error("{model} needs {need_gb:.1} GB of weights per chip but {chip} x{tp} leaves {have_gb:.1} GB per chip for them (memory × utilisation − reserve); use more chips (larger tp)")]
-    WeightsDoNotFit {
-        model: String,
-        chip: String,
-        tp: u32,
-        need_gb: f64,
-        have_gb: f64,
-    },
-    #[error("{model} on {chip} x{tp}: no room for KV cache after the weights ({free_gb:.2} GB free per chip)")]
-    NoKvRoom {
-        model: String,
-        chip: String,
-        tp: u32,
-        free_gb: f64,
-    },
-    #[error("tensor parallelism must be at least 1")]
-    ZeroTp,
-    #[error("{model}'s {heads} attention heads ({kv_heads} KV heads) do not split evenly over {chip} x{tp} ({ranks} ranks): the ranks must divide the attention heads, and divide or be a multiple of the KV heads, as vLLM requires; tp {valid} would")]
-    HeadsDoNotSplit {
-        model: String,
-        chip: String,
-        tp: u32,
-        ranks: u32,
-        heads: u32,
-        kv_heads: u32,
-        /// The tensor-parallel degrees up to 64 that would split them.
-        valid: String,
-    },
-    #[error("{chip} has no {dtype} tensor-core peak; serve {model} in {supported}")]
-    UnsupportedDtype {
-        chip: String,
-        model: String,
-        dtype: Dtype,
-        supported: String,
-    },
-    #[error("measured table `{table}` is for {table_for}, not {serving}")]
-    TableMismatch {
-        table: String,
-        table_for: String,
-        serving: String,
-    },
 }
 
 /// MoE weight traffic: the shared part is always read, routed experts as touched.
@@ -333,7 +289,8 @@ impl PerfModel {
             (0, 0, 0)
         };
         let layers = f64::from(model.layers);
-
+        // The executor hands each step to every extra rank: paid in prompt and decode steps.
+        let rank_us = (ranks - 1.0) * e.rank_step_overhead_us;
         Ok(PerfModel {
             chip: chip.clone(),
             engine: engine.clone(),
@@ -353,10 +310,11 @@ impl PerfModel {
             comm_ps_per_token,
             seq_overhead_ps: to_ps(e.decode_seq_overhead_us * 1e-6),
             prefill_overhead_ps: to_ps(
-                (e.prefill_step_overhead_us + e.prefill_layer_overhead_us * layers) * 1e-6,
+                (e.prefill_step_overhead_us + e.prefill_layer_overhead_us * layers + rank_us)
+                    * 1e-6,
             ),
             decode_overhead_ps: to_ps(
-                (e.decode_step_overhead_us + e.decode_layer_overhead_us * layers) * 1e-6,
+                (e.decode_step_overhead_us + e.decode_layer_overhead_us * layers + rank_us) * 1e-6,
             ),
             kv_capacity_tokens,
             table: None,
