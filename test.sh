@@ -82,36 +82,54 @@ ensure_prometheus() {
 # The openai SDK version the client tests run (PyPI's `openai`); change it here only.
 OPENAI_SDK_VERSION=3.51.0
 
-ensure_openai_venv() {
-  local venv="$DUJIANG_CACHE/venv"
-  local py="$venv/bin/python"
-  local check="import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')"
-  if [ -x "$py" ] && "$py" -c "$check" 2>/dev/null; then
-    export DUJIANG_OPENAI_PYTHON="$py"
+# ensure_venv NAME CHECK WHAT NEEDS INSTALL...: sets VENV_PY to the python of
+# $DUJIANG_CACHE/NAME, first making the venv if its python does not pass the Python CHECK:
+# Debian's python3-venv where missing and the shell function NEEDS (`:` for nothing), then,
+# under a lock (test binaries that find no venv call this concurrently), a fresh venv and
+# the command INSTALL... in it. WHAT names the install in messages.
+ensure_venv() {
+  local name=$1 check=$2 what=$3 needs=$4
+  shift 4
+  local venv="$DUJIANG_CACHE/$name"
+  VENV_PY="$venv/bin/python"
+  if [ -x "$VENV_PY" ] && "$VENV_PY" -c "$check" 2>/dev/null; then
     return
   fi
   if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     say "installing Debian's python3 and python3-venv (first use)"
     apt_install python3 python3-venv
   fi
-  say "creating $venv with openai==$OPENAI_SDK_VERSION from PyPI (first use)"
+  "$needs"
+  say "creating $venv with $what (first use)"
   if [ -n "$dry_run" ]; then
-    echo "would run: python3 -m venv $venv && $venv/bin/pip install openai==$OPENAI_SDK_VERSION"
+    echo "would run: python3 -m venv $venv && $*"
     return
   fi
   mkdir -p "$DUJIANG_CACHE"
-  # One installer at a time: test binaries that find no venv call this concurrently.
   (
     flock 9
-    if [ -x "$py" ] && "$py" -c "$check" 2>/dev/null; then
+    if [ -x "$VENV_PY" ] && "$VENV_PY" -c "$check" 2>/dev/null; then
       exit 0
     fi
     # A half-made venv (an install cut short) fails the check above: start again.
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$py" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION"
-  ) 9>"$DUJIANG_CACHE/venv.lock"
-  export DUJIANG_OPENAI_PYTHON="$py"
+    local started=$SECONDS
+    "$@"
+    "$VENV_PY" -c "$check"
+    say "$name ready in $((SECONDS - started)) s"
+  ) 9>"$DUJIANG_CACHE/$name.lock"
+}
+
+# The openai SDK version the client tests run (PyPI's `openai`); change it here only.
+OPENAI_SDK_VERSION=3.51.0
+
+ensure_openai_venv() {
+  ensure_venv venv "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" \
+    "openai==$OPENAI_SDK_VERSION from PyPI" : \
+    "$DUJIANG_CACHE/venv/bin/python" -m pip install "openai==$OPENAI_SDK_VERSION" \
+    --quiet --disable-pip-version-check
+  export DUJIANG_OPENAI_PYTHON="$VENV_PY"
 }
 
 # What the llama.cpp tests run (PyPI names); change them here only. llama-cpp-python is an
@@ -127,45 +145,25 @@ LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULK
 -DGGML_BLAS=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF"
 
-ensure_llama_venv() {
-  local venv="$DUJIANG_CACHE/llama-venv"
-  local py="$venv/bin/python"
-  local check="import sys, importlib.metadata as m, llama_cpp, llama_cpp.server, gguf, numpy; \
-sys.exit(m.version('llama_cpp_python') != '$LLAMA_CPP_PYTHON_VERSION' or m.version('gguf') != '$GGUF_VERSION')"
-  if [ -x "$py" ] && "$py" -c "$check" 2>/dev/null; then
-    export DUJIANG_LLAMA_PYTHON="$py"
-    return
-  fi
-  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    say "installing Debian's python3 and python3-venv (first use)"
-    apt_install python3 python3-venv
-  fi
+# llama-cpp-python compiles llama.cpp.
+ensure_cxx() {
   if ! command -v c++ >/dev/null 2>&1; then
     say "installing Debian's g++ to compile llama.cpp (first use)"
     apt_install g++
   fi
-  say "creating $venv with llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION (compiles llama.cpp: minutes, first use only)"
-  if [ -n "$dry_run" ]; then
-    echo "would run: python3 -m venv $venv && CMAKE_ARGS='$LLAMA_CMAKE_ARGS' $venv/bin/pip install llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION gguf==$GGUF_VERSION numpy"
-    return
-  fi
-  mkdir -p "$DUJIANG_CACHE"
-  (
-    flock 9
-    if [ -x "$py" ] && "$py" -c "$check" 2>/dev/null; then
-      exit 0
-    fi
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    local started=$SECONDS
-    # --no-cache-dir: a wheel built with other flags elsewhere on this machine is not reused.
-    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
-      "$py" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
-      "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION" "gguf==$GGUF_VERSION" numpy
-    "$py" -c "$check"
-    say "llama-venv ready in $((SECONDS - started)) s"
-  ) 9>"$DUJIANG_CACHE/llama-venv.lock"
-  export DUJIANG_LLAMA_PYTHON="$py"
+}
+
+ensure_llama_venv() {
+  # --no-cache-dir: a wheel built with other flags elsewhere on this machine is not reused.
+  ensure_venv llama-venv "import sys, importlib.metadata as m, llama_cpp, llama_cpp.server, gguf, numpy; \
+sys.exit(m.version('llama_cpp_python') != '$LLAMA_CPP_PYTHON_VERSION' or m.version('gguf') != '$GGUF_VERSION')" \
+    "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION (compiles llama.cpp: minutes)" \
+    ensure_cxx \
+    env CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
+    "$DUJIANG_CACHE/llama-venv/bin/python" -m pip install \
+    "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION" "gguf==$GGUF_VERSION" numpy \
+    --quiet --disable-pip-version-check --no-cache-dir
+  export DUJIANG_LLAMA_PYTHON="$VENV_PY"
 }
 
 # What the AIPerf test runs (PyPI's `aiperf`, NVIDIA's load tester, genai-perf's successor);
@@ -173,39 +171,15 @@ sys.exit(m.version('llama_cpp_python') != '$LLAMA_CPP_PYTHON_VERSION' or m.versi
 AIPERF_VERSION=0.13.0
 
 ensure_aiperf_venv() {
-  local venv="$DUJIANG_CACHE/aiperf-venv"
-  local py="$venv/bin/python"
   # Metadata only for transformers: importing it prints a warning that torch is missing
-  # (AIPerf needs its tokenizers, not its models).
-  local check="import sys, importlib.metadata as m, tokenizers; m.version('transformers'); \
-sys.exit(m.version('aiperf') != '$AIPERF_VERSION')"
-  if [ -x "$py" ] && [ -x "$venv/bin/aiperf" ] && "$py" -c "$check" 2>/dev/null; then
-    export DUJIANG_AIPERF_PYTHON="$py"
-    return
-  fi
-  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    say "installing Debian's python3 and python3-venv (first use)"
-    apt_install python3 python3-venv
-  fi
-  say "creating $venv with aiperf==$AIPERF_VERSION from PyPI (first use)"
-  if [ -n "$dry_run" ]; then
-    echo "would run: python3 -m venv $venv && $venv/bin/pip install aiperf==$AIPERF_VERSION"
-    return
-  fi
-  mkdir -p "$DUJIANG_CACHE"
-  (
-    flock 9
-    if [ -x "$py" ] && [ -x "$venv/bin/aiperf" ] && "$py" -c "$check" 2>/dev/null; then
-      exit 0
-    fi
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    local started=$SECONDS
-    "$py" -m pip install --quiet --disable-pip-version-check "aiperf==$AIPERF_VERSION"
-    "$py" -c "$check"
-    say "aiperf-venv ready in $((SECONDS - started)) s"
-  ) 9>"$DUJIANG_CACHE/aiperf-venv.lock"
-  export DUJIANG_AIPERF_PYTHON="$py"
+  # (AIPerf needs its tokenizers, not its models); the `aiperf` script must be there too.
+  ensure_venv aiperf-venv "import os, sys, importlib.metadata as m, tokenizers; \
+m.version('transformers'); \
+sys.exit(m.version('aiperf') != '$AIPERF_VERSION' or not os.access(os.path.join(sys.prefix, 'bin', 'aiperf'), os.X_OK))" \
+    "aiperf==$AIPERF_VERSION from PyPI" : \
+    "$DUJIANG_CACHE/aiperf-venv/bin/python" -m pip install "aiperf==$AIPERF_VERSION" \
+    --quiet --disable-pip-version-check
+  export DUJIANG_AIPERF_PYTHON="$VENV_PY"
 }
 
 case "${1:-}" in

@@ -162,29 +162,14 @@ async fn daemon_run_once(
 ) -> (loadgen::LoadReport, String) {
     // The daemon gets its own runtime and threads, as in its own process, so the load
     // generator's sends never queue behind the daemon's tasks on shared workers.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let d = rt
-        .spawn(dujiang::serve::start(
-            ServeConfig {
-                grpc_addr: "127.0.0.1:0".parse().unwrap(),
-                admin_addr: "127.0.0.1:0".parse().unwrap(),
-                http_addr: "127.0.0.1:0".parse().unwrap(),
-                openai_addr: "127.0.0.1:0".parse().unwrap(),
-                time_scale,
-                policy: policy.into(),
-                grace_period_ms: 2_000,
-                fleet: fleet.unwrap_or_default(),
-                ..ServeConfig::default()
-            },
-            None,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    let (d, rt) = serve_support::start_apart(ServeConfig {
+        time_scale,
+        policy: policy.into(),
+        grace_period_ms: 2_000,
+        fleet: fleet.unwrap_or_default(),
+        ..serve_support::config()
+    })
+    .await;
     if let Some((backend, factor)) = slow {
         use dujiang::wire::{inject_fault_request::Fault, InjectFaultRequest};
         serve_support::admin(d.admin_addr)

@@ -71,17 +71,7 @@ impl Buckets {
 
 impl HistogramFn for Buckets {
     fn record(&self, value: f64) {
-        // Prometheus buckets hold the samples at most their bound.
-        let i = self.bounds.partition_point(|b| *b < value);
-        self.counts[i].fetch_add(1, Relaxed);
-        let mut old = self.sum.load(Relaxed);
-        loop {
-            let new = (f64::from_bits(old) + value).to_bits();
-            match self.sum.compare_exchange_weak(old, new, Relaxed, Relaxed) {
-                Ok(_) => break,
-                Err(now) => old = now,
-            }
-        }
+        self.record_many(value, 1);
     }
 
     /// `count` samples of `value` as one: one bucket search and one update of the sum
@@ -90,6 +80,7 @@ impl HistogramFn for Buckets {
         if count == 0 {
             return;
         }
+        // Prometheus buckets hold the samples at most their bound.
         let i = self.bounds.partition_point(|b| *b < value);
         self.counts[i].fetch_add(count as u64, Relaxed);
         let add = value * count as f64;
