@@ -33,8 +33,9 @@ use crate::profile::PerfModel;
 use pool::{Layout, Slot};
 use std::sync::Arc;
 
-/// How points map onto a concrete performance model's coefficients.
-pub trait Backend {
+/// How points map onto a concrete performance model's coefficients. `Sync`: the leave-one-out
+/// refits share one backend across rayon's threads.
+pub trait Backend: Sync {
     /// The coefficient group a point informs (e.g. `vllm-0.7 on hopper`), or why the point
     /// cannot be modelled (unknown chip, engine or model).
     fn group(&self, point: &Point) -> Result<String, String>;
