@@ -21,4 +21,6 @@ pub use load::LoadSnapshot;
 pub use stretch::DecodeStretch;
 
 #[cfg(test)]
+mod pd_tests;
+#[cfg(test)]
 mod tests;
