@@ -261,6 +261,11 @@ impl<'v> Iterator for PerPoolDraws<'v, '_> {
 /// backend (starting at a random one, so ties do not always favour the lowest id) when
 /// there are few, otherwise a random sample. Returns the candidate with the smallest key
 /// (the first drawn of equal ones).
+///
+/// Inlined into each policy's `pick` like [`for_each_load`]: when an unrelated edit moved
+/// the codegen-unit partition and left it out of line, least-work's decisions cost ~50
+/// more instructions each in the replay bench (callgrind).
+#[inline(always)]
 pub fn min_by_key<K: PartialOrd>(
     view: &dyn LoadView,
     rng: &mut PickRng,
