@@ -116,6 +116,14 @@ async fn non_streaming_answers_models_and_health() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("application/json"));
+    // Written by the handler with the placement headers: once, and the body's length.
+    let lengths: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .collect();
+    assert_eq!(lengths.len(), 1, "{:?}", r.headers);
+    assert_eq!(lengths[0].1, r.body.len().to_string());
     let v = r.json();
     assert_eq!(v["id"], "chatcmpl-abc");
     assert_eq!(v["object"], "chat.completion");

@@ -124,8 +124,8 @@ async fn try_complete(
             }
         }
     };
-    let placed = response_headers(&stream, queue_seconds, parsed.stream);
     if parsed.stream {
+        let placed = response_headers(&stream, queue_seconds, true, 0);
         let body = Body::from_stream(EventStream::new(stream, framer, parsed.include_usage));
         let mut r = Response::new(body);
         *r.headers_mut() = placed;
@@ -159,7 +159,9 @@ async fn try_complete(
             Event::Started(_) => {}
         }
     }
-    let mut r = Response::new(Body::from(framer.complete(&text, tokens, finish)));
+    let body = framer.complete(&text, tokens, finish);
+    let placed = response_headers(&stream, queue_seconds, false, body.len());
+    let mut r = Response::new(Body::from(body));
     *r.headers_mut() = placed;
     Ok(r)
 }
@@ -271,15 +273,23 @@ static X_DECODE_POOL: HeaderName = HeaderName::from_static("x-dujiang-decode-poo
 static X_DECODE_CHIP: HeaderName = HeaderName::from_static("x-dujiang-decode-chip");
 
 /// A response's headers: where the request runs, for clients that report per pool (the
-/// load generator does), and the body's content type (and, streamed, `no-cache`).
+/// load generator does), and the body's content type (and, streamed, `no-cache`; not
+/// streamed, its `content-length`).
 ///
 /// This runs on every request, so the map is a copy of one made once per backend (pair)
 /// and worker thread ([`HeaderTemplate`]) with only the request id and the queue time
 /// written in: building it header by header hashed and checked every name and value each
 /// time. A copy is also only as large as it needs to be, where a map made for the seven
 /// headers of a stream reserves room for twelve, too large for the allocator's per-thread
-/// cache.
-fn response_headers(stream: &RequestStream, queue_seconds: f64, streamed: bool) -> HeaderMap {
+/// cache. The length is written here, last, as axum would add it: axum adding it to a
+/// copy that holds just its entries grew the map (a new table, every entry hashed again)
+/// for that one header.
+fn response_headers(
+    stream: &RequestStream,
+    queue_seconds: f64,
+    streamed: bool,
+    length: usize,
+) -> HeaderMap {
     let backend = stream.backend();
     let decode = stream.decode_backend();
     let (mut h, queue_at) = HEADER_TEMPLATES.with_borrow_mut(|kept| {
@@ -313,6 +323,13 @@ fn response_headers(stream: &RequestStream, queue_seconds: f64, streamed: bool) 
     }
     if let Some(slot) = values.nth(queue_at - 1) {
         *slot = queue_ms(queue_seconds);
+    }
+    if !streamed {
+        // The template's last entry.
+        if let Some(slot) = values.last() {
+            let mut digits = itoa::Buffer::new();
+            *slot = HeaderValue::from_str(digits.format(length)).expect("digits");
+        }
     }
     if !valid {
         // Not valid in a header: left out.
@@ -352,8 +369,9 @@ fn queue_ms(seconds: f64) -> HeaderValue {
 const HEADER_TEMPLATES_KEPT: usize = 64;
 
 /// A response's headers for one backend (and decode backend), streamed or not, with
-/// placeholders for the per-request values: `x-request-id` (the first entry) and
-/// `x-dujiang-queue-ms` (entry `queue_at`).
+/// placeholders for the per-request values: `x-request-id` (the first entry),
+/// `x-dujiang-queue-ms` (entry `queue_at`) and, not streamed, `content-length` (the
+/// last).
 struct HeaderTemplate {
     /// The backend's name (the `Arc` itself: kept here, so its address names that
     /// backend alone), and the decode backend's.
@@ -401,6 +419,8 @@ impl HeaderTemplate {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+            // Last: its value is written per request by position.
+            map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
         HeaderTemplate {
             backend: backend.name.clone(),
