@@ -86,6 +86,7 @@ async fn a_non_streaming_client_that_disconnects_cancels_too() {
     );
     drop(s);
     assert_kv_freed_and_one_cancel(&d).await;
+    assert_eq!(d.daemon.in_flight(), 0);
 }
 
 /// A request body that sends `first` and then, if `stall`, nothing more for ever: a

@@ -16,6 +16,7 @@
 //! costs it, not the other streams.
 
 use super::backend::Delivery;
+use crate::metrics::{Frontend, Metrics};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -37,6 +38,11 @@ struct State {
     /// The reader wants only the end: `Started` and token chunks wait, unannounced, for
     /// the next delivery that wakes it ([`Inbox::wake_only_at_end`]).
     quiet: bool,
+    /// The request's acceptance is counted here, when `Admitted` is posted, which then
+    /// wakes no one ([`Inbox::count_admission`]).
+    count: Option<(Arc<Metrics>, Frontend)>,
+    /// `Admitted` was posted and counted.
+    counted: bool,
 }
 
 /// The driver's end.
@@ -70,7 +76,14 @@ impl Outbox {
             if s.abandoned {
                 return false;
             }
-            let wake = wake || !s.quiet;
+            let mut wake = wake || !s.quiet;
+            if matches!(d, Delivery::Admitted) {
+                if let Some((metrics, frontend)) = &s.count {
+                    metrics.accepted(*frontend);
+                    s.counted = true;
+                    wake = false;
+                }
+            }
             // A request handed off again (its decode backend failed while the KV was on
             // the way) names only the latest backend: the bound on unread holds.
             let d = match d {
@@ -164,6 +177,31 @@ impl Inbox {
     /// meantime is read, merged, with the event that wakes it.
     pub fn wake_only_at_end(&self) {
         self.0.lock().quiet = true;
+    }
+
+    /// For a reader that waits for more than its request's admission (the start, or the
+    /// end: `at_end`, as [`Inbox::wake_only_at_end`]): `Admitted` wakes no one, and is
+    /// counted as accepted (`metrics`, by `frontend`) the moment it is posted, so the
+    /// daemon's in-flight count (what a drain waits on) holds the request from then on,
+    /// read or not. Set before the request is handed over. A reader that gives up should
+    /// [`Inbox::keep_if_admitted`].
+    pub fn count_admission(&self, metrics: Arc<Metrics>, frontend: Frontend, at_end: bool) {
+        let mut s = self.0.lock();
+        s.count = Some((metrics, frontend));
+        s.quiet |= at_end;
+    }
+
+    /// For a reader giving up before reading its answer: true if the request was admitted
+    /// and counted ([`Inbox::count_admission`]), so it is accepted and must be ended as
+    /// such; otherwise the mailbox is abandoned at once, so an admission posted from now
+    /// on is neither counted nor kept.
+    pub fn keep_if_admitted(&self) -> bool {
+        let mut s = self.0.lock();
+        if !s.counted {
+            s.abandoned = true;
+            s.queue.clear();
+        }
+        s.counted
     }
 
     pub async fn recv(&mut self) -> Option<Delivery> {
@@ -327,6 +365,39 @@ mod tests {
                 Delivery::Finished(FinishReport::default()),
             ]
         );
+    }
+
+    #[test]
+    fn a_counted_admission_wakes_no_one_and_is_counted_once_when_posted() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let woken = || count.0.load(std::sync::atomic::Ordering::Relaxed);
+        let metrics = Arc::new(Metrics::new());
+        let (tx, mut rx) = mailbox();
+        rx.count_admission(metrics.clone(), Frontend::Openai, false);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        tx.send(Delivery::Admitted);
+        assert_eq!(woken(), 0, "admission wakes no one");
+        assert_eq!(metrics.accepted_count(), 1, "counted when posted, unread");
+        tx.send(Delivery::Started { queue_ns: 1 });
+        assert_eq!(woken(), 1, "the start wakes the reader");
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(Delivery::Admitted)));
+        assert!(rx.keep_if_admitted());
+        assert_eq!(metrics.accepted_count(), 1);
+
+        // Given up before the admission: abandoned, and a later one is not counted.
+        let (tx, rx) = mailbox();
+        rx.count_admission(metrics.clone(), Frontend::Openai, true);
+        assert!(!rx.keep_if_admitted());
+        assert!(!tx.send(Delivery::Admitted));
+        assert_eq!(metrics.accepted_count(), 1);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod stragglers;
 mod submit;
 mod validate;
 
+pub use submit::Wake;
 pub use validate::estimate_tokens;
 
 use super::backend::{spawn_backend, BackendHandle, Command, DriverContext, KvLinks};

@@ -14,6 +14,7 @@ use crate::serve::backend::{BackendHandle, Command, Delivery, Refusal, Resume};
 use crate::serve::error::ServeError;
 use crate::serve::mailbox::{mailbox, Inbox};
 use crate::serve::routing::ActivePolicy;
+use crate::serve::stream::RequestStream;
 use crate::serve::upstream::{Ask, Sampling};
 use crate::wire;
 use std::sync::atomic::Ordering::Relaxed;
@@ -46,27 +47,41 @@ impl Daemon {
         received: Instant,
         deadline: Option<Instant>,
     ) -> Result<Accepted, ServeError> {
-        self.submit_with(frontend, req, Sampling::new(), received, deadline)
-            .await
+        let result = self
+            .try_submit(frontend, req, Sampling::new(), received, deadline, None)
+            .await;
+        self.count_refusal(&result, frontend);
+        result
     }
 
     /// [`Daemon::submit_via`] with sampling fields (`temperature`, `stop`, ...) that a
-    /// real engine serving the request is sent as they came (simulated ones ignore them).
+    /// real engine serving the request is sent as they came (simulated ones ignore them),
+    /// for a caller that reads nothing before the request's start (or, `Wake::End`, its
+    /// end): without a deadline to enforce meanwhile, its task is not woken for the
+    /// backend's admission, which is counted when the driver posts it
+    /// ([`Inbox::count_admission`]); a poll of a whole HTTP connection fewer per request.
     pub async fn submit_with(
-        &self,
+        self: &Arc<Self>,
         frontend: Frontend,
         req: wire::GenerateRequest,
         sampling: Sampling,
         received: Instant,
         deadline: Option<Instant>,
+        wake: Wake,
     ) -> Result<Accepted, ServeError> {
+        let quiet = deadline.is_none().then_some((self, wake));
         let result = self
-            .try_submit(frontend, req, sampling, received, deadline)
+            .try_submit(frontend, req, sampling, received, deadline, quiet)
             .await;
-        if let Err(e) = &result {
+        self.count_refusal(&result, frontend);
+        result
+    }
+
+    /// Every refusal counted by its reason (`dujiang_requests_shed_total`).
+    fn count_refusal(&self, result: &Result<Accepted, ServeError>, frontend: Frontend) {
+        if let Err(e) = result {
             self.metrics.shed(self.refusal_reason(e), frontend);
         }
-        result
     }
 
     /// Why a request was refused before acceptance, as the refusal counter labels it.
@@ -93,6 +108,7 @@ impl Daemon {
         sampling: Sampling,
         received: Instant,
         deadline: Option<Instant>,
+        quiet: Option<(&Arc<Daemon>, Wake)>,
     ) -> Result<Accepted, ServeError> {
         if !self.accepting.load(Relaxed) {
             return Err(ServeError::Unavailable(
@@ -132,6 +148,7 @@ impl Daemon {
             }
         };
         let mut placement = placement;
+        let mut permit = permit;
         // A backend may stop serving between the routing decision and its driver taking
         // the request (failed, drained, ejected, removed): the driver refuses it, and it
         // is routed again among the backends still serving, as often as a decision may
@@ -147,6 +164,9 @@ impl Daemon {
                 .load()
                 .on_routed(&request, route, &self.board.view(), request.arrival);
             let (tx, mut deliveries) = mailbox();
+            if let Some((_, wake)) = quiet {
+                deliveries.count_admission(self.metrics.clone(), frontend, wake == Wake::End);
+            }
             let answer = if backend.send(Command::Admit {
                 req: request.clone(),
                 claim: Claim::of(&request),
@@ -157,14 +177,23 @@ impl Daemon {
                 decode: decode.clone(),
             }) {
                 // The backend may now hold the request. Should this future be dropped
-                // before its answer (the client went away), the guard tells the backend
-                // to drop it too, so it does not run, holding KV, for nobody.
-                let guard = AbortOnDrop {
+                // before its answer is read (the client went away), the guard tells the
+                // backend to drop it too, so it does not run, holding KV, for nobody.
+                let mut guard = Handover {
+                    daemon: quiet.map(|(d, _)| d),
                     backend: &backend,
-                    id: request.id,
+                    decode: &decode,
+                    request: &request,
+                    client_id: &v.client_id,
+                    model: &v.model,
+                    ask: &ask,
+                    frontend,
+                    received,
+                    deadline,
+                    held: Some((deliveries, permit)),
                 };
-                let answer = deliveries.recv().await;
-                std::mem::forget(guard);
+                let answer = guard.inbox().recv().await;
+                (deliveries, permit) = guard.disarm();
                 answer
             } else {
                 // The driver has exited (its pool was removed).
@@ -173,7 +202,10 @@ impl Daemon {
             };
             let refused = match answer {
                 Some(Delivery::Admitted) => {
-                    self.metrics.accepted(frontend);
+                    // A quiet hand-over's was counted when the driver posted it.
+                    if quiet.is_none() {
+                        self.metrics.accepted(frontend);
+                    }
                     // The request id is optional on the wire: one the client left empty
                     // is generated here, so every Started names its request.
                     let client_id = if v.client_id.is_empty() {
@@ -388,16 +420,82 @@ fn generated_id(id: u64) -> String {
     s
 }
 
-/// Tells a backend to drop a request handed to it, unless forgotten first: the
-/// hand-over's guard against its future being dropped while it waits for the answer.
-struct AbortOnDrop<'a> {
-    backend: &'a BackendHandle,
-    id: crate::request::RequestId,
+/// How a caller of [`Daemon::submit_with`] is first woken after the hand-over: by the
+/// request's start (its placement known: a streamed answer's headers), or only by its
+/// end (an answer sent whole).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    Started,
+    End,
 }
 
-impl Drop for AbortOnDrop<'_> {
+/// The hand-over's guard against its future being dropped while it waits for the
+/// driver's answer (the client went away), unless disarmed first. A request the driver
+/// admitted, counted but not read yet ([`Inbox::count_admission`]), is accepted: it ends
+/// as a request whose client left mid-way does (its stream dropped: aborted on its
+/// backend, counted cancelled, its admission slot given back). Any other is dropped on
+/// its backend, and the mailbox abandoned so an admission on its way is not counted.
+struct Handover<'a> {
+    /// Set for a quiet hand-over (the only kind whose admission is counted unread).
+    daemon: Option<&'a Arc<Daemon>>,
+    backend: &'a Arc<BackendHandle>,
+    decode: &'a Option<Arc<BackendHandle>>,
+    request: &'a Request,
+    /// As the client gave it (empty: none).
+    client_id: &'a str,
+    model: &'a str,
+    ask: &'a Arc<Ask>,
+    frontend: Frontend,
+    received: Instant,
+    deadline: Option<Instant>,
+    held: Option<(Inbox, admission::Permit)>,
+}
+
+impl Handover<'_> {
+    fn inbox(&mut self) -> &mut Inbox {
+        &mut self.held.as_mut().expect("armed").0
+    }
+
+    fn disarm(mut self) -> (Inbox, admission::Permit) {
+        self.held.take().expect("armed")
+    }
+}
+
+impl Drop for Handover<'_> {
     fn drop(&mut self) {
-        self.backend.send(Command::Abort { id: self.id });
+        let Some((deliveries, permit)) = self.held.take() else {
+            return;
+        };
+        match self.daemon {
+            Some(daemon) if deliveries.keep_if_admitted() => {
+                let client_id = if self.client_id.is_empty() {
+                    generated_id(self.request.id)
+                } else {
+                    self.client_id.to_owned()
+                };
+                drop(RequestStream::new(
+                    daemon.clone(),
+                    Accepted {
+                        client_id,
+                        backend: self.backend.clone(),
+                        decode: self.decode.clone(),
+                        deliveries,
+                        deadline: self.deadline,
+                        received: self.received,
+                        request: self.request.clone(),
+                        model: self.model.to_owned(),
+                        permit,
+                        frontend: self.frontend,
+                        ask: self.ask.clone(),
+                    },
+                ));
+            }
+            _ => {
+                self.backend.send(Command::Abort {
+                    id: self.request.id,
+                });
+            }
+        }
     }
 }
 

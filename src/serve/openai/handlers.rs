@@ -14,7 +14,7 @@ use super::sse::{EventStream, Framer};
 use crate::admission::RejectReason;
 use crate::metrics::Frontend;
 use crate::serve::backend::BackendHandle;
-use crate::serve::daemon::Daemon;
+use crate::serve::daemon::{Daemon, Wake};
 use crate::serve::stream::{token_word, RequestStream};
 use crate::serve::MAX_REQUEST_BYTES;
 use crate::wire::generate_response::Event;
@@ -87,8 +87,21 @@ async fn try_complete(
             }
         }
     }
+    // Nothing is answered before the start (streamed) or the end (not).
+    let wake = if parsed.stream {
+        Wake::Started
+    } else {
+        Wake::End
+    };
     let accepted = d
-        .submit_with(Frontend::Openai, wire, parsed.sampling, received, deadline)
+        .submit_with(
+            Frontend::Openai,
+            wire,
+            parsed.sampling,
+            received,
+            deadline,
+            wake,
+        )
         .await
         .map_err(|e| parsed.from_headers.rename(e.into()))?;
     let mut stream = RequestStream::new(d.clone(), accepted);
