@@ -139,7 +139,7 @@ async fn try_complete(
     };
     if parsed.stream {
         let placed = response_headers(&stream, queue_seconds, true, 0);
-        let body = Body::from_stream(EventStream::new(stream, framer, parsed.include_usage));
+        let body = Body::new(EventStream::new(stream, framer, parsed.include_usage));
         let mut r = Response::new(body);
         *r.headers_mut() = placed;
         return Ok(r);

@@ -435,6 +435,27 @@ impl Stream for EventStream {
     }
 }
 
+/// The response body itself (rather than through a stream adapter) so that it can say
+/// when it has ended: hyper then writes the last frame and the body's end together
+/// instead of polling once more to learn that nothing follows.
+impl hyper::body::Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.poll_next(cx)
+            .map(|frame| frame.map(|f| f.map(hyper::body::Frame::data)))
+    }
+
+    /// Once `[DONE]` is written nothing follows (a frame holding it is the last).
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
