@@ -124,6 +124,17 @@ async fn non_streaming_answers_models_and_health() {
         .collect();
     assert_eq!(lengths.len(), 1, "{:?}", r.headers);
     assert_eq!(lengths[0].1, r.body.len().to_string());
+    // An id that is no header value is left out of the headers, the length still right.
+    let mut odd: Value = serde_json::from_str(&chat_body("Hello", 7, false, false)).unwrap();
+    odd["request_id"] = "bell\u{7}here".into();
+    let o = post(d.openai_addr, CHAT, &[], &odd.to_string()).await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert_eq!(o.header("x-request-id"), None, "{:?}", o.headers);
+    assert_eq!(
+        o.header("content-length"),
+        Some(o.body.len().to_string().as_str())
+    );
+    assert_eq!(o.json()["id"], "chatcmpl-bell\u{7}here");
     let v = r.json();
     assert_eq!(v["id"], "chatcmpl-abc");
     assert_eq!(v["object"], "chat.completion");

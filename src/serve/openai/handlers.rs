@@ -137,11 +137,13 @@ async fn try_complete(
             }
         }
     };
+    // Placed as it started: once a prefill backend hands the request off, the stream's
+    // backend is the decode one, which the headers name apart.
+    let placed = response_headers(&stream, queue_seconds, parsed.stream);
     if parsed.stream {
-        let placed = response_headers(&stream, queue_seconds, true, 0);
         let body = Body::new(EventStream::new(stream, framer, parsed.include_usage));
         let mut r = Response::new(body);
-        *r.headers_mut() = placed;
+        *r.headers_mut() = placed.finish(None);
         return Ok(r);
     }
     let mut text = String::new();
@@ -173,9 +175,9 @@ async fn try_complete(
         }
     }
     let body = framer.complete(&text, tokens, finish);
-    let placed = response_headers(&stream, queue_seconds, false, body.len());
+    let length = body.len();
     let mut r = Response::new(Body::from(body));
-    *r.headers_mut() = placed;
+    *r.headers_mut() = placed.finish(Some(length));
     Ok(r)
 }
 
@@ -294,15 +296,10 @@ static X_DECODE_CHIP: HeaderName = HeaderName::from_static("x-dujiang-decode-chi
 /// written in: building it header by header hashed and checked every name and value each
 /// time. A copy is also only as large as it needs to be, where a map made for the seven
 /// headers of a stream reserves room for twelve, too large for the allocator's per-thread
-/// cache. The length is written here, last, as axum would add it: axum adding it to a
-/// copy that holds just its entries grew the map (a new table, every entry hashed again)
-/// for that one header.
-fn response_headers(
-    stream: &RequestStream,
-    queue_seconds: f64,
-    streamed: bool,
-    length: usize,
-) -> HeaderMap {
+/// cache. A whole answer's length is written by [`Placed::finish`] once the body is made,
+/// last, as axum would add it: axum adding it to a copy that holds just its entries grew
+/// the map (a new table, every entry hashed again) for that one header.
+fn response_headers(stream: &RequestStream, queue_seconds: f64, streamed: bool) -> Placed {
     let backend = stream.backend();
     let decode = stream.decode_backend();
     let (mut h, queue_at) = HEADER_TEMPLATES.with_borrow_mut(|kept| {
@@ -337,18 +334,32 @@ fn response_headers(
     if let Some(slot) = values.nth(queue_at - 1) {
         *slot = queue_ms(queue_seconds);
     }
-    if !streamed {
-        // The template's last entry.
-        if let Some(slot) = values.last() {
-            let mut digits = itoa::Buffer::new();
-            *slot = HeaderValue::from_str(digits.format(length)).expect("digits");
+    Placed { map: h, valid }
+}
+
+/// A response's headers from [`response_headers`], but for a whole answer's length.
+struct Placed {
+    map: HeaderMap,
+    /// Whether the client's request id is valid in a header.
+    valid: bool,
+}
+
+impl Placed {
+    /// The headers, with `length` as `content-length` for a whole answer.
+    fn finish(mut self, length: Option<usize>) -> HeaderMap {
+        if let Some(length) = length {
+            // The template's last entry (before the removal below, which moves entries).
+            if let Some(slot) = self.map.values_mut().last() {
+                let mut digits = itoa::Buffer::new();
+                *slot = HeaderValue::from_str(digits.format(length)).expect("digits");
+            }
         }
+        if !self.valid {
+            // Not valid in a header: left out.
+            self.map.remove(&X_REQUEST_ID);
+        }
+        self.map
     }
-    if !valid {
-        // Not valid in a header: left out.
-        h.remove(&X_REQUEST_ID);
-    }
-    h
 }
 
 /// Seconds as milliseconds with three decimals, what `{:.3}` of the milliseconds prints
