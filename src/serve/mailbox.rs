@@ -241,6 +241,20 @@ mod tests {
     use super::*;
     use crate::serve::backend::FinishReport;
 
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(Default::default()));
+        (count.clone(), Waker::from(count))
+    }
+
     #[test]
     fn an_unread_backlog_stays_a_handful_of_entries() {
         let (tx, mut rx) = mailbox();
@@ -319,14 +333,7 @@ mod tests {
 
     #[test]
     fn a_quiet_reader_is_woken_only_by_the_end() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let woken = || count.0.load(std::sync::atomic::Ordering::Relaxed);
         let (tx, mut rx) = mailbox();
@@ -369,14 +376,7 @@ mod tests {
 
     #[test]
     fn a_counted_admission_wakes_no_one_and_is_counted_once_when_posted() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let woken = || count.0.load(std::sync::atomic::Ordering::Relaxed);
         let metrics = Arc::new(Metrics::new());
