@@ -208,11 +208,7 @@ impl Daemon {
                     }
                     // The request id is optional on the wire: one the client left empty
                     // is generated here, so every Started names its request.
-                    let client_id = if v.client_id.is_empty() {
-                        generated_id(request.id)
-                    } else {
-                        v.client_id
-                    };
+                    let client_id = given_or_generated(v.client_id, request.id);
                     return Ok(Accepted {
                         client_id,
                         backend,
@@ -409,6 +405,15 @@ impl Daemon {
     }
 }
 
+/// The client's request id, or [`generated_id`] when it gave none.
+fn given_or_generated(given: impl AsRef<str> + Into<String>, id: u64) -> String {
+    if given.as_ref().is_empty() {
+        generated_id(id)
+    } else {
+        given.into()
+    }
+}
+
 /// `dj-<id>`, the id of a request whose client named none: digits by `itoa`, not through
 /// the formatting machinery (it runs for most requests).
 fn generated_id(id: u64) -> String {
@@ -468,11 +473,7 @@ impl Drop for Handover<'_> {
         };
         match self.daemon {
             Some(daemon) if deliveries.keep_if_admitted() => {
-                let client_id = if self.client_id.is_empty() {
-                    generated_id(self.request.id)
-                } else {
-                    self.client_id.to_owned()
-                };
+                let client_id = given_or_generated(self.client_id, self.request.id);
                 drop(RequestStream::new(
                     daemon.clone(),
                     Accepted {
